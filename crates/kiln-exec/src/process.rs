@@ -1,0 +1,268 @@
+//! The `process` executor: each task runs on the host, in a private copy of
+//! the source tree, each step as an `sh -e` script in its own process group.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+use crate::mask::MaskedEvents;
+use crate::workspace::collect_outputs;
+use crate::{
+    CancellationToken, Executor, LogStream, Status, StepExit, TaskEvents, TaskOutcome, TaskSpec,
+    deadline_for, drive_steps, interruptible, step_environment,
+};
+
+/// How long output may keep arriving after a step's shell has exited; a
+/// background job that still holds the pipe open must not hang the step.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+
+pub struct ProcessExecutor {
+    /// Whether steps see this process's environment under the task's own.
+    /// `kiln run` inherits (tools on PATH, HOME); an agent may want a clean one.
+    pub inherit_env: bool,
+    /// Where task workspaces are made; the system temp dir by default.
+    pub work_root: Option<PathBuf>,
+}
+
+impl Default for ProcessExecutor {
+    fn default() -> Self {
+        ProcessExecutor { inherit_env: true, work_root: None }
+    }
+}
+
+impl Executor for ProcessExecutor {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    fn run<'a>(
+        &'a self,
+        spec: &'a TaskSpec,
+        events: Arc<dyn TaskEvents>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, TaskOutcome> {
+        Box::pin(async move {
+            let events = MaskedEvents::new(events, spec.secrets.iter().map(|(_, v)| v.as_str()));
+            let outcome = self.run_masked(spec, &events, &cancel).await;
+            events.finish();
+            outcome
+        })
+    }
+}
+
+impl ProcessExecutor {
+    async fn run_masked(&self, spec: &TaskSpec, events: &MaskedEvents, cancel: &CancellationToken) -> TaskOutcome {
+        let started_at = Utc::now();
+        if !spec.services.is_empty() {
+            return TaskOutcome::error(spec, "task has `services`, which need the docker executor");
+        }
+        if let Some(image) = &spec.image {
+            events.log(
+                LogStream::System,
+                format!("process executor: running on the host, not in image {image}\n").as_bytes(),
+            );
+        }
+        let deadline = deadline_for(spec.timeout);
+        let workspace = match self.make_workspace(spec, deadline, cancel).await {
+            Ok(dir) => dir,
+            Err(Ok(message)) => return TaskOutcome::error(spec, message),
+            Err(Err(interrupt)) => {
+                let mut outcome = TaskOutcome::error(spec, interrupt.describe(spec));
+                outcome.status = interrupt.status();
+                return outcome;
+            }
+        };
+        let groups = ProcessGroups::default();
+        let env = step_environment(spec);
+        let steps = drive_steps(spec, events, deadline, cancel, |_, step| {
+            Box::pin(run_step(&step.run, workspace.path(), &env, self.inherit_env, &groups, events))
+        })
+        .await;
+        // Background jobs a step left behind end with the task.
+        groups.kill_all();
+
+        let mut outcome = TaskOutcome {
+            status: steps.status,
+            error: steps.error,
+            steps: steps.steps,
+            started_at,
+            finished_at: Utc::now(),
+            artifacts: Vec::new(),
+            reports: Vec::new(),
+        };
+        if steps.status != Status::Cancelled {
+            collect(spec, workspace.path(), events, &mut outcome).await;
+        }
+        remove_workspace(workspace).await;
+        outcome.finished_at = Utc::now();
+        outcome
+    }
+
+    /// Copies the source tree into a fresh directory. `Err(Ok(msg))` is a
+    /// failure to set up, `Err(Err(_))` a timeout or cancel during the copy.
+    async fn make_workspace(
+        &self,
+        spec: &TaskSpec,
+        deadline: Option<tokio::time::Instant>,
+        cancel: &CancellationToken,
+    ) -> Result<tempfile::TempDir, Result<String, crate::Interrupt>> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("kiln-task-");
+        let dir = match &self.work_root {
+            Some(root) => builder.tempdir_in(root),
+            None => builder.tempdir(),
+        }
+        .map_err(|e| Ok(format!("cannot create a workspace: {e}")))?;
+        let source = spec.source.clone();
+        let target = dir.path().to_path_buf();
+        let copy = tokio::task::spawn_blocking(move || source.copy_to(&target));
+        match interruptible(copy, deadline, cancel).await {
+            Ok(Ok(Ok(()))) => Ok(dir),
+            Ok(Ok(Err(e))) => Err(Ok(format!("cannot copy the source into the workspace: {e}"))),
+            Ok(Err(e)) => Err(Ok(format!("workspace copy failed: {e}"))),
+            Err(interrupt) => Err(Err(interrupt)),
+        }
+    }
+}
+
+async fn run_step(
+    script: &str,
+    workspace: &Path,
+    env: &[(String, String)],
+    inherit_env: bool,
+    groups: &ProcessGroups,
+    events: &MaskedEvents,
+) -> StepExit {
+    let mut command = Command::new("sh");
+    command
+        .arg("-e")
+        .arg("-c")
+        .arg(script)
+        .current_dir(workspace)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if !inherit_env {
+        command.env_clear();
+    }
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => return StepExit::Error(format!("cannot start sh: {e}")),
+    };
+    if let Some(pid) = child.id() {
+        groups.add(pid as i32);
+    }
+    let stdout = forward(child.stdout.take(), LogStream::Stdout, events);
+    let stderr = forward(child.stderr.take(), LogStream::Stderr, events);
+    let output = async { tokio::join!(stdout, stderr) };
+    tokio::pin!(output);
+    let status = tokio::select! {
+        status = child.wait() => status,
+        _ = &mut output => child.wait().await,
+    };
+    // Give the readers a moment to drain what the shell wrote before exiting.
+    let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, output).await;
+    match status {
+        Ok(status) => StepExit::Code(exit_code(status)),
+        Err(e) => StepExit::Error(format!("waiting for the step failed: {e}")),
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1)
+}
+
+async fn forward(pipe: Option<impl AsyncRead + Unpin>, stream: LogStream, events: &MaskedEvents) {
+    let Some(mut pipe) = pipe else { return };
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => events.log(stream, &buffer[..n]),
+        }
+    }
+}
+
+async fn collect(spec: &TaskSpec, workspace: &Path, events: &MaskedEvents, outcome: &mut TaskOutcome) {
+    for (patterns, kind) in [(&spec.artifacts, "artifacts"), (&spec.reports, "reports")] {
+        if patterns.is_empty() {
+            continue;
+        }
+        let (from, to, patterns) = (workspace.to_path_buf(), spec.outputs.join(kind), patterns.clone());
+        let found = tokio::task::spawn_blocking(move || collect_outputs(&from, &patterns, &to)).await;
+        match found {
+            Ok(Ok(files)) => {
+                warn_unmatched(spec_patterns(spec, kind), &files, events);
+                match kind {
+                    "artifacts" => outcome.artifacts = files,
+                    _ => outcome.reports = files,
+                }
+            }
+            Ok(Err(e)) => events.log(LogStream::System, format!("collecting {kind} failed: {e}\n").as_bytes()),
+            Err(e) => events.log(LogStream::System, format!("collecting {kind} failed: {e}\n").as_bytes()),
+        }
+    }
+}
+
+fn spec_patterns<'a>(spec: &'a TaskSpec, kind: &str) -> &'a [String] {
+    if kind == "artifacts" { &spec.artifacts } else { &spec.reports }
+}
+
+/// Says which patterns matched no file: a typo there otherwise goes unnoticed.
+pub fn warn_unmatched(patterns: &[String], files: &[PathBuf], events: &dyn TaskEvents) {
+    for pattern in patterns {
+        let single = [pattern.clone()];
+        if !files.iter().any(|f| crate::workspace::selected_by(&single, f)) {
+            events.log(LogStream::System, format!("pattern `{pattern}` matched no file\n").as_bytes());
+        }
+    }
+}
+
+async fn remove_workspace(dir: tempfile::TempDir) {
+    // A step may have made files read-only; removal errors only leave litter in /tmp.
+    let _ = tokio::task::spawn_blocking(move || {
+        let path = dir.path().to_path_buf();
+        if dir.close().is_err() {
+            let _ = std::process::Command::new("chmod").arg("-R").arg("u+rwx").arg(&path).status();
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    })
+    .await;
+}
+
+/// The process groups a task started; every one is killed when the task ends
+/// or its future is dropped, so no step outlives its task.
+#[derive(Default)]
+struct ProcessGroups(Mutex<Vec<i32>>);
+
+impl ProcessGroups {
+    fn add(&self, pgid: i32) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(pgid);
+    }
+
+    fn kill_all(&self) {
+        let groups = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for pgid in groups {
+            // SAFETY: killpg has no memory-safety preconditions; a group that
+            // already ended just makes it return ESRCH.
+            unsafe {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for ProcessGroups {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}

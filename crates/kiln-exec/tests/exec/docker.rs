@@ -1,0 +1,1 @@
+//! Docker executor tests (written with the executor).

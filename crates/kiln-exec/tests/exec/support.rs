@@ -1,0 +1,94 @@
+//! Shared helpers for the executor tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use kiln_exec::{LogStream, SourceTree, StepResult, TaskEvents, TaskSpec};
+use kiln_pipeline::Step;
+
+/// The busybox image made by `scripts/setup-test-env.sh`.
+pub const TEST_IMAGE: &str = "kiln-test/busybox:latest";
+
+/// Records everything a task reports.
+#[derive(Default)]
+pub struct Recorder {
+    pub output: Mutex<Vec<(LogStream, Vec<u8>)>>,
+    pub chunks: Mutex<usize>,
+    pub started: Mutex<Vec<(usize, String)>>,
+    pub finished: Mutex<Vec<(usize, StepResult)>>,
+}
+
+impl Recorder {
+    pub fn new() -> Arc<Recorder> {
+        Arc::new(Recorder::default())
+    }
+
+    /// All stdout and stderr, in arrival order.
+    pub fn text(&self) -> String {
+        let output = self.output.lock().unwrap();
+        let bytes: Vec<u8> = output
+            .iter()
+            .filter(|(s, _)| *s != LogStream::System)
+            .flat_map(|(_, b)| b.clone())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Everything, Kiln's own lines included.
+    pub fn all_text(&self) -> String {
+        let output = self.output.lock().unwrap();
+        let bytes: Vec<u8> = output.iter().flat_map(|(_, b)| b.clone()).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl TaskEvents for Recorder {
+    fn log(&self, stream: LogStream, bytes: &[u8]) {
+        self.output.lock().unwrap().push((stream, bytes.to_vec()));
+        *self.chunks.lock().unwrap() += 1;
+    }
+    fn step_started(&self, index: usize, name: &str) {
+        self.started.lock().unwrap().push((index, name.to_string()));
+    }
+    fn step_finished(&self, index: usize, result: &StepResult) {
+        self.finished.lock().unwrap().push((index, result.clone()));
+    }
+}
+
+pub fn steps(scripts: &[&str]) -> Vec<Step> {
+    scripts
+        .iter()
+        .map(|s| Step { name: s.lines().next().unwrap_or("").to_string(), run: s.to_string() })
+        .collect()
+}
+
+/// A source directory with a few files, and a spec whose outputs go to a temp dir.
+pub struct Fixture {
+    pub source: tempfile::TempDir,
+    pub outputs: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new(files: &[(&str, &str)]) -> Fixture {
+        let source = tempfile::tempdir().unwrap();
+        for (path, content) in files {
+            let path = source.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        Fixture { source, outputs: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn spec(&self, name: &str, scripts: &[&str]) -> TaskSpec {
+        let tree = Arc::new(SourceTree::scan(self.source.path()).unwrap());
+        TaskSpec::new(name, steps(scripts), tree, self.outputs.path().to_path_buf())
+    }
+
+    pub fn output(&self, relative: &str) -> PathBuf {
+        self.outputs.path().join(relative)
+    }
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
