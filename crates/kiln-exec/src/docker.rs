@@ -1,13 +1,67 @@
 //! The `docker` executor: one container per task, sidecar services on a
 //! private network, the workspace copied in, everything removed afterwards.
+//!
+//! Nothing of the host is mounted into a container: the workspace travels in
+//! as a tar archive and artifacts travel out the same way, so a task sees
+//! only its own files and no port of the host is ever published.
 
+mod image;
+mod outputs;
+mod pipe;
+mod teardown;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
+};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, UploadToContainerOptionsBuilder};
+use bollard::{ClientVersion, Docker};
+use chrono::Utc;
 use futures_util::future::BoxFuture;
+use futures_util::{StreamExt, TryStreamExt};
+use kiln_pipeline::Service;
 
-use crate::{CancellationToken, Executor, TaskEvents, TaskOutcome, TaskSpec};
+use crate::mask::MaskedEvents;
+use crate::workspace::selected_by;
+use crate::{
+    CancellationToken, Executor, Interrupt, LogStream, Status, StepExit, TaskEvents, TaskOutcome,
+    TaskSpec, deadline_for, drive_steps, interruptible, step_environment,
+};
+
+/// Where the task's files live inside its container.
+const WORKSPACE: &str = "/workspace";
+
+/// Keeps the task container alive between steps, which run as execs; exits
+/// at once on the engine's stop signal instead of waiting to be killed.
+const KEEP_ALIVE: [&str; 3] = [
+    "/bin/sh",
+    "-c",
+    "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done",
+];
+
+/// Label every object of one task run carries, with a value unique to that
+/// run, so the objects of a dropped run can be found again.
+const INSTANCE_LABEL: &str = "kiln.instance";
+
+const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+
+/// How long the engine may take to answer when connecting.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Per-request limit on waiting for the engine's response headers (streamed
+/// bodies, such as a step's output, are not limited by it).
+const REQUEST_TIMEOUT_SECS: u64 = 120;
 
 pub struct DockerExecutor {
+    docker: Docker,
     endpoint: String,
 }
 
@@ -15,13 +69,125 @@ impl DockerExecutor {
     /// Connects to the local engine (`DOCKER_HOST` or the default socket) and
     /// checks that it answers.
     pub async fn connect() -> Result<DockerExecutor, String> {
-        Err("not implemented yet".into())
+        let endpoint = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|host| !host.is_empty())
+            .unwrap_or_else(|| DEFAULT_HOST.to_string());
+        let docker = tokio::time::timeout(PING_TIMEOUT, negotiate(&endpoint))
+            .await
+            .map_err(|_| {
+                format!(
+                    "the Docker engine at {endpoint} did not answer within {}s",
+                    PING_TIMEOUT.as_secs()
+                )
+            })??;
+        Ok(DockerExecutor { docker, endpoint })
     }
 
     /// Where the engine was found, for messages such as "executor: docker (…)".
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
+
+    /// Force-removes the containers and networks labelled `label_key=label_value`,
+    /// e.g. what tasks interrupted by Ctrl-C left behind. Returns how many
+    /// objects were removed.
+    pub async fn remove_leftovers(
+        &self,
+        label_key: &str,
+        label_value: &str,
+    ) -> Result<usize, String> {
+        teardown::sweep(&self.docker, &format!("{label_key}={label_value}")).await
+    }
+}
+
+/// Opens a client speaking the newest API version both sides know: the
+/// engine refuses every request, even `/version`, made with a newer one.
+async fn negotiate(endpoint: &str) -> Result<Docker, String> {
+    let newest = bollard::API_DEFAULT_VERSION;
+    let docker = client(endpoint, newest)?;
+    let supported = match docker.version().await {
+        Ok(version) => version.api_version.as_deref().and_then(parse_api_version),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 400,
+            message,
+        }) if message.contains("too new") => {
+            // "client version 1.53 is too new. Maximum supported API version is 1.41"
+            let older = message.rsplit(' ').next().and_then(parse_api_version);
+            if older.is_none() {
+                return Err(format!(
+                    "the Docker engine at {endpoint} refused the API version: {message}"
+                ));
+            }
+            older
+        }
+        Err(e) => {
+            return Err(format!(
+                "the Docker engine at {endpoint} does not answer: {}",
+                engine_message(&e)
+            ));
+        }
+    };
+    match supported {
+        Some(version) if version < *newest => {
+            let docker = client(endpoint, &version)?;
+            docker.ping().await.map_err(|e| {
+                format!(
+                    "the Docker engine at {endpoint} does not answer: {}",
+                    engine_message(&e)
+                )
+            })?;
+            tracing::debug!(
+                "talking to {endpoint} with API {}.{}",
+                version.major_version,
+                version.minor_version
+            );
+            Ok(docker)
+        }
+        _ => Ok(docker),
+    }
+}
+
+fn client(endpoint: &str, version: &ClientVersion) -> Result<Docker, String> {
+    let connected = if endpoint.starts_with("unix://") {
+        Docker::connect_with_unix(endpoint, REQUEST_TIMEOUT_SECS, version)
+    } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") {
+        Docker::connect_with_http(endpoint, REQUEST_TIMEOUT_SECS, version)
+    } else {
+        return Err(format!(
+            "unsupported DOCKER_HOST `{endpoint}`: use unix://, tcp:// or http://"
+        ));
+    };
+    connected.map_err(|e| format!("cannot use the Docker engine at {endpoint}: {e}"))
+}
+
+fn parse_api_version(text: &str) -> Option<ClientVersion> {
+    let (major, minor) = text.trim().trim_end_matches('.').split_once('.')?;
+    Some(ClientVersion {
+        major_version: major.parse().ok()?,
+        minor_version: minor.parse().ok()?,
+    })
+}
+
+/// The message the engine gave, without bollard's wrapping.
+fn engine_message(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => {
+            message.trim().to_string()
+        }
+        bollard::errors::Error::DockerStreamError { error } => error.trim().to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }
 
 impl Executor for DockerExecutor {
@@ -32,9 +198,498 @@ impl Executor for DockerExecutor {
     fn run<'a>(
         &'a self,
         spec: &'a TaskSpec,
-        _events: Arc<dyn TaskEvents>,
-        _cancel: CancellationToken,
+        events: Arc<dyn TaskEvents>,
+        cancel: CancellationToken,
     ) -> BoxFuture<'a, TaskOutcome> {
-        Box::pin(async move { TaskOutcome::error(spec, "docker executor not implemented yet") })
+        Box::pin(async move {
+            let events = MaskedEvents::new(events, spec.secrets.iter().map(|(_, v)| v.as_str()));
+            let outcome = self.run_masked(spec, &events, &cancel).await;
+            events.finish();
+            outcome
+        })
+    }
+}
+
+/// Why setting a task up stopped.
+enum Stop {
+    Interrupted(Interrupt),
+    Failed(String),
+}
+
+/// Runs one phase of the set-up under the task's deadline and cancel token.
+async fn phase<T>(
+    work: impl Future<Output = Result<T, String>>,
+    deadline: Option<tokio::time::Instant>,
+    cancel: &CancellationToken,
+) -> Result<T, Stop> {
+    match interruptible(work, deadline, cancel).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(message)) => Err(Stop::Failed(message)),
+        Err(interrupt) => Err(Stop::Interrupted(interrupt)),
+    }
+}
+
+/// Names of one task run's objects; unique, so that tasks running at the same
+/// time never clash, even with equal service aliases.
+struct Names {
+    instance: String,
+}
+
+impl Names {
+    fn new() -> Names {
+        Names {
+            instance: random_id(),
+        }
+    }
+
+    fn network(&self) -> String {
+        format!("kiln-{}", self.instance)
+    }
+
+    fn task(&self) -> String {
+        format!("kiln-{}-task", self.instance)
+    }
+
+    fn service(&self, alias: &str) -> String {
+        let alias: String = alias
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("kiln-{}-svc-{alias}", self.instance)
+    }
+}
+
+/// Twelve hex digits, unique per call: std's hasher keys are random per
+/// process, and the counter and clock keep calls within one process apart.
+fn random_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff)
+}
+
+fn env_strings(pairs: &[(String, String)]) -> Vec<String> {
+    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+impl DockerExecutor {
+    async fn run_masked(
+        &self,
+        spec: &TaskSpec,
+        events: &MaskedEvents,
+        cancel: &CancellationToken,
+    ) -> TaskOutcome {
+        let started_at = Utc::now();
+        let deadline = deadline_for(spec.timeout);
+        let names = Names::new();
+        let mut teardown = teardown::Teardown::new(
+            self.docker.clone(),
+            format!("{INSTANCE_LABEL}={}", names.instance),
+        );
+        let mut outcome = TaskOutcome::error(spec, String::new());
+        outcome.started_at = started_at;
+
+        match self
+            .set_up(spec, events, deadline, cancel, &names, &mut teardown)
+            .await
+        {
+            Err(Stop::Interrupted(interrupt)) => {
+                outcome.status = interrupt.status();
+                outcome.error = Some(interrupt.describe(spec));
+            }
+            Err(Stop::Failed(message)) => {
+                outcome.status = Status::Error;
+                outcome.error = Some(message);
+            }
+            Ok(container) => {
+                // Secrets reach the steps only through their execs, so they are
+                // not stored in the container's configuration for `docker inspect` to show.
+                let env = env_strings(&step_environment(spec));
+                let steps = drive_steps(spec, events, deadline, cancel, |_, step| {
+                    Box::pin(run_step(&self.docker, &container, &step.run, &env, events))
+                })
+                .await;
+                outcome.status = steps.status;
+                outcome.error = steps.error;
+                outcome.steps = steps.steps;
+                if steps.status != Status::Cancelled {
+                    self.collect(spec, &container, events, cancel, &mut outcome)
+                        .await;
+                }
+            }
+        }
+
+        if let Err(e) = teardown.run().await {
+            tracing::warn!("cleaning up task {}: {e}", spec.name);
+            events.log(
+                LogStream::System,
+                format!("clean-up failed: {e}\n").as_bytes(),
+            );
+        }
+        outcome.finished_at = Utc::now();
+        outcome
+    }
+
+    /// Gets the image, starts the services and the task container with the
+    /// workspace in it; returns the task container's name.
+    async fn set_up(
+        &self,
+        spec: &TaskSpec,
+        events: &MaskedEvents,
+        deadline: Option<tokio::time::Instant>,
+        cancel: &CancellationToken,
+        names: &Names,
+        teardown: &mut teardown::Teardown,
+    ) -> Result<String, Stop> {
+        let image = phase(self.task_image(spec, events), deadline, cancel).await?;
+        for service in &spec.services {
+            phase(
+                image::ensure(&self.docker, &service.image, events),
+                deadline,
+                cancel,
+            )
+            .await?;
+        }
+
+        let mut labels: HashMap<String, String> = spec.labels.iter().cloned().collect();
+        labels.insert("kiln.task".into(), spec.name.clone());
+        labels.insert(INSTANCE_LABEL.into(), names.instance.clone());
+
+        let network = names.network();
+        teardown.network(&network);
+        phase(self.create_network(&network, &labels), deadline, cancel).await?;
+
+        for service in &spec.services {
+            let name = names.service(&service.alias);
+            teardown.container(&name);
+            events.log(
+                LogStream::System,
+                format!("starting service {} ({})\n", service.alias, service.image).as_bytes(),
+            );
+            phase(
+                self.start_service(service, &name, &network, &labels),
+                deadline,
+                cancel,
+            )
+            .await?;
+        }
+
+        let container = names.task();
+        teardown.container(&container);
+        phase(
+            self.start_task_container(spec, &image, &container, &network, &labels),
+            deadline,
+            cancel,
+        )
+        .await?;
+        Ok(container)
+    }
+
+    async fn task_image(&self, spec: &TaskSpec, events: &MaskedEvents) -> Result<String, String> {
+        match (&spec.build, &spec.image) {
+            (Some(build), _) => image::build(&self.docker, build, &spec.source, events).await,
+            (None, Some(name)) => {
+                image::ensure(&self.docker, name, events).await?;
+                Ok(name.clone())
+            }
+            (None, None) => {
+                Err("task has no `image` or `build`; the docker executor needs one".into())
+            }
+        }
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<(), String> {
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        self.docker
+            .create_network(request)
+            .await
+            .map_err(|e| format!("creating the task's network: {}", engine_message(&e)))?;
+        tracing::debug!("created network {name}");
+        Ok(())
+    }
+
+    /// Attaches a container to `network` only; no port is published.
+    fn attachment(network: &str, alias: Option<&str>) -> (HostConfig, NetworkingConfig) {
+        let endpoint = EndpointSettings {
+            aliases: alias.map(|a| vec![a.to_string()]),
+            ..Default::default()
+        };
+        let host = HostConfig {
+            network_mode: Some(network.to_string()),
+            ..Default::default()
+        };
+        let networking = NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(network.to_string(), endpoint)])),
+        };
+        (host, networking)
+    }
+
+    async fn start_service(
+        &self,
+        service: &Service,
+        name: &str,
+        network: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<(), String> {
+        let (host_config, networking_config) = Self::attachment(network, Some(&service.alias));
+        let body = ContainerCreateBody {
+            image: Some(service.image.clone()),
+            env: Some(env_strings(&service.env)),
+            cmd: service.command.clone(),
+            labels: Some(labels.clone()),
+            host_config: Some(host_config),
+            networking_config: Some(networking_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(name).build();
+        let failed = |e: bollard::errors::Error| {
+            format!("starting service {}: {}", service.alias, engine_message(&e))
+        };
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(failed)?;
+        self.docker
+            .start_container(name, None)
+            .await
+            .map_err(failed)?;
+        tracing::debug!("started service {} as {name}", service.alias);
+        Ok(())
+    }
+
+    async fn start_task_container(
+        &self,
+        spec: &TaskSpec,
+        image: &str,
+        name: &str,
+        network: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<(), String> {
+        let (mut host_config, networking_config) = Self::attachment(network, None);
+        host_config.nano_cpus = spec.resources.cpus.map(|cpus| (cpus * 1e9).round() as i64);
+        host_config.memory = spec
+            .resources
+            .memory_bytes
+            .map(|bytes| i64::try_from(bytes).unwrap_or(i64::MAX));
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            entrypoint: Some(KEEP_ALIVE.iter().map(|s| s.to_string()).collect()),
+            cmd: Some(Vec::new()),
+            working_dir: Some(WORKSPACE.into()),
+            env: Some(env_strings(&spec.env)),
+            labels: Some(labels.clone()),
+            host_config: Some(host_config),
+            networking_config: Some(networking_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(name).build();
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| {
+                format!(
+                    "creating the task container from {image}: {}",
+                    engine_message(&e)
+                )
+            })?;
+
+        // The workspace goes in before the container starts, so no step can
+        // ever see it half-copied.
+        let source = spec.source.clone();
+        let (chunks, job) = pipe::stream_from_blocking(move |out| {
+            let mut tar = tar::Builder::new(out);
+            source.append_to_tar(&mut tar, Path::new(WORKSPACE.trim_start_matches('/')))?;
+            tar.finish()
+        });
+        let options = UploadToContainerOptionsBuilder::new().path("/").build();
+        let body = bollard::body_try_stream(chunks.map_ok(Into::into));
+        let uploaded = self
+            .docker
+            .upload_to_container(name, Some(options), body)
+            .await;
+        let archived = job
+            .await
+            .map_err(|e| format!("archiving the workspace: {e}"))?;
+        archived.map_err(|e| format!("copying the workspace into the container: {e}"))?;
+        uploaded.map_err(|e| {
+            format!(
+                "copying the workspace into the container: {}",
+                engine_message(&e)
+            )
+        })?;
+
+        self.docker.start_container(name, None).await.map_err(|e| {
+            format!(
+                "starting the task container from {image}: {}",
+                engine_message(&e)
+            )
+        })?;
+        tracing::debug!("started task container {name}");
+        Ok(())
+    }
+
+    /// Copies artifacts and reports out. Failing to is logged, not fatal: the
+    /// steps' result stands (the process executor behaves the same).
+    async fn collect(
+        &self,
+        spec: &TaskSpec,
+        container: &str,
+        events: &MaskedEvents,
+        cancel: &CancellationToken,
+        outcome: &mut TaskOutcome,
+    ) {
+        let kinds = [
+            (&spec.artifacts, "artifacts", "artifact"),
+            (&spec.reports, "reports", "report"),
+        ];
+        for (patterns, kind, noun) in kinds {
+            if patterns.is_empty() {
+                continue;
+            }
+            let dest = spec.outputs.join(kind);
+            // No deadline: after a timeout the outputs are still worth having.
+            let Ok(collected) = interruptible(
+                outputs::collect(&self.docker, container, patterns, &dest),
+                None,
+                cancel,
+            )
+            .await
+            else {
+                return;
+            };
+            match collected {
+                Ok(files) => {
+                    for pattern in patterns.iter() {
+                        let single = [pattern.clone()];
+                        if !files.iter().any(|f| selected_by(&single, f)) {
+                            events.log(
+                                LogStream::System,
+                                format!("{noun} pattern `{pattern}` matched no file\n").as_bytes(),
+                            );
+                        }
+                    }
+                    if kind == "artifacts" {
+                        outcome.artifacts = files;
+                    } else {
+                        outcome.reports = files;
+                    }
+                }
+                Err(e) => events.log(
+                    LogStream::System,
+                    format!("collecting {kind} failed: {e}\n").as_bytes(),
+                ),
+            }
+        }
+    }
+}
+
+/// Runs one step as an exec in the task container, streaming its output.
+async fn run_step(
+    docker: &Docker,
+    container: &str,
+    script: &str,
+    env: &[String],
+    events: &MaskedEvents,
+) -> StepExit {
+    let config = CreateExecOptions {
+        cmd: Some(vec!["/bin/sh", "-e", "-c", script]),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        working_dir: Some(WORKSPACE),
+        env: Some(env.iter().map(String::as_str).collect()),
+        ..Default::default()
+    };
+    let exec = match docker.create_exec(container, config).await {
+        Ok(exec) => exec.id,
+        Err(e) => return StepExit::Error(format!("cannot run the step: {}", engine_message(&e))),
+    };
+    match docker.start_exec(&exec, None).await {
+        Ok(StartExecResults::Attached {
+            mut output,
+            input: _input,
+        }) => {
+            while let Some(item) = output.next().await {
+                match item {
+                    Ok(LogOutput::StdErr { message }) => events.log(LogStream::Stderr, &message),
+                    Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                        events.log(LogStream::Stdout, &message);
+                    }
+                    Ok(LogOutput::StdIn { .. }) => {}
+                    Err(e) => {
+                        return StepExit::Error(format!(
+                            "reading the step's output: {}",
+                            engine_message(&e)
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(StartExecResults::Detached) => {
+            return StepExit::Error("the engine started the step detached".into());
+        }
+        Err(e) => return StepExit::Error(format!("cannot run the step: {}", engine_message(&e))),
+    }
+    // The output ends when the script closes it, which may be before it exits.
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match docker.inspect_exec(&exec).await {
+            Ok(info) if info.running == Some(true) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Ok(info) => {
+                return match info.exit_code {
+                    Some(code) => StepExit::Code(i32::try_from(code).unwrap_or(-1)),
+                    None => StepExit::Error("the engine reported no exit code for the step".into()),
+                };
+            }
+            Err(e) => {
+                return StepExit::Error(format!(
+                    "reading the step's exit code: {}",
+                    engine_message(&e)
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_versions_parse() {
+        let version = parse_api_version("1.41").unwrap();
+        assert_eq!((version.major_version, version.minor_version), (1, 41));
+        assert!(parse_api_version("1.41.").is_some());
+        assert!(parse_api_version("one").is_none());
+    }
+
+    #[test]
+    fn names_are_unique_and_valid() {
+        let (a, b) = (Names::new(), Names::new());
+        assert_ne!(a.network(), b.network());
+        assert_eq!(a.service("my db").rsplit('-').next(), Some("my_db"));
     }
 }

@@ -53,7 +53,12 @@ pub struct TaskSpec {
 
 impl TaskSpec {
     /// A minimal spec, mostly for tests and benchmarks.
-    pub fn new(name: impl Into<String>, steps: Vec<Step>, source: Arc<SourceTree>, outputs: PathBuf) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        steps: Vec<Step>,
+        source: Arc<SourceTree>,
+        outputs: PathBuf,
+    ) -> Self {
         TaskSpec {
             name: name.into(),
             image: None,
@@ -162,7 +167,11 @@ pub trait Executor: Send + Sync {
 
 /// The environment of a task's steps: the spec's env followed by its secrets.
 pub fn step_environment(spec: &TaskSpec) -> Vec<(String, String)> {
-    spec.env.iter().chain(spec.secrets.iter()).cloned().collect()
+    spec.env
+        .iter()
+        .chain(spec.secrets.iter())
+        .cloned()
+        .collect()
 }
 
 /// Why waiting for something inside a task stopped early.
@@ -183,7 +192,10 @@ impl Interrupt {
     pub fn describe(self, spec: &TaskSpec) -> String {
         match (self, spec.timeout) {
             (Interrupt::TimedOut, Some(limit)) => {
-                format!("task exceeded its timeout of {}", kiln_pipeline::Duration(limit))
+                format!(
+                    "task exceeded its timeout of {}",
+                    kiln_pipeline::Duration(limit)
+                )
             }
             (Interrupt::TimedOut, None) => "task timed out".to_string(),
             (Interrupt::Cancelled, _) => "task was cancelled".to_string(),
@@ -252,7 +264,10 @@ where
     let mut error = None;
     for (index, step) in spec.steps.iter().enumerate() {
         events.step_started(index, &step.name);
-        events.log(LogStream::System, format!("--- step {}: {}\n", index + 1, step.name).as_bytes());
+        events.log(
+            LogStream::System,
+            format!("--- step {}: {}\n", index + 1, step.name).as_bytes(),
+        );
         let started_at = Utc::now();
         let ended = interruptible(run_one(index, step), deadline, cancel).await;
         let result = &mut results[index];
@@ -285,5 +300,9 @@ where
             break;
         }
     }
-    StepsOutcome { status, error, steps: results }
+    StepsOutcome {
+        status,
+        error,
+        steps: results,
+    }
 }

@@ -41,7 +41,10 @@ impl Masker {
             }
         }
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Masker { secrets, pending: Vec::new() }
+        Masker {
+            secrets,
+            pending: Vec::new(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -62,7 +65,11 @@ impl Masker {
             if let Some(secret) = self.secrets.iter().find(|s| rest.starts_with(s)) {
                 out.extend_from_slice(MASK);
                 at += secret.len();
-            } else if self.secrets.iter().any(|s| s.len() > rest.len() && s.starts_with(rest)) {
+            } else if self
+                .secrets
+                .iter()
+                .any(|s| s.len() > rest.len() && s.starts_with(rest))
+            {
                 // The chunk ends inside what may be a secret: wait for more.
                 self.pending.extend_from_slice(rest);
                 break;
@@ -88,7 +95,10 @@ pub struct MaskedEvents {
 }
 
 impl MaskedEvents {
-    pub fn new<'a>(inner: Arc<dyn TaskEvents>, secrets: impl IntoIterator<Item = &'a str>) -> Arc<Self> {
+    pub fn new<'a>(
+        inner: Arc<dyn TaskEvents>,
+        secrets: impl IntoIterator<Item = &'a str>,
+    ) -> Arc<Self> {
         let masker = Masker::new(secrets);
         Arc::new(MaskedEvents {
             inner,
@@ -100,7 +110,11 @@ impl MaskedEvents {
     pub fn finish(&self) {
         let tails: Vec<(LogStream, Vec<u8>)> = {
             let mut maskers = self.maskers.lock().unwrap_or_else(|e| e.into_inner());
-            STREAMS.iter().zip(maskers.iter_mut()).map(|(s, m)| (*s, m.finish())).collect()
+            STREAMS
+                .iter()
+                .zip(maskers.iter_mut())
+                .map(|(s, m)| (*s, m.finish()))
+                .collect()
         };
         for (stream, tail) in tails {
             if !tail.is_empty() {
@@ -157,10 +171,19 @@ mod tests {
     #[test]
     fn masks_whole_and_split_secrets() {
         assert_eq!(mask_chunks(&["hunter2"], &[b"pw=hunter2\n"]), b"pw=***\n");
-        assert_eq!(mask_chunks(&["hunter2"], &[b"pw=hun", b"ter2!"]), b"pw=***!");
-        assert_eq!(mask_chunks(&["hunter2"], &[b"h", b"u", b"n", b"t", b"e", b"r", b"2"]), b"***");
+        assert_eq!(
+            mask_chunks(&["hunter2"], &[b"pw=hun", b"ter2!"]),
+            b"pw=***!"
+        );
+        assert_eq!(
+            mask_chunks(&["hunter2"], &[b"h", b"u", b"n", b"t", b"e", b"r", b"2"]),
+            b"***"
+        );
         assert_eq!(mask_chunks(&["hunter2"], &[b"hunt", b"ing"]), b"hunting");
-        assert_eq!(mask_chunks(&["hunter2"], &[b"ends with hun"]), b"ends with hun");
+        assert_eq!(
+            mask_chunks(&["hunter2"], &[b"ends with hun"]),
+            b"ends with hun"
+        );
     }
 
     #[test]

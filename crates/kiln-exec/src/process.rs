@@ -32,7 +32,10 @@ pub struct ProcessExecutor {
 
 impl Default for ProcessExecutor {
     fn default() -> Self {
-        ProcessExecutor { inherit_env: true, work_root: None }
+        ProcessExecutor {
+            inherit_env: true,
+            work_root: None,
+        }
     }
 }
 
@@ -57,7 +60,12 @@ impl Executor for ProcessExecutor {
 }
 
 impl ProcessExecutor {
-    async fn run_masked(&self, spec: &TaskSpec, events: &MaskedEvents, cancel: &CancellationToken) -> TaskOutcome {
+    async fn run_masked(
+        &self,
+        spec: &TaskSpec,
+        events: &MaskedEvents,
+        cancel: &CancellationToken,
+    ) -> TaskOutcome {
         let started_at = Utc::now();
         if !spec.services.is_empty() {
             return TaskOutcome::error(spec, "task has `services`, which need the docker executor");
@@ -81,7 +89,14 @@ impl ProcessExecutor {
         let groups = ProcessGroups::default();
         let env = step_environment(spec);
         let steps = drive_steps(spec, events, deadline, cancel, |_, step| {
-            Box::pin(run_step(&step.run, workspace.path(), &env, self.inherit_env, &groups, events))
+            Box::pin(run_step(
+                &step.run,
+                workspace.path(),
+                &env,
+                self.inherit_env,
+                &groups,
+                events,
+            ))
         })
         .await;
         // Background jobs a step left behind end with the task.
@@ -124,7 +139,9 @@ impl ProcessExecutor {
         let copy = tokio::task::spawn_blocking(move || source.copy_to(&target));
         match interruptible(copy, deadline, cancel).await {
             Ok(Ok(Ok(()))) => Ok(dir),
-            Ok(Ok(Err(e))) => Err(Ok(format!("cannot copy the source into the workspace: {e}"))),
+            Ok(Ok(Err(e))) => Err(Ok(format!(
+                "cannot copy the source into the workspace: {e}"
+            ))),
             Ok(Err(e)) => Err(Ok(format!("workspace copy failed: {e}"))),
             Err(interrupt) => Err(Err(interrupt)),
         }
@@ -164,12 +181,18 @@ async fn run_step(
     let stderr = forward(child.stderr.take(), LogStream::Stderr, events);
     let output = async { tokio::join!(stdout, stderr) };
     tokio::pin!(output);
+    let mut drained = false;
     let status = tokio::select! {
         status = child.wait() => status,
-        _ = &mut output => child.wait().await,
+        _ = &mut output => {
+            drained = true;
+            child.wait().await
+        }
     };
-    // Give the readers a moment to drain what the shell wrote before exiting.
-    let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, output).await;
+    if !drained {
+        // Give the readers a moment to drain what the shell wrote before exiting.
+        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, output).await;
+    }
     match status {
         Ok(status) => StepExit::Code(exit_code(status)),
         Err(e) => StepExit::Error(format!("waiting for the step failed: {e}")),
@@ -178,7 +201,10 @@ async fn run_step(
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1)
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
 }
 
 async fn forward(pipe: Option<impl AsyncRead + Unpin>, stream: LogStream, events: &MaskedEvents) {
@@ -192,13 +218,23 @@ async fn forward(pipe: Option<impl AsyncRead + Unpin>, stream: LogStream, events
     }
 }
 
-async fn collect(spec: &TaskSpec, workspace: &Path, events: &MaskedEvents, outcome: &mut TaskOutcome) {
+async fn collect(
+    spec: &TaskSpec,
+    workspace: &Path,
+    events: &MaskedEvents,
+    outcome: &mut TaskOutcome,
+) {
     for (patterns, kind) in [(&spec.artifacts, "artifacts"), (&spec.reports, "reports")] {
         if patterns.is_empty() {
             continue;
         }
-        let (from, to, patterns) = (workspace.to_path_buf(), spec.outputs.join(kind), patterns.clone());
-        let found = tokio::task::spawn_blocking(move || collect_outputs(&from, &patterns, &to)).await;
+        let (from, to, patterns) = (
+            workspace.to_path_buf(),
+            spec.outputs.join(kind),
+            patterns.clone(),
+        );
+        let found =
+            tokio::task::spawn_blocking(move || collect_outputs(&from, &patterns, &to)).await;
         match found {
             Ok(Ok(files)) => {
                 warn_unmatched(spec_patterns(spec, kind), &files, events);
@@ -207,22 +243,38 @@ async fn collect(spec: &TaskSpec, workspace: &Path, events: &MaskedEvents, outco
                     _ => outcome.reports = files,
                 }
             }
-            Ok(Err(e)) => events.log(LogStream::System, format!("collecting {kind} failed: {e}\n").as_bytes()),
-            Err(e) => events.log(LogStream::System, format!("collecting {kind} failed: {e}\n").as_bytes()),
+            Ok(Err(e)) => events.log(
+                LogStream::System,
+                format!("collecting {kind} failed: {e}\n").as_bytes(),
+            ),
+            Err(e) => events.log(
+                LogStream::System,
+                format!("collecting {kind} failed: {e}\n").as_bytes(),
+            ),
         }
     }
 }
 
 fn spec_patterns<'a>(spec: &'a TaskSpec, kind: &str) -> &'a [String] {
-    if kind == "artifacts" { &spec.artifacts } else { &spec.reports }
+    if kind == "artifacts" {
+        &spec.artifacts
+    } else {
+        &spec.reports
+    }
 }
 
 /// Says which patterns matched no file: a typo there otherwise goes unnoticed.
 pub fn warn_unmatched(patterns: &[String], files: &[PathBuf], events: &dyn TaskEvents) {
     for pattern in patterns {
         let single = [pattern.clone()];
-        if !files.iter().any(|f| crate::workspace::selected_by(&single, f)) {
-            events.log(LogStream::System, format!("pattern `{pattern}` matched no file\n").as_bytes());
+        if !files
+            .iter()
+            .any(|f| crate::workspace::selected_by(&single, f))
+        {
+            events.log(
+                LogStream::System,
+                format!("pattern `{pattern}` matched no file\n").as_bytes(),
+            );
         }
     }
 }
@@ -232,7 +284,11 @@ async fn remove_workspace(dir: tempfile::TempDir) {
     let _ = tokio::task::spawn_blocking(move || {
         let path = dir.path().to_path_buf();
         if dir.close().is_err() {
-            let _ = std::process::Command::new("chmod").arg("-R").arg("u+rwx").arg(&path).status();
+            let _ = std::process::Command::new("chmod")
+                .arg("-R")
+                .arg("u+rwx")
+                .arg(&path)
+                .status();
             let _ = std::fs::remove_dir_all(&path);
         }
     })

@@ -43,7 +43,10 @@ impl SourceTree {
 
     /// An empty tree, for tasks that need no source.
     pub fn empty() -> SourceTree {
-        SourceTree { root: PathBuf::from("/nonexistent"), files: Vec::new() }
+        SourceTree {
+            root: PathBuf::from("/nonexistent"),
+            files: Vec::new(),
+        }
     }
 
     /// Copies every file into `dest`, keeping permissions and symlinks.
@@ -65,7 +68,11 @@ impl SourceTree {
     }
 
     /// Appends every file to a tar archive under `prefix` (e.g. `workspace`).
-    pub fn append_to_tar<W: io::Write>(&self, tar: &mut tar::Builder<W>, prefix: &Path) -> io::Result<()> {
+    pub fn append_to_tar<W: io::Write>(
+        &self,
+        tar: &mut tar::Builder<W>,
+        prefix: &Path,
+    ) -> io::Result<()> {
         tar.follow_symlinks(false);
         let mut dir = tar::Header::new_gnu();
         dir.set_entry_type(tar::EntryType::Directory);
@@ -88,7 +95,13 @@ fn git_files(root: &Path) -> Option<Vec<PathBuf>> {
     let output = Command::new("git")
         .arg("-C")
         .arg(root)
-        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
         .stderr(std::process::Stdio::null())
         .output()
         .ok()?;
@@ -125,7 +138,10 @@ fn walk(root: &Path, relative: &Path, files: &mut Vec<PathBuf>) -> io::Result<()
 
 /// True for a relative path with no `..`, root or prefix components.
 pub fn is_relative_inside(path: &Path) -> bool {
-    !path.as_os_str().is_empty() && path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    !path.as_os_str().is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 /// Whether `path` (relative to the workspace, `/`-separated) is selected by one
@@ -145,7 +161,11 @@ pub fn selected_by(patterns: &[String], path: &Path) -> bool {
 /// Copies the regular files under `workspace` selected by `patterns` into
 /// `dest`, keeping their relative paths. Symlinks are not followed, so a task
 /// cannot smuggle files from outside its workspace into its artifacts.
-pub fn collect_outputs(workspace: &Path, patterns: &[String], dest: &Path) -> io::Result<Vec<PathBuf>> {
+pub fn collect_outputs(
+    workspace: &Path,
+    patterns: &[String],
+    dest: &Path,
+) -> io::Result<Vec<PathBuf>> {
     let mut collected = Vec::new();
     if patterns.is_empty() {
         return Ok(collected);
@@ -192,7 +212,11 @@ mod tests {
 
     #[test]
     fn selection_by_file_glob_and_directory() {
-        let patterns = vec!["target/release/app".to_string(), "reports/*.xml".into(), "dist".into()];
+        let patterns = vec![
+            "target/release/app".to_string(),
+            "reports/*.xml".into(),
+            "dist".into(),
+        ];
         assert!(selected_by(&patterns, Path::new("target/release/app")));
         assert!(selected_by(&patterns, Path::new("reports/unit.xml")));
         assert!(!selected_by(&patterns, Path::new("reports/sub/unit.xml")));

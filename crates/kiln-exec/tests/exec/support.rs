@@ -58,7 +58,10 @@ impl TaskEvents for Recorder {
 pub fn steps(scripts: &[&str]) -> Vec<Step> {
     scripts
         .iter()
-        .map(|s| Step { name: s.lines().next().unwrap_or("").to_string(), run: s.to_string() })
+        .map(|s| Step {
+            name: s.lines().next().unwrap_or("").to_string(),
+            run: s.to_string(),
+        })
         .collect()
 }
 
@@ -76,12 +79,20 @@ impl Fixture {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, content).unwrap();
         }
-        Fixture { source, outputs: tempfile::tempdir().unwrap() }
+        Fixture {
+            source,
+            outputs: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn spec(&self, name: &str, scripts: &[&str]) -> TaskSpec {
         let tree = Arc::new(SourceTree::scan(self.source.path()).unwrap());
-        TaskSpec::new(name, steps(scripts), tree, self.outputs.path().to_path_buf())
+        TaskSpec::new(
+            name,
+            steps(scripts),
+            tree,
+            self.outputs.path().to_path_buf(),
+        )
     }
 
     pub fn output(&self, relative: &str) -> PathBuf {

@@ -1,0 +1,9 @@
+//! The `kiln` command. `main.rs` only parses arguments; each command lives in
+//! its own module so tests and benchmarks can call it directly.
+
+pub mod cli;
+pub mod console;
+pub mod local;
+pub mod repo;
+pub mod run_command;
+pub mod secrets;

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Runs the benchmarks whose figures the README reports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-test-env.sh
+cargo bench -p kiln --bench overhead "$@"
