@@ -151,12 +151,8 @@ impl<'a> Report<'a> {
 
     /// Past this many errors, more are counted but not kept: nobody reads
     /// them, and locating each costs time.
-    fn full(&mut self) -> bool {
-        let full = self.diagnostics.len() >= MAX_DIAGNOSTICS;
-        if full {
-            self.dropped += 1;
-        }
-        full
+    fn full(&self) -> bool {
+        self.diagnostics.len() >= MAX_DIAGNOSTICS
     }
 
     pub(crate) fn error(&mut self, at: Location, message: impl Into<String>) {
@@ -172,6 +168,7 @@ impl<'a> Report<'a> {
         // Keep locations inside the text even if a parser counts line breaks
         // differently (a lone `\r`): editors jump to them.
         if self.full() {
+            self.dropped += 1;
             return;
         }
         self.diagnostics.push(Diagnostic {
@@ -184,38 +181,45 @@ impl<'a> Report<'a> {
 
     /// Reports at a byte offset into the text.
     fn error_at_offset(&mut self, offset: usize, message: impl Into<String>) {
+        if self.full() {
+            self.dropped += 1;
+            return;
+        }
         let (line, column) = line_column(self.text, offset);
         self.error_at(line, column, message);
     }
 
-    /// Reports a problem with the `occurrence`-th `${{` of a string value,
-    /// pointing at the `${{` itself when the value's text can be found.
-    fn error_in_string(&mut self, value: &Sp<String>, occurrence: usize, message: String) {
-        if self.full() {
+    /// Reports problems with a string value's `${{ }}` expressions, each
+    /// given by its index among the value's `${{`, pointing at the `${{`
+    /// itself when the value's text can be found in the file.
+    fn errors_in_string(&mut self, value: &Sp<String>, problems: Vec<(usize, String)>) {
+        if problems.is_empty() {
             return;
         }
-        if value.at() == value.defined()
-            && let Some(offset) = self.nth_expression_offset(value, occurrence)
-        {
-            self.error_at_offset(offset, message);
-            return;
+        let offsets = if value.at() == value.defined() {
+            self.expression_offsets(value)
+        } else {
+            // Through an alias: point at where it is used.
+            None
+        };
+        for (occurrence, message) in problems {
+            match offsets.as_ref().and_then(|o| o.get(occurrence)) {
+                Some(&offset) => self.error_at_offset(offset, message),
+                None => self.error(value.at(), message),
+            }
         }
-        self.error(value.at(), message);
     }
 
-    fn nth_expression_offset(&self, value: &Sp<String>, occurrence: usize) -> Option<usize> {
+    /// Byte offsets in the file of each `${{` of a string value.
+    fn expression_offsets(&self, value: &Sp<String>) -> Option<Vec<usize>> {
         let span = value.defined().span();
         let start = usize::try_from(span.byte_offset()?).ok()?;
         let len = usize::try_from(span.byte_len()?).ok()?;
         let raw = self.text.get(start..start.checked_add(len)?)?;
+        let offsets: Vec<usize> = raw.match_indices("${{").map(|(i, _)| start + i).collect();
         // Escapes or folding could make the written text differ from the
         // value; only trust the text when it has the same expressions.
-        if raw.matches("${{").count() != value.value().matches("${{").count() {
-            return None;
-        }
-        raw.match_indices("${{")
-            .nth(occurrence)
-            .map(|(index, _)| start + index)
+        (offsets.len() == value.value().matches("${{").count()).then_some(offsets)
     }
 
     fn syntax_error(&mut self, error: &Error) {
@@ -491,39 +495,48 @@ fn quoted_list_of(items: &[&str], total: usize) -> String {
 
 /// The candidate closest to `word`, if one is close enough to be a likely
 /// typo (optimal string alignment distance, so a swap of two letters is one
-/// edit).
+/// edit; case is ignored).
+///
+/// Bounded work whatever the candidates: a hostile file with thousands of
+/// long names gets fewer suggestions, not a slow parse.
 pub(crate) fn did_you_mean<'c>(
     word: &str,
     candidates: impl IntoIterator<Item = &'c str>,
 ) -> Option<&'c str> {
-    let word_text = word;
-    let word: Vec<char> = word.chars().collect();
-    if word.is_empty() || word.len() > 128 {
+    const MAX_LEN: usize = 128;
+    const MAX_WORK: usize = 1 << 20;
+    let lower = |text: &str| -> Vec<char> { text.chars().flat_map(char::to_lowercase).collect() };
+    if word.is_empty() || word.len() > MAX_LEN {
         return None;
     }
+    let word_chars = lower(word);
+    let mut work = 0usize;
     let mut best: Option<(usize, &str)> = None;
     for candidate in candidates {
-        let chars: Vec<char> = candidate.chars().collect();
-        if chars.len() > 128 {
+        if candidate == word || candidate.len() > MAX_LEN {
             continue;
         }
-        let limit = (word.len().max(chars.len()) / 3).max(1);
+        let chars = lower(candidate);
+        let limit = (word_chars.len().max(chars.len()) / 3).max(1);
         // The distance is at least the difference in length: skip the
         // quadratic computation for candidates that cannot be close.
-        if word.len().abs_diff(chars.len()) > limit {
+        if word_chars.len().abs_diff(chars.len()) > limit {
             continue;
         }
-        let distance = edit_distance(&word, &chars);
-        if candidate != word_text && distance <= limit && best.is_none_or(|(d, _)| distance < d) {
+        work += word_chars.len() * chars.len();
+        if work > MAX_WORK {
+            break;
+        }
+        let distance = edit_distance(&word_chars, &chars);
+        if distance <= limit && best.is_none_or(|(d, _)| distance < d) {
             best = Some((distance, candidate));
         }
     }
     best.map(|(_, candidate)| candidate)
 }
 
-/// Optimal string alignment distance, compared case-insensitively.
+/// Optimal string alignment distance.
 fn edit_distance(a: &[char], b: &[char]) -> usize {
-    let eq = |x: char, y: char| x.to_lowercase().eq(y.to_lowercase());
     let width = b.len() + 1;
     let mut d = vec![0usize; (a.len() + 1) * width];
     for i in 0..=a.len() {
@@ -534,11 +547,11 @@ fn edit_distance(a: &[char], b: &[char]) -> usize {
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
-            let cost = usize::from(!eq(a[i - 1], b[j - 1]));
+            let cost = usize::from(a[i - 1] != b[j - 1]);
             let mut best = (d[(i - 1) * width + j] + 1)
                 .min(d[i * width + j - 1] + 1)
                 .min(d[(i - 1) * width + j - 1] + cost);
-            if i > 1 && j > 1 && eq(a[i - 1], b[j - 2]) && eq(a[i - 2], b[j - 1]) {
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 best = best.min(d[(i - 2) * width + j - 2] + 1);
             }
             d[i * width + j] = best;
@@ -602,14 +615,11 @@ fn check(file: &PipelineFile, report: &mut Report<'_>) {
         check_env(env, EnvKind::Pipeline, report);
         for (name, value) in env.iter() {
             if value.0.value().contains("${{") {
-                report.error_in_string(
-                    &value.0,
-                    0,
-                    format!(
-                        "`${{{{ }}}}` is not available in the pipeline's `env`: move `{}` into the `env` of the tasks with a `matrix`",
-                        name.value()
-                    ),
+                let message = format!(
+                    "`${{{{ }}}}` is not available in the pipeline's `env`: move `{}` into the `env` of the tasks with a `matrix`",
+                    name.value()
                 );
+                report.errors_in_string(&value.0, vec![(0, message)]);
             }
         }
     }
@@ -706,7 +716,7 @@ fn check_interpolation(value: &Sp<String>, axes: &Axes<'_>, report: &mut Report<
         Ok(pieces) => pieces,
         Err(error) => {
             let occurrence = value.value()[..error.start].matches("${{").count();
-            report.error_in_string(value, occurrence, error.message);
+            report.errors_in_string(value, vec![(occurrence, error.message)]);
             return;
         }
     };
@@ -714,7 +724,11 @@ fn check_interpolation(value: &Sp<String>, axes: &Axes<'_>, report: &mut Report<
         Piece::Axis { name, .. } => Some(*name),
         Piece::Text(_) => None,
     });
+    let mut problems = Vec::new();
     for (occurrence, name) in axis_refs.enumerate() {
+        if problems.len() >= MAX_DIAGNOSTICS {
+            break;
+        }
         let message = match &axes.names {
             None => format!(
                 "`${{{{ matrix.{name} }}}}` is used in task `{}`, which has no `matrix`",
@@ -730,8 +744,9 @@ fn check_interpolation(value: &Sp<String>, axes: &Axes<'_>, report: &mut Report<
                 ),
             },
         };
-        report.error_in_string(value, occurrence, message);
+        problems.push((occurrence, message));
     }
+    report.errors_in_string(value, problems);
 }
 
 fn check_task(

@@ -633,7 +633,9 @@ fn many_errors_stay_fast_and_bounded() {
     // task name and list them all.
     let mut text = String::from("version: 1\ntasks:\n");
     for i in 0..10_000 {
-        text.push_str(&format!("  t{i}:\n    needs: [zz-missing-{i}]\n    steps: [x]\n"));
+        text.push_str(&format!(
+            "  t{i}:\n    needs: [zz-missing-{i}]\n    steps: [x]\n"
+        ));
     }
     let diagnostics = assert_rejected_quickly(&text, StdDuration::from_secs(10));
     assert!(diagnostics.0.len() <= 201, "{}", diagnostics.0.len());
@@ -659,6 +661,14 @@ fn many_errors_stay_fast_and_bounded() {
         steps.join(",")
     );
     assert_rejected_quickly(&text, StdDuration::from_secs(10));
+
+    // ... or in a single string.
+    let text = one_task(&format!(
+        "    steps: ['{}']\n",
+        "${{ matrix.x }}".repeat(20_000)
+    ));
+    let diagnostics = assert_rejected_quickly(&text, StdDuration::from_secs(10));
+    assert_eq!((diagnostics.0[1].line, diagnostics.0[1].column), (4, 29));
 
     // Many secrets and variables in one task.
     let names: Vec<String> = (0..30_000).map(|i| format!("S{i}")).collect();
