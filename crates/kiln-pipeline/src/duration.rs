@@ -30,9 +30,8 @@ impl FromStr for Duration {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let expected = || {
-            format!("expected a duration like `30s`, `20m` or `1h30m`, found `{text}`")
-        };
+        let expected =
+            || format!("expected a duration like `30s`, `20m` or `1h30m`, found `{text}`");
         let text_trimmed = text.trim();
         if text_trimmed.is_empty() {
             return Err(expected());
@@ -83,7 +82,13 @@ impl fmt::Display for Duration {
         if millis == 0 {
             return f.write_str("0s");
         }
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+            ("ms", 1),
+        ] {
             if millis >= size {
                 write!(f, "{}{unit}", millis / size)?;
                 millis %= size;
@@ -115,7 +120,9 @@ impl<'de> Deserialize<'de> for Duration {
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
                 u64::try_from(v)
-                    .map_err(|_| E::custom(format!("expected a duration, found negative number {v}")))
+                    .map_err(|_| {
+                        E::custom(format!("expected a duration, found negative number {v}"))
+                    })
                     .and_then(|v| self.visit_u64(v))
             }
         }
@@ -158,7 +165,15 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_overflow() {
-        for bad in ["", "h", "10x", "1.5h", "-3s", "99999999999999999999d", "5000d"] {
+        for bad in [
+            "",
+            "h",
+            "10x",
+            "1.5h",
+            "-3s",
+            "99999999999999999999d",
+            "5000d",
+        ] {
             assert!(bad.parse::<Duration>().is_err(), "{bad} should be rejected");
         }
     }

@@ -98,7 +98,10 @@ mod tests {
 
     #[test]
     fn when_filters_branch_and_event() {
-        let when = When { branch: vec!["main".into()], event: vec![Event::Push] };
+        let when = When {
+            branch: vec!["main".into()],
+            event: vec![Event::Push],
+        };
         assert!(when.matches(Some("main"), Event::Push));
         assert!(!when.matches(Some("main"), Event::Manual));
         assert!(!when.matches(Some("dev"), Event::Push));
