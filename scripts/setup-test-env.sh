@@ -30,10 +30,18 @@ ensure_docker() {
     log "installing docker.io"
     apt_install docker.io
   fi
+  # A dockerd killed without warning leaves its pid file, which stops the
+  # next one from starting.
+  local pidfile=/var/run/docker.pid
+  if [ -f "$pidfile" ] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    log "removing stale $pidfile"
+    as_root rm -f "$pidfile"
+  fi
   log "starting dockerd"
-  as_root sh -c 'nohup dockerd >/var/log/kiln-dockerd.log 2>&1 &'
+  as_root sh -c 'nohup dockerd >/var/log/kiln-dockerd.log 2>&1 & echo $! >/tmp/kiln-dockerd.pid'
   for _ in $(seq 1 120); do
     engine_answers && { log "Docker engine is up"; return; }
+    kill -0 "$(cat /tmp/kiln-dockerd.pid)" 2>/dev/null || break
     sleep 0.5
   done
   log "dockerd did not come up; its log follows"
