@@ -87,6 +87,19 @@ pub enum LogStream {
     System,
 }
 
+impl LogStream {
+    pub const ALL: [LogStream; 3] = [LogStream::Stdout, LogStream::Stderr, LogStream::System];
+
+    /// Position in [`LogStream::ALL`], for per-stream state kept in arrays.
+    pub fn index(self) -> usize {
+        match self {
+            LogStream::Stdout => 0,
+            LogStream::Stderr => 1,
+            LogStream::System => 2,
+        }
+    }
+}
+
 /// Receives what happens inside a task as it happens. Output reaches it
 /// already masked. Called from executor tasks, so it must not block for long.
 pub trait TaskEvents: Send + Sync {

@@ -106,11 +106,16 @@ impl MaskedEvents {
         })
     }
 
+    /// Masks the values of the secrets `spec` carries.
+    pub fn for_task(inner: Arc<dyn TaskEvents>, spec: &crate::TaskSpec) -> Arc<Self> {
+        Self::new(inner, spec.secrets.iter().map(|(_, value)| value.as_str()))
+    }
+
     /// Flushes what each stream held back. Call when the task has ended.
     pub fn finish(&self) {
         let tails: Vec<(LogStream, Vec<u8>)> = {
             let mut maskers = self.maskers.lock().unwrap_or_else(|e| e.into_inner());
-            STREAMS
+            LogStream::ALL
                 .iter()
                 .zip(maskers.iter_mut())
                 .map(|(s, m)| (*s, m.finish()))
@@ -124,21 +129,11 @@ impl MaskedEvents {
     }
 }
 
-const STREAMS: [LogStream; 3] = [LogStream::Stdout, LogStream::Stderr, LogStream::System];
-
-fn stream_index(stream: LogStream) -> usize {
-    match stream {
-        LogStream::Stdout => 0,
-        LogStream::Stderr => 1,
-        LogStream::System => 2,
-    }
-}
-
 impl TaskEvents for MaskedEvents {
     fn log(&self, stream: LogStream, bytes: &[u8]) {
         let visible = {
             let mut maskers = self.maskers.lock().unwrap_or_else(|e| e.into_inner());
-            maskers[stream_index(stream)].push(bytes)
+            maskers[stream.index()].push(bytes)
         };
         if !visible.is_empty() {
             self.inner.log(stream, &visible);

@@ -51,7 +51,7 @@ impl Executor for ProcessExecutor {
         cancel: CancellationToken,
     ) -> BoxFuture<'a, TaskOutcome> {
         Box::pin(async move {
-            let events = MaskedEvents::new(events, spec.secrets.iter().map(|(_, v)| v.as_str()));
+            let events = MaskedEvents::for_task(events, spec);
             let outcome = self.run_masked(spec, &events, &cancel).await;
             events.finish();
             outcome

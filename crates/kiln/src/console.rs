@@ -190,7 +190,7 @@ impl TaskConsole {
     fn flush(&self) {
         let tails: Vec<(LogStream, Vec<u8>)> = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            [LogStream::Stdout, LogStream::Stderr, LogStream::System]
+            LogStream::ALL
                 .into_iter()
                 .zip(state.partial.iter_mut())
                 .map(|(s, p)| (s, std::mem::take(p)))
@@ -204,14 +204,6 @@ impl TaskConsole {
     }
 }
 
-fn slot(stream: LogStream) -> usize {
-    match stream {
-        LogStream::Stdout => 0,
-        LogStream::Stderr => 1,
-        LogStream::System => 2,
-    }
-}
-
 impl TaskEvents for TaskConsole {
     fn log(&self, stream: LogStream, bytes: &[u8]) {
         let complete = {
@@ -219,7 +211,7 @@ impl TaskEvents for TaskConsole {
             if let Some(log) = state.log.as_mut() {
                 let _ = log.write_all(bytes);
             }
-            let partial = &mut state.partial[slot(stream)];
+            let partial = &mut state.partial[stream.index()];
             partial.extend_from_slice(bytes);
             let cut = match partial.iter().rposition(|b| *b == b'\n') {
                 Some(newline) => newline + 1,
