@@ -1,0 +1,349 @@
+//! Storage for the server: one [`Database`] trait, implemented once per
+//! backend (`kiln-store-sqlite`, `kiln-store-postgres`), each with its own
+//! migrations. The queue's rules — which task may run once its needs end,
+//! what a run's status is — live in [`queue`] and are shared by both, so a
+//! backend only moves rows.
+//!
+//! Time is passed in (`now`) rather than read from the clock, so tests can
+//! expire leases and deadlines without sleeping.
+
+pub mod queue;
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+pub use kiln_pipeline::{Event, Status};
+use serde::{Deserialize, Serialize};
+
+pub type Id = i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A uniqueness or state rule refused the change (e.g. job exists).
+    #[error("{0}")]
+    Conflict(String),
+    /// The backend failed (connection, I/O, corrupt row).
+    #[error("database: {0}")]
+    Backend(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Git,
+    Freestyle,
+}
+
+/// What a client sends to create or replace a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: String,
+    pub kind: JobKind,
+    /// Git jobs: repository URL (`file://`, `http(s)://`, or a path).
+    pub repository: Option<String>,
+    /// Git jobs: path of the pipeline file in the repository.
+    pub pipeline_path: Option<String>,
+    pub default_branch: Option<String>,
+    /// Freestyle jobs: the pipeline YAML.
+    pub pipeline: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: Id,
+    #[serde(flatten)]
+    pub spec: JobSpec,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Upserted {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretInfo {
+    pub name: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A run to create, with its tasks already expanded from the pipeline.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub branch: Option<String>,
+    pub sha: Option<String>,
+    pub event: Event,
+    /// `Some` makes the run `error` at once, with no tasks (e.g. an invalid
+    /// pipeline, with its located message).
+    pub error: Option<String>,
+    /// Umbrella timeout; the run's deadline is counted from creation.
+    pub timeout: Option<std::time::Duration>,
+    pub tasks: Vec<NewTask>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// The expanded task as the pipeline crate produced it; agents get it back.
+    pub task: kiln_pipeline::Task,
+    /// Set when `when` does not match this run: the task is `skipped` from the start.
+    pub skip_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: Id,
+    pub job_id: Id,
+    pub job: String,
+    pub number: i64,
+    pub status: Status,
+    pub branch: Option<String>,
+    pub sha: Option<String>,
+    pub event: Event,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRow {
+    pub id: Id,
+    pub run_id: Id,
+    pub name: String,
+    pub status: Status,
+    /// Why it is in this status (skipped because…, error message, …).
+    pub reason: Option<String>,
+    pub spec: kiln_pipeline::Task,
+    /// 1 for the first try; grows with each retry.
+    pub attempt: i64,
+    /// The agent that holds (or last held) the task.
+    pub agent: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Set by cancel while running; the agent polls or is told.
+    pub cancel_requested: bool,
+    pub queued_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub steps: Vec<StepRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRow {
+    pub index: i64,
+    pub name: String,
+    pub status: Status,
+    pub exit_code: Option<i64>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunDetail {
+    pub run: Run,
+    /// In pipeline order.
+    pub tasks: Vec<TaskRow>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub status: Option<Status>,
+    pub branch: Option<String>,
+    /// Return runs with a number below this (newest first pagination).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// A request for work from an agent.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The agent's name; becomes the lease holder.
+    pub holder: String,
+    pub labels: Vec<String>,
+    pub lease: std::time::Duration,
+    pub now: DateTime<Utc>,
+}
+
+/// How a task ended, as its agent reports it.
+#[derive(Debug, Clone)]
+pub struct TaskResult {
+    /// success, failure, timed_out, cancelled or error.
+    pub status: Status,
+    pub reason: Option<String>,
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub path: String,
+    pub size: i64,
+    pub content_type: String,
+    /// Key in the blob store.
+    pub blob_key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    User,
+    Agent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: Id,
+    pub kind: TokenKind,
+    pub name: String,
+    pub is_admin: bool,
+}
+
+/// Everything the server stores. Implementations must make each method
+/// atomic (one transaction), and `claim_task` must never hand one task to
+/// two holders, whatever the concurrency.
+pub trait Database: Clone + Send + Sync + 'static {
+    // --- jobs
+    fn create_job(
+        &self,
+        spec: &JobSpec,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Job>> + Send;
+    fn upsert_job(
+        &self,
+        spec: &JobSpec,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(Job, Upserted)>> + Send;
+    fn get_job(&self, name: &str) -> impl Future<Output = Result<Option<Job>>> + Send;
+    fn list_jobs(&self) -> impl Future<Output = Result<Vec<Job>>> + Send;
+    /// Deletes the job and everything of it (runs, tasks, logs, secrets).
+    fn delete_job(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    // --- secrets (values arrive and leave sealed; the store never sees plaintext)
+    fn put_secret(
+        &self,
+        job_id: Id,
+        name: &str,
+        sealed: &[u8],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn delete_secret(&self, job_id: Id, name: &str) -> impl Future<Output = Result<bool>> + Send;
+    fn list_secrets(&self, job_id: Id) -> impl Future<Output = Result<Vec<SecretInfo>>> + Send;
+    fn sealed_secrets(
+        &self,
+        job_id: Id,
+        names: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>>> + Send;
+
+    // --- runs
+    /// Numbers the run (1, 2, 3… per job), stores it and its tasks in one
+    /// transaction; tasks with no needs start `queued`, the rest `pending`.
+    fn create_run(
+        &self,
+        job_id: Id,
+        run: NewRun,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<RunDetail>> + Send;
+    fn get_run(
+        &self,
+        job_id: Id,
+        number: i64,
+    ) -> impl Future<Output = Result<Option<RunDetail>>> + Send;
+    /// Newest first.
+    fn list_runs(
+        &self,
+        job_id: Id,
+        filter: &RunFilter,
+    ) -> impl Future<Output = Result<Vec<Run>>> + Send;
+    /// Ends pending and queued tasks `cancelled` and flags running ones; the
+    /// run is `cancelled` once no task runs. `Conflict` if already finished.
+    fn cancel_run(
+        &self,
+        job_id: Id,
+        number: i64,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<RunDetail>> + Send;
+
+    // --- queue
+    fn claim_task(&self, claim: &Claim) -> impl Future<Output = Result<Option<TaskRow>>> + Send;
+    /// Extends the lease; false when `holder` no longer holds the task.
+    fn renew_lease(
+        &self,
+        task_id: Id,
+        holder: &str,
+        until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    fn update_step(
+        &self,
+        task_id: Id,
+        holder: &str,
+        step: &StepRow,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Records the end of a task (retrying it when `retry` allows), releases
+    /// or skips its dependants and settles the run. False when `holder` does
+    /// not hold it.
+    fn finish_task(
+        &self,
+        task_id: Id,
+        holder: &str,
+        result: &TaskResult,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Ends tasks whose lease expired before `now` (retry, or `error` with
+    /// "agent lost") and runs past their deadline; returns the tasks touched.
+    fn expire(&self, now: DateTime<Utc>) -> impl Future<Output = Result<Vec<Id>>> + Send;
+    fn get_task(&self, task_id: Id) -> impl Future<Output = Result<Option<TaskRow>>> + Send;
+    /// Count of tasks per status, for metrics.
+    fn task_counts(&self) -> impl Future<Output = Result<Vec<(Status, i64)>>> + Send;
+    fn run_counts(&self) -> impl Future<Output = Result<Vec<(Status, i64)>>> + Send;
+
+    // --- logs (chunks are idempotent on (task, seq))
+    fn append_log(
+        &self,
+        task_id: Id,
+        seq: i64,
+        data: &[u8],
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Chunks with `seq >= from`, in order.
+    fn read_log(
+        &self,
+        task_id: Id,
+        from: i64,
+    ) -> impl Future<Output = Result<Vec<(i64, Vec<u8>)>>> + Send;
+
+    // --- results
+    fn add_artifact(
+        &self,
+        task_id: Id,
+        artifact: &Artifact,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn list_artifacts(&self, task_id: Id) -> impl Future<Output = Result<Vec<Artifact>>> + Send;
+    fn put_report(
+        &self,
+        task_id: Id,
+        kind: &str,
+        json: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn get_report(
+        &self,
+        task_id: Id,
+        kind: &str,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
+
+    // --- auth (only hashes of tokens are ever stored)
+    fn insert_token(
+        &self,
+        hash: &str,
+        kind: TokenKind,
+        name: &str,
+        is_admin: bool,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Id>> + Send;
+    fn find_token(&self, hash: &str) -> impl Future<Output = Result<Option<TokenInfo>>> + Send;
+    fn has_admin_token(&self) -> impl Future<Output = Result<bool>> + Send;
+}
