@@ -78,5 +78,96 @@ ensure_busybox_image() {
 
 file_is_static() { ! ldd "$1" >/dev/null 2>&1; }
 
+# PostgreSQL on 127.0.0.1:5432 with role `kiln` (password `kiln`) and
+# database `kiln`: what the PostgreSQL store's tests connect to
+# (KILN_TEST_DATABASE_URL overrides it). Debian's cluster tools run it.
+KILN_PG_URL_CHECK="host=127.0.0.1 port=5432 user=kiln dbname=kiln connect_timeout=3"
+
+pg_answers() { pg_isready -q -h 127.0.0.1 -p 5432 >/dev/null 2>&1; }
+
+pg_kiln_ready() {
+  PGPASSWORD=kiln psql "$KILN_PG_URL_CHECK" -qAtc 'SELECT 1' >/dev/null 2>&1
+}
+
+as_postgres() { as_root runuser -u postgres -- "$@"; }
+
+# Whether $1 is a running (not zombie) postgres process.
+pg_pid_alive() {
+  [ -n "$1" ] && [ -r "/proc/$1/status" ] \
+    && grep -q '^Name:[[:space:]]*postgres' "/proc/$1/status" \
+    && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"
+}
+
+clear_stale_pg_lock() {
+  as_root test -f "$1" || return 0
+  local pid
+  pid=$(as_root head -n 1 "$1" | tr -dc '0-9')
+  if ! pg_pid_alive "$pid"; then
+    log "removing stale $1"
+    as_root rm -f "$1"
+  fi
+}
+
+ensure_postgres() {
+  if pg_answers && pg_kiln_ready; then
+    log "PostgreSQL answers on 127.0.0.1:5432"
+    return
+  fi
+  if ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null \
+    || ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    log "installing postgresql"
+    apt_install postgresql
+  fi
+  # Debian's binaries, not whatever else is first on PATH (/usr/local/bin
+  # may hold other initdb/pg_ctl/postgres builds).
+  local bin version
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  version=$(basename "$(dirname "$bin")")
+  if ! pg_answers; then
+    if [ ! -d "/etc/postgresql/$version/main" ]; then
+      log "creating PostgreSQL $version cluster main"
+      as_root pg_createcluster "$version" main >/dev/null
+    fi
+    local data
+    data=$(as_root sed -n "s/^data_directory *= *'\([^']*\)'.*/\1/p" \
+      "/etc/postgresql/$version/main/postgresql.conf")
+    data=${data:-/var/lib/postgresql/$version/main}
+    # The socket directory lives on a tmpfs on many machines.
+    as_root install -d -o postgres -g postgres -m 2775 /var/run/postgresql
+    log "starting PostgreSQL $version"
+    local attempt
+    for attempt in 1 2 3 4 5 6 7 8 9 10; do
+      # A postmaster killed without warning leaves its pid and socket lock
+      # files; postgres refuses to start over them while their pid looks
+      # alive, and the children of a killed postmaster take a moment to go.
+      clear_stale_pg_lock "$data/postmaster.pid"
+      clear_stale_pg_lock /var/run/postgresql/.s.PGSQL.5432.lock
+      as_root pg_ctlcluster "$version" main start 2>/dev/null && break
+      if [ "$attempt" -lt 10 ]; then sleep 1; fi
+    done
+    local _
+    for _ in $(seq 1 60); do
+      pg_answers && break
+      sleep 0.5
+    done
+    if ! pg_answers; then
+      log "PostgreSQL did not come up; its log follows"
+      as_root tail -n 30 "/var/log/postgresql/postgresql-$version-main.log" >&2 || true
+      exit 1
+    fi
+  fi
+  as_postgres psql -qAtc "DO \$\$ BEGIN
+      IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'kiln') THEN
+        CREATE ROLE kiln LOGIN SUPERUSER PASSWORD 'kiln';
+      END IF;
+    END \$\$;" >/dev/null
+  if [ -z "$(as_postgres psql -qAtc "SELECT 1 FROM pg_database WHERE datname = 'kiln'")" ]; then
+    as_postgres createdb -O kiln kiln
+  fi
+  pg_kiln_ready || { log "cannot log in to PostgreSQL as kiln"; exit 1; }
+  log "PostgreSQL is up with role and database kiln"
+}
+
 ensure_docker
 ensure_busybox_image
+ensure_postgres

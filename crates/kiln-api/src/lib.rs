@@ -7,8 +7,17 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// Statuses of runs, tasks and steps (DESIGN.md §1).
-pub const STATUSES: [&str; 9] =
-    ["pending", "queued", "running", "success", "failure", "cancelled", "timed_out", "skipped", "error"];
+pub const STATUSES: [&str; 9] = [
+    "pending",
+    "queued",
+    "running",
+    "success",
+    "failure",
+    "cancelled",
+    "timed_out",
+    "skipped",
+    "error",
+];
 
 /// Body of `POST /jobs` and `PUT /jobs/{job}` (where `name` may be omitted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

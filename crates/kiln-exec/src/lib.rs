@@ -5,6 +5,7 @@
 //! [`TaskEvents`] sink, ending with a [`TaskOutcome`]. `kiln run` and the agent
 //! drive the same executors; neither knows how a task is isolated.
 
+pub mod context;
 pub mod docker;
 pub mod mask;
 pub mod process;

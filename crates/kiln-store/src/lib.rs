@@ -8,6 +8,8 @@
 //! expire leases and deadlines without sleeping.
 
 pub mod queue;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 
 use std::future::Future;
 
@@ -159,6 +161,7 @@ pub struct RunFilter {
     pub branch: Option<String>,
     /// Return runs with a number below this (newest first pagination).
     pub before: Option<i64>,
+    /// At most this many runs; 0 (the default) or less means 50.
     pub limit: i64,
 }
 
@@ -250,6 +253,8 @@ pub trait Database: Clone + Send + Sync + 'static {
         run: NewRun,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<RunDetail>> + Send;
+    /// The run a task belongs to, found by the run's id (workers know only that).
+    fn get_run_by_id(&self, run_id: Id) -> impl Future<Output = Result<Option<Run>>> + Send;
     fn get_run(
         &self,
         job_id: Id,

@@ -24,6 +24,13 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Print the JSON Schema of the pipeline file, for editors.
     Schema,
+    /// All in one: server, one embedded agent, SQLite and local storage in --data-dir.
+    Up(UpArgs),
+    /// The server alone: REST API over the database queue.
+    Server(ServerArgs),
+    // The client commands (`job`, `apply`, `trigger`, `runs`, `logs`, …).
+    #[command(flatten)]
+    Client(crate::client_commands::ClientCommand),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -72,4 +79,57 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("expected K=V, found `{text}`")),
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "KILN_LISTEN")]
+    pub listen: std::net::SocketAddr,
+    /// Address agents connect to over gRPC (used once agents connect remotely).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub grpc_listen: std::net::SocketAddr,
+    /// Where the SQLite database, the key file, logs and artifacts live.
+    #[arg(long, default_value = ".kiln-data", env = "KILN_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// `postgres://…` to use PostgreSQL instead of SQLite in the data dir.
+    #[arg(long, env = "KILN_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// `s3://bucket/prefix` for an S3-compatible blob store (AWS_* variables
+    /// configure it); the data dir by default.
+    #[arg(long, env = "KILN_BLOB_URL")]
+    pub blob_url: Option<String>,
+    /// Also run tasks in this process, like an agent on the server's machine.
+    #[arg(long)]
+    pub worker: bool,
+    /// Executor of the in-process worker; `docker` when an engine answers.
+    #[arg(long, value_enum, requires = "worker")]
+    pub worker_executor: Option<ExecutorKind>,
+    /// Labels of the in-process worker, for `runs-on`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "linux",
+        requires = "worker"
+    )]
+    pub worker_labels: Vec<String>,
+    /// Tasks the in-process worker runs at once.
+    #[arg(long, default_value_t = 2, requires = "worker")]
+    pub worker_capacity: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Address of the HTTP API and (later) the web UI.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Where everything is kept: SQLite database, key file, logs, artifacts.
+    #[arg(long, default_value = ".kiln-data")]
+    pub data_dir: PathBuf,
+    /// Executor of the embedded agent; `docker` when an engine answers.
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorKind>,
+    /// Tasks the embedded agent runs at once.
+    #[arg(long, default_value_t = 2)]
+    pub capacity: usize,
 }

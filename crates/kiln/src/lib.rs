@@ -2,8 +2,10 @@
 //! its own module so tests and benchmarks can call it directly.
 
 pub mod cli;
+pub mod client_commands;
 pub mod console;
 pub mod local;
 pub mod repo;
 pub mod run_command;
 pub mod secrets;
+pub mod server_command;

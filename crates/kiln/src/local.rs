@@ -9,20 +9,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use kiln_exec::context::{RunContext, task_dir_name};
 use kiln_exec::{CancellationToken, Executor, SourceTree, TaskEvents, TaskOutcome, TaskSpec};
-use kiln_pipeline::{Event, Pipeline, Status, Task};
+use kiln_pipeline::{Pipeline, Status, Task};
 use tokio::task::JoinSet;
-
-/// What the run is about: fills the `KILN_*` variables and evaluates `when`.
-#[derive(Debug, Clone)]
-pub struct RunContext {
-    pub job: String,
-    pub run_number: u64,
-    pub branch: Option<String>,
-    pub sha: Option<String>,
-    pub event: Event,
-    pub agent: String,
-}
 
 pub struct RunPlan {
     pub pipeline: Pipeline,
@@ -311,38 +301,8 @@ async fn run_task(
     }
 }
 
-/// File-system-safe form of a task name, for its directory under the run.
-pub fn task_dir_name(name: &str) -> String {
-    name.chars()
-        .map(|c| if c == '/' || c == '\0' { '_' } else { c })
-        .collect()
-}
-
-/// Builds the executor's view of a task: the `CI`/`KILN_*` variables first,
-/// then the pipeline's env, then `--env`, and only the secrets it names.
+/// The executor's view of `task` in this plan, with only the secrets it names.
 pub fn task_spec(plan: &RunPlan, task: &Task) -> TaskSpec {
-    let context = &plan.context;
-    let mut env: Vec<(String, String)> = vec![
-        ("CI".into(), "true".into()),
-        ("KILN".into(), "true".into()),
-        ("KILN_JOB".into(), context.job.clone()),
-        ("KILN_RUN".into(), context.run_number.to_string()),
-        ("KILN_TASK".into(), task.name.clone()),
-        ("KILN_AGENT".into(), context.agent.clone()),
-        (
-            "KILN_COMMIT_SHA".into(),
-            context.sha.clone().unwrap_or_default(),
-        ),
-        (
-            "KILN_BRANCH".into(),
-            context.branch.clone().unwrap_or_default(),
-        ),
-        ("KILN_EVENT".into(), context.event.to_string()),
-    ];
-    for (key, value) in task.env.iter().chain(&plan.extra_env) {
-        env.retain(|(k, _)| k != key);
-        env.push((key.clone(), value.clone()));
-    }
     let secrets = task
         .secrets
         .iter()
@@ -352,22 +312,13 @@ pub fn task_spec(plan: &RunPlan, task: &Task) -> TaskSpec {
                 .map(|value| (name.clone(), value.clone()))
         })
         .collect();
-    let mut labels = plan.labels.clone();
-    labels.push(("kiln.run".into(), context.run_number.to_string()));
-    TaskSpec {
-        name: task.name.clone(),
-        image: task.image.clone(),
-        build: task.build.clone(),
-        services: task.services.clone(),
-        env,
+    kiln_exec::context::task_spec(
+        task,
+        &plan.context,
         secrets,
-        steps: task.steps.clone(),
-        timeout: task.timeout.map(|t| t.as_std()),
-        resources: task.resources.clone(),
-        artifacts: task.artifacts.paths.clone(),
-        reports: task.reports.junit.clone(),
-        source: plan.source.clone(),
-        outputs: plan.run_dir.join("tasks").join(task_dir_name(&task.name)),
-        labels,
-    }
+        &plan.extra_env,
+        plan.source.clone(),
+        plan.run_dir.join("tasks").join(task_dir_name(&task.name)),
+        plan.labels.clone(),
+    )
 }

@@ -23,6 +23,9 @@ fn main() {
             Command::Run(args) => run_command::run(args).await,
             Command::Validate(args) => run_command::validate(&args),
             Command::Schema => run_command::schema(),
+            Command::Up(args) => kiln::server_command::up(args).await,
+            Command::Server(args) => kiln::server_command::server(args).await,
+            Command::Client(command) => kiln::client_commands::run(command).await,
         }
     });
     // Tasks still winding down (e.g. a dropped clean-up) get a moment, not forever.

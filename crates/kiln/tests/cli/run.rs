@@ -1,5 +1,4 @@
-//! End-to-end tests of the `kiln` binary: real processes, real git
-//! repositories, the real Docker engine (`scripts/setup-test-env.sh`).
+//! `kiln run` and `kiln validate`, run as a user would in a git repository.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

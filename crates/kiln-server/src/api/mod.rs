@@ -1,0 +1,112 @@
+//! The HTTP layer: routes, and the controllers behind them. Controllers
+//! translate between HTTP and the store; rules live elsewhere.
+
+mod admin;
+mod jobs;
+mod results;
+mod runs;
+mod secrets;
+mod system;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{MethodRouter, get, post, put};
+use kiln_store::Database;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub use system::ApiDoc;
+
+/// Largest request body accepted: a pipeline (1 MiB) with JSON escaping.
+pub const MAX_BODY_BYTES: usize = 3 << 20;
+
+/// Registers routes and remembers their paths, so tests can compare what
+/// is served with what the OpenAPI document describes.
+struct Routes<D> {
+    router: Router<AppState<D>>,
+    paths: Vec<&'static str>,
+}
+
+impl<D: Database> Routes<D> {
+    fn add(mut self, path: &'static str, methods: MethodRouter<AppState<D>>) -> Self {
+        self.router = self.router.route(path, methods);
+        self.paths.push(path);
+        self
+    }
+}
+
+fn routes<D: Database>() -> Routes<D> {
+    Routes {
+        router: Router::new(),
+        paths: Vec::new(),
+    }
+    .add("/healthz", get(system::healthz::<D>))
+    .add("/metrics", get(system::metrics::<D>))
+    .add("/api/openapi.json", get(system::openapi))
+    .add("/api/v1/jobs", get(jobs::list::<D>).post(jobs::create::<D>))
+    .add(
+        "/api/v1/jobs/{job}",
+        get(jobs::show::<D>)
+            .put(jobs::upsert::<D>)
+            .delete(jobs::delete::<D>),
+    )
+    .add(
+        "/api/v1/jobs/{job}/runs",
+        get(runs::list::<D>).post(runs::trigger::<D>),
+    )
+    .add("/api/v1/jobs/{job}/runs/{number}", get(runs::show::<D>))
+    .add(
+        "/api/v1/jobs/{job}/runs/{number}/cancel",
+        post(runs::cancel::<D>),
+    )
+    .add(
+        "/api/v1/jobs/{job}/runs/{number}/rerun",
+        post(runs::rerun::<D>),
+    )
+    .add(
+        "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results",
+        get(results::list::<D>),
+    )
+    .add(
+        "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/console",
+        get(results::console::<D>),
+    )
+    .add(
+        "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/junit",
+        get(results::junit::<D>),
+    )
+    .add(
+        "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/artifacts/{*path}",
+        get(results::artifact::<D>),
+    )
+    .add("/api/v1/jobs/{job}/secrets", get(secrets::list::<D>))
+    .add(
+        "/api/v1/jobs/{job}/secrets/{name}",
+        put(secrets::put::<D>).delete(secrets::delete::<D>),
+    )
+    .add("/api/v1/agent-tokens", post(admin::create_agent_token::<D>))
+    .add("/api/v1/tokens", post(admin::create_user_token::<D>))
+    .add("/api/v1/agents", get(admin::agents::<D>))
+}
+
+pub fn router<D: Database>(state: AppState<D>) -> Router {
+    routes::<D>()
+        .router
+        .fallback(|| async {
+            ApiError::not_found("no such route; the API is described at /api/openapi.json")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// The paths the router serves, in axum's `{param}` syntax.
+pub fn served_paths<D: Database>() -> Vec<&'static str> {
+    routes::<D>().paths
+}

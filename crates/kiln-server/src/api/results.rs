@@ -1,0 +1,315 @@
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kiln_store::{Database, Id, RunDetail, TaskRow};
+use serde::Deserialize;
+
+use crate::api::runs::find_run;
+use crate::auth::User;
+use crate::error::{ApiError, ApiResult};
+use crate::results::{artifact_key, console_key};
+use crate::state::AppState;
+
+/// How often a followed console looks for new output.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+type TaskPath = Path<(String, i64, String)>;
+
+struct Located {
+    job_id: Id,
+    number: i64,
+    task: TaskRow,
+}
+
+async fn find_task<D: Database>(
+    state: &AppState<D>,
+    (job, number, task): (String, i64, String),
+) -> ApiResult<Located> {
+    let (job, RunDetail { tasks, .. }) = find_run(state, &job, number).await?;
+    let task = tasks.into_iter().find(|t| t.name == task).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "run {number} of job `{}` has no task `{task}`",
+            job.spec.name
+        ))
+    })?;
+    Ok(Located {
+        job_id: job.id,
+        number,
+        task,
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results", tag = "results", security(("bearer" = [])),
+    params(("job" = String, Path), ("number" = i64, Path), ("task" = String, Path)),
+    responses((status = 200, body = kiln_api::Results), (status = 404, body = kiln_api::Problem)))]
+pub async fn list<D: Database>(
+    _: User,
+    State(state): State<AppState<D>>,
+    Path(path): TaskPath,
+) -> ApiResult<Json<kiln_api::Results>> {
+    let base = format!("/api/v1/jobs/{}/runs/{}/tasks/{}", path.0, path.1, path.2);
+    let found = find_task(&state, path).await?;
+    let started = found.task.started_at.is_some();
+    let junit = state.db.get_report(found.task.id, "junit").await?.is_some();
+    let artifacts = state.db.list_artifacts(found.task.id).await?;
+    Ok(Json(kiln_api::Results {
+        console: started.then(|| format!("{base}/results/console")),
+        junit: junit.then(|| format!("{base}/results/junit")),
+        artifacts: artifacts
+            .into_iter()
+            .map(|a| kiln_api::Artifact {
+                url: format!("{base}/results/artifacts/{}", a.path),
+                path: a.path,
+                size: a.size,
+                content_type: a.content_type,
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ConsoleQuery {
+    /// Keep the response open and stream new output until the task ends.
+    #[serde(default)]
+    follow: bool,
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/console", tag = "results", security(("bearer" = [])),
+    params(("job" = String, Path), ("number" = i64, Path), ("task" = String, Path), ConsoleQuery,
+        ("Range" = Option<String>, Header, description = "bytes=START-[END]; ignored with follow=true")),
+    responses((status = 200, content_type = "text/plain", body = String), (status = 206, content_type = "text/plain", body = String),
+        (status = 404, body = kiln_api::Problem), (status = 416, body = kiln_api::Problem)))]
+pub async fn console<D: Database>(
+    _: User,
+    State(state): State<AppState<D>>,
+    Path(path): TaskPath,
+    Query(query): Query<ConsoleQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let found = find_task(&state, path).await?;
+    if query.follow {
+        return Ok(follow(state, found.task.id));
+    }
+    let key = console_key(found.job_id, found.number, found.task.id);
+    // A finished task's log was moved to the blob store; a running one's is
+    // still in the database as chunks.
+    let log = match state.blobs.get(&key).await {
+        Ok(bytes) => bytes.to_vec(),
+        Err(_) => state
+            .db
+            .read_log(found.task.id, 0)
+            .await?
+            .into_iter()
+            .flat_map(|(_, data)| data)
+            .collect(),
+    };
+    ranged_text(log, headers.get(header::RANGE))
+}
+
+fn follow<D: Database>(state: AppState<D>, task_id: Id) -> Response {
+    let stream = futures_util::stream::unfold(
+        (state, 0i64, false),
+        move |(state, next, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                // Read the status before the chunks: output written before the
+                // task ended is then never missed.
+                let ended = match state.db.get_task(task_id).await {
+                    Ok(Some(task)) => task.status.is_terminal(),
+                    Ok(None) => true,
+                    Err(e) => {
+                        return Some((
+                            Err(std::io::Error::other(e.to_string())),
+                            (state, next, true),
+                        ));
+                    }
+                };
+                let chunks = match state.db.read_log(task_id, next).await {
+                    Ok(chunks) => chunks,
+                    Err(e) => {
+                        return Some((
+                            Err(std::io::Error::other(e.to_string())),
+                            (state, next, true),
+                        ));
+                    }
+                };
+                if let Some((last, _)) = chunks.last() {
+                    let next = last + 1;
+                    let bytes: Vec<u8> = chunks.into_iter().flat_map(|(_, data)| data).collect();
+                    return Some((Ok(bytes::Bytes::from(bytes)), (state, next, ended)));
+                }
+                if ended {
+                    return None;
+                }
+                tokio::time::sleep(FOLLOW_POLL).await;
+            }
+        },
+    );
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tell reverse proxies not to buffer a live log.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// Serves `log` whole, or the part a `Range: bytes=…` header asks for.
+fn ranged_text(log: Vec<u8>, range: Option<&HeaderValue>) -> ApiResult<Response> {
+    let length = log.len() as u64;
+    let text_plain = HeaderValue::from_static("text/plain; charset=utf-8");
+    let Some(range) = range else {
+        let mut response = (StatusCode::OK, log).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, text_plain);
+        response
+            .headers_mut()
+            .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        return Ok(response);
+    };
+    let (start, end) = parse_range(range.to_str().unwrap_or(""), length).ok_or_else(|| {
+        let mut e = ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!(
+                "the range `{}` is not within the log's {length} bytes",
+                range.to_str().unwrap_or("?")
+            ),
+        );
+        e.errors.clear();
+        e
+    })?;
+    let part = log[start as usize..=end as usize].to_vec();
+    let mut response = (StatusCode::PARTIAL_CONTENT, part).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, text_plain);
+    if let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{end}/{length}")) {
+        headers.insert(header::CONTENT_RANGE, value);
+    }
+    Ok(response)
+}
+
+/// Parses one `bytes=` range into inclusive offsets within `length` bytes.
+pub fn parse_range(header: &str, length: u64) -> Option<(u64, u64)> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') || length == 0 {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let (first, last) = (first.trim(), last.trim());
+    let (start, end) = if first.is_empty() {
+        let suffix: u64 = last.parse().ok()?;
+        if suffix == 0 {
+            return None;
+        }
+        (length.saturating_sub(suffix), length - 1)
+    } else {
+        let start: u64 = first.parse().ok()?;
+        let end = if last.is_empty() {
+            length - 1
+        } else {
+            last.parse::<u64>().ok()?.min(length - 1)
+        };
+        (start, end)
+    };
+    (start <= end && start < length).then_some((start, end))
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/junit", tag = "results", security(("bearer" = [])),
+    params(("job" = String, Path), ("number" = i64, Path), ("task" = String, Path)),
+    responses((status = 200, description = "Suites, cases, failures and durations", body = Object), (status = 404, body = kiln_api::Problem)))]
+pub async fn junit<D: Database>(
+    _: User,
+    State(state): State<AppState<D>>,
+    Path(path): TaskPath,
+) -> ApiResult<Response> {
+    let found = find_task(&state, path).await?;
+    let report = state
+        .db
+        .get_report(found.task.id, "junit")
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("task `{}` has no JUnit report", found.task.name))
+        })?;
+    let mut response = report.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/artifacts/{path}", tag = "results", security(("bearer" = [])),
+    params(("job" = String, Path), ("number" = i64, Path), ("task" = String, Path), ("path" = String, Path, description = "The artifact's path in the workspace")),
+    responses((status = 200, description = "The file, with its content type", content_type = "application/octet-stream"), (status = 404, body = kiln_api::Problem)))]
+pub async fn artifact<D: Database>(
+    _: User,
+    State(state): State<AppState<D>>,
+    Path((job, number, task, path)): Path<(String, i64, String, String)>,
+) -> ApiResult<Response> {
+    let found = find_task(&state, (job, number, task)).await?;
+    let artifacts = state.db.list_artifacts(found.task.id).await?;
+    let artifact = artifacts
+        .into_iter()
+        .find(|a| a.path == path)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "task `{}` has no artifact `{path}`",
+                found.task.name
+            ))
+        })?;
+    // The key is recomputed, not taken from the row, so it always stays
+    // under this task's prefix.
+    let key = artifact_key(found.job_id, found.number, found.task.id, &artifact.path)
+        .map_err(ApiError::not_found)?;
+    let stream = state
+        .blobs
+        .get_stream(&key)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&artifact.content_type) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&artifact.size.to_string()) {
+        headers.insert(header::CONTENT_LENGTH, value);
+    }
+    let file_name = artifact
+        .path
+        .rsplit('/')
+        .next()
+        .unwrap_or("artifact")
+        .replace('"', "");
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-4", 10), Some((0, 4)));
+        assert_eq!(parse_range("bytes=5-", 10), Some((5, 9)));
+        assert_eq!(parse_range("bytes=-3", 10), Some((7, 9)));
+        assert_eq!(parse_range("bytes=8-100", 10), Some((8, 9)));
+        assert_eq!(parse_range("bytes=10-", 10), None);
+        assert_eq!(parse_range("bytes=5-2", 10), None);
+        assert_eq!(parse_range("bytes=0-1,3-4", 10), None);
+        assert_eq!(parse_range("items=0-1", 10), None);
+        assert_eq!(parse_range("bytes=0-0", 0), None);
+    }
+}

@@ -1,0 +1,125 @@
+//! `kiln server`: the REST API over the database queue (DESIGN.md §4, §5).
+//!
+//! The server is generic over [`kiln_store::Database`]; the binary picks
+//! SQLite or PostgreSQL. Everything that matters is in the database or the
+//! blob store, so a restart loses nothing and several servers may share one
+//! PostgreSQL.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod metrics;
+pub mod results;
+mod secrets;
+pub mod state;
+pub mod trigger;
+mod views;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::Utc;
+use kiln_store::{Database, TokenKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::state::AppState;
+
+pub use crate::worker::WorkerConfig;
+
+/// Where the server keeps what is not in the database.
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `s3://bucket/prefix` for an S3-compatible store; `<data-dir>/blobs` otherwise.
+    pub blob_url: Option<String>,
+    /// Runs tasks in this process too (the embedded agent of `kiln up`).
+    pub worker: Option<WorkerConfig>,
+}
+
+/// Tokens created on a server's first start, to be shown to the operator once.
+pub struct Bootstrap {
+    /// A generated admin token; `None` when it came from `KILN_ADMIN_TOKEN`
+    /// or the server was set up before.
+    pub generated_admin_token: Option<String>,
+}
+
+/// Builds the state the handlers share, opening the blob store and the key.
+pub async fn app_state<D: Database>(db: D, config: &ServerConfig) -> anyhow::Result<AppState<D>> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let key = kiln_crypto::SecretKey::load(&config.data_dir)?;
+    let blobs = match &config.blob_url {
+        Some(url) => kiln_blob::BlobStore::from_url(url)?,
+        None => kiln_blob::BlobStore::local(&config.data_dir.join("blobs"))?,
+    };
+    let git = kiln_git::GitCache::new(config.data_dir.join("git"));
+    Ok(AppState {
+        db,
+        blobs: Arc::new(blobs),
+        key: Arc::new(key),
+        git: Arc::new(git),
+        metrics: Arc::new(metrics::Metrics::default()),
+        work: Arc::new(tokio::sync::Notify::new()),
+    })
+}
+
+/// On first start, makes the admin token (from `KILN_ADMIN_TOKEN`, or a new
+/// one); registers `KILN_AGENT_TOKEN` as a shared agent token when set.
+pub async fn bootstrap<D: Database>(db: &D) -> anyhow::Result<Bootstrap> {
+    let mut generated_admin_token = None;
+    if !db.has_admin_token().await? {
+        let token = match std::env::var("KILN_ADMIN_TOKEN") {
+            Ok(token) if !token.trim().is_empty() => token.trim().to_string(),
+            _ => {
+                let token = kiln_crypto::new_token("kiln_admin_");
+                generated_admin_token = Some(token.clone());
+                token
+            }
+        };
+        db.insert_token(
+            &kiln_crypto::hash_token(&token),
+            TokenKind::User,
+            "admin",
+            true,
+            Utc::now(),
+        )
+        .await?;
+    }
+    if let Ok(token) = std::env::var("KILN_AGENT_TOKEN")
+        && !token.trim().is_empty()
+    {
+        let hash = kiln_crypto::hash_token(token.trim());
+        if db.find_token(&hash).await?.is_none() {
+            db.insert_token(&hash, TokenKind::Agent, "shared", false, Utc::now())
+                .await?;
+        }
+    }
+    Ok(Bootstrap {
+        generated_admin_token,
+    })
+}
+
+/// Serves the API on `listener` until `shutdown`, with the lease sweeper and,
+/// when configured, the embedded worker.
+pub async fn serve<D: Database>(
+    state: AppState<D>,
+    listener: tokio::net::TcpListener,
+    worker: Option<WorkerConfig>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let sweeper = tokio::spawn(worker::run_sweeper(state.clone(), shutdown.clone()));
+    let worker = worker
+        .map(|config| tokio::spawn(worker::run_worker(state.clone(), config, shutdown.clone())));
+    let app = api::router(state);
+    let stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+    shutdown.cancel();
+    let _ = sweeper.await;
+    if let Some(worker) = worker {
+        let _ = worker.await;
+    }
+    Ok(())
+}

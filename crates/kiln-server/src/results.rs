@@ -1,0 +1,149 @@
+//! Where results live and how they are stored: console logs and artifacts
+//! in the blob store under the job's prefix, JUnit reports parsed into JSON
+//! in the database.
+
+use std::path::Path;
+
+use kiln_store::{Artifact, Database, Id};
+
+use crate::state::AppState;
+
+fn task_prefix(job_id: Id, run: i64, task_id: Id) -> String {
+    format!(
+        "{}runs/{run}/tasks/{task_id}",
+        crate::trigger::job_blob_prefix(job_id)
+    )
+}
+
+pub fn console_key(job_id: Id, run: i64, task_id: Id) -> String {
+    format!("{}/console.log", task_prefix(job_id, run, task_id))
+}
+
+/// The blob key of an artifact; refuses paths that would leave the task's prefix.
+pub fn artifact_key(job_id: Id, run: i64, task_id: Id, path: &str) -> Result<String, String> {
+    let prefix = task_prefix(job_id, run, task_id);
+    let mut parts: Vec<&str> = prefix.split('/').collect();
+    parts.push("artifacts");
+    parts.extend(path.split('/'));
+    kiln_blob::blob_key(&parts).map_err(|e| format!("artifact path `{path}` is not allowed: {e}"))
+}
+
+/// A content type from the file name, so browsers show logs and reports
+/// inline and download archives.
+pub fn content_type(path: &str) -> &'static str {
+    let extension = path
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match extension.as_str() {
+        "txt" | "log" | "md" | "csv" => "text/plain; charset=utf-8",
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css",
+        "js" => "text/javascript",
+        "json" => "application/json",
+        "xml" => "application/xml",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "gz" | "tgz" => "application/gzip",
+        "tar" => "application/x-tar",
+        "wasm" => "application/wasm",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Stores the files an executor collected into `outputs/artifacts`.
+pub async fn store_artifacts<D: Database>(
+    state: &AppState<D>,
+    job_id: Id,
+    run: i64,
+    task_id: Id,
+    outputs: &Path,
+    files: &[std::path::PathBuf],
+) -> Result<(), String> {
+    for file in files {
+        let path = file.to_string_lossy().replace('\\', "/");
+        let key = artifact_key(job_id, run, task_id, &path)?;
+        let local = outputs.join("artifacts").join(file);
+        let size = tokio::fs::metadata(&local)
+            .await
+            .map_err(|e| format!("{path}: {e}"))?
+            .len();
+        state
+            .blobs
+            .put_file(&key, &local)
+            .await
+            .map_err(|e| format!("storing artifact {path}: {e}"))?;
+        let artifact = Artifact {
+            path: path.clone(),
+            size: size as i64,
+            content_type: content_type(&path).into(),
+            blob_key: key,
+        };
+        state
+            .db
+            .add_artifact(task_id, &artifact)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Parses the JUnit files an executor collected into `outputs/reports` and
+/// stores one merged report. A malformed file is reported, not fatal.
+pub async fn store_junit<D: Database>(
+    state: &AppState<D>,
+    task_id: Id,
+    outputs: &Path,
+    files: &[std::path::PathBuf],
+) -> Result<(), String> {
+    let mut reports = Vec::new();
+    let mut problems = Vec::new();
+    for file in files {
+        let bytes = tokio::fs::read(outputs.join("reports").join(file))
+            .await
+            .map_err(|e| e.to_string())?;
+        match kiln_junit::parse(&bytes) {
+            Ok(report) => reports.push(report),
+            Err(e) => problems.push(format!("{}: {e}", file.display())),
+        }
+    }
+    if !reports.is_empty() {
+        let merged = kiln_junit::merge(reports);
+        let json = serde_json::to_string(&merged).map_err(|e| e.to_string())?;
+        state
+            .db
+            .put_report(task_id, "junit", &json)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Copies a finished task's log from database chunks into the blob store,
+/// where it is served from from then on.
+pub async fn finalize_console<D: Database>(
+    state: &AppState<D>,
+    job_id: Id,
+    run: i64,
+    task_id: Id,
+) -> Result<(), String> {
+    let chunks = state
+        .db
+        .read_log(task_id, 0)
+        .await
+        .map_err(|e| e.to_string())?;
+    let log: Vec<u8> = chunks.into_iter().flat_map(|(_, data)| data).collect();
+    state
+        .blobs
+        .put(&console_key(job_id, run, task_id), bytes::Bytes::from(log))
+        .await
+        .map_err(|e| format!("storing the console log: {e}"))
+}

@@ -1,0 +1,1314 @@
+//! The [`Database`] trait on PostgreSQL: the store of a scaled-out Kiln,
+//! where several stateless servers share one database and its queue.
+//!
+//! Concurrency rules, which keep every method one short transaction with no
+//! deadlock between servers:
+//!
+//! - `claim_task` takes the oldest matching queued task with
+//!   `FOR NO KEY UPDATE SKIP LOCKED`, so claimers never wait for each other
+//!   and never get the same task; it then touches the task's run row.
+//! - Everything else that changes a run's tasks (finish, expire, cancel,
+//!   delete) first locks *all* the run's task rows in id order, then the run
+//!   row. Tasks before runs, ids ascending: the same order as a claim, so
+//!   lock waits cannot form a cycle, and the settle step always sees the
+//!   latest state of every sibling (READ COMMITTED re-reads locked rows).
+
+mod codec;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kiln_store::queue::{self, TaskState};
+use kiln_store::{
+    Artifact, Claim, Database, Id, Job, JobSpec, NewRun, Run, RunDetail, RunFilter, SecretInfo,
+    Status, StepRow, StoreError, TaskResult, TaskRow, TokenInfo, TokenKind, Upserted,
+};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Postgres, QueryBuilder, Row};
+
+use codec::{Error, Result, after, ms, time};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// Connections per server; a few more than busy handlers run at once.
+const MAX_CONNECTIONS: u32 = 10;
+/// Page size of `list_runs` when the filter asks for none (limit ≤ 0).
+const DEFAULT_LIMIT: i64 = 50;
+const RUN_TIMEOUT_REASON: &str = "the run reached its timeout";
+const CANCELLED_REASON: &str = "the run was cancelled";
+const AGENT_LOST: &str = "agent lost";
+
+/// A Kiln store in a PostgreSQL database. Cheap to clone (the pool is shared).
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/database`)
+    /// and brings the schema up to date.
+    pub async fn connect(url: &str) -> kiln_store::Result<Self> {
+        let options = PgConnectOptions::from_str(url).map_err(Error::from)?;
+        Self::connect_with(options).await
+    }
+
+    pub async fn connect_with(options: PgConnectOptions) -> kiln_store::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .map_err(Error::from)?;
+        // sqlx holds an advisory lock while migrating, so servers starting
+        // together do not race.
+        MIGRATOR.run(&pool).await.map_err(Error::from)?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for tools that load rows in bulk (the benchmarks).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Closes the pool, waiting for connections in use.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A write transaction. Early returns roll it back explicitly: a
+    /// dropped transaction is rolled back only when the pool gets to it,
+    /// and until then its row locks make claimers skip those rows.
+    async fn write(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// A read transaction: one consistent snapshot for multi-query reads.
+    async fn read(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
+        Ok(self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?)
+    }
+}
+
+/// Locks the task rows of `runs`, in id order, then the run rows: the lock
+/// order every writer of a run's state follows (see the crate docs).
+async fn lock_runs(conn: &mut PgConnection, runs: &[Id]) -> Result<()> {
+    sqlx::query("SELECT id FROM tasks WHERE run_id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+        .bind(runs)
+        .fetch_all(&mut *conn)
+        .await?;
+    sqlx::query("SELECT id FROM runs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+        .bind(runs)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+// --- jobs
+
+impl PostgresStore {
+    async fn create_job_(&self, spec: &JobSpec, now: DateTime<Utc>) -> Result<Job> {
+        let mut tx = self.write().await?;
+        let job = insert_job(&mut tx, spec, now)
+            .await?
+            .ok_or_else(|| StoreError::Conflict(format!("job `{}` already exists", spec.name)))?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    async fn upsert_job_(&self, spec: &JobSpec, now: DateTime<Utc>) -> Result<(Job, Upserted)> {
+        let mut tx = self.write().await?;
+        if let Some(job) = insert_job(&mut tx, spec, now).await? {
+            tx.commit().await?;
+            return Ok((job, Upserted::Created));
+        }
+        // Locked, so two servers upserting at once compare with what the
+        // other wrote.
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM jobs WHERE name = $1 FOR NO KEY UPDATE",
+            codec::JOB_COLUMNS
+        ))
+        .bind(&spec.name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::Corrupt(format!("job `{}` vanished", spec.name)))?;
+        let existing = codec::job(&row)?;
+        if existing.spec == *spec {
+            tx.commit().await?;
+            return Ok((existing, Upserted::Unchanged));
+        }
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET kind = $1, repository = $2, pipeline_path = $3, \
+             default_branch = $4, pipeline = $5, updated_at = $6 WHERE id = $7 RETURNING {}",
+            codec::JOB_COLUMNS
+        ))
+        .bind(codec::job_kind_str(spec.kind))
+        .bind(&spec.repository)
+        .bind(&spec.pipeline_path)
+        .bind(&spec.default_branch)
+        .bind(&spec.pipeline)
+        .bind(ms(now))
+        .bind(existing.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let job = codec::job(&row)?;
+        tx.commit().await?;
+        Ok((job, Upserted::Updated))
+    }
+
+    async fn get_job_(&self, name: &str) -> Result<Option<Job>> {
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM jobs WHERE name = $1",
+            codec::JOB_COLUMNS
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(codec::job).transpose()
+    }
+
+    async fn list_jobs_(&self) -> Result<Vec<Job>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM jobs ORDER BY name",
+            codec::JOB_COLUMNS
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(codec::job).collect()
+    }
+
+    async fn delete_job_(&self, name: &str) -> Result<bool> {
+        let mut tx = self.write().await?;
+        // Tasks, then runs, in id order, before the cascade deletes them in
+        // whatever order it likes.
+        sqlx::query(
+            "SELECT t.id FROM tasks t JOIN runs r ON r.id = t.run_id JOIN jobs j ON j.id = r.job_id \
+             WHERE j.name = $1 ORDER BY t.id FOR UPDATE OF t",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "SELECT r.id FROM runs r JOIN jobs j ON j.id = r.job_id \
+             WHERE j.name = $1 ORDER BY r.id FOR UPDATE OF r",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?;
+        let deleted = sqlx::query("DELETE FROM jobs WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+}
+
+/// Inserts the job; `None` when one of that name exists.
+async fn insert_job(
+    conn: &mut PgConnection,
+    spec: &JobSpec,
+    now: DateTime<Utc>,
+) -> Result<Option<Job>> {
+    let row = sqlx::query(&format!(
+        "INSERT INTO jobs (name, kind, repository, pipeline_path, default_branch, pipeline, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+         ON CONFLICT (name) DO NOTHING RETURNING {}",
+        codec::JOB_COLUMNS
+    ))
+    .bind(&spec.name)
+    .bind(codec::job_kind_str(spec.kind))
+    .bind(&spec.repository)
+    .bind(&spec.pipeline_path)
+    .bind(&spec.default_branch)
+    .bind(&spec.pipeline)
+    .bind(ms(now))
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(codec::job).transpose()
+}
+
+// --- secrets
+
+impl PostgresStore {
+    async fn put_secret_(
+        &self,
+        job_id: Id,
+        name: &str,
+        sealed: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let result = sqlx::query(
+            "INSERT INTO secrets (job_id, name, sealed, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (job_id, name) DO UPDATE \
+             SET sealed = excluded.sealed, updated_at = excluded.updated_at",
+        )
+        .bind(job_id)
+        .bind(name)
+        .bind(sealed)
+        .bind(ms(now))
+        .execute(&self.pool)
+        .await;
+        match result {
+            Err(e) if codec::is_missing_parent(&e) => {
+                Err(StoreError::NotFound(format!("job {job_id}")).into())
+            }
+            other => {
+                other?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn delete_secret_(&self, job_id: Id, name: &str) -> Result<bool> {
+        let deleted = sqlx::query("DELETE FROM secrets WHERE job_id = $1 AND name = $2")
+            .bind(job_id)
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+
+    async fn list_secrets_(&self, job_id: Id) -> Result<Vec<SecretInfo>> {
+        let rows =
+            sqlx::query("SELECT name, updated_at FROM secrets WHERE job_id = $1 ORDER BY name")
+                .bind(job_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SecretInfo {
+                    name: row.try_get("name")?,
+                    updated_at: time(row.try_get("updated_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn sealed_secrets_(
+        &self,
+        job_id: Id,
+        names: &[String],
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT name, sealed FROM secrets WHERE job_id = $1 AND name = ANY($2) ORDER BY name",
+        )
+        .bind(job_id)
+        .bind(names)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("name")?, row.try_get("sealed")?)))
+            .collect()
+    }
+}
+
+// --- runs
+
+impl PostgresStore {
+    async fn create_run_(&self, job_id: Id, run: NewRun, now: DateTime<Utc>) -> Result<RunDetail> {
+        let mut tx = self.write().await?;
+        // The row lock on the job serialises numbering.
+        let number: i64 = sqlx::query_scalar(
+            "UPDATE jobs SET next_run = next_run + 1 WHERE id = $1 RETURNING next_run - 1",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("job {job_id}")))?;
+
+        // The initial statuses, settled before anything is written: a task
+        // whose need is skipped by `when` is skipped from the start.
+        let mut states: Vec<TaskState> = run
+            .tasks
+            .iter()
+            .map(|t| TaskState {
+                name: t.task.name.clone(),
+                status: if t.skip_reason.is_some() {
+                    Status::Skipped
+                } else if t.task.needs.is_empty() {
+                    Status::Queued
+                } else {
+                    Status::Pending
+                },
+                needs: t.task.needs.clone(),
+                allow_failure: t.task.allow_failure,
+                reason: t.skip_reason.clone(),
+            })
+            .collect();
+        let (status, error) = match &run.error {
+            Some(error) => {
+                states.clear();
+                (Status::Error, Some(error.clone()))
+            }
+            None => {
+                queue::settle(&mut states);
+                (queue::run_status(&states), None)
+            }
+        };
+        let deadline = match (&run.error, run.timeout) {
+            (None, Some(timeout)) => Some(ms(after(now, timeout)?)),
+            _ => None,
+        };
+        let finished_at = status.is_terminal().then_some(ms(now));
+        let run_id: i64 = sqlx::query_scalar(
+            "INSERT INTO runs (job_id, number, status, branch, sha, event, error, created_at, \
+             finished_at, deadline) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        )
+        .bind(job_id)
+        .bind(number)
+        .bind(status.as_str())
+        .bind(&run.branch)
+        .bind(&run.sha)
+        .bind(run.event.as_str())
+        .bind(&error)
+        .bind(ms(now))
+        .bind(finished_at)
+        .bind(deadline)
+        .fetch_one(&mut *tx)
+        .await?;
+
+        for (position, (new, state)) in run.tasks.iter().zip(&states).enumerate() {
+            let task = &new.task;
+            let queued_at = (state.status == Status::Queued).then_some(ms(now));
+            let finished_at = state.status.is_terminal().then_some(ms(now));
+            let task_id: i64 = sqlx::query_scalar(
+                "INSERT INTO tasks (run_id, position, name, status, reason, spec, runs_on, \
+                 attempt, max_attempts, queued_at, finished_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10) RETURNING id",
+            )
+            .bind(run_id)
+            .bind(position as i64)
+            .bind(&task.name)
+            .bind(state.status.as_str())
+            .bind(&state.reason)
+            .bind(codec::spec_json(task)?)
+            .bind(&task.runs_on)
+            .bind(i64::from(task.retry) + 1)
+            .bind(queued_at)
+            .bind(finished_at)
+            .fetch_one(&mut *tx)
+            .await?;
+            // Steps of a task that will never run are skipped with it.
+            let step_status = if state.status.is_terminal() {
+                Status::Skipped
+            } else {
+                Status::Pending
+            };
+            let names: Vec<&str> = task.steps.iter().map(|s| s.name.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO steps (task_id, position, name, status) \
+                 SELECT $1, step.position - 1, step.name, $3 \
+                 FROM unnest($2::text[]) WITH ORDINALITY AS step (name, position)",
+            )
+            .bind(task_id)
+            .bind(&names)
+            .bind(step_status.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let detail = run_detail(&mut tx, run_id)
+            .await?
+            .ok_or_else(|| Error::Corrupt(format!("run {run_id} vanished")))?;
+        tx.commit().await?;
+        Ok(detail)
+    }
+
+    async fn get_run_by_id_(&self, run_id: Id) -> Result<Option<Run>> {
+        let row = sqlx::query(&format!("{} WHERE r.id = $1", codec::RUN_SELECT))
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(codec::run).transpose()
+    }
+
+    async fn get_run_(&self, job_id: Id, number: i64) -> Result<Option<RunDetail>> {
+        let mut tx = self.read().await?;
+        let run_id: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM runs WHERE job_id = $1 AND number = $2")
+                .bind(job_id)
+                .bind(number)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let detail = match run_id {
+            Some(id) => run_detail(&mut tx, id).await?,
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(detail)
+    }
+
+    async fn list_runs_(&self, job_id: Id, filter: &RunFilter) -> Result<Vec<Run>> {
+        let mut query = QueryBuilder::<Postgres>::new(codec::RUN_SELECT);
+        query.push(" WHERE r.job_id = ").push_bind(job_id);
+        if let Some(status) = filter.status {
+            query.push(" AND r.status = ").push_bind(status.as_str());
+        }
+        if let Some(branch) = &filter.branch {
+            query.push(" AND r.branch = ").push_bind(branch.clone());
+        }
+        if let Some(before) = filter.before {
+            query.push(" AND r.number < ").push_bind(before);
+        }
+        let limit = if filter.limit > 0 {
+            filter.limit
+        } else {
+            DEFAULT_LIMIT
+        };
+        query
+            .push(" ORDER BY r.number DESC LIMIT ")
+            .push_bind(limit);
+        let rows = query.build().fetch_all(&self.pool).await?;
+        rows.iter().map(codec::run).collect()
+    }
+
+    async fn cancel_run_(&self, job_id: Id, number: i64, now: DateTime<Utc>) -> Result<RunDetail> {
+        let mut tx = self.write().await?;
+        let run_id: i64 =
+            sqlx::query_scalar("SELECT id FROM runs WHERE job_id = $1 AND number = $2")
+                .bind(job_id)
+                .bind(number)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("run #{number}")))?;
+        lock_runs(&mut tx, &[run_id]).await?;
+        let status: String = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let status = codec::status(&status)?;
+        if status.is_terminal() {
+            tx.rollback().await?;
+            return Err(
+                StoreError::Conflict(format!("run #{number} already ended {status}")).into(),
+            );
+        }
+        sqlx::query(
+            "UPDATE tasks SET status = 'cancelled', reason = $1, finished_at = $2 \
+             WHERE run_id = $3 AND status IN ('pending', 'queued')",
+        )
+        .bind(CANCELLED_REASON)
+        .bind(ms(now))
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        // Running tasks end when their agent reports back (as `cancelled`).
+        sqlx::query(
+            "UPDATE tasks SET cancel_requested = TRUE WHERE run_id = $1 AND status = 'running'",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        settle_run(&mut tx, run_id, now).await?;
+        let detail = run_detail(&mut tx, run_id)
+            .await?
+            .ok_or_else(|| Error::Corrupt(format!("run {run_id} vanished")))?;
+        tx.commit().await?;
+        Ok(detail)
+    }
+}
+
+async fn run_detail(conn: &mut PgConnection, run_id: Id) -> Result<Option<RunDetail>> {
+    let Some(row) = sqlx::query(&format!("{} WHERE r.id = $1", codec::RUN_SELECT))
+        .bind(run_id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let run = codec::run(&row)?;
+    let rows = sqlx::query(&format!(
+        "{} WHERE run_id = $1 ORDER BY position",
+        codec::TASK_SELECT
+    ))
+    .bind(run_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut tasks = rows.iter().map(codec::task).collect::<Result<Vec<_>>>()?;
+    let rows = sqlx::query(&format!(
+        "{} WHERE task_id IN (SELECT id FROM tasks WHERE run_id = $1) \
+         ORDER BY task_id, position",
+        codec::STEP_SELECT
+    ))
+    .bind(run_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut steps: HashMap<i64, Vec<StepRow>> = HashMap::new();
+    for row in &rows {
+        let (task_id, step) = codec::step(row)?;
+        steps.entry(task_id).or_default().push(step);
+    }
+    for task in &mut tasks {
+        task.steps = steps.remove(&task.id).unwrap_or_default();
+    }
+    Ok(Some(RunDetail { run, tasks }))
+}
+
+async fn task_row(conn: &mut PgConnection, task_id: Id) -> Result<Option<TaskRow>> {
+    let Some(row) = sqlx::query(&format!("{} WHERE id = $1", codec::TASK_SELECT))
+        .bind(task_id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut task = codec::task(&row)?;
+    let rows = sqlx::query(&format!(
+        "{} WHERE task_id = $1 ORDER BY position",
+        codec::STEP_SELECT
+    ))
+    .bind(task_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    task.steps = rows
+        .iter()
+        .map(|row| codec::step(row).map(|(_, step)| step))
+        .collect::<Result<_>>()?;
+    Ok(Some(task))
+}
+
+// --- queue
+
+/// The fields of a task that decide how it may end.
+struct Held {
+    id: Id,
+    run_id: Id,
+    status: Status,
+    attempt: i64,
+    max_attempts: i64,
+    cancel_requested: bool,
+    lease_holder: Option<String>,
+}
+
+async fn held(conn: &mut PgConnection, task_id: Id) -> Result<Option<Held>> {
+    let Some(row) = sqlx::query(
+        "SELECT id, run_id, status, attempt, max_attempts, cancel_requested, lease_holder \
+         FROM tasks WHERE id = $1",
+    )
+    .bind(task_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Held {
+        id: row.try_get("id")?,
+        run_id: row.try_get("run_id")?,
+        status: codec::status(row.try_get("status")?)?,
+        attempt: row.try_get("attempt")?,
+        max_attempts: row.try_get("max_attempts")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        lease_holder: row.try_get("lease_holder")?,
+    }))
+}
+
+/// Ends a running task with `status`, or queues it again when it failed and
+/// has attempts left. The caller holds the run's locks and settles it after.
+async fn end_task(
+    conn: &mut PgConnection,
+    task: &Held,
+    status: Status,
+    reason: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let retry = !task.cancel_requested
+        && matches!(status, Status::Failure | Status::Error | Status::TimedOut)
+        && task.attempt < task.max_attempts;
+    if retry {
+        let note = match reason {
+            Some(reason) => format!("attempt {} ended {status}: {reason}", task.attempt),
+            None => format!("attempt {} ended {status}", task.attempt),
+        };
+        sqlx::query(
+            "UPDATE tasks SET status = 'queued', attempt = attempt + 1, reason = $1, \
+             lease_holder = NULL, lease_expires_at = NULL, queued_at = $2 WHERE id = $3",
+        )
+        .bind(note)
+        .bind(ms(now))
+        .bind(task.id)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "UPDATE steps SET status = 'pending', exit_code = NULL, started_at = NULL, \
+             finished_at = NULL WHERE task_id = $1",
+        )
+        .bind(task.id)
+        .execute(&mut *conn)
+        .await?;
+        // The next attempt numbers its log chunks from the start again;
+        // keeping the old ones would make it look already written.
+        sqlx::query("DELETE FROM log_chunks WHERE task_id = $1")
+            .bind(task.id)
+            .execute(&mut *conn)
+            .await?;
+        return Ok(());
+    }
+    // A task whose run was cancelled ends `cancelled`, whatever its agent saw.
+    let status = if task.cancel_requested {
+        Status::Cancelled
+    } else {
+        status
+    };
+    sqlx::query(
+        "UPDATE tasks SET status = $1, reason = $2, finished_at = $3, lease_holder = NULL, \
+         lease_expires_at = NULL WHERE id = $4",
+    )
+    .bind(status.as_str())
+    .bind(reason)
+    .bind(ms(now))
+    .bind(task.id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Applies the queue's rules to a run after one of its tasks changed:
+/// releases or skips dependants, closes the steps of ended tasks, and
+/// stores the run's status. The caller holds the run's locks.
+async fn settle_run(conn: &mut PgConnection, run_id: Id, now: DateTime<Utc>) -> Result<()> {
+    let rows = sqlx::query(
+        "SELECT id, name, status, reason, spec FROM tasks WHERE run_id = $1 ORDER BY position",
+    )
+    .bind(run_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut states = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let spec = codec::spec(row.try_get("spec")?)?;
+        ids.push(row.try_get::<i64, _>("id")?);
+        states.push(TaskState {
+            name: row.try_get("name")?,
+            status: codec::status(row.try_get("status")?)?,
+            needs: spec.needs,
+            allow_failure: spec.allow_failure,
+            reason: row.try_get("reason")?,
+        });
+    }
+    for index in queue::settle(&mut states) {
+        let state = &states[index];
+        if state.status == Status::Queued {
+            sqlx::query("UPDATE tasks SET status = 'queued', queued_at = $1 WHERE id = $2")
+                .bind(ms(now))
+                .bind(ids[index])
+                .execute(&mut *conn)
+                .await?;
+        } else {
+            sqlx::query(
+                "UPDATE tasks SET status = $1, reason = $2, finished_at = $3 WHERE id = $4",
+            )
+            .bind(state.status.as_str())
+            .bind(&state.reason)
+            .bind(ms(now))
+            .bind(ids[index])
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    close_steps(conn, run_id, now).await?;
+
+    let status = queue::run_status(&states);
+    // A run ending `error` says why: the first errored task's reason
+    // ("agent lost", an infrastructure message).
+    let error = if status == Status::Error {
+        states.iter().find(|s| s.status == Status::Error).map(|s| {
+            s.reason
+                .clone()
+                .unwrap_or_else(|| format!("task `{}` ended error", s.name))
+        })
+    } else {
+        None
+    };
+    let finished_at = status.is_terminal().then_some(ms(now));
+    // A run that already ended (its deadline passed) keeps its outcome.
+    sqlx::query(
+        "UPDATE runs SET status = $1, error = COALESCE(error, $2), finished_at = $3 \
+         WHERE id = $4 AND finished_at IS NULL",
+    )
+    .bind(status.as_str())
+    .bind(error)
+    .bind(finished_at)
+    .bind(run_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Steps of ended tasks that never ran are `skipped`; one left running ends
+/// with its task's status.
+async fn close_steps(conn: &mut PgConnection, run_id: Id, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query(
+        "UPDATE steps SET status = 'skipped' WHERE status = 'pending' AND task_id IN \
+         (SELECT id FROM tasks WHERE run_id = $1 AND finished_at IS NOT NULL)",
+    )
+    .bind(run_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE steps SET status = t.status, finished_at = COALESCE(steps.finished_at, $1) \
+         FROM tasks t WHERE t.id = steps.task_id AND steps.status = 'running' \
+         AND t.run_id = $2 AND t.finished_at IS NOT NULL",
+    )
+    .bind(ms(now))
+    .bind(run_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+impl PostgresStore {
+    async fn claim_task_(&self, claim: &Claim) -> Result<Option<TaskRow>> {
+        let lease_until = ms(after(claim.now, claim.lease)?);
+        // One statement, so one round trip and a short-lived lock: the
+        // oldest queued task all of whose `runs-on` labels the agent has
+        // (rows other claimers hold are skipped, not waited for), made
+        // running, and its run made running if it was still queued.
+        let row = sqlx::query(&format!(
+            "WITH picked AS ( \
+                 SELECT id, run_id FROM tasks WHERE status = 'queued' AND runs_on <@ $1 \
+                 ORDER BY queued_at, id LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED), \
+             claimed AS ( \
+                 UPDATE tasks SET status = 'running', agent = $2, lease_holder = $2, \
+                 lease_expires_at = $3, cancel_requested = FALSE, \
+                 started_at = COALESCE(started_at, $4) \
+                 FROM picked WHERE tasks.id = picked.id \
+                 RETURNING tasks.*), \
+             started AS ( \
+                 UPDATE runs SET status = 'running', started_at = COALESCE(started_at, $4) \
+                 WHERE id = (SELECT run_id FROM picked) AND status = 'queued') \
+             SELECT {} FROM claimed",
+            codec::TASK_COLUMNS
+        ))
+        .bind(&claim.labels)
+        .bind(&claim.holder)
+        .bind(lease_until)
+        .bind(ms(claim.now))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut task = codec::task(&row)?;
+        // Only the holder changes steps now, so reading them after the
+        // claim committed is consistent.
+        let rows = sqlx::query(&format!(
+            "{} WHERE task_id = $1 ORDER BY position",
+            codec::STEP_SELECT
+        ))
+        .bind(task.id)
+        .fetch_all(&self.pool)
+        .await?;
+        task.steps = rows
+            .iter()
+            .map(|row| codec::step(row).map(|(_, step)| step))
+            .collect::<Result<_>>()?;
+        Ok(Some(task))
+    }
+
+    async fn renew_lease_(&self, task_id: Id, holder: &str, until: DateTime<Utc>) -> Result<bool> {
+        let renewed = sqlx::query(
+            "UPDATE tasks SET lease_expires_at = $1 \
+             WHERE id = $2 AND lease_holder = $3 AND status = 'running'",
+        )
+        .bind(ms(until))
+        .bind(task_id)
+        .bind(holder)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(renewed > 0)
+    }
+
+    async fn update_step_(&self, task_id: Id, holder: &str, step: &StepRow) -> Result<bool> {
+        let mut tx = self.write().await?;
+        // Shared lock: a concurrent finish waits for this step to be written.
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM tasks WHERE id = $1 AND lease_holder = $2 AND status = 'running' \
+             FOR SHARE",
+        )
+        .bind(task_id)
+        .bind(holder)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_none() {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let updated = sqlx::query(
+            "UPDATE steps SET status = $1, exit_code = $2, started_at = $3, finished_at = $4 \
+             WHERE task_id = $5 AND position = $6",
+        )
+        .bind(step.status.as_str())
+        .bind(step.exit_code)
+        .bind(step.started_at.map(ms))
+        .bind(step.finished_at.map(ms))
+        .bind(task_id)
+        .bind(step.index)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            tx.rollback().await?;
+            return Err(
+                StoreError::NotFound(format!("step {} of task {task_id}", step.index)).into(),
+            );
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn finish_task_(&self, task_id: Id, holder: &str, result: &TaskResult) -> Result<bool> {
+        if !result.status.is_terminal() {
+            return Err(
+                StoreError::Conflict(format!("a task cannot finish as {}", result.status)).into(),
+            );
+        }
+        let mut tx = self.write().await?;
+        let run_id: Option<i64> = sqlx::query_scalar("SELECT run_id FROM tasks WHERE id = $1")
+            .bind(task_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(run_id) = run_id else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        lock_runs(&mut tx, &[run_id]).await?;
+        let task = match held(&mut tx, task_id).await? {
+            Some(task)
+                if task.status == Status::Running
+                    && task.lease_holder.as_deref() == Some(holder) =>
+            {
+                task
+            }
+            _ => {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        };
+        end_task(
+            &mut tx,
+            &task,
+            result.status,
+            result.reason.as_deref(),
+            result.now,
+        )
+        .await?;
+        settle_run(&mut tx, task.run_id, result.now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn expire_(&self, now: DateTime<Utc>) -> Result<Vec<Id>> {
+        let mut tx = self.write().await?;
+        // Find the candidates without locks, lock their runs in the common
+        // order, then look again: another server may have handled them.
+        let mut runs: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM runs WHERE finished_at IS NULL AND deadline < $1 \
+             UNION SELECT run_id FROM tasks WHERE status = 'running' AND lease_expires_at < $1",
+        )
+        .bind(ms(now))
+        .fetch_all(&mut *tx)
+        .await?;
+        if runs.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        runs.sort_unstable();
+        lock_runs(&mut tx, &runs).await?;
+        let mut touched = Vec::new();
+
+        // Runs past their deadline first: their tasks end here rather than
+        // being retried by the lease rule below.
+        let late: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM runs WHERE id = ANY($1) AND finished_at IS NULL AND deadline < $2 \
+             ORDER BY id",
+        )
+        .bind(&runs)
+        .bind(ms(now))
+        .fetch_all(&mut *tx)
+        .await?;
+        for run_id in late {
+            let skipped: Vec<i64> = sqlx::query_scalar(
+                "UPDATE tasks SET status = 'skipped', reason = $1, finished_at = $2 \
+                 WHERE run_id = $3 AND status IN ('pending', 'queued') RETURNING id",
+            )
+            .bind(RUN_TIMEOUT_REASON)
+            .bind(ms(now))
+            .bind(run_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            // The flag tells the agent to stop; the cleared lease makes its
+            // later reports fail the holder check.
+            let stopped: Vec<i64> = sqlx::query_scalar(
+                "UPDATE tasks SET status = 'timed_out', reason = $1, finished_at = $2, \
+                 cancel_requested = TRUE, lease_holder = NULL, lease_expires_at = NULL \
+                 WHERE run_id = $3 AND status = 'running' RETURNING id",
+            )
+            .bind(RUN_TIMEOUT_REASON)
+            .bind(ms(now))
+            .bind(run_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            close_steps(&mut tx, run_id, now).await?;
+            sqlx::query("UPDATE runs SET status = 'timed_out', finished_at = $1 WHERE id = $2")
+                .bind(ms(now))
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+            touched.extend(skipped);
+            touched.extend(stopped);
+        }
+
+        let lost: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM tasks WHERE run_id = ANY($1) AND status = 'running' \
+             AND lease_expires_at < $2 ORDER BY id",
+        )
+        .bind(&runs)
+        .bind(ms(now))
+        .fetch_all(&mut *tx)
+        .await?;
+        for task_id in lost {
+            let Some(task) = held(&mut tx, task_id).await? else {
+                continue;
+            };
+            end_task(&mut tx, &task, Status::Error, Some(AGENT_LOST), now).await?;
+            settle_run(&mut tx, task.run_id, now).await?;
+            touched.push(task_id);
+        }
+        tx.commit().await?;
+        touched.sort_unstable();
+        touched.dedup();
+        Ok(touched)
+    }
+
+    async fn get_task_(&self, task_id: Id) -> Result<Option<TaskRow>> {
+        let mut tx = self.read().await?;
+        let task = task_row(&mut tx, task_id).await?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    async fn counts(&self, table: &str) -> Result<Vec<(Status, i64)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT status, COUNT(*) AS n FROM {table} GROUP BY status ORDER BY status"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        codec::counts(&rows)
+    }
+}
+
+// --- logs, results, tokens
+
+impl PostgresStore {
+    async fn append_log_(&self, task_id: Id, seq: i64, data: &[u8]) -> Result<()> {
+        let result = sqlx::query(
+            "INSERT INTO log_chunks (task_id, seq, data) VALUES ($1, $2, $3) \
+             ON CONFLICT (task_id, seq) DO NOTHING",
+        )
+        .bind(task_id)
+        .bind(seq)
+        .bind(data)
+        .execute(&self.pool)
+        .await;
+        missing_task(result, task_id)?;
+        Ok(())
+    }
+
+    async fn read_log_(&self, task_id: Id, from: i64) -> Result<Vec<(i64, Vec<u8>)>> {
+        let rows = sqlx::query(
+            "SELECT seq, data FROM log_chunks WHERE task_id = $1 AND seq >= $2 ORDER BY seq",
+        )
+        .bind(task_id)
+        .bind(from)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("seq")?, row.try_get("data")?)))
+            .collect()
+    }
+
+    async fn add_artifact_(&self, task_id: Id, artifact: &Artifact) -> Result<()> {
+        // Uploading the same path again (an agent retrying) replaces it.
+        let result = sqlx::query(
+            "INSERT INTO artifacts (task_id, path, size, content_type, blob_key) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (task_id, path) DO UPDATE SET \
+             size = excluded.size, content_type = excluded.content_type, \
+             blob_key = excluded.blob_key",
+        )
+        .bind(task_id)
+        .bind(&artifact.path)
+        .bind(artifact.size)
+        .bind(&artifact.content_type)
+        .bind(&artifact.blob_key)
+        .execute(&self.pool)
+        .await;
+        missing_task(result, task_id)?;
+        Ok(())
+    }
+
+    async fn list_artifacts_(&self, task_id: Id) -> Result<Vec<Artifact>> {
+        let rows = sqlx::query(
+            "SELECT path, size, content_type, blob_key FROM artifacts \
+             WHERE task_id = $1 ORDER BY path",
+        )
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(codec::artifact).collect()
+    }
+
+    async fn put_report_(&self, task_id: Id, kind: &str, json: &str) -> Result<()> {
+        let result = sqlx::query(
+            "INSERT INTO reports (task_id, kind, json) VALUES ($1, $2, $3) \
+             ON CONFLICT (task_id, kind) DO UPDATE SET json = excluded.json",
+        )
+        .bind(task_id)
+        .bind(kind)
+        .bind(json)
+        .execute(&self.pool)
+        .await;
+        missing_task(result, task_id)?;
+        Ok(())
+    }
+
+    async fn get_report_(&self, task_id: Id, kind: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT json FROM reports WHERE task_id = $1 AND kind = $2")
+                .bind(task_id)
+                .bind(kind)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn insert_token_(
+        &self,
+        hash: &str,
+        kind: TokenKind,
+        name: &str,
+        is_admin: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Id> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO tokens (hash, kind, name, is_admin, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING RETURNING id",
+        )
+        .bind(hash)
+        .bind(codec::token_kind_str(kind))
+        .bind(name)
+        .bind(is_admin)
+        .bind(ms(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        id.ok_or_else(|| StoreError::Conflict("this token already exists".into()).into())
+    }
+
+    async fn find_token_(&self, hash: &str) -> Result<Option<TokenInfo>> {
+        let row = sqlx::query("SELECT id, kind, name, is_admin FROM tokens WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(codec::token).transpose()
+    }
+
+    async fn has_admin_token_(&self) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tokens WHERE is_admin)")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+}
+
+/// Maps a foreign-key failure on a task's child row to `NotFound`.
+fn missing_task<T>(result: std::result::Result<T, sqlx::Error>, task_id: Id) -> Result<T> {
+    match result {
+        Err(e) if codec::is_missing_parent(&e) => {
+            Err(StoreError::NotFound(format!("task {task_id}")).into())
+        }
+        other => Ok(other?),
+    }
+}
+
+// The trait delegates to the methods above, which use this crate's error
+// so `?` works on sqlx's; here it becomes a `StoreError`.
+impl Database for PostgresStore {
+    async fn create_job(&self, spec: &JobSpec, now: DateTime<Utc>) -> kiln_store::Result<Job> {
+        Ok(self.create_job_(spec, now).await?)
+    }
+
+    async fn upsert_job(
+        &self,
+        spec: &JobSpec,
+        now: DateTime<Utc>,
+    ) -> kiln_store::Result<(Job, Upserted)> {
+        Ok(self.upsert_job_(spec, now).await?)
+    }
+
+    async fn get_job(&self, name: &str) -> kiln_store::Result<Option<Job>> {
+        Ok(self.get_job_(name).await?)
+    }
+
+    async fn list_jobs(&self) -> kiln_store::Result<Vec<Job>> {
+        Ok(self.list_jobs_().await?)
+    }
+
+    async fn delete_job(&self, name: &str) -> kiln_store::Result<bool> {
+        Ok(self.delete_job_(name).await?)
+    }
+
+    async fn put_secret(
+        &self,
+        job_id: Id,
+        name: &str,
+        sealed: &[u8],
+        now: DateTime<Utc>,
+    ) -> kiln_store::Result<()> {
+        Ok(self.put_secret_(job_id, name, sealed, now).await?)
+    }
+
+    async fn delete_secret(&self, job_id: Id, name: &str) -> kiln_store::Result<bool> {
+        Ok(self.delete_secret_(job_id, name).await?)
+    }
+
+    async fn list_secrets(&self, job_id: Id) -> kiln_store::Result<Vec<SecretInfo>> {
+        Ok(self.list_secrets_(job_id).await?)
+    }
+
+    async fn sealed_secrets(
+        &self,
+        job_id: Id,
+        names: &[String],
+    ) -> kiln_store::Result<Vec<(String, Vec<u8>)>> {
+        Ok(self.sealed_secrets_(job_id, names).await?)
+    }
+
+    async fn create_run(
+        &self,
+        job_id: Id,
+        run: NewRun,
+        now: DateTime<Utc>,
+    ) -> kiln_store::Result<RunDetail> {
+        Ok(self.create_run_(job_id, run, now).await?)
+    }
+
+    async fn get_run_by_id(&self, run_id: Id) -> kiln_store::Result<Option<Run>> {
+        Ok(self.get_run_by_id_(run_id).await?)
+    }
+
+    async fn get_run(&self, job_id: Id, number: i64) -> kiln_store::Result<Option<RunDetail>> {
+        Ok(self.get_run_(job_id, number).await?)
+    }
+
+    async fn list_runs(&self, job_id: Id, filter: &RunFilter) -> kiln_store::Result<Vec<Run>> {
+        Ok(self.list_runs_(job_id, filter).await?)
+    }
+
+    async fn cancel_run(
+        &self,
+        job_id: Id,
+        number: i64,
+        now: DateTime<Utc>,
+    ) -> kiln_store::Result<RunDetail> {
+        Ok(self.cancel_run_(job_id, number, now).await?)
+    }
+
+    async fn claim_task(&self, claim: &Claim) -> kiln_store::Result<Option<TaskRow>> {
+        Ok(self.claim_task_(claim).await?)
+    }
+
+    async fn renew_lease(
+        &self,
+        task_id: Id,
+        holder: &str,
+        until: DateTime<Utc>,
+    ) -> kiln_store::Result<bool> {
+        Ok(self.renew_lease_(task_id, holder, until).await?)
+    }
+
+    async fn update_step(
+        &self,
+        task_id: Id,
+        holder: &str,
+        step: &StepRow,
+    ) -> kiln_store::Result<bool> {
+        Ok(self.update_step_(task_id, holder, step).await?)
+    }
+
+    async fn finish_task(
+        &self,
+        task_id: Id,
+        holder: &str,
+        result: &TaskResult,
+    ) -> kiln_store::Result<bool> {
+        Ok(self.finish_task_(task_id, holder, result).await?)
+    }
+
+    async fn expire(&self, now: DateTime<Utc>) -> kiln_store::Result<Vec<Id>> {
+        Ok(self.expire_(now).await?)
+    }
+
+    async fn get_task(&self, task_id: Id) -> kiln_store::Result<Option<TaskRow>> {
+        Ok(self.get_task_(task_id).await?)
+    }
+
+    async fn task_counts(&self) -> kiln_store::Result<Vec<(Status, i64)>> {
+        Ok(self.counts("tasks").await?)
+    }
+
+    async fn run_counts(&self) -> kiln_store::Result<Vec<(Status, i64)>> {
+        Ok(self.counts("runs").await?)
+    }
+
+    async fn append_log(&self, task_id: Id, seq: i64, data: &[u8]) -> kiln_store::Result<()> {
+        Ok(self.append_log_(task_id, seq, data).await?)
+    }
+
+    async fn read_log(&self, task_id: Id, from: i64) -> kiln_store::Result<Vec<(i64, Vec<u8>)>> {
+        Ok(self.read_log_(task_id, from).await?)
+    }
+
+    async fn add_artifact(&self, task_id: Id, artifact: &Artifact) -> kiln_store::Result<()> {
+        Ok(self.add_artifact_(task_id, artifact).await?)
+    }
+
+    async fn list_artifacts(&self, task_id: Id) -> kiln_store::Result<Vec<Artifact>> {
+        Ok(self.list_artifacts_(task_id).await?)
+    }
+
+    async fn put_report(&self, task_id: Id, kind: &str, json: &str) -> kiln_store::Result<()> {
+        Ok(self.put_report_(task_id, kind, json).await?)
+    }
+
+    async fn get_report(&self, task_id: Id, kind: &str) -> kiln_store::Result<Option<String>> {
+        Ok(self.get_report_(task_id, kind).await?)
+    }
+
+    async fn insert_token(
+        &self,
+        hash: &str,
+        kind: TokenKind,
+        name: &str,
+        is_admin: bool,
+        now: DateTime<Utc>,
+    ) -> kiln_store::Result<Id> {
+        Ok(self.insert_token_(hash, kind, name, is_admin, now).await?)
+    }
+
+    async fn find_token(&self, hash: &str) -> kiln_store::Result<Option<TokenInfo>> {
+        Ok(self.find_token_(hash).await?)
+    }
+
+    async fn has_admin_token(&self) -> kiln_store::Result<bool> {
+        Ok(self.has_admin_token_().await?)
+    }
+}

@@ -1,0 +1,1498 @@
+//! The contract every [`Database`] backend must meet, as tests a backend's
+//! own test binary calls on a fresh, empty database:
+//!
+//! ```text
+//! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+//! async fn contract() {
+//!     kiln_store::testsuite::run_all(open_fresh_store().await).await;
+//! }
+//! ```
+//!
+//! Time is always passed in (`now`), so leases and deadlines expire without
+//! sleeping. Failures panic with what was expected, as tests do.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use crate::{
+    Artifact, Claim, Database, Event, Id, Job, JobKind, JobSpec, NewRun, NewTask, RunDetail,
+    RunFilter, Status, StepRow, StoreError, TaskResult, TaskRow, TokenKind, Upserted,
+};
+
+/// Runs every test but [`claims_are_exclusive`], in an order that needs an
+/// empty database at the start (tokens are global).
+pub async fn run_all<D: Database>(db: D) {
+    tokens(&db).await;
+    jobs(&db).await;
+    secrets(&db).await;
+    delete_job_cascades(&db).await;
+    run_numbering(&db).await;
+    invalid_pipeline_run(&db).await;
+    needs_release_and_skip(&db).await;
+    skipped_at_creation(&db).await;
+    allow_failure(&db).await;
+    labels_and_order(&db).await;
+    steps(&db).await;
+    retry_on_failure(&db).await;
+    lease_expiry(&db).await;
+    holder_checks(&db).await;
+    cancel(&db).await;
+    deadline(&db).await;
+    logs(&db).await;
+    artifacts_and_reports(&db).await;
+    list_runs(&db).await;
+    counts(&db).await;
+}
+
+// --- helpers
+
+/// A fixed instant plus `seconds`; milliseconds are what backends keep.
+pub fn at(seconds: i64) -> DateTime<Utc> {
+    match Utc.timestamp_millis_opt(1_700_000_000_000 + seconds * 1000) {
+        chrono::LocalResult::Single(time) => time,
+        _ => panic!("test time {seconds}s is out of range"),
+    }
+}
+
+/// The tasks of a pipeline file, none skipped.
+pub fn tasks(yaml: &str) -> Vec<NewTask> {
+    let pipeline = kiln_pipeline::parse("test.kiln.yml", yaml)
+        .unwrap_or_else(|e| panic!("test pipeline is invalid: {e:?}\n{yaml}"));
+    pipeline
+        .tasks
+        .into_iter()
+        .map(|task| NewTask {
+            task,
+            skip_reason: None,
+        })
+        .collect()
+}
+
+pub fn new_run(tasks: Vec<NewTask>) -> NewRun {
+    NewRun {
+        branch: Some("main".into()),
+        sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        event: Event::Push,
+        error: None,
+        timeout: None,
+        tasks,
+    }
+}
+
+pub fn freestyle(name: &str) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        kind: JobKind::Freestyle,
+        repository: None,
+        pipeline_path: None,
+        default_branch: None,
+        pipeline: Some("version: 1\ntasks:\n  a:\n    steps:\n      - run: true\n".into()),
+    }
+}
+
+async fn job<D: Database>(db: &D, name: &str) -> Job {
+    db.create_job(&freestyle(name), at(0))
+        .await
+        .unwrap_or_else(|e| panic!("create job {name}: {e}"))
+}
+
+async fn create<D: Database>(db: &D, job: &Job, run: NewRun, now: DateTime<Utc>) -> RunDetail {
+    db.create_run(job.id, run, now)
+        .await
+        .unwrap_or_else(|e| panic!("create run of {}: {e}", job.spec.name))
+}
+
+async fn run<D: Database>(db: &D, job: &Job, number: i64) -> RunDetail {
+    db.get_run(job.id, number)
+        .await
+        .expect("get_run")
+        .unwrap_or_else(|| panic!("run #{number} of {} is missing", job.spec.name))
+}
+
+fn task<'a>(detail: &'a RunDetail, name: &str) -> &'a TaskRow {
+    detail
+        .tasks
+        .iter()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("no task {name} in run #{}", detail.run.number))
+}
+
+fn statuses(detail: &RunDetail) -> Vec<(&str, Status)> {
+    detail
+        .tasks
+        .iter()
+        .map(|t| (t.name.as_str(), t.status))
+        .collect()
+}
+
+pub fn claim_of(holder: &str, labels: &[&str], now: DateTime<Utc>) -> Claim {
+    Claim {
+        holder: holder.into(),
+        labels: labels.iter().map(|s| s.to_string()).collect(),
+        lease: Duration::from_secs(60),
+        now,
+    }
+}
+
+async fn claim<D: Database>(db: &D, holder: &str, now: DateTime<Utc>) -> Option<TaskRow> {
+    db.claim_task(&claim_of(holder, &[], now))
+        .await
+        .expect("claim_task")
+}
+
+/// Claims the next task, which must be `name`.
+async fn claim_named<D: Database>(db: &D, holder: &str, name: &str, now: DateTime<Utc>) -> TaskRow {
+    let task = claim(db, holder, now)
+        .await
+        .unwrap_or_else(|| panic!("{holder} expected to claim {name}, got nothing"));
+    assert_eq!(task.name, name, "{holder} claimed the wrong task");
+    task
+}
+
+async fn finish<D: Database>(
+    db: &D,
+    task: &TaskRow,
+    holder: &str,
+    status: Status,
+    now: DateTime<Utc>,
+) -> bool {
+    db.finish_task(
+        task.id,
+        holder,
+        &TaskResult {
+            status,
+            reason: None,
+            now,
+        },
+    )
+    .await
+    .expect("finish_task")
+}
+
+/// Claims every queued task, so runs of earlier tests do not get in the
+/// way of a test that claims.
+async fn drain<D: Database>(db: &D) {
+    while let Some(task) = claim(db, "drain", at(0)).await {
+        assert!(finish(db, &task, "drain", Status::Success, at(0)).await);
+    }
+}
+
+// --- tests
+
+pub async fn tokens<D: Database>(db: &D) {
+    assert!(
+        !db.has_admin_token().await.unwrap(),
+        "fresh database has no admin"
+    );
+    let agent = db
+        .insert_token("hash-agent", TokenKind::Agent, "builder-1", false, at(0))
+        .await
+        .unwrap();
+    assert!(!db.has_admin_token().await.unwrap());
+    let admin = db
+        .insert_token("hash-admin", TokenKind::User, "admin", true, at(0))
+        .await
+        .unwrap();
+    assert_ne!(agent, admin);
+    assert!(db.has_admin_token().await.unwrap());
+    let found = db
+        .find_token("hash-admin")
+        .await
+        .unwrap()
+        .expect("admin token");
+    assert_eq!(found.id, admin);
+    assert_eq!(found.kind, TokenKind::User);
+    assert_eq!(found.name, "admin");
+    assert!(found.is_admin);
+    let found = db
+        .find_token("hash-agent")
+        .await
+        .unwrap()
+        .expect("agent token");
+    assert_eq!((found.kind, found.is_admin), (TokenKind::Agent, false));
+    assert!(db.find_token("nope").await.unwrap().is_none());
+    match db
+        .insert_token("hash-agent", TokenKind::User, "again", false, at(1))
+        .await
+    {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("duplicate token hash: expected Conflict, got {other:?}"),
+    }
+}
+
+pub async fn jobs<D: Database>(db: &D) {
+    let spec = freestyle("jobs-a");
+    let created = db.create_job(&spec, at(0)).await.unwrap();
+    assert_eq!(created.spec, spec);
+    assert_eq!((created.created_at, created.updated_at), (at(0), at(0)));
+    assert_eq!(db.get_job("jobs-a").await.unwrap(), Some(created.clone()));
+    assert!(db.get_job("jobs-missing").await.unwrap().is_none());
+    match db.create_job(&spec, at(1)).await {
+        Err(StoreError::Conflict(message)) => assert!(message.contains("jobs-a"), "{message}"),
+        other => panic!("second create: expected Conflict, got {other:?}"),
+    }
+
+    let (same, how) = db.upsert_job(&spec, at(2)).await.unwrap();
+    assert_eq!(how, Upserted::Unchanged);
+    assert_eq!(same, created, "unchanged upsert keeps updated_at");
+
+    let git = JobSpec {
+        name: "jobs-a".into(),
+        kind: JobKind::Git,
+        repository: Some("file:///srv/repo.git".into()),
+        pipeline_path: Some(".kiln.yml".into()),
+        default_branch: Some("main".into()),
+        pipeline: None,
+    };
+    let (updated, how) = db.upsert_job(&git, at(3)).await.unwrap();
+    assert_eq!(how, Upserted::Updated);
+    assert_eq!(updated.id, created.id);
+    assert_eq!(updated.spec, git);
+    assert_eq!((updated.created_at, updated.updated_at), (at(0), at(3)));
+
+    let (fresh, how) = db.upsert_job(&freestyle("jobs-b"), at(4)).await.unwrap();
+    assert_eq!(how, Upserted::Created);
+    assert_eq!(fresh.spec.name, "jobs-b");
+
+    let names: Vec<String> = db
+        .list_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.spec.name)
+        .filter(|n| n.starts_with("jobs-"))
+        .collect();
+    assert_eq!(names, ["jobs-a", "jobs-b"], "listed by name");
+
+    assert!(db.delete_job("jobs-b").await.unwrap());
+    assert!(!db.delete_job("jobs-b").await.unwrap(), "already gone");
+    assert!(db.get_job("jobs-b").await.unwrap().is_none());
+}
+
+pub async fn secrets<D: Database>(db: &D) {
+    let job = job(db, "secrets").await;
+    db.put_secret(job.id, "TOKEN", b"sealed-1", at(1))
+        .await
+        .unwrap();
+    db.put_secret(job.id, "API_KEY", b"sealed-2", at(2))
+        .await
+        .unwrap();
+    db.put_secret(job.id, "TOKEN", b"sealed-3", at(3))
+        .await
+        .unwrap();
+    let listed: Vec<(String, DateTime<Utc>)> = db
+        .list_secrets(job.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.name, s.updated_at))
+        .collect();
+    assert_eq!(
+        listed,
+        [("API_KEY".to_string(), at(2)), ("TOKEN".to_string(), at(3))]
+    );
+    let sealed = db
+        .sealed_secrets(job.id, &["TOKEN".into(), "MISSING".into()])
+        .await
+        .unwrap();
+    assert_eq!(sealed, [("TOKEN".to_string(), b"sealed-3".to_vec())]);
+    assert!(db.sealed_secrets(job.id, &[]).await.unwrap().is_empty());
+    assert!(db.delete_secret(job.id, "TOKEN").await.unwrap());
+    assert!(!db.delete_secret(job.id, "TOKEN").await.unwrap());
+    assert_eq!(db.list_secrets(job.id).await.unwrap().len(), 1);
+    match db.put_secret(-1, "X", b"x", at(4)).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("secret of a missing job: expected NotFound, got {other:?}"),
+    }
+}
+
+pub async fn delete_job_cascades<D: Database>(db: &D) {
+    drain(db).await;
+    let job = job(db, "cascade").await;
+    db.put_secret(job.id, "S", b"s", at(0)).await.unwrap();
+    let detail = create(db, &job, new_run(tasks(PAIR)), at(0)).await;
+    let a = claim_named(db, "agent", "a", at(1)).await;
+    db.append_log(a.id, 0, b"hello").await.unwrap();
+    db.add_artifact(a.id, &artifact("out.txt")).await.unwrap();
+    db.put_report(a.id, "junit", "{}").await.unwrap();
+    assert!(db.delete_job("cascade").await.unwrap());
+    assert!(db.list_secrets(job.id).await.unwrap().is_empty());
+    assert!(
+        db.get_run(job.id, detail.run.number)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(db.get_task(a.id).await.unwrap().is_none());
+    assert!(db.read_log(a.id, 0).await.unwrap().is_empty());
+    assert!(db.list_artifacts(a.id).await.unwrap().is_empty());
+    assert!(db.get_report(a.id, "junit").await.unwrap().is_none());
+    assert!(
+        claim(db, "agent", at(2)).await.is_none(),
+        "b went with its job"
+    );
+}
+
+const PAIR: &str = "version: 1
+tasks:
+  a:
+    steps:
+      - run: echo a
+  b:
+    needs: [a]
+    steps:
+      - run: echo b
+";
+
+pub async fn run_numbering<D: Database>(db: &D) {
+    let first = job(db, "numbering-1").await;
+    let second = job(db, "numbering-2").await;
+    for expected in 1..=3 {
+        let detail = create(db, &first, new_run(tasks(PAIR)), at(expected)).await;
+        assert_eq!(detail.run.number, expected);
+        assert_eq!(detail.run.job, "numbering-1");
+        assert_eq!(detail.run.job_id, first.id);
+        assert_eq!(detail.run.created_at, at(expected));
+    }
+    let other = create(db, &second, new_run(tasks(PAIR)), at(9)).await;
+    assert_eq!(other.run.number, 1, "numbers are per job");
+    let two = run(db, &first, 2).await;
+    assert_eq!(two.run.number, 2);
+    assert_eq!(
+        db.get_run_by_id(two.run.id).await.unwrap(),
+        Some(two.run.clone()),
+        "by id as by number"
+    );
+    assert!(db.get_run_by_id(-1).await.unwrap().is_none());
+    assert_eq!(two.run.branch.as_deref(), Some("main"));
+    assert_eq!(two.run.event, Event::Push);
+    assert_eq!(
+        statuses(&two),
+        [("a", Status::Queued), ("b", Status::Pending)]
+    );
+    assert_eq!(two.run.status, Status::Queued);
+    assert_eq!(task(&two, "a").queued_at, Some(at(2)));
+    assert_eq!(task(&two, "b").queued_at, None);
+    assert_eq!(task(&two, "a").attempt, 1);
+    assert!(db.get_run(first.id, 4).await.unwrap().is_none());
+    match db.create_run(-1, new_run(tasks(PAIR)), at(0)).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("run of a missing job: expected NotFound, got {other:?}"),
+    }
+    drain(db).await;
+}
+
+pub async fn invalid_pipeline_run<D: Database>(db: &D) {
+    let job = job(db, "invalid").await;
+    let mut bad = new_run(Vec::new());
+    bad.error = Some(".kiln.yml:3:5: unknown key `stpes`".into());
+    bad.timeout = Some(Duration::from_secs(60));
+    let detail = create(db, &job, bad, at(5)).await;
+    assert_eq!(detail.run.number, 1);
+    assert_eq!(detail.run.status, Status::Error);
+    assert_eq!(
+        detail.run.error.as_deref(),
+        Some(".kiln.yml:3:5: unknown key `stpes`")
+    );
+    assert!(detail.tasks.is_empty());
+    assert_eq!(detail.run.finished_at, Some(at(5)));
+    assert_eq!(detail.run.started_at, None);
+    // The next run still gets the next number.
+    let next = create(db, &job, new_run(tasks(PAIR)), at(6)).await;
+    assert_eq!(next.run.number, 2);
+    assert_eq!(next.run.error, None);
+    drain(db).await;
+}
+
+const DIAMOND: &str = "version: 1
+tasks:
+  a:
+    steps:
+      - run: echo a
+  b:
+    needs: [a]
+    steps:
+      - run: echo b
+  c:
+    needs: [b]
+    steps:
+      - run: echo c
+  d:
+    steps:
+      - run: echo d
+";
+
+pub async fn needs_release_and_skip<D: Database>(db: &D) {
+    drain(db).await;
+    let job = job(db, "needs").await;
+
+    // Success releases the dependant.
+    create(db, &job, new_run(tasks(DIAMOND)), at(0)).await;
+    let a = claim_named(db, "agent-1", "a", at(10)).await;
+    assert_eq!(a.status, Status::Running);
+    assert_eq!(a.agent.as_deref(), Some("agent-1"));
+    assert_eq!(a.started_at, Some(at(10)));
+    assert_eq!(a.lease_expires_at, Some(at(70)));
+    let started = run(db, &job, 1).await;
+    assert_eq!(started.run.status, Status::Running);
+    assert_eq!(started.run.started_at, Some(at(10)));
+    assert!(finish(db, &a, "agent-1", Status::Success, at(20)).await);
+    let after = run(db, &job, 1).await;
+    assert_eq!(
+        statuses(&after),
+        [
+            ("a", Status::Success),
+            ("b", Status::Queued),
+            ("c", Status::Pending),
+            ("d", Status::Queued),
+        ]
+    );
+    let done = task(&after, "a");
+    assert_eq!(done.finished_at, Some(at(20)));
+    assert_eq!(done.lease_expires_at, None);
+    assert_eq!(done.agent.as_deref(), Some("agent-1"), "agent is kept");
+    assert_eq!(task(&after, "b").queued_at, Some(at(20)));
+    assert_eq!(after.run.status, Status::Running);
+    drain(db).await;
+    let all = run(db, &job, 1).await;
+    assert_eq!(all.run.status, Status::Success);
+    assert_eq!(all.run.finished_at, Some(at(0)), "drain finishes at(0)");
+
+    // A failure skips dependants, transitively; independent tasks go on.
+    create(db, &job, new_run(tasks(DIAMOND)), at(100)).await;
+    let a = claim_named(db, "agent-1", "a", at(110)).await;
+    assert!(finish(db, &a, "agent-1", Status::Failure, at(120)).await);
+    let after = run(db, &job, 2).await;
+    assert_eq!(
+        statuses(&after),
+        [
+            ("a", Status::Failure),
+            ("b", Status::Skipped),
+            ("c", Status::Skipped),
+            ("d", Status::Queued),
+        ]
+    );
+    assert_eq!(
+        task(&after, "b").reason.as_deref(),
+        Some("needs `a`, which ended failure")
+    );
+    assert_eq!(
+        task(&after, "c").reason.as_deref(),
+        Some("needs `b`, which ended skipped")
+    );
+    assert_eq!(task(&after, "c").finished_at, Some(at(120)));
+    assert_eq!(after.run.status, Status::Running, "d is still queued");
+    assert_eq!(after.run.finished_at, None);
+    let d = claim_named(db, "agent-2", "d", at(130)).await;
+    assert!(finish(db, &d, "agent-2", Status::Success, at(140)).await);
+    let done = run(db, &job, 2).await;
+    assert_eq!(done.run.status, Status::Failure);
+    assert_eq!(done.run.finished_at, Some(at(140)));
+    assert_eq!(done.run.started_at, Some(at(110)));
+    assert_eq!(done.run.error, None);
+}
+
+pub async fn skipped_at_creation<D: Database>(db: &D) {
+    drain(db).await;
+    let job = job(db, "when").await;
+    let mut new = tasks(DIAMOND);
+    new[0].skip_reason = Some("`when` does not match branch dev".into());
+    let detail = create(db, &job, new_run(new), at(0)).await;
+    assert_eq!(
+        statuses(&detail),
+        [
+            ("a", Status::Skipped),
+            ("b", Status::Skipped),
+            ("c", Status::Skipped),
+            ("d", Status::Queued),
+        ]
+    );
+    assert_eq!(
+        task(&detail, "a").reason.as_deref(),
+        Some("`when` does not match branch dev")
+    );
+    assert_eq!(
+        task(&detail, "b").reason.as_deref(),
+        Some("needs `a`, which ended skipped")
+    );
+    assert_eq!(task(&detail, "a").queued_at, None);
+    assert!(
+        task(&detail, "a")
+            .steps
+            .iter()
+            .all(|s| s.status == Status::Skipped),
+        "steps of a task that will not run are skipped"
+    );
+    assert_eq!(detail.run.status, Status::Queued);
+    assert_eq!(
+        detail,
+        run(db, &job, 1).await,
+        "create returns what get reads"
+    );
+    drain(db).await;
+
+    // Nothing to run: the run is over as soon as it is created.
+    let mut new = tasks(PAIR);
+    new[0].skip_reason = Some("no".into());
+    let detail = create(db, &job, new_run(new), at(5)).await;
+    assert_eq!(
+        statuses(&detail),
+        [("a", Status::Skipped), ("b", Status::Skipped)]
+    );
+    assert_eq!(detail.run.status, Status::Success);
+    assert_eq!(detail.run.finished_at, Some(at(5)));
+}
+
+pub async fn allow_failure<D: Database>(db: &D) {
+    drain(db).await;
+    let job = job(db, "allow-failure").await;
+    let yaml = "version: 1
+tasks:
+  lint:
+    allow-failure: true
+    steps:
+      - run: false
+  deploy:
+    needs: [lint]
+    steps:
+      - run: echo deploy
+";
+    create(db, &job, new_run(tasks(yaml)), at(0)).await;
+    let lint = claim_named(db, "agent", "lint", at(1)).await;
+    assert!(finish(db, &lint, "agent", Status::Failure, at(2)).await);
+    let after = run(db, &job, 1).await;
+    assert_eq!(
+        statuses(&after),
+        [("lint", Status::Failure), ("deploy", Status::Queued)]
+    );
+    let deploy = claim_named(db, "agent", "deploy", at(3)).await;
+    assert!(finish(db, &deploy, "agent", Status::Success, at(4)).await);
+    assert_eq!(run(db, &job, 1).await.run.status, Status::Success);
+}
+
+pub async fn labels_and_order<D: Database>(db: &D) {
+    drain(db).await;
+    let job = job(db, "labels").await;
+    let yaml = "version: 1
+tasks:
+  gpu:
+    runs-on: [linux, gpu]
+    steps:
+      - run: nvidia-smi
+  any:
+    steps:
+      - run: echo any
+";
+    create(db, &job, new_run(tasks(yaml)), at(0)).await;
+    create(db, &job, new_run(tasks(yaml)), at(1)).await;
+    // Older first; a task is only given to an agent with all its labels.
+    let claim_with = |labels: &'static [&'static str], now| {
+        let claim = claim_of("agent", labels, now);
+        async move { db.claim_task(&claim).await.expect("claim_task") }
+    };
+    let first = claim_with(&["linux"], at(2)).await.expect("any of run 1");
+    assert_eq!(
+        (first.name.as_str(), first.run_id),
+        ("any", run(db, &job, 1).await.run.id)
+    );
+    let second = claim_with(&["linux"], at(2)).await.expect("any of run 2");
+    assert_eq!(second.name, "any");
+    assert_eq!(second.run_id, run(db, &job, 2).await.run.id);
+    assert!(
+        claim_with(&["linux"], at(2)).await.is_none(),
+        "gpu needs gpu"
+    );
+    assert!(claim_with(&["gpu", "mac"], at(2)).await.is_none());
+    let gpu = claim_with(&["gpu", "linux", "big"], at(3))
+        .await
+        .expect("a gpu task");
+    assert_eq!(gpu.name, "gpu");
+    assert_eq!(gpu.run_id, run(db, &job, 1).await.run.id, "oldest first");
+    assert_eq!(gpu.spec.runs_on, ["linux", "gpu"]);
+    let gpu_2 = claim_with(&["gpu", "linux"], at(3))
+        .await
+        .expect("the gpu task of run 2");
+    assert_eq!(gpu_2.run_id, run(db, &job, 2).await.run.id);
+    for task in [&first, &second, &gpu, &gpu_2] {
+        assert!(finish(db, task, "agent", Status::Success, at(4)).await);
+    }
+    drain(db).await;
+    assert_eq!(run(db, &job, 1).await.run.status, Status::Success);
+    assert_eq!(run(db, &job, 2).await.run.status, Status::Success);
+}
+
+const STEPS: &str = "version: 1
+tasks:
+  build:
+    steps:
+      - name: fetch
+        run: git fetch
+      - name: compile
+        run: cargo build
+      - name: test
+        run: cargo test
+";
+
+pub async fn steps<D: Database>(db: &D) {
+    drain(db).await;
+    let job = job(db, "steps").await;
+    let detail = create(db, &job, new_run(tasks(STEPS)), at(0)).await;
+    let steps = &task(&detail, "build").steps;
+    assert_eq!(
+        steps
+            .iter()
+            .map(|s| (s.index, s.name.as_str(), s.status))
+            .collect::<Vec<_>>(),
+        [
+            (0, "fetch", Status::Pending),
+            (1, "compile", Status::Pending),
+            (2, "test", Status::Pending),
+        ]
+    );
+    let build = claim_named(db, "agent", "build", at(1)).await;
+    assert_eq!(build.steps.len(), 3, "a claimed task comes with its steps");
+    let fetched = StepRow {
+        index: 0,
+        name: "fetch".into(),
+        status: Status::Success,
+        exit_code: Some(0),
+        started_at: Some(at(1)),
+        finished_at: Some(at(2)),
+    };
+    assert!(db.update_step(build.id, "agent", &fetched).await.unwrap());
+    assert!(
+        !db.update_step(build.id, "intruder", &fetched)
+            .await
+            .unwrap()
+    );
+    let compiling = StepRow {
+        index: 1,
+        name: "compile".into(),
+        status: Status::Running,
+        exit_code: None,
+        started_at: Some(at(2)),
+        finished_at: None,
+    };
+    assert!(db.update_step(build.id, "agent", &compiling).await.unwrap());
+    let missing = StepRow {
+        index: 7,
+        ..compiling.clone()
+    };
+    assert!(matches!(
+        db.update_step(build.id, "agent", &missing).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let now = db.get_task(build.id).await.unwrap().expect("task");
+    assert_eq!(now.steps[0], fetched);
+    assert_eq!(now.steps[1], compiling);
+    assert_eq!(now.steps[2].status, Status::Pending);
+
+    assert!(finish(db, &build, "agent", Status::Failure, at(5)).await);
+    let ended = db.get_task(build.id).await.unwrap().expect("task");
+    assert_eq!(ended.status, Status::Failure);
+    assert_eq!(ended.steps[0], fetched, "ended steps are kept");
+    assert_eq!(
+        ended.steps[1].status,
+        Status::Failure,
+        "running step ends with its task"
+    );
+    assert_eq!(ended.steps[1].finished_at, Some(at(5)));
+    assert_eq!(ended.steps[2].status, Status::Skipped, "never ran");
+    assert!(
+        !db.update_step(build.id, "agent", &fetched).await.unwrap(),
+        "not running any more"
+    );
+}
+
+const RETRY: &str = "version: 1
+tasks:
+  flaky:
+    retry: 1
+    steps:
+      - run: ./flaky.sh
+";
+
+pub async fn retry_on_failure<D: Database>(db: &D) {
+    drain(db).await;
+    let job = job(db, "retry").await;
+    create(db, &job, new_run(tasks(RETRY)), at(0)).await;
+    let first = claim_named(db, "agent-1", "flaky", at(10)).await;
+    assert_eq!(first.attempt, 1);
+    db.append_log(first.id, 0, b"attempt one").await.unwrap();
+    let step = StepRow {
+        index: 0,
+        name: "./flaky.sh".into(),
+        status: Status::Failure,
+        exit_code: Some(1),
+        started_at: Some(at(10)),
+        finished_at: Some(at(11)),
+    };
+    assert!(db.update_step(first.id, "agent-1", &step).await.unwrap());
+    assert!(
+        db.finish_task(
+            first.id,
+            "agent-1",
+            &TaskResult {
+                status: Status::Failure,
+                reason: Some("exit code 1".into()),
+                now: at(20),
+            },
+        )
+        .await
+        .unwrap()
+    );
+    let again = db.get_task(first.id).await.unwrap().expect("task");
+    assert_eq!(again.status, Status::Queued, "retried");
+    assert_eq!(again.attempt, 2);
+    assert_eq!(again.queued_at, Some(at(20)));
+    assert_eq!(again.lease_expires_at, None);
+    assert_eq!(again.finished_at, None);
+    assert!(
+        again
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("exit code 1")),
+        "reason tells why: {:?}",
+        again.reason
+    );
+    assert_eq!(again.steps[0].status, Status::Pending, "steps start over");
+    assert_eq!(again.steps[0].exit_code, None);
+    assert!(
+        db.read_log(first.id, 0).await.unwrap().is_empty(),
+        "the new attempt writes its log from seq 0"
+    );
+    // `queue::run_status`: nothing runs and nothing ended, so the run waits
+    // for an agent again; it keeps its first start.
+    let waiting = run(db, &job, 1).await.run;
+    assert_eq!(waiting.status, Status::Queued);
+    assert_eq!(waiting.started_at, Some(at(10)));
+    assert!(
+        !finish(db, &first, "agent-1", Status::Failure, at(21)).await,
+        "the old holder lost it"
+    );
+
+    let second = claim_named(db, "agent-2", "flaky", at(30)).await;
+    assert_eq!(second.attempt, 2);
+    assert_eq!(second.agent.as_deref(), Some("agent-2"));
+    assert_eq!(second.started_at, Some(at(10)), "the first start is kept");
+    assert!(finish(db, &second, "agent-2", Status::Failure, at(40)).await);
+    let ended = run(db, &job, 1).await;
+    assert_eq!(
+        task(&ended, "flaky").status,
+        Status::Failure,
+        "no attempts left"
+    );
+    assert_eq!(task(&ended, "flaky").attempt, 2);
+    assert_eq!(ended.run.status, Status::Failure);
+    assert_eq!(ended.run.finished_at, Some(at(40)));
+
+    // Success is never retried.
+    create(db, &job, new_run(tasks(RETRY)), at(50)).await;
+    let ok = claim_named(db, "agent-1", "flaky", at(51)).await;
+    assert!(finish(db, &ok, "agent-1", Status::Success, at(52)).await);
+    let ended = run(db, &job, 2).await;
+    assert_eq!(task(&ended, "flaky").attempt, 1);
+    assert_eq!(ended.run.status, Status::Success);
+}
+
+pub async fn lease_expiry<D: Database>(db: &D) {
+    drain(db).await;
+    let job = job(db, "lease").await;
+    create(db, &job, new_run(tasks(RETRY)), at(0)).await;
+    // Lease runs to at(60).
+    let first = claim_named(db, "agent-1", "flaky", at(0)).await;
+    assert!(db.renew_lease(first.id, "agent-1", at(100)).await.unwrap());
+    assert!(!db.renew_lease(first.id, "agent-2", at(500)).await.unwrap());
+    assert_eq!(
+        db.get_task(first.id)
+            .await
+            .unwrap()
+            .expect("task")
+            .lease_expires_at,
+        Some(at(100))
+    );
+    assert!(
+        db.expire(at(99)).await.unwrap().is_empty(),
+        "lease still valid"
+    );
+    assert_eq!(db.expire(at(101)).await.unwrap(), [first.id]);
+    let again = db.get_task(first.id).await.unwrap().expect("task");
+    assert_eq!((again.status, again.attempt), (Status::Queued, 2));
+    assert!(
+        again
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("agent lost")),
+        "{:?}",
+        again.reason
+    );
+    assert!(!db.renew_lease(first.id, "agent-1", at(200)).await.unwrap());
+    assert!(!finish(db, &first, "agent-1", Status::Success, at(102)).await);
+    assert!(
+        db.expire(at(102)).await.unwrap().is_empty(),
+        "queued, not expired"
+    );
+
+    let second = claim_named(db, "agent-2", "flaky", at(110)).await;
+    assert_eq!(db.expire(at(171)).await.unwrap(), [second.id]);
+    let ended = run(db, &job, 1).await;
+    let flaky = task(&ended, "flaky");
+    assert_eq!(flaky.status, Status::Error);
+    assert_eq!(flaky.reason.as_deref(), Some("agent lost"));
+    assert_eq!(flaky.finished_at, Some(at(171)));
+    assert_eq!(ended.run.status, Status::Error);
+    assert_eq!(ended.run.error.as_deref(), Some("agent lost"));
+    assert_eq!(ended.run.finished_at, Some(at(171)));
+    assert!(
+        db.expire(at(1000)).await.unwrap().is_empty(),
+        "nothing left"
+    );
+
+    // With no retry the first loss ends the task.
+    create(db, &job, new_run(tasks(PAIR)), at(200)).await;
+    let a = claim_named(db, "agent-1", "a", at(200)).await;
+    assert_eq!(db.expire(at(261)).await.unwrap(), [a.id]);
+    let ended = run(db, &job, 2).await;
+    assert_eq!(
+        statuses(&ended),
+        [("a", Status::Error), ("b", Status::Skipped)]
+    );
+    assert_eq!(ended.run.status, Status::Error);
+    assert_eq!(ended.run.error.as_deref(), Some("agent lost"));
+}
+
+pub async fn holder_checks<D: Database>(db: &D) {
+    drain(db).await;
+    let job = job(db, "holder").await;
+    create(db, &job, new_run(tasks(PAIR)), at(0)).await;
+    let b_id = task(&run(db, &job, 1).await, "b").id;
+    // Not running: nobody holds it.
+    assert!(!db.renew_lease(b_id, "agent", at(10)).await.unwrap());
+    let pending = TaskRow {
+        id: b_id,
+        ..claim_named(db, "agent", "a", at(1)).await
+    };
+    assert!(!finish(db, &pending, "agent", Status::Success, at(2)).await);
+    let a = db
+        .get_task(task(&run(db, &job, 1).await, "a").id)
+        .await
+        .unwrap()
+        .expect("a");
+    assert!(!finish(db, &a, "someone-else", Status::Success, at(2)).await);
+    assert!(!db.renew_lease(a.id, "someone-else", at(10)).await.unwrap());
+    assert!(matches!(
+        db.finish_task(
+            a.id,
+            "agent",
+            &TaskResult {
+                status: Status::Running,
+                reason: None,
+                now: at(2)
+            }
+        )
+        .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(finish(db, &a, "agent", Status::Success, at(3)).await);
+    assert!(
+        !finish(db, &a, "agent", Status::Success, at(4)).await,
+        "finished twice"
+    );
+    assert!(!db.renew_lease(a.id, "agent", at(10)).await.unwrap());
+    assert!(
+        !finish(
+            db,
+            &TaskRow { id: -1, ..a },
+            "agent",
+            Status::Success,
+            at(4)
+        )
+        .await
+    );
+}
+
+pub async fn cancel<D: Database>(db: &D) {
+    drain(db).await;
+    let job = job(db, "cancel").await;
+
+    // Nothing running: over at once.
+    create(db, &job, new_run(tasks(PAIR)), at(0)).await;
+    let cancelled = db.cancel_run(job.id, 1, at(5)).await.unwrap();
+    assert_eq!(
+        statuses(&cancelled),
+        [("a", Status::Cancelled), ("b", Status::Cancelled)]
+    );
+    assert_eq!(cancelled.run.status, Status::Cancelled);
+    assert_eq!(cancelled.run.finished_at, Some(at(5)));
+    assert_eq!(task(&cancelled, "a").finished_at, Some(at(5)));
+    assert!(
+        task(&cancelled, "a")
+            .steps
+            .iter()
+            .all(|s| s.status == Status::Skipped)
+    );
+    assert_eq!(cancelled, run(db, &job, 1).await);
+    assert!(
+        claim(db, "agent", at(6)).await.is_none(),
+        "nothing left to claim"
+    );
+    match db.cancel_run(job.id, 1, at(6)).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("cancelling an ended run: expected Conflict, got {other:?}"),
+    }
+    match db.cancel_run(job.id, 99, at(6)).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("cancelling a missing run: expected NotFound, got {other:?}"),
+    }
+
+    // A running task is flagged and ends `cancelled` when its agent reports.
+    create(db, &job, new_run(tasks(DIAMOND)), at(10)).await;
+    let a = claim_named(db, "agent", "a", at(11)).await;
+    let cancelling = db.cancel_run(job.id, 2, at(12)).await.unwrap();
+    assert_eq!(
+        statuses(&cancelling),
+        [
+            ("a", Status::Running),
+            ("b", Status::Cancelled),
+            ("c", Status::Cancelled),
+            ("d", Status::Cancelled),
+        ]
+    );
+    assert!(task(&cancelling, "a").cancel_requested);
+    assert!(!task(&cancelling, "b").cancel_requested);
+    assert_eq!(cancelling.run.status, Status::Running);
+    assert_eq!(cancelling.run.finished_at, None);
+    assert!(
+        db.renew_lease(a.id, "agent", at(100)).await.unwrap(),
+        "still held"
+    );
+    assert!(claim(db, "agent", at(13)).await.is_none());
+    // Even a task that was about to succeed, or asks to be retried, ends cancelled.
+    assert!(finish(db, &a, "agent", Status::Success, at(14)).await);
+    let over = run(db, &job, 2).await;
+    assert_eq!(task(&over, "a").status, Status::Cancelled);
+    assert_eq!(over.run.status, Status::Cancelled);
+    assert_eq!(over.run.finished_at, Some(at(14)));
+
+    // A retry is not attempted for a cancelled run.
+    create(db, &job, new_run(tasks(RETRY)), at(20)).await;
+    let flaky = claim_named(db, "agent", "flaky", at(21)).await;
+    db.cancel_run(job.id, 3, at(22)).await.unwrap();
+    assert!(finish(db, &flaky, "agent", Status::Failure, at(23)).await);
+    let over = run(db, &job, 3).await;
+    assert_eq!(task(&over, "flaky").status, Status::Cancelled);
+    assert_eq!(task(&over, "flaky").attempt, 1);
+    assert_eq!(over.run.status, Status::Cancelled);
+}
+
+pub async fn deadline<D: Database>(db: &D) {
+    drain(db).await;
+    let job = job(db, "deadline").await;
+    let mut timed = new_run(tasks(DIAMOND));
+    timed.timeout = Some(Duration::from_secs(600));
+    let detail = create(db, &job, timed, at(0)).await;
+    assert_eq!(detail.run.deadline, Some(at(600)));
+    let a = claim_named(db, "agent", "a", at(1)).await;
+    assert!(db.renew_lease(a.id, "agent", at(5000)).await.unwrap());
+    assert!(db.expire(at(599)).await.unwrap().is_empty());
+    let mut touched = db.expire(at(601)).await.unwrap();
+    touched.sort_unstable();
+    let mut expected: Vec<Id> = detail.tasks.iter().map(|t| t.id).collect();
+    expected.sort_unstable();
+    assert_eq!(touched, expected);
+    let over = run(db, &job, 1).await;
+    assert_eq!(
+        statuses(&over),
+        [
+            ("a", Status::TimedOut),
+            ("b", Status::Skipped),
+            ("c", Status::Skipped),
+            ("d", Status::Skipped),
+        ]
+    );
+    assert!(
+        task(&over, "a").cancel_requested,
+        "the agent is told to stop"
+    );
+    assert_eq!(task(&over, "a").finished_at, Some(at(601)));
+    assert_eq!(
+        task(&over, "d").reason.as_deref(),
+        Some("the run reached its timeout")
+    );
+    assert_eq!(over.run.status, Status::TimedOut);
+    assert_eq!(over.run.finished_at, Some(at(601)));
+    assert!(
+        !finish(db, &a, "agent", Status::Success, at(602)).await,
+        "too late"
+    );
+    assert!(!db.renew_lease(a.id, "agent", at(6000)).await.unwrap());
+    assert_eq!(run(db, &job, 1).await.run.status, Status::TimedOut);
+    assert!(db.expire(at(10_000)).await.unwrap().is_empty(), "once only");
+    assert!(claim(db, "agent", at(602)).await.is_none());
+
+    // A run that ends in time is not touched by its deadline.
+    let mut timed = new_run(tasks(PAIR));
+    timed.timeout = Some(Duration::from_secs(600));
+    create(db, &job, timed, at(1000)).await;
+    drain(db).await;
+    assert!(db.expire(at(5000)).await.unwrap().is_empty());
+    assert_eq!(run(db, &job, 2).await.run.status, Status::Success);
+}
+
+pub async fn logs<D: Database>(db: &D) {
+    drain(db).await;
+    let job = job(db, "logs").await;
+    let detail = create(db, &job, new_run(tasks(PAIR)), at(0)).await;
+    let a = task(&detail, "a").id;
+    let b = task(&detail, "b").id;
+    db.append_log(a, 2, b"two\n").await.unwrap();
+    db.append_log(a, 0, b"zero\n").await.unwrap();
+    db.append_log(a, 1, b"one\n").await.unwrap();
+    // A chunk sent again (an agent retrying after a disconnect) is ignored.
+    db.append_log(a, 1, b"ONE AGAIN\n").await.unwrap();
+    db.append_log(b, 0, b"other task\n").await.unwrap();
+    assert_eq!(
+        db.read_log(a, 0).await.unwrap(),
+        [
+            (0, b"zero\n".to_vec()),
+            (1, b"one\n".to_vec()),
+            (2, b"two\n".to_vec()),
+        ]
+    );
+    assert_eq!(db.read_log(a, 2).await.unwrap(), [(2, b"two\n".to_vec())]);
+    assert!(db.read_log(a, 3).await.unwrap().is_empty());
+    assert_eq!(db.read_log(b, 0).await.unwrap().len(), 1);
+    let binary: Vec<u8> = (0..=255).collect();
+    db.append_log(a, 3, &binary).await.unwrap();
+    assert_eq!(db.read_log(a, 3).await.unwrap(), [(3, binary)]);
+    match db.append_log(-1, 0, b"x").await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("log of a missing task: expected NotFound, got {other:?}"),
+    }
+    drain(db).await;
+}
+
+fn artifact(path: &str) -> Artifact {
+    Artifact {
+        path: path.into(),
+        size: 42,
+        content_type: "text/plain".into(),
+        blob_key: format!("blobs/{path}"),
+    }
+}
+
+pub async fn artifacts_and_reports<D: Database>(db: &D) {
+    drain(db).await;
+    let job = job(db, "results").await;
+    let detail = create(db, &job, new_run(tasks(PAIR)), at(0)).await;
+    let a = task(&detail, "a").id;
+    assert!(db.list_artifacts(a).await.unwrap().is_empty());
+    db.add_artifact(a, &artifact("target/app")).await.unwrap();
+    db.add_artifact(a, &artifact("report.xml")).await.unwrap();
+    let replaced = Artifact {
+        size: 7,
+        blob_key: "blobs/new".into(),
+        ..artifact("target/app")
+    };
+    db.add_artifact(a, &replaced).await.unwrap();
+    assert_eq!(
+        db.list_artifacts(a).await.unwrap(),
+        [artifact("report.xml"), replaced],
+        "by path; the same path uploaded again replaces it"
+    );
+    assert!(matches!(
+        db.add_artifact(-1, &artifact("x")).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    assert!(db.get_report(a, "junit").await.unwrap().is_none());
+    db.put_report(a, "junit", r#"{"tests":1}"#).await.unwrap();
+    db.put_report(a, "coverage", r#"{"lines":0.5}"#)
+        .await
+        .unwrap();
+    db.put_report(a, "junit", r#"{"tests":2}"#).await.unwrap();
+    assert_eq!(
+        db.get_report(a, "junit").await.unwrap().as_deref(),
+        Some(r#"{"tests":2}"#)
+    );
+    assert!(matches!(
+        db.put_report(-1, "junit", "{}").await,
+        Err(StoreError::NotFound(_))
+    ));
+    drain(db).await;
+}
+
+pub async fn list_runs<D: Database>(db: &D) {
+    let job = job(db, "listing").await;
+    let other = job_named_other(db).await;
+    for n in 1..=30 {
+        let mut new = new_run(tasks(PAIR));
+        new.branch = Some(if n % 2 == 0 { "main" } else { "dev" }.into());
+        if n % 3 == 0 {
+            new.error = Some("bad pipeline".into());
+        }
+        create(db, &job, new, at(n)).await;
+    }
+    create(db, &other, new_run(tasks(PAIR)), at(0)).await;
+    let numbers = |filter: RunFilter| async move {
+        db.list_runs(job.id, &filter)
+            .await
+            .expect("list_runs")
+            .into_iter()
+            .map(|r| r.number)
+            .collect::<Vec<_>>()
+    };
+    let page = |limit, before| RunFilter {
+        limit,
+        before,
+        ..RunFilter::default()
+    };
+    assert_eq!(numbers(page(5, None)).await, [30, 29, 28, 27, 26]);
+    assert_eq!(numbers(page(5, Some(26))).await, [25, 24, 23, 22, 21]);
+    assert_eq!(numbers(page(5, Some(3))).await, [2, 1]);
+    assert!(numbers(page(5, Some(1))).await.is_empty());
+    assert_eq!(numbers(page(100, None)).await.len(), 30);
+    assert_eq!(
+        numbers(page(0, None)).await.len(),
+        30,
+        "no limit given: a default page"
+    );
+    let errors = numbers(RunFilter {
+        status: Some(Status::Error),
+        limit: 4,
+        ..RunFilter::default()
+    })
+    .await;
+    assert_eq!(errors, [30, 27, 24, 21]);
+    let main = numbers(RunFilter {
+        branch: Some("main".into()),
+        before: Some(10),
+        limit: 3,
+        ..RunFilter::default()
+    })
+    .await;
+    assert_eq!(main, [8, 6, 4]);
+    let both = numbers(RunFilter {
+        status: Some(Status::Queued),
+        branch: Some("dev".into()),
+        limit: 50,
+        ..RunFilter::default()
+    })
+    .await;
+    assert_eq!(both, [29, 25, 23, 19, 17, 13, 11, 7, 5, 1]);
+    let runs = db.list_runs(job.id, &page(1, None)).await.unwrap();
+    assert_eq!(
+        runs[0],
+        run(db, &job, 30).await.run,
+        "list shows what get reads"
+    );
+    assert!(
+        db.list_runs(-1, &page(10, None)).await.unwrap().is_empty(),
+        "no such job"
+    );
+    drain(db).await;
+}
+
+async fn job_named_other<D: Database>(db: &D) -> Job {
+    job(db, "listing-other").await
+}
+
+fn count(counts: &[(Status, i64)], status: Status) -> i64 {
+    counts
+        .iter()
+        .filter(|(s, _)| *s == status)
+        .map(|(_, n)| n)
+        .sum()
+}
+
+pub async fn counts<D: Database>(db: &D) {
+    drain(db).await;
+    let tasks_before = db.task_counts().await.unwrap();
+    let runs_before = db.run_counts().await.unwrap();
+    assert_eq!(count(&tasks_before, Status::Queued), 0, "drained");
+    let job = job(db, "counts").await;
+    create(db, &job, new_run(tasks(DIAMOND)), at(0)).await;
+    let tasks_after = db.task_counts().await.unwrap();
+    let runs_after = db.run_counts().await.unwrap();
+    assert_eq!(count(&tasks_after, Status::Queued), 2);
+    assert_eq!(
+        count(&tasks_after, Status::Pending) - count(&tasks_before, Status::Pending),
+        2
+    );
+    assert_eq!(
+        count(&runs_after, Status::Queued) - count(&runs_before, Status::Queued),
+        1
+    );
+    let statuses: HashSet<Status> = tasks_after.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses.len(), tasks_after.len(), "one row per status");
+    assert!(tasks_after.iter().all(|(_, n)| *n > 0));
+    drain(db).await;
+    let tasks_done = db.task_counts().await.unwrap();
+    assert_eq!(
+        count(&tasks_done, Status::Success) - count(&tasks_after, Status::Success),
+        4
+    );
+}
+
+/// 200 queued tasks, 8 claimers racing until none is left: every task is
+/// handed out exactly once. Needs a multi-threaded runtime to mean much.
+pub async fn claims_are_exclusive<D: Database>(db: D) {
+    const RUNS: usize = 10;
+    const TASKS_PER_RUN: usize = 20;
+    const CLAIMERS: usize = 8;
+    let job = job(&db, "exclusive").await;
+    let mut yaml = String::from("version: 1\ntasks:\n");
+    for i in 0..TASKS_PER_RUN {
+        yaml.push_str(&format!("  t{i}:\n    steps:\n      - run: echo {i}\n"));
+    }
+    let mut expected = HashSet::new();
+    for n in 0..RUNS {
+        let detail = create(&db, &job, new_run(tasks(&yaml)), at(n as i64)).await;
+        expected.extend(detail.tasks.iter().map(|t| t.id));
+    }
+    assert_eq!(expected.len(), RUNS * TASKS_PER_RUN);
+
+    let mut claimers = Vec::new();
+    for c in 0..CLAIMERS {
+        let db = db.clone();
+        claimers.push(tokio::spawn(async move {
+            let holder = format!("claimer-{c}");
+            let mut got = Vec::new();
+            while let Some(task) = db
+                .claim_task(&claim_of(&holder, &[], at(100)))
+                .await
+                .expect("claim_task")
+            {
+                assert_eq!(task.agent.as_deref(), Some(holder.as_str()));
+                assert_eq!(task.status, Status::Running);
+                got.push(task.id);
+            }
+            got
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut per_claimer = Vec::new();
+    for claimer in claimers {
+        let got = claimer.await.expect("claimer panicked");
+        per_claimer.push(got.len());
+        for id in got {
+            assert!(seen.insert(id), "task {id} was claimed twice");
+        }
+    }
+    assert_eq!(
+        seen, expected,
+        "every task claimed once (per claimer: {per_claimer:?})"
+    );
+    for n in 1..=RUNS as i64 {
+        let detail = run(&db, &job, n).await;
+        assert_eq!(detail.run.status, Status::Running);
+        assert!(detail.tasks.iter().all(|t| t.status == Status::Running));
+    }
+}
+
+/// Workers that claim and finish tasks while runs are cancelled under
+/// them: finishing releases dependants as claims happen in the same runs,
+/// which is where a backend's locking can deadlock or lose an update. Every
+/// run must end (success, or cancelled), no task is claimed twice, and no
+/// call fails. Needs a fresh database.
+pub async fn concurrent_workers<D: Database>(db: D) {
+    const RUNS: i64 = 12;
+    const WORKERS: usize = 8;
+    const CANCELLED: [i64; 3] = [3, 6, 9];
+    let yaml = "version: 1
+tasks:
+  a:
+    steps:
+      - run: echo a
+  b:
+    needs: [a]
+    steps:
+      - run: echo b
+  c:
+    needs: [a]
+    steps:
+      - run: echo c
+  d:
+    needs: [b, c]
+    steps:
+      - run: echo d
+  e:
+    steps:
+      - run: echo e
+  f:
+    steps:
+      - run: echo f
+";
+    let job = job(&db, "workers").await;
+    for n in 0..RUNS {
+        create(&db, &job, new_run(tasks(yaml)), at(n)).await;
+    }
+
+    let canceller = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut cancelled = Vec::new();
+            for number in CANCELLED {
+                tokio::task::yield_now().await;
+                match db.cancel_run(job.id, number, at(50)).await {
+                    Ok(_) => cancelled.push(number),
+                    // It finished first: fine.
+                    Err(StoreError::Conflict(_)) => {}
+                    Err(e) => panic!("cancel run #{number}: {e}"),
+                }
+            }
+            cancelled
+        })
+    };
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let db = db.clone();
+        workers.push(tokio::spawn(async move {
+            let holder = format!("worker-{w}");
+            let mut done = Vec::new();
+            for _ in 0..100_000 {
+                match db
+                    .claim_task(&claim_of(&holder, &[], at(100)))
+                    .await
+                    .expect("claim_task")
+                {
+                    Some(task) => {
+                        let result = TaskResult {
+                            status: Status::Success,
+                            reason: None,
+                            now: at(100),
+                        };
+                        assert!(
+                            db.finish_task(task.id, &holder, &result)
+                                .await
+                                .expect("finish_task"),
+                            "{holder} lost task {} it had just claimed",
+                            task.id
+                        );
+                        done.push(task.id);
+                    }
+                    None => {
+                        let counts = db.run_counts().await.expect("run_counts");
+                        if counts.iter().all(|(s, _)| s.is_terminal()) {
+                            return done;
+                        }
+                        // Others hold the remaining work; let them finish it.
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+            panic!("{holder}: runs never ended: {:?}", db.run_counts().await);
+        }));
+    }
+    let cancelled = canceller.await.expect("canceller panicked");
+    let mut seen = HashSet::new();
+    for worker in workers {
+        for id in worker.await.expect("worker panicked") {
+            assert!(seen.insert(id), "task {id} was claimed twice");
+        }
+    }
+    for number in 1..=RUNS {
+        let detail = run(&db, &job, number).await;
+        if cancelled.contains(&number) {
+            assert_eq!(detail.run.status, Status::Cancelled, "run #{number}");
+            assert!(
+                detail
+                    .tasks
+                    .iter()
+                    .all(|t| matches!(t.status, Status::Success | Status::Cancelled)),
+                "run #{number}: {:?}",
+                statuses(&detail)
+            );
+        } else {
+            assert_eq!(detail.run.status, Status::Success, "run #{number}");
+            assert!(
+                detail.tasks.iter().all(|t| t.status == Status::Success),
+                "run #{number}: {:?}",
+                statuses(&detail)
+            );
+            assert!(detail.tasks.iter().all(|t| seen.contains(&t.id)));
+        }
+        assert!(detail.run.finished_at.is_some());
+    }
+}
+
+// --- measurements, for the backends' benchmarks
+
+/// Queues `total` tasks (in runs of 50) on a new job, then has `claimers`
+/// concurrent claimers take them all. Returns (seconds to create the runs,
+/// seconds to claim everything).
+pub async fn measure_claims<D: Database>(db: D, total: usize, claimers: usize) -> (f64, f64) {
+    const PER_RUN: usize = 50;
+    let job = job(&db, "bench-claims").await;
+    let mut yaml = String::from("version: 1\ntasks:\n");
+    for i in 0..PER_RUN {
+        yaml.push_str(&format!("  t{i}:\n    steps:\n      - run: echo {i}\n"));
+    }
+    let template = tasks(&yaml);
+    let started = std::time::Instant::now();
+    let mut queued = 0;
+    let mut n = 0;
+    while queued < total {
+        let take = PER_RUN.min(total - queued);
+        create(&db, &job, new_run(template[..take].to_vec()), at(n)).await;
+        queued += take;
+        n += 1;
+    }
+    let created = started.elapsed().as_secs_f64();
+
+    let started = std::time::Instant::now();
+    let mut handles = Vec::new();
+    for c in 0..claimers {
+        let db = db.clone();
+        handles.push(tokio::spawn(async move {
+            let holder = format!("bench-{c}");
+            let mut got = 0usize;
+            while db
+                .claim_task(&claim_of(&holder, &["linux"], at(10_000)))
+                .await
+                .expect("claim_task")
+                .is_some()
+            {
+                got += 1;
+            }
+            got
+        }));
+    }
+    let mut claimed = 0;
+    for handle in handles {
+        claimed += handle.await.expect("claimer panicked");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(claimed, total, "every task claimed once");
+    (created, elapsed)
+}
+
+/// Latencies of `iterations` calls of `list_runs(job_id, filter)`, sorted
+/// ascending (index them for percentiles).
+pub async fn measure_list_runs<D: Database>(
+    db: &D,
+    job_id: Id,
+    filter: &RunFilter,
+    iterations: usize,
+) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let started = std::time::Instant::now();
+        let runs = db.list_runs(job_id, filter).await.expect("list_runs");
+        times.push(started.elapsed());
+        assert!(!runs.is_empty(), "the benchmark lists something");
+    }
+    times.sort_unstable();
+    times
+}
+
+/// `p` (0–100) percentile of sorted latencies, in milliseconds.
+pub fn percentile_ms(sorted: &[Duration], p: usize) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = (sorted.len() * p / 100).min(sorted.len() - 1);
+    sorted[index].as_secs_f64() * 1000.0
+}

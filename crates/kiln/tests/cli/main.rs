@@ -1,0 +1,7 @@
+//! End-to-end tests of the `kiln` binary: real processes, real git
+//! repositories, the real Docker engine and real PostgreSQL
+//! (`scripts/setup-test-env.sh` provides both).
+
+mod run;
+mod server;
+mod support;

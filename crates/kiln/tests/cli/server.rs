@@ -1,0 +1,947 @@
+//! `kiln server` as a real process on a random port, driven over HTTP, on
+//! SQLite and on PostgreSQL, with real git repositories and the in-process
+//! worker running tasks on the process executor.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::GitRepo;
+
+const ADMIN: &str = "kiln_admin_test_token_0123456789";
+const POSTGRES: &str = "postgres://kiln:kiln@127.0.0.1:5432/kiln";
+
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub data_dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Server {
+    pub fn start(database: Option<&str>) -> Server {
+        Server::start_in(tempfile::tempdir().unwrap(), database)
+    }
+
+    fn start_in(data_dir: tempfile::TempDir, database: Option<&str>) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        command
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--worker",
+                "--worker-executor",
+                "process",
+                "--data-dir",
+            ])
+            .arg(data_dir.path())
+            .env("KILN_ADMIN_TOKEN", ADMIN)
+            .env("KILN_AGENT_TOKEN", "kiln_agent_shared_test_token")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(url) = database {
+            command.args(["--database-url", url]);
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.split("listening on ").nth(1) {
+                    tx.send(url.trim().to_string()).ok();
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server did not start listening");
+        // reqwest is built without a default TLS provider; plain HTTP still needs one chosen.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Server {
+            child,
+            url,
+            data_dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.url));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.request(reqwest::Method::GET, path, Some(ADMIN))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .request(method, path, Some(ADMIN))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn json(&self, path: &str) -> Value {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    /// Polls the run until it ends; returns it.
+    pub async fn wait_for_run(&self, job: &str, number: i64) -> Value {
+        let started = Instant::now();
+        loop {
+            let run = self
+                .json(&format!("/api/v1/jobs/{job}/runs/{number}"))
+                .await;
+            let status = run["status"].as_str().unwrap_or("").to_string();
+            if !["pending", "queued", "running"].contains(&status.as_str()) {
+                return run;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "run {job}/{number} never ended: {run:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, as a service manager would send, then wait for the exit.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the server ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.data_dir, dir)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh PostgreSQL database for one test, dropped with it.
+pub struct PgDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub fn new() -> PgDatabase {
+        let name = format!("kiln_e2e_{}_{}", std::process::id(), rand_suffix());
+        psql(&format!("CREATE DATABASE {name}"));
+        PgDatabase {
+            url: format!("postgres://kiln:kiln@127.0.0.1:5432/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+fn psql(sql: &str) {
+    let output = Command::new("psql")
+        .args([POSTGRES, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "PostgreSQL must run for these tests (scripts/setup-test-env.sh starts it): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn rand_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{nanos:x}")
+}
+
+const PIPELINE_V1: &str = r#"
+version: 1
+tasks:
+  build:
+    steps:
+      - name: compile
+        run: |
+          echo "building $KILN_JOB run $KILN_RUN at $KILN_COMMIT_SHA on $KILN_BRANCH ($KILN_EVENT)"
+          cat version.txt
+          mkdir -p dist && echo "binary $(cat version.txt)" > dist/app.txt
+          seq 1 200 > dist/numbers.txt
+    artifacts: { paths: [dist/] }
+  test:
+    needs: [build]
+    matrix: { shard: [1, 2] }
+    steps:
+      - run: |
+          echo "shard ${{ matrix.shard }}"
+          cat > junit.xml <<XML
+          <testsuite name="unit-${{ matrix.shard }}" tests="2" failures="1">
+            <testcase classname="m" name="passes" time="0.5"/>
+            <testcase classname="m" name="fails" time="0.25"><failure message="expected 1, got 2">assertion failed</failure></testcase>
+          </testsuite>
+          XML
+    reports: { junit: [junit.xml] }
+  deploy:
+    needs: [test]
+    when: { event: [push] }
+    steps:
+      - run: echo never via the API
+"#;
+
+async fn create_git_job(server: &Server, name: &str, repo: &GitRepo) {
+    let (status, job) = server
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/jobs",
+            json!({"name": name, "kind": "git", "repository": repo.url()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    assert_eq!(job["pipeline_path"], ".kiln.yml");
+    assert_eq!(job["default_branch"], "main");
+}
+
+async fn git_job_flow(server: &Server) {
+    let repo = GitRepo::new(&[(".kiln.yml", PIPELINE_V1), ("version.txt", "v1\n")]);
+    let first_sha = repo.head();
+    let second_sha = repo.commit(&[("version.txt", "v2\n")], "v2");
+    create_git_job(server, "app", &repo).await;
+
+    // By branch: the head of main.
+    let (status, run) = server
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/jobs/app/runs",
+            json!({"branch": "main"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    assert_eq!(run["number"], 1);
+    assert_eq!(run["sha"], second_sha.as_str());
+    assert_eq!(run["event"], "api");
+    let names: Vec<&str> = run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["build", "test[shard=1]", "test[shard=2]", "deploy"]);
+    assert_eq!(run["tasks"][0]["status"], "queued");
+    assert_eq!(run["tasks"][1]["status"], "pending");
+    assert_eq!(run["tasks"][3]["status"], "skipped");
+
+    let run = server.wait_for_run("app", 1).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    let build = &run["tasks"][0];
+    assert_eq!(build["status"], "success");
+    assert_eq!(build["steps"][0]["name"], "compile");
+    assert_eq!(build["steps"][0]["exit_code"], 0);
+    assert!(build["started_at"].is_string() && build["finished_at"].is_string());
+
+    // The log, whole and by range.
+    let base = "/api/v1/jobs/app/runs/1/tasks/build";
+    let response = server.get(&format!("{base}/results/console")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let log = response.text().await.unwrap();
+    assert!(
+        log.contains(&format!("building app run 1 at {second_sha} on main (api)")),
+        "{log}"
+    );
+    assert!(log.contains("v2"), "{log}");
+    let response = server
+        .request(
+            reqwest::Method::GET,
+            &format!("{base}/results/console"),
+            Some(ADMIN),
+        )
+        .header("Range", "bytes=4-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        response.headers()["content-range"],
+        format!("bytes 4-9/{}", log.len()).as_str()
+    );
+    assert_eq!(response.text().await.unwrap(), &log[4..10]);
+
+    // Results, the artifact with its content type, the parsed JUnit report.
+    let results = server.json(&format!("{base}/results")).await;
+    let paths: Vec<&str> = results["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["dist/app.txt", "dist/numbers.txt"]);
+    let response = server
+        .get(&format!("{base}/results/artifacts/dist/app.txt"))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert_eq!(response.text().await.unwrap(), "binary v2\n");
+    let missing = server
+        .get(&format!(
+            "{base}/results/artifacts/dist/../../../etc/passwd"
+        ))
+        .await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let junit = server
+        .json("/api/v1/jobs/app/runs/1/tasks/test%5Bshard%3D2%5D/results/junit")
+        .await;
+    assert_eq!(junit["tests"], 2, "{junit:#}");
+    assert_eq!(junit["failures"], 1, "{junit:#}");
+    let cases = junit["suites"][0]["cases"].as_array().unwrap();
+    assert!(
+        cases
+            .iter()
+            .any(|c| c["name"] == "fails" && c["status"] == "failed"),
+        "{junit:#}"
+    );
+
+    // By sha: the older commit, and the pipeline as it was then.
+    let (status, run) = server
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/jobs/app/runs",
+            json!({"sha": &first_sha[..12]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    assert_eq!(run["number"], 2);
+    assert_eq!(run["sha"], first_sha.as_str());
+    let run = server.wait_for_run("app", 2).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    let log = server
+        .get("/api/v1/jobs/app/runs/2/tasks/build/results/console")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("v1") && !log.contains("v2"), "{log}");
+
+    // Listing, filtering and paging.
+    let list = server.json("/api/v1/jobs/app/runs?limit=1").await;
+    assert_eq!(list["runs"][0]["number"], 2);
+    let cursor = list["next_cursor"].as_str().unwrap().to_string();
+    let next = server
+        .json(&format!("/api/v1/jobs/app/runs?limit=1&cursor={cursor}"))
+        .await;
+    assert_eq!(next["runs"][0]["number"], 1);
+    let failed = server.json("/api/v1/jobs/app/runs?status=failure").await;
+    assert_eq!(failed["runs"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn git_job_runs_logs_results_on_sqlite() {
+    let server = Server::start(None);
+    git_job_flow(&server).await;
+}
+
+#[tokio::test]
+async fn git_job_runs_logs_results_on_postgres() {
+    let database = PgDatabase::new();
+    let server = Server::start(Some(&database.url));
+    git_job_flow(&server).await;
+}
+
+#[tokio::test]
+async fn invalid_pipeline_makes_an_error_run_with_the_located_message() {
+    let server = Server::start(None);
+    let repo = GitRepo::new(&[(".kiln.yml", "version: 1\ntasks:\n  a:\n    stepz: []\n")]);
+    create_git_job(&server, "broken", &repo).await;
+    let (status, run) = server
+        .send(reqwest::Method::POST, "/api/v1/jobs/broken/runs", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(run["status"], "error");
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains(".kiln.yml:4:5") && error.contains("did you mean `steps`"),
+        "{error}"
+    );
+    assert_eq!(
+        server.json("/api/v1/jobs/broken/runs/1").await["status"],
+        "error"
+    );
+
+    // A freestyle job with the same mistake is refused when created.
+    let (status, problem) = server
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/jobs/free",
+            json!({"kind": "freestyle", "pipeline": "version: 1\ntasks:\n  a:\n    stepz: []\n"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        problem["errors"][0].as_str().unwrap().contains("4:5"),
+        "{problem}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_task_and_ends_the_run() {
+    let server = Server::start(None);
+    let pipeline = "version: 1\ntasks:\n  slow:\n    steps:\n      - run: echo started; sleep 60\n  after:\n    needs: [slow]\n    steps:\n      - run: 'true'\n";
+    let (status, _) = server
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/jobs/slow",
+            json!({"kind": "freestyle", "pipeline": pipeline}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    server
+        .send(reqwest::Method::POST, "/api/v1/jobs/slow/runs", json!({}))
+        .await;
+    let started = Instant::now();
+    loop {
+        let run = server.json("/api/v1/jobs/slow/runs/1").await;
+        if run["tasks"][0]["status"] == "running" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{run:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = server
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/jobs/slow/runs/1/cancel",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let cancelled_at = Instant::now();
+    let run = server.wait_for_run("slow", 1).await;
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(5),
+        "cancel took {:?}",
+        cancelled_at.elapsed()
+    );
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    assert_eq!(run["tasks"][0]["status"], "cancelled");
+    assert_eq!(run["tasks"][1]["status"], "cancelled");
+    let (status, problem) = server
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/jobs/slow/runs/1/cancel",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+}
+
+#[tokio::test]
+async fn status_codes_follow_the_contract() {
+    let server = Server::start(None);
+    let get = |token: Option<&'static str>| {
+        server
+            .request(reqwest::Method::GET, "/api/v1/jobs", token)
+            .send()
+    };
+    let response = get(None).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["status"], 401);
+    assert!(problem["detail"].as_str().unwrap().contains("Bearer"));
+    assert_eq!(
+        get(Some("kiln_wrong")).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Agent tokens cannot use the user API.
+    assert_eq!(
+        get(Some("kiln_agent_shared_test_token"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+
+    // A non-admin user may use the API but not make tokens.
+    let (status, created) = server
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/tokens",
+            json!({"name": "dev", "admin": false}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let user = created["token"].as_str().unwrap().to_string();
+    let response = server
+        .request(reqwest::Method::GET, "/api/v1/jobs", Some(&user))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = server
+        .request(reqwest::Method::POST, "/api/v1/agent-tokens", Some(&user))
+        .json(&json!({"name": "a1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let (status, agent) = server
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/agent-tokens",
+            json!({"name": "a1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let response = server
+        .request(
+            reqwest::Method::GET,
+            "/api/v1/jobs",
+            Some(agent["token"].as_str().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+
+    assert_eq!(
+        server.get("/api/v1/jobs/nope").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        server.get("/api/v1/jobs/nope/runs/1").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        server.get("/api/v1/no-such-route").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let body = json!({"name": "dup", "kind": "freestyle", "pipeline": "version: 1\ntasks:\n  a:\n    steps: [{run: 'true'}]\n"});
+    assert_eq!(
+        server
+            .send(reqwest::Method::POST, "/api/v1/jobs", body.clone())
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        server
+            .send(reqwest::Method::POST, "/api/v1/jobs", body)
+            .await
+            .0,
+        StatusCode::CONFLICT
+    );
+    let (status, problem) = server
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/jobs",
+            json!({"name": "x", "kind": "svn"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(problem["detail"].as_str().unwrap().contains("svn"));
+    let (status, _) = server
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/jobs/dup/runs",
+            json!({"branch": "a", "sha": "b"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = server
+        .send(
+            reqwest::Method::GET,
+            "/api/v1/jobs/dup/runs?status=bogus",
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = server
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/jobs",
+            json!({"name": "x", "kind": "git", "surprise": 1}),
+        )
+        .await;
+    assert!(
+        status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::BAD_REQUEST,
+        "{status}"
+    );
+    // Bodies over the limit are refused before they are read whole.
+    let huge = "x".repeat(4 << 20);
+    let (status, _) = server
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/jobs/huge",
+            json!({"kind": "freestyle", "pipeline": huge}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn secrets_are_write_only_encrypted_at_rest_masked_and_required() {
+    let server = Server::start(None);
+    let pipeline = "version: 1\ntasks:\n  use:\n    secrets: [DEPLOY_TOKEN]\n    steps:\n      - run: echo \"token=$DEPLOY_TOKEN\"\n";
+    server
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/jobs/sec",
+            json!({"kind": "freestyle", "pipeline": pipeline}),
+        )
+        .await;
+
+    // Without the secret the run fails, naming it.
+    let (_, run) = server
+        .send(reqwest::Method::POST, "/api/v1/jobs/sec/runs", json!({}))
+        .await;
+    assert_eq!(run["status"], "error");
+    assert!(
+        run["error"].as_str().unwrap().contains("`DEPLOY_TOKEN`"),
+        "{run}"
+    );
+
+    let plaintext = "pl41ntext-v4lue-that-must-not-leak";
+    let (status, _) = server
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/jobs/sec/secrets/DEPLOY_TOKEN",
+            json!({"value": plaintext}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let listed = server.json("/api/v1/jobs/sec/secrets").await;
+    assert_eq!(listed[0]["name"], "DEPLOY_TOKEN");
+    assert!(!listed.to_string().contains(plaintext));
+
+    let (_, run) = server
+        .send(reqwest::Method::POST, "/api/v1/jobs/sec/runs", json!({}))
+        .await;
+    let run = server
+        .wait_for_run("sec", run["number"].as_i64().unwrap())
+        .await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    let log = server
+        .get(&format!(
+            "/api/v1/jobs/sec/runs/{}/tasks/use/results/console",
+            run["number"]
+        ))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.contains("token=***") && !log.contains(plaintext),
+        "{log}"
+    );
+
+    // No endpoint returns it, and the database holds only ciphertext.
+    for path in [
+        "/api/v1/jobs/sec",
+        "/api/v1/jobs/sec/runs",
+        "/api/v1/jobs/sec/secrets",
+        "/api/v1/jobs/sec/runs/2",
+    ] {
+        let body = server.get(path).await.text().await.unwrap();
+        assert!(!body.contains(plaintext), "{path} leaked the secret");
+    }
+    let data_dir = server.stop();
+    for name in ["kiln.db", "kiln.db-wal"] {
+        if let Ok(bytes) = std::fs::read(data_dir.path().join(name)) {
+            assert!(
+                !bytes
+                    .windows(plaintext.len())
+                    .any(|w| w == plaintext.as_bytes()),
+                "{name} holds the plaintext"
+            );
+        }
+    }
+    assert!(data_dir.path().join("kiln.db").exists());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(data_dir.path().join("secret.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "the key file is readable by others");
+}
+
+#[tokio::test]
+async fn openapi_documents_every_served_route_and_probes_answer() {
+    let server = Server::start(None);
+    let response = server
+        .request(reqwest::Method::GET, "/api/openapi.json", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let document: Value = response.json().await.unwrap();
+    assert!(
+        document["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        document["openapi"]
+    );
+    let documented: Vec<String> = document["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let mut served: Vec<String> =
+        kiln_server::api::served_paths::<kiln_store_sqlite::SqliteStore>()
+            .into_iter()
+            .map(|p| p.replace("{*path}", "{path}"))
+            .collect();
+    served.sort();
+    let mut documented_sorted = documented.clone();
+    documented_sorted.sort();
+    assert_eq!(
+        documented_sorted, served,
+        "served routes and the OpenAPI document differ"
+    );
+
+    // Every documented operation is routed: no 404 "no such route", no 405.
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            let concrete = path
+                .replace("{job}", "nojob")
+                .replace("{number}", "1")
+                .replace("{task}", "t")
+                .replace("{path}", "a")
+                .replace("{name}", "N");
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let response = server
+                .request(method.clone(), &concrete, Some(ADMIN))
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            assert_ne!(
+                response.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+            if response.status() == StatusCode::NOT_FOUND {
+                let problem: Value = response.json().await.unwrap();
+                assert!(
+                    !problem["detail"]
+                        .as_str()
+                        .unwrap()
+                        .contains("no such route"),
+                    "{method} {path} is not routed"
+                );
+            }
+        }
+    }
+
+    let health = server
+        .request(reqwest::Method::GET, "/healthz", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let metrics = server
+        .request(reqwest::Method::GET, "/metrics", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "kiln_runs{status=\"success\"}",
+        "kiln_queue_depth",
+        "kiln_task_queue_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn a_restart_loses_nothing() {
+    let server = Server::start(None);
+    let pipeline = "version: 1\ntasks:\n  a:\n    steps:\n      - run: echo persisted-output\n";
+    server
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/jobs/keep",
+            json!({"kind": "freestyle", "pipeline": pipeline}),
+        )
+        .await;
+    server
+        .send(reqwest::Method::POST, "/api/v1/jobs/keep/runs", json!({}))
+        .await;
+    assert_eq!(server.wait_for_run("keep", 1).await["status"], "success");
+    let data_dir = server.stop();
+
+    let server = Server::start_in(data_dir, None);
+    let run = server.json("/api/v1/jobs/keep/runs/1").await;
+    assert_eq!(run["status"], "success");
+    let log = server
+        .get("/api/v1/jobs/keep/runs/1/tasks/a/results/console")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("persisted-output"), "{log}");
+    let (_, run) = server
+        .send(reqwest::Method::POST, "/api/v1/jobs/keep/runs", json!({}))
+        .await;
+    assert_eq!(run["number"], 2, "numbering continues after a restart");
+}
+
+fn kiln_client(server: &Server, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("KILN_SERVER", &server.url)
+        .env("KILN_TOKEN", ADMIN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        std::io::Write::write_all(&mut input, text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn all_output(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test]
+async fn the_cli_client_applies_triggers_follows_and_reads_logs() {
+    let server = Server::start(None);
+    let repo = GitRepo::new(&[(
+        ".kiln.yml",
+        "version: 1\ntasks:\n  hello:\n    secrets: [GREETING_KEY]\n    steps:\n      - run: echo \"hello from the cli, key $GREETING_KEY\"\n",
+    )]);
+    let jobs = format!(
+        "jobs:\n  - name: cli-app\n    kind: git\n    repository: {}\n",
+        repo.url()
+    );
+    let file = server.data_dir.path().join("jobs.yml");
+    std::fs::write(&file, jobs).unwrap();
+    let file = file.to_str().unwrap();
+
+    let output = kiln_client(&server, &["apply", "-f", file], None);
+    assert!(output.status.success(), "{}", all_output(&output));
+    assert!(
+        all_output(&output).contains("created"),
+        "{}",
+        all_output(&output)
+    );
+    let output = kiln_client(&server, &["apply", "-f", file], None);
+    assert!(
+        all_output(&output).contains("unchanged"),
+        "apply is not idempotent: {}",
+        all_output(&output)
+    );
+
+    let output = kiln_client(
+        &server,
+        &["secret", "set", "cli-app", "GREETING_KEY"],
+        Some("cli-s3cret\n"),
+    );
+    assert!(output.status.success(), "{}", all_output(&output));
+
+    let output = kiln_client(&server, &["trigger", "cli-app", "--follow"], None);
+    let text = all_output(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("success"), "{text}");
+
+    let output = kiln_client(&server, &["runs", "cli-app"], None);
+    assert!(
+        all_output(&output).contains("success"),
+        "{}",
+        all_output(&output)
+    );
+    let output = kiln_client(&server, &["logs", "cli-app", "1", "hello"], None);
+    let text = all_output(&output);
+    assert!(text.contains("hello from the cli, key ***"), "{text}");
+    assert!(!text.contains("cli-s3cret"), "{text}");
+
+    let output = kiln_client(&server, &["runs", "cli-app", "--output", "json"], None);
+    let runs: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(runs.to_string().contains("\"number\":1"), "{runs}");
+
+    let mut wrong = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    let output = wrong
+        .args(["job", "list"])
+        .env("KILN_SERVER", &server.url)
+        .env("KILN_TOKEN", "kiln_wrong")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        all_output(&output).contains("KILN_TOKEN"),
+        "{}",
+        all_output(&output)
+    );
+}
