@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-test-env.sh
-cargo bench -p kiln --bench overhead "$@"
+cargo bench -p kiln --bench overhead
+cargo bench -p kiln --bench server
+cargo bench -p kiln-store-sqlite --bench claims
+cargo bench -p kiln-store-postgres --bench claims

@@ -65,7 +65,10 @@ async fn run(store: &PostgresStore) {
         .await
         .expect("job");
     let started = Instant::now();
-    bulk_insert_runs(store, job.id).await;
+    store
+        .seed_finished_runs(job.id, RUNS, at(0))
+        .await
+        .expect("seed runs");
     println!(
         "postgres: inserted {RUNS} runs in {:.2}s",
         started.elapsed().as_secs_f64()
@@ -122,35 +125,4 @@ async fn run(store: &PostgresStore) {
         .await
         .expect("list");
     assert_eq!(newest[0].number, RUNS);
-}
-
-/// 100 000 finished runs in one statement: a benchmark-only shortcut past
-/// `create_run`, which would take minutes.
-async fn bulk_insert_runs(store: &PostgresStore, job_id: i64) {
-    let mut tx = store.pool().begin().await.expect("begin");
-    sqlx::query(
-        "INSERT INTO runs (job_id, number, status, branch, sha, event, created_at, \
-         started_at, finished_at) \
-         SELECT $1, n, CASE WHEN n % 7 = 0 THEN 'failure' ELSE 'success' END, \
-         CASE n % 3 WHEN 0 THEN 'main' WHEN 1 THEN 'dev' ELSE 'feature-' || (n % 50) END, \
-         lpad(to_hex(n), 40, '0'), 'push', $3 + n * 1000, $3 + n * 1000, $3 + n * 1000 + 500 \
-         FROM generate_series(1::bigint, $2) AS n",
-    )
-    .bind(job_id)
-    .bind(RUNS)
-    .bind(at(0).timestamp_millis())
-    .execute(&mut *tx)
-    .await
-    .expect("insert runs");
-    sqlx::query("UPDATE jobs SET next_run = $1 + 1 WHERE id = $2")
-        .bind(RUNS)
-        .bind(job_id)
-        .execute(&mut *tx)
-        .await
-        .expect("number runs");
-    tx.commit().await.expect("commit");
-    sqlx::query("ANALYZE runs")
-        .execute(store.pool())
-        .await
-        .expect("analyze");
 }
