@@ -945,3 +945,46 @@ async fn the_cli_client_applies_triggers_follows_and_reads_logs() {
         all_output(&output)
     );
 }
+
+#[tokio::test]
+async fn console_follow_streams_live_and_ends_with_the_task() {
+    let server = Server::start(None);
+    let pipeline = "version: 1\ntasks:\n  ticker:\n    steps:\n      - run: for i in 1 2 3 4 5 6; do echo line-$i; sleep 0.4; done\n";
+    server
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/jobs/tick",
+            json!({"kind": "freestyle", "pipeline": pipeline}),
+        )
+        .await;
+    server
+        .send(reqwest::Method::POST, "/api/v1/jobs/tick/runs", json!({}))
+        .await;
+    let started = Instant::now();
+    while server.json("/api/v1/jobs/tick/runs/1").await["tasks"][0]["status"] != "running" {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut response = server
+        .get("/api/v1/jobs/tick/runs/1/tasks/ticker/results/console?follow=true")
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let first = response.chunk().await.unwrap().expect("a first chunk");
+    let status_at_first_chunk = server.json("/api/v1/jobs/tick/runs/1").await["status"].clone();
+    assert_eq!(
+        status_at_first_chunk, "running",
+        "the first output should arrive while the task runs"
+    );
+    let mut log = first.to_vec();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        log.extend_from_slice(&chunk);
+    }
+    // The stream ended by itself, once the task had ended.
+    let run = server.json("/api/v1/jobs/tick/runs/1").await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    let log = String::from_utf8(log).unwrap();
+    let positions: Vec<usize> = (1..=6)
+        .map(|i| log.find(&format!("line-{i}\n")).expect(&log))
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{log}");
+}
