@@ -76,6 +76,15 @@ ensure_busybox_image() {
   log "built $image"
 }
 
+# The OpenAPI document is checked by an independent validator from PyPI.
+ensure_openapi_validator() {
+  if python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+    return
+  fi
+  log "installing openapi-spec-validator"
+  python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator >&2
+}
+
 file_is_static() { ! ldd "$1" >/dev/null 2>&1; }
 
 # PostgreSQL on 127.0.0.1:5432 with role `kiln` (password `kiln`) and
@@ -171,3 +180,4 @@ ensure_postgres() {
 ensure_docker
 ensure_busybox_image
 ensure_postgres
+ensure_openapi_validator

@@ -11,7 +11,7 @@ use crate::auth::{Admin, User};
 use crate::error::ApiResult;
 use crate::state::AppState;
 
-#[utoipa::path(post, path = "/api/v1/agent-tokens", tag = "admin", security(("bearer" = [])), request_body = AgentTokenBody,
+#[utoipa::path(operation_id = "create_agent_token", post, path = "/api/v1/agent-tokens", tag = "admin", security(("bearer" = [])), request_body = AgentTokenBody,
     responses((status = 201, description = "The token, shown this once", body = TokenCreated), (status = 403, body = kiln_api::Problem)))]
 pub async fn create_agent_token<D: Database>(
     _: Admin,
@@ -48,7 +48,7 @@ pub struct UserTokenBody {
     admin: bool,
 }
 
-#[utoipa::path(post, path = "/api/v1/tokens", tag = "admin", security(("bearer" = [])), request_body = UserTokenBody,
+#[utoipa::path(operation_id = "create_user_token", post, path = "/api/v1/tokens", tag = "admin", security(("bearer" = [])), request_body = UserTokenBody,
     responses((status = 201, description = "The token, shown this once", body = TokenCreated), (status = 403, body = kiln_api::Problem)))]
 pub async fn create_user_token<D: Database>(
     _: Admin,
@@ -76,7 +76,7 @@ pub async fn create_user_token<D: Database>(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/agents", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(operation_id = "list_agents", get, path = "/api/v1/agents", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = Vec<kiln_api::Agent>)))]
 pub async fn agents<D: Database>(
     _: User,

@@ -112,7 +112,7 @@ pub async fn find_job<D: Database>(state: &AppState<D>, name: &str) -> ApiResult
         .ok_or_else(|| ApiError::not_found(format!("job `{name}` not found")))
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", security(("bearer" = [])),
+#[utoipa::path(operation_id = "list_jobs", get, path = "/api/v1/jobs", tag = "jobs", security(("bearer" = [])),
     responses((status = 200, body = Vec<kiln_api::Job>)))]
 pub async fn list<D: Database>(
     _: User,
@@ -122,7 +122,7 @@ pub async fn list<D: Database>(
     Ok(Json(jobs.iter().map(views::job).collect()))
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", security(("bearer" = [])), request_body = JobBody,
+#[utoipa::path(operation_id = "create_job", post, path = "/api/v1/jobs", tag = "jobs", security(("bearer" = [])), request_body = JobBody,
     responses((status = 201, body = kiln_api::Job), (status = 409, body = kiln_api::Problem), (status = 422, body = kiln_api::Problem)))]
 pub async fn create<D: Database>(
     _: User,
@@ -147,7 +147,7 @@ pub async fn create<D: Database>(
     Ok((StatusCode::CREATED, Json(views::job(&job))))
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = [])),
+#[utoipa::path(operation_id = "get_job", get, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = [])),
     params(("job" = String, Path)), responses((status = 200, body = kiln_api::Job), (status = 404, body = kiln_api::Problem)))]
 pub async fn show<D: Database>(
     _: User,
@@ -157,7 +157,7 @@ pub async fn show<D: Database>(
     Ok(Json(views::job(&find_job(&state, &name).await?)))
 }
 
-#[utoipa::path(put, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = [])), request_body = JobBody,
+#[utoipa::path(operation_id = "put_job", put, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = [])), request_body = JobBody,
     params(("job" = String, Path)),
     responses((status = 201, body = kiln_api::Job), (status = 200, body = kiln_api::Job), (status = 422, body = kiln_api::Problem)))]
 pub async fn upsert<D: Database>(
@@ -178,7 +178,7 @@ pub async fn upsert<D: Database>(
     Ok((status, Json(view)))
 }
 
-#[utoipa::path(delete, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = [])),
+#[utoipa::path(operation_id = "delete_job", delete, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = [])),
     params(("job" = String, Path)), responses((status = 204), (status = 404, body = kiln_api::Problem)))]
 pub async fn delete<D: Database>(
     _: User,

@@ -43,7 +43,7 @@ async fn find_task<D: Database>(
     })
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results", tag = "results", security(("bearer" = [])),
+#[utoipa::path(operation_id = "list_results", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results", tag = "results", security(("bearer" = [])),
     params(("job" = String, Path), ("number" = i64, Path), ("task" = String, Path)),
     responses((status = 200, body = kiln_api::Results), (status = 404, body = kiln_api::Problem)))]
 pub async fn list<D: Database>(
@@ -72,13 +72,14 @@ pub async fn list<D: Database>(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ConsoleQuery {
     /// Keep the response open and stream new output until the task ends.
     #[serde(default)]
     follow: bool,
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/console", tag = "results", security(("bearer" = [])),
+#[utoipa::path(operation_id = "get_console", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/console", tag = "results", security(("bearer" = [])),
     params(("job" = String, Path), ("number" = i64, Path), ("task" = String, Path), ConsoleQuery,
         ("Range" = Option<String>, Header, description = "bytes=START-[END]; ignored with follow=true")),
     responses((status = 200, content_type = "text/plain", body = String), (status = 206, content_type = "text/plain", body = String),
@@ -224,7 +225,7 @@ pub fn parse_range(header: &str, length: u64) -> Option<(u64, u64)> {
     (start <= end && start < length).then_some((start, end))
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/junit", tag = "results", security(("bearer" = [])),
+#[utoipa::path(operation_id = "get_junit", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/junit", tag = "results", security(("bearer" = [])),
     params(("job" = String, Path), ("number" = i64, Path), ("task" = String, Path)),
     responses((status = 200, description = "Suites, cases, failures and durations", body = Object), (status = 404, body = kiln_api::Problem)))]
 pub async fn junit<D: Database>(
@@ -248,7 +249,7 @@ pub async fn junit<D: Database>(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/artifacts/{path}", tag = "results", security(("bearer" = [])),
+#[utoipa::path(operation_id = "get_artifact", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/artifacts/{path}", tag = "results", security(("bearer" = [])),
     params(("job" = String, Path), ("number" = i64, Path), ("task" = String, Path), ("path" = String, Path, description = "The artifact's path in the workspace")),
     responses((status = 200, description = "The file, with its content type", content_type = "application/octet-stream"), (status = 404, body = kiln_api::Problem)))]
 pub async fn artifact<D: Database>(

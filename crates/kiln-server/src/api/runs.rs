@@ -17,7 +17,7 @@ use crate::views;
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 500;
 
-#[utoipa::path(post, path = "/api/v1/jobs/{job}/runs", tag = "runs", security(("bearer" = [])), request_body = TriggerBody,
+#[utoipa::path(operation_id = "trigger_run", post, path = "/api/v1/jobs/{job}/runs", tag = "runs", security(("bearer" = [])), request_body = TriggerBody,
     params(("job" = String, Path)),
     responses((status = 201, description = "The run; status `error` with the reason when the pipeline is invalid", body = kiln_api::Run),
         (status = 404, body = kiln_api::Problem), (status = 422, body = kiln_api::Problem)))]
@@ -59,6 +59,7 @@ pub async fn trigger<D: Database>(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only runs with this status.
     status: Option<String>,
@@ -70,7 +71,7 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{job}/runs", tag = "runs", security(("bearer" = [])),
+#[utoipa::path(operation_id = "list_runs", get, path = "/api/v1/jobs/{job}/runs", tag = "runs", security(("bearer" = [])),
     params(("job" = String, Path), ListQuery),
     responses((status = 200, body = RunList), (status = 404, body = kiln_api::Problem), (status = 422, body = kiln_api::Problem)))]
 pub async fn list<D: Database>(
@@ -133,7 +134,7 @@ pub async fn find_run<D: Database>(
     Ok((job, run))
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{job}/runs/{number}", tag = "runs", security(("bearer" = [])),
+#[utoipa::path(operation_id = "get_run", get, path = "/api/v1/jobs/{job}/runs/{number}", tag = "runs", security(("bearer" = [])),
     params(("job" = String, Path), ("number" = i64, Path)),
     responses((status = 200, body = kiln_api::Run), (status = 404, body = kiln_api::Problem)))]
 pub async fn show<D: Database>(
@@ -145,7 +146,7 @@ pub async fn show<D: Database>(
     Ok(Json(views::run_detail(&run)))
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/{job}/runs/{number}/cancel", tag = "runs", security(("bearer" = [])),
+#[utoipa::path(operation_id = "cancel_run", post, path = "/api/v1/jobs/{job}/runs/{number}/cancel", tag = "runs", security(("bearer" = [])),
     params(("job" = String, Path), ("number" = i64, Path)),
     responses((status = 200, body = kiln_api::Run), (status = 404, body = kiln_api::Problem), (status = 409, body = kiln_api::Problem)))]
 pub async fn cancel<D: Database>(
@@ -165,7 +166,7 @@ pub async fn cancel<D: Database>(
     Ok(Json(views::run_detail(&detail)))
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/{job}/runs/{number}/rerun", tag = "runs", security(("bearer" = [])),
+#[utoipa::path(operation_id = "rerun_run", post, path = "/api/v1/jobs/{job}/runs/{number}/rerun", tag = "runs", security(("bearer" = [])),
     params(("job" = String, Path), ("number" = i64, Path)),
     responses((status = 201, description = "A new run of the same commit", body = kiln_api::Run), (status = 404, body = kiln_api::Problem)))]
 pub async fn rerun<D: Database>(

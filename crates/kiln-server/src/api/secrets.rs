@@ -30,7 +30,7 @@ fn check_secret_name(name: &str) -> ApiResult<()> {
     }
 }
 
-#[utoipa::path(put, path = "/api/v1/jobs/{job}/secrets/{name}", tag = "secrets", security(("bearer" = [])), request_body = SecretBody,
+#[utoipa::path(operation_id = "put_secret", put, path = "/api/v1/jobs/{job}/secrets/{name}", tag = "secrets", security(("bearer" = [])), request_body = SecretBody,
     params(("job" = String, Path), ("name" = String, Path)),
     responses((status = 204, description = "Stored, encrypted; the value can never be read back"), (status = 404, body = kiln_api::Problem), (status = 422, body = kiln_api::Problem)))]
 pub async fn put<D: Database>(
@@ -54,7 +54,7 @@ pub async fn put<D: Database>(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(delete, path = "/api/v1/jobs/{job}/secrets/{name}", tag = "secrets", security(("bearer" = [])),
+#[utoipa::path(operation_id = "delete_secret", delete, path = "/api/v1/jobs/{job}/secrets/{name}", tag = "secrets", security(("bearer" = [])),
     params(("job" = String, Path), ("name" = String, Path)),
     responses((status = 204), (status = 404, body = kiln_api::Problem)))]
 pub async fn delete<D: Database>(
@@ -73,7 +73,7 @@ pub async fn delete<D: Database>(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{job}/secrets", tag = "secrets", security(("bearer" = [])),
+#[utoipa::path(operation_id = "list_secrets", get, path = "/api/v1/jobs/{job}/secrets", tag = "secrets", security(("bearer" = [])),
     params(("job" = String, Path)),
     responses((status = 200, description = "Names only: values are write-only", body = Vec<kiln_api::Secret>), (status = 404, body = kiln_api::Problem)))]
 pub async fn list<D: Database>(

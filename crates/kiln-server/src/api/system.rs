@@ -36,7 +36,7 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// Liveness and database reachability; needs no token.
-#[utoipa::path(get, path = "/healthz", tag = "system",
+#[utoipa::path(operation_id = "healthz", get, path = "/healthz", tag = "system",
     responses((status = 200, description = "The server and its database answer", body = String), (status = 503, body = kiln_api::Problem)))]
 #[allow(dead_code)]
 fn healthz_doc() {}
@@ -53,7 +53,7 @@ pub async fn healthz<D: Database>(State(state): State<AppState<D>>) -> Response 
 }
 
 /// Prometheus metrics; needs no token.
-#[utoipa::path(get, path = "/metrics", tag = "system",
+#[utoipa::path(operation_id = "metrics", get, path = "/metrics", tag = "system",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 #[allow(dead_code)]
 fn metrics_doc() {}
@@ -73,7 +73,7 @@ pub async fn metrics<D: Database>(State(state): State<AppState<D>>) -> Response 
 }
 
 /// This document.
-#[utoipa::path(get, path = "/api/openapi.json", tag = "system", responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
+#[utoipa::path(operation_id = "get_openapi", get, path = "/api/openapi.json", tag = "system", responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
 pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
