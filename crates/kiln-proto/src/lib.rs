@@ -1,0 +1,9 @@
+//! Generated types and services of `proto/agent.proto`.
+
+#![allow(clippy::all, missing_docs)]
+
+pub mod v1 {
+    tonic::include_proto!("kiln.agent.v1");
+}
+
+pub use v1::*;
