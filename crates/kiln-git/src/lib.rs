@@ -523,6 +523,100 @@ impl GitCache {
     }
 }
 
+/// Longest any one git command of [`checkout`] may take: a whole-history
+/// fetch of a big repository takes longer than a mirror update.
+pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Puts the files of exactly commit `sha` (a full or abbreviated id) of `url`
+/// into `dest` (created if missing; it should be empty), as a task's source:
+/// a shallow fetch of that commit alone first, the whole history if the
+/// server refuses a fetch by commit id, then a detached checkout. `.git` is
+/// removed at the end, so the task sees files, not fetch state (or the
+/// credentials' host). The same URL checks and credential handling as
+/// [`GitCache`] apply.
+pub async fn checkout(url: &str, sha: &str, dest: &Path, auth: Option<&Credentials>) -> Result<()> {
+    let remote = Remote::new(url, auth)?;
+    let sha = check_sha(sha)?;
+    std::fs::create_dir_all(dest).map_err(|source| GitError::Cache {
+        path: dest.to_owned(),
+        source,
+    })?;
+    // A cache rooted at `dest` only lends its timeout and working directory.
+    let runner = GitCache::build(dest.to_owned(), CHECKOUT_TIMEOUT, DEFAULT_MAX_FILE_SIZE);
+    let git_dir = dest.join(".git");
+    runner
+        .git(&remote, None)
+        .args(["init", "--quiet", "--"])
+        .arg(dest)
+        .run("init")
+        .await?;
+    let has_commit = |runner: &GitCache| {
+        let (remote, git_dir, sha) = (&remote, &git_dir, &sha);
+        let runner = runner.clone();
+        async move {
+            let out = runner
+                .git(remote, Some(git_dir))
+                .args(["cat-file", "-e"])
+                .arg(format!("{sha}^{{commit}}"))
+                .output("cat-file")
+                .await?;
+            Ok::<bool, GitError>(out.success)
+        }
+    };
+    // Only a full id can be fetched by itself; an abbreviated one needs
+    // the branches' history to be found in.
+    let shallow = if is_full_sha(&sha) {
+        runner
+            .git(&remote, Some(&git_dir))
+            .args(["fetch", "--quiet", "--no-tags", "--depth", "1", "--"])
+            .arg(remote.url)
+            .arg(format!("+{sha}:refs/kiln/commit"))
+            .run("fetch")
+            .await
+            .map(|_| ())
+    } else {
+        Err(GitError::InvalidSha { sha: sha.clone() })
+    };
+    match shallow {
+        Ok(()) if has_commit(&runner).await? => {}
+        Err(e @ GitError::Timeout { .. }) => return Err(e),
+        _ => {
+            runner
+                .git(&remote, Some(&git_dir))
+                .args(["fetch", "--quiet", "--no-tags", "--"])
+                .arg(remote.url)
+                .args(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])
+                .run("fetch")
+                .await?;
+            if !has_commit(&runner).await? {
+                return Err(GitError::CommitNotFound {
+                    sha,
+                    url: remote.display(),
+                });
+            }
+        }
+    }
+    let mut work_tree = OsString::from("--work-tree=");
+    work_tree.push(dest);
+    runner
+        .git(&remote, Some(&git_dir))
+        .arg(work_tree)
+        .args([
+            "-c",
+            "advice.detachedHead=false",
+            "checkout",
+            "--quiet",
+            "--detach",
+        ])
+        .arg(format!("{sha}^{{commit}}"))
+        .run("checkout")
+        .await?;
+    std::fs::remove_dir_all(&git_dir).map_err(|source| GitError::Cache {
+        path: git_dir.clone(),
+        source,
+    })
+}
+
 /// A credential helper that answers `get` with the user name and password
 /// from the environment (not the command line, where other users could read
 /// them), and only for the host of the URL being fetched, so a redirect to

@@ -810,3 +810,56 @@ async fn credentials_are_not_given_to_a_redirect_target() {
     assert!(log.iter().any(|l| l.contains("host=localhost")), "{log:?}");
     assert!(log.iter().all(|l| l.ends_with("auth=false")), "{log:?}");
 }
+
+#[tokio::test]
+async fn checkout_puts_exactly_one_commit_without_git_state() {
+    let repo = Repo::new();
+    let url = repo.file_url();
+    let tmp = tempfile::tempdir().unwrap();
+
+    // An older commit of main, not the tip.
+    let first = tmp.path().join("first");
+    kiln_git::checkout(&url, &repo.c1, &first, None)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(first.join("README")).unwrap(), b"v1\n");
+    assert!(!first.join("ci").exists());
+    assert!(!first.join(".git").exists(), "no fetch state is left");
+
+    // A commit only on another branch, by an abbreviated id.
+    let feature = tmp.path().join("feature");
+    kiln_git::checkout(&url, &repo.c3[..12], &feature, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(feature.join("feature.txt")).unwrap(),
+        b"feature\n"
+    );
+    assert_eq!(std::fs::read(feature.join("README")).unwrap(), b"v2\n");
+    assert!(feature.join("link").is_symlink());
+
+    // From a bare repository over a local path.
+    let bare = tmp.path().join("bare");
+    let bare_url = repo.served.join("repo.git").display().to_string();
+    kiln_git::checkout(&bare_url, &repo.c2, &bare, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(bare.join("ci/deploy.sh")).unwrap(),
+        b"#!/bin/sh\necho deploy\n"
+    );
+
+    let missing = "0123456789abcdef0123456789abcdef01234567";
+    let err = kiln_git::checkout(&url, missing, &tmp.path().join("missing"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GitError::CommitNotFound { .. }), "{err}");
+    let err = kiln_git::checkout(&url, "not-a-sha", &tmp.path().join("bad"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GitError::InvalidSha { .. }), "{err}");
+    let err = kiln_git::checkout("-uhack", &repo.c1, &tmp.path().join("hack"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GitError::InvalidUrl { .. }), "{err}");
+}

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod grpc;
 pub mod metrics;
 pub mod results;
 mod secrets;
@@ -19,6 +20,7 @@ pub mod worker;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use kiln_store::{Database, TokenKind};
@@ -36,6 +38,9 @@ pub struct ServerConfig {
     pub blob_url: Option<String>,
     /// Runs tasks in this process too (the embedded agent of `kiln up`).
     pub worker: Option<WorkerConfig>,
+    /// Lease of a task given to a remote agent, renewed by its heartbeats;
+    /// an agent silent this long loses its tasks ([`grpc::DEFAULT_LEASE`]).
+    pub agent_lease: Duration,
 }
 
 /// Tokens created on a server's first start, to be shown to the operator once.
@@ -54,13 +59,17 @@ pub async fn app_state<D: Database>(db: D, config: &ServerConfig) -> anyhow::Res
         None => kiln_blob::BlobStore::local(&config.data_dir.join("blobs"))?,
     };
     let git = kiln_git::GitCache::new(config.data_dir.join("git"));
+    let agents = Arc::new(grpc::Registry::new(config.agent_lease));
+    let metrics = Arc::new(metrics::Metrics::default());
+    metrics.attach_registry(agents.clone());
     Ok(AppState {
         db,
         blobs: Arc::new(blobs),
         key: Arc::new(key),
         git: Arc::new(git),
-        metrics: Arc::new(metrics::Metrics::default()),
+        metrics,
         work: Arc::new(tokio::sync::Notify::new()),
+        agents,
     })
 }
 
@@ -100,26 +109,44 @@ pub async fn bootstrap<D: Database>(db: &D) -> anyhow::Result<Bootstrap> {
     })
 }
 
-/// Serves the API on `listener` until `shutdown`, with the lease sweeper and,
-/// when configured, the embedded worker.
+/// Serves the API on `listener` and, when given, the agent service on
+/// `grpc_listener`, until `shutdown`; with the lease sweeper and, when
+/// configured, the embedded worker. Either server failing stops both.
 pub async fn serve<D: Database>(
     state: AppState<D>,
     listener: tokio::net::TcpListener,
+    grpc_listener: Option<tokio::net::TcpListener>,
     worker: Option<WorkerConfig>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let sweeper = tokio::spawn(worker::run_sweeper(state.clone(), shutdown.clone()));
+    let grpc = grpc_listener.map(|listener| {
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let result = grpc::serve(state, listener, shutdown.clone()).await;
+            if let Err(e) = &result {
+                tracing::error!("the gRPC server failed: {e}");
+            }
+            shutdown.cancel();
+            result
+        })
+    });
     let worker = worker
         .map(|config| tokio::spawn(worker::run_worker(state.clone(), config, shutdown.clone())));
     let app = api::router(state);
     let stop = shutdown.clone();
-    axum::serve(listener, app)
+    let http = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+        .await;
     shutdown.cancel();
     let _ = sweeper.await;
     if let Some(worker) = worker {
         let _ = worker.await;
     }
-    Ok(())
+    let grpc = match grpc {
+        Some(grpc) => grpc.await?,
+        None => Ok(()),
+    };
+    http?;
+    grpc
 }

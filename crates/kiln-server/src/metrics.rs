@@ -2,8 +2,8 @@
 //! several servers agree); latencies are observed by this process.
 
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{DateTime, Utc};
 use kiln_store::Database;
@@ -23,7 +23,10 @@ pub struct Metrics {
     queue_latency: Histogram,
     /// Time from started to finished, per finished task.
     task_duration: Histogram,
+    /// In-process workers, as they publish themselves.
     agents: Mutex<Vec<kiln_api::Agent>>,
+    /// Agents connected over gRPC; listed beside the in-process workers.
+    remote: OnceLock<Arc<crate::grpc::Registry>>,
 }
 
 #[derive(Default)]
@@ -90,11 +93,24 @@ impl Metrics {
         agents.push(agent);
     }
 
+    /// Lists the agents of `registry` too from now on.
+    pub fn attach_registry(&self, registry: Arc<crate::grpc::Registry>) {
+        let _ = self.remote.set(registry);
+    }
+
     pub fn agents(&self) -> Vec<kiln_api::Agent> {
-        self.agents
+        let mut agents = self
+            .agents
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        if let Some(registry) = self.remote.get() {
+            let remote = registry.snapshot();
+            // A remote agent of the same name as a worker is the newer word.
+            agents.retain(|a| !remote.iter().any(|r| r.name == a.name));
+            agents.extend(remote);
+        }
+        agents
     }
 }
 

@@ -5,6 +5,7 @@ use kiln_crypto::SecretKey;
 use kiln_git::GitCache;
 use tokio::sync::Notify;
 
+use crate::grpc::Registry;
 use crate::metrics::Metrics;
 
 /// What every handler can reach. Cheap to clone.
@@ -16,6 +17,8 @@ pub struct AppState<D> {
     pub metrics: Arc<Metrics>,
     /// Woken when tasks become queued, so idle workers start at once.
     pub work: Arc<Notify>,
+    /// Agents connected over gRPC to this process.
+    pub agents: Arc<Registry>,
 }
 
 impl<D: Clone> Clone for AppState<D> {
@@ -27,6 +30,7 @@ impl<D: Clone> Clone for AppState<D> {
             git: self.git.clone(),
             metrics: self.metrics.clone(),
             work: self.work.clone(),
+            agents: self.agents.clone(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! logs, steps, results and the outcome through the same store calls. It is
 //! the embedded agent of `kiln up`, and lets a lone server run pipelines.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,8 +87,16 @@ pub async fn run_worker<D: Database>(
     while running.join_next().await.is_some() {}
 }
 
-/// Ends lost leases and overdue runs, on a timer, until `shutdown`.
+/// Ends lost leases and overdue runs, on a timer, until `shutdown`, after a
+/// grace period of one lease from start.
 pub async fn run_sweeper<D: Database>(state: AppState<D>, shutdown: CancellationToken) {
+    // Leases may have run out while this server was down, through no fault
+    // of the agents: give them one lease to reconnect and renew before any
+    // task is declared lost.
+    tokio::select! {
+        _ = tokio::time::sleep(state.agents.lease) => {}
+        _ = shutdown.cancelled() => return,
+    }
     loop {
         match state.db.expire(Utc::now()).await {
             Ok(touched) if !touched.is_empty() => state.work.notify_waiters(),
@@ -164,7 +172,9 @@ async fn execute<D: Database>(
     if job.spec.kind == JobKind::Git
         && let (Some(url), Some(sha)) = (&job.spec.repository, &run.sha)
     {
-        fetch_commit(url, sha, &checkout).await?;
+        kiln_git::checkout(url, sha, &checkout, None)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     let source = {
         let checkout = checkout.clone();
@@ -274,64 +284,6 @@ async fn execute<D: Database>(
         reason: outcome.error,
         now: Utc::now(),
     })
-}
-
-/// Fetches exactly `sha` into `dest`: a shallow fetch first, a full one if
-/// the server refuses to serve a commit by its id.
-pub async fn fetch_commit(url: &str, sha: &str, dest: &Path) -> Result<(), String> {
-    git(dest, &["init", "-q"]).await?;
-    if git(dest, &["fetch", "-q", "--depth", "1", "--", url, sha])
-        .await
-        .is_err()
-    {
-        git(
-            dest,
-            &[
-                "fetch",
-                "-q",
-                "--",
-                url,
-                "+refs/heads/*:refs/remotes/origin/*",
-            ],
-        )
-        .await?;
-    }
-    git(
-        dest,
-        &[
-            "-c",
-            "advice.detachedHead=false",
-            "checkout",
-            "-q",
-            "--detach",
-            sha,
-        ],
-    )
-    .await?;
-    // The task sees files, not Kiln's fetch state.
-    tokio::fs::remove_dir_all(dest.join(".git"))
-        .await
-        .map_err(|e| e.to_string())
-}
-
-async fn git(dir: &Path, args: &[&str]) -> Result<(), String> {
-    let output = tokio::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .await
-        .map_err(|e| format!("cannot run git: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "git {} failed: {}",
-            args.first().unwrap_or(&""),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
 }
 
 async fn keep_lease<D: Database>(

@@ -28,6 +28,8 @@ pub enum Command {
     Up(UpArgs),
     /// The server alone: REST API over the database queue.
     Server(ServerArgs),
+    /// An agent: takes tasks from a server over gRPC and runs them here.
+    Agent(AgentArgs),
     // The client commands (`job`, `apply`, `trigger`, `runs`, `logs`, …).
     #[command(flatten)]
     Client(crate::client_commands::ClientCommand),
@@ -74,6 +76,10 @@ pub struct ValidateArgs {
     pub file: Option<PathBuf>,
 }
 
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    text.parse::<kiln_pipeline::Duration>().map(|d| d.as_std())
+}
+
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
@@ -99,6 +105,10 @@ pub struct ServerArgs {
     /// configure it); the data dir by default.
     #[arg(long, env = "KILN_BLOB_URL")]
     pub blob_url: Option<String>,
+    /// How long a task stays with an agent that stopped sending heartbeats
+    /// before it is retried elsewhere or ends `error: agent lost`.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub agent_lease: std::time::Duration,
     /// Also run tasks in this process, like an agent on the server's machine.
     #[arg(long)]
     pub worker: bool,
@@ -132,4 +142,29 @@ pub struct UpArgs {
     /// Tasks the embedded agent runs at once.
     #[arg(long, default_value_t = 2)]
     pub capacity: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The server's gRPC address (its `--grpc-listen`), e.g. `http://ci:9090`.
+    #[arg(long, env = "KILN_SERVER_GRPC")]
+    pub server: String,
+    /// Agent token: the server's shared `KILN_AGENT_TOKEN` or a per-agent one.
+    #[arg(long, env = "KILN_AGENT_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Labels for `runs-on`, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "linux")]
+    pub labels: Vec<String>,
+    /// Tasks run at once.
+    #[arg(long, default_value_t = 2)]
+    pub capacity: usize,
+    /// How tasks are run; `docker` when an engine answers, else `process`.
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorKind>,
+    /// Unique name of this agent; the host name by default.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where checkouts and task outputs live while tasks run.
+    #[arg(long, default_value = ".kiln-agent")]
+    pub work_dir: PathBuf,
 }

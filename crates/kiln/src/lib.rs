@@ -1,6 +1,7 @@
 //! The `kiln` command. `main.rs` only parses arguments; each command lives in
 //! its own module so tests and benchmarks can call it directly.
 
+pub mod agent_command;
 pub mod cli;
 pub mod client_commands;
 pub mod console;

@@ -208,11 +208,15 @@ pub async fn run_pipeline(
         }
     }
 
+    // Every task has ended by now; should one not have, say so rather than panic.
     let reports: Vec<TaskReport> = states
         .into_iter()
-        .map(|s| match s {
+        .zip(tasks)
+        .map(|(state, task)| match state {
             State::Done(report) => report,
-            State::Waiting | State::Running => unreachable!("every task ends before the run does"),
+            State::Waiting | State::Running => {
+                not_run(task, Status::Skipped, "never became ready to run".into())
+            }
         })
         .collect();
     let status = run_status(&reports, cancel.is_cancelled(), umbrella_expired);

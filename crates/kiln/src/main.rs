@@ -25,6 +25,7 @@ fn main() {
             Command::Schema => run_command::schema(),
             Command::Up(args) => kiln::server_command::up(args).await,
             Command::Server(args) => kiln::server_command::server(args).await,
+            Command::Agent(args) => kiln::agent_command::agent(args).await,
             Command::Client(command) => kiln::client_commands::run(command).await,
         }
     });

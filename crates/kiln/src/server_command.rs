@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{ExecutorKind, ServerArgs, UpArgs};
 
-/// Default lease of a claimed task: how long a silent worker keeps it.
+/// Lease of a claimed task: how long a silent worker or agent keeps it.
 const LEASE: Duration = Duration::from_secs(15);
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
@@ -38,8 +38,15 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
         data_dir: args.data_dir.clone(),
         blob_url: args.blob_url.clone(),
         worker,
+        agent_lease: args.agent_lease,
     };
-    start(config, args.database_url.as_deref(), false).await
+    start(
+        config,
+        Some(args.grpc_listen),
+        args.database_url.as_deref(),
+        false,
+    )
+    .await
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
@@ -56,8 +63,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
         data_dir: args.data_dir.clone(),
         blob_url: None,
         worker: Some(worker),
+        agent_lease: LEASE,
     };
-    start(config, None, true).await
+    start(config, None, None, true).await
 }
 
 async fn worker_config(
@@ -97,6 +105,7 @@ async fn worker_config(
 
 async fn start(
     config: ServerConfig,
+    grpc_listen: Option<SocketAddr>,
     database_url: Option<&str>,
     all_in_one: bool,
 ) -> anyhow::Result<i32> {
@@ -111,7 +120,7 @@ async fn start(
             let db = kiln_store_postgres::PostgresStore::connect(url)
                 .await
                 .context("cannot open the PostgreSQL database")?;
-            run_with(db, config, all_in_one).await
+            run_with(db, config, grpc_listen, all_in_one).await
         }
         Some(url) => anyhow::bail!(
             "--database-url must be a postgres:// URL (SQLite is the default, in the data dir); got `{url}`"
@@ -121,7 +130,7 @@ async fn start(
             let db = kiln_store_sqlite::SqliteStore::open(&path)
                 .await
                 .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
-            run_with(db, config, all_in_one).await
+            run_with(db, config, grpc_listen, all_in_one).await
         }
     }
 }
@@ -129,6 +138,7 @@ async fn start(
 async fn run_with<D: Database>(
     db: D,
     mut config: ServerConfig,
+    grpc_listen: Option<SocketAddr>,
     all_in_one: bool,
 ) -> anyhow::Result<i32> {
     let bootstrap = kiln_server::bootstrap(&db).await?;
@@ -142,6 +152,16 @@ async fn run_with<D: Database>(
         "kiln {} listening on {url}",
         if all_in_one { "up" } else { "server" }
     );
+    let grpc_listener = match grpc_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for agents on {address}"))?;
+            println!("grpc on {}", listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
     println!("data directory: {}", config.data_dir.display());
     match &bootstrap.generated_admin_token {
         Some(token) => println!("admin token (shown once, keep it): {token}"),
@@ -161,7 +181,7 @@ async fn run_with<D: Database>(
         stop.cancel();
     });
     let worker = config.worker.take();
-    kiln_server::serve(state, listener, worker, shutdown).await?;
+    kiln_server::serve(state, listener, grpc_listener, worker, shutdown).await?;
     Ok(0)
 }
 

@@ -11,34 +11,57 @@ use serde_json::{Value, json};
 
 use crate::support::GitRepo;
 
-const ADMIN: &str = "kiln_admin_test_token_0123456789";
+pub const ADMIN: &str = "kiln_admin_test_token_0123456789";
 const POSTGRES: &str = "postgres://kiln:kiln@127.0.0.1:5432/kiln";
 
 pub struct Server {
     child: Child,
     pub url: String,
+    /// `http://127.0.0.1:PORT` of the agents' gRPC endpoint.
+    pub grpc: String,
     pub data_dir: tempfile::TempDir,
     http: reqwest::Client,
 }
 
 impl Server {
+    /// A server with its in-process worker running tasks.
     pub fn start(database: Option<&str>) -> Server {
         Server::start_in(tempfile::tempdir().unwrap(), database)
     }
 
-    fn start_in(data_dir: tempfile::TempDir, database: Option<&str>) -> Server {
+    pub fn start_in(data_dir: tempfile::TempDir, database: Option<&str>) -> Server {
+        Server::launch(data_dir, database, true, "127.0.0.1:0")
+    }
+
+    /// A server with no worker of its own: only remote agents run tasks.
+    pub fn start_for_agents(data_dir: tempfile::TempDir, grpc_listen: &str) -> Server {
+        Server::launch(data_dir, None, false, grpc_listen)
+    }
+
+    fn launch(
+        data_dir: tempfile::TempDir,
+        database: Option<&str>,
+        worker: bool,
+        grpc_listen: &str,
+    ) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
         command
             .args([
                 "server",
                 "--listen",
                 "127.0.0.1:0",
-                "--worker",
-                "--worker-executor",
-                "process",
+                "--grpc-listen",
+                grpc_listen,
                 "--data-dir",
             ])
-            .arg(data_dir.path())
+            .arg(data_dir.path());
+        if worker {
+            command.args(["--worker", "--worker-executor", "process"]);
+        } else {
+            // Agents' tests kill agents: a short lease finds that out quickly.
+            command.args(["--agent-lease", "3s"]);
+        }
+        command
             .env("KILN_ADMIN_TOKEN", ADMIN)
             .env("KILN_AGENT_TOKEN", "kiln_agent_shared_test_token")
             .stdout(Stdio::piped())
@@ -52,18 +75,29 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(url) = line.split("listening on ").nth(1) {
-                    tx.send(url.trim().to_string()).ok();
+                    tx.send(("http", url.trim().to_string())).ok();
+                }
+                if let Some(address) = line.split("grpc on ").nth(1) {
+                    tx.send(("grpc", format!("http://{}", address.trim()))).ok();
                 }
             }
         });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server did not start listening");
+        let (mut url, mut grpc) = (String::new(), String::new());
+        while url.is_empty() || grpc.is_empty() {
+            match rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the server did not start listening")
+            {
+                ("http", value) => url = value,
+                (_, value) => grpc = value,
+            }
+        }
         // reqwest is built without a default TLS provider; plain HTTP still needs one chosen.
         let _ = rustls::crypto::ring::default_provider().install_default();
         Server {
             child,
             url,
+            grpc,
             data_dir,
             http: reqwest::Client::new(),
         }
@@ -132,6 +166,13 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// SIGKILL: no chance to clean up; returns the data directory.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap())
     }
 
     /// SIGTERM, as a service manager would send, then wait for the exit.
@@ -380,14 +421,41 @@ async fn git_job_flow(server: &Server) {
         .unwrap();
     assert!(log.contains("v1") && !log.contains("v2"), "{log}");
 
+    // A rerun builds the same commit again, under the same branch.
+    let (status, rerun) = server
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/jobs/app/runs/1/rerun",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rerun}");
+    assert_eq!(rerun["number"], 3);
+    assert_eq!(rerun["sha"], second_sha.as_str());
+    assert_eq!(rerun["branch"], "main");
+    assert_eq!(server.wait_for_run("app", 3).await["status"], "success");
+
     // Listing, filtering and paging.
-    let list = server.json("/api/v1/jobs/app/runs?limit=1").await;
-    assert_eq!(list["runs"][0]["number"], 2);
+    let list = server.json("/api/v1/jobs/app/runs?limit=2").await;
+    let numbers: Vec<i64> = list["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["number"].as_i64().unwrap())
+        .collect();
+    assert_eq!(numbers, [3, 2]);
     let cursor = list["next_cursor"].as_str().unwrap().to_string();
     let next = server
-        .json(&format!("/api/v1/jobs/app/runs?limit=1&cursor={cursor}"))
+        .json(&format!("/api/v1/jobs/app/runs?limit=2&cursor={cursor}"))
         .await;
     assert_eq!(next["runs"][0]["number"], 1);
+    assert!(next["next_cursor"].is_null(), "{next}");
+    let by_branch = server.json("/api/v1/jobs/app/runs?branch=main").await;
+    assert_eq!(
+        by_branch["runs"].as_array().unwrap().len(),
+        2,
+        "run 2 was by sha, with no branch"
+    );
     let failed = server.json("/api/v1/jobs/app/runs?status=failure").await;
     assert_eq!(failed["runs"].as_array().unwrap().len(), 0);
 }
@@ -590,6 +658,19 @@ async fn status_codes_follow_the_contract() {
             .await
             .0,
         StatusCode::CONFLICT
+    );
+    let gone = json!({"kind": "freestyle", "pipeline": "version: 1\ntasks:\n  a:\n    steps: [{run: 'true'}]\n"});
+    let (status, _) = server
+        .send(reqwest::Method::PUT, "/api/v1/jobs/gone", gone)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = server
+        .send(reqwest::Method::DELETE, "/api/v1/jobs/gone", json!(null))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        server.get("/api/v1/jobs/gone").await.status(),
+        StatusCode::NOT_FOUND
     );
     let (status, problem) = server
         .send(

@@ -1,0 +1,158 @@
+//! Console output of one task attempt as sequenced chunks, kept until the
+//! server says it stored them.
+//!
+//! The server's append is idempotent on `(task, seq)`, so everything not yet
+//! acknowledged can be sent again after a reconnect: nothing is lost, and a
+//! chunk stored twice is stored once.
+
+use std::collections::VecDeque;
+
+use kiln_proto::v1::LogChunk;
+
+#[derive(Debug)]
+pub struct ChunkBuffer {
+    task_id: i64,
+    max_chunk: usize,
+    next_seq: i64,
+    /// Sealed chunks the server has not acknowledged, in `seq` order.
+    unacked: VecDeque<(i64, Vec<u8>)>,
+    /// Output not yet made into a chunk, so small writes are merged.
+    open: Vec<u8>,
+}
+
+impl ChunkBuffer {
+    /// A buffer whose chunks hold at most `max_chunk` bytes (at least one).
+    pub fn new(task_id: i64, max_chunk: usize) -> Self {
+        ChunkBuffer {
+            task_id,
+            max_chunk: max_chunk.max(1),
+            next_seq: 0,
+            unacked: VecDeque::new(),
+            open: Vec::new(),
+        }
+    }
+
+    /// Adds output; full chunks are sealed as they fill up.
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.open.extend_from_slice(bytes);
+        while self.open.len() >= self.max_chunk {
+            let rest = self.open.split_off(self.max_chunk);
+            let chunk = std::mem::replace(&mut self.open, rest);
+            self.push(chunk);
+        }
+    }
+
+    /// Makes the pending output a chunk of its own, ready to send.
+    pub fn seal(&mut self) {
+        if !self.open.is_empty() {
+            let chunk = std::mem::take(&mut self.open);
+            self.push(chunk);
+        }
+    }
+
+    fn push(&mut self, data: Vec<u8>) {
+        self.unacked.push_back((self.next_seq, data));
+        self.next_seq += 1;
+    }
+
+    /// Forgets every chunk up to and including `stored_through`.
+    pub fn ack(&mut self, stored_through: i64) {
+        while self
+            .unacked
+            .front()
+            .is_some_and(|(seq, _)| *seq <= stored_through)
+        {
+            self.unacked.pop_front();
+        }
+    }
+
+    /// The sealed chunks still to be acknowledged, oldest first.
+    pub fn unacked(&self) -> Vec<LogChunk> {
+        self.unacked
+            .iter()
+            .map(|(seq, data)| LogChunk {
+                task_id: self.task_id,
+                seq: *seq,
+                data: data.clone(),
+            })
+            .collect()
+    }
+
+    pub fn has_unacked(&self) -> bool {
+        !self.unacked.is_empty()
+    }
+
+    /// Whether nothing at all is waiting, sealed or not.
+    pub fn is_empty(&self) -> bool {
+        self.unacked.is_empty() && self.open.is_empty()
+    }
+
+    /// Drops everything: the task is no longer ours to report.
+    pub fn clear(&mut self) {
+        self.unacked.clear();
+        self.open.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seqs(buffer: &ChunkBuffer) -> Vec<i64> {
+        buffer.unacked().iter().map(|c| c.seq).collect()
+    }
+
+    #[test]
+    fn small_writes_merge_until_sealed() {
+        let mut buffer = ChunkBuffer::new(7, 1024);
+        buffer.write(b"a");
+        buffer.write(b"b");
+        assert!(!buffer.has_unacked());
+        buffer.seal();
+        let chunks = buffer.unacked();
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].task_id, 7);
+        assert_eq!(chunks[0].seq, 0);
+        assert_eq!(chunks[0].data, b"ab");
+        buffer.seal();
+        assert_eq!(buffer.unacked().len(), 1, "sealing nothing adds no chunk");
+    }
+
+    #[test]
+    fn large_writes_split_at_the_limit() {
+        let mut buffer = ChunkBuffer::new(1, 4);
+        buffer.write(b"0123456789");
+        buffer.seal();
+        let data: Vec<Vec<u8>> = buffer.unacked().into_iter().map(|c| c.data).collect();
+        assert_eq!(
+            data,
+            vec![b"0123".to_vec(), b"4567".to_vec(), b"89".to_vec()]
+        );
+        assert_eq!(seqs(&buffer), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn ack_removes_and_resend_yields_the_rest_in_order() {
+        let mut buffer = ChunkBuffer::new(1, 1024);
+        for text in ["one", "two", "three", "four"] {
+            buffer.write(text.as_bytes());
+            buffer.seal();
+        }
+        assert_eq!(seqs(&buffer), vec![0, 1, 2, 3]);
+        buffer.ack(1);
+        assert_eq!(seqs(&buffer), vec![2, 3]);
+        // A stale acknowledgement changes nothing.
+        buffer.ack(0);
+        assert_eq!(seqs(&buffer), vec![2, 3]);
+        // Resending yields the same chunks again, unchanged.
+        let again = buffer.unacked();
+        assert_eq!(again[0].data, b"three");
+        assert_eq!(again[1].data, b"four");
+        buffer.write(b"five");
+        buffer.seal();
+        assert_eq!(seqs(&buffer), vec![2, 3, 4]);
+        buffer.ack(4);
+        assert!(!buffer.has_unacked());
+        assert!(buffer.is_empty());
+    }
+}

@@ -1,0 +1,96 @@
+//! The gRPC client: one lazily (re)connecting channel shared by every call,
+//! with the agent's credentials on each request.
+
+use std::time::Duration;
+
+use kiln_proto::v1::agent_client::AgentClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::{AgentConfig, AgentError};
+
+pub(crate) type Client = AgentClient<InterceptedService<Channel, Auth>>;
+
+/// Adds `authorization` and `x-kiln-agent` to every call.
+#[derive(Clone)]
+pub(crate) struct Auth {
+    authorization: MetadataValue<Ascii>,
+    agent: MetadataValue<Ascii>,
+}
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let metadata = request.metadata_mut();
+        metadata.insert("authorization", self.authorization.clone());
+        metadata.insert("x-kiln-agent", self.agent.clone());
+        Ok(request)
+    }
+}
+
+/// A client that connects on first use and again after the server went
+/// away, so a restart of the server never needs a new client.
+pub(crate) fn client(config: &AgentConfig) -> Result<Client, AgentError> {
+    let endpoint = Endpoint::from_shared(config.server.clone())
+        .map_err(|e| AgentError::InvalidServer(config.server.clone(), e.to_string()))?
+        .connect_timeout(config.connect_timeout)
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+        // HTTP/2 pings notice a server that vanished without closing the
+        // connection (a crashed machine), which TCP alone may take hours to.
+        .http2_keep_alive_interval(Duration::from_secs(15))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    let authorization = format!("Bearer {}", config.token)
+        .parse::<MetadataValue<Ascii>>()
+        .map_err(|_| AgentError::InvalidMetadata("token"))?;
+    let agent = config
+        .name
+        .parse::<MetadataValue<Ascii>>()
+        .map_err(|_| AgentError::InvalidMetadata("name"))?;
+    Ok(AgentClient::with_interceptor(
+        endpoint.connect_lazy(),
+        Auth {
+            authorization,
+            agent,
+        },
+    ))
+}
+
+/// Whether a failed call about a task means the task is no longer ours.
+pub(crate) fn is_lost(status: &Status) -> bool {
+    matches!(status.code(), Code::PermissionDenied | Code::NotFound)
+}
+
+/// Whether trying again later may succeed: transport failures and server
+/// trouble, not a refusal of the request itself.
+pub(crate) fn is_retriable(status: &Status) -> bool {
+    !matches!(
+        status.code(),
+        Code::PermissionDenied
+            | Code::NotFound
+            | Code::Unauthenticated
+            | Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::AlreadyExists
+            | Code::OutOfRange
+            | Code::Unimplemented
+    )
+}
+
+/// A short account of a failed call for logs: the message and, for
+/// transport failures, the underlying cause (e.g. "Connection refused").
+pub(crate) fn describe(status: &Status) -> String {
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(status);
+    let mut innermost = None;
+    while let Some(error) = cause {
+        innermost = Some(error);
+        cause = error.source();
+    }
+    match innermost {
+        Some(error) => format!("{}: {error}", status.message()),
+        None if status.message().is_empty() => format!("{:?}", status.code()),
+        None => status.message().to_string(),
+    }
+}

@@ -1,0 +1,410 @@
+//! The Kiln agent (DESIGN.md §5): connects out to a server over gRPC, takes
+//! task assignments from its session stream, runs them with an executor, and
+//! reports logs, steps, files and results back — surviving server restarts
+//! without stopping what runs, and draining gracefully on shutdown.
+
+mod backoff;
+pub mod buffer;
+mod client;
+mod task;
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use kiln_exec::{CancellationToken, Executor};
+use kiln_proto::v1::{HeartbeatRequest, ServerMessage, SessionRequest, server_message};
+use tokio::sync::{Semaphore, watch};
+use tonic::Code;
+
+use crate::backoff::Backoff;
+pub use crate::buffer::ChunkBuffer;
+use crate::client::Client;
+
+/// Lease assumed until an assignment names one, for the heartbeat period.
+const DEFAULT_LEASE_SECONDS: u32 = 15;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid server address `{0}`: {1}")]
+    InvalidServer(String, String),
+    #[error("the agent {0} cannot be sent as gRPC metadata (it must be printable ASCII)")]
+    InvalidMetadata(&'static str),
+    #[error("the server refused the agent: {0}")]
+    Refused(String),
+    #[error("cannot create the work directory {0}: {1}")]
+    WorkDir(PathBuf, std::io::Error),
+}
+
+/// Called each time the agent's session is established.
+pub type OnConnected = Arc<dyn Fn(&AgentConfig) + Send + Sync>;
+
+pub struct AgentConfig {
+    /// The server's gRPC address, e.g. `http://ci.example.com:9090`.
+    pub server: String,
+    pub token: String,
+    /// Unique per agent: the lease holder of its tasks.
+    pub name: String,
+    pub labels: Vec<String>,
+    /// Most tasks run at once.
+    pub capacity: usize,
+    pub executor: Arc<dyn Executor>,
+    /// Checkouts and task outputs live here while a task runs.
+    pub work_dir: PathBuf,
+    pub connect_timeout: Duration,
+    /// Variables every task gets unless its pipeline sets them (e.g. `PATH`
+    /// for the process executor, which does not pass the agent's own
+    /// environment — and with it the agent token — to tasks).
+    pub base_env: Vec<(String, String)>,
+    pub on_connected: Option<OnConnected>,
+}
+
+impl AgentConfig {
+    pub fn new(
+        server: impl Into<String>,
+        token: impl Into<String>,
+        name: impl Into<String>,
+        executor: Arc<dyn Executor>,
+        work_dir: impl Into<PathBuf>,
+    ) -> Self {
+        AgentConfig {
+            server: server.into(),
+            token: token.into(),
+            name: name.into(),
+            labels: Vec::new(),
+            capacity: 2,
+            executor,
+            work_dir: work_dir.into(),
+            connect_timeout: Duration::from_secs(5),
+            base_env: Vec::new(),
+            on_connected: None,
+        }
+    }
+}
+
+/// How the agent reaches one of its tasks.
+#[derive(Clone)]
+pub(crate) struct TaskHandle {
+    /// Which attempt of the task this is; a task retried onto this agent
+    /// comes back with a higher one.
+    attempt: u32,
+    /// Stops the executor; the task still reports its end (`cancelled`).
+    cancel: CancellationToken,
+    /// The task is not ours any more: stop everything, report nothing.
+    /// Cancelling it cancels `cancel` too.
+    lost: CancellationToken,
+}
+
+impl TaskHandle {
+    fn new(attempt: u32) -> Self {
+        let lost = CancellationToken::new();
+        TaskHandle {
+            attempt,
+            cancel: lost.child_token(),
+            lost,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    config: AgentConfig,
+    client: Client,
+    /// Tasks in hand, from assignment until their end is acknowledged.
+    tasks: watch::Sender<HashMap<i64, TaskHandle>>,
+    draining: AtomicBool,
+    lease_seconds: AtomicU32,
+    permits: Arc<Semaphore>,
+}
+
+impl Shared {
+    fn task_ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self.tasks.borrow().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn task(&self, task_id: i64) -> Option<TaskHandle> {
+        self.tasks.borrow().get(&task_id).cloned()
+    }
+}
+
+/// Takes the task out of the agent's hands when its runner ends, however it ends.
+struct Registration {
+    shared: Arc<Shared>,
+    task_id: i64,
+    attempt: u32,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shared.tasks.send_modify(|tasks| {
+            // A newer attempt of the same task may have taken the slot.
+            if tasks
+                .get(&self.task_id)
+                .is_some_and(|h| h.attempt == self.attempt)
+            {
+                tasks.remove(&self.task_id);
+            }
+        });
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled and the tasks in hand have
+/// finished and been reported. Losing the server never stops running tasks:
+/// the agent reconnects and resends what was not acknowledged.
+pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.work_dir)
+        .map_err(|e| AgentError::WorkDir(config.work_dir.clone(), e))?;
+    let client = client::client(&config)?;
+    let permits = Arc::new(Semaphore::new(config.capacity.max(1)));
+    let shared = Arc::new(Shared {
+        config,
+        client,
+        tasks: watch::Sender::new(HashMap::new()),
+        draining: AtomicBool::new(false),
+        lease_seconds: AtomicU32::new(DEFAULT_LEASE_SECONDS),
+        permits,
+    });
+    let stop_heartbeats = CancellationToken::new();
+    let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), stop_heartbeats.clone()));
+    let result = session_loop(&shared, &shutdown).await;
+    stop_heartbeats.cancel();
+    let _ = heartbeats.await;
+    result
+}
+
+/// Whether the last session attempt worked, so a change is logged once
+/// rather than every retry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Unknown,
+    Up,
+    Down,
+}
+
+async fn session_loop(
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) -> Result<(), AgentError> {
+    let config = &shared.config;
+    let mut backoff = Backoff::new();
+    let mut link = Link::Unknown;
+    let mut idle = shared.tasks.subscribe();
+    loop {
+        if shutdown.is_cancelled() && !shared.draining.swap(true, Ordering::SeqCst) {
+            tracing::info!(
+                running = shared.task_ids().len(),
+                "draining: taking no new work, finishing the running tasks"
+            );
+        }
+        let draining = shared.draining.load(Ordering::SeqCst);
+        if draining && shared.tasks.borrow().is_empty() {
+            return Ok(());
+        }
+        let request = SessionRequest {
+            name: config.name.clone(),
+            labels: config.labels.clone(),
+            capacity: config.capacity.max(1) as u32,
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as f64)
+                .unwrap_or(1.0),
+            memory_bytes: memory_bytes(),
+            executors: vec![config.executor.kind().to_string()],
+            running_task_ids: shared.task_ids(),
+            draining,
+        };
+        let mut client = shared.client.clone();
+        let opened = tokio::select! {
+            opened = client.session(request) => opened,
+            // Re-open at once with `draining` set, so the server sends no more work.
+            _ = shutdown.cancelled(), if !draining => continue,
+            _ = wait_idle(&mut idle), if draining => return Ok(()),
+        };
+        let failure = match opened {
+            Ok(response) => {
+                backoff.reset();
+                if link != Link::Up {
+                    tracing::info!(server = %config.server, draining, "connected");
+                    if let Some(on_connected) = &config.on_connected {
+                        on_connected(config);
+                    }
+                    link = Link::Up;
+                }
+                let mut stream = response.into_inner();
+                loop {
+                    tokio::select! {
+                        message = stream.message() => match message {
+                            Ok(Some(message)) => handle_message(shared, message),
+                            Ok(None) => break Some("the server ended the session".to_string()),
+                            Err(status) => break Some(client::describe(&status)),
+                        },
+                        _ = shutdown.cancelled(), if !draining => break None,
+                        _ = wait_idle(&mut idle), if draining => return Ok(()),
+                    }
+                }
+            }
+            Err(status) => {
+                if matches!(
+                    status.code(),
+                    Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument
+                ) && shared.tasks.borrow().is_empty()
+                {
+                    return Err(AgentError::Refused(status.message().to_string()));
+                }
+                Some(client::describe(&status))
+            }
+        };
+        let Some(reason) = failure else {
+            continue;
+        };
+        if link != Link::Down {
+            tracing::info!(server = %config.server, "server unreachable ({reason}); reconnecting, running tasks continue");
+            link = Link::Down;
+        } else {
+            tracing::debug!(server = %config.server, "reconnecting failed: {reason}");
+        }
+        let draining = shared.draining.load(Ordering::SeqCst);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = shutdown.cancelled(), if !draining => {}
+            _ = wait_idle(&mut idle), if draining => return Ok(()),
+        }
+    }
+}
+
+async fn wait_idle(idle: &mut watch::Receiver<HashMap<i64, TaskHandle>>) {
+    // The guard `wait_for` returns is dropped at once: it must not be held.
+    let _ = idle.wait_for(|tasks| tasks.is_empty()).await.map(|_| ());
+}
+
+fn handle_message(shared: &Arc<Shared>, message: ServerMessage) {
+    match message.kind {
+        Some(server_message::Kind::Assignment(assignment)) => {
+            let task_id = assignment.task_id;
+            if assignment.lease_seconds > 0 {
+                shared
+                    .lease_seconds
+                    .store(assignment.lease_seconds, Ordering::SeqCst);
+            }
+            let handle = TaskHandle::new(assignment.attempt);
+            let mut fresh = true;
+            shared
+                .tasks
+                .send_modify(|tasks| match tasks.entry(task_id) {
+                    Entry::Vacant(slot) => {
+                        slot.insert(handle.clone());
+                    }
+                    Entry::Occupied(slot) if slot.get().attempt == assignment.attempt => {
+                        fresh = false
+                    }
+                    Entry::Occupied(mut slot) => {
+                        // The server retried the task (its lease ran out) and
+                        // gave it back to us: the old attempt is not ours any more.
+                        slot.get().lost.cancel();
+                        slot.insert(handle.clone());
+                    }
+                });
+            if !fresh {
+                // A repeat after a reconnect: the task already runs here.
+                tracing::debug!(task_id, "assignment of a task already in hand");
+                return;
+            }
+            let registration = Registration {
+                shared: shared.clone(),
+                task_id,
+                attempt: handle.attempt,
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let _registration = registration;
+                task::run_task(shared, assignment, handle).await;
+            });
+        }
+        Some(server_message::Kind::Cancel(cancel)) => match shared.task(cancel.task_id) {
+            Some(handle) => {
+                tracing::info!(task_id = cancel.task_id, reason = %cancel.reason, "cancelling task");
+                handle.cancel.cancel();
+            }
+            None => tracing::debug!(task_id = cancel.task_id, "cancel of a task not in hand"),
+        },
+        None => tracing::debug!("empty message from the server"),
+    }
+}
+
+/// Renews leases every third of the lease, and stops tasks the server says
+/// are lost or cancelled.
+async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let lease = shared.lease_seconds.load(Ordering::SeqCst).max(1);
+        let every = Duration::from_secs(u64::from(lease)) / 3;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        let request = HeartbeatRequest {
+            task_ids: shared.task_ids(),
+            draining: shared.draining.load(Ordering::SeqCst),
+        };
+        let mut client = shared.client.clone();
+        let answer = tokio::select! {
+            answer = client.heartbeat(request) => answer,
+            _ = stop.cancelled() => return,
+        };
+        match answer {
+            Ok(answer) => {
+                let answer = answer.into_inner();
+                for task_id in answer.lost_task_ids {
+                    if let Some(handle) = shared.task(task_id) {
+                        tracing::warn!(
+                            task_id,
+                            "the server says the task is no longer ours; stopping it"
+                        );
+                        handle.lost.cancel();
+                    }
+                }
+                for task_id in answer.cancel_task_ids {
+                    if let Some(handle) = shared.task(task_id) {
+                        tracing::info!(task_id, "cancelling task");
+                        handle.cancel.cancel();
+                    }
+                }
+            }
+            Err(status) => tracing::debug!("heartbeat failed: {status}"),
+        }
+    }
+}
+
+/// Total memory of the machine, from /proc/meminfo; 0 when unknown.
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| parse_meminfo(&text))
+        .unwrap_or(0)
+}
+
+fn parse_meminfo(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let amount: u64 = words.next()?.parse().ok()?;
+    let unit = match words.next() {
+        Some("kB") => 1024,
+        Some("mB") | Some("MB") => 1024 * 1024,
+        _ => 1,
+    };
+    Some(amount * unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_total_is_read_in_bytes() {
+        let text = "MemTotal:       16318480 kB\nMemFree:         1000 kB\n";
+        assert_eq!(parse_meminfo(text), Some(16318480 * 1024));
+        assert_eq!(parse_meminfo("nothing"), None);
+    }
+}

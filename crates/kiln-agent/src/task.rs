@@ -1,0 +1,516 @@
+//! One assigned task: checkout, executor, and reporting everything back —
+//! logs, steps, artifacts, reports and the end — each retried across
+//! disconnects until the server acknowledges it.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_exec::context::{RunContext, task_dir_name, task_spec};
+use kiln_exec::{CancellationToken, LogStream, SourceTree, Status, StepResult, TaskEvents};
+use kiln_pipeline::{Event, Task};
+use kiln_proto::v1::{ArtifactChunk, Assignment, FinishTaskRequest, ReportUpload, StepUpdate};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backoff::Backoff;
+use crate::buffer::ChunkBuffer;
+use crate::client::{Client, is_lost, is_retriable};
+use crate::{Shared, TaskHandle};
+
+/// Largest log chunk sent in one message.
+const MAX_CHUNK: usize = 256 * 1024;
+/// How long the first of a burst of writes waits for more to merge with.
+const LINGER: Duration = Duration::from_millis(20);
+/// Artifact files are streamed in pieces of this size.
+const UPLOAD_CHUNK: usize = 1024 * 1024;
+
+/// The task is no longer this agent's: stop and report nothing.
+#[derive(Debug)]
+pub(crate) struct Lost;
+
+/// Runs an assigned task to its end and reports it, unless it is lost.
+pub(crate) async fn run_task(shared: Arc<Shared>, assignment: Assignment, handle: TaskHandle) {
+    let task_id = assignment.task_id;
+    // The slot is held until the end is reported, so an agent never has more
+    // than `capacity` tasks in hand.
+    let permit = tokio::select! {
+        permit = shared.permits.clone().acquire_owned() => permit.ok(),
+        _ = handle.lost.cancelled() => None,
+    };
+    if permit.is_none() {
+        return;
+    }
+    tracing::info!(task_id, job = %assignment.job, run = assignment.run_number, "task started");
+    let (status, reason) = match execute(&shared, &assignment, &handle).await {
+        Ok(end) => end,
+        Err(Lost) => {
+            tracing::warn!(task_id, "task is no longer ours; stopped without reporting");
+            return;
+        }
+    };
+    let request = FinishTaskRequest {
+        task_id,
+        status: status.as_str().to_string(),
+        reason: reason.unwrap_or_default(),
+    };
+    let finished = retry(
+        &handle.lost,
+        "recording the end of the task",
+        task_id,
+        || {
+            let mut client = shared.client.clone();
+            let request = request.clone();
+            async move { client.finish_task(request).await.map(|_| ()) }
+        },
+    )
+    .await;
+    match finished {
+        Ok(Ok(())) => tracing::info!(task_id, %status, "task finished"),
+        Ok(Err(status)) => {
+            tracing::warn!(task_id, "the server refused the end of the task: {status}")
+        }
+        Err(Lost) => tracing::warn!(task_id, "task was no longer ours when it ended"),
+    }
+    drop(permit);
+}
+
+async fn execute(
+    shared: &Shared,
+    assignment: &Assignment,
+    handle: &TaskHandle,
+) -> Result<(Status, Option<String>), Lost> {
+    let task_id = assignment.task_id;
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let reporter = tokio::spawn(report_events(
+        shared.client.clone(),
+        task_id,
+        receiver,
+        handle.lost.clone(),
+    ));
+    let events = Arc::new(ChannelEvents(sender));
+
+    let (status, reason) = match prepare(shared, assignment, &events, &handle.cancel).await {
+        Ok((spec, scratch)) => {
+            let outcome = shared
+                .config
+                .executor
+                .run(&spec, events.clone(), handle.cancel.clone())
+                .await;
+            if handle.lost.is_cancelled() {
+                return Err(Lost);
+            }
+            for note in
+                upload_results(shared, task_id, &spec.outputs, &outcome, &handle.lost).await?
+            {
+                tracing::warn!(task_id, "{note}");
+                events.log(LogStream::System, format!("kiln: {note}\n").as_bytes());
+            }
+            drop(scratch);
+            (outcome.status, outcome.error)
+        }
+        Err(message) => {
+            events.log(LogStream::System, format!("kiln: {message}\n").as_bytes());
+            let status = if handle.cancel.is_cancelled() {
+                Status::Cancelled
+            } else {
+                Status::Error
+            };
+            (status, Some(message))
+        }
+    };
+    // The executor is done with the events; closing them lets the reporter
+    // send what is left and end, before the task's end is reported.
+    drop(events);
+    match reporter.await {
+        Ok(Ok(())) => Ok((status, reason)),
+        Ok(Err(Lost)) => Err(Lost),
+        Err(e) => {
+            tracing::warn!(task_id, "the log reporter failed: {e}");
+            Ok((status, reason))
+        }
+    }
+}
+
+/// Checks the commit out and builds the executor's spec.
+async fn prepare(
+    shared: &Shared,
+    assignment: &Assignment,
+    events: &ChannelEvents,
+    cancel: &CancellationToken,
+) -> Result<(kiln_exec::TaskSpec, tempfile::TempDir), String> {
+    let config = &shared.config;
+    let task: Task = serde_json::from_str(&assignment.task_json)
+        .map_err(|e| format!("the assigned task cannot be read: {e}"))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("kiln-agent-")
+        .tempdir_in(&config.work_dir)
+        .map_err(|e| format!("cannot make a work directory: {e}"))?;
+    let checkout = scratch.path().join("src");
+    tokio::fs::create_dir_all(&checkout)
+        .await
+        .map_err(|e| format!("cannot make a work directory: {e}"))?;
+    if !assignment.repository.is_empty() && !assignment.sha.is_empty() {
+        events.log(
+            LogStream::System,
+            format!(
+                "--- fetching {} at {}\n",
+                assignment.repository, assignment.sha
+            )
+            .as_bytes(),
+        );
+        // Each git command has its own time limit inside `checkout`.
+        let fetch = kiln_git::checkout(&assignment.repository, &assignment.sha, &checkout, None);
+        tokio::select! {
+            fetched = fetch => fetched.map_err(|e| format!("cannot check out the commit: {e}"))?,
+            // Dropping the checkout stops git and its helpers.
+            _ = cancel.cancelled() => return Err("task was cancelled".to_string()),
+        }
+    }
+    let source = {
+        let checkout = checkout.clone();
+        tokio::task::spawn_blocking(move || SourceTree::scan(&checkout))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot list the checkout: {e}"))?
+    };
+    let event =
+        serde_json::from_value::<Event>(serde_json::Value::String(assignment.event.clone()))
+            .unwrap_or(Event::Manual);
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let context = RunContext {
+        job: assignment.job.clone(),
+        run_number: assignment.run_number,
+        branch: non_empty(&assignment.branch),
+        sha: non_empty(&assignment.sha),
+        event,
+        agent: config.name.clone(),
+    };
+    let secrets = assignment
+        .secrets
+        .iter()
+        .map(|s| (s.name.clone(), s.value.clone()))
+        .collect();
+    // The agent's own variables only fill in what the pipeline leaves unset.
+    let base_env: Vec<(String, String)> = config
+        .base_env
+        .iter()
+        .filter(|(key, _)| !task.env.iter().any(|(k, _)| k == key))
+        .cloned()
+        .collect();
+    let outputs = scratch
+        .path()
+        .join("outputs")
+        .join(task_dir_name(&task.name));
+    let labels = vec![
+        ("kiln.agent".into(), config.name.clone()),
+        ("kiln.agent-task".into(), assignment.task_id.to_string()),
+    ];
+    let spec = task_spec(
+        &task,
+        &context,
+        secrets,
+        &base_env,
+        Arc::new(source),
+        outputs,
+        labels,
+    );
+    Ok((spec, scratch))
+}
+
+/// Uploads the kept files; returns notes on what could not be kept.
+async fn upload_results(
+    shared: &Shared,
+    task_id: i64,
+    outputs: &Path,
+    outcome: &kiln_exec::TaskOutcome,
+    lost: &CancellationToken,
+) -> Result<Vec<String>, Lost> {
+    let mut notes = Vec::new();
+    let artifacts = outputs.join("artifacts");
+    for relative in &outcome.artifacts {
+        let name = relative.to_string_lossy().into_owned();
+        let path = artifacts.join(relative);
+        let uploaded = retry(lost, "uploading an artifact", task_id, || {
+            upload_artifact(shared.client.clone(), task_id, path.clone(), name.clone())
+        })
+        .await?;
+        if let Err(e) = uploaded {
+            notes.push(format!("artifact `{name}` was not kept: {}", e.message()));
+        }
+    }
+    let reports = outputs.join("reports");
+    for relative in &outcome.reports {
+        let name = relative.to_string_lossy().into_owned();
+        let content = match tokio::fs::read(reports.join(relative)).await {
+            Ok(content) => content,
+            Err(e) => {
+                notes.push(format!("report `{name}` cannot be read: {e}"));
+                continue;
+            }
+        };
+        let request = ReportUpload {
+            task_id,
+            kind: "junit".into(),
+            path: name.clone(),
+            content,
+        };
+        let uploaded = retry(lost, "uploading a report", task_id, || {
+            let mut client = shared.client.clone();
+            let request = request.clone();
+            async move { client.upload_report(request).await.map(|_| ()) }
+        })
+        .await?;
+        if let Err(e) = uploaded {
+            notes.push(format!("report `{name}` was not kept: {}", e.message()));
+        }
+    }
+    Ok(notes)
+}
+
+/// Streams one file, a piece at a time, never holding it all in memory.
+async fn upload_artifact(
+    mut client: Client,
+    task_id: i64,
+    path: PathBuf,
+    name: String,
+) -> Result<(), tonic::Status> {
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| tonic::Status::invalid_argument(format!("cannot open: {e}")))?;
+    let (failed, read_error) = oneshot::channel::<std::io::Error>();
+    struct Reader {
+        file: tokio::fs::File,
+        name: Option<String>,
+        failed: Option<oneshot::Sender<std::io::Error>>,
+        done: bool,
+    }
+    let reader = Reader {
+        file,
+        name: Some(name),
+        failed: Some(failed),
+        done: false,
+    };
+    let chunks = futures_util::stream::unfold(reader, move |mut reader| async move {
+        if reader.done {
+            return None;
+        }
+        let mut data = vec![0u8; UPLOAD_CHUNK];
+        let mut filled = 0;
+        while filled < data.len() {
+            match reader.file.read(&mut data[filled..]).await {
+                Ok(0) => {
+                    reader.done = true;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(e) => {
+                    // Ending the stream would upload a truncated file as if
+                    // it were whole; instead the call is abandoned below.
+                    if let Some(failed) = reader.failed.take() {
+                        let _ = failed.send(e);
+                    }
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+        data.truncate(filled);
+        let path = reader.name.take();
+        // The first chunk names the file, even when the file is empty.
+        if filled == 0 && path.is_none() {
+            return None;
+        }
+        let chunk = ArtifactChunk {
+            task_id,
+            path: path.unwrap_or_default(),
+            data,
+        };
+        Some((chunk, reader))
+    });
+    tokio::select! {
+        result = client.upload_artifact(chunks) => result.map(|_| ()),
+        Ok(e) = read_error => Err(tonic::Status::invalid_argument(format!("cannot read: {e}"))),
+    }
+}
+
+/// Calls until the server answers, backing off between failures.
+/// `Ok(Err(status))` is a refusal that retrying will not change; `Err(Lost)`
+/// means the task is not ours any more.
+async fn retry<F, Fut>(
+    lost: &CancellationToken,
+    what: &str,
+    task_id: i64,
+    mut call: F,
+) -> Result<Result<(), tonic::Status>, Lost>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), tonic::Status>>,
+{
+    let mut backoff = Backoff::new();
+    loop {
+        let result = tokio::select! {
+            result = call() => result,
+            _ = lost.cancelled() => return Err(Lost),
+        };
+        match result {
+            Ok(()) => return Ok(Ok(())),
+            Err(status) if is_lost(&status) => {
+                lost.cancel();
+                return Err(Lost);
+            }
+            Err(status) if !is_retriable(&status) => return Ok(Err(status)),
+            Err(status) => {
+                tracing::debug!(task_id, "{what} failed, retrying: {status}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = lost.cancelled() => return Err(Lost),
+                }
+            }
+        }
+    }
+}
+
+enum Report {
+    Log(Vec<u8>),
+    Step(StepUpdate),
+}
+
+/// Forwards executor events into a channel: the executor must never wait on
+/// the network.
+struct ChannelEvents(mpsc::UnboundedSender<Report>);
+
+fn millis(at: Option<chrono::DateTime<chrono::Utc>>) -> Option<i64> {
+    at.map(|t| t.timestamp_millis())
+}
+
+impl TaskEvents for ChannelEvents {
+    fn log(&self, _stream: LogStream, bytes: &[u8]) {
+        let _ = self.0.send(Report::Log(bytes.to_vec()));
+    }
+
+    fn step_started(&self, index: usize, name: &str) {
+        let _ = self.0.send(Report::Step(StepUpdate {
+            task_id: 0,
+            index: index as i64,
+            name: name.to_string(),
+            status: Status::Running.as_str().to_string(),
+            exit_code: None,
+            started_at_ms: Some(chrono::Utc::now().timestamp_millis()),
+            finished_at_ms: None,
+        }));
+    }
+
+    fn step_finished(&self, index: usize, result: &StepResult) {
+        let _ = self.0.send(Report::Step(StepUpdate {
+            task_id: 0,
+            index: index as i64,
+            name: result.name.clone(),
+            status: result.status.as_str().to_string(),
+            exit_code: result.exit_code.map(i64::from),
+            started_at_ms: millis(result.started_at),
+            finished_at_ms: millis(result.finished_at),
+        }));
+    }
+}
+
+/// Sends a task's logs and step changes in order until the events close and
+/// everything is acknowledged. Output that arrives while a call is under way
+/// is merged into the next chunk.
+async fn report_events(
+    client: Client,
+    task_id: i64,
+    mut events: mpsc::UnboundedReceiver<Report>,
+    lost: CancellationToken,
+) -> Result<(), Lost> {
+    let mut buffer = ChunkBuffer::new(task_id, MAX_CHUNK);
+    let mut steps: VecDeque<StepUpdate> = VecDeque::new();
+    let mut closed = false;
+    let mut backoff = Backoff::new();
+    let absorb = |report: Report, buffer: &mut ChunkBuffer, steps: &mut VecDeque<StepUpdate>| {
+        match report {
+            Report::Log(bytes) => buffer.write(&bytes),
+            Report::Step(mut step) => {
+                // Output before a step change goes out before it.
+                buffer.seal();
+                step.task_id = task_id;
+                steps.push_back(step);
+            }
+        }
+    };
+    loop {
+        if !closed && buffer.is_empty() && steps.is_empty() {
+            tokio::select! {
+                report = events.recv() => match report {
+                    Some(report) => {
+                        absorb(report, &mut buffer, &mut steps);
+                        tokio::time::sleep(LINGER).await;
+                    }
+                    None => closed = true,
+                },
+                _ = lost.cancelled() => return Err(Lost),
+            }
+        }
+        while !closed {
+            match events.try_recv() {
+                Ok(report) => absorb(report, &mut buffer, &mut steps),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
+            }
+        }
+        buffer.seal();
+        if closed && buffer.is_empty() && steps.is_empty() {
+            return Ok(());
+        }
+        match ship(&client, task_id, &mut buffer, &mut steps).await {
+            Ok(()) => backoff.reset(),
+            Err(status) if is_lost(&status) => {
+                lost.cancel();
+                return Err(Lost);
+            }
+            Err(status) if !is_retriable(&status) => {
+                tracing::warn!(task_id, "the server refused the task's output: {status}");
+                buffer.clear();
+                steps.clear();
+            }
+            Err(status) => {
+                tracing::debug!(task_id, "sending output failed, retrying: {status}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = lost.cancelled() => return Err(Lost),
+                }
+            }
+        }
+    }
+}
+
+/// Sends every unacknowledged chunk, then the pending step changes.
+async fn ship(
+    client: &Client,
+    task_id: i64,
+    buffer: &mut ChunkBuffer,
+    steps: &mut VecDeque<StepUpdate>,
+) -> Result<(), tonic::Status> {
+    if buffer.has_unacked() {
+        let chunks = buffer.unacked();
+        let ack = client
+            .clone()
+            .append_logs(futures_util::stream::iter(chunks))
+            .await?
+            .into_inner();
+        if let Some(through) = ack.stored_through.get(&task_id) {
+            buffer.ack(*through);
+        }
+        if buffer.has_unacked() {
+            return Err(tonic::Status::unavailable(
+                "the server did not store every log chunk",
+            ));
+        }
+    }
+    while let Some(step) = steps.front() {
+        client.clone().update_step(step.clone()).await?;
+        steps.pop_front();
+    }
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! Hands queued tasks to connected agents and pushes cancellations.
+//!
+//! The dispatcher sleeps until something changes — a task became queued,
+//! finished or was cancelled (`AppState::work`), or an agent connected, left
+//! or freed capacity (`Registry::changed`) — then claims tasks for the
+//! least-loaded agents until none can take more. A task queued while a
+//! matching agent idles is therefore sent at once, with no polling delay.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use kiln_proto::v1::{Assignment, Cancel, Secret, ServerMessage, server_message};
+use kiln_store::{Claim, Database, Status, TaskResult, TaskRow};
+use tokio_util::sync::CancellationToken;
+
+use crate::secrets::open_secret;
+use crate::state::AppState;
+
+/// A wake-up even when nothing was notified: another server sharing the
+/// database queues and cancels tasks without waking this one.
+const FALLBACK_TICK: Duration = Duration::from_secs(1);
+
+pub async fn run_dispatcher<D: Database>(state: AppState<D>, shutdown: CancellationToken) {
+    loop {
+        // Register interest before looking, so a change that lands while a
+        // round runs still wakes the next one.
+        let work = state.work.notified();
+        let changed = state.agents.changed.notified();
+        tokio::pin!(work, changed);
+        work.as_mut().enable();
+        changed.as_mut().enable();
+
+        dispatch(&state).await;
+        push_cancels(&state).await;
+
+        tokio::select! {
+            _ = &mut work => {}
+            _ = &mut changed => {}
+            _ = tokio::time::sleep(FALLBACK_TICK) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Claims and sends tasks until no connected agent can take one more.
+async fn dispatch<D: Database>(state: &AppState<D>) {
+    let mut nothing_for = HashSet::new();
+    while let Some(agent) = state.agents.candidate(&nothing_for) {
+        let claim = Claim {
+            holder: agent.name.clone(),
+            labels: agent.labels.clone(),
+            lease: state.agents.lease,
+            now: Utc::now(),
+        };
+        let task = match state.db.claim_task(&claim).await {
+            Ok(Some(task)) => task,
+            Ok(None) => {
+                nothing_for.insert(agent.name);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("claiming a task for agent {} failed: {e}", agent.name);
+                return;
+            }
+        };
+        state.metrics.task_started(task.queued_at, task.started_at);
+        state.agents.assign(&agent.name, agent.session, &task);
+        let assignment = match assignment(state, &task).await {
+            Ok(assignment) => assignment,
+            Err(reason) => {
+                // The task cannot run anywhere (a missing secret, a deleted
+                // job): end it rather than let every agent fail it in turn.
+                tracing::warn!("task {} cannot be assigned: {reason}", task.id);
+                state.agents.release(&agent.name, task.id);
+                let result = TaskResult {
+                    status: Status::Error,
+                    reason: Some(reason),
+                    now: Utc::now(),
+                };
+                if let Err(e) = state.db.finish_task(task.id, &agent.name, &result).await {
+                    tracing::warn!("ending task {} failed: {e}", task.id);
+                }
+                state.work.notify_waiters();
+                continue;
+            }
+        };
+        let message = ServerMessage {
+            kind: Some(server_message::Kind::Assignment(assignment)),
+        };
+        match agent.sender.try_send(Ok(message)) {
+            Ok(()) => tracing::info!(
+                "task {} ({}) assigned to agent {}",
+                task.id,
+                task.name,
+                agent.name
+            ),
+            Err(e) => {
+                // The lease expires and the sweeper retries the task or ends
+                // it "agent lost": the same path as an agent that died.
+                tracing::warn!(
+                    "task {} could not be sent to agent {}: {e}; its lease will expire",
+                    task.id,
+                    agent.name
+                );
+                state.agents.release(&agent.name, task.id);
+                nothing_for.insert(agent.name);
+            }
+        }
+    }
+}
+
+/// Everything an agent needs to run `task`.
+async fn assignment<D: Database>(
+    state: &AppState<D>,
+    task: &TaskRow,
+) -> Result<Assignment, String> {
+    let run = state
+        .db
+        .get_run_by_id(task.run_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the task's run is gone")?;
+    let job = state
+        .db
+        .get_job(&run.job)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the task's job is gone")?;
+    let sealed = state
+        .db
+        .sealed_secrets(job.id, &task.spec.secrets)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut secrets = Vec::new();
+    for (name, value) in sealed {
+        let value = open_secret(&state.key, job.id, &name, &value)?;
+        secrets.push(Secret { name, value });
+    }
+    if let Some(missing) = task
+        .spec
+        .secrets
+        .iter()
+        .find(|n| !secrets.iter().any(|s| &s.name == *n))
+    {
+        return Err(format!(
+            "secret `{missing}` is not set for job `{}`",
+            job.spec.name
+        ));
+    }
+    let task_json = serde_json::to_string(&task.spec).map_err(|e| e.to_string())?;
+    Ok(Assignment {
+        task_id: task.id,
+        task_json,
+        job: job.spec.name.clone(),
+        run_number: run.number.max(0) as u64,
+        branch: run.branch.clone().unwrap_or_default(),
+        sha: run.sha.clone().unwrap_or_default(),
+        event: run.event.as_str().to_string(),
+        repository: job.spec.repository.clone().unwrap_or_default(),
+        secrets,
+        lease_seconds: state.agents.lease.as_secs().max(1) as u32,
+        attempt: task.attempt.max(1) as u32,
+    })
+}
+
+/// Tells agents to stop tasks that were cancelled, or that they no longer
+/// hold (the lease expired and the task went elsewhere or ended).
+async fn push_cancels<D: Database>(state: &AppState<D>) {
+    for running in state.agents.running_tasks() {
+        let reason = match state.db.get_task(running.task_id).await {
+            Ok(Some(task)) if task.status != Status::Running => {
+                format!("the task is {}", task.status)
+            }
+            Ok(Some(task)) if task.agent.as_deref() != Some(running.agent.as_str()) => {
+                "the agent no longer holds the task".to_string()
+            }
+            Ok(Some(task)) if task.cancel_requested => "cancelled".to_string(),
+            Ok(Some(_)) => continue,
+            Ok(None) => "the task was deleted".to_string(),
+            Err(e) => {
+                tracing::warn!("checking task {} failed: {e}", running.task_id);
+                continue;
+            }
+        };
+        let message = ServerMessage {
+            kind: Some(server_message::Kind::Cancel(Cancel {
+                task_id: running.task_id,
+                reason: reason.clone(),
+            })),
+        };
+        if running.sender.try_send(Ok(message)).is_ok() {
+            tracing::info!(
+                "told agent {} to stop task {}: {reason}",
+                running.agent,
+                running.task_id
+            );
+            state
+                .agents
+                .mark_cancel_sent(&running.agent, running.session, running.task_id);
+        }
+    }
+}

@@ -1,0 +1,681 @@
+//! The agent side of the server over real gRPC: an in-process server on
+//! random ports (HTTP and gRPC) on SQLite, a raw `kiln_proto` client playing
+//! the agent, jobs triggered over HTTP.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use kiln_proto::v1::agent_client::AgentClient;
+use kiln_proto::v1::{
+    ArtifactChunk, FinishTaskRequest, HeartbeatRequest, LogChunk, ReportUpload, ServerMessage,
+    SessionRequest, StepUpdate, server_message,
+};
+use kiln_server::ServerConfig;
+use kiln_store::{Database, TokenKind};
+use kiln_store_sqlite::SqliteStore;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Streaming};
+
+const ADMIN: &str = "kiln_admin_grpc_test_token";
+const AGENT: &str = "kiln_agent_grpc_test_token";
+
+struct Harness {
+    http: reqwest::Client,
+    base: String,
+    grpc: String,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Harness {
+    async fn start(lease: Duration) -> Harness {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteStore::open(&dir.path().join("kiln.db"))
+            .await
+            .unwrap();
+        for (token, kind, name, admin) in [
+            (ADMIN, TokenKind::User, "admin", true),
+            (AGENT, TokenKind::Agent, "agents", false),
+        ] {
+            db.insert_token(
+                &kiln_crypto::hash_token(token),
+                kind,
+                name,
+                admin,
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        }
+        let config = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            blob_url: None,
+            worker: None,
+            agent_lease: lease,
+        };
+        let state = kiln_server::app_state(db, &config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(kiln_server::serve(
+            state,
+            listener,
+            Some(grpc_listener),
+            None,
+            shutdown.clone(),
+        ));
+        Harness {
+            http: reqwest::Client::new(),
+            base,
+            grpc,
+            shutdown,
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
+    async fn client(&self) -> AgentClient<Channel> {
+        AgentClient::connect(self.grpc.clone()).await.unwrap()
+    }
+
+    /// Creates a freestyle job.
+    async fn job(&self, name: &str, pipeline: &str) {
+        let response = self
+            .http
+            .put(format!("{}/api/v1/jobs/{name}", self.base))
+            .bearer_auth(ADMIN)
+            .json(&json!({"kind": "freestyle", "pipeline": pipeline}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+
+    async fn trigger(&self, job: &str) {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/jobs/{job}/runs", self.base))
+            .bearer_auth(ADMIN)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.unwrap()
+    }
+
+    /// Waits until run 1 of `job` has finished; returns it.
+    async fn finished_run(&self, job: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let run = self.json(&format!("/api/v1/jobs/{job}/runs/1")).await;
+            let status = run["status"].as_str().unwrap_or_default().to_string();
+            if !["pending", "queued", "running"].contains(&status.as_str()) {
+                return run;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "{run}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A request carrying the agent token and, for task calls, the agent's name.
+fn call<T>(message: T, token: &str, agent: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    if let Some(agent) = agent {
+        request
+            .metadata_mut()
+            .insert("x-kiln-agent", agent.parse().unwrap());
+    }
+    request
+}
+
+async fn session(
+    client: &mut AgentClient<Channel>,
+    name: &str,
+    labels: &[&str],
+) -> Streaming<ServerMessage> {
+    let hello = SessionRequest {
+        name: name.into(),
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        capacity: 2,
+        executors: vec!["process".into()],
+        ..Default::default()
+    };
+    client
+        .session(call(hello, AGENT, None))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn next(stream: &mut Streaming<ServerMessage>, within: Duration) -> server_message::Kind {
+    tokio::time::timeout(within, stream.message())
+        .await
+        .expect("no message in time")
+        .unwrap()
+        .expect("the stream ended")
+        .kind
+        .unwrap()
+}
+
+async fn assignment(stream: &mut Streaming<ServerMessage>) -> kiln_proto::v1::Assignment {
+    match next(stream, Duration::from_secs(5)).await {
+        server_message::Kind::Assignment(a) => a,
+        other => panic!("expected an assignment, got {other:?}"),
+    }
+}
+
+async fn finish(client: &mut AgentClient<Channel>, agent: &str, task_id: i64, status: &str) {
+    let request = FinishTaskRequest {
+        task_id,
+        status: status.into(),
+        reason: String::new(),
+    };
+    client
+        .finish_task(call(request, AGENT, Some(agent)))
+        .await
+        .unwrap();
+}
+
+const ONE_TASK: &str = "version: 1\ntasks:\n  build:\n    steps: [{run: 'true'}]\n";
+
+#[tokio::test]
+async fn an_idle_agent_gets_a_task_at_once_and_its_dependant_after_success() {
+    let server = Harness::start(Duration::from_secs(15)).await;
+    server
+        .job(
+            "chain",
+            "version: 1\ntasks:\n  build:\n    steps: [{run: 'true'}]\n  test:\n    needs: [build]\n    steps: [{run: 'true'}]\n",
+        )
+        .await;
+    let mut client = server.client().await;
+    let mut stream = session(&mut client, "a1", &["linux"]).await;
+    // Let the session register before the trigger, so the timing below is
+    // the trigger-to-assignment path alone.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    server.trigger("chain").await;
+    let first = assignment(&mut stream).await;
+    let latency = started.elapsed();
+    eprintln!("trigger to assignment: {latency:?}");
+    // Generous for a loaded machine, far below any polling interval.
+    assert!(latency < Duration::from_millis(500), "took {latency:?}");
+    assert_eq!(first.job, "chain");
+    assert_eq!(first.run_number, 1);
+    assert_eq!(first.event, "api");
+    assert_eq!(first.attempt, 1);
+    assert_eq!(first.lease_seconds, 15);
+    let task: Value = serde_json::from_str(&first.task_json).unwrap();
+    assert_eq!(task["name"], "build");
+
+    // The dependant is released by the success, and sent right away.
+    finish(&mut client, "a1", first.task_id, "success").await;
+    let second = assignment(&mut stream).await;
+    let task: Value = serde_json::from_str(&second.task_json).unwrap();
+    assert_eq!(task["name"], "test");
+
+    let agents = server.json("/api/v1/agents").await;
+    assert_eq!(agents[0]["name"], "a1");
+    assert_eq!(agents[0]["state"], "busy");
+    assert_eq!(agents[0]["running_tasks"], json!(["test"]));
+
+    finish(&mut client, "a1", second.task_id, "success").await;
+    assert_eq!(server.finished_run("chain").await["status"], "success");
+    let agents = server.json("/api/v1/agents").await;
+    assert_eq!(agents[0]["state"], "idle");
+}
+
+#[tokio::test]
+async fn runs_on_routes_a_task_only_to_a_matching_agent() {
+    let server = Harness::start(Duration::from_secs(15)).await;
+    server
+        .job(
+            "gpu",
+            "version: 1\ntasks:\n  train:\n    runs-on: [gpu]\n    steps: [{run: 'true'}]\n",
+        )
+        .await;
+    let mut client = server.client().await;
+    let mut plain = session(&mut client, "plain", &["linux"]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.trigger("gpu").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), plain.message())
+            .await
+            .is_err(),
+        "an agent without the label got the task"
+    );
+    let mut gpu = session(&mut client, "gpu-box", &["linux", "gpu"]).await;
+    let task = assignment(&mut gpu).await;
+    assert!(task.task_json.contains("train"));
+}
+
+#[tokio::test]
+async fn tokens_are_checked() {
+    let server = Harness::start(Duration::from_secs(15)).await;
+    let mut client = server.client().await;
+    let hello = SessionRequest {
+        name: "x".into(),
+        capacity: 1,
+        ..Default::default()
+    };
+    let user = client
+        .session(call(hello.clone(), ADMIN, None))
+        .await
+        .unwrap_err();
+    assert_eq!(user.code(), Code::PermissionDenied);
+    let unknown = client
+        .session(call(hello.clone(), "kiln_agent_nope", None))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+    let missing = client.session(Request::new(hello)).await.unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    let heartbeat = client
+        .heartbeat(call(HeartbeatRequest::default(), AGENT, None))
+        .await
+        .unwrap_err();
+    assert_eq!(heartbeat.code(), Code::InvalidArgument, "{heartbeat}");
+}
+
+#[tokio::test]
+async fn only_the_holder_may_report_and_logs_are_idempotent() {
+    let server = Harness::start(Duration::from_secs(15)).await;
+    server.job("logs", ONE_TASK).await;
+    let mut client = server.client().await;
+    let mut stream = session(&mut client, "a", &["linux"]).await;
+    server.trigger("logs").await;
+    let task = assignment(&mut stream).await;
+
+    // Agent b is an agent too, but does not hold the task.
+    let chunk = LogChunk {
+        task_id: task.task_id,
+        seq: 0,
+        data: b"hello from a\n".to_vec(),
+    };
+    let stolen = client
+        .append_logs(call(
+            futures_util::stream::iter(vec![chunk.clone()]),
+            AGENT,
+            Some("b"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(stolen.code(), Code::PermissionDenied);
+    assert!(
+        stolen.message().contains("agent b does not hold task"),
+        "{stolen}"
+    );
+    let request = FinishTaskRequest {
+        task_id: task.task_id,
+        status: "success".into(),
+        reason: String::new(),
+    };
+    let stolen = client
+        .finish_task(call(request, AGENT, Some("b")))
+        .await
+        .unwrap_err();
+    assert_eq!(stolen.code(), Code::PermissionDenied);
+
+    // Steps are recorded for the holder only, with known statuses only.
+    let step = |status: &str| StepUpdate {
+        task_id: task.task_id,
+        index: 0,
+        name: "step 1".into(),
+        status: status.into(),
+        exit_code: Some(0),
+        started_at_ms: Some(Utc::now().timestamp_millis()),
+        finished_at_ms: Some(Utc::now().timestamp_millis()),
+    };
+    let bad = client
+        .update_step(call(step("great"), AGENT, Some("a")))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let stolen = client
+        .update_step(call(step("success"), AGENT, Some("b")))
+        .await
+        .unwrap_err();
+    assert_eq!(stolen.code(), Code::PermissionDenied);
+    client
+        .update_step(call(step("success"), AGENT, Some("a")))
+        .await
+        .unwrap();
+
+    // The same chunk twice (a resend after a reconnect) is stored once.
+    for _ in 0..2 {
+        let ack = client
+            .append_logs(call(
+                futures_util::stream::iter(vec![
+                    chunk.clone(),
+                    LogChunk {
+                        task_id: task.task_id,
+                        seq: 1,
+                        data: b"second line\n".to_vec(),
+                    },
+                ]),
+                AGENT,
+                Some("a"),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ack.stored_through.get(&task.task_id), Some(&1));
+    }
+    finish(&mut client, "a", task.task_id, "success").await;
+    assert_eq!(server.finished_run("logs").await["status"], "success");
+    let console = server
+        .get("/api/v1/jobs/logs/runs/1/tasks/build/results/console")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(console, "hello from a\nsecond line\n");
+    let run = server.json("/api/v1/jobs/logs/runs/1").await;
+    assert_eq!(run["tasks"][0]["steps"][0]["status"], "success", "{run}");
+    assert_eq!(run["tasks"][0]["steps"][0]["exit_code"], 0, "{run}");
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_sessions_and_both_servers() {
+    let mut server = Harness::start(Duration::from_secs(15)).await;
+    let mut client = server.client().await;
+    let mut stream = session(&mut client, "a", &["linux"]).await;
+    server.shutdown.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the session outlived the server");
+    assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");
+    let served = tokio::time::timeout(Duration::from_secs(5), server.server.take().unwrap())
+        .await
+        .expect("serve did not return after shutdown");
+    served.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn cancel_over_rest_is_pushed_within_a_second() {
+    let server = Harness::start(Duration::from_secs(15)).await;
+    server.job("slow", ONE_TASK).await;
+    let mut client = server.client().await;
+    let mut stream = session(&mut client, "a", &["linux"]).await;
+    server.trigger("slow").await;
+    let task = assignment(&mut stream).await;
+
+    let started = Instant::now();
+    let response = server
+        .http
+        .post(format!("{}/api/v1/jobs/slow/runs/1/cancel", server.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    match next(&mut stream, Duration::from_secs(1)).await {
+        server_message::Kind::Cancel(cancel) => assert_eq!(cancel.task_id, task.task_id),
+        other => panic!("expected a cancel, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // The heartbeat says so too.
+    let answer = client
+        .heartbeat(call(
+            HeartbeatRequest {
+                task_ids: vec![task.task_id],
+                draining: false,
+            },
+            AGENT,
+            Some("a"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.cancel_task_ids, vec![task.task_id]);
+    finish(&mut client, "a", task.task_id, "cancelled").await;
+    assert_eq!(server.finished_run("slow").await["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn artifacts_and_junit_reports_are_stored() {
+    let server = Harness::start(Duration::from_secs(15)).await;
+    server.job("results", ONE_TASK).await;
+    let mut client = server.client().await;
+    let mut stream = session(&mut client, "a", &["linux"]).await;
+    server.trigger("results").await;
+    let task = assignment(&mut stream).await;
+
+    // Two files in one call, the first in several pieces.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut chunks: Vec<ArtifactChunk> = big
+        .chunks(64 * 1024)
+        .enumerate()
+        .map(|(i, piece)| ArtifactChunk {
+            task_id: task.task_id,
+            path: if i == 0 {
+                "out/data.bin".into()
+            } else {
+                String::new()
+            },
+            data: piece.to_vec(),
+        })
+        .collect();
+    chunks.push(ArtifactChunk {
+        task_id: task.task_id,
+        path: "report.json".into(),
+        data: b"{\"ok\":true}".to_vec(),
+    });
+    client
+        .upload_artifact(call(futures_util::stream::iter(chunks), AGENT, Some("a")))
+        .await
+        .unwrap();
+    // A path leaving the task's place is refused.
+    let escape = client
+        .upload_artifact(call(
+            futures_util::stream::iter(vec![ArtifactChunk {
+                task_id: task.task_id,
+                path: "../../x".into(),
+                data: b"x".to_vec(),
+            }]),
+            AGENT,
+            Some("a"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(escape.code(), Code::InvalidArgument);
+
+    for (name, tests) in [("a.xml", "t1"), ("b.xml", "t2")] {
+        let xml = format!(
+            "<testsuite name=\"{name}\" tests=\"1\"><testcase classname=\"c\" name=\"{tests}\"/></testsuite>"
+        );
+        let upload = ReportUpload {
+            task_id: task.task_id,
+            kind: "junit".into(),
+            path: name.into(),
+            content: xml.into_bytes(),
+        };
+        client
+            .upload_report(call(upload, AGENT, Some("a")))
+            .await
+            .unwrap();
+    }
+    let bad = ReportUpload {
+        task_id: task.task_id,
+        kind: "junit".into(),
+        path: "bad.xml".into(),
+        content: b"<not junit".to_vec(),
+    };
+    let bad = client
+        .upload_report(call(bad, AGENT, Some("a")))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    finish(&mut client, "a", task.task_id, "success").await;
+
+    let prefix = "/api/v1/jobs/results/runs/1/tasks/build/results";
+    let response = server
+        .get(&format!("{prefix}/artifacts/out/data.bin"))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
+    assert_eq!(response.bytes().await.unwrap().to_vec(), big);
+    let response = server.get(&format!("{prefix}/artifacts/report.json")).await;
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.text().await.unwrap(), "{\"ok\":true}");
+
+    let junit = server.json(&format!("{prefix}/junit")).await;
+    let text = junit.to_string();
+    assert!(text.contains("t1") && text.contains("t2"), "{junit}");
+}
+
+#[tokio::test]
+async fn a_lease_not_renewed_expires_and_the_task_is_retried_then_lost() {
+    let server = Harness::start(Duration::from_secs(1)).await;
+    server
+        .job(
+            "flaky",
+            "version: 1\ntasks:\n  build:\n    retry: 1\n    steps: [{run: 'true'}]\n",
+        )
+        .await;
+    let mut client = server.client().await;
+    let mut first = session(&mut client, "first", &["linux"]).await;
+    server.trigger("flaky").await;
+    let task = assignment(&mut first).await;
+    assert_eq!(task.attempt, 1);
+    // Renewing keeps it: after twice the lease it is still ours.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let answer = client
+            .heartbeat(call(
+                HeartbeatRequest {
+                    task_ids: vec![task.task_id],
+                    draining: false,
+                },
+                AGENT,
+                Some("first"),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(answer.lost_task_ids.is_empty());
+    }
+    // "first" reconnects draining (so it is not offered the retry itself),
+    // still running the task, then goes silent; a second agent shows up and
+    // gets the retry once the lease expires.
+    drop(first);
+    let mut first = {
+        let hello = SessionRequest {
+            name: "first".into(),
+            labels: vec!["linux".into()],
+            capacity: 1,
+            draining: true,
+            running_task_ids: vec![task.task_id],
+            ..Default::default()
+        };
+        client
+            .session(call(hello, AGENT, None))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let mut second = session(&mut client, "second", &["linux"]).await;
+    let retry = assignment(&mut second).await;
+    assert_eq!(retry.task_id, task.task_id);
+    assert_eq!(retry.attempt, 2);
+    // The first learns it lost the task, from the stream and the heartbeat.
+    match next(&mut first, Duration::from_secs(3)).await {
+        server_message::Kind::Cancel(cancel) => assert_eq!(cancel.task_id, task.task_id),
+        other => panic!("expected a cancel, got {other:?}"),
+    }
+    let answer = client
+        .heartbeat(call(
+            HeartbeatRequest {
+                task_ids: vec![task.task_id],
+                draining: true,
+            },
+            AGENT,
+            Some("first"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.lost_task_ids, vec![task.task_id]);
+    let late = client
+        .finish_task(call(
+            FinishTaskRequest {
+                task_id: task.task_id,
+                status: "success".into(),
+                reason: String::new(),
+            },
+            AGENT,
+            Some("first"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::PermissionDenied);
+
+    // The second goes silent too: no retry is left, the task ends "agent lost".
+    let run = server.finished_run("flaky").await;
+    assert_eq!(run["status"], "error", "{run}");
+    let reason = run["tasks"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("agent lost"), "{run}");
+    drop(second);
+}
+
+#[tokio::test]
+async fn a_new_session_replaces_the_old_and_a_vanished_holder_is_lost() {
+    let server = Harness::start(Duration::from_secs(15)).await;
+    server.job("one", ONE_TASK).await;
+    let mut client = server.client().await;
+    let mut old = session(&mut client, "dup", &["linux"]).await;
+    let mut new = session(&mut client, "dup", &["linux"]).await;
+    let ended = tokio::time::timeout(Duration::from_secs(2), old.message())
+        .await
+        .expect("the replaced session did not end");
+    assert!(matches!(ended, Ok(None)), "{ended:?}");
+
+    server.trigger("one").await;
+    assignment(&mut new).await;
+    // The agent vanishes while it holds the task: listed as lost.
+    drop(new);
+    let started = Instant::now();
+    loop {
+        let agents = server.json("/api/v1/agents").await;
+        if agents[0]["state"] == "lost" {
+            assert_eq!(agents[0]["name"], "dup");
+            assert_eq!(agents[0]["running_tasks"], json!(["build"]));
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "{agents}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,342 @@
+//! `kiln server` with real `kiln agent` processes over gRPC on loopback:
+//! routing by label, agents killed or drained mid-task, cancellation, and a
+//! server killed and restarted mid-run.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::server::Server;
+
+const AGENT_TOKEN: &str = "kiln_agent_shared_test_token";
+
+struct Agent {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    _work_dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(server: &Server, name: &str, labels: &str, capacity: u32) -> Agent {
+        let work_dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "agent",
+                "--server",
+                &server.grpc,
+                "--token",
+                AGENT_TOKEN,
+                "--executor",
+                "process",
+            ])
+            .args([
+                "--name",
+                name,
+                "--labels",
+                labels,
+                "--capacity",
+                &capacity.to_string(),
+                "--work-dir",
+            ])
+            .arg(work_dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let (output, tx) = (output.clone(), tx.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if line.contains("connected") {
+                        tx.send(()).ok();
+                    }
+                    output.lock().unwrap().push_str(&(line + "\n"));
+                }
+            });
+        }
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            panic!("agent {name} did not connect:\n{}", output.lock().unwrap());
+        }
+        Agent {
+            child,
+            output,
+            _work_dir: work_dir,
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the agent did not exit:\n{}",
+                self.output.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn freestyle(server: &Server, job: &str, pipeline: &str) -> i64 {
+    let (status, body) = server
+        .send(
+            Method::PUT,
+            &format!("/api/v1/jobs/{job}"),
+            json!({"kind": "freestyle", "pipeline": pipeline}),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let (status, run) = server
+        .send(Method::POST, &format!("/api/v1/jobs/{job}/runs"), json!({}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{run}");
+    run["number"].as_i64().unwrap()
+}
+
+async fn wait_task_status(
+    server: &Server,
+    job: &str,
+    run: i64,
+    task: usize,
+    wanted: &str,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let detail = server.json(&format!("/api/v1/jobs/{job}/runs/{run}")).await;
+        if detail["tasks"][task]["status"] == wanted {
+            return detail;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "task {task} never became {wanted}: {detail:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn tasks_route_to_agents_whose_labels_match() {
+    let server = Server::start_for_agents(tempfile::tempdir().unwrap(), "127.0.0.1:0");
+    let _amd = Agent::start(&server, "amd-1", "linux,amd64", 2);
+    let _arm = Agent::start(&server, "arm-1", "linux,arm64", 2);
+    let _win = Agent::start(&server, "win-1", "windows", 2);
+    let pipeline = "version: 1\ntasks:\n  amd:\n    runs-on: [linux, amd64]\n    steps: [{run: echo on $KILN_AGENT}]\n  arm:\n    runs-on: [arm64]\n    steps: [{run: echo on $KILN_AGENT}]\n  win:\n    runs-on: [windows]\n    steps: [{run: echo on $KILN_AGENT}]\n  any:\n    needs: [amd, arm, win]\n    runs-on: [linux]\n    steps: [{run: echo on $KILN_AGENT}]\n";
+    let run = freestyle(&server, "routed", pipeline).await;
+    let detail = server.wait_for_run("routed", run).await;
+    assert_eq!(detail["status"], "success", "{detail:#}");
+    let agent_of = |i: usize| detail["tasks"][i]["agent"].as_str().unwrap().to_string();
+    assert_eq!(agent_of(0), "amd-1");
+    assert_eq!(agent_of(1), "arm-1");
+    assert_eq!(agent_of(2), "win-1");
+    assert!(
+        ["amd-1", "arm-1"].contains(&agent_of(3).as_str()),
+        "{detail:#}"
+    );
+    let log = server
+        .get(&format!(
+            "/api/v1/jobs/routed/runs/{run}/tasks/arm/results/console"
+        ))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("on arm-1"), "{log}");
+
+    let agents = server.json("/api/v1/agents").await;
+    let names: Vec<&str> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    for name in ["amd-1", "arm-1", "win-1"] {
+        assert!(names.contains(&name), "{agents:#}");
+    }
+}
+
+/// SIGKILL an agent mid-task; with `retry: 1` the task finishes on another
+/// agent, with `retry: 0` it ends `error: agent lost` — within the lease.
+#[tokio::test]
+async fn a_killed_agents_task_is_retried_elsewhere_or_ends_agent_lost() {
+    let server = &Server::start_for_agents(tempfile::tempdir().unwrap(), "127.0.0.1:0");
+    let victim = Agent::start(server, "victim", "linux", 2);
+    let pipeline = "version: 1\ntasks:\n  retried:\n    retry: 1\n    steps: [{run: echo attempt on $KILN_AGENT; sleep 4; echo finished on $KILN_AGENT}]\n  lost:\n    steps: [{run: sleep 4}]\n";
+    let run = freestyle(server, "fragile", pipeline).await;
+    wait_task_status(server, "fragile", run, 0, "running").await;
+    wait_task_status(server, "fragile", run, 1, "running").await;
+    drop(victim); // SIGKILL
+    let killed_at = Instant::now();
+    let _rescuer = Agent::start(server, "rescuer", "linux", 2);
+
+    let detail = server.wait_for_run("fragile", run).await;
+    let retried = &detail["tasks"][0];
+    assert_eq!(retried["status"], "success", "{detail:#}");
+    assert_eq!(retried["agent"], "rescuer");
+    assert_eq!(retried["attempt"], 2);
+    let lost = &detail["tasks"][1];
+    assert_eq!(lost["status"], "error", "{detail:#}");
+    assert!(
+        lost["reason"].as_str().unwrap_or("").contains("agent lost"),
+        "{detail:#}"
+    );
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        killed_at.elapsed()
+    );
+    let log = server
+        .get(&format!(
+            "/api/v1/jobs/fragile/runs/{run}/tasks/retried/results/console"
+        ))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("finished on rescuer"), "{log}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_busy_agent_finish_its_task_then_exit() {
+    let server = Server::start_for_agents(tempfile::tempdir().unwrap(), "127.0.0.1:0");
+    let mut agent = Agent::start(&server, "drainer", "linux", 1);
+    let run = freestyle(
+        &server,
+        "drain",
+        "version: 1\ntasks:\n  work:\n    steps: [{run: sleep 2; echo finished-while-draining}]\n",
+    )
+    .await;
+    wait_task_status(&server, "drain", run, 0, "running").await;
+    agent.signal("-TERM");
+    let code = agent.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{}", agent.output.lock().unwrap());
+    let detail = server.wait_for_run("drain", run).await;
+    assert_eq!(detail["status"], "success", "{detail:#}");
+    let log = server
+        .get(&format!(
+            "/api/v1/jobs/drain/runs/{run}/tasks/work/results/console"
+        ))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("finished-while-draining"), "{log}");
+}
+
+#[tokio::test]
+async fn cancel_kills_the_task_process_within_a_second() {
+    let server = Server::start_for_agents(tempfile::tempdir().unwrap(), "127.0.0.1:0");
+    let _agent = Agent::start(&server, "canceller", "linux", 1);
+    // A distinctive duration, so this test finds its own process only.
+    let run = freestyle(
+        &server,
+        "stopme",
+        "version: 1\ntasks:\n  long:\n    steps: [{run: sleep 73.21}]\n",
+    )
+    .await;
+    wait_task_status(&server, "stopme", run, 0, "running").await;
+    let alive = || {
+        Command::new("pgrep")
+            .args(["-f", "sleep 73.21"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let started = Instant::now();
+    while !alive() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, _) = server
+        .send(
+            Method::POST,
+            &format!("/api/v1/jobs/stopme/runs/{run}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let cancelled_at = Instant::now();
+    while alive() {
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(1),
+            "the task's process outlived the cancel by a second"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let detail = server.wait_for_run("stopme", run).await;
+    assert_eq!(detail["status"], "cancelled", "{detail:#}");
+}
+
+#[tokio::test]
+async fn a_server_killed_and_restarted_mid_run_still_completes_the_run_with_its_whole_log() {
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_for_agents(tempfile::tempdir().unwrap(), &grpc);
+    let _agent = Agent::start(&server, "steady", "linux", 1);
+    let pipeline = "version: 1\ntasks:\n  ticks:\n    steps: [{run: for i in 1 2 3 4 5 6 7 8; do echo tick-$i; sleep 0.5; done}]\n  after:\n    needs: [ticks]\n    steps: [{run: echo after-ran}]\n";
+    let run = freestyle(&server, "survivor", pipeline).await;
+    wait_task_status(&server, "survivor", run, 0, "running").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let data_dir = server.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let server = Server::start_for_agents(data_dir, &grpc);
+    let detail = server.wait_for_run("survivor", run).await;
+    assert_eq!(detail["status"], "success", "{detail:#}");
+    assert_eq!(
+        detail["tasks"][0]["attempt"], 1,
+        "the task should not have been restarted: {detail:#}"
+    );
+    let log = server
+        .get(&format!(
+            "/api/v1/jobs/survivor/runs/{run}/tasks/ticks/results/console"
+        ))
+        .await
+        .text()
+        .await
+        .unwrap();
+    for i in 1..=8 {
+        assert_eq!(
+            log.matches(&format!("tick-{i}\n")).count(),
+            1,
+            "tick-{i} lost or doubled:\n{log}"
+        );
+    }
+}
