@@ -143,11 +143,11 @@ async fn run_claimed<D: Database>(state: &AppState<D>, config: &WorkerConfig, ta
     state.work.notify_waiters();
 }
 
-async fn execute<D: Database>(
+/// The run and the job a claimed task belongs to.
+pub(crate) async fn run_and_job<D: Database>(
     state: &AppState<D>,
-    config: &WorkerConfig,
     task: &TaskRow,
-) -> Result<TaskResult, String> {
+) -> Result<(kiln_store::Run, kiln_store::Job), String> {
     let run = state
         .db
         .get_run_by_id(task.run_id)
@@ -160,6 +160,15 @@ async fn execute<D: Database>(
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the task's job is gone")?;
+    Ok((run, job))
+}
+
+async fn execute<D: Database>(
+    state: &AppState<D>,
+    config: &WorkerConfig,
+    task: &TaskRow,
+) -> Result<TaskResult, String> {
+    let (run, job) = crate::worker::run_and_job(state, task).await?;
 
     let scratch = tempfile::Builder::new()
         .prefix("kiln-worker-")

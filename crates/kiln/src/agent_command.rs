@@ -69,10 +69,10 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        crate::signals::wait_for_signal().await;
         eprintln!("agent: draining — finishing running tasks (signal again to exit now)");
         stop.cancel();
-        wait_for_signal().await;
+        crate::signals::wait_for_signal().await;
         eprintln!("agent: exiting now");
         std::process::exit(EXIT_INTERRUPTED);
     });
@@ -94,18 +94,4 @@ fn hostname() -> String {
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "kiln-agent".to_string())
-}
-
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -10,3 +10,4 @@ pub mod repo;
 pub mod run_command;
 pub mod secrets;
 pub mod server_command;
+pub mod signals;

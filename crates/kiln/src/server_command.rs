@@ -176,25 +176,11 @@ async fn run_with<D: Database>(
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        crate::signals::wait_for_signal().await;
         eprintln!("shutting down: finishing what runs");
         stop.cancel();
     });
     let worker = config.worker.take();
     kiln_server::serve(state, listener, grpc_listener, worker, shutdown).await?;
     Ok(0)
-}
-
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -115,18 +115,7 @@ async fn assignment<D: Database>(
     state: &AppState<D>,
     task: &TaskRow,
 ) -> Result<Assignment, String> {
-    let run = state
-        .db
-        .get_run_by_id(task.run_id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the task's run is gone")?;
-    let job = state
-        .db
-        .get_job(&run.job)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the task's job is gone")?;
+    let (run, job) = crate::worker::run_and_job(state, task).await?;
     let sealed = state
         .db
         .sealed_secrets(job.id, &task.spec.secrets)
