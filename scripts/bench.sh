@@ -5,5 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-test-env.sh
 cargo bench -p kiln --bench overhead
 cargo bench -p kiln --bench server
+# The agents bench runs target/release/kiln as real server and agent processes.
+cargo build --release -p kiln
+cargo bench -p kiln --bench agents
 cargo bench -p kiln-store-sqlite --bench claims
 cargo bench -p kiln-store-postgres --bench claims

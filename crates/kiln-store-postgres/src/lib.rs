@@ -4,9 +4,10 @@
 //! Concurrency rules, which keep every method one short transaction with no
 //! deadlock between servers:
 //!
-//! - `claim_task` takes the oldest matching queued task with
-//!   `FOR NO KEY UPDATE SKIP LOCKED`, so claimers never wait for each other
-//!   and never get the same task; it then touches the task's run row.
+//! - `claim_task` takes a matching queued task of the job with the fewest
+//!   running tasks (then the oldest) with `FOR NO KEY UPDATE SKIP LOCKED`,
+//!   so claimers never wait for each other and never get the same task; it
+//!   then touches the task's run row.
 //! - Everything else that changes a run's tasks (finish, expire, cancel,
 //!   delete) first locks *all* the run's task rows in id order, then the run
 //!   row. Tasks before runs, ids ascending: the same order as a claim, so
@@ -382,8 +383,9 @@ impl PostgresStore {
             let finished_at = state.status.is_terminal().then_some(ms(now));
             let task_id: i64 = sqlx::query_scalar(
                 "INSERT INTO tasks (run_id, position, name, status, reason, spec, runs_on, \
-                 attempt, max_attempts, queued_at, finished_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10) RETURNING id",
+                 attempt, max_attempts, queued_at, finished_at, job_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, \
+                 (SELECT job_id FROM runs WHERE id = $1)) RETURNING id",
             )
             .bind(run_id)
             .bind(position as i64)
@@ -767,14 +769,24 @@ async fn close_steps(conn: &mut PgConnection, run_id: Id, now: DateTime<Utc>) ->
 impl PostgresStore {
     async fn claim_task_(&self, claim: &Claim) -> Result<Option<TaskRow>> {
         let lease_until = ms(after(claim.now, claim.lease)?);
-        // One statement, so one round trip and a short-lived lock: the
-        // oldest queued task all of whose `runs-on` labels the agent has
-        // (rows other claimers hold are skipped, not waited for), made
-        // running, and its run made running if it was still queued.
+        // One statement, so one round trip and a short-lived lock: among
+        // the queued tasks all of whose `runs-on` labels the agent has, one
+        // of the job with the fewest running tasks (then oldest, then lowest
+        // id), so a job with a long queue cannot starve another (rows other
+        // claimers hold are skipped, not waited for); made running, and its
+        // run made running if it was still queued. Each job's queue head
+        // (locked, so other claimers skip it for this short statement) and
+        // running count are index lookups on the denormalised `tasks.job_id`.
         let row = sqlx::query(&format!(
             "WITH picked AS ( \
-                 SELECT id, run_id FROM tasks WHERE status = 'queued' AND runs_on <@ $1 \
-                 ORDER BY queued_at, id LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED), \
+                 SELECT q.id, q.run_id FROM jobs j CROSS JOIN LATERAL ( \
+                     SELECT t.id, t.run_id, t.queued_at FROM tasks t \
+                     WHERE t.job_id = j.id AND t.status = 'queued' AND t.runs_on <@ $1 \
+                     ORDER BY t.queued_at, t.id LIMIT 1 \
+                     FOR NO KEY UPDATE SKIP LOCKED) q \
+                 ORDER BY (SELECT COUNT(*) FROM tasks rt \
+                     WHERE rt.job_id = j.id AND rt.status = 'running'), \
+                 q.queued_at, q.id LIMIT 1), \
              claimed AS ( \
                  UPDATE tasks SET status = 'running', agent = $2, lease_holder = $2, \
                  lease_expires_at = $3, cancel_requested = FALSE, \

@@ -388,8 +388,9 @@ impl SqliteStore {
                 .map_err(|e| Error::Corrupt(format!("labels: {e}")))?;
             let task_id: i64 = sqlx::query_scalar(
                 "INSERT INTO tasks (run_id, position, name, status, reason, spec, runs_on, \
-                 attempt, max_attempts, queued_at, finished_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?) RETURNING id",
+                 attempt, max_attempts, queued_at, finished_at, job_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?10, \
+                 (SELECT job_id FROM runs WHERE id = ?1)) RETURNING id",
             )
             .bind(run_id)
             .bind(position as i64)
@@ -768,13 +769,21 @@ impl SqliteStore {
             .map_err(|e| Error::Corrupt(format!("labels: {e}")))?;
         let lease_until = ms(after(claim.now, claim.lease)?);
         let mut tx = self.write().await?;
-        // The oldest queued task all of whose `runs-on` labels the agent has.
+        // Among the queued tasks all of whose `runs-on` labels the agent has,
+        // one of the job with the fewest running tasks (then oldest, then
+        // lowest id), so a job with a long queue cannot starve another.
+        // Per job, its oldest matching task and its running count are index
+        // lookups on the denormalised `tasks.job_id`.
         // The write lock is held, so no other claimer sees it queued.
         let row = sqlx::query(
-            "SELECT id, run_id FROM tasks t WHERE status = 'queued' AND NOT EXISTS \
-             (SELECT 1 FROM json_each(t.runs_on) l \
+            "SELECT q.id, q.run_id FROM jobs j JOIN tasks q ON q.id = \
+             (SELECT t.id FROM tasks t WHERE t.job_id = j.id AND t.status = 'queued' \
+              AND NOT EXISTS (SELECT 1 FROM json_each(t.runs_on) l \
               WHERE l.value NOT IN (SELECT value FROM json_each(?))) \
-             ORDER BY queued_at, id LIMIT 1",
+              ORDER BY t.queued_at, t.id LIMIT 1) \
+             ORDER BY (SELECT COUNT(*) FROM tasks rt \
+              WHERE rt.job_id = j.id AND rt.status = 'running'), \
+             q.queued_at, q.id LIMIT 1",
         )
         .bind(labels)
         .fetch_optional(&mut *tx)

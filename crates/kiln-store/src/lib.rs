@@ -276,6 +276,12 @@ pub trait Database: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<RunDetail>> + Send;
 
     // --- queue
+    /// Takes a queued task all of whose `runs-on` labels `claim.labels`
+    /// has, makes it `running` under `claim.holder`'s lease, and starts its
+    /// run if still queued; `None` when nothing matches. Fair between jobs:
+    /// among the matching tasks it picks one of the job with the fewest
+    /// tasks currently `running`, ties broken by the oldest `queued_at`,
+    /// then the lowest task id. Concurrent claimers never get the same task.
     fn claim_task(&self, claim: &Claim) -> impl Future<Output = Result<Option<TaskRow>>> + Send;
     /// Extends the lease; false when `holder` no longer holds the task.
     fn renew_lease(

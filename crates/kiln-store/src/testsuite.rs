@@ -34,6 +34,7 @@ pub async fn run_all<D: Database>(db: D) {
     skipped_at_creation(&db).await;
     allow_failure(&db).await;
     labels_and_order(&db).await;
+    fair_between_jobs(&db).await;
     steps(&db).await;
     retry_on_failure(&db).await;
     lease_expiry(&db).await;
@@ -621,6 +622,60 @@ tasks:
     drain(db).await;
     assert_eq!(run(db, &job, 1).await.run.status, Status::Success);
     assert_eq!(run(db, &job, 2).await.run.status, Status::Success);
+}
+
+/// Claims are fair between jobs: the task claimed belongs to the job with
+/// the fewest running tasks, so one job's long queue cannot starve another
+/// job's task queued a moment later.
+pub async fn fair_between_jobs<D: Database>(db: &D) {
+    drain(db).await;
+    let big = job(db, "fair-big").await;
+    let small = job(db, "fair-small").await;
+    let mut yaml = String::from("version: 1\ntasks:\n");
+    for i in 0..50 {
+        yaml.push_str(&format!("  a{i:02}:\n    steps:\n      - run: echo {i}\n"));
+    }
+    create(db, &big, new_run(tasks(&yaml)), at(0)).await;
+    let one = "version: 1
+tasks:
+  b:
+    steps:
+      - run: echo b
+";
+    create(db, &small, new_run(tasks(one)), at(1)).await;
+    let small_run = run(db, &small, 1).await.run.id;
+    let big_run = run(db, &big, 1).await.run.id;
+
+    // One claimer: the big job's oldest task first (both jobs run nothing,
+    // so age decides), then the small job's, as the big one now runs one.
+    let first = claim(db, "agent", at(2)).await.expect("a task");
+    let second = claim(db, "agent", at(2)).await.expect("a task");
+    assert_eq!(first.run_id, big_run, "tie on running counts: oldest first");
+    assert_eq!(
+        second.run_id, small_run,
+        "the small job's task is among the first 2 claims"
+    );
+    assert!(finish(db, &second, "agent", Status::Success, at(3)).await);
+
+    // The big job runs 3, the small job none: a newer small task goes
+    // before the big job's older ones.
+    let mut running = vec![first];
+    for _ in 0..2 {
+        let task = claim(db, "agent", at(3)).await.expect("a task");
+        assert_eq!(task.run_id, big_run, "only the big job has queued tasks");
+        running.push(task);
+    }
+    create(db, &small, new_run(tasks(one)), at(10)).await;
+    let newer = run(db, &small, 2).await.run.id;
+    let next = claim(db, "agent", at(11)).await.expect("a task");
+    assert_eq!(next.run_id, newer, "fewest running beats oldest queued");
+    assert!(finish(db, &next, "agent", Status::Success, at(12)).await);
+    for task in &running {
+        assert!(finish(db, task, "agent", Status::Success, at(12)).await);
+    }
+    drain(db).await;
+    assert_eq!(run(db, &big, 1).await.run.status, Status::Success);
+    assert_eq!(run(db, &small, 2).await.run.status, Status::Success);
 }
 
 const STEPS: &str = "version: 1
