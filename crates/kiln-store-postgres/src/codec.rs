@@ -2,11 +2,7 @@
 //! checked: a row this crate did not write (or a newer schema) gives an
 //! error, never a panic.
 
-use chrono::{DateTime, TimeDelta, Utc};
-use kiln_store::{
-    Artifact, Event, Job, JobKind, JobSpec, Run, Status, StepRow, StoreError, TaskRow, TokenInfo,
-    TokenKind,
-};
+use kiln_store::{Artifact, Job, JobSpec, Run, Status, StepRow, StoreError, TaskRow, TokenInfo};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
@@ -41,100 +37,15 @@ pub(crate) fn is_missing_parent(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e) if e.is_foreign_key_violation())
 }
 
-pub(crate) fn ms(time: DateTime<Utc>) -> i64 {
-    time.timestamp_millis()
-}
+pub(crate) use kiln_store::values::{
+    after, event, job_kind, job_kind_str, ms, opt_time, spec, spec_json, status, time, token_kind,
+    token_kind_str,
+};
 
-pub(crate) fn time(millis: i64) -> Result<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(millis)
-        .ok_or_else(|| Error::Corrupt(format!("timestamp {millis} is out of range")))
-}
-
-pub(crate) fn opt_time(millis: Option<i64>) -> Result<Option<DateTime<Utc>>> {
-    millis.map(time).transpose()
-}
-
-/// `now + span`, refusing spans that do not fit (they come from callers,
-/// so this is a caller error rather than a corrupt row).
-pub(crate) fn after(now: DateTime<Utc>, span: std::time::Duration) -> Result<DateTime<Utc>> {
-    TimeDelta::from_std(span)
-        .ok()
-        .and_then(|delta| now.checked_add_signed(delta))
-        .ok_or_else(|| StoreError::Conflict(format!("duration {span:?} is too long")).into())
-}
-
-const STATUSES: [Status; 9] = [
-    Status::Pending,
-    Status::Queued,
-    Status::Running,
-    Status::Success,
-    Status::Failure,
-    Status::Cancelled,
-    Status::TimedOut,
-    Status::Skipped,
-    Status::Error,
-];
-
-pub(crate) fn status(text: &str) -> Result<Status> {
-    STATUSES
-        .into_iter()
-        .find(|s| s.as_str() == text)
-        .ok_or_else(|| Error::Corrupt(format!("unknown status `{text}`")))
-}
-
-const EVENTS: [Event; 6] = [
-    Event::Push,
-    Event::PullRequest,
-    Event::Tag,
-    Event::Cron,
-    Event::Manual,
-    Event::Api,
-];
-
-pub(crate) fn event(text: &str) -> Result<Event> {
-    EVENTS
-        .into_iter()
-        .find(|e| e.as_str() == text)
-        .ok_or_else(|| Error::Corrupt(format!("unknown event `{text}`")))
-}
-
-pub(crate) fn job_kind_str(kind: JobKind) -> &'static str {
-    match kind {
-        JobKind::Git => "git",
-        JobKind::Freestyle => "freestyle",
+impl From<kiln_store::values::Corrupt> for Error {
+    fn from(error: kiln_store::values::Corrupt) -> Self {
+        Error::Corrupt(error.0)
     }
-}
-
-fn job_kind(text: &str) -> Result<JobKind> {
-    match text {
-        "git" => Ok(JobKind::Git),
-        "freestyle" => Ok(JobKind::Freestyle),
-        other => Err(Error::Corrupt(format!("unknown job kind `{other}`"))),
-    }
-}
-
-pub(crate) fn token_kind_str(kind: TokenKind) -> &'static str {
-    match kind {
-        TokenKind::User => "user",
-        TokenKind::Agent => "agent",
-    }
-}
-
-fn token_kind(text: &str) -> Result<TokenKind> {
-    match text {
-        "user" => Ok(TokenKind::User),
-        "agent" => Ok(TokenKind::Agent),
-        other => Err(Error::Corrupt(format!("unknown token kind `{other}`"))),
-    }
-}
-
-pub(crate) fn spec(json: &str) -> Result<kiln_pipeline::Task> {
-    serde_json::from_str(json).map_err(|e| Error::Corrupt(format!("task spec: {e}")))
-}
-
-pub(crate) fn spec_json(task: &kiln_pipeline::Task) -> Result<String> {
-    // A Task is plain data; failing to encode it would be a bug upstream.
-    serde_json::to_string(task).map_err(|e| Error::Corrupt(format!("task spec: {e}")))
 }
 
 pub(crate) const JOB_COLUMNS: &str = "id, name, kind, repository, pipeline_path, default_branch, \

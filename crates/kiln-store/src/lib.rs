@@ -10,6 +10,7 @@
 pub mod queue;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
+pub mod values;
 
 use std::future::Future;
 
