@@ -435,7 +435,12 @@ async fn report_events(
                 // Output before a step change goes out before it.
                 buffer.seal();
                 step.task_id = task_id;
-                steps.push_back(step);
+                // A step that started and ended before either was sent needs
+                // one call, not two: the later update carries every field.
+                match steps.back_mut() {
+                    Some(last) if last.index == step.index => *last = step,
+                    _ => steps.push_back(step),
+                }
             }
         }
     };
@@ -445,7 +450,20 @@ async fn report_events(
                 report = events.recv() => match report {
                     Some(report) => {
                         absorb(report, &mut buffer, &mut steps);
-                        tokio::time::sleep(LINGER).await;
+                        // Gather what follows for a moment, so a burst goes
+                        // out as one call; a task that ends meanwhile does
+                        // not wait out the rest of it.
+                        let linger = tokio::time::sleep(LINGER);
+                        tokio::pin!(linger);
+                        while !closed {
+                            tokio::select! {
+                                report = events.recv() => match report {
+                                    Some(report) => absorb(report, &mut buffer, &mut steps),
+                                    None => closed = true,
+                                },
+                                _ = &mut linger => break,
+                            }
+                        }
                     }
                     None => closed = true,
                 },

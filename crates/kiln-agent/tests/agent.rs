@@ -405,14 +405,20 @@ async fn runs_a_freestyle_task_and_reports_everything() {
             .iter()
             .map(|s| (s.index, s.status.as_str()))
             .collect();
-        assert_eq!(steps, vec![(0, "running"), (0, "success")]);
+        // A step that starts and ends within one send is reported once.
+        assert!(
+            steps == [(0, "running"), (0, "success")] || steps == [(0, "success")],
+            "{steps:?}"
+        );
         assert!(
             state
                 .steps
                 .iter()
                 .all(|s| s.task_id == 1 && s.name == "main")
         );
-        assert_eq!(state.steps[1].exit_code, Some(0));
+        let last = state.steps.last().expect("a step update");
+        assert_eq!(last.exit_code, Some(0));
+        assert!(last.started_at_ms.is_some() && last.finished_at_ms.is_some());
         assert_eq!(
             state.artifacts.get("out.txt").map(|d| d.as_slice()),
             Some(&b"built\n"[..])

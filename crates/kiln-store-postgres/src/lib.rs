@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use kiln_store::queue::{self, TaskState};
 use kiln_store::{
     Artifact, Claim, Database, Id, Job, JobSpec, NewRun, Run, RunDetail, RunFilter, SecretInfo,
-    Status, StepRow, StoreError, TaskResult, TaskRow, TokenInfo, TokenKind, Upserted,
+    Status, StepRow, StoreError, TaskHold, TaskResult, TaskRow, TokenInfo, TokenKind, Upserted,
 };
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
@@ -509,7 +509,7 @@ impl PostgresStore {
         .bind(run_id)
         .execute(&mut *tx)
         .await?;
-        settle_run(&mut tx, run_id, now).await?;
+        settle_run(&mut tx, run_id, None, now).await?;
         let detail = run_detail(&mut tx, run_id)
             .await?
             .ok_or_else(|| Error::Corrupt(format!("run {run_id} vanished")))?;
@@ -675,7 +675,39 @@ async fn end_task(
 /// Applies the queue's rules to a run after one of its tasks changed:
 /// releases or skips dependants, closes the steps of ended tasks, and
 /// stores the run's status. The caller holds the run's locks.
-async fn settle_run(conn: &mut PgConnection, run_id: Id, now: DateTime<Utc>) -> Result<()> {
+///
+/// `ended` is the task whose end caused this, when there is one: if no task
+/// of the run is pending, nothing can be released or skipped, and the
+/// run's status follows from counts alone (see `queue::status_from_counts`).
+async fn settle_run(
+    conn: &mut PgConnection,
+    run_id: Id,
+    ended: Option<Id>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if let Some(task_id) = ended {
+        let counts = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM tasks WHERE run_id = $1 GROUP BY status",
+        )
+        .bind(run_id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| Ok((codec::status(row.try_get("status")?)?, row.try_get("n")?)))
+        .collect::<Result<Vec<_>>>()?;
+        if let Some(status) = queue::status_from_counts(&counts) {
+            close_steps(conn, run_id, Some(task_id), now).await?;
+            sqlx::query(
+                "UPDATE runs SET status = $1 WHERE id = $2 AND finished_at IS NULL AND status <> $3",
+            )
+            .bind(status.as_str())
+            .bind(run_id)
+            .bind(status.as_str())
+            .execute(&mut *conn)
+            .await?;
+            return Ok(());
+        }
+    }
     let rows = sqlx::query(
         "SELECT id, name, status, reason, spec FROM tasks WHERE run_id = $1 ORDER BY position",
     )
@@ -715,7 +747,7 @@ async fn settle_run(conn: &mut PgConnection, run_id: Id, now: DateTime<Utc>) -> 
             .await?;
         }
     }
-    close_steps(conn, run_id, now).await?;
+    close_steps(conn, run_id, None, now).await?;
 
     let status = queue::run_status(&states);
     // A run ending `error` says why: the first errored task's reason
@@ -745,22 +777,30 @@ async fn settle_run(conn: &mut PgConnection, run_id: Id, now: DateTime<Utc>) -> 
 }
 
 /// Steps of ended tasks that never ran are `skipped`; one left running ends
-/// with its task's status.
-async fn close_steps(conn: &mut PgConnection, run_id: Id, now: DateTime<Utc>) -> Result<()> {
+/// with its task's status. All of the run's tasks, or only `task`.
+async fn close_steps(
+    conn: &mut PgConnection,
+    run_id: Id,
+    task: Option<Id>,
+    now: DateTime<Utc>,
+) -> Result<()> {
     sqlx::query(
         "UPDATE steps SET status = 'skipped' WHERE status = 'pending' AND task_id IN \
-         (SELECT id FROM tasks WHERE run_id = $1 AND finished_at IS NOT NULL)",
+         (SELECT id FROM tasks WHERE run_id = $1 AND finished_at IS NOT NULL \
+          AND ($2::bigint IS NULL OR id = $2))",
     )
     .bind(run_id)
+    .bind(task)
     .execute(&mut *conn)
     .await?;
     sqlx::query(
         "UPDATE steps SET status = t.status, finished_at = COALESCE(steps.finished_at, $1) \
          FROM tasks t WHERE t.id = steps.task_id AND steps.status = 'running' \
-         AND t.run_id = $2 AND t.finished_at IS NOT NULL",
+         AND t.run_id = $2 AND t.finished_at IS NOT NULL AND ($3::bigint IS NULL OR t.id = $3)",
     )
     .bind(ms(now))
     .bind(run_id)
+    .bind(task)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -913,7 +953,7 @@ impl PostgresStore {
             result.now,
         )
         .await?;
-        settle_run(&mut tx, task.run_id, result.now).await?;
+        settle_run(&mut tx, task.run_id, Some(task.id), result.now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -969,7 +1009,7 @@ impl PostgresStore {
             .bind(run_id)
             .fetch_all(&mut *tx)
             .await?;
-            close_steps(&mut tx, run_id, now).await?;
+            close_steps(&mut tx, run_id, None, now).await?;
             sqlx::query("UPDATE runs SET status = 'timed_out', finished_at = $1 WHERE id = $2")
                 .bind(ms(now))
                 .bind(run_id)
@@ -992,13 +1032,27 @@ impl PostgresStore {
                 continue;
             };
             end_task(&mut tx, &task, Status::Error, Some(AGENT_LOST), now).await?;
-            settle_run(&mut tx, task.run_id, now).await?;
+            settle_run(&mut tx, task.run_id, Some(task.id), now).await?;
             touched.push(task_id);
         }
         tx.commit().await?;
         touched.sort_unstable();
         touched.dedup();
         Ok(touched)
+    }
+
+    async fn task_holds_(&self, task_ids: &[Id]) -> Result<Vec<TaskHold>> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT id, run_id, name, status, agent, cancel_requested, started_at \
+             FROM tasks WHERE id = ANY($1) ORDER BY id",
+        )
+        .bind(task_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(codec::task_hold).collect()
     }
 
     async fn get_task_(&self, task_id: Id) -> Result<Option<TaskRow>> {
@@ -1271,6 +1325,10 @@ impl Database for PostgresStore {
 
     async fn get_task(&self, task_id: Id) -> kiln_store::Result<Option<TaskRow>> {
         Ok(self.get_task_(task_id).await?)
+    }
+
+    async fn task_holds(&self, task_ids: &[Id]) -> kiln_store::Result<Vec<TaskHold>> {
+        Ok(self.task_holds_(task_ids).await?)
     }
 
     async fn task_counts(&self) -> kiln_store::Result<Vec<(Status, i64)>> {

@@ -2,7 +2,9 @@
 //! checked: a row this crate did not write (or a newer schema) gives an
 //! error, never a panic.
 
-use kiln_store::{Artifact, Job, JobSpec, Run, Status, StepRow, StoreError, TaskRow, TokenInfo};
+use kiln_store::{
+    Artifact, Job, JobSpec, Run, Status, StepRow, StoreError, TaskHold, TaskRow, TokenInfo,
+};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
@@ -155,4 +157,16 @@ pub(crate) fn counts(rows: &[SqliteRow]) -> Result<Vec<(Status, i64)>> {
     rows.iter()
         .map(|row| Ok((status(row.try_get("status")?)?, row.try_get("n")?)))
         .collect()
+}
+
+pub fn task_hold(row: &SqliteRow) -> Result<TaskHold> {
+    Ok(TaskHold {
+        id: row.try_get("id")?,
+        run_id: row.try_get("run_id")?,
+        name: row.try_get("name")?,
+        status: status(row.try_get("status")?)?,
+        agent: row.try_get("agent")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        started_at: opt_time(row.try_get("started_at")?)?,
+    })
 }

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use kiln_store::queue::{self, TaskState};
 use kiln_store::{
     Artifact, Claim, Database, Id, Job, JobSpec, NewRun, Run, RunDetail, RunFilter, SecretInfo,
-    Status, StepRow, StoreError, TaskResult, TaskRow, TokenInfo, TokenKind, Upserted,
+    Status, StepRow, StoreError, TaskHold, TaskResult, TaskRow, TokenInfo, TokenKind, Upserted,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -60,14 +60,18 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
+        // A connection to a local file does not go stale: no ping (a round
+        // trip to the connection's thread) before each use.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .map_err(Error::from)?;
         MIGRATOR.run(&writer).await.map_err(Error::from)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(Error::from)?;
@@ -509,7 +513,7 @@ impl SqliteStore {
         .bind(run_id)
         .execute(&mut *tx)
         .await?;
-        settle_run(&mut tx, run_id, now).await?;
+        settle_run(&mut tx, run_id, None, now).await?;
         let detail = run_detail(&mut tx, run_id)
             .await?
             .ok_or_else(|| Error::Corrupt(format!("run {run_id} vanished")))?;
@@ -674,7 +678,38 @@ async fn end_task(
 /// Applies the queue's rules to a run after one of its tasks changed:
 /// releases or skips dependants, closes the steps of ended tasks, and
 /// stores the run's status.
-async fn settle_run(conn: &mut SqliteConnection, run_id: Id, now: DateTime<Utc>) -> Result<()> {
+///
+/// `ended` is the task whose end caused this, when there is one: if no task
+/// of the run is pending, nothing can be released or skipped, and the
+/// run's status follows from counts alone (see `queue::status_from_counts`).
+async fn settle_run(
+    conn: &mut SqliteConnection,
+    run_id: Id,
+    ended: Option<Id>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if let Some(task_id) = ended {
+        let counts =
+            sqlx::query("SELECT status, COUNT(*) AS n FROM tasks WHERE run_id = ? GROUP BY status")
+                .bind(run_id)
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|row| Ok((codec::status(row.try_get("status")?)?, row.try_get("n")?)))
+                .collect::<Result<Vec<_>>>()?;
+        if let Some(status) = queue::status_from_counts(&counts) {
+            close_steps(conn, run_id, Some(task_id), now).await?;
+            sqlx::query(
+                "UPDATE runs SET status = ? WHERE id = ? AND finished_at IS NULL AND status <> ?",
+            )
+            .bind(status.as_str())
+            .bind(run_id)
+            .bind(status.as_str())
+            .execute(&mut *conn)
+            .await?;
+            return Ok(());
+        }
+    }
     let rows = sqlx::query(
         "SELECT id, name, status, reason, spec FROM tasks WHERE run_id = ? ORDER BY position",
     )
@@ -712,7 +747,7 @@ async fn settle_run(conn: &mut SqliteConnection, run_id: Id, now: DateTime<Utc>)
                 .await?;
         }
     }
-    close_steps(conn, run_id, now).await?;
+    close_steps(conn, run_id, None, now).await?;
 
     let status = queue::run_status(&states);
     // A run ending `error` says why: the first errored task's reason
@@ -742,22 +777,29 @@ async fn settle_run(conn: &mut SqliteConnection, run_id: Id, now: DateTime<Utc>)
 }
 
 /// Steps of ended tasks that never ran are `skipped`; one left running ends
-/// with its task's status.
-async fn close_steps(conn: &mut SqliteConnection, run_id: Id, now: DateTime<Utc>) -> Result<()> {
+/// with its task's status. All of the run's tasks, or only `task`.
+async fn close_steps(
+    conn: &mut SqliteConnection,
+    run_id: Id,
+    task: Option<Id>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    // One statement (SET sees the old `status`): each one is a round trip
+    // to the single writer.
     sqlx::query(
-        "UPDATE steps SET status = 'skipped' WHERE status = 'pending' AND task_id IN \
-         (SELECT id FROM tasks WHERE run_id = ? AND finished_at IS NOT NULL)",
-    )
-    .bind(run_id)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "UPDATE steps SET status = (SELECT t.status FROM tasks t WHERE t.id = steps.task_id), \
-         finished_at = COALESCE(finished_at, ?) WHERE status = 'running' AND task_id IN \
-         (SELECT id FROM tasks WHERE run_id = ? AND finished_at IS NOT NULL)",
+        "UPDATE steps SET \
+         status = CASE WHEN status = 'pending' THEN 'skipped' \
+          ELSE (SELECT t.status FROM tasks t WHERE t.id = steps.task_id) END, \
+         finished_at = CASE WHEN status = 'running' THEN COALESCE(finished_at, ?) \
+          ELSE finished_at END \
+         WHERE status IN ('pending', 'running') AND task_id IN \
+         (SELECT id FROM tasks WHERE run_id = ? AND finished_at IS NOT NULL \
+          AND (? IS NULL OR id = ?))",
     )
     .bind(ms(now))
     .bind(run_id)
+    .bind(task)
+    .bind(task)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -771,20 +813,30 @@ impl SqliteStore {
         let mut tx = self.write().await?;
         // Among the queued tasks all of whose `runs-on` labels the agent has,
         // one of the job with the fewest running tasks (then oldest, then
-        // lowest id), so a job with a long queue cannot starve another.
-        // Per job, its oldest matching task and its running count are index
-        // lookups on the denormalised `tasks.job_id`.
-        // The write lock is held, so no other claimer sees it queued.
+        // lowest id), so a job with a long queue cannot starve another; made
+        // running in the same statement. Per job, its oldest matching task
+        // and its running count are index lookups on the denormalised
+        // `tasks.job_id`. The write lock is held, so no other claimer sees
+        // it queued. Every statement here waits for the one writer
+        // connection, hence as few as possible.
         let row = sqlx::query(
-            "SELECT q.id, q.run_id FROM jobs j JOIN tasks q ON q.id = \
-             (SELECT t.id FROM tasks t WHERE t.job_id = j.id AND t.status = 'queued' \
-              AND NOT EXISTS (SELECT 1 FROM json_each(t.runs_on) l \
-              WHERE l.value NOT IN (SELECT value FROM json_each(?))) \
-              ORDER BY t.queued_at, t.id LIMIT 1) \
-             ORDER BY (SELECT COUNT(*) FROM tasks rt \
-              WHERE rt.job_id = j.id AND rt.status = 'running'), \
-             q.queued_at, q.id LIMIT 1",
+            "UPDATE tasks SET status = 'running', agent = ?, lease_holder = ?, \
+             lease_expires_at = ?, cancel_requested = 0, \
+             started_at = COALESCE(started_at, ?) WHERE id = \
+             (SELECT q.id FROM jobs j JOIN tasks q ON q.id = \
+              (SELECT t.id FROM tasks t WHERE t.job_id = j.id AND t.status = 'queued' \
+               AND NOT EXISTS (SELECT 1 FROM json_each(t.runs_on) l \
+               WHERE l.value NOT IN (SELECT value FROM json_each(?))) \
+               ORDER BY t.queued_at, t.id LIMIT 1) \
+              ORDER BY (SELECT COUNT(*) FROM tasks rt \
+               WHERE rt.job_id = j.id AND rt.status = 'running'), \
+              q.queued_at, q.id LIMIT 1) \
+             RETURNING id, run_id",
         )
+        .bind(&claim.holder)
+        .bind(&claim.holder)
+        .bind(lease_until)
+        .bind(ms(claim.now))
         .bind(labels)
         .fetch_optional(&mut *tx)
         .await?;
@@ -795,18 +847,6 @@ impl SqliteStore {
         let task_id: i64 = row.try_get("id")?;
         let run_id: i64 = row.try_get("run_id")?;
         sqlx::query(
-            "UPDATE tasks SET status = 'running', agent = ?, lease_holder = ?, \
-             lease_expires_at = ?, cancel_requested = 0, \
-             started_at = COALESCE(started_at, ?) WHERE id = ?",
-        )
-        .bind(&claim.holder)
-        .bind(&claim.holder)
-        .bind(lease_until)
-        .bind(ms(claim.now))
-        .bind(task_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
             "UPDATE runs SET status = 'running', started_at = COALESCE(started_at, ?) \
              WHERE id = ? AND status = 'queued'",
         )
@@ -814,9 +854,10 @@ impl SqliteStore {
         .bind(run_id)
         .execute(&mut *tx)
         .await?;
-        let task = task_row(&mut tx, task_id).await?;
         tx.commit().await?;
-        Ok(task)
+        // Only the holder changes the task now, so reading it on a reader
+        // connection, off the writer, is consistent.
+        self.get_task_(task_id).await
     }
 
     async fn renew_lease_(&self, task_id: Id, holder: &str, until: DateTime<Utc>) -> Result<bool> {
@@ -836,19 +877,12 @@ impl SqliteStore {
     }
 
     async fn update_step_(&self, task_id: Id, holder: &str, step: &StepRow) -> Result<bool> {
-        let mut tx = self.write().await?;
-        match held(&mut tx, task_id).await? {
-            Some(task)
-                if task.status == Status::Running
-                    && task.lease_holder.as_deref() == Some(holder) => {}
-            _ => {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-        }
+        // One statement, holder check included: it runs alone on the one
+        // writer, so nothing can come between the check and the write.
         let updated = sqlx::query(
             "UPDATE steps SET status = ?, exit_code = ?, started_at = ?, finished_at = ? \
-             WHERE task_id = ? AND position = ?",
+             WHERE task_id = ? AND position = ? AND EXISTS (SELECT 1 FROM tasks \
+             WHERE id = ? AND status = 'running' AND lease_holder = ?)",
         )
         .bind(step.status.as_str())
         .bind(step.exit_code)
@@ -856,17 +890,24 @@ impl SqliteStore {
         .bind(step.finished_at.map(ms))
         .bind(task_id)
         .bind(step.index)
-        .execute(&mut *tx)
+        .bind(task_id)
+        .bind(holder)
+        .execute(&self.writer)
         .await?
         .rows_affected();
-        if updated == 0 {
-            tx.rollback().await?;
-            return Err(
-                StoreError::NotFound(format!("step {} of task {task_id}", step.index)).into(),
-            );
+        if updated > 0 {
+            return Ok(true);
         }
-        tx.commit().await?;
-        Ok(true)
+        // Nothing written: not held, or no such step.
+        let holds = self.task_holds_(&[task_id]).await?;
+        match holds.first() {
+            Some(task)
+                if task.status == Status::Running && task.agent.as_deref() == Some(holder) =>
+            {
+                Err(StoreError::NotFound(format!("step {} of task {task_id}", step.index)).into())
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn finish_task_(&self, task_id: Id, holder: &str, result: &TaskResult) -> Result<bool> {
@@ -896,7 +937,7 @@ impl SqliteStore {
             result.now,
         )
         .await?;
-        settle_run(&mut tx, task.run_id, result.now).await?;
+        settle_run(&mut tx, task.run_id, Some(task.id), result.now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -935,7 +976,7 @@ impl SqliteStore {
             .bind(run_id)
             .fetch_all(&mut *tx)
             .await?;
-            close_steps(&mut tx, run_id, now).await?;
+            close_steps(&mut tx, run_id, None, now).await?;
             sqlx::query("UPDATE runs SET status = 'timed_out', finished_at = ? WHERE id = ?")
                 .bind(ms(now))
                 .bind(run_id)
@@ -956,13 +997,29 @@ impl SqliteStore {
                 continue;
             };
             end_task(&mut tx, &task, Status::Error, Some(AGENT_LOST), now).await?;
-            settle_run(&mut tx, task.run_id, now).await?;
+            settle_run(&mut tx, task.run_id, Some(task.id), now).await?;
             touched.push(task_id);
         }
         tx.commit().await?;
         touched.sort_unstable();
         touched.dedup();
         Ok(touched)
+    }
+
+    async fn task_holds_(&self, task_ids: &[Id]) -> Result<Vec<TaskHold>> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = serde_json::to_string(task_ids)
+            .map_err(|e| Error::Corrupt(format!("task ids: {e}")))?;
+        let rows = sqlx::query(
+            "SELECT id, run_id, name, status, agent, cancel_requested, started_at \
+             FROM tasks WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+        )
+        .bind(ids)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(codec::task_hold).collect()
     }
 
     async fn get_task_(&self, task_id: Id) -> Result<Option<TaskRow>> {
@@ -986,7 +1043,7 @@ impl SqliteStore {
 
 impl SqliteStore {
     async fn append_log_(&self, task_id: Id, seq: i64, data: &[u8]) -> Result<()> {
-        let mut tx = self.write().await?;
+        // A single statement commits on its own: no transaction round trips.
         let result = sqlx::query(
             "INSERT INTO log_chunks (task_id, seq, data) VALUES (?, ?, ?) \
              ON CONFLICT (task_id, seq) DO NOTHING",
@@ -994,10 +1051,9 @@ impl SqliteStore {
         .bind(task_id)
         .bind(seq)
         .bind(data)
-        .execute(&mut *tx)
+        .execute(&self.writer)
         .await;
         missing_task(result, task_id)?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -1244,6 +1300,10 @@ impl Database for SqliteStore {
 
     async fn get_task(&self, task_id: Id) -> kiln_store::Result<Option<TaskRow>> {
         Ok(self.get_task_(task_id).await?)
+    }
+
+    async fn task_holds(&self, task_ids: &[Id]) -> kiln_store::Result<Vec<TaskHold>> {
+        Ok(self.task_holds_(task_ids).await?)
     }
 
     async fn task_counts(&self) -> kiln_store::Result<Vec<(Status, i64)>> {

@@ -166,6 +166,27 @@ pub struct RunFilter {
     pub limit: i64,
 }
 
+/// Who holds a task and whether it must stop: the little an agent's calls
+/// and the dispatcher check, without loading the task's spec and steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskHold {
+    pub id: Id,
+    pub run_id: Id,
+    pub name: String,
+    pub status: Status,
+    /// The agent that holds (or last held) the task.
+    pub agent: Option<String>,
+    pub cancel_requested: bool,
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+impl TaskHold {
+    /// Whether `agent` holds the task: it runs, under `agent`.
+    pub fn held_by(&self, agent: &str) -> bool {
+        self.status == Status::Running && self.agent.as_deref() == Some(agent)
+    }
+}
+
 /// A request for work from an agent.
 #[derive(Debug, Clone)]
 pub struct Claim {
@@ -310,6 +331,9 @@ pub trait Database: Clone + Send + Sync + 'static {
     /// "agent lost") and runs past their deadline; returns the tasks touched.
     fn expire(&self, now: DateTime<Utc>) -> impl Future<Output = Result<Vec<Id>>> + Send;
     fn get_task(&self, task_id: Id) -> impl Future<Output = Result<Option<TaskRow>>> + Send;
+    /// The holds of those of `task_ids` that exist, in id order: one query
+    /// for what would be one `get_task` each.
+    fn task_holds(&self, task_ids: &[Id]) -> impl Future<Output = Result<Vec<TaskHold>>> + Send;
     /// Count of tasks per status, for metrics.
     fn task_counts(&self) -> impl Future<Output = Result<Vec<(Status, i64)>>> + Send;
     fn run_counts(&self) -> impl Future<Output = Result<Vec<(Status, i64)>>> + Send;

@@ -18,7 +18,7 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use crate::{
     Artifact, Claim, Database, Event, Id, Job, JobKind, JobSpec, NewRun, NewTask, RunDetail,
-    RunFilter, Status, StepRow, StoreError, TaskResult, TaskRow, TokenKind, Upserted,
+    RunFilter, Status, StepRow, StoreError, TaskHold, TaskResult, TaskRow, TokenKind, Upserted,
 };
 
 /// Runs every test but [`claims_are_exclusive`], in an order that needs an
@@ -39,6 +39,7 @@ pub async fn run_all<D: Database>(db: D) {
     retry_on_failure(&db).await;
     lease_expiry(&db).await;
     holder_checks(&db).await;
+    wide_run(&db).await;
     cancel(&db).await;
     deadline(&db).await;
     logs(&db).await;
@@ -950,6 +951,34 @@ pub async fn holder_checks<D: Database>(db: &D) {
         .await,
         Err(StoreError::Conflict(_))
     ));
+    let holds = db.task_holds(&[b_id, -1, a.id]).await.unwrap();
+    assert_eq!(
+        holds,
+        [
+            TaskHold {
+                id: a.id,
+                run_id: a.run_id,
+                name: "a".into(),
+                status: Status::Running,
+                agent: Some("agent".into()),
+                cancel_requested: false,
+                started_at: Some(at(1)),
+            },
+            TaskHold {
+                id: b_id,
+                run_id: a.run_id,
+                name: "b".into(),
+                status: Status::Pending,
+                agent: None,
+                cancel_requested: false,
+                started_at: None,
+            },
+        ],
+        "in id order, the unknown id left out"
+    );
+    assert!(holds.iter().any(|h| h.id == a.id && h.held_by("agent")));
+    assert!(!holds.iter().any(|h| h.held_by("someone-else")));
+    assert_eq!(db.task_holds(&[]).await.unwrap(), []);
     assert!(finish(db, &a, "agent", Status::Success, at(3)).await);
     assert!(
         !finish(db, &a, "agent", Status::Success, at(4)).await,
@@ -966,6 +995,67 @@ pub async fn holder_checks<D: Database>(db: &D) {
         )
         .await
     );
+}
+
+const WIDE: &str = "version: 1
+tasks:
+  a:
+    steps:
+      - run: echo one
+      - run: echo two
+  b:
+    steps:
+      - run: echo b
+  c:
+    steps:
+      - run: echo c
+";
+
+/// Independent tasks ending one by one (the counts-only path of settling):
+/// the run stays `running` until the last ends, each ended task's steps
+/// are closed, and the outcome is the worst.
+pub async fn wide_run<D: Database>(db: &D) {
+    drain(db).await;
+    let job = job(db, "wide").await;
+    create(db, &job, new_run(tasks(WIDE)), at(0)).await;
+    let a = claim_named(db, "agent", "a", at(1)).await;
+    let b = claim_named(db, "agent", "b", at(1)).await;
+    assert!(
+        db.update_step(
+            a.id,
+            "agent",
+            &StepRow {
+                index: 0,
+                name: "step 1".into(),
+                status: Status::Running,
+                exit_code: None,
+                started_at: Some(at(2)),
+                finished_at: None,
+            }
+        )
+        .await
+        .unwrap()
+    );
+    assert!(finish(db, &a, "agent", Status::Failure, at(3)).await);
+    let detail = run(db, &job, 1).await;
+    assert_eq!(detail.run.status, Status::Running);
+    assert_eq!(
+        task(&detail, "a")
+            .steps
+            .iter()
+            .map(|s| s.status)
+            .collect::<Vec<_>>(),
+        [Status::Failure, Status::Skipped],
+        "a's running step ends with it, the one after is skipped"
+    );
+    assert_eq!(task(&detail, "b").steps[0].status, Status::Pending);
+    assert!(finish(db, &b, "agent", Status::Success, at(4)).await);
+    assert_eq!(run(db, &job, 1).await.run.status, Status::Running);
+    let c = claim_named(db, "agent", "c", at(5)).await;
+    assert!(finish(db, &c, "agent", Status::Success, at(6)).await);
+    let over = run(db, &job, 1).await;
+    assert_eq!(over.run.status, Status::Failure);
+    assert_eq!(over.run.finished_at, Some(at(6)));
 }
 
 pub async fn cancel<D: Database>(db: &D) {

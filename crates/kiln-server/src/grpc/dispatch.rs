@@ -156,21 +156,30 @@ async fn assignment<D: Database>(
 /// Tells agents to stop tasks that were cancelled, or that they no longer
 /// hold (the lease expired and the task went elsewhere or ended).
 async fn push_cancels<D: Database>(state: &AppState<D>) {
-    for running in state.agents.running_tasks() {
-        let reason = match state.db.get_task(running.task_id).await {
-            Ok(Some(task)) if task.status != Status::Running => {
+    let running = state.agents.running_tasks();
+    if running.is_empty() {
+        return;
+    }
+    let ids: Vec<_> = running.iter().map(|r| r.task_id).collect();
+    let holds = match state.db.task_holds(&ids).await {
+        Ok(holds) => holds,
+        Err(e) => {
+            tracing::warn!("checking running tasks failed: {e}");
+            return;
+        }
+    };
+    for running in running {
+        let hold = holds.iter().find(|h| h.id == running.task_id);
+        let reason = match hold {
+            Some(task) if task.status != Status::Running => {
                 format!("the task is {}", task.status)
             }
-            Ok(Some(task)) if task.agent.as_deref() != Some(running.agent.as_str()) => {
+            Some(task) if task.agent.as_deref() != Some(running.agent.as_str()) => {
                 "the agent no longer holds the task".to_string()
             }
-            Ok(Some(task)) if task.cancel_requested => "cancelled".to_string(),
-            Ok(Some(_)) => continue,
-            Ok(None) => "the task was deleted".to_string(),
-            Err(e) => {
-                tracing::warn!("checking task {} failed: {e}", running.task_id);
-                continue;
-            }
+            Some(task) if task.cancel_requested => "cancelled".to_string(),
+            Some(_) => continue,
+            None => "the task was deleted".to_string(),
         };
         let message = ServerMessage {
             kind: Some(server_message::Kind::Cancel(Cancel {

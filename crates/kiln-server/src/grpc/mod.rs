@@ -24,7 +24,7 @@ use kiln_proto::v1::{
     ReportUpload, ServerMessage, SessionRequest, StepUpdate,
 };
 use kiln_store::{
-    Artifact, Database, Id, Status, StepRow, StoreError, TaskResult, TaskRow, TokenKind,
+    Artifact, Database, Id, Status, StepRow, StoreError, TaskHold, TaskResult, TokenKind,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -157,24 +157,20 @@ impl<D: Database> AgentService<D> {
     }
 
     /// The task, if `agent` holds it (running, with `agent` as lease holder).
-    async fn held(&self, agent: &str, task_id: Id) -> Result<TaskRow, GrpcStatus> {
-        match self
+    async fn held(&self, agent: &str, task_id: Id) -> Result<TaskHold, GrpcStatus> {
+        let holds = self
             .state
             .db
-            .get_task(task_id)
+            .task_holds(&[task_id])
             .await
-            .map_err(store_status)?
-        {
-            Some(task)
-                if task.status == Status::Running && task.agent.as_deref() == Some(agent) =>
-            {
-                Ok(task)
-            }
+            .map_err(store_status)?;
+        match holds.into_iter().next() {
+            Some(task) if task.held_by(agent) => Ok(task),
             _ => Err(denied(agent, task_id)),
         }
     }
 
-    async fn place(&self, task: &TaskRow) -> Result<Place, GrpcStatus> {
+    async fn place(&self, task: &TaskHold) -> Result<Place, GrpcStatus> {
         let run = self
             .state
             .db
@@ -292,15 +288,16 @@ impl<D: Database> Agent for AgentService<D> {
         }
         // Tasks it still runs from an earlier session stay its own only if
         // the database agrees; the rest are reported lost by its heartbeat.
-        let mut running = Vec::new();
-        for task_id in hello.running_task_ids {
-            if let Ok(Some(task)) = self.state.db.get_task(task_id).await
-                && task.status == Status::Running
-                && task.agent.as_deref() == Some(name.as_str())
-            {
-                running.push((task.id, task.name));
-            }
-        }
+        let running = self
+            .state
+            .db
+            .task_holds(&hello.running_task_ids)
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .filter(|task| task.held_by(&name))
+            .map(|task| (task.id, task.name))
+            .collect();
         let announce = registry::Announce {
             labels: hello.labels,
             capacity: hello.capacity,
@@ -362,17 +359,17 @@ impl<D: Database> Agent for AgentService<D> {
                 continue;
             }
             held.push(task_id);
-            if let Some(task) = self
-                .state
-                .db
-                .get_task(task_id)
-                .await
-                .map_err(store_status)?
-                && task.cancel_requested
-            {
-                answer.cancel_task_ids.push(task_id);
-            }
         }
+        answer.cancel_task_ids = self
+            .state
+            .db
+            .task_holds(&held)
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .filter(|task| task.cancel_requested)
+            .map(|task| task.id)
+            .collect();
         self.state.agents.heartbeat(&agent, beat.draining, &held);
         Ok(Response::new(answer))
     }
@@ -410,7 +407,7 @@ impl<D: Database> Agent for AgentService<D> {
     async fn update_step(&self, request: Request<StepUpdate>) -> Result<Response<Ack>, GrpcStatus> {
         let agent = self.agent_of(&request).await?;
         let update = request.into_inner();
-        self.held(&agent, update.task_id).await?;
+        // `update_step` checks the holder in its own transaction.
         let step = StepRow {
             index: update.index,
             name: update.name,
@@ -580,9 +577,8 @@ impl<D: Database> Agent for AgentService<D> {
         // A retried task is queued again with its log chunks cleared for the
         // next attempt; a console blob written now would be empty and hide
         // that attempt's live log. Only a task that ended gets its blob.
-        let ended = match self.state.db.get_task(task.id).await {
-            Ok(Some(row)) => row.status.is_terminal(),
-            Ok(None) => false,
+        let ended = match self.state.db.task_holds(&[task.id]).await {
+            Ok(holds) => holds.first().is_some_and(|row| row.status.is_terminal()),
             Err(e) => {
                 tracing::warn!("task {}: {e}", task.id);
                 true
