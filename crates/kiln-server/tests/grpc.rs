@@ -129,6 +129,25 @@ impl Harness {
         self.get(path).await.json().await.unwrap()
     }
 
+    /// Waits until the reason of `task` in run 1 of `job` satisfies `ready`.
+    async fn task_reason(&self, job: &str, task: &str, ready: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        loop {
+            let run = self.json(&format!("/api/v1/jobs/{job}/runs/1")).await;
+            let reason = run["tasks"]
+                .as_array()
+                .and_then(|tasks| tasks.iter().find(|t| t["name"] == task))
+                .and_then(|t| t["reason"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            if ready(&reason) {
+                return reason;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{run}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until run 1 of `job` has finished; returns it.
     async fn finished_run(&self, job: &str) -> Value {
         let started = Instant::now();
@@ -163,11 +182,20 @@ async fn session(
     name: &str,
     labels: &[&str],
 ) -> Streaming<ServerMessage> {
+    session_with(client, name, labels, &["process"]).await
+}
+
+async fn session_with(
+    client: &mut AgentClient<Channel>,
+    name: &str,
+    labels: &[&str],
+    executors: &[&str],
+) -> Streaming<ServerMessage> {
     let hello = SessionRequest {
         name: name.into(),
         labels: labels.iter().map(|l| l.to_string()).collect(),
         capacity: 2,
-        executors: vec!["process".into()],
+        executors: executors.iter().map(|e| e.to_string()).collect(),
         ..Default::default()
     };
     client
@@ -257,7 +285,8 @@ async fn an_idle_agent_gets_a_task_at_once_and_its_dependant_after_success() {
 
 #[tokio::test]
 async fn runs_on_routes_a_task_only_to_a_matching_agent() {
-    let server = Harness::start(Duration::from_secs(15)).await;
+    // A short lease: the "no agent" reason waits one lease after start.
+    let server = Harness::start(Duration::from_secs(1)).await;
     server
         .job(
             "gpu",
@@ -274,9 +303,48 @@ async fn runs_on_routes_a_task_only_to_a_matching_agent() {
             .is_err(),
         "an agent without the label got the task"
     );
+    let reason = server.task_reason("gpu", "train", |r| !r.is_empty()).await;
+    assert_eq!(
+        reason, "no connected agent can take this task (labels: gpu)",
+        "a task no agent can take says so"
+    );
     let mut gpu = session(&mut client, "gpu-box", &["linux", "gpu"]).await;
     let task = assignment(&mut gpu).await;
     assert!(task.task_json.contains("train"));
+    let run = server.json("/api/v1/jobs/gpu/runs/1").await;
+    assert_eq!(run["tasks"][0]["status"], "running");
+    assert!(
+        run["tasks"][0]["reason"].is_null(),
+        "the reason is cleared once an agent could take it: {run}"
+    );
+}
+
+#[tokio::test]
+async fn a_task_with_services_goes_only_to_a_docker_agent() {
+    let server = Harness::start(Duration::from_secs(1)).await;
+    server
+        .job(
+            "db",
+            "version: 1\ntasks:\n  it:\n    image: alpine:3\n    services:\n      pg: {image: postgres:16}\n    steps: [{run: 'true'}]\n",
+        )
+        .await;
+    let mut client = server.client().await;
+    let mut process = session(&mut client, "process-box", &["linux"]).await;
+    server.trigger("db").await;
+    let reason = server.task_reason("db", "it", |r| !r.is_empty()).await;
+    assert_eq!(
+        reason,
+        "no connected agent can take this task (labels: executor:docker)"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), process.message())
+            .await
+            .is_err(),
+        "a process agent got a task with services"
+    );
+    let mut docker = session_with(&mut client, "docker-box", &["linux"], &["docker"]).await;
+    let task = assignment(&mut docker).await;
+    assert!(task.task_json.contains("postgres"));
 }
 
 #[tokio::test]

@@ -23,8 +23,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use kiln_store::queue::{self, TaskState};
 use kiln_store::{
-    Artifact, Claim, Database, Id, Job, JobSpec, NewRun, Run, RunDetail, RunFilter, SecretInfo,
-    Status, StepRow, StoreError, TaskHold, TaskResult, TaskRow, TokenInfo, TokenKind, Upserted,
+    Artifact, Claim, Database, Id, Job, JobSpec, NO_AGENT_REASON, NewRun, Run, RunDetail,
+    RunFilter, SecretInfo, Status, StepRow, StoreError, TaskHold, TaskResult, TaskRow, TokenInfo,
+    TokenKind, Upserted,
 };
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
@@ -393,7 +394,7 @@ impl PostgresStore {
             .bind(state.status.as_str())
             .bind(&state.reason)
             .bind(codec::spec_json(task)?)
-            .bind(&task.runs_on)
+            .bind(kiln_store::placement_labels(task))
             .bind(i64::from(task.retry) + 1)
             .bind(queued_at)
             .bind(finished_at)
@@ -830,7 +831,8 @@ impl PostgresStore {
              claimed AS ( \
                  UPDATE tasks SET status = 'running', agent = $2, lease_holder = $2, \
                  lease_expires_at = $3, cancel_requested = FALSE, \
-                 started_at = COALESCE(started_at, $4) \
+                 started_at = COALESCE(started_at, $4), \
+                 reason = CASE WHEN tasks.reason LIKE $5 THEN NULL ELSE tasks.reason END \
                  FROM picked WHERE tasks.id = picked.id \
                  RETURNING tasks.*), \
              started AS ( \
@@ -843,6 +845,7 @@ impl PostgresStore {
         .bind(&claim.holder)
         .bind(lease_until)
         .bind(ms(claim.now))
+        .bind(format!("{NO_AGENT_REASON}%"))
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
@@ -1039,6 +1042,30 @@ impl PostgresStore {
         touched.sort_unstable();
         touched.dedup();
         Ok(touched)
+    }
+
+    async fn queued_label_sets_(&self) -> Result<Vec<Vec<String>>> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT runs_on FROM tasks WHERE status = 'queued'")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn note_unplaceable_(&self, labels: &[String], reason: Option<&str>) -> Result<u64> {
+        let prefix = format!("{NO_AGENT_REASON}%");
+        let changed = sqlx::query(
+            "UPDATE tasks SET reason = $1 WHERE status = 'queued' AND runs_on = $2 \
+             AND reason IS DISTINCT FROM $1 \
+             AND ((reason IS NULL AND $1 IS NOT NULL) OR reason LIKE $3)",
+        )
+        .bind(reason)
+        .bind(labels)
+        .bind(prefix)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed)
     }
 
     async fn task_holds_(&self, task_ids: &[Id]) -> Result<Vec<TaskHold>> {
@@ -1325,6 +1352,18 @@ impl Database for PostgresStore {
 
     async fn get_task(&self, task_id: Id) -> kiln_store::Result<Option<TaskRow>> {
         Ok(self.get_task_(task_id).await?)
+    }
+
+    async fn queued_label_sets(&self) -> kiln_store::Result<Vec<Vec<String>>> {
+        Ok(self.queued_label_sets_().await?)
+    }
+
+    async fn note_unplaceable(
+        &self,
+        labels: &[String],
+        reason: Option<&str>,
+    ) -> kiln_store::Result<u64> {
+        Ok(self.note_unplaceable_(labels, reason).await?)
     }
 
     async fn task_holds(&self, task_ids: &[Id]) -> kiln_store::Result<Vec<TaskHold>> {

@@ -19,8 +19,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use kiln_store::queue::{self, TaskState};
 use kiln_store::{
-    Artifact, Claim, Database, Id, Job, JobSpec, NewRun, Run, RunDetail, RunFilter, SecretInfo,
-    Status, StepRow, StoreError, TaskHold, TaskResult, TaskRow, TokenInfo, TokenKind, Upserted,
+    Artifact, Claim, Database, Id, Job, JobSpec, NO_AGENT_REASON, NewRun, Run, RunDetail,
+    RunFilter, SecretInfo, Status, StepRow, StoreError, TaskHold, TaskResult, TaskRow, TokenInfo,
+    TokenKind, Upserted,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -388,7 +389,7 @@ impl SqliteStore {
             let task = &new.task;
             let queued_at = (state.status == Status::Queued).then_some(ms(now));
             let finished_at = state.status.is_terminal().then_some(ms(now));
-            let runs_on = serde_json::to_string(&task.runs_on)
+            let runs_on = serde_json::to_string(&kiln_store::placement_labels(task))
                 .map_err(|e| Error::Corrupt(format!("labels: {e}")))?;
             let task_id: i64 = sqlx::query_scalar(
                 "INSERT INTO tasks (run_id, position, name, status, reason, spec, runs_on, \
@@ -822,7 +823,8 @@ impl SqliteStore {
         let row = sqlx::query(
             "UPDATE tasks SET status = 'running', agent = ?, lease_holder = ?, \
              lease_expires_at = ?, cancel_requested = 0, \
-             started_at = COALESCE(started_at, ?) WHERE id = \
+             started_at = COALESCE(started_at, ?), \
+             reason = CASE WHEN reason LIKE ? THEN NULL ELSE reason END WHERE id = \
              (SELECT q.id FROM jobs j JOIN tasks q ON q.id = \
               (SELECT t.id FROM tasks t WHERE t.job_id = j.id AND t.status = 'queued' \
                AND NOT EXISTS (SELECT 1 FROM json_each(t.runs_on) l \
@@ -837,6 +839,7 @@ impl SqliteStore {
         .bind(&claim.holder)
         .bind(lease_until)
         .bind(ms(claim.now))
+        .bind(format!("{NO_AGENT_REASON}%"))
         .bind(labels)
         .fetch_optional(&mut *tx)
         .await?;
@@ -1004,6 +1007,37 @@ impl SqliteStore {
         touched.sort_unstable();
         touched.dedup();
         Ok(touched)
+    }
+
+    async fn queued_label_sets_(&self) -> Result<Vec<Vec<String>>> {
+        let sets: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT runs_on FROM tasks WHERE status = 'queued'")
+                .fetch_all(&self.reader)
+                .await?;
+        sets.iter()
+            .map(|set| {
+                serde_json::from_str(set).map_err(|e| Error::Corrupt(format!("labels: {e}")))
+            })
+            .collect()
+    }
+
+    async fn note_unplaceable_(&self, labels: &[String], reason: Option<&str>) -> Result<u64> {
+        // The same serialisation as at insert, so the text compares equal.
+        let labels =
+            serde_json::to_string(labels).map_err(|e| Error::Corrupt(format!("labels: {e}")))?;
+        let prefix = format!("{NO_AGENT_REASON}%");
+        let changed = sqlx::query(
+            "UPDATE tasks SET reason = ?1 WHERE status = 'queued' AND runs_on = ?2 \
+             AND reason IS NOT ?1 \
+             AND ((reason IS NULL AND ?1 IS NOT NULL) OR reason LIKE ?3)",
+        )
+        .bind(reason)
+        .bind(labels)
+        .bind(prefix)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(changed)
     }
 
     async fn task_holds_(&self, task_ids: &[Id]) -> Result<Vec<TaskHold>> {
@@ -1300,6 +1334,18 @@ impl Database for SqliteStore {
 
     async fn get_task(&self, task_id: Id) -> kiln_store::Result<Option<TaskRow>> {
         Ok(self.get_task_(task_id).await?)
+    }
+
+    async fn queued_label_sets(&self) -> kiln_store::Result<Vec<Vec<String>>> {
+        Ok(self.queued_label_sets_().await?)
+    }
+
+    async fn note_unplaceable(
+        &self,
+        labels: &[String],
+        reason: Option<&str>,
+    ) -> kiln_store::Result<u64> {
+        Ok(self.note_unplaceable_(labels, reason).await?)
     }
 
     async fn task_holds(&self, task_ids: &[Id]) -> kiln_store::Result<Vec<TaskHold>> {

@@ -166,6 +166,30 @@ pub struct RunFilter {
     pub limit: i64,
 }
 
+/// The label an agent with executor `kind` offers besides its own, and a
+/// task that only that executor can run requires.
+pub fn executor_label(kind: &str) -> String {
+    format!("executor:{kind}")
+}
+
+/// The labels a task needs of the agent that runs it: its `runs-on`, plus
+/// `executor:docker` when it has services (only containers can provide
+/// them). A task with an `image` but no services may run on a `process`
+/// agent, on the host, as `kiln run --executor process` does.
+pub fn placement_labels(task: &kiln_pipeline::Task) -> Vec<String> {
+    let mut labels = task.runs_on.clone();
+    if !task.services.is_empty() {
+        labels.push(executor_label("docker"));
+    }
+    labels.sort();
+    labels.dedup();
+    labels
+}
+
+/// How the reason of a queued task that no connected agent can take
+/// starts; the dispatcher sets it and clears it when such an agent comes.
+pub const NO_AGENT_REASON: &str = "no connected agent can take this task";
+
 /// Who holds a task and whether it must stop: the little an agent's calls
 /// and the dispatcher check, without loading the task's spec and steps.
 #[derive(Debug, Clone, PartialEq)]
@@ -331,6 +355,18 @@ pub trait Database: Clone + Send + Sync + 'static {
     /// "agent lost") and runs past their deadline; returns the tasks touched.
     fn expire(&self, now: DateTime<Utc>) -> impl Future<Output = Result<Vec<Id>>> + Send;
     fn get_task(&self, task_id: Id) -> impl Future<Output = Result<Option<TaskRow>>> + Send;
+    /// The distinct label sets (see [`placement_labels`]) that queued
+    /// tasks need, each sorted.
+    fn queued_label_sets(&self) -> impl Future<Output = Result<Vec<Vec<String>>>> + Send;
+    /// Sets `reason` on the queued tasks that need exactly `labels` (as
+    /// given by [`Database::queued_label_sets`]) and have no reason or one
+    /// starting with [`NO_AGENT_REASON`]; with `None`, clears reasons that
+    /// start with it. Returns how many tasks changed.
+    fn note_unplaceable(
+        &self,
+        labels: &[String],
+        reason: Option<&str>,
+    ) -> impl Future<Output = Result<u64>> + Send;
     /// The holds of those of `task_ids` that exist, in id order: one query
     /// for what would be one `get_task` each.
     fn task_holds(&self, task_ids: &[Id]) -> impl Future<Output = Result<Vec<TaskHold>>> + Send;

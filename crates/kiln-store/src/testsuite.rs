@@ -34,6 +34,7 @@ pub async fn run_all<D: Database>(db: D) {
     skipped_at_creation(&db).await;
     allow_failure(&db).await;
     labels_and_order(&db).await;
+    unplaceable(&db).await;
     fair_between_jobs(&db).await;
     steps(&db).await;
     retry_on_failure(&db).await;
@@ -628,6 +629,102 @@ tasks:
 /// Claims are fair between jobs: the task claimed belongs to the job with
 /// the fewest running tasks, so one job's long queue cannot starve another
 /// job's task queued a moment later.
+const PLACEMENTS: &str = "version: 1
+tasks:
+  gpu:
+    runs-on: [gpu, linux]
+    steps:
+      - run: nvidia-smi
+  db:
+    image: alpine:3
+    services:
+      postgres: { image: postgres:16 }
+    steps:
+      - run: psql -h postgres
+";
+
+/// Services need a docker agent; label sets of queued tasks are listed; the
+/// "no connected agent" reason is set, kept and cleared only on those tasks.
+pub async fn unplaceable<D: Database>(db: &D) {
+    drain(db).await;
+    let job = job(db, "placements").await;
+    create(db, &job, new_run(tasks(PLACEMENTS)), at(0)).await;
+    let mut sets = db.queued_label_sets().await.unwrap();
+    sets.sort();
+    assert_eq!(
+        sets,
+        [
+            vec!["executor:docker".to_string()],
+            vec!["gpu".to_string(), "linux".to_string()]
+        ]
+    );
+    let gpu = vec!["gpu".to_string(), "linux".to_string()];
+    let reason = format!("{} (labels: gpu, linux)", crate::NO_AGENT_REASON);
+    assert_eq!(db.note_unplaceable(&gpu, Some(&reason)).await.unwrap(), 1);
+    assert_eq!(
+        db.note_unplaceable(&gpu, Some(&reason)).await.unwrap(),
+        0,
+        "already noted"
+    );
+    let detail = run(db, &job, 1).await;
+    assert_eq!(
+        task(&detail, "gpu").reason.as_deref(),
+        Some(reason.as_str())
+    );
+    assert_eq!(task(&detail, "db").reason, None);
+
+    // Claiming clears the reason; without the executor label, the
+    // services task is not claimable.
+    let gpu_task = db
+        .claim_task(&claim_of("plain", &["gpu", "linux"], at(1)))
+        .await
+        .unwrap()
+        .expect("an agent with both labels takes the gpu task");
+    assert_eq!(gpu_task.name, "gpu");
+    assert_eq!(
+        gpu_task.reason, None,
+        "claimed: no longer waiting for an agent"
+    );
+    assert!(finish(db, &gpu_task, "plain", Status::Success, at(1)).await);
+    assert!(
+        db.claim_task(&claim_of("plain", &["gpu", "linux"], at(1)))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let claimed = db
+        .claim_task(&claim_of("docker", &["executor:docker"], at(2)))
+        .await
+        .unwrap()
+        .expect("a docker agent takes the task with services");
+    assert_eq!(claimed.name, "db");
+    assert!(finish(db, &claimed, "docker", Status::Success, at(2)).await);
+    assert_eq!(
+        db.queued_label_sets().await.unwrap(),
+        Vec::<Vec<String>>::new()
+    );
+
+    // Clearing touches only its own reason.
+    create(db, &job, new_run(tasks(PLACEMENTS)), at(3)).await;
+    assert_eq!(db.note_unplaceable(&gpu, Some(&reason)).await.unwrap(), 1);
+    assert_eq!(db.note_unplaceable(&gpu, None).await.unwrap(), 1);
+    assert_eq!(task(&run(db, &job, 2).await, "gpu").reason, None);
+    drain_labelled(db).await;
+}
+
+/// Claims every queued task, whatever labels it needs.
+async fn drain_labelled<D: Database>(db: &D) {
+    let sets = db.queued_label_sets().await.unwrap();
+    let labels: Vec<&str> = sets.iter().flatten().map(String::as_str).collect();
+    while let Some(task) = db
+        .claim_task(&claim_of("drain", &labels, at(0)))
+        .await
+        .unwrap()
+    {
+        assert!(finish(db, &task, "drain", Status::Success, at(0)).await);
+    }
+}
+
 pub async fn fair_between_jobs<D: Database>(db: &D) {
     drain(db).await;
     let big = job(db, "fair-big").await;

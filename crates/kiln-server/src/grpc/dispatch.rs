@@ -7,11 +7,11 @@
 //! matching agent idles is therefore sent at once, with no polling delay.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use kiln_proto::v1::{Assignment, Cancel, Secret, ServerMessage, server_message};
-use kiln_store::{Claim, Database, Status, TaskResult, TaskRow};
+use kiln_store::{Claim, Database, NO_AGENT_REASON, Status, TaskResult, TaskRow};
 use tokio_util::sync::CancellationToken;
 
 use crate::secrets::open_secret;
@@ -21,7 +21,12 @@ use crate::state::AppState;
 /// database queues and cancels tasks without waking this one.
 const FALLBACK_TICK: Duration = Duration::from_secs(1);
 
+/// How often queued tasks are checked for an agent that could take them.
+const PLACEABLE_CHECK: Duration = Duration::from_secs(1);
+
 pub async fn run_dispatcher<D: Database>(state: AppState<D>, shutdown: CancellationToken) {
+    let started = Instant::now();
+    let mut checked = Instant::now();
     loop {
         // Register interest before looking, so a change that lands while a
         // round runs still wakes the next one.
@@ -33,6 +38,13 @@ pub async fn run_dispatcher<D: Database>(state: AppState<D>, shutdown: Cancellat
 
         dispatch(&state).await;
         push_cancels(&state).await;
+        if checked.elapsed() >= PLACEABLE_CHECK {
+            checked = Instant::now();
+            // Right after a start, agents are still reconnecting: give them
+            // a lease's time before telling users none is there.
+            let settled = started.elapsed() >= state.agents.lease;
+            note_unplaceable(&state, settled).await;
+        }
 
         tokio::select! {
             _ = &mut work => {}
@@ -106,6 +118,43 @@ async fn dispatch<D: Database>(state: &AppState<D>) {
                 state.agents.release(&agent.name, task.id);
                 nothing_for.insert(agent.name);
             }
+        }
+    }
+}
+
+/// Says so in the reason of queued tasks that no connected agent can take
+/// (none has all the labels they need), and clears that once one can.
+/// With `settled` false it only clears.
+async fn note_unplaceable<D: Database>(state: &AppState<D>, settled: bool) {
+    let sets = match state.db.queued_label_sets().await {
+        Ok(sets) => sets,
+        Err(e) => {
+            tracing::warn!("listing what queued tasks need failed: {e}");
+            return;
+        }
+    };
+    let offered = state.agents.offered_label_sets();
+    for needed in sets {
+        let placeable = offered
+            .iter()
+            .any(|agent| needed.iter().all(|label| agent.contains(label)));
+        let reason = match (placeable, settled) {
+            (true, _) => None,
+            (false, true) => Some(if offered.is_empty() {
+                format!("{NO_AGENT_REASON} (no agent is connected, or all are draining)")
+            } else {
+                format!("{NO_AGENT_REASON} (labels: {})", needed.join(", "))
+            }),
+            (false, false) => continue,
+        };
+        match state.db.note_unplaceable(&needed, reason.as_deref()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                "{n} queued task(s) needing [{}]: {}",
+                needed.join(", "),
+                reason.as_deref().unwrap_or("an agent can take them now")
+            ),
+            Err(e) => tracing::warn!("noting unplaceable tasks failed: {e}"),
         }
     }
 }

@@ -36,6 +36,22 @@ pub struct Announce {
     pub draining: bool,
 }
 
+impl Announce {
+    /// Its labels and one `executor:<kind>` label per executor, which tasks
+    /// that need a kind of executor ask for (`kiln_store::placement_labels`).
+    fn offered_labels(&self) -> Vec<String> {
+        self.labels
+            .iter()
+            .cloned()
+            .chain(
+                self.executors
+                    .iter()
+                    .map(|kind| kiln_store::executor_label(kind)),
+            )
+            .collect()
+    }
+}
+
 struct Connected {
     /// Tells this session apart from a newer one of the same name.
     session: u64,
@@ -213,9 +229,21 @@ impl Registry {
             .map(|(name, agent)| Candidate {
                 name: name.clone(),
                 session: agent.session,
-                labels: agent.announce.labels.clone(),
+                labels: agent.announce.offered_labels(),
                 sender: agent.sender.clone(),
             })
+    }
+
+    /// What each connected agent that takes new work offers: its labels
+    /// and its executors' labels.
+    pub fn offered_label_sets(&self) -> Vec<Vec<String>> {
+        let inner = self.lock();
+        inner
+            .connected
+            .values()
+            .filter(|agent| !agent.announce.draining)
+            .map(|agent| agent.announce.offered_labels())
+            .collect()
     }
 
     /// Records a task given to an agent's session.
