@@ -1,17 +1,52 @@
 #!/usr/bin/env bash
-# Runs Kiln's main job on the sample pipeline in examples/demo: builds kiln,
-# prepares Docker and the local image, copies the sample into a fresh git
-# repository and runs `kiln run` there.
+# Kiln's main job in one command. Builds kiln, prepares Docker and the local
+# test image, copies the sample pipeline of examples/demo into a fresh git
+# repository, starts `kiln up` (server + embedded agent + SQLite) beside it,
+# registers the repository as a job with its secret, triggers a run and
+# follows it to the end, then stops the server.
+#
+#   scripts/demo.sh            the above
+#   scripts/demo.sh --offline  the same pipeline with `kiln run`, no server
 set -euo pipefail
 top="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$top"
 bash scripts/setup-test-env.sh
 cargo build --release -q -p kiln
+kiln="$top/target/release/kiln"
 work=$(mktemp -d)
-cp -r examples/demo/. "$work"
-cd "$work"
-git init -q -b main
-git add -A
-git -c user.name=demo -c user.email=demo@example.com commit -qm "demo"
-echo "running the demo pipeline in $work"
-exec "$top/target/release/kiln" run --secret DEMO_TOKEN=s3cr3t-demo-value "$@"
+mkdir "$work/repo"
+cp -r examples/demo/. "$work/repo"
+git -C "$work/repo" init -q -b main
+git -C "$work/repo" add -A
+git -C "$work/repo" -c user.name=demo -c user.email=demo@example.com commit -qm "demo"
+
+if [ "${1:-}" = "--offline" ]; then
+    shift
+    echo "running the demo pipeline in $work/repo"
+    cd "$work/repo"
+    exec "$kiln" run --secret DEMO_TOKEN=s3cr3t-demo-value "$@"
+fi
+
+"$kiln" up --listen 127.0.0.1:0 --data-dir "$work/data" > "$work/up.log" 2>&1 &
+up=$!
+trap 'kill -TERM "$up" 2>/dev/null || true; wait "$up" 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do
+    grep -q "agent embedded connected" "$work/up.log" && break
+    kill -0 "$up" 2>/dev/null || { cat "$work/up.log"; exit 1; }
+    sleep 0.1
+done
+cat "$work/up.log"
+KILN_SERVER=$(sed -n 's/.*listening on //p' "$work/up.log")
+KILN_TOKEN=$(sed -n 's/.*admin token (shown once, keep it): //p' "$work/up.log")
+export KILN_SERVER KILN_TOKEN
+
+"$kiln" job create demo --repository "file://$work/repo"
+printf '%s' s3cr3t-demo-value | "$kiln" secret set demo DEMO_TOKEN
+status=0
+"$kiln" trigger demo -f || status=$?
+"$kiln" runs demo
+"$kiln" logs demo 1 'test[shard=1]'
+echo
+echo "the server's data is in $work/data; to look around again:"
+echo "  $kiln up --data-dir $work/data    # then KILN_SERVER=<its URL> KILN_TOKEN=$KILN_TOKEN $kiln runs demo"
+exit "$status"

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kiln_exec::{CancellationToken, Executor};
@@ -26,6 +26,15 @@ use crate::client::Client;
 
 /// Lease assumed until an assignment names one, for the heartbeat period.
 const DEFAULT_LEASE_SECONDS: u32 = 15;
+
+/// Most output of one task the agent holds before the server acknowledges
+/// it; beyond this the executor stops reading the task's output and the task
+/// blocks on its pipe, as under a slow terminal. Large enough to keep several
+/// calls' worth in flight, so a fast server is never left waiting for the
+/// agent; small enough that a flooding task, or a long disconnect, costs the
+/// agent a few MB per task rather than the whole log. Reading stops once the
+/// budget is reached, so it can be passed by one read per output stream.
+pub const LOG_BUDGET: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -60,6 +69,10 @@ pub struct AgentConfig {
     /// environment — and with it the agent token — to tasks).
     pub base_env: Vec<(String, String)>,
     pub on_connected: Option<OnConnected>,
+    /// The most output bytes one task has held unacknowledged at once (in
+    /// the agent's queue and chunk buffer); kept up to date as the agent
+    /// runs, for tests and diagnostics. It stays near [`LOG_BUDGET`].
+    pub log_held_peak: Arc<AtomicUsize>,
 }
 
 impl AgentConfig {
@@ -81,6 +94,7 @@ impl AgentConfig {
             connect_timeout: Duration::from_secs(5),
             base_env: Vec::new(),
             on_connected: None,
+            log_held_peak: Arc::new(AtomicUsize::new(0)),
         }
     }
 }

@@ -6,22 +6,28 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use kiln_exec::context::{RunContext, task_dir_name, task_spec};
 use kiln_exec::{CancellationToken, LogStream, SourceTree, Status, StepResult, TaskEvents};
 use kiln_pipeline::{Event, Task};
 use kiln_proto::v1::{ArtifactChunk, Assignment, FinishTaskRequest, ReportUpload, StepUpdate};
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::backoff::Backoff;
 use crate::buffer::ChunkBuffer;
 use crate::client::{Client, is_lost, is_retriable};
-use crate::{Shared, TaskHandle};
+use crate::{LOG_BUDGET, Shared, TaskHandle};
 
 /// Largest log chunk sent in one message.
 const MAX_CHUNK: usize = 256 * 1024;
+/// Most output sent in one call. A call is acknowledged only at its end, so
+/// a part of the budget per call lets the task go on printing into the rest
+/// while the server stores the call.
+const MAX_CALL: usize = LOG_BUDGET / 4;
 /// How long the first of a burst of writes waits for more to merge with.
 const LINGER: Duration = Duration::from_millis(20);
 /// Artifact files are streamed in pieces of this size.
@@ -84,13 +90,18 @@ async fn execute(
 ) -> Result<(Status, Option<String>), Lost> {
     let task_id = assignment.task_id;
     let (sender, receiver) = mpsc::unbounded_channel();
+    let budget = Arc::new(LogBudget::new(
+        LOG_BUDGET,
+        shared.config.log_held_peak.clone(),
+    ));
     let reporter = tokio::spawn(report_events(
         shared.client.clone(),
         task_id,
         receiver,
+        budget.clone(),
         handle.lost.clone(),
     ));
-    let events = Arc::new(ChannelEvents(sender));
+    let events = Arc::new(ChannelEvents { sender, budget });
 
     let (status, reason) = match prepare(shared, assignment, &events, &handle.cancel).await {
         Ok((spec, scratch)) => {
@@ -377,9 +388,84 @@ enum Report {
     Step(StepUpdate),
 }
 
-/// Forwards executor events into a channel: the executor must never wait on
-/// the network.
-struct ChannelEvents(mpsc::UnboundedSender<Report>);
+/// Forwards executor events into a channel: the executor never waits on the
+/// network, only (in `ready`) for the budget of unacknowledged output.
+struct ChannelEvents {
+    sender: mpsc::UnboundedSender<Report>,
+    budget: Arc<LogBudget>,
+}
+
+/// Counts a task's output from the moment it is logged until the server
+/// acknowledges it, so that reading the task's output can wait while too
+/// much is held.
+pub(crate) struct LogBudget {
+    limit: usize,
+    held: AtomicUsize,
+    peak: Arc<AtomicUsize>,
+    room: Notify,
+    /// Set once nothing will be released any more (the reporter ended):
+    /// waiting for room then would hang the task forever.
+    closed: AtomicBool,
+}
+
+impl LogBudget {
+    fn new(limit: usize, peak: Arc<AtomicUsize>) -> Self {
+        LogBudget {
+            limit,
+            held: AtomicUsize::new(0),
+            peak,
+            room: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn take(&self, bytes: usize) {
+        let held = self.held.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        self.peak.fetch_max(held, Ordering::Relaxed);
+    }
+
+    fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            self.held.fetch_sub(bytes, Ordering::SeqCst);
+            self.room.notify_waiters();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.room.notify_waiters();
+    }
+
+    fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    fn has_room(&self) -> bool {
+        self.closed.load(Ordering::SeqCst) || self.held.load(Ordering::SeqCst) < self.limit
+    }
+
+    async fn ready(&self) {
+        while !self.has_room() {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            // Registered before checking again, so a release in between is not missed.
+            notified.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Closes the budget however the reporter ends, panics included.
+struct CloseOnDrop(Arc<LogBudget>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
 
 fn millis(at: Option<chrono::DateTime<chrono::Utc>>) -> Option<i64> {
     at.map(|t| t.timestamp_millis())
@@ -387,11 +473,18 @@ fn millis(at: Option<chrono::DateTime<chrono::Utc>>) -> Option<i64> {
 
 impl TaskEvents for ChannelEvents {
     fn log(&self, _stream: LogStream, bytes: &[u8]) {
-        let _ = self.0.send(Report::Log(bytes.to_vec()));
+        self.budget.take(bytes.len());
+        if self.sender.send(Report::Log(bytes.to_vec())).is_err() {
+            self.budget.release(bytes.len());
+        }
+    }
+
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.budget.ready())
     }
 
     fn step_started(&self, index: usize, name: &str) {
-        let _ = self.0.send(Report::Step(StepUpdate {
+        let _ = self.sender.send(Report::Step(StepUpdate {
             task_id: 0,
             index: index as i64,
             name: name.to_string(),
@@ -403,7 +496,7 @@ impl TaskEvents for ChannelEvents {
     }
 
     fn step_finished(&self, index: usize, result: &StepResult) {
-        let _ = self.0.send(Report::Step(StepUpdate {
+        let _ = self.sender.send(Report::Step(StepUpdate {
             task_id: 0,
             index: index as i64,
             name: result.name.clone(),
@@ -415,31 +508,42 @@ impl TaskEvents for ChannelEvents {
     }
 }
 
+/// A step change waiting to be sent, with the `seq` every chunk before which
+/// must be acknowledged first.
+type PendingStep = (i64, StepUpdate);
+
 /// Sends a task's logs and step changes in order until the events close and
 /// everything is acknowledged. Output that arrives while a call is under way
-/// is merged into the next chunk.
+/// is merged into the next chunk. Acknowledged output is released from
+/// `budget`.
 async fn report_events(
     client: Client,
     task_id: i64,
     mut events: mpsc::UnboundedReceiver<Report>,
+    budget: Arc<LogBudget>,
     lost: CancellationToken,
 ) -> Result<(), Lost> {
+    let _close = CloseOnDrop(budget.clone());
     let mut buffer = ChunkBuffer::new(task_id, MAX_CHUNK);
-    let mut steps: VecDeque<StepUpdate> = VecDeque::new();
+    let mut steps: VecDeque<PendingStep> = VecDeque::new();
     let mut closed = false;
     let mut backoff = Backoff::new();
-    let absorb = |report: Report, buffer: &mut ChunkBuffer, steps: &mut VecDeque<StepUpdate>| {
+    let absorb = |report: Report, buffer: &mut ChunkBuffer, steps: &mut VecDeque<PendingStep>| {
         match report {
             Report::Log(bytes) => buffer.write(&bytes),
             Report::Step(mut step) => {
                 // Output before a step change goes out before it.
                 buffer.seal();
+                let after = buffer.next_seq();
                 step.task_id = task_id;
                 // A step that started and ended before either was sent needs
                 // one call, not two: the later update carries every field.
                 match steps.back_mut() {
-                    Some(last) if last.index == step.index => *last = step,
-                    _ => steps.push_back(step),
+                    Some((last_after, last)) if last.index == step.index => {
+                        *last_after = after;
+                        *last = step;
+                    }
+                    _ => steps.push_back((after, step)),
                 }
             }
         }
@@ -455,7 +559,9 @@ async fn report_events(
                         // not wait out the rest of it.
                         let linger = tokio::time::sleep(LINGER);
                         tokio::pin!(linger);
-                        while !closed {
+                        // A whole chunk already waiting gains nothing from
+                        // waiting for more.
+                        while !closed && budget.held() < MAX_CHUNK {
                             tokio::select! {
                                 report = events.recv() => match report {
                                     Some(report) => absorb(report, &mut buffer, &mut steps),
@@ -481,7 +587,7 @@ async fn report_events(
         if closed && buffer.is_empty() && steps.is_empty() {
             return Ok(());
         }
-        match ship(&client, task_id, &mut buffer, &mut steps).await {
+        match ship(&client, task_id, &mut buffer, &mut steps, &budget).await {
             Ok(()) => backoff.reset(),
             Err(status) if is_lost(&status) => {
                 lost.cancel();
@@ -489,7 +595,7 @@ async fn report_events(
             }
             Err(status) if !is_retriable(&status) => {
                 tracing::warn!(task_id, "the server refused the task's output: {status}");
-                buffer.clear();
+                budget.release(buffer.clear());
                 steps.clear();
             }
             Err(status) => {
@@ -503,30 +609,35 @@ async fn report_events(
     }
 }
 
-/// Sends every unacknowledged chunk, then the pending step changes.
+/// Sends the oldest unacknowledged chunks (up to `MAX_CALL` bytes), then the
+/// step changes whose earlier output is all acknowledged.
 async fn ship(
     client: &Client,
     task_id: i64,
     buffer: &mut ChunkBuffer,
-    steps: &mut VecDeque<StepUpdate>,
+    steps: &mut VecDeque<PendingStep>,
+    budget: &LogBudget,
 ) -> Result<(), tonic::Status> {
-    if buffer.has_unacked() {
-        let chunks = buffer.unacked();
+    let batch = buffer.batch(MAX_CALL);
+    if let Some(end) = batch.end() {
         let ack = client
             .clone()
-            .append_logs(futures_util::stream::iter(chunks))
+            .append_logs(futures_util::stream::iter(batch.into_chunks()))
             .await?
             .into_inner();
         if let Some(through) = ack.stored_through.get(&task_id) {
-            buffer.ack(*through);
+            budget.release(buffer.ack(*through));
         }
-        if buffer.has_unacked() {
+        if !buffer.acked_before(end) {
             return Err(tonic::Status::unavailable(
                 "the server did not store every log chunk",
             ));
         }
     }
-    while let Some(step) = steps.front() {
+    while let Some((after, step)) = steps.front() {
+        if !buffer.acked_before(*after) {
+            break;
+        }
         client.clone().update_step(step.clone()).await?;
         steps.pop_front();
     }

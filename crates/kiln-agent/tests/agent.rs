@@ -6,11 +6,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::Stream;
-use kiln_agent::{AgentConfig, run_agent};
+use kiln_agent::{AgentConfig, LOG_BUDGET, run_agent};
 use kiln_exec::CancellationToken;
 use kiln_exec::process::ProcessExecutor;
 use kiln_proto::v1::agent_server::{Agent, AgentServer};
@@ -334,6 +335,8 @@ struct Harness {
     server: Running,
     shutdown: CancellationToken,
     agent: tokio::task::JoinHandle<Result<(), kiln_agent::AgentError>>,
+    /// The agent's `log_held_peak`.
+    log_held_peak: Arc<AtomicUsize>,
     _work: tempfile::TempDir,
 }
 
@@ -342,10 +345,9 @@ async fn start() -> Harness {
     let server = Running::start(fake.clone(), "127.0.0.1:0".parse().expect("address"));
     let work = tempfile::tempdir().expect("work dir");
     let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(run_agent(
-        config(server.address, work.path()),
-        shutdown.clone(),
-    ));
+    let config = config(server.address, work.path());
+    let log_held_peak = config.log_held_peak.clone();
+    let agent = tokio::spawn(run_agent(config, shutdown.clone()));
     fake.wait_for("the session", Duration::from_secs(10), |s| {
         s.session.is_some()
     })
@@ -355,6 +357,7 @@ async fn start() -> Harness {
         server,
         shutdown,
         agent,
+        log_held_peak,
         _work: work,
     }
 }
@@ -698,4 +701,72 @@ async fn a_new_attempt_of_a_task_in_hand_replaces_the_old_one() {
         .await
         .expect("the first attempt was stopped");
     assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+}
+
+#[tokio::test]
+async fn a_flooding_task_waits_for_acknowledgements_and_loses_nothing() {
+    let mut h = start().await;
+    // Reading pauses once the budget is reached, so each of stdout and
+    // stderr may add one read (16 KiB) beyond it, plus a line of Kiln's own.
+    let bound = LOG_BUDGET + 64 * 1024;
+    let count = 8_000_000;
+    let expected: String = (1..=count).map(|i| format!("{i}\n")).collect();
+    assert!(expected.len() > 7 * LOG_BUDGET);
+    h.fake.state().hold_acks = true;
+    h.fake.send(server_message::Kind::Assignment(assignment(
+        9,
+        &format!("seq 1 {count}"),
+        "",
+    )));
+    // The server stores what it gets but acknowledges nothing: the agent
+    // holds output until the budget is full, then the task waits.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.log_held_peak.load(Ordering::SeqCst) < LOG_BUDGET {
+        assert!(Instant::now() < deadline, "the budget never filled up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Time in which an agent without a bound would go far past it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let peak = h.log_held_peak.load(Ordering::SeqCst);
+    assert!(
+        peak <= bound,
+        "held {peak} bytes unacknowledged, budget {LOG_BUDGET}"
+    );
+
+    // The server goes down with output stored but unacknowledged, and comes
+    // back acknowledging: the rest flows, resent where needed, once each.
+    let address = h.server.address;
+    h.server.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.fake.state().hold_acks = false;
+    h.fake.state().session = None;
+    h.server = Running::start(h.fake.clone(), address);
+    h.fake
+        .wait_for("the end of the task", Duration::from_secs(60), |s| {
+            !s.finished.is_empty()
+        })
+        .await;
+    let (finish, _) = h.fake.finish_of(9).expect("task 9 finished");
+    assert_eq!(finish.status, "success", "reason: {}", finish.reason);
+    let log = h.fake.log_text(9);
+    let output = log.strip_prefix("--- step 1: main\n").unwrap_or_else(|| {
+        panic!(
+            "the log starts with the step: {:?}",
+            &log[..80.min(log.len())]
+        )
+    });
+    assert_eq!(output.len(), expected.len(), "every byte arrived once");
+    assert!(output == expected, "the output arrived in order");
+    {
+        let state = h.fake.state();
+        assert!(state.violations.is_empty(), "{:?}", state.violations);
+        assert!(state.duplicates > 0, "unacknowledged chunks were resent");
+    }
+    let peak = h.log_held_peak.load(Ordering::SeqCst);
+    assert!(
+        peak <= bound,
+        "held {peak} bytes unacknowledged, budget {LOG_BUDGET}"
+    );
+    h.shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), h.agent).await;
 }

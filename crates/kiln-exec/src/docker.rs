@@ -639,7 +639,13 @@ async fn run_step(
             mut output,
             input: _input,
         }) => {
-            while let Some(item) = output.next().await {
+            loop {
+                // Not polling the stream leaves the engine's output unread,
+                // which in turn blocks the step on its pipe.
+                events.ready().await;
+                let Some(item) = output.next().await else {
+                    break;
+                };
                 match item {
                     Ok(LogOutput::StdErr { message }) => events.log(LogStream::Stderr, &message),
                     Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {

@@ -105,6 +105,15 @@ impl LogStream {
 /// already masked. Called from executor tasks, so it must not block for long.
 pub trait TaskEvents: Send + Sync {
     fn log(&self, stream: LogStream, bytes: &[u8]);
+    /// Resolves when the sink can take more output. Executors await it before
+    /// each read of a task's stdout or stderr, so a sink that falls behind
+    /// (a slow or unreachable server) pauses the reading, and the task then
+    /// blocks on its full pipe instead of the sink's memory growing. `log`
+    /// itself never waits: Kiln's own lines and a masker's flushed tail must
+    /// always be accepted.
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
     fn step_started(&self, _index: usize, _name: &str) {}
     fn step_finished(&self, _index: usize, _result: &StepResult) {}
 }

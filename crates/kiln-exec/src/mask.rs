@@ -140,6 +140,10 @@ impl TaskEvents for MaskedEvents {
         }
     }
 
+    fn ready(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        self.inner.ready()
+    }
+
     fn step_started(&self, index: usize, name: &str) {
         self.inner.step_started(index, name);
     }

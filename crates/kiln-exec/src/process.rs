@@ -20,7 +20,12 @@ use crate::{
 
 /// How long output may keep arriving after a step's shell has exited; a
 /// background job that still holds the pipe open must not hang the step.
+/// Time spent waiting for the sink to take more output does not count: what
+/// the shell wrote before exiting is still in the pipe and must not be lost
+/// because the server was slow to acknowledge.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+/// Largest piece of output read from a pipe at once.
+const READ_SIZE: usize = 16 * 1024;
 
 pub struct ProcessExecutor {
     /// Whether steps see this process's environment under the task's own.
@@ -177,8 +182,9 @@ async fn run_step(
     if let Some(pid) = child.id() {
         groups.add(pid as i32);
     }
-    let stdout = forward(child.stdout.take(), LogStream::Stdout, events);
-    let stderr = forward(child.stderr.take(), LogStream::Stderr, events);
+    let exited = CancellationToken::new();
+    let stdout = forward(child.stdout.take(), LogStream::Stdout, events, &exited);
+    let stderr = forward(child.stderr.take(), LogStream::Stderr, events, &exited);
     let output = async { tokio::join!(stdout, stderr) };
     tokio::pin!(output);
     let mut drained = false;
@@ -190,8 +196,10 @@ async fn run_step(
         }
     };
     if !drained {
-        // Give the readers a moment to drain what the shell wrote before exiting.
-        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, output).await;
+        // The readers drain what the shell wrote before exiting, each within
+        // its own `DRAIN_AFTER_EXIT`.
+        exited.cancel();
+        output.await;
     }
     match status {
         Ok(status) => StepExit::Code(exit_code(status)),
@@ -207,11 +215,40 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or(-1)
 }
 
-async fn forward(pipe: Option<impl AsyncRead + Unpin>, stream: LogStream, events: &MaskedEvents) {
+/// Passes a pipe's output on until it closes, reading only while the sink is
+/// ready for more. Once `exited` is cancelled (the shell is gone), reading
+/// stops after `DRAIN_AFTER_EXIT` spent waiting on the pipe, in case a
+/// background job keeps it open.
+async fn forward(
+    pipe: Option<impl AsyncRead + Unpin>,
+    stream: LogStream,
+    events: &MaskedEvents,
+    exited: &CancellationToken,
+) {
     let Some(mut pipe) = pipe else { return };
-    let mut buffer = vec![0u8; 16 * 1024];
+    let mut buffer = vec![0u8; READ_SIZE];
+    let mut drain_left = DRAIN_AFTER_EXIT;
     loop {
-        match pipe.read(&mut buffer).await {
+        events.ready().await;
+        let read = if exited.is_cancelled() {
+            if drain_left.is_zero() {
+                return;
+            }
+            let started = tokio::time::Instant::now();
+            let Ok(read) = tokio::time::timeout(drain_left, pipe.read(&mut buffer)).await else {
+                return;
+            };
+            drain_left = drain_left.saturating_sub(started.elapsed());
+            read
+        } else {
+            tokio::select! {
+                read = pipe.read(&mut buffer) => read,
+                // Reading is cancel-safe: nothing is lost by starting over
+                // with the drain's time limit.
+                _ = exited.cancelled() => continue,
+            }
+        };
+        match read {
             Ok(0) | Err(_) => return,
             Ok(n) => events.log(stream, &buffer[..n]),
         }

@@ -13,22 +13,21 @@ pub mod metrics;
 pub mod results;
 mod secrets;
 pub mod state;
+pub mod sweeper;
 pub mod trigger;
 mod views;
-pub mod worker;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use chrono::Utc;
 use kiln_store::{Database, TokenKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
-
-pub use crate::worker::WorkerConfig;
 
 /// Where the server keeps what is not in the database.
 pub struct ServerConfig {
@@ -36,8 +35,6 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// `s3://bucket/prefix` for an S3-compatible store; `<data-dir>/blobs` otherwise.
     pub blob_url: Option<String>,
-    /// Runs tasks in this process too (the embedded agent of `kiln up`).
-    pub worker: Option<WorkerConfig>,
     /// Lease of a task given to a remote agent, renewed by its heartbeats;
     /// an agent silent this long loses its tasks ([`grpc::DEFAULT_LEASE`]).
     pub agent_lease: Duration,
@@ -109,17 +106,54 @@ pub async fn bootstrap<D: Database>(db: &D) -> anyhow::Result<Bootstrap> {
     })
 }
 
+/// The embedded agent's token: made on first start, kept in the data
+/// directory (owner-only), and known to the database only by its hash.
+pub async fn embedded_agent_token<D: Database>(db: &D, data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("embedded-agent.token");
+    let token = match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => token.trim().to_string(),
+        _ => {
+            let token = kiln_crypto::new_token("kiln_agent_");
+            write_private(&path, &token)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            token
+        }
+    };
+    let hash = kiln_crypto::hash_token(&token);
+    if db.find_token(&hash).await?.is_none() {
+        db.insert_token(&hash, TokenKind::Agent, "embedded", false, Utc::now())
+            .await?;
+    }
+    Ok(token)
+}
+
+/// Writes `text` to a new file only its owner can read, replacing `path`
+/// whole (a crash leaves the old file or the new one).
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
+
 /// Serves the API on `listener` and, when given, the agent service on
 /// `grpc_listener`, until `shutdown`; with the lease sweeper and, when
-/// configured, the embedded worker. Either server failing stops both.
+/// the lease sweeper and the dispatcher. Either server failing stops both.
 pub async fn serve<D: Database>(
     state: AppState<D>,
     listener: tokio::net::TcpListener,
     grpc_listener: Option<tokio::net::TcpListener>,
-    worker: Option<WorkerConfig>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let sweeper = tokio::spawn(worker::run_sweeper(state.clone(), shutdown.clone()));
+    let sweeper = tokio::spawn(sweeper::run_sweeper(state.clone(), shutdown.clone()));
     let grpc = grpc_listener.map(|listener| {
         let (state, shutdown) = (state.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -131,8 +165,6 @@ pub async fn serve<D: Database>(
             result
         })
     });
-    let worker = worker
-        .map(|config| tokio::spawn(worker::run_worker(state.clone(), config, shutdown.clone())));
     let app = api::router(state);
     let stop = shutdown.clone();
     let http = axum::serve(listener, app)
@@ -140,9 +172,6 @@ pub async fn serve<D: Database>(
         .await;
     shutdown.cancel();
     let _ = sweeper.await;
-    if let Some(worker) = worker {
-        let _ = worker.await;
-    }
     let grpc = match grpc {
         Some(grpc) => grpc.await?,
         None => Ok(()),

@@ -23,9 +23,7 @@ pub struct Metrics {
     queue_latency: Histogram,
     /// Time from started to finished, per finished task.
     task_duration: Histogram,
-    /// In-process workers, as they publish themselves.
-    agents: Mutex<Vec<kiln_api::Agent>>,
-    /// Agents connected over gRPC; listed beside the in-process workers.
+    /// The agents connected over gRPC.
     remote: OnceLock<Arc<crate::grpc::Registry>>,
 }
 
@@ -87,30 +85,16 @@ impl Metrics {
         }
     }
 
-    pub fn set_agent(&self, agent: kiln_api::Agent) {
-        let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-        agents.retain(|a| a.name != agent.name);
-        agents.push(agent);
-    }
-
     /// Lists the agents of `registry` too from now on.
     pub fn attach_registry(&self, registry: Arc<crate::grpc::Registry>) {
         let _ = self.remote.set(registry);
     }
 
     pub fn agents(&self) -> Vec<kiln_api::Agent> {
-        let mut agents = self
-            .agents
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(registry) = self.remote.get() {
-            let remote = registry.snapshot();
-            // A remote agent of the same name as a worker is the newer word.
-            agents.retain(|a| !remote.iter().any(|r| r.name == a.name));
-            agents.extend(remote);
-        }
-        agents
+        self.remote
+            .get()
+            .map(|registry| registry.snapshot())
+            .unwrap_or_default()
     }
 }
 

@@ -2,9 +2,7 @@
 //! in the blob store under the job's prefix, JUnit reports parsed into JSON
 //! in the database.
 
-use std::path::Path;
-
-use kiln_store::{Artifact, Database, Id};
+use kiln_store::{Database, Id};
 
 use crate::state::AppState;
 
@@ -52,78 +50,6 @@ pub fn content_type(path: &str) -> &'static str {
         "tar" => "application/x-tar",
         "wasm" => "application/wasm",
         _ => "application/octet-stream",
-    }
-}
-
-/// Stores the files an executor collected into `outputs/artifacts`.
-pub async fn store_artifacts<D: Database>(
-    state: &AppState<D>,
-    job_id: Id,
-    run: i64,
-    task_id: Id,
-    outputs: &Path,
-    files: &[std::path::PathBuf],
-) -> Result<(), String> {
-    for file in files {
-        let path = file.to_string_lossy().replace('\\', "/");
-        let key = artifact_key(job_id, run, task_id, &path)?;
-        let local = outputs.join("artifacts").join(file);
-        let size = tokio::fs::metadata(&local)
-            .await
-            .map_err(|e| format!("{path}: {e}"))?
-            .len();
-        state
-            .blobs
-            .put_file(&key, &local)
-            .await
-            .map_err(|e| format!("storing artifact {path}: {e}"))?;
-        let artifact = Artifact {
-            path: path.clone(),
-            size: size as i64,
-            content_type: content_type(&path).into(),
-            blob_key: key,
-        };
-        state
-            .db
-            .add_artifact(task_id, &artifact)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-/// Parses the JUnit files an executor collected into `outputs/reports` and
-/// stores one merged report. A malformed file is reported, not fatal.
-pub async fn store_junit<D: Database>(
-    state: &AppState<D>,
-    task_id: Id,
-    outputs: &Path,
-    files: &[std::path::PathBuf],
-) -> Result<(), String> {
-    let mut reports = Vec::new();
-    let mut problems = Vec::new();
-    for file in files {
-        let bytes = tokio::fs::read(outputs.join("reports").join(file))
-            .await
-            .map_err(|e| e.to_string())?;
-        match kiln_junit::parse(&bytes) {
-            Ok(report) => reports.push(report),
-            Err(e) => problems.push(format!("{}: {e}", file.display())),
-        }
-    }
-    if !reports.is_empty() {
-        let merged = kiln_junit::merge(reports);
-        let json = serde_json::to_string(&merged).map_err(|e| e.to_string())?;
-        state
-            .db
-            .put_report(task_id, "junit", &json)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
     }
 }
 

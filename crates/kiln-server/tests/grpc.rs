@@ -61,7 +61,6 @@ impl Harness {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().to_path_buf(),
             blob_url: None,
-            worker: None,
             agent_lease: lease,
         };
         let state = kiln_server::app_state(db, &config).await.unwrap();
@@ -74,7 +73,6 @@ impl Harness {
             state,
             listener,
             Some(grpc_listener),
-            None,
             shutdown.clone(),
         ));
         Harness {

@@ -100,20 +100,13 @@ where
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.to_path_buf(),
         blob_url: None,
-        worker: None,
         agent_lease: kiln_server::grpc::DEFAULT_LEASE,
     };
     let state = kiln_server::app_state(db.clone(), &config).await.unwrap();
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let address: SocketAddr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(kiln_server::serve(
-        state,
-        listener,
-        None,
-        None,
-        shutdown.clone(),
-    ));
+    let server = tokio::spawn(kiln_server::serve(state, listener, None, shutdown.clone()));
     let base = format!("http://{address}/api/v1");
     let http = reqwest::Client::new();
 

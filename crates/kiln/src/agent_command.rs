@@ -1,6 +1,7 @@
 //! `kiln agent`: runs tasks for a server until Ctrl-C or SIGTERM, then drains
 //! (finishes what runs and reports it); a second signal exits at once.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -16,29 +17,10 @@ use crate::cli::{AgentArgs, ExecutorKind};
 const EXIT_INTERRUPTED: i32 = 130;
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
-    std::fs::create_dir_all(&args.work_dir)
-        .with_context(|| format!("cannot create {}", args.work_dir.display()))?;
-    let work_dir = args
-        .work_dir
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", args.work_dir.display()))?;
-    let executor: Arc<dyn Executor> = match args.executor {
-        Some(ExecutorKind::Process) => Arc::new(process_executor(&work_dir)),
-        Some(ExecutorKind::Docker) => Arc::new(
-            DockerExecutor::connect()
-                .await
-                .map_err(anyhow::Error::msg)?,
-        ),
-        None => match DockerExecutor::connect().await {
-            Ok(docker) => Arc::new(docker),
-            Err(reason) => {
-                eprintln!("agent: process executor (no Docker engine answered: {reason})");
-                Arc::new(process_executor(&work_dir))
-            }
-        },
-    };
+    let work_dir = prepare_work_dir(&args.work_dir)?;
+    let executor = pick_executor(args.executor, &work_dir, "agent").await?;
     let name = args.name.clone().unwrap_or_else(hostname);
-    let mut config = AgentConfig::new(
+    let mut config = agent_config(
         args.server.clone(),
         args.token.clone(),
         name,
@@ -47,6 +29,61 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
     );
     config.labels = args.labels.clone();
     config.capacity = args.capacity.max(1);
+
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        crate::signals::wait_for_signal().await;
+        eprintln!("agent: draining — finishing running tasks (signal again to exit now)");
+        stop.cancel();
+        crate::signals::wait_for_signal().await;
+        eprintln!("agent: exiting now");
+        std::process::exit(EXIT_INTERRUPTED);
+    });
+    run_agent(config, shutdown).await?;
+    Ok(0)
+}
+
+/// Creates the agent's work directory and returns its absolute path.
+pub(crate) fn prepare_work_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    dir.canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))
+}
+
+/// The executor asked for, or `docker` when an engine answers and
+/// `process` otherwise (saying so, as `who`).
+pub(crate) async fn pick_executor(
+    kind: Option<ExecutorKind>,
+    work_dir: &Path,
+    who: &str,
+) -> anyhow::Result<Arc<dyn Executor>> {
+    Ok(match kind {
+        Some(ExecutorKind::Process) => Arc::new(process_executor(work_dir)),
+        Some(ExecutorKind::Docker) => Arc::new(
+            DockerExecutor::connect()
+                .await
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => match DockerExecutor::connect().await {
+            Ok(docker) => Arc::new(docker),
+            Err(reason) => {
+                eprintln!("{who}: process executor (no Docker engine answered: {reason})");
+                Arc::new(process_executor(work_dir))
+            }
+        },
+    })
+}
+
+/// An agent's settings as `kiln agent` and the embedded agent share them.
+pub(crate) fn agent_config(
+    server: String,
+    token: String,
+    name: String,
+    executor: Arc<dyn Executor>,
+    work_dir: PathBuf,
+) -> AgentConfig {
+    let mut config = AgentConfig::new(server, token, name, executor, work_dir);
     // The process executor does not pass the agent's environment (which may
     // hold KILN_AGENT_TOKEN) to tasks; these few make a usable shell.
     config.base_env = ["PATH", "HOME", "LANG", "TMPDIR", "USER"]
@@ -65,22 +102,10 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
         use std::io::Write;
         let _ = std::io::stdout().flush();
     }));
-
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        crate::signals::wait_for_signal().await;
-        eprintln!("agent: draining — finishing running tasks (signal again to exit now)");
-        stop.cancel();
-        crate::signals::wait_for_signal().await;
-        eprintln!("agent: exiting now");
-        std::process::exit(EXIT_INTERRUPTED);
-    });
-    run_agent(config, shutdown).await?;
-    Ok(0)
+    config
 }
 
-fn process_executor(work_dir: &std::path::Path) -> ProcessExecutor {
+fn process_executor(work_dir: &Path) -> ProcessExecutor {
     ProcessExecutor {
         inherit_env: false,
         work_root: Some(work_dir.to_path_buf()),

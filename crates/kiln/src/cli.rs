@@ -92,7 +92,7 @@ pub struct ServerArgs {
     /// Address of the HTTP API.
     #[arg(long, default_value = "127.0.0.1:8080", env = "KILN_LISTEN")]
     pub listen: std::net::SocketAddr,
-    /// Address agents connect to over gRPC (used once agents connect remotely).
+    /// Address agents connect to over gRPC.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub grpc_listen: std::net::SocketAddr,
     /// Where the SQLite database, the key file, logs and artifacts live.
@@ -142,6 +142,10 @@ pub struct UpArgs {
     /// Tasks the embedded agent runs at once.
     #[arg(long, default_value_t = 2)]
     pub capacity: usize,
+    /// Address more agents may connect to over gRPC; loopback on a free
+    /// port by default, where only the embedded agent uses it.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub grpc_listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, clap::Args)]

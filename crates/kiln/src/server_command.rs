@@ -1,112 +1,76 @@
 //! `kiln server` and `kiln up`: pick the database backend, bootstrap tokens,
 //! and serve until Ctrl-C or SIGTERM.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
-use kiln_exec::Executor;
-use kiln_exec::docker::DockerExecutor;
-use kiln_exec::process::ProcessExecutor;
-use kiln_server::{ServerConfig, WorkerConfig};
+use kiln_server::ServerConfig;
 use kiln_store::Database;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent_command::{agent_config, pick_executor, prepare_work_dir};
 use crate::cli::{ExecutorKind, ServerArgs, UpArgs};
 
-/// Lease of a claimed task: how long a silent worker or agent keeps it.
+/// Lease of a claimed task in `kiln up`: how long a silent agent keeps it.
 const LEASE: Duration = Duration::from_secs(15);
+/// Exit code when a second signal cuts the drain short.
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// An agent run inside the server's process (`kiln up`, `kiln server
+/// --worker`). It is a real agent: it connects to this server's gRPC port
+/// with its own token and takes tasks like any other.
+struct Embedded {
+    name: &'static str,
+    labels: Vec<String>,
+    capacity: usize,
+    executor: Option<ExecutorKind>,
+}
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
-    let worker = if args.worker {
-        Some(
-            worker_config(
-                "server",
-                args.worker_labels.clone(),
-                args.worker_capacity,
-                args.worker_executor,
-                &args.data_dir,
-            )
-            .await?,
-        )
-    } else {
-        None
-    };
+    let embedded = args.worker.then(|| Embedded {
+        name: "server",
+        labels: args.worker_labels.clone(),
+        capacity: args.worker_capacity,
+        executor: args.worker_executor,
+    });
     let config = ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
         blob_url: args.blob_url.clone(),
-        worker,
         agent_lease: args.agent_lease,
     };
     start(
         config,
-        Some(args.grpc_listen),
+        args.grpc_listen,
         args.database_url.as_deref(),
+        embedded,
         false,
     )
     .await
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
-    let worker = worker_config(
-        "embedded",
-        vec!["linux".into()],
-        args.capacity,
-        args.executor,
-        &args.data_dir,
-    )
-    .await?;
+    let embedded = Embedded {
+        name: "embedded",
+        labels: vec!["linux".into()],
+        capacity: args.capacity,
+        executor: args.executor,
+    };
     let config = ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
         blob_url: None,
-        worker: Some(worker),
         agent_lease: LEASE,
     };
-    start(config, None, None, true).await
-}
-
-async fn worker_config(
-    name: &str,
-    labels: Vec<String>,
-    capacity: usize,
-    executor: Option<ExecutorKind>,
-    data_dir: &std::path::Path,
-) -> anyhow::Result<WorkerConfig> {
-    let executor: Arc<dyn Executor> = match executor {
-        Some(ExecutorKind::Process) => Arc::new(ProcessExecutor::default()),
-        Some(ExecutorKind::Docker) => Arc::new(
-            DockerExecutor::connect()
-                .await
-                .map_err(anyhow::Error::msg)?,
-        ),
-        None => match DockerExecutor::connect().await {
-            Ok(docker) => Arc::new(docker),
-            Err(reason) => {
-                eprintln!("worker: process executor (no Docker engine answered: {reason})");
-                Arc::new(ProcessExecutor::default())
-            }
-        },
-    };
-    let work_dir = data_dir.join("work");
-    std::fs::create_dir_all(&work_dir)
-        .with_context(|| format!("cannot create {}", work_dir.display()))?;
-    Ok(WorkerConfig {
-        name: name.to_string(),
-        labels,
-        capacity: capacity.max(1),
-        executor,
-        work_dir,
-        lease: LEASE,
-    })
+    start(config, args.grpc_listen, None, Some(embedded), true).await
 }
 
 async fn start(
     config: ServerConfig,
-    grpc_listen: Option<SocketAddr>,
+    grpc_listen: SocketAddr,
     database_url: Option<&str>,
+    embedded: Option<Embedded>,
     all_in_one: bool,
 ) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
@@ -120,7 +84,7 @@ async fn start(
             let db = kiln_store_postgres::PostgresStore::connect(url)
                 .await
                 .context("cannot open the PostgreSQL database")?;
-            run_with(db, config, grpc_listen, all_in_one).await
+            run_with(db, config, grpc_listen, embedded, all_in_one).await
         }
         Some(url) => anyhow::bail!(
             "--database-url must be a postgres:// URL (SQLite is the default, in the data dir); got `{url}`"
@@ -130,18 +94,23 @@ async fn start(
             let db = kiln_store_sqlite::SqliteStore::open(&path)
                 .await
                 .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
-            run_with(db, config, grpc_listen, all_in_one).await
+            run_with(db, config, grpc_listen, embedded, all_in_one).await
         }
     }
 }
 
 async fn run_with<D: Database>(
     db: D,
-    mut config: ServerConfig,
-    grpc_listen: Option<SocketAddr>,
+    config: ServerConfig,
+    grpc_listen: SocketAddr,
+    embedded: Option<Embedded>,
     all_in_one: bool,
 ) -> anyhow::Result<i32> {
     let bootstrap = kiln_server::bootstrap(&db).await?;
+    let agent_token = match &embedded {
+        Some(_) => Some(kiln_server::embedded_agent_token(&db, &config.data_dir).await?),
+        None => None,
+    };
     let state = kiln_server::app_state(db, &config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -152,16 +121,11 @@ async fn run_with<D: Database>(
         "kiln {} listening on {url}",
         if all_in_one { "up" } else { "server" }
     );
-    let grpc_listener = match grpc_listen {
-        Some(address) => {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot listen for agents on {address}"))?;
-            println!("grpc on {}", listener.local_addr()?);
-            Some(listener)
-        }
-        None => None,
-    };
+    let grpc_listener = tokio::net::TcpListener::bind(grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen for agents on {grpc_listen}"))?;
+    let grpc_address = grpc_listener.local_addr()?;
+    println!("grpc on {grpc_address}");
     println!("data directory: {}", config.data_dir.display());
     match &bootstrap.generated_admin_token {
         Some(token) => println!("admin token (shown once, keep it): {token}"),
@@ -173,14 +137,60 @@ async fn run_with<D: Database>(
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
+    // A signal first drains the embedded agent (it finishes and reports what
+    // it runs, through the still-serving server), then stops the server.
     let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
+    let drain = CancellationToken::new();
+    let agent = match (embedded, agent_token) {
+        (Some(embedded), Some(token)) => {
+            let work_dir = prepare_work_dir(&config.data_dir.join("work"))?;
+            let executor = pick_executor(embedded.executor, &work_dir, embedded.name).await?;
+            let mut agent = agent_config(
+                format!("http://{}", loopback(grpc_address)),
+                token,
+                embedded.name.to_string(),
+                executor,
+                work_dir,
+            );
+            agent.labels = embedded.labels;
+            agent.capacity = embedded.capacity.max(1);
+            let (drain, shutdown) = (drain.clone(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = kiln_agent::run_agent(agent, drain).await {
+                    eprintln!("the embedded agent stopped: {e:#}");
+                }
+                shutdown.cancel();
+            }))
+        }
+        _ => None,
+    };
+    let has_agent = agent.is_some();
+    let (stop, stop_agent) = (shutdown.clone(), drain.clone());
     tokio::spawn(async move {
         crate::signals::wait_for_signal().await;
-        eprintln!("shutting down: finishing what runs");
-        stop.cancel();
+        eprintln!("shutting down: finishing what runs (signal again to exit now)");
+        stop_agent.cancel();
+        if !has_agent {
+            stop.cancel();
+        }
+        crate::signals::wait_for_signal().await;
+        eprintln!("exiting now");
+        std::process::exit(EXIT_INTERRUPTED);
     });
-    let worker = config.worker.take();
-    kiln_server::serve(state, listener, grpc_listener, worker, shutdown).await?;
+    kiln_server::serve(state, listener, Some(grpc_listener), shutdown.clone()).await?;
+    // The server stopped on its own (a listener failed): stop the agent too.
+    drain.cancel();
+    if let Some(agent) = agent {
+        let _ = agent.await;
+    }
     Ok(0)
+}
+
+/// Where an agent in this process reaches a listener bound to `address`.
+fn loopback(address: SocketAddr) -> SocketAddr {
+    if address.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), address.port())
+    } else {
+        address
+    }
 }

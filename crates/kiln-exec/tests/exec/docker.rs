@@ -346,6 +346,41 @@ async fn secrets_never_reach_the_log() {
     assert!(recorder.text().trim().ends_with('1'), "{}", recorder.text());
 }
 
+#[tokio::test]
+async fn output_waits_for_a_sink_that_is_not_ready_and_none_is_lost() {
+    let fixture = Fixture::new(&[]);
+    let (spec, id) = docker_spec(
+        &fixture,
+        "paused",
+        &["head -c 1048576 /dev/zero | tr '\\0' x; echo; echo done >&2"],
+    );
+    let events = Gated::new();
+    let executor = executor().await;
+    let run = executor.run(&spec, events.clone(), CancellationToken::new());
+    tokio::pin!(run);
+    let paused = tokio::time::sleep(Duration::from_secs(2));
+    tokio::select! {
+        outcome = &mut run => panic!("the step ended with its output unread: {outcome:?}"),
+        _ = paused => {}
+    }
+    assert_eq!(
+        events.recorder.text(),
+        "",
+        "nothing is read while the sink is not ready"
+    );
+    events.open();
+    let outcome = run.await;
+    let text = events.recorder.text();
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    assert_eq!(text.matches('x').count(), 1048576, "every byte arrived");
+    assert!(
+        text.contains("done"),
+        "{}",
+        &text[text.len().saturating_sub(200)..]
+    );
+    assert_no_objects(TEST_LABEL, &id).await;
+}
+
 /// Removes a built image tag when the test ends, even by a panic.
 struct RemoveImage(Option<String>);
 

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use futures_util::future::BoxFuture;
 use kiln_exec::{LogStream, SourceTree, StepResult, TaskEvents, TaskSpec};
 use kiln_pipeline::Step;
 
@@ -52,6 +53,44 @@ impl TaskEvents for Recorder {
     }
     fn step_finished(&self, index: usize, result: &StepResult) {
         self.finished.lock().unwrap().push((index, result.clone()));
+    }
+}
+
+/// A sink that has fallen behind: records like [`Recorder`], but says it is
+/// ready for more output only once [`Gated::open`] is called.
+pub struct Gated {
+    pub recorder: Arc<Recorder>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Gated {
+    pub fn new() -> Arc<Gated> {
+        Arc::new(Gated {
+            recorder: Recorder::new(),
+            open: tokio::sync::watch::Sender::new(false),
+        })
+    }
+
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl TaskEvents for Gated {
+    fn log(&self, stream: LogStream, bytes: &[u8]) {
+        self.recorder.log(stream, bytes);
+    }
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        let mut open = self.open.subscribe();
+        Box::pin(async move {
+            let _ = open.wait_for(|open| *open).await;
+        })
+    }
+    fn step_started(&self, index: usize, name: &str) {
+        self.recorder.step_started(index, name);
+    }
+    fn step_finished(&self, index: usize, result: &StepResult) {
+        self.recorder.step_finished(index, result);
     }
 }
 

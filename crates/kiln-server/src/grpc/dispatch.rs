@@ -164,7 +164,7 @@ async fn assignment<D: Database>(
     state: &AppState<D>,
     task: &TaskRow,
 ) -> Result<Assignment, String> {
-    let (run, job) = crate::worker::run_and_job(state, task).await?;
+    let (run, job) = run_and_job(state, task).await?;
     let sealed = state
         .db
         .sealed_secrets(job.id, &task.spec.secrets)
@@ -200,6 +200,26 @@ async fn assignment<D: Database>(
         lease_seconds: state.agents.lease.as_secs().max(1) as u32,
         attempt: task.attempt.max(1) as u32,
     })
+}
+
+/// The run and the job a claimed task belongs to.
+async fn run_and_job<D: Database>(
+    state: &AppState<D>,
+    task: &TaskRow,
+) -> Result<(kiln_store::Run, kiln_store::Job), String> {
+    let run = state
+        .db
+        .get_run_by_id(task.run_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the task's run is gone")?;
+    let job = state
+        .db
+        .get_job(&run.job)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the task's job is gone")?;
+    Ok((run, job))
 }
 
 /// Tells agents to stop tasks that were cancelled, or that they no longer

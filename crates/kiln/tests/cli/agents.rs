@@ -14,14 +14,14 @@ use crate::server::Server;
 
 const AGENT_TOKEN: &str = "kiln_agent_shared_test_token";
 
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
-    output: Arc<Mutex<String>>,
+    pub(crate) output: Arc<Mutex<String>>,
     _work_dir: tempfile::TempDir,
 }
 
 impl Agent {
-    fn start(server: &Server, name: &str, labels: &str, capacity: u32) -> Agent {
+    pub(crate) fn start(server: &Server, name: &str, labels: &str, capacity: u32) -> Agent {
         let work_dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args([
@@ -104,7 +104,7 @@ impl Drop for Agent {
     }
 }
 
-async fn freestyle(server: &Server, job: &str, pipeline: &str) -> i64 {
+pub(crate) async fn freestyle(server: &Server, job: &str, pipeline: &str) -> i64 {
     let (status, body) = server
         .send(
             Method::PUT,

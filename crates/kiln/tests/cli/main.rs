@@ -6,3 +6,4 @@ mod agents;
 mod run;
 mod server;
 mod support;
+mod up;

@@ -30,12 +30,21 @@ impl Server {
     }
 
     pub fn start_in(data_dir: tempfile::TempDir, database: Option<&str>) -> Server {
-        Server::launch(data_dir, database, true, "127.0.0.1:0")
+        Server::launch(data_dir, database, true, "127.0.0.1:0", "3s")
     }
 
     /// A server with no worker of its own: only remote agents run tasks.
     pub fn start_for_agents(data_dir: tempfile::TempDir, grpc_listen: &str) -> Server {
-        Server::launch(data_dir, None, false, grpc_listen)
+        Server::start_for_agents_with_lease(data_dir, grpc_listen, "3s")
+    }
+
+    /// [`Server::start_for_agents`] with the agents' lease (`--agent-lease`).
+    pub fn start_for_agents_with_lease(
+        data_dir: tempfile::TempDir,
+        grpc_listen: &str,
+        agent_lease: &str,
+    ) -> Server {
+        Server::launch(data_dir, None, false, grpc_listen, agent_lease)
     }
 
     fn launch(
@@ -43,6 +52,7 @@ impl Server {
         database: Option<&str>,
         worker: bool,
         grpc_listen: &str,
+        agent_lease: &str,
     ) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
         command
@@ -59,7 +69,7 @@ impl Server {
             command.args(["--worker", "--worker-executor", "process"]);
         } else {
             // Agents' tests kill agents: a short lease finds that out quickly.
-            command.args(["--agent-lease", "3s"]);
+            command.args(["--agent-lease", agent_lease]);
         }
         command
             .env("KILN_ADMIN_TOKEN", ADMIN)
