@@ -1319,6 +1319,18 @@ impl Database for PostgresStore {
         Ok(self.claim_task_(claim).await?)
     }
 
+    async fn claim_tasks(&self, claim: &Claim, max: usize) -> kiln_store::Result<Vec<TaskRow>> {
+        // Each claim is one statement already; a batch is a loop of them.
+        let mut tasks = Vec::new();
+        while tasks.len() < max {
+            match self.claim_task_(claim).await? {
+                Some(task) => tasks.push(task),
+                None => break,
+            }
+        }
+        Ok(tasks)
+    }
+
     async fn renew_lease(
         &self,
         task_id: Id,

@@ -808,6 +808,10 @@ async fn close_steps(
 
 impl SqliteStore {
     async fn claim_task_(&self, claim: &Claim) -> Result<Option<TaskRow>> {
+        Ok(self.claim_tasks_(claim, 1).await?.pop())
+    }
+
+    async fn claim_tasks_(&self, claim: &Claim, max: usize) -> Result<Vec<TaskRow>> {
         let labels = serde_json::to_string(&claim.labels)
             .map_err(|e| Error::Corrupt(format!("labels: {e}")))?;
         let lease_until = ms(after(claim.now, claim.lease)?);
@@ -819,52 +823,61 @@ impl SqliteStore {
         // and its running count are index lookups on the denormalised
         // `tasks.job_id`. The write lock is held, so no other claimer sees
         // it queued. Every statement here waits for the one writer
-        // connection, hence as few as possible.
-        let row = sqlx::query(
-            "UPDATE tasks SET status = 'running', agent = ?, lease_holder = ?, \
-             lease_expires_at = ?, cancel_requested = 0, \
-             started_at = COALESCE(started_at, ?), \
-             reason = CASE WHEN reason LIKE ? THEN NULL ELSE reason END WHERE id = \
-             (SELECT q.id FROM jobs j JOIN tasks q ON q.id = \
-              (SELECT t.id FROM tasks t WHERE t.job_id = j.id AND t.status = 'queued' \
-               AND NOT EXISTS (SELECT 1 FROM json_each(t.runs_on) l \
-               WHERE l.value NOT IN (SELECT value FROM json_each(?))) \
-               ORDER BY t.queued_at, t.id LIMIT 1) \
-              ORDER BY (SELECT COUNT(*) FROM tasks rt \
-               WHERE rt.job_id = j.id AND rt.status = 'running'), \
-              q.queued_at, q.id LIMIT 1) \
-             RETURNING id, run_id",
-        )
-        .bind(&claim.holder)
-        .bind(&claim.holder)
-        .bind(lease_until)
-        .bind(ms(claim.now))
-        .bind(format!("{NO_AGENT_REASON}%"))
-        .bind(labels)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            tx.commit().await?;
-            return Ok(None);
-        };
-        let task_id: i64 = row.try_get("id")?;
-        let run_id: i64 = row.try_get("run_id")?;
-        sqlx::query(
-            "UPDATE runs SET status = 'running', started_at = COALESCE(started_at, ?) \
-             WHERE id = ? AND status = 'queued'",
-        )
-        .bind(ms(claim.now))
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?;
+        // connection, hence as few as possible, and a batch in one
+        // transaction.
+        let mut claimed: Vec<(i64, i64)> = Vec::new();
+        while claimed.len() < max {
+            let row = sqlx::query(
+                "UPDATE tasks SET status = 'running', agent = ?, lease_holder = ?, \
+                 lease_expires_at = ?, cancel_requested = 0, \
+                 started_at = COALESCE(started_at, ?), \
+                 reason = CASE WHEN reason LIKE ? THEN NULL ELSE reason END WHERE id = \
+                 (SELECT q.id FROM jobs j JOIN tasks q ON q.id = \
+                  (SELECT t.id FROM tasks t WHERE t.job_id = j.id AND t.status = 'queued' \
+                   AND NOT EXISTS (SELECT 1 FROM json_each(t.runs_on) l \
+                   WHERE l.value NOT IN (SELECT value FROM json_each(?))) \
+                   ORDER BY t.queued_at, t.id LIMIT 1) \
+                  ORDER BY (SELECT COUNT(*) FROM tasks rt \
+                   WHERE rt.job_id = j.id AND rt.status = 'running'), \
+                  q.queued_at, q.id LIMIT 1) \
+                 RETURNING id, run_id",
+            )
+            .bind(&claim.holder)
+            .bind(&claim.holder)
+            .bind(lease_until)
+            .bind(ms(claim.now))
+            .bind(format!("{NO_AGENT_REASON}%"))
+            .bind(&labels)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { break };
+            claimed.push((row.try_get("id")?, row.try_get("run_id")?));
+        }
+        let mut runs: Vec<i64> = claimed.iter().map(|(_, run)| *run).collect();
+        runs.sort_unstable();
+        runs.dedup();
+        for run_id in runs {
+            sqlx::query(
+                "UPDATE runs SET status = 'running', started_at = COALESCE(started_at, ?) \
+                 WHERE id = ? AND status = 'queued'",
+            )
+            .bind(ms(claim.now))
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
-        // Only the holder changes the task now, so reading it on a reader
+        // Only the holder changes the tasks now, so reading them on a reader
         // connection, off the writer, is consistent.
-        self.get_task_(task_id).await
+        let mut tasks = Vec::with_capacity(claimed.len());
+        for (task_id, _) in claimed {
+            tasks.extend(self.get_task_(task_id).await?);
+        }
+        Ok(tasks)
     }
 
     async fn renew_lease_(&self, task_id: Id, holder: &str, until: DateTime<Utc>) -> Result<bool> {
-        let mut tx = self.write().await?;
+        // One statement commits on its own: no transaction round trips.
         let renewed = sqlx::query(
             "UPDATE tasks SET lease_expires_at = ? \
              WHERE id = ? AND lease_holder = ? AND status = 'running'",
@@ -872,10 +885,9 @@ impl SqliteStore {
         .bind(ms(until))
         .bind(task_id)
         .bind(holder)
-        .execute(&mut *tx)
+        .execute(&self.writer)
         .await?
         .rows_affected();
-        tx.commit().await?;
         Ok(renewed > 0)
     }
 
@@ -1299,6 +1311,10 @@ impl Database for SqliteStore {
 
     async fn claim_task(&self, claim: &Claim) -> kiln_store::Result<Option<TaskRow>> {
         Ok(self.claim_task_(claim).await?)
+    }
+
+    async fn claim_tasks(&self, claim: &Claim, max: usize) -> kiln_store::Result<Vec<TaskRow>> {
+        Ok(self.claim_tasks_(claim, max).await?)
     }
 
     async fn renew_lease(

@@ -329,6 +329,14 @@ pub trait Database: Clone + Send + Sync + 'static {
     /// tasks currently `running`, ties broken by the oldest `queued_at`,
     /// then the lowest task id. Concurrent claimers never get the same task.
     fn claim_task(&self, claim: &Claim) -> impl Future<Output = Result<Option<TaskRow>>> + Send;
+    /// Up to `max` claims for one holder at once, each as [`Database::claim_task`]
+    /// picks it (so fairness between jobs holds within the batch); fewer
+    /// when fewer match.
+    fn claim_tasks(
+        &self,
+        claim: &Claim,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<TaskRow>>> + Send;
     /// Extends the lease; false when `holder` no longer holds the task.
     fn renew_lease(
         &self,

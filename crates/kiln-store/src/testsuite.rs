@@ -771,7 +771,35 @@ tasks:
     for task in &running {
         assert!(finish(db, task, "agent", Status::Success, at(12)).await);
     }
+
+    // A batch claim is fair within itself: the small job's new task is
+    // among it, each task is claimed once, all by the one holder.
+    create(db, &small, new_run(tasks(one)), at(13)).await;
+    let newest = run(db, &small, 3).await.run.id;
+    let batch = db
+        .claim_tasks(&claim_of("batcher", &[], at(14)), 3)
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 3);
+    assert_eq!(batch.iter().filter(|t| t.run_id == newest).count(), 1);
+    let ids: HashSet<_> = batch.iter().map(|t| t.id).collect();
+    assert_eq!(ids.len(), 3, "no task twice");
+    assert!(
+        batch
+            .iter()
+            .all(|t| t.status == Status::Running && t.agent.as_deref() == Some("batcher"))
+    );
+    assert_eq!(run(db, &small, 3).await.run.status, Status::Running);
+    for task in &batch {
+        assert!(finish(db, task, "batcher", Status::Success, at(15)).await);
+    }
     drain(db).await;
+    assert!(
+        db.claim_tasks(&claim_of("batcher", &[], at(16)), 4)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(run(db, &big, 1).await.run.status, Status::Success);
     assert_eq!(run(db, &small, 2).await.run.status, Status::Success);
 }

@@ -7,6 +7,7 @@
 //! matching agent idles is therefore sent at once, with no polling delay.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -14,6 +15,7 @@ use kiln_proto::v1::{Assignment, Cancel, Secret, ServerMessage, server_message};
 use kiln_store::{Claim, Database, NO_AGENT_REASON, Status, TaskResult, TaskRow};
 use tokio_util::sync::CancellationToken;
 
+use super::registry::{Candidate, RunAndJob};
 use crate::secrets::open_secret;
 use crate::state::AppState;
 
@@ -56,6 +58,7 @@ pub async fn run_dispatcher<D: Database>(state: AppState<D>, shutdown: Cancellat
 }
 
 /// Claims and sends tasks until no connected agent can take one more.
+/// An agent with several free slots gets a batch claimed in one go.
 async fn dispatch<D: Database>(state: &AppState<D>) {
     let mut nothing_for = HashSet::new();
     while let Some(agent) = state.agents.candidate(&nothing_for) {
@@ -65,59 +68,70 @@ async fn dispatch<D: Database>(state: &AppState<D>) {
             lease: state.agents.lease,
             now: Utc::now(),
         };
-        let task = match state.db.claim_task(&claim).await {
-            Ok(Some(task)) => task,
-            Ok(None) => {
+        let tasks = match state.db.claim_tasks(&claim, agent.free).await {
+            Ok(tasks) if tasks.is_empty() => {
                 nothing_for.insert(agent.name);
                 continue;
             }
+            Ok(tasks) => tasks,
             Err(e) => {
-                tracing::warn!("claiming a task for agent {} failed: {e}", agent.name);
+                tracing::warn!("claiming tasks for agent {} failed: {e}", agent.name);
                 return;
             }
         };
-        state.metrics.task_started(task.queued_at, task.started_at);
-        state.agents.assign(&agent.name, agent.session, &task);
-        let assignment = match assignment(state, &task).await {
-            Ok(assignment) => assignment,
-            Err(reason) => {
-                // The task cannot run anywhere (a missing secret, a deleted
-                // job): end it rather than let every agent fail it in turn.
-                tracing::warn!("task {} cannot be assigned: {reason}", task.id);
-                state.agents.release(&agent.name, task.id);
-                let result = TaskResult {
-                    status: Status::Error,
-                    reason: Some(reason),
-                    now: Utc::now(),
-                };
-                if let Err(e) = state.db.finish_task(task.id, &agent.name, &result).await {
-                    tracing::warn!("ending task {} failed: {e}", task.id);
-                }
-                state.work.notify_waiters();
-                continue;
+        for task in tasks {
+            if !send_task(state, &agent, task).await {
+                nothing_for.insert(agent.name.clone());
             }
-        };
-        let message = ServerMessage {
-            kind: Some(server_message::Kind::Assignment(assignment)),
-        };
-        match agent.sender.try_send(Ok(message)) {
-            Ok(()) => tracing::info!(
+        }
+    }
+}
+
+/// Sends one claimed task to `agent`; false when the agent's stream is
+/// closed or full (the task's lease then expires like a lost agent's).
+async fn send_task<D: Database>(state: &AppState<D>, agent: &Candidate, task: TaskRow) -> bool {
+    state.metrics.task_started(task.queued_at, task.started_at);
+    state.agents.assign(&agent.name, agent.session, &task);
+    let assignment = match assignment(state, &task).await {
+        Ok(assignment) => assignment,
+        Err(reason) => {
+            // The task cannot run anywhere (a missing secret, a deleted
+            // job): end it rather than let every agent fail it in turn.
+            tracing::warn!("task {} cannot be assigned: {reason}", task.id);
+            state.agents.release(&agent.name, task.id);
+            let result = TaskResult {
+                status: Status::Error,
+                reason: Some(reason),
+                now: Utc::now(),
+            };
+            if let Err(e) = state.db.finish_task(task.id, &agent.name, &result).await {
+                tracing::warn!("ending task {} failed: {e}", task.id);
+            }
+            state.work.notify_waiters();
+            return true;
+        }
+    };
+    let message = ServerMessage {
+        kind: Some(server_message::Kind::Assignment(assignment)),
+    };
+    match agent.sender.try_send(Ok(message)) {
+        Ok(()) => {
+            tracing::info!(
                 "task {} ({}) assigned to agent {}",
                 task.id,
                 task.name,
                 agent.name
-            ),
-            Err(e) => {
-                // The lease expires and the sweeper retries the task or ends
-                // it "agent lost": the same path as an agent that died.
-                tracing::warn!(
-                    "task {} could not be sent to agent {}: {e}; its lease will expire",
-                    task.id,
-                    agent.name
-                );
-                state.agents.release(&agent.name, task.id);
-                nothing_for.insert(agent.name);
-            }
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(
+                "task {} could not be sent to agent {}: {e}; its lease will expire",
+                task.id,
+                agent.name
+            );
+            state.agents.release(&agent.name, task.id);
+            false
         }
     }
 }
@@ -164,12 +178,20 @@ async fn assignment<D: Database>(
     state: &AppState<D>,
     task: &TaskRow,
 ) -> Result<Assignment, String> {
-    let (run, job) = run_and_job(state, task).await?;
-    let sealed = state
-        .db
-        .sealed_secrets(job.id, &task.spec.secrets)
+    let both = run_and_job(state, task.run_id)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .ok_or("the task's run or job is gone")?;
+    let (run, job) = (&both.0, &both.1);
+    let sealed = if task.spec.secrets.is_empty() {
+        Vec::new()
+    } else {
+        state
+            .db
+            .sealed_secrets(job.id, &task.spec.secrets)
+            .await
+            .map_err(|e| e.to_string())?
+    };
     let mut secrets = Vec::new();
     for (name, value) in sealed {
         let value = open_secret(&state.key, job.id, &name, &value)?;
@@ -202,24 +224,23 @@ async fn assignment<D: Database>(
     })
 }
 
-/// The run and the job a claimed task belongs to.
-async fn run_and_job<D: Database>(
+/// The run and the job a task belongs to; `None` when either is gone.
+pub(super) async fn run_and_job<D: Database>(
     state: &AppState<D>,
-    task: &TaskRow,
-) -> Result<(kiln_store::Run, kiln_store::Job), String> {
-    let run = state
-        .db
-        .get_run_by_id(task.run_id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the task's run is gone")?;
-    let job = state
-        .db
-        .get_job(&run.job)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the task's job is gone")?;
-    Ok((run, job))
+    run_id: kiln_store::Id,
+) -> Result<Option<RunAndJob>, kiln_store::StoreError> {
+    if let Some(both) = state.agents.runs.get(run_id) {
+        return Ok(Some(both));
+    }
+    let Some(run) = state.db.get_run_by_id(run_id).await? else {
+        return Ok(None);
+    };
+    let Some(job) = state.db.get_job(&run.job).await? else {
+        return Ok(None);
+    };
+    let both = Arc::new((run, job));
+    state.agents.runs.put(run_id, both.clone());
+    Ok(Some(both))
 }
 
 /// Tells agents to stop tasks that were cancelled, or that they no longer

@@ -13,7 +13,7 @@ pub mod registry;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -55,6 +55,7 @@ pub async fn serve<D: Database>(
     let service = AgentService {
         state,
         shutdown: shutdown.clone(),
+        verified: std::sync::Mutex::new(HashMap::new()),
     };
     // No Nagle: assignments and cancels are small and must not wait.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -76,7 +77,15 @@ struct AgentService<D> {
     state: AppState<D>,
     /// Ends open session streams, so a graceful shutdown does not wait for agents.
     shutdown: CancellationToken,
+    /// Hashes of agent tokens found valid, and when: an agent makes several
+    /// calls per task, and each would otherwise be a database read.
+    verified: std::sync::Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a verified agent token is trusted without asking the database
+/// again. Tokens cannot be revoked yet; when they can, this bounds how long
+/// a revoked token keeps working on a server that did not revoke it.
+const VERIFIED_FOR: Duration = Duration::from_secs(10);
 
 fn store_status(e: StoreError) -> GrpcStatus {
     match e {
@@ -124,10 +133,20 @@ impl<D: Database> AgentService<D> {
             .ok_or_else(|| {
                 GrpcStatus::unauthenticated("calls need `authorization: Bearer <agent token>`")
             })?;
+        let hash = kiln_crypto::hash_token(token);
+        {
+            let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if verified
+                .get(&hash)
+                .is_some_and(|at| at.elapsed() < VERIFIED_FOR)
+            {
+                return Ok(());
+            }
+        }
         let info = self
             .state
             .db
-            .find_token(&kiln_crypto::hash_token(token))
+            .find_token(&hash)
             .await
             .map_err(store_status)?
             .ok_or_else(|| GrpcStatus::unauthenticated("unknown or revoked token"))?;
@@ -136,6 +155,9 @@ impl<D: Database> AgentService<D> {
                 "a user token cannot act as an agent; create an agent token",
             ));
         }
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        verified.retain(|_, at| at.elapsed() < VERIFIED_FOR);
+        verified.insert(hash, Instant::now());
         Ok(())
     }
 
@@ -171,23 +193,13 @@ impl<D: Database> AgentService<D> {
     }
 
     async fn place(&self, task: &TaskHold) -> Result<Place, GrpcStatus> {
-        let run = self
-            .state
-            .db
-            .get_run_by_id(task.run_id)
+        let both = dispatch::run_and_job(&self.state, task.run_id)
             .await
             .map_err(store_status)?
-            .ok_or_else(|| GrpcStatus::not_found("the task's run is gone"))?;
-        let job = self
-            .state
-            .db
-            .get_job(&run.job)
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| GrpcStatus::not_found("the task's job is gone"))?;
+            .ok_or_else(|| GrpcStatus::not_found("the task's run or job is gone"))?;
         Ok(Place {
-            job_id: job.id,
-            run: run.number,
+            job_id: both.1.id,
+            run: both.0.number,
         })
     }
 }
