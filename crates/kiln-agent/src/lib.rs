@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use kiln_exec::{CancellationToken, Executor};
 use kiln_proto::v1::{HeartbeatRequest, ServerMessage, SessionRequest, server_message};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tonic::Code;
 
 use crate::backoff::Backoff;
@@ -130,6 +130,9 @@ pub(crate) struct Shared {
     tasks: watch::Sender<HashMap<i64, TaskHandle>>,
     draining: AtomicBool,
     lease_seconds: AtomicU32,
+    /// Woken when an assignment brings a different lease, so heartbeats
+    /// keep pace with it from the first task on.
+    lease_changed: Notify,
     permits: Arc<Semaphore>,
 }
 
@@ -180,6 +183,7 @@ pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Resu
         tasks: watch::Sender::new(HashMap::new()),
         draining: AtomicBool::new(false),
         lease_seconds: AtomicU32::new(DEFAULT_LEASE_SECONDS),
+        lease_changed: Notify::new(),
         permits,
     });
     let stop_heartbeats = CancellationToken::new();
@@ -298,10 +302,13 @@ fn handle_message(shared: &Arc<Shared>, message: ServerMessage) {
     match message.kind {
         Some(server_message::Kind::Assignment(assignment)) => {
             let task_id = assignment.task_id;
-            if assignment.lease_seconds > 0 {
-                shared
+            if assignment.lease_seconds > 0
+                && shared
                     .lease_seconds
-                    .store(assignment.lease_seconds, Ordering::SeqCst);
+                    .swap(assignment.lease_seconds, Ordering::SeqCst)
+                    != assignment.lease_seconds
+            {
+                shared.lease_changed.notify_one();
             }
             let handle = TaskHandle::new(assignment.attempt);
             let mut fresh = true;
@@ -351,13 +358,17 @@ fn handle_message(shared: &Arc<Shared>, message: ServerMessage) {
 /// Renews leases every third of the lease, and stops tasks the server says
 /// are lost or cancelled.
 async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut last = tokio::time::Instant::now();
     loop {
         let lease = shared.lease_seconds.load(Ordering::SeqCst).max(1);
         let every = Duration::from_secs(u64::from(lease)) / 3;
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep_until(last + every) => {}
+            // A shorter lease may make the next heartbeat due already.
+            _ = shared.lease_changed.notified() => continue,
             _ = stop.cancelled() => return,
         }
+        last = tokio::time::Instant::now();
         let request = HeartbeatRequest {
             task_ids: shared.task_ids(),
             draining: shared.draining.load(Ordering::SeqCst),

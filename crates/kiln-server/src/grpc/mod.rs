@@ -576,39 +576,54 @@ impl<D: Database> Agent for AgentService<D> {
             reason: Some(finish.reason).filter(|r| !r.is_empty()),
             now: Utc::now(),
         };
-        if !self
-            .state
-            .db
-            .finish_task(task.id, &agent, &result)
+        // What follows runs on its own: if the agent dies mid-call, the
+        // handler is dropped, and a task whose end was committed must still
+        // get its console blob, leave the registry and wake the dispatcher.
+        let state = self.state.clone();
+        tokio::spawn(record_finish(state, agent, task, place, result))
             .await
-            .map_err(store_status)?
-        {
-            return Err(denied(&agent, task.id));
-        }
-        tracing::info!("agent {agent} finished task {} {status}", task.id);
-        // A retried task is queued again with its log chunks cleared for the
-        // next attempt; a console blob written now would be empty and hide
-        // that attempt's live log. Only a task that ended gets its blob.
-        let ended = match self.state.db.task_holds(&[task.id]).await {
-            Ok(holds) => holds.first().is_some_and(|row| row.status.is_terminal()),
-            Err(e) => {
-                tracing::warn!("task {}: {e}", task.id);
-                true
-            }
-        };
-        if ended
-            && let Err(e) =
-                results::finalize_console(&self.state, place.job_id, place.run, task.id).await
-        {
-            tracing::warn!("task {}: {e}", task.id);
-        }
-        self.state
-            .metrics
-            .task_finished(task.started_at, result.now);
-        self.state.agents.release(&agent, task.id);
-        self.state.work.notify_waiters();
+            .map_err(|e| GrpcStatus::internal(format!("recording the end failed: {e}")))??;
         Ok(Response::new(Ack {}))
     }
+}
+
+/// Ends `task` for `agent` in the store, then files its console and
+/// releases it.
+async fn record_finish<D: Database>(
+    state: AppState<D>,
+    agent: String,
+    task: TaskHold,
+    place: Place,
+    result: TaskResult,
+) -> Result<(), GrpcStatus> {
+    if !state
+        .db
+        .finish_task(task.id, &agent, &result)
+        .await
+        .map_err(store_status)?
+    {
+        return Err(denied(&agent, task.id));
+    }
+    tracing::info!("agent {agent} finished task {} {}", task.id, result.status);
+    // A retried task is queued again with its log chunks cleared for the
+    // next attempt; a console blob written now would be empty and hide
+    // that attempt's live log. Only a task that ended gets its blob.
+    let ended = match state.db.task_holds(&[task.id]).await {
+        Ok(holds) => holds.first().is_some_and(|row| row.status.is_terminal()),
+        Err(e) => {
+            tracing::warn!("task {}: {e}", task.id);
+            true
+        }
+    };
+    if ended
+        && let Err(e) = results::finalize_console(&state, place.job_id, place.run, task.id).await
+    {
+        tracing::warn!("task {}: {e}", task.id);
+    }
+    state.metrics.task_finished(task.started_at, result.now);
+    state.agents.release(&agent, task.id);
+    state.work.notify_waiters();
+    Ok(())
 }
 
 impl<D: Database> AgentService<D> {

@@ -230,6 +230,25 @@ async fn a_killed_agents_task_is_retried_elsewhere_or_ends_agent_lost() {
     assert!(log.contains("finished on rescuer"), "{log}");
 }
 
+/// An agent idle for longer than a short lease keeps its first task: its
+/// heartbeats follow the lease its assignment brings, not a default.
+#[tokio::test]
+async fn a_short_lease_is_kept_by_an_agent_that_was_idle() {
+    let server =
+        &Server::start_for_agents_with_lease(tempfile::tempdir().unwrap(), "127.0.0.1:0", "2s");
+    let _agent = Agent::start(server, "patient", "linux", 1);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let run = freestyle(
+        server,
+        "slow",
+        "version: 1\ntasks:\n  slow:\n    steps: [{run: sleep 5 && echo done}]\n",
+    )
+    .await;
+    let detail = server.wait_for_run("slow", run).await;
+    assert_eq!(detail["status"], "success", "{detail:#}");
+    assert_eq!(detail["tasks"][0]["attempt"], 1, "{detail:#}");
+}
+
 #[tokio::test]
 async fn sigterm_lets_a_busy_agent_finish_its_task_then_exit() {
     let server = Server::start_for_agents(tempfile::tempdir().unwrap(), "127.0.0.1:0");

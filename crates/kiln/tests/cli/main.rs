@@ -5,5 +5,6 @@
 mod agents;
 mod run;
 mod server;
+mod soak;
 mod support;
 mod up;
