@@ -13,8 +13,14 @@ fn task_prefix(job_id: Id, run: i64, task_id: Id) -> String {
     )
 }
 
+/// Consoles of a run share one directory (on a local store, a directory
+/// per task would cost a directory inode for every task, a notable part of
+/// a trivial task's cost).
 pub fn console_key(job_id: Id, run: i64, task_id: Id) -> String {
-    format!("{}/console.log", task_prefix(job_id, run, task_id))
+    format!(
+        "{}runs/{run}/consoles/{task_id}.log",
+        crate::trigger::job_blob_prefix(job_id)
+    )
 }
 
 /// The blob key of an artifact; refuses paths that would leave the task's prefix.

@@ -221,7 +221,8 @@ fn kill_loop(
     agents
 }
 
-fn count_files(dir: &std::path::Path, name: &str) -> usize {
+/// Files under `dir` whose names end with `suffix`.
+fn count_files(dir: &std::path::Path, suffix: &str) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -230,9 +231,13 @@ fn count_files(dir: &std::path::Path, name: &str) -> usize {
         .map(|entry| {
             let path = entry.path();
             if path.is_dir() {
-                count_files(&path, name)
+                count_files(&path, suffix)
             } else {
-                usize::from(path.file_name().is_some_and(|n| n == name))
+                usize::from(
+                    path.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.ends_with(suffix)),
+                )
             }
         })
         .sum()
@@ -445,8 +450,8 @@ async fn a_thousand_tasks_survive_agents_killed_at_random() {
     );
 
     // Each task that an agent finished had its console moved to the blob
-    // store once (`<data-dir>/blobs/…/tasks/<id>/console.log`).
-    let blobs = count_files(&server.data_dir.path().join("blobs"), "console.log");
+    // store once (`<data-dir>/blobs/…/runs/<n>/consoles/<id>.log`).
+    let blobs = count_files(&server.data_dir.path().join("blobs"), ".log");
     assert_eq!(
         blobs, succeeded,
         "seed {seed}: console logs in the blob store against tasks that succeeded"
