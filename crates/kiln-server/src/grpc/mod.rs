@@ -578,33 +578,51 @@ impl<D: Database> Agent for AgentService<D> {
         };
         // What follows runs on its own: if the agent dies mid-call, the
         // handler is dropped, and a task whose end was committed must still
-        // get its console blob, leave the registry and wake the dispatcher.
-        let state = self.state.clone();
-        tokio::spawn(record_finish(state, agent, task, place, result))
+        // leave the registry, wake the dispatcher and get its console blob.
+        // The agent is answered once the end is committed; filing the
+        // console (read the chunks, write the blob) goes on after, off the
+        // path of the next task (until it is done the console is served
+        // from the chunks).
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        tokio::spawn(record_finish(
+            self.state.clone(),
+            agent,
+            task,
+            place,
+            result,
+            answer,
+        ));
+        answered
             .await
-            .map_err(|e| GrpcStatus::internal(format!("recording the end failed: {e}")))??;
+            .map_err(|_| GrpcStatus::internal("recording the end of the task failed"))??;
         Ok(Response::new(Ack {}))
     }
 }
 
-/// Ends `task` for `agent` in the store, then files its console and
-/// releases it.
+/// Ends `task` for `agent` in the store and answers with the outcome; then
+/// releases it and files its console.
 async fn record_finish<D: Database>(
     state: AppState<D>,
     agent: String,
     task: TaskHold,
     place: Place,
     result: TaskResult,
-) -> Result<(), GrpcStatus> {
-    if !state
-        .db
-        .finish_task(task.id, &agent, &result)
-        .await
-        .map_err(store_status)?
-    {
-        return Err(denied(&agent, task.id));
+    answer: tokio::sync::oneshot::Sender<Result<(), GrpcStatus>>,
+) {
+    let committed = match state.db.finish_task(task.id, &agent, &result).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(denied(&agent, task.id)),
+        Err(e) => Err(store_status(e)),
+    };
+    let failed = committed.is_err();
+    let _ = answer.send(committed);
+    if failed {
+        return;
     }
     tracing::info!("agent {agent} finished task {} {}", task.id, result.status);
+    state.metrics.task_finished(task.started_at, result.now);
+    state.agents.release(&agent, task.id);
+    state.work.notify_waiters();
     // A retried task is queued again with its log chunks cleared for the
     // next attempt; a console blob written now would be empty and hide
     // that attempt's live log. Only a task that ended gets its blob.
@@ -620,10 +638,6 @@ async fn record_finish<D: Database>(
     {
         tracing::warn!("task {}: {e}", task.id);
     }
-    state.metrics.task_finished(task.started_at, result.now);
-    state.agents.release(&agent, task.id);
-    state.work.notify_waiters();
-    Ok(())
 }
 
 impl<D: Database> AgentService<D> {
