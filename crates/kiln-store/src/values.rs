@@ -34,7 +34,8 @@ pub fn after(now: DateTime<Utc>, span: std::time::Duration) -> Result<DateTime<U
         .ok_or_else(|| StoreError::Conflict(format!("duration {span:?} is too long")))
 }
 
-const STATUSES: [Status; 9] = [
+/// Every status, in lifecycle order.
+pub const STATUSES: [Status; 9] = [
     Status::Pending,
     Status::Queued,
     Status::Running,

@@ -92,6 +92,20 @@ impl Up {
             .await
     }
 
+    /// Triggers a run of `job` and waits for its end; returns it.
+    async fn run_to_end(&self, token: &str, job: &str) -> Value {
+        let run = self
+            .send(
+                token,
+                reqwest::Method::POST,
+                &format!("/api/v1/jobs/{job}/runs"),
+                json!({}),
+            )
+            .await;
+        self.wait_for_run(token, job, run["number"].as_i64().unwrap())
+            .await
+    }
+
     async fn wait_for_run(&self, token: &str, job: &str, number: i64) -> Value {
         let started = Instant::now();
         loop {
@@ -158,16 +172,7 @@ async fn kiln_up_runs_a_repository_pipeline_on_its_embedded_agent() {
         json!({"kind": "git", "repository": repo.url()}),
     )
     .await;
-    let run = up
-        .send(
-            &token,
-            reqwest::Method::POST,
-            "/api/v1/jobs/app/runs",
-            json!({}),
-        )
-        .await;
-    let number = run["number"].as_i64().unwrap();
-    let run = up.wait_for_run(&token, "app", number).await;
+    let run = up.run_to_end(&token, "app").await;
     assert_eq!(run["status"], "success", "{run:#}");
     for task in run["tasks"].as_array().unwrap() {
         assert_eq!(task["agent"], "embedded", "{task}");
@@ -193,16 +198,6 @@ async fn kiln_up_runs_a_repository_pipeline_on_its_embedded_agent() {
     // Started again on the same data: no new admin token, the same agent.
     let again = Up::start(data.path());
     assert_eq!(again.token, None, "the admin token is printed only once");
-    let run = again
-        .send(
-            &token,
-            reqwest::Method::POST,
-            "/api/v1/jobs/app/runs",
-            json!({}),
-        )
-        .await;
-    let run = again
-        .wait_for_run(&token, "app", run["number"].as_i64().unwrap())
-        .await;
+    let run = again.run_to_end(&token, "app").await;
     assert_eq!(run["status"], "success", "{run:#}");
 }
