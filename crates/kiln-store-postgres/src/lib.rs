@@ -1082,6 +1082,22 @@ impl PostgresStore {
         rows.iter().map(codec::task_hold).collect()
     }
 
+    async fn find_task_(&self, job_id: Id, number: i64, name: &str) -> Result<Option<TaskRow>> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT t.id FROM tasks t JOIN runs r ON r.id = t.run_id \
+             WHERE r.job_id = $1 AND r.number = $2 AND t.name = $3",
+        )
+        .bind(job_id)
+        .bind(number)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        match id {
+            Some(id) => self.get_task_(id).await,
+            None => Ok(None),
+        }
+    }
+
     async fn get_task_(&self, task_id: Id) -> Result<Option<TaskRow>> {
         let mut tx = self.read().await?;
         let task = task_row(&mut tx, task_id).await?;
@@ -1364,6 +1380,15 @@ impl Database for PostgresStore {
 
     async fn get_task(&self, task_id: Id) -> kiln_store::Result<Option<TaskRow>> {
         Ok(self.get_task_(task_id).await?)
+    }
+
+    async fn find_task(
+        &self,
+        job_id: Id,
+        number: i64,
+        name: &str,
+    ) -> kiln_store::Result<Option<TaskRow>> {
+        Ok(self.find_task_(job_id, number, name).await?)
     }
 
     async fn queued_label_sets(&self) -> kiln_store::Result<Vec<Vec<String>>> {

@@ -363,6 +363,14 @@ pub trait Database: Clone + Send + Sync + 'static {
     /// "agent lost") and runs past their deadline; returns the tasks touched.
     fn expire(&self, now: DateTime<Utc>) -> impl Future<Output = Result<Vec<Id>>> + Send;
     fn get_task(&self, task_id: Id) -> impl Future<Output = Result<Option<TaskRow>>> + Send;
+    /// The task `name` of run `number` of the job, without loading the
+    /// run's other tasks.
+    fn find_task(
+        &self,
+        job_id: Id,
+        number: i64,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<TaskRow>>> + Send;
     /// The distinct label sets (see [`placement_labels`]) that queued
     /// tasks need, each sorted.
     fn queued_label_sets(&self) -> impl Future<Output = Result<Vec<Vec<String>>>> + Send;

@@ -1061,6 +1061,13 @@ pub async fn holder_checks<D: Database>(db: &D) {
         .await
         .unwrap()
         .expect("a");
+    assert_eq!(
+        db.find_task(job.id, 1, "a").await.unwrap().as_ref(),
+        Some(&a),
+        "found by run number and name"
+    );
+    assert_eq!(db.find_task(job.id, 1, "zzz").await.unwrap(), None);
+    assert_eq!(db.find_task(job.id, 99, "a").await.unwrap(), None);
     assert!(!finish(db, &a, "someone-else", Status::Success, at(2)).await);
     assert!(!db.renew_lease(a.id, "someone-else", at(10)).await.unwrap());
     assert!(matches!(

@@ -5,9 +5,10 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kiln_store::{Database, Id, RunDetail, TaskRow};
+use kiln_store::{Database, Id, TaskRow};
 use serde::Deserialize;
 
+use crate::api::jobs::find_job;
 use crate::api::runs::find_run;
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
@@ -29,13 +30,16 @@ async fn find_task<D: Database>(
     state: &AppState<D>,
     (job, number, task): (String, i64, String),
 ) -> ApiResult<Located> {
-    let (job, RunDetail { tasks, .. }) = find_run(state, &job, number).await?;
-    let task = tasks.into_iter().find(|t| t.name == task).ok_or_else(|| {
-        ApiError::not_found(format!(
+    let job = find_job(state, &job).await?;
+    // One task, not the whole run: runs may hold thousands of tasks.
+    let Some(task) = state.db.find_task(job.id, number, &task).await? else {
+        // Which is missing, for the message; only on this error path.
+        find_run(state, &job.spec.name, number).await?;
+        return Err(ApiError::not_found(format!(
             "run {number} of job `{}` has no task `{task}`",
             job.spec.name
-        ))
-    })?;
+        )));
+    };
     Ok(Located {
         job_id: job.id,
         number,
