@@ -362,6 +362,27 @@ async fn start() -> Harness {
     }
 }
 
+impl Harness {
+    /// Kills the fake server and starts it again on the same port, now
+    /// acknowledging what it stores, and waits for the task `task_id` to end.
+    async fn restart_acknowledging(&mut self, task_id: i64, within: Duration) -> FinishTaskRequest {
+        let address = self.server.address;
+        self.server.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.fake.state().hold_acks = false;
+        self.fake.state().session = None;
+        self.server = Running::start(self.fake.clone(), address);
+        self.fake
+            .wait_for("the end of the task", within, |s| !s.finished.is_empty())
+            .await;
+        let (finish, _) = self
+            .fake
+            .finish_of(task_id)
+            .unwrap_or_else(|| panic!("task {task_id} finished"));
+        finish
+    }
+}
+
 #[tokio::test]
 async fn runs_a_freestyle_task_and_reports_everything() {
     let h = start().await;
@@ -496,19 +517,7 @@ async fn reconnects_and_resends_unacknowledged_chunks() {
         .await;
     // The server crashes with chunks stored but not acknowledged, and comes
     // back on the same port.
-    let address = h.server.address;
-    h.server.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    h.fake.state().hold_acks = false;
-    h.fake.state().session = None;
-    h.server = Running::start(h.fake.clone(), address);
-
-    h.fake
-        .wait_for("the end of the task", Duration::from_secs(30), |s| {
-            !s.finished.is_empty()
-        })
-        .await;
-    let (finish, _) = h.fake.finish_of(3).expect("task 3 finished");
+    let finish = h.restart_acknowledging(3, Duration::from_secs(30)).await;
     assert_eq!(finish.status, "success", "reason: {}", finish.reason);
     let log = h.fake.log_text(3);
     let expected: String = (1..=30).map(|i| format!("line {i}\n")).collect();
@@ -735,18 +744,7 @@ async fn a_flooding_task_waits_for_acknowledgements_and_loses_nothing() {
 
     // The server goes down with output stored but unacknowledged, and comes
     // back acknowledging: the rest flows, resent where needed, once each.
-    let address = h.server.address;
-    h.server.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    h.fake.state().hold_acks = false;
-    h.fake.state().session = None;
-    h.server = Running::start(h.fake.clone(), address);
-    h.fake
-        .wait_for("the end of the task", Duration::from_secs(60), |s| {
-            !s.finished.is_empty()
-        })
-        .await;
-    let (finish, _) = h.fake.finish_of(9).expect("task 9 finished");
+    let finish = h.restart_acknowledging(9, Duration::from_secs(60)).await;
     assert_eq!(finish.status, "success", "reason: {}", finish.reason);
     let log = h.fake.log_text(9);
     let output = log.strip_prefix("--- step 1: main\n").unwrap_or_else(|| {

@@ -354,23 +354,8 @@ async fn output_waits_for_a_sink_that_is_not_ready_and_none_is_lost() {
         "paused",
         &["head -c 1048576 /dev/zero | tr '\\0' x; echo; echo done >&2"],
     );
-    let events = Gated::new();
-    let executor = executor().await;
-    let run = executor.run(&spec, events.clone(), CancellationToken::new());
-    tokio::pin!(run);
-    let paused = tokio::time::sleep(Duration::from_secs(2));
-    tokio::select! {
-        outcome = &mut run => panic!("the step ended with its output unread: {outcome:?}"),
-        _ = paused => {}
-    }
-    assert_eq!(
-        events.recorder.text(),
-        "",
-        "nothing is read while the sink is not ready"
-    );
-    events.open();
-    let outcome = run.await;
-    let text = events.recorder.text();
+    let (outcome, text) =
+        run_with_paused_sink(&executor().await, &spec, Duration::from_secs(2)).await;
     assert_eq!(outcome.status, Status::Success, "{outcome:?}");
     assert_eq!(text.matches('x').count(), 1048576, "every byte arrived");
     assert!(

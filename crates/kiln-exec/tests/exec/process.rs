@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use kiln_exec::process::ProcessExecutor;
 use kiln_exec::{CancellationToken, Executor, Status};
 
-use crate::support::{Fixture, Gated, Recorder, read};
+use crate::support::{Fixture, Recorder, read, run_with_paused_sink};
 
 fn executor() -> ProcessExecutor {
     ProcessExecutor::default()
@@ -257,25 +257,10 @@ async fn output_waits_for_a_sink_that_is_not_ready_and_none_is_lost() {
         "paused",
         &["head -c 32768 /dev/zero | tr '\\0' x; echo; echo done >&2"],
     );
-    let events = Gated::new();
-    let executor = executor();
-    let run = executor.run(&spec, events.clone(), CancellationToken::new());
-    tokio::pin!(run);
     // Longer than a step's output may keep arriving after its shell exits.
-    let paused = tokio::time::sleep(Duration::from_millis(500));
-    tokio::select! {
-        outcome = &mut run => panic!("the step ended with its output unread: {outcome:?}"),
-        _ = paused => {}
-    }
-    assert_eq!(
-        events.recorder.text(),
-        "",
-        "nothing is read while the sink is not ready"
-    );
-    events.open();
-    let outcome = run.await;
+    let (outcome, text) =
+        run_with_paused_sink(&executor(), &spec, Duration::from_millis(500)).await;
     assert_eq!(outcome.status, Status::Success, "{:?}", outcome.error);
-    let text = events.recorder.text();
     assert_eq!(text.matches('x').count(), 32768, "every byte arrived");
     assert!(text.contains("done"), "{text}");
 }

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
-use kiln_exec::{LogStream, SourceTree, StepResult, TaskEvents, TaskSpec};
+use kiln_exec::{
+    CancellationToken, Executor, LogStream, SourceTree, StepResult, TaskEvents, TaskOutcome,
+    TaskSpec,
+};
 use kiln_pipeline::Step;
 
 /// The busybox image made by `scripts/setup-test-env.sh`.
@@ -141,4 +144,29 @@ impl Fixture {
 
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Runs `spec` with a sink that takes nothing for `pause`: the step must not
+/// end and nothing may be read meanwhile. Then the sink opens; returns the
+/// outcome and everything the sink got.
+pub async fn run_with_paused_sink(
+    executor: &dyn Executor,
+    spec: &TaskSpec,
+    pause: std::time::Duration,
+) -> (TaskOutcome, String) {
+    let events = Gated::new();
+    let run = executor.run(spec, events.clone(), CancellationToken::new());
+    tokio::pin!(run);
+    tokio::select! {
+        outcome = &mut run => panic!("the step ended with its output unread: {outcome:?}"),
+        _ = tokio::time::sleep(pause) => {}
+    }
+    assert_eq!(
+        events.recorder.text(),
+        "",
+        "nothing is read while the sink is not ready"
+    );
+    events.open();
+    let outcome = run.await;
+    (outcome, events.recorder.text())
 }
