@@ -27,6 +27,10 @@ use crate::client::Client;
 /// Lease assumed until an assignment names one, for the heartbeat period.
 const DEFAULT_LEASE_SECONDS: u32 = 15;
 
+/// How long an idle, draining agent tries to tell the server it leaves
+/// before it exits without having done so.
+const DRAIN_FAREWELL: Duration = Duration::from_secs(5);
+
 /// Most output of one task the agent holds before the server acknowledges
 /// it; beyond this the executor stops reading the task's output and the task
 /// blocks on its pipe, as under a slow terminal. Large enough to keep several
@@ -218,10 +222,10 @@ async fn session_loop(
                 "draining: taking no new work, finishing the running tasks"
             );
         }
+        // Even with nothing running, a draining agent opens one more
+        // session before it exits: that tells the server what it runs, and
+        // the server puts back in the queue what it sent that never arrived.
         let draining = shared.draining.load(Ordering::SeqCst);
-        if draining && shared.tasks.borrow().is_empty() {
-            return Ok(());
-        }
         let request = SessionRequest {
             name: config.name.clone(),
             labels: config.labels.clone(),
@@ -239,7 +243,11 @@ async fn session_loop(
             opened = client.session(request) => opened,
             // Re-open at once with `draining` set, so the server sends no more work.
             _ = shutdown.cancelled(), if !draining => continue,
-            _ = wait_idle(&mut idle), if draining => return Ok(()),
+            // Idle, it does not wait long for a server that does not answer.
+            _ = async {
+                wait_idle(&mut idle).await;
+                tokio::time::sleep(DRAIN_FAREWELL).await;
+            }, if draining => return Ok(()),
         };
         let failure = match opened {
             Ok(response) => {

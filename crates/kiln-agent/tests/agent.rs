@@ -581,6 +581,38 @@ async fn shutdown_drains_running_tasks_then_returns() {
     drop(h.server);
 }
 
+#[tokio::test]
+async fn an_idle_agent_says_it_leaves_before_it_returns() {
+    let h = start().await;
+    h.shutdown.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(10), h.agent)
+        .await
+        .expect("the agent exits when idle and shut down");
+    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+    // The server learns it runs nothing, so what was sent to it but never
+    // arrived can go to another agent at once.
+    let farewell = h
+        .fake
+        .state()
+        .sessions
+        .iter()
+        .find(|(s, _, _)| s.draining)
+        .map(|(s, _, _)| s.running_task_ids.clone());
+    assert_eq!(farewell, Some(vec![]));
+    drop(h.server);
+}
+
+#[tokio::test]
+async fn an_idle_agent_whose_server_is_gone_still_exits_on_shutdown() {
+    let mut h = start().await;
+    h.server.kill();
+    h.shutdown.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(15), h.agent)
+        .await
+        .expect("the agent exits without a server to say goodbye to");
+    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+}
+
 fn git(dir: &std::path::Path, args: &[&str]) -> String {
     let output = std::process::Command::new("git")
         .arg("-C")

@@ -19,6 +19,9 @@ const BUCKETS: [f64; 12] = [
 #[derive(Default)]
 pub struct Metrics {
     runs_created: AtomicU64,
+    /// Claimed tasks put back in the queue: their assignment never reached
+    /// the agent.
+    tasks_requeued: AtomicU64,
     /// Time from queued to started, per claimed task.
     queue_latency: Histogram,
     /// Time from started to finished, per finished task.
@@ -67,6 +70,11 @@ fn seconds_between(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Op
 impl Metrics {
     pub fn run_created(&self) {
         self.runs_created.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn tasks_requeued(&self, count: usize) {
+        self.tasks_requeued
+            .fetch_add(count as u64, Ordering::Relaxed);
     }
 
     pub fn task_started(
@@ -130,6 +138,11 @@ pub async fn render<D: Database>(state: &AppState<D>) -> ApiResult<String> {
     let _ = writeln!(
         out,
         "# HELP kiln_runs_created_total Runs created by this server process.\n# TYPE kiln_runs_created_total counter\nkiln_runs_created_total {created}"
+    );
+    let requeued = state.metrics.tasks_requeued.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP kiln_tasks_requeued_total Claimed tasks put back in the queue because their assignment never reached the agent.\n# TYPE kiln_tasks_requeued_total counter\nkiln_tasks_requeued_total {requeued}"
     );
     state.metrics.queue_latency.render(
         "kiln_task_queue_seconds",

@@ -745,3 +745,43 @@ async fn a_new_session_replaces_the_old_and_a_vanished_holder_is_lost() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn an_assignment_the_agent_never_read_goes_back_to_the_queue_at_once() {
+    // A lease far longer than the test: only the give-back can free the task.
+    let server = Harness::start(Duration::from_secs(60)).await;
+    server.job("one", ONE_TASK).await;
+    let mut client = server.client().await;
+    let unread = session(&mut client, "leaver", &["linux"]).await;
+    server.trigger("one").await;
+    let started = Instant::now();
+    while server.json("/api/v1/jobs/one/runs/1").await["tasks"][0]["status"] != "running" {
+        assert!(started.elapsed() < Duration::from_secs(5), "never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // It leaves without reading its stream (as on SIGTERM right after the
+    // claim) and says, draining, that it runs nothing.
+    drop(unread);
+    let hello = SessionRequest {
+        name: "leaver".into(),
+        labels: vec!["linux".into()],
+        capacity: 2,
+        draining: true,
+        ..Default::default()
+    };
+    let _farewell = client
+        .session(call(hello, AGENT, None))
+        .await
+        .unwrap()
+        .into_inner();
+    let run = server.json("/api/v1/jobs/one/runs/1").await;
+    assert_eq!(run["tasks"][0]["status"], "queued", "{run}");
+    assert_eq!(run["tasks"][0]["agent"], Value::Null, "{run}");
+    let mut next_agent = session(&mut client, "stayer", &["linux"]).await;
+    let task = assignment(&mut next_agent).await;
+    assert_eq!(task.attempt, 1, "a give-back is not a retry");
+    finish(&mut client, "stayer", task.task_id, "success").await;
+    let run = server.finished_run("one").await;
+    assert_eq!(run["status"], "success", "{run}");
+    assert_eq!(run["tasks"][0]["agent"], "stayer", "{run}");
+}

@@ -25,7 +25,7 @@ use kiln_store::queue::{self, TaskState};
 use kiln_store::{
     Artifact, Claim, Database, Id, Job, JobSpec, NO_AGENT_REASON, NewRun, Run, RunDetail,
     RunFilter, SecretInfo, Status, StepRow, StoreError, TaskHold, TaskResult, TaskRow, TokenInfo,
-    TokenKind, Upserted,
+    TokenKind, Undelivered, Upserted,
 };
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
@@ -868,6 +868,27 @@ impl PostgresStore {
         Ok(Some(task))
     }
 
+    async fn requeue_undelivered_(&self, holder: &str, which: Undelivered<'_>) -> Result<Vec<Id>> {
+        let (ids, listed) = which.parts();
+        // No step started, so no log chunk exists to drop.
+        let requeued = sqlx::query_scalar(
+            "UPDATE tasks SET status = 'queued', lease_holder = NULL, lease_expires_at = NULL, \
+             agent = CASE WHEN attempt = 1 THEN NULL ELSE agent END, \
+             started_at = CASE WHEN attempt = 1 THEN NULL ELSE started_at END \
+             WHERE lease_holder = $1 AND status = 'running' AND NOT cancel_requested \
+             AND (id = ANY($2)) = $3 \
+             AND NOT EXISTS (SELECT 1 FROM steps s \
+              WHERE s.task_id = tasks.id AND s.status <> 'pending') \
+             RETURNING id",
+        )
+        .bind(holder)
+        .bind(ids)
+        .bind(listed)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(requeued)
+    }
+
     async fn renew_lease_(&self, task_id: Id, holder: &str, until: DateTime<Utc>) -> Result<bool> {
         let renewed = sqlx::query(
             "UPDATE tasks SET lease_expires_at = $1 \
@@ -1345,6 +1366,14 @@ impl Database for PostgresStore {
             }
         }
         Ok(tasks)
+    }
+
+    async fn requeue_undelivered(
+        &self,
+        holder: &str,
+        which: Undelivered<'_>,
+    ) -> kiln_store::Result<Vec<Id>> {
+        Ok(self.requeue_undelivered_(holder, which).await?)
     }
 
     async fn renew_lease(

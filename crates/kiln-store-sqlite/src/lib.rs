@@ -21,7 +21,7 @@ use kiln_store::queue::{self, TaskState};
 use kiln_store::{
     Artifact, Claim, Database, Id, Job, JobSpec, NO_AGENT_REASON, NewRun, Run, RunDetail,
     RunFilter, SecretInfo, Status, StepRow, StoreError, TaskHold, TaskResult, TaskRow, TokenInfo,
-    TokenKind, Upserted,
+    TokenKind, Undelivered, Upserted,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -876,6 +876,30 @@ impl SqliteStore {
         Ok(tasks)
     }
 
+    async fn requeue_undelivered_(&self, holder: &str, which: Undelivered<'_>) -> Result<Vec<Id>> {
+        let (ids, listed) = which.parts();
+        let ids =
+            serde_json::to_string(ids).map_err(|e| Error::Corrupt(format!("task ids: {e}")))?;
+        // One statement on the writer: nothing comes between the checks and
+        // the write. No step started, so no log chunk exists to drop.
+        let requeued = sqlx::query_scalar(
+            "UPDATE tasks SET status = 'queued', lease_holder = NULL, lease_expires_at = NULL, \
+             agent = CASE WHEN attempt = 1 THEN NULL ELSE agent END, \
+             started_at = CASE WHEN attempt = 1 THEN NULL ELSE started_at END \
+             WHERE lease_holder = ? AND status = 'running' AND cancel_requested = 0 \
+             AND (id IN (SELECT value FROM json_each(?))) = ? \
+             AND NOT EXISTS (SELECT 1 FROM steps s \
+              WHERE s.task_id = tasks.id AND s.status <> 'pending') \
+             RETURNING id",
+        )
+        .bind(holder)
+        .bind(ids)
+        .bind(listed)
+        .fetch_all(&self.writer)
+        .await?;
+        Ok(requeued)
+    }
+
     async fn renew_lease_(&self, task_id: Id, holder: &str, until: DateTime<Utc>) -> Result<bool> {
         // One statement commits on its own: no transaction round trips.
         let renewed = sqlx::query(
@@ -1331,6 +1355,14 @@ impl Database for SqliteStore {
 
     async fn claim_tasks(&self, claim: &Claim, max: usize) -> kiln_store::Result<Vec<TaskRow>> {
         Ok(self.claim_tasks_(claim, max).await?)
+    }
+
+    async fn requeue_undelivered(
+        &self,
+        holder: &str,
+        which: Undelivered<'_>,
+    ) -> kiln_store::Result<Vec<Id>> {
+        Ok(self.requeue_undelivered_(holder, which).await?)
     }
 
     async fn renew_lease(

@@ -168,6 +168,26 @@ pub struct RunFilter {
 
 /// The label an agent with executor `kind` offers besides its own, and a
 /// task that only that executor can run requires.
+/// Which of a holder's tasks [`Database::requeue_undelivered`] considers.
+#[derive(Debug, Clone, Copy)]
+pub enum Undelivered<'a> {
+    /// Just these: their assignment could not be sent.
+    These(&'a [Id]),
+    /// All it holds but these, which it says it runs (a new session's list).
+    AllBut(&'a [Id]),
+}
+
+impl Undelivered<'_> {
+    /// The listed ids and whether they are the ones meant (`These`) or the
+    /// ones spared (`AllBut`).
+    pub fn parts(&self) -> (&[Id], bool) {
+        match self {
+            Undelivered::These(ids) => (ids, true),
+            Undelivered::AllBut(ids) => (ids, false),
+        }
+    }
+}
+
 pub fn executor_label(kind: &str) -> String {
     format!("executor:{kind}")
 }
@@ -337,6 +357,15 @@ pub trait Database: Clone + Send + Sync + 'static {
         claim: &Claim,
         max: usize,
     ) -> impl Future<Output = Result<Vec<TaskRow>>> + Send;
+    /// Puts back in the queue the tasks `holder` was given that never
+    /// reached it: held under its lease, no step started, not being
+    /// cancelled, and chosen by `which`. They go back as if never claimed:
+    /// the same attempt and place in line. Returns their ids.
+    fn requeue_undelivered(
+        &self,
+        holder: &str,
+        which: Undelivered<'_>,
+    ) -> impl Future<Output = Result<Vec<Id>>> + Send;
     /// Extends the lease; false when `holder` no longer holds the task.
     fn renew_lease(
         &self,

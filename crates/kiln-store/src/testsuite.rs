@@ -18,7 +18,8 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use crate::{
     Artifact, Claim, Database, Event, Id, Job, JobKind, JobSpec, NewRun, NewTask, RunDetail,
-    RunFilter, Status, StepRow, StoreError, TaskHold, TaskResult, TaskRow, TokenKind, Upserted,
+    RunFilter, Status, StepRow, StoreError, TaskHold, TaskResult, TaskRow, TokenKind, Undelivered,
+    Upserted,
 };
 
 /// Runs every test but [`claims_are_exclusive`], in an order that needs an
@@ -41,6 +42,7 @@ pub async fn run_all<D: Database>(db: D) {
     lease_expiry(&db).await;
     holder_checks(&db).await;
     wide_run(&db).await;
+    undelivered(&db).await;
     cancel(&db).await;
     deadline(&db).await;
     logs(&db).await;
@@ -1188,6 +1190,80 @@ pub async fn wide_run<D: Database>(db: &D) {
     let over = run(db, &job, 1).await;
     assert_eq!(over.run.status, Status::Failure);
     assert_eq!(over.run.finished_at, Some(at(6)));
+}
+
+/// Tasks claimed for an agent that never got them go back to the queue
+/// as they were; a started, ended, cancelled or spared task does not.
+pub async fn undelivered<D: Database>(db: &D) {
+    drain(db).await;
+    let job = job(db, "undelivered").await;
+    let detail = create(db, &job, new_run(tasks(WIDE)), at(0)).await;
+    let ids: Vec<Id> = ["a", "b", "c"]
+        .iter()
+        .map(|name| task(&detail, name).id)
+        .collect();
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    for name in ["a", "b", "c"] {
+        claim_named(db, "agent", name, at(1)).await;
+    }
+    let started = StepRow {
+        index: 0,
+        name: "echo one".into(),
+        status: Status::Running,
+        exit_code: None,
+        started_at: Some(at(2)),
+        finished_at: None,
+    };
+    assert!(db.update_step(a, "agent", &started).await.unwrap());
+
+    // Only the holder's tasks, only those named.
+    assert_eq!(
+        db.requeue_undelivered("intruder", Undelivered::AllBut(&[]))
+            .await
+            .unwrap(),
+        Vec::<Id>::new()
+    );
+    assert_eq!(
+        db.requeue_undelivered("agent", Undelivered::These(&[a, b]))
+            .await
+            .unwrap(),
+        [b],
+        "a has a started step: it reached the agent"
+    );
+    let b_row = db.get_task(b).await.unwrap().expect("b");
+    assert_eq!(
+        (b_row.status, b_row.attempt, b_row.agent.as_deref()),
+        (Status::Queued, 1, None)
+    );
+    assert_eq!((b_row.started_at, b_row.lease_expires_at), (None, None));
+    assert!(!db.renew_lease(b, "agent", at(3)).await.unwrap());
+    // Spared by the list: the agent says it runs c.
+    assert_eq!(
+        db.requeue_undelivered("agent", Undelivered::AllBut(&[c]))
+            .await
+            .unwrap(),
+        Vec::<Id>::new()
+    );
+    // Claimed again, b keeps its place and attempt.
+    let again = claim_named(db, "other", "b", at(4)).await;
+    assert_eq!((again.attempt, again.agent.as_deref()), (1, Some("other")));
+    assert_eq!(again.started_at, Some(at(4)));
+    // A task whose run is being cancelled is left to end as cancelled.
+    db.cancel_run(job.id, 1, at(5)).await.unwrap();
+    assert_eq!(
+        db.requeue_undelivered("agent", Undelivered::AllBut(&[]))
+            .await
+            .unwrap(),
+        Vec::<Id>::new()
+    );
+    for (id, holder) in [(a, "agent"), (b, "other"), (c, "agent")] {
+        let row = db.get_task(id).await.unwrap().expect("task");
+        assert!(
+            finish(db, &row, holder, Status::Cancelled, at(6)).await,
+            "{holder} still holds {}",
+            row.name
+        );
+    }
 }
 
 pub async fn cancel<D: Database>(db: &D) {

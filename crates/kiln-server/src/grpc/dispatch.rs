@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use kiln_proto::v1::{Assignment, Cancel, Secret, ServerMessage, server_message};
-use kiln_store::{Claim, Database, NO_AGENT_REASON, Status, TaskResult, TaskRow};
+use kiln_store::{
+    Claim, Database, Id, NO_AGENT_REASON, Status, StoreError, TaskResult, TaskRow, Undelivered,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::registry::{Candidate, RunAndJob};
@@ -91,7 +93,11 @@ async fn dispatch<D: Database>(state: &AppState<D>) {
 /// closed or full (the task's lease then expires like a lost agent's).
 async fn send_task<D: Database>(state: &AppState<D>, agent: &Candidate, task: TaskRow) -> bool {
     state.metrics.task_started(task.queued_at, task.started_at);
-    state.agents.assign(&agent.name, agent.session, &task);
+    if !state.agents.assign(&agent.name, agent.session, &task) {
+        // The session ended or was replaced since it was picked.
+        give_back(state, agent, task.id).await;
+        return false;
+    }
     let assignment = match assignment(state, &task).await {
         Ok(assignment) => assignment,
         Err(reason) => {
@@ -126,14 +132,45 @@ async fn send_task<D: Database>(state: &AppState<D>, agent: &Candidate, task: Ta
         }
         Err(e) => {
             tracing::warn!(
-                "task {} could not be sent to agent {}: {e}; its lease will expire",
+                "task {} could not be sent to agent {}: {e}",
                 task.id,
                 agent.name
             );
             state.agents.release(&agent.name, task.id);
+            give_back(state, agent, task.id).await;
             false
         }
     }
+}
+
+/// Puts a task claimed for `agent` but not sent back in the queue; if even
+/// that fails, its lease expires as a lost agent's would.
+async fn give_back<D: Database>(state: &AppState<D>, agent: &Candidate, task_id: Id) {
+    if let Err(e) = requeue_undelivered(state, &agent.name, Undelivered::These(&[task_id])).await {
+        tracing::warn!(
+            "task {task_id} stays with agent {} until its lease expires: {e}",
+            agent.name
+        );
+    }
+}
+
+/// Puts back in the queue tasks claimed for `agent` that never reached it
+/// (see [`Database::requeue_undelivered`]), and wakes the dispatcher for them.
+pub(super) async fn requeue_undelivered<D: Database>(
+    state: &AppState<D>,
+    agent: &str,
+    which: Undelivered<'_>,
+) -> Result<(), StoreError> {
+    if matches!(which, Undelivered::These([])) {
+        return Ok(());
+    }
+    let requeued = state.db.requeue_undelivered(agent, which).await?;
+    if !requeued.is_empty() {
+        tracing::info!("tasks {requeued:?} never reached agent {agent}: queued again");
+        state.metrics.tasks_requeued(requeued.len());
+        state.work.notify_waiters();
+    }
+    Ok(())
 }
 
 /// Says so in the reason of queued tasks that no connected agent can take

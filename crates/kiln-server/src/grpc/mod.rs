@@ -25,6 +25,7 @@ use kiln_proto::v1::{
 };
 use kiln_store::{
     Artifact, Database, Id, Status, StepRow, StoreError, TaskHold, TaskResult, TokenKind,
+    Undelivered,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -298,6 +299,17 @@ impl<D: Database> Agent for AgentService<D> {
         if hello.capacity == 0 {
             return Err(GrpcStatus::invalid_argument("capacity must be at least 1"));
         }
+        // Assignments that never reached it (sent into a session it had
+        // already left, or lost with a server that stopped) go back to the
+        // queue now rather than when their lease runs out. Before the new
+        // session is registered, so nothing sent on it can be taken back.
+        dispatch::requeue_undelivered(
+            &self.state,
+            &name,
+            Undelivered::AllBut(&hello.running_task_ids),
+        )
+        .await
+        .map_err(store_status)?;
         // Tasks it still runs from an earlier session stay its own only if
         // the database agrees; the rest are reported lost by its heartbeat.
         let running = self
@@ -329,7 +341,11 @@ impl<D: Database> Agent for AgentService<D> {
             announce.executors
         );
         let (sender, receiver) = mpsc::channel(SESSION_BUFFER);
-        let session = self.state.agents.connect(&name, announce, running, sender);
+        let (session, stranded) = self.state.agents.connect(&name, announce, running, sender);
+        // Sent to the session this one replaced after the look above.
+        dispatch::requeue_undelivered(&self.state, &name, Undelivered::These(&stranded))
+            .await
+            .map_err(store_status)?;
         let guard = SessionGuard {
             state: self.state.clone(),
             name,

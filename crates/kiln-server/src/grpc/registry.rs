@@ -168,18 +168,21 @@ impl Registry {
     }
 
     /// Registers a session, replacing (and so ending the stream of) any
-    /// earlier session of the same name. Returns the session's number.
+    /// earlier session of the same name. Returns the session's number and
+    /// the tasks the replaced session was given that are not in `running`
+    /// (what the agent says it runs): they never reached it.
     pub fn connect(
         &self,
         name: &str,
         announce: Announce,
         running: Vec<(Id, String)>,
         sender: SessionSender,
-    ) -> u64 {
+    ) -> (u64, Vec<Id>) {
         let mut inner = self.lock();
         inner.next_session += 1;
         let session = inner.next_session;
         inner.gone.remove(name);
+        let running_ids: HashSet<Id> = running.iter().map(|(id, _)| *id).collect();
         let running = running
             .into_iter()
             .map(|(id, name)| {
@@ -195,7 +198,7 @@ impl Registry {
             })
             .collect();
         // Dropping the old entry drops its sender, which ends its stream.
-        inner.connected.insert(
+        let replaced = inner.connected.insert(
             name.to_string(),
             Connected {
                 session,
@@ -208,7 +211,15 @@ impl Registry {
         );
         drop(inner);
         self.changed.notify_one();
-        session
+        let stranded = replaced
+            .map(|old| {
+                old.running
+                    .into_keys()
+                    .filter(|id| !running_ids.contains(id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (session, stranded)
     }
 
     /// Forgets a session when its stream ends, unless a newer one replaced it.
@@ -296,22 +307,26 @@ impl Registry {
             .collect()
     }
 
-    /// Records a task given to an agent's session.
-    pub fn assign(&self, name: &str, session: u64, task: &kiln_store::TaskRow) {
+    /// Records a task given to an agent's session; false when that session
+    /// is no longer the agent's (it ended, or a newer one replaced it).
+    pub fn assign(&self, name: &str, session: u64, task: &kiln_store::TaskRow) -> bool {
         let mut inner = self.lock();
-        if let Some(agent) = inner.connected.get_mut(name)
-            && agent.session == session
-        {
-            agent.running.insert(
-                task.id,
-                Held {
-                    name: task.name.clone(),
-                    assigned_at: Instant::now(),
-                    cpus: task.spec.resources.cpus.unwrap_or(0.0),
-                    memory_bytes: task.spec.resources.memory_bytes.unwrap_or(0),
-                },
-            );
+        let Some(agent) = inner.connected.get_mut(name) else {
+            return false;
+        };
+        if agent.session != session {
+            return false;
         }
+        agent.running.insert(
+            task.id,
+            Held {
+                name: task.name.clone(),
+                assigned_at: Instant::now(),
+                cpus: task.spec.resources.cpus.unwrap_or(0.0),
+                memory_bytes: task.spec.resources.memory_bytes.unwrap_or(0),
+            },
+        );
+        true
     }
 
     /// Forgets a task of an agent (finished, lost, or never delivered).

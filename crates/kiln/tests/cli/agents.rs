@@ -120,6 +120,33 @@ pub(crate) async fn freestyle(server: &Server, job: &str, pipeline: &str) -> i64
     run["number"].as_i64().unwrap()
 }
 
+/// Waits until the status of task `task` (claimed: `running`) or, with
+/// `step`, of that step of it (the agent has it in hand) is `wanted`.
+async fn wait_status(
+    server: &Server,
+    (job, run): (&str, i64),
+    task: usize,
+    step: Option<usize>,
+    wanted: &str,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let detail = server.json(&format!("/api/v1/jobs/{job}/runs/{run}")).await;
+        let status = match step {
+            Some(step) => &detail["tasks"][task]["steps"][step]["status"],
+            None => &detail["tasks"][task]["status"],
+        };
+        if status == wanted {
+            return detail;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "task {task} (step {step:?}) never became {wanted}: {detail:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 async fn wait_task_status(
     server: &Server,
     job: &str,
@@ -127,18 +154,7 @@ async fn wait_task_status(
     task: usize,
     wanted: &str,
 ) -> Value {
-    let started = Instant::now();
-    loop {
-        let detail = server.json(&format!("/api/v1/jobs/{job}/runs/{run}")).await;
-        if detail["tasks"][task]["status"] == wanted {
-            return detail;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "task {task} never became {wanted}: {detail:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_status(server, (job, run), task, None, wanted).await
 }
 
 fn free_port() -> u16 {
@@ -259,7 +275,9 @@ async fn sigterm_lets_a_busy_agent_finish_its_task_then_exit() {
         "version: 1\ntasks:\n  work:\n    steps: [{run: sleep 2; echo finished-while-draining}]\n",
     )
     .await;
-    wait_task_status(&server, "drain", run, 0, "running").await;
+    // Busy means its step runs: a task claimed for it a moment before the
+    // signal may not have reached it, and then goes back to the queue.
+    wait_status(&server, ("drain", run), 0, Some(0), "running").await;
     agent.signal("-TERM");
     let code = agent.wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{}", agent.output.lock().unwrap());
