@@ -621,7 +621,7 @@ async fn end_task(
     status: Status,
     reason: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<Status> {
     let retry = !task.cancel_requested
         && matches!(status, Status::Failure | Status::Error | Status::TimedOut)
         && task.attempt < task.max_attempts;
@@ -652,7 +652,7 @@ async fn end_task(
             .bind(task.id)
             .execute(&mut *conn)
             .await?;
-        return Ok(());
+        return Ok(Status::Queued);
     }
     // A task whose run was cancelled ends `cancelled`, whatever its agent saw.
     let status = if task.cancel_requested {
@@ -670,7 +670,7 @@ async fn end_task(
     .bind(task.id)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(status)
 }
 
 /// Applies the queue's rules to a run after one of its tasks changed:
@@ -941,7 +941,12 @@ impl PostgresStore {
         Ok(true)
     }
 
-    async fn finish_task_(&self, task_id: Id, holder: &str, result: &TaskResult) -> Result<bool> {
+    async fn finish_task_(
+        &self,
+        task_id: Id,
+        holder: &str,
+        result: &TaskResult,
+    ) -> Result<Option<Status>> {
         if !result.status.is_terminal() {
             return Err(
                 StoreError::Conflict(format!("a task cannot finish as {}", result.status)).into(),
@@ -954,7 +959,7 @@ impl PostgresStore {
             .await?;
         let Some(run_id) = run_id else {
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(None);
         };
         lock_runs(&mut tx, &[run_id]).await?;
         let task = match held(&mut tx, task_id).await? {
@@ -966,10 +971,10 @@ impl PostgresStore {
             }
             _ => {
                 tx.rollback().await?;
-                return Ok(false);
+                return Ok(None);
             }
         };
-        end_task(
+        let ended = end_task(
             &mut tx,
             &task,
             result.status,
@@ -979,7 +984,7 @@ impl PostgresStore {
         .await?;
         settle_run(&mut tx, task.run_id, Some(task.id), result.now).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(ended))
     }
 
     async fn expire_(&self, now: DateTime<Utc>) -> Result<Vec<Id>> {
@@ -1139,18 +1144,29 @@ impl PostgresStore {
 // --- logs, results, tokens
 
 impl PostgresStore {
-    async fn append_log_(&self, task_id: Id, seq: i64, data: &[u8]) -> Result<()> {
-        let result = sqlx::query(
-            "INSERT INTO log_chunks (task_id, seq, data) VALUES ($1, $2, $3) \
+    async fn append_log_(&self, task_id: Id, holder: &str, seq: i64, data: &[u8]) -> Result<bool> {
+        // The holder check in the same statement: no round trip for it. A
+        // lease moving away concurrently is no different from one moving
+        // just after the chunk was stored.
+        let stored = sqlx::query(
+            "INSERT INTO log_chunks (task_id, seq, data) SELECT $1, $2, $3 \
+             WHERE EXISTS (SELECT 1 FROM tasks \
+              WHERE id = $1 AND status = 'running' AND lease_holder = $4) \
              ON CONFLICT (task_id, seq) DO NOTHING",
         )
         .bind(task_id)
         .bind(seq)
         .bind(data)
+        .bind(holder)
         .execute(&self.pool)
-        .await;
-        missing_task(result, task_id)?;
-        Ok(())
+        .await?
+        .rows_affected();
+        if stored > 0 {
+            return Ok(true);
+        }
+        // Nothing written: not held, or the chunk was stored before.
+        let holds = self.task_holds_(&[task_id]).await?;
+        Ok(holds.first().is_some_and(|task| task.held_by(holder)))
     }
 
     async fn read_log_(&self, task_id: Id, from: i64) -> Result<Vec<(i64, Vec<u8>)>> {
@@ -1399,7 +1415,7 @@ impl Database for PostgresStore {
         task_id: Id,
         holder: &str,
         result: &TaskResult,
-    ) -> kiln_store::Result<bool> {
+    ) -> kiln_store::Result<Option<Status>> {
         Ok(self.finish_task_(task_id, holder, result).await?)
     }
 
@@ -1444,8 +1460,14 @@ impl Database for PostgresStore {
         Ok(self.counts("runs").await?)
     }
 
-    async fn append_log(&self, task_id: Id, seq: i64, data: &[u8]) -> kiln_store::Result<()> {
-        Ok(self.append_log_(task_id, seq, data).await?)
+    async fn append_log(
+        &self,
+        task_id: Id,
+        holder: &str,
+        seq: i64,
+        data: &[u8],
+    ) -> kiln_store::Result<bool> {
+        Ok(self.append_log_(task_id, holder, seq, data).await?)
     }
 
     async fn read_log(&self, task_id: Id, from: i64) -> kiln_store::Result<Vec<(i64, Vec<u8>)>> {

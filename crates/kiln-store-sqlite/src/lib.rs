@@ -624,7 +624,7 @@ async fn end_task(
     status: Status,
     reason: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<Status> {
     let retry = !task.cancel_requested
         && matches!(status, Status::Failure | Status::Error | Status::TimedOut)
         && task.attempt < task.max_attempts;
@@ -655,7 +655,7 @@ async fn end_task(
             .bind(task.id)
             .execute(&mut *conn)
             .await?;
-        return Ok(());
+        return Ok(Status::Queued);
     }
     // A task whose run was cancelled ends `cancelled`, whatever its agent saw.
     let status = if task.cancel_requested {
@@ -673,7 +673,7 @@ async fn end_task(
     .bind(task.id)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(status)
 }
 
 /// Applies the queue's rules to a run after one of its tasks changed:
@@ -949,7 +949,12 @@ impl SqliteStore {
         }
     }
 
-    async fn finish_task_(&self, task_id: Id, holder: &str, result: &TaskResult) -> Result<bool> {
+    async fn finish_task_(
+        &self,
+        task_id: Id,
+        holder: &str,
+        result: &TaskResult,
+    ) -> Result<Option<Status>> {
         if !result.status.is_terminal() {
             return Err(
                 StoreError::Conflict(format!("a task cannot finish as {}", result.status)).into(),
@@ -965,10 +970,10 @@ impl SqliteStore {
             }
             _ => {
                 tx.rollback().await?;
-                return Ok(false);
+                return Ok(None);
             }
         };
-        end_task(
+        let ended = end_task(
             &mut tx,
             &task,
             result.status,
@@ -978,7 +983,7 @@ impl SqliteStore {
         .await?;
         settle_run(&mut tx, task.run_id, Some(task.id), result.now).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(ended))
     }
 
     async fn expire_(&self, now: DateTime<Utc>) -> Result<Vec<Id>> {
@@ -1128,19 +1133,28 @@ impl SqliteStore {
 // --- logs, results, tokens
 
 impl SqliteStore {
-    async fn append_log_(&self, task_id: Id, seq: i64, data: &[u8]) -> Result<()> {
-        // A single statement commits on its own: no transaction round trips.
-        let result = sqlx::query(
-            "INSERT INTO log_chunks (task_id, seq, data) VALUES (?, ?, ?) \
+    async fn append_log_(&self, task_id: Id, holder: &str, seq: i64, data: &[u8]) -> Result<bool> {
+        // One statement, holder check included: it runs alone on the one
+        // writer, so nothing can come between the check and the write.
+        let stored = sqlx::query(
+            "INSERT INTO log_chunks (task_id, seq, data) SELECT ?1, ?2, ?3 \
+             WHERE EXISTS (SELECT 1 FROM tasks \
+              WHERE id = ?1 AND status = 'running' AND lease_holder = ?4) \
              ON CONFLICT (task_id, seq) DO NOTHING",
         )
         .bind(task_id)
         .bind(seq)
         .bind(data)
+        .bind(holder)
         .execute(&self.writer)
-        .await;
-        missing_task(result, task_id)?;
-        Ok(())
+        .await?
+        .rows_affected();
+        if stored > 0 {
+            return Ok(true);
+        }
+        // Nothing written: not held, or the chunk was stored before.
+        let holds = self.task_holds_(&[task_id]).await?;
+        Ok(holds.first().is_some_and(|task| task.held_by(holder)))
     }
 
     async fn read_log_(&self, task_id: Id, from: i64) -> Result<Vec<(i64, Vec<u8>)>> {
@@ -1388,7 +1402,7 @@ impl Database for SqliteStore {
         task_id: Id,
         holder: &str,
         result: &TaskResult,
-    ) -> kiln_store::Result<bool> {
+    ) -> kiln_store::Result<Option<Status>> {
         Ok(self.finish_task_(task_id, holder, result).await?)
     }
 
@@ -1433,8 +1447,14 @@ impl Database for SqliteStore {
         Ok(self.counts("runs").await?)
     }
 
-    async fn append_log(&self, task_id: Id, seq: i64, data: &[u8]) -> kiln_store::Result<()> {
-        Ok(self.append_log_(task_id, seq, data).await?)
+    async fn append_log(
+        &self,
+        task_id: Id,
+        holder: &str,
+        seq: i64,
+        data: &[u8],
+    ) -> kiln_store::Result<bool> {
+        Ok(self.append_log_(task_id, holder, seq, data).await?)
     }
 
     async fn read_log(&self, task_id: Id, from: i64) -> kiln_store::Result<Vec<(i64, Vec<u8>)>> {

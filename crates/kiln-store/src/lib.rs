@@ -380,14 +380,15 @@ pub trait Database: Clone + Send + Sync + 'static {
         step: &StepRow,
     ) -> impl Future<Output = Result<bool>> + Send;
     /// Records the end of a task (retrying it when `retry` allows), releases
-    /// or skips its dependants and settles the run. False when `holder` does
-    /// not hold it.
+    /// or skips its dependants and settles the run. Returns the task's
+    /// status now (`queued` when it will be retried); `None` when `holder`
+    /// does not hold it.
     fn finish_task(
         &self,
         task_id: Id,
         holder: &str,
         result: &TaskResult,
-    ) -> impl Future<Output = Result<bool>> + Send;
+    ) -> impl Future<Output = Result<Option<Status>>> + Send;
     /// Ends tasks whose lease expired before `now` (retry, or `error` with
     /// "agent lost") and runs past their deadline; returns the tasks touched.
     fn expire(&self, now: DateTime<Utc>) -> impl Future<Output = Result<Vec<Id>>> + Send;
@@ -420,12 +421,15 @@ pub trait Database: Clone + Send + Sync + 'static {
     fn run_counts(&self) -> impl Future<Output = Result<Vec<(Status, i64)>>> + Send;
 
     // --- logs (chunks are idempotent on (task, seq))
+    /// Stores a chunk of the task's log if `holder` holds the task (a chunk
+    /// already stored under `seq` is kept as it is); false when it does not.
     fn append_log(
         &self,
         task_id: Id,
+        holder: &str,
         seq: i64,
         data: &[u8],
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// Chunks with `seq >= from`, in order.
     fn read_log(
         &self,

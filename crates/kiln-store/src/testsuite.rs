@@ -174,6 +174,7 @@ async fn finish<D: Database>(
     )
     .await
     .expect("finish_task")
+    .is_some()
 }
 
 /// Claims every queued task, so runs of earlier tests do not get in the
@@ -319,7 +320,7 @@ pub async fn delete_job_cascades<D: Database>(db: &D) {
     db.put_secret(job.id, "S", b"s", at(0)).await.unwrap();
     let detail = create(db, &job, new_run(tasks(PAIR)), at(0)).await;
     let a = claim_named(db, "agent", "a", at(1)).await;
-    db.append_log(a.id, 0, b"hello").await.unwrap();
+    assert!(db.append_log(a.id, "agent", 0, b"hello").await.unwrap());
     db.add_artifact(a.id, &artifact("out.txt")).await.unwrap();
     db.put_report(a.id, "junit", "{}").await.unwrap();
     assert!(db.delete_job("cascade").await.unwrap());
@@ -903,7 +904,11 @@ pub async fn retry_on_failure<D: Database>(db: &D) {
     create(db, &job, new_run(tasks(RETRY)), at(0)).await;
     let first = claim_named(db, "agent-1", "flaky", at(10)).await;
     assert_eq!(first.attempt, 1);
-    db.append_log(first.id, 0, b"attempt one").await.unwrap();
+    assert!(
+        db.append_log(first.id, "agent-1", 0, b"attempt one")
+            .await
+            .unwrap()
+    );
     let step = StepRow {
         index: 0,
         name: "./flaky.sh".into(),
@@ -913,7 +918,7 @@ pub async fn retry_on_failure<D: Database>(db: &D) {
         finished_at: Some(at(11)),
     };
     assert!(db.update_step(first.id, "agent-1", &step).await.unwrap());
-    assert!(
+    assert_eq!(
         db.finish_task(
             first.id,
             "agent-1",
@@ -924,7 +929,9 @@ pub async fn retry_on_failure<D: Database>(db: &D) {
             },
         )
         .await
-        .unwrap()
+        .unwrap(),
+        Some(Status::Queued),
+        "to be retried"
     );
     let again = db.get_task(first.id).await.unwrap().expect("task");
     assert_eq!(again.status, Status::Queued, "retried");
@@ -1333,7 +1340,23 @@ pub async fn cancel<D: Database>(db: &D) {
     create(db, &job, new_run(tasks(RETRY)), at(20)).await;
     let flaky = claim_named(db, "agent", "flaky", at(21)).await;
     db.cancel_run(job.id, 3, at(22)).await.unwrap();
-    assert!(finish(db, &flaky, "agent", Status::Failure, at(23)).await);
+    let ended = db
+        .finish_task(
+            flaky.id,
+            "agent",
+            &TaskResult {
+                status: Status::Failure,
+                reason: None,
+                now: at(23),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ended,
+        Some(Status::Cancelled),
+        "what the agent saw is overruled"
+    );
     let over = run(db, &job, 3).await;
     assert_eq!(task(&over, "flaky").status, Status::Cancelled);
     assert_eq!(task(&over, "flaky").attempt, 1);
@@ -1397,15 +1420,30 @@ pub async fn deadline<D: Database>(db: &D) {
 pub async fn logs<D: Database>(db: &D) {
     drain(db).await;
     let job = job(db, "logs").await;
-    let detail = create(db, &job, new_run(tasks(PAIR)), at(0)).await;
-    let a = task(&detail, "a").id;
-    let b = task(&detail, "b").id;
-    db.append_log(a, 2, b"two\n").await.unwrap();
-    db.append_log(a, 0, b"zero\n").await.unwrap();
-    db.append_log(a, 1, b"one\n").await.unwrap();
+    let detail = create(db, &job, new_run(tasks(WIDE)), at(0)).await;
+    let (a, b, c) = (
+        task(&detail, "a").id,
+        task(&detail, "b").id,
+        task(&detail, "c").id,
+    );
+    for name in ["a", "b"] {
+        claim_named(db, "agent", name, at(1)).await;
+    }
+    let append = |task_id: Id, holder: &'static str, seq: i64, data: &'static [u8]| async move {
+        db.append_log(task_id, holder, seq, data)
+            .await
+            .expect("append_log")
+    };
+    assert!(append(a, "agent", 2, b"two\n").await);
+    assert!(append(a, "agent", 0, b"zero\n").await);
+    assert!(append(a, "agent", 1, b"one\n").await);
     // A chunk sent again (an agent retrying after a disconnect) is ignored.
-    db.append_log(a, 1, b"ONE AGAIN\n").await.unwrap();
-    db.append_log(b, 0, b"other task\n").await.unwrap();
+    assert!(append(a, "agent", 1, b"ONE AGAIN\n").await);
+    assert!(append(b, "agent", 0, b"other task\n").await);
+    // Only the holder writes: not another agent, not to a queued task.
+    assert!(!append(a, "intruder", 5, b"forged\n").await);
+    assert!(!append(c, "agent", 0, b"not claimed\n").await);
+    assert!(!append(-1, "agent", 0, b"x").await, "a missing task");
     assert_eq!(
         db.read_log(a, 0).await.unwrap(),
         [
@@ -1417,13 +1455,10 @@ pub async fn logs<D: Database>(db: &D) {
     assert_eq!(db.read_log(a, 2).await.unwrap(), [(2, b"two\n".to_vec())]);
     assert!(db.read_log(a, 3).await.unwrap().is_empty());
     assert_eq!(db.read_log(b, 0).await.unwrap().len(), 1);
+    assert!(db.read_log(c, 0).await.unwrap().is_empty());
     let binary: Vec<u8> = (0..=255).collect();
-    db.append_log(a, 3, &binary).await.unwrap();
+    assert!(db.append_log(a, "agent", 3, &binary).await.unwrap());
     assert_eq!(db.read_log(a, 3).await.unwrap(), [(3, binary)]);
-    match db.append_log(-1, 0, b"x").await {
-        Err(StoreError::NotFound(_)) => {}
-        other => panic!("log of a missing task: expected NotFound, got {other:?}"),
-    }
     drain(db).await;
 }
 
@@ -1720,7 +1755,8 @@ tasks:
                         assert!(
                             db.finish_task(task.id, &holder, &result)
                                 .await
-                                .expect("finish_task"),
+                                .expect("finish_task")
+                                .is_some(),
                             "{holder} lost task {} it had just claimed",
                             task.id
                         );

@@ -410,22 +410,21 @@ impl<D: Database> Agent for AgentService<D> {
         let mut chunks = request.into_inner();
         let mut ack = LogAck::default();
         while let Some(chunk) = chunks.message().await? {
-            // Checked once per task and call: a call is short, and the lease
-            // cannot move to another agent while this one streams to it
-            // without that agent missing heartbeats first.
-            if !ack.stored_through.contains_key(&chunk.task_id) {
-                self.held(&agent, chunk.task_id).await?;
-            }
             if chunk.seq < 0 {
                 return Err(GrpcStatus::invalid_argument(
                     "log sequence numbers start at 0",
                 ));
             }
-            self.state
+            // The store checks the holder with each chunk.
+            if !self
+                .state
                 .db
-                .append_log(chunk.task_id, chunk.seq, &chunk.data)
+                .append_log(chunk.task_id, &agent, chunk.seq, &chunk.data)
                 .await
-                .map_err(store_status)?;
+                .map_err(store_status)?
+            {
+                return Err(denied(&agent, chunk.task_id));
+            }
             let through = ack.stored_through.entry(chunk.task_id).or_insert(chunk.seq);
             *through = (*through).max(chunk.seq);
         }
@@ -625,10 +624,10 @@ async fn record_finish<D: Database>(
     result: TaskResult,
     answer: tokio::sync::oneshot::Sender<Result<(), GrpcStatus>>,
 ) {
-    let committed = match state.db.finish_task(task.id, &agent, &result).await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(denied(&agent, task.id)),
-        Err(e) => Err(store_status(e)),
+    let (committed, ended) = match state.db.finish_task(task.id, &agent, &result).await {
+        Ok(Some(status)) => (Ok(()), status.is_terminal()),
+        Ok(None) => (Err(denied(&agent, task.id)), false),
+        Err(e) => (Err(store_status(e)), false),
     };
     let failed = committed.is_err();
     let _ = answer.send(committed);
@@ -642,13 +641,6 @@ async fn record_finish<D: Database>(
     // A retried task is queued again with its log chunks cleared for the
     // next attempt; a console blob written now would be empty and hide
     // that attempt's live log. Only a task that ended gets its blob.
-    let ended = match state.db.task_holds(&[task.id]).await {
-        Ok(holds) => holds.first().is_some_and(|row| row.status.is_terminal()),
-        Err(e) => {
-            tracing::warn!("task {}: {e}", task.id);
-            true
-        }
-    };
     if ended
         && let Err(e) = results::finalize_console(&state, place.job_id, place.run, task.id).await
     {
