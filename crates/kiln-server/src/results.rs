@@ -59,23 +59,54 @@ pub fn content_type(path: &str) -> &'static str {
     }
 }
 
-/// Copies a finished task's log from database chunks into the blob store,
-/// where it is served from from then on.
+/// Consoles up to this size stay in the database, as the chunks they came
+/// in: a file per small log costs more than the log (creating it was a
+/// tenth of the server's work for a trivial task). Bigger ones move to the
+/// blob store when their task ends, so the database keeps no large logs.
+pub const CONSOLE_KEPT_IN_DATABASE: u64 = 256 * 1024;
+
+/// Chunks read from the database per step while a console moves.
+const MOVE_PAGE: usize = 64;
+
+/// Moves a finished task's log from database chunks into the blob store,
+/// where it is served from from then on, when it is too big to stay.
 pub async fn finalize_console<D: Database>(
     state: &AppState<D>,
     job_id: Id,
     run: i64,
     task_id: Id,
 ) -> Result<(), String> {
-    let chunks = state
+    let size = state
         .db
-        .read_log(task_id, 0)
+        .log_size(task_id)
         .await
         .map_err(|e| e.to_string())?;
-    let log: Vec<u8> = chunks.into_iter().flat_map(|(_, data)| data).collect();
+    if size <= CONSOLE_KEPT_IN_DATABASE {
+        return Ok(());
+    }
+    // Streamed a page at a time: a log may be far bigger than memory.
+    let db = state.db.clone();
+    let pages = futures_util::stream::try_unfold(0i64, move |next| {
+        let db = db.clone();
+        async move {
+            let chunks = db.read_log(task_id, next, MOVE_PAGE).await?;
+            let Some(&(last, _)) = chunks.last() else {
+                return Ok::<_, kiln_store::StoreError>(None);
+            };
+            let page: Vec<u8> = chunks.into_iter().flat_map(|(_, data)| data).collect();
+            Ok(Some((bytes::Bytes::from(page), last + 1)))
+        }
+    });
     state
         .blobs
-        .put(&console_key(job_id, run, task_id), bytes::Bytes::from(log))
+        .put_stream(&console_key(job_id, run, task_id), pages)
         .await
-        .map_err(|e| format!("storing the console log: {e}"))
+        .map_err(|e| format!("storing the console log: {e}"))?;
+    // Readers look in the database first and in the blob store when the
+    // database has nothing, so the log is readable throughout.
+    state
+        .db
+        .delete_log(task_id)
+        .await
+        .map_err(|e| e.to_string())
 }

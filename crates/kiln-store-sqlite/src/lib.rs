@@ -1157,17 +1157,36 @@ impl SqliteStore {
         Ok(holds.first().is_some_and(|task| task.held_by(holder)))
     }
 
-    async fn read_log_(&self, task_id: Id, from: i64) -> Result<Vec<(i64, Vec<u8>)>> {
+    async fn read_log_(&self, task_id: Id, from: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>> {
         let rows = sqlx::query(
-            "SELECT seq, data FROM log_chunks WHERE task_id = ? AND seq >= ? ORDER BY seq",
+            "SELECT seq, data FROM log_chunks WHERE task_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
         )
         .bind(task_id)
         .bind(from)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.reader)
         .await?;
         rows.iter()
             .map(|row| Ok((row.try_get("seq")?, row.try_get("data")?)))
             .collect()
+    }
+
+    async fn log_size_(&self, task_id: Id) -> Result<u64> {
+        let bytes: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(length(data)), 0) FROM log_chunks WHERE task_id = ?",
+        )
+        .bind(task_id)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+
+    async fn delete_log_(&self, task_id: Id) -> Result<()> {
+        sqlx::query("DELETE FROM log_chunks WHERE task_id = ?")
+            .bind(task_id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 
     async fn add_artifact_(&self, task_id: Id, artifact: &Artifact) -> Result<()> {
@@ -1457,8 +1476,21 @@ impl Database for SqliteStore {
         Ok(self.append_log_(task_id, holder, seq, data).await?)
     }
 
-    async fn read_log(&self, task_id: Id, from: i64) -> kiln_store::Result<Vec<(i64, Vec<u8>)>> {
-        Ok(self.read_log_(task_id, from).await?)
+    async fn read_log(
+        &self,
+        task_id: Id,
+        from: i64,
+        limit: usize,
+    ) -> kiln_store::Result<Vec<(i64, Vec<u8>)>> {
+        Ok(self.read_log_(task_id, from, limit).await?)
+    }
+
+    async fn log_size(&self, task_id: Id) -> kiln_store::Result<u64> {
+        Ok(self.log_size_(task_id).await?)
+    }
+
+    async fn delete_log(&self, task_id: Id) -> kiln_store::Result<()> {
+        Ok(self.delete_log_(task_id).await?)
     }
 
     async fn add_artifact(&self, task_id: Id, artifact: &Artifact) -> kiln_store::Result<()> {

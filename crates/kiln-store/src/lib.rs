@@ -430,12 +430,17 @@ pub trait Database: Clone + Send + Sync + 'static {
         seq: i64,
         data: &[u8],
     ) -> impl Future<Output = Result<bool>> + Send;
-    /// Chunks with `seq >= from`, in order.
+    /// Up to `limit` chunks with `seq >= from`, in order.
     fn read_log(
         &self,
         task_id: Id,
         from: i64,
+        limit: usize,
     ) -> impl Future<Output = Result<Vec<(i64, Vec<u8>)>>> + Send;
+    /// Bytes of the task's log held in the database.
+    fn log_size(&self, task_id: Id) -> impl Future<Output = Result<u64>> + Send;
+    /// Drops the task's log chunks (once the log is kept elsewhere).
+    fn delete_log(&self, task_id: Id) -> impl Future<Output = Result<()>> + Send;
 
     // --- results
     fn add_artifact(

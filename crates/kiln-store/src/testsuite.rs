@@ -332,7 +332,7 @@ pub async fn delete_job_cascades<D: Database>(db: &D) {
             .is_none()
     );
     assert!(db.get_task(a.id).await.unwrap().is_none());
-    assert!(db.read_log(a.id, 0).await.unwrap().is_empty());
+    assert!(db.read_log(a.id, 0, usize::MAX).await.unwrap().is_empty());
     assert!(db.list_artifacts(a.id).await.unwrap().is_empty());
     assert!(db.get_report(a.id, "junit").await.unwrap().is_none());
     assert!(
@@ -950,7 +950,10 @@ pub async fn retry_on_failure<D: Database>(db: &D) {
     assert_eq!(again.steps[0].status, Status::Pending, "steps start over");
     assert_eq!(again.steps[0].exit_code, None);
     assert!(
-        db.read_log(first.id, 0).await.unwrap().is_empty(),
+        db.read_log(first.id, 0, usize::MAX)
+            .await
+            .unwrap()
+            .is_empty(),
         "the new attempt writes its log from seq 0"
     );
     // `queue::run_status`: nothing runs and nothing ended, so the run waits
@@ -1445,20 +1448,42 @@ pub async fn logs<D: Database>(db: &D) {
     assert!(!append(c, "agent", 0, b"not claimed\n").await);
     assert!(!append(-1, "agent", 0, b"x").await, "a missing task");
     assert_eq!(
-        db.read_log(a, 0).await.unwrap(),
+        db.read_log(a, 0, usize::MAX).await.unwrap(),
         [
             (0, b"zero\n".to_vec()),
             (1, b"one\n".to_vec()),
             (2, b"two\n".to_vec()),
         ]
     );
-    assert_eq!(db.read_log(a, 2).await.unwrap(), [(2, b"two\n".to_vec())]);
-    assert!(db.read_log(a, 3).await.unwrap().is_empty());
-    assert_eq!(db.read_log(b, 0).await.unwrap().len(), 1);
-    assert!(db.read_log(c, 0).await.unwrap().is_empty());
+    assert_eq!(
+        db.read_log(a, 2, usize::MAX).await.unwrap(),
+        [(2, b"two\n".to_vec())]
+    );
+    assert!(db.read_log(a, 3, usize::MAX).await.unwrap().is_empty());
+    assert_eq!(db.read_log(b, 0, usize::MAX).await.unwrap().len(), 1);
+    assert!(db.read_log(c, 0, usize::MAX).await.unwrap().is_empty());
     let binary: Vec<u8> = (0..=255).collect();
     assert!(db.append_log(a, "agent", 3, &binary).await.unwrap());
-    assert_eq!(db.read_log(a, 3).await.unwrap(), [(3, binary)]);
+    assert_eq!(db.read_log(a, 3, usize::MAX).await.unwrap(), [(3, binary)]);
+    // Paged, and sized without reading it.
+    let page: Vec<i64> = db
+        .read_log(a, 1, 2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect();
+    assert_eq!(page, [1, 2]);
+    assert_eq!(db.log_size(a).await.unwrap(), 5 + 4 + 4 + 256);
+    assert_eq!(db.log_size(c).await.unwrap(), 0);
+    db.delete_log(a).await.unwrap();
+    assert!(db.read_log(a, 0, usize::MAX).await.unwrap().is_empty());
+    assert_eq!(db.log_size(a).await.unwrap(), 0);
+    assert_eq!(
+        db.read_log(b, 0, usize::MAX).await.unwrap().len(),
+        1,
+        "others' logs stay"
+    );
     drain(db).await;
 }
 

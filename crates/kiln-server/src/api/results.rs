@@ -17,6 +17,8 @@ use crate::state::AppState;
 
 /// How often a followed console looks for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// Chunks a followed console reads from the database at a time.
+const FOLLOW_PAGE: usize = 256;
 
 type TaskPath = Path<(String, i64, String)>;
 
@@ -97,65 +99,63 @@ pub async fn console<D: Database>(
 ) -> ApiResult<Response> {
     let found = find_task(&state, path).await?;
     if query.follow {
-        return Ok(follow(state, found.task.id));
+        let blob_key = console_key(found.job_id, found.number, found.task.id);
+        return Ok(follow(state, found.task.id, blob_key));
     }
-    let key = console_key(found.job_id, found.number, found.task.id);
-    // A finished task's log was moved to the blob store; a running one's is
-    // still in the database as chunks.
-    let log = match state.blobs.get(&key).await {
-        Ok(bytes) => bytes.to_vec(),
-        Err(_) => state
-            .db
-            .read_log(found.task.id, 0)
-            .await?
-            .into_iter()
-            .flat_map(|(_, data)| data)
-            .collect(),
+    // A running task's log, and a small finished one's, is in the database
+    // as chunks; a big finished one's was moved to the blob store (chunks
+    // are dropped only once the blob is complete).
+    let chunks = state.db.read_log(found.task.id, 0, usize::MAX).await?;
+    let log = if chunks.is_empty() && found.task.status.is_terminal() {
+        let key = console_key(found.job_id, found.number, found.task.id);
+        match state.blobs.get(&key).await {
+            Ok(bytes) => bytes.to_vec(),
+            Err(kiln_blob::BlobError::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(ApiError::internal(format!("reading the console log: {e}"))),
+        }
+    } else {
+        chunks.into_iter().flat_map(|(_, data)| data).collect()
     };
     ranged_text(log, headers.get(header::RANGE))
 }
 
-fn follow<D: Database>(state: AppState<D>, task_id: Id) -> Response {
-    let stream = futures_util::stream::unfold(
-        (state, 0i64, false),
-        move |(state, next, done)| async move {
-            if done {
-                return None;
+/// Where a followed console has got to.
+struct Following<D> {
+    state: AppState<D>,
+    task_id: Id,
+    blob_key: String,
+    /// The next chunk to read from the database.
+    next: i64,
+    /// Bytes sent so far: where the blob takes over if the chunks moved there.
+    sent: u64,
+    done: bool,
+}
+
+fn follow<D: Database>(state: AppState<D>, task_id: Id, blob_key: String) -> Response {
+    let start = Following {
+        state,
+        task_id,
+        blob_key,
+        next: 0,
+        sent: 0,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(start, |mut at| async move {
+        if at.done {
+            return None;
+        }
+        match follow_step(&mut at).await {
+            Ok(Some(bytes)) => {
+                at.sent += bytes.len() as u64;
+                Some((Ok(bytes), at))
             }
-            loop {
-                // Read the status before the chunks: output written before the
-                // task ended is then never missed.
-                let ended = match state.db.get_task(task_id).await {
-                    Ok(Some(task)) => task.status.is_terminal(),
-                    Ok(None) => true,
-                    Err(e) => {
-                        return Some((
-                            Err(std::io::Error::other(e.to_string())),
-                            (state, next, true),
-                        ));
-                    }
-                };
-                let chunks = match state.db.read_log(task_id, next).await {
-                    Ok(chunks) => chunks,
-                    Err(e) => {
-                        return Some((
-                            Err(std::io::Error::other(e.to_string())),
-                            (state, next, true),
-                        ));
-                    }
-                };
-                if let Some((last, _)) = chunks.last() {
-                    let next = last + 1;
-                    let bytes: Vec<u8> = chunks.into_iter().flat_map(|(_, data)| data).collect();
-                    return Some((Ok(bytes::Bytes::from(bytes)), (state, next, ended)));
-                }
-                if ended {
-                    return None;
-                }
-                tokio::time::sleep(FOLLOW_POLL).await;
+            Ok(None) => None,
+            Err(e) => {
+                at.done = true;
+                Some((Err(std::io::Error::other(e)), at))
             }
-        },
-    );
+        }
+    });
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -166,6 +166,50 @@ fn follow<D: Database>(state: AppState<D>, task_id: Id) -> Response {
     // Tell reverse proxies not to buffer a live log.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// The next piece of a followed console, waiting for one while the task
+/// runs; `None` once everything was sent.
+async fn follow_step<D: Database>(at: &mut Following<D>) -> Result<Option<bytes::Bytes>, String> {
+    loop {
+        // Read the status before the chunks: output written before the
+        // task ended is then never missed.
+        let ended = match at.state.db.get_task(at.task_id).await {
+            Ok(Some(task)) => task.status.is_terminal(),
+            Ok(None) => true,
+            Err(e) => return Err(e.to_string()),
+        };
+        let chunks = at
+            .state
+            .db
+            .read_log(at.task_id, at.next, FOLLOW_PAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(&(last, _)) = chunks.last() {
+            // A full page may have more behind it, even once ended.
+            at.done = ended && chunks.len() < FOLLOW_PAGE;
+            at.next = last + 1;
+            let bytes: Vec<u8> = chunks.into_iter().flat_map(|(_, data)| data).collect();
+            return Ok(Some(bytes.into()));
+        }
+        if ended {
+            // A big log moves to the blob store when its task ends: the
+            // rest of it, past what was sent from the chunks, is there.
+            at.done = true;
+            return match at.state.blobs.size(&at.blob_key).await {
+                Ok(size) if size > at.sent => at
+                    .state
+                    .blobs
+                    .get_range(&at.blob_key, at.sent..size)
+                    .await
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
+                Ok(_) | Err(kiln_blob::BlobError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
+    }
 }
 
 /// Serves `log` whole, or the part a `Range: bytes=…` header asks for.

@@ -1079,3 +1079,96 @@ async fn console_follow_streams_live_and_ends_with_the_task() {
         .collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{log}");
 }
+
+/// Files under `dir` whose names end with `suffix`, recursively.
+pub(crate) fn files_ending_with(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                files_ending_with(&path, suffix)
+            } else if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(suffix))
+            {
+                vec![path]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect()
+}
+
+/// Reads a followed console to its end.
+async fn follow_to_end(server: &Server, path: &str) -> Vec<u8> {
+    let mut response = server.get(&format!("{path}?follow=true")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut log = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        log.extend_from_slice(&chunk);
+    }
+    log
+}
+
+/// A big console moves to the blob store when its task ends and a small one
+/// stays in the database; read whole, by range, followed live while it
+/// moves, or followed after, each reads the same.
+#[tokio::test]
+async fn a_big_console_moves_to_the_blob_store_and_reads_the_same_everywhere() {
+    let server = Server::start(None);
+    // About 680 KB in four bursts, so a follower reads some of it live.
+    let pipeline = "version: 1\ntasks:\n  loud:\n    steps:\n      - run: for p in 1 2 3 4; do i=0; while [ $i -lt 5000 ]; do echo \"line-$p-$i ....................\"; i=$((i+1)); done; sleep 0.3; done\n  quiet:\n    steps: [{run: echo hush}]\n";
+    server
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/jobs/big",
+            json!({"kind": "freestyle", "pipeline": pipeline}),
+        )
+        .await;
+    server
+        .send(reqwest::Method::POST, "/api/v1/jobs/big/runs", json!({}))
+        .await;
+    let loud = "/api/v1/jobs/big/runs/1/tasks/loud/results/console";
+    let started = Instant::now();
+    while server.json("/api/v1/jobs/big/runs/1").await["tasks"][0]["status"] != "running" {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let live = follow_to_end(&server, loud).await;
+    let run = server.wait_for_run("big", 1).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+
+    let whole = server.get(loud).await.bytes().await.unwrap().to_vec();
+    let text = String::from_utf8(whole.clone()).unwrap();
+    let expected: Vec<String> = (1..=4)
+        .flat_map(|p| (0..5000).map(move |i| format!("line-{p}-{i} ....................")))
+        .collect();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("line-")).collect();
+    assert_eq!(lines, expected, "every line once, in order");
+    assert_eq!(live, whole, "followed live");
+    assert_eq!(follow_to_end(&server, loud).await, whole, "followed after");
+    let part = server
+        .request(reqwest::Method::GET, loud, Some(ADMIN))
+        .header("Range", "bytes=300000-300099")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.bytes().await.unwrap(), whole[300000..300100]);
+
+    let blobs = files_ending_with(&server.data_dir.path().join("blobs"), ".log");
+    assert_eq!(blobs.len(), 1, "only the big console is a blob: {blobs:?}");
+    assert_eq!(std::fs::read(&blobs[0]).unwrap(), whole);
+    let quiet = server
+        .get("/api/v1/jobs/big/runs/1/tasks/quiet/results/console")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(quiet.contains("hush\n"), "{quiet}");
+}
