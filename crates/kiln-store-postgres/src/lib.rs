@@ -687,17 +687,22 @@ async fn settle_run(
     now: DateTime<Utc>,
 ) -> Result<()> {
     if let Some(task_id) = ended {
-        let counts = sqlx::query(
-            "SELECT status, COUNT(*) AS n FROM tasks WHERE run_id = $1 GROUP BY status",
+        // Which statuses the run's tasks are in (as counts of one): an
+        // index seek per status, however wide the run.
+        let present: Vec<String> = sqlx::query_scalar(
+            "SELECT s FROM unnest(ARRAY['pending', 'queued', 'running', 'success', 'failure', \
+             'cancelled', 'timed_out', 'skipped', 'error']) AS s \
+             WHERE EXISTS (SELECT 1 FROM tasks WHERE run_id = $1 AND status = s)",
         )
         .bind(run_id)
         .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|row| Ok((codec::status(row.try_get("status")?)?, row.try_get("n")?)))
-        .collect::<Result<Vec<_>>>()?;
+        .await?;
+        let counts = present
+            .iter()
+            .map(|status| Ok((codec::status(status)?, 1)))
+            .collect::<Result<Vec<_>>>()?;
         if let Some(status) = queue::status_from_counts(&counts) {
-            close_steps(conn, run_id, Some(task_id), now).await?;
+            close_task_steps(conn, task_id, now).await?;
             sqlx::query(
                 "UPDATE runs SET status = $1 WHERE id = $2 AND finished_at IS NULL AND status <> $3",
             )
@@ -748,7 +753,7 @@ async fn settle_run(
             .await?;
         }
     }
-    close_steps(conn, run_id, None, now).await?;
+    close_steps(conn, run_id, now).await?;
 
     let status = queue::run_status(&states);
     // A run ending `error` says why: the first errored task's reason
@@ -777,31 +782,40 @@ async fn settle_run(
     Ok(())
 }
 
-/// Steps of ended tasks that never ran are `skipped`; one left running ends
-/// with its task's status. All of the run's tasks, or only `task`.
-async fn close_steps(
-    conn: &mut PgConnection,
-    run_id: Id,
-    task: Option<Id>,
-    now: DateTime<Utc>,
-) -> Result<()> {
+/// Steps of the run's ended tasks that never ran are `skipped`; one left
+/// running ends with its task's status.
+async fn close_steps(conn: &mut PgConnection, run_id: Id, now: DateTime<Utc>) -> Result<()> {
     sqlx::query(
         "UPDATE steps SET status = 'skipped' WHERE status = 'pending' AND task_id IN \
-         (SELECT id FROM tasks WHERE run_id = $1 AND finished_at IS NOT NULL \
-          AND ($2::bigint IS NULL OR id = $2))",
+         (SELECT id FROM tasks WHERE run_id = $1 AND finished_at IS NOT NULL)",
     )
     .bind(run_id)
-    .bind(task)
     .execute(&mut *conn)
     .await?;
     sqlx::query(
         "UPDATE steps SET status = t.status, finished_at = COALESCE(steps.finished_at, $1) \
          FROM tasks t WHERE t.id = steps.task_id AND steps.status = 'running' \
-         AND t.run_id = $2 AND t.finished_at IS NOT NULL AND ($3::bigint IS NULL OR t.id = $3)",
+         AND t.run_id = $2 AND t.finished_at IS NOT NULL",
     )
     .bind(ms(now))
     .bind(run_id)
-    .bind(task)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// [`close_steps`] for one task: its own steps, not a scan of the run.
+async fn close_task_steps(conn: &mut PgConnection, task_id: Id, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query(
+        "UPDATE steps SET status = CASE WHEN steps.status = 'pending' THEN 'skipped' \
+          ELSE t.status END, \
+         finished_at = CASE WHEN steps.status = 'running' \
+          THEN COALESCE(steps.finished_at, $1) ELSE steps.finished_at END \
+         FROM tasks t WHERE t.id = $2 AND steps.task_id = $2 \
+         AND steps.status IN ('pending', 'running') AND t.finished_at IS NOT NULL",
+    )
+    .bind(ms(now))
+    .bind(task_id)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -1038,7 +1052,7 @@ impl PostgresStore {
             .bind(run_id)
             .fetch_all(&mut *tx)
             .await?;
-            close_steps(&mut tx, run_id, None, now).await?;
+            close_steps(&mut tx, run_id, now).await?;
             sqlx::query("UPDATE runs SET status = 'timed_out', finished_at = $1 WHERE id = $2")
                 .bind(ms(now))
                 .bind(run_id)

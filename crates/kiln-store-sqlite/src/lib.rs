@@ -690,16 +690,22 @@ async fn settle_run(
     now: DateTime<Utc>,
 ) -> Result<()> {
     if let Some(task_id) = ended {
-        let counts =
-            sqlx::query("SELECT status, COUNT(*) AS n FROM tasks WHERE run_id = ? GROUP BY status")
-                .bind(run_id)
-                .fetch_all(&mut *conn)
-                .await?
-                .iter()
-                .map(|row| Ok((codec::status(row.try_get("status")?)?, row.try_get("n")?)))
-                .collect::<Result<Vec<_>>>()?;
+        // Which statuses the run's tasks are in (as counts of one): an
+        // index seek per status, however wide the run.
+        let present: Vec<String> = sqlx::query_scalar(
+            "SELECT column1 FROM (VALUES ('pending'), ('queued'), ('running'), ('success'), \
+             ('failure'), ('cancelled'), ('timed_out'), ('skipped'), ('error')) \
+             WHERE EXISTS (SELECT 1 FROM tasks WHERE run_id = ? AND status = column1)",
+        )
+        .bind(run_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let counts = present
+            .into_iter()
+            .map(|status| Ok((codec::status(&status)?, 1)))
+            .collect::<Result<Vec<_>>>()?;
         if let Some(status) = queue::status_from_counts(&counts) {
-            close_steps(conn, run_id, Some(task_id), now).await?;
+            close_task_steps(conn, task_id, now).await?;
             sqlx::query(
                 "UPDATE runs SET status = ? WHERE id = ? AND finished_at IS NULL AND status <> ?",
             )
@@ -748,7 +754,7 @@ async fn settle_run(
                 .await?;
         }
     }
-    close_steps(conn, run_id, None, now).await?;
+    close_steps(conn, run_id, now).await?;
 
     let status = queue::run_status(&states);
     // A run ending `error` says why: the first errored task's reason
@@ -777,30 +783,43 @@ async fn settle_run(
     Ok(())
 }
 
-/// Steps of ended tasks that never ran are `skipped`; one left running ends
-/// with its task's status. All of the run's tasks, or only `task`.
-async fn close_steps(
-    conn: &mut SqliteConnection,
-    run_id: Id,
-    task: Option<Id>,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    // One statement (SET sees the old `status`): each one is a round trip
-    // to the single writer.
-    sqlx::query(
-        "UPDATE steps SET \
-         status = CASE WHEN status = 'pending' THEN 'skipped' \
-          ELSE (SELECT t.status FROM tasks t WHERE t.id = steps.task_id) END, \
-         finished_at = CASE WHEN status = 'running' THEN COALESCE(finished_at, ?) \
-          ELSE finished_at END \
-         WHERE status IN ('pending', 'running') AND task_id IN \
-         (SELECT id FROM tasks WHERE run_id = ? AND finished_at IS NOT NULL \
-          AND (? IS NULL OR id = ?))",
-    )
+/// How [`close_steps`] and [`close_task_steps`] set a step of an ended task
+/// (SET sees the old `status`): one never run is `skipped`, one left running
+/// ends with its task's status.
+const CLOSED_STEP: &str = "UPDATE steps SET \
+     status = CASE WHEN status = 'pending' THEN 'skipped' \
+      ELSE (SELECT t.status FROM tasks t WHERE t.id = steps.task_id) END, \
+     finished_at = CASE WHEN status = 'running' THEN COALESCE(finished_at, ?) \
+      ELSE finished_at END \
+     WHERE status IN ('pending', 'running') AND";
+
+/// Closes the open steps of the run's ended tasks, in one statement (each
+/// is a round trip to the single writer).
+async fn close_steps(conn: &mut SqliteConnection, run_id: Id, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query(&format!(
+        "{CLOSED_STEP} task_id IN \
+         (SELECT id FROM tasks WHERE run_id = ? AND finished_at IS NOT NULL)"
+    ))
     .bind(ms(now))
     .bind(run_id)
-    .bind(task)
-    .bind(task)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// [`close_steps`] for one task: its own steps, not a scan of the run.
+async fn close_task_steps(
+    conn: &mut SqliteConnection,
+    task_id: Id,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(&format!(
+        "{CLOSED_STEP} task_id = ? AND EXISTS \
+         (SELECT 1 FROM tasks WHERE id = ? AND finished_at IS NOT NULL)"
+    ))
+    .bind(ms(now))
+    .bind(task_id)
+    .bind(task_id)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -1020,7 +1039,7 @@ impl SqliteStore {
             .bind(run_id)
             .fetch_all(&mut *tx)
             .await?;
-            close_steps(&mut tx, run_id, None, now).await?;
+            close_steps(&mut tx, run_id, now).await?;
             sqlx::query("UPDATE runs SET status = 'timed_out', finished_at = ? WHERE id = ?")
                 .bind(ms(now))
                 .bind(run_id)
