@@ -19,6 +19,8 @@ use crate::state::AppState;
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Chunks a followed console reads from the database at a time.
 const FOLLOW_PAGE: usize = 256;
+/// Bytes a followed console reads from a moved log at a time.
+const FOLLOW_BLOB_PIECE: u64 = 1024 * 1024;
 
 type TaskPath = Path<(String, i64, String)>;
 
@@ -106,17 +108,78 @@ pub async fn console<D: Database>(
     // as chunks; a big finished one's was moved to the blob store (chunks
     // are dropped only once the blob is complete).
     let chunks = state.db.read_log(found.task.id, 0, usize::MAX).await?;
-    let log = if chunks.is_empty() && found.task.status.is_terminal() {
+    if chunks.is_empty() && found.task.status.is_terminal() {
         let key = console_key(found.job_id, found.number, found.task.id);
-        match state.blobs.get(&key).await {
-            Ok(bytes) => bytes.to_vec(),
-            Err(kiln_blob::BlobError::NotFound(_)) => Vec::new(),
-            Err(e) => return Err(ApiError::internal(format!("reading the console log: {e}"))),
-        }
-    } else {
-        chunks.into_iter().flat_map(|(_, data)| data).collect()
-    };
+        return blob_console(&state, &key, headers.get(header::RANGE)).await;
+    }
+    let log: Vec<u8> = chunks.into_iter().flat_map(|(_, data)| data).collect();
     ranged_text(log, headers.get(header::RANGE))
+}
+
+/// A console moved to the blob store, streamed (it may be hundreds of MB)
+/// or, for a `Range`, just that part.
+async fn blob_console<D: Database>(
+    state: &AppState<D>,
+    key: &str,
+    range: Option<&HeaderValue>,
+) -> ApiResult<Response> {
+    let failed = |e: kiln_blob::BlobError| ApiError::internal(format!("reading the console: {e}"));
+    let length = match state.blobs.size(key).await {
+        Ok(length) => length,
+        // A task that printed nothing.
+        Err(kiln_blob::BlobError::NotFound(_)) => return ranged_text(Vec::new(), range),
+        Err(e) => return Err(failed(e)),
+    };
+    let Some(range) = range else {
+        let stream = state.blobs.get_stream(key).await.map_err(failed)?;
+        let mut response = Body::from_stream(stream).into_response();
+        text_headers(response.headers_mut());
+        return Ok(response);
+    };
+    let (start, end) = satisfiable(range, length)?;
+    let part = state
+        .blobs
+        .get_range(key, start..end + 1)
+        .await
+        .map_err(failed)?;
+    Ok(partial(part.to_vec(), start, end, length))
+}
+
+fn text_headers(headers: &mut HeaderMap) {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+}
+
+/// The inclusive offsets a `Range` header asks for, or `416`.
+fn satisfiable(range: &HeaderValue, length: u64) -> ApiResult<(u64, u64)> {
+    parse_range(range.to_str().unwrap_or(""), length).ok_or_else(|| {
+        let mut e = ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!(
+                "the range `{}` is not within the log's {length} bytes",
+                range.to_str().unwrap_or("?")
+            ),
+        );
+        e.errors.clear();
+        e
+    })
+}
+
+/// A `206` of bytes `start..=end` of a log of `length` bytes.
+fn partial(part: Vec<u8>, start: u64, end: u64, length: u64) -> Response {
+    let mut response = (StatusCode::PARTIAL_CONTENT, part).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{end}/{length}")) {
+        headers.insert(header::CONTENT_RANGE, value);
+    }
+    response
 }
 
 /// Where a followed console has got to.
@@ -195,18 +258,24 @@ async fn follow_step<D: Database>(at: &mut Following<D>) -> Result<Option<bytes:
         if ended {
             // A big log moves to the blob store when its task ends: the
             // rest of it, past what was sent from the chunks, is there.
-            at.done = true;
-            return match at.state.blobs.size(&at.blob_key).await {
-                Ok(size) if size > at.sent => at
-                    .state
-                    .blobs
-                    .get_range(&at.blob_key, at.sent..size)
-                    .await
-                    .map(Some)
-                    .map_err(|e| e.to_string()),
-                Ok(_) | Err(kiln_blob::BlobError::NotFound(_)) => Ok(None),
-                Err(e) => Err(e.to_string()),
+            let size = match at.state.blobs.size(&at.blob_key).await {
+                Ok(size) => size,
+                Err(kiln_blob::BlobError::NotFound(_)) => 0,
+                Err(e) => return Err(e.to_string()),
             };
+            if size <= at.sent {
+                at.done = true;
+                return Ok(None);
+            }
+            let end = size.min(at.sent + FOLLOW_BLOB_PIECE);
+            at.done = end == size;
+            return at
+                .state
+                .blobs
+                .get_range(&at.blob_key, at.sent..end)
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string());
         }
         tokio::time::sleep(FOLLOW_POLL).await;
     }
@@ -215,36 +284,14 @@ async fn follow_step<D: Database>(at: &mut Following<D>) -> Result<Option<bytes:
 /// Serves `log` whole, or the part a `Range: bytes=…` header asks for.
 fn ranged_text(log: Vec<u8>, range: Option<&HeaderValue>) -> ApiResult<Response> {
     let length = log.len() as u64;
-    let text_plain = HeaderValue::from_static("text/plain; charset=utf-8");
     let Some(range) = range else {
         let mut response = (StatusCode::OK, log).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, text_plain);
-        response
-            .headers_mut()
-            .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        text_headers(response.headers_mut());
         return Ok(response);
     };
-    let (start, end) = parse_range(range.to_str().unwrap_or(""), length).ok_or_else(|| {
-        let mut e = ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            format!(
-                "the range `{}` is not within the log's {length} bytes",
-                range.to_str().unwrap_or("?")
-            ),
-        );
-        e.errors.clear();
-        e
-    })?;
+    let (start, end) = satisfiable(range, length)?;
     let part = log[start as usize..=end as usize].to_vec();
-    let mut response = (StatusCode::PARTIAL_CONTENT, part).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, text_plain);
-    if let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{end}/{length}")) {
-        headers.insert(header::CONTENT_RANGE, value);
-    }
-    Ok(response)
+    Ok(partial(part, start, end, length))
 }
 
 /// Parses one `bytes=` range into inclusive offsets within `length` bytes.

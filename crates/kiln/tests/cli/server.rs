@@ -1121,8 +1121,9 @@ async fn follow_to_end(server: &Server, path: &str) -> Vec<u8> {
 #[tokio::test]
 async fn a_big_console_moves_to_the_blob_store_and_reads_the_same_everywhere() {
     let server = Server::start(None);
-    // About 680 KB in four bursts, so a follower reads some of it live.
-    let pipeline = "version: 1\ntasks:\n  loud:\n    steps:\n      - run: for p in 1 2 3 4; do i=0; while [ $i -lt 5000 ]; do echo \"line-$p-$i ....................\"; i=$((i+1)); done; sleep 0.3; done\n  quiet:\n    steps: [{run: echo hush}]\n";
+    // About 1.6 MB in four bursts, so a follower reads some of it live and
+    // one that comes after reads it from the blob store in several pieces.
+    let pipeline = "version: 1\ntasks:\n  loud:\n    steps:\n      - run: for p in 1 2 3 4; do i=0; while [ $i -lt 12000 ]; do echo \"line-$p-$i ....................\"; i=$((i+1)); done; sleep 0.3; done\n  quiet:\n    steps: [{run: echo hush}]\n";
     server
         .send(
             reqwest::Method::PUT,
@@ -1146,7 +1147,7 @@ async fn a_big_console_moves_to_the_blob_store_and_reads_the_same_everywhere() {
     let whole = server.get(loud).await.bytes().await.unwrap().to_vec();
     let text = String::from_utf8(whole.clone()).unwrap();
     let expected: Vec<String> = (1..=4)
-        .flat_map(|p| (0..5000).map(move |i| format!("line-{p}-{i} ....................")))
+        .flat_map(|p| (0..12000).map(move |i| format!("line-{p}-{i} ....................")))
         .collect();
     let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("line-")).collect();
     assert_eq!(lines, expected, "every line once, in order");
@@ -1160,6 +1161,13 @@ async fn a_big_console_moves_to_the_blob_store_and_reads_the_same_everywhere() {
         .unwrap();
     assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(part.bytes().await.unwrap(), whole[300000..300100]);
+    let beyond = server
+        .request(reqwest::Method::GET, loud, Some(ADMIN))
+        .header("Range", "bytes=99999999-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beyond.status(), StatusCode::RANGE_NOT_SATISFIABLE);
 
     let blobs = files_ending_with(&server.data_dir.path().join("blobs"), ".log");
     assert_eq!(blobs.len(), 1, "only the big console is a blob: {blobs:?}");
