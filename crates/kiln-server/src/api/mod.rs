@@ -2,6 +2,7 @@
 //! translate between HTTP and the store; rules live elsewhere.
 
 mod admin;
+mod console;
 mod jobs;
 mod results;
 mod runs;
@@ -70,7 +71,7 @@ fn routes<D: Database>() -> Routes<D> {
     )
     .add(
         "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/console",
-        get(results::console::<D>),
+        get(console::console::<D>),
     )
     .add(
         "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/junit",

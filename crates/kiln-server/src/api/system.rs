@@ -14,7 +14,7 @@ use crate::state::AppState;
         healthz_doc, metrics_doc, openapi,
         super::jobs::list, super::jobs::create, super::jobs::show, super::jobs::upsert, super::jobs::delete,
         super::runs::trigger, super::runs::list, super::runs::show, super::runs::cancel, super::runs::rerun,
-        super::results::list, super::results::console, super::results::junit, super::results::artifact,
+        super::results::list, super::console::console, super::results::junit, super::results::artifact,
         super::secrets::put, super::secrets::delete, super::secrets::list,
         super::admin::create_agent_token, super::admin::create_user_token, super::admin::agents,
     ),
