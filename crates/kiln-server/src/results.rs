@@ -60,9 +60,10 @@ pub fn content_type(path: &str) -> &'static str {
 }
 
 /// Consoles up to this size stay in the database, as the chunks they came
-/// in: a file per small log costs more than the log (creating it was a
-/// tenth of the server's work for a trivial task). Bigger ones move to the
-/// blob store when their task ends, so the database keeps no large logs.
+/// in: a file per small log costs more than the log (creating one was
+/// nearly a fifth of the server's work for a trivial task). Bigger ones
+/// move to the blob store when their task ends, so the database keeps no
+/// large logs.
 pub const CONSOLE_KEPT_IN_DATABASE: u64 = 256 * 1024;
 
 /// Chunks read from the database per step while a console moves.

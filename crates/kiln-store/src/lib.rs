@@ -166,8 +166,6 @@ pub struct RunFilter {
     pub limit: i64,
 }
 
-/// The label an agent with executor `kind` offers besides its own, and a
-/// task that only that executor can run requires.
 /// Which of a holder's tasks [`Database::requeue_undelivered`] considers.
 #[derive(Debug, Clone, Copy)]
 pub enum Undelivered<'a> {
@@ -188,6 +186,8 @@ impl Undelivered<'_> {
     }
 }
 
+/// The label an agent with executor `kind` offers besides its own, and a
+/// task that only that executor can run requires.
 pub fn executor_label(kind: &str) -> String {
     format!("executor:{kind}")
 }

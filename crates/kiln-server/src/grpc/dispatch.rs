@@ -89,8 +89,8 @@ async fn dispatch<D: Database>(state: &AppState<D>) {
     }
 }
 
-/// Sends one claimed task to `agent`; false when the agent's stream is
-/// closed or full (the task's lease then expires like a lost agent's).
+/// Sends one claimed task to `agent`; false when the agent's session ended,
+/// was replaced, or its stream is full (the task then goes back to the queue).
 async fn send_task<D: Database>(state: &AppState<D>, agent: &Candidate, task: TaskRow) -> bool {
     state.metrics.task_started(task.queued_at, task.started_at);
     if !state.agents.assign(&agent.name, agent.session, &task) {
