@@ -173,7 +173,18 @@ async fn prepare(
             .as_bytes(),
         );
         // Each git command has its own time limit inside `checkout`.
-        let fetch = kiln_git::checkout(&assignment.repository, &assignment.sha, &checkout, None);
+        // A private repository's credentials (from the job's secrets) are
+        // for the fetch alone; git gets them from a credential helper.
+        let auth = assignment
+            .git_credentials
+            .as_ref()
+            .map(|auth| kiln_git::Credentials::new(&auth.username, &auth.password));
+        let fetch = kiln_git::checkout(
+            &assignment.repository,
+            &assignment.sha,
+            &checkout,
+            auth.as_ref(),
+        );
         tokio::select! {
             fetched = fetch => fetched.map_err(|e| format!("cannot check out the commit: {e}"))?,
             // Dropping the checkout stops git and its helpers.

@@ -21,6 +21,9 @@
 //!   killed (git starts helpers such as `git-remote-https`).
 //! - Commands that touch one mirror are serialised per URL.
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;

@@ -29,54 +29,66 @@ pub async fn trigger<D: Database>(
     target: Target,
     event: Event,
 ) -> ApiResult<RunDetail> {
-    let (branch, sha, text): (Option<String>, Option<String>, Result<String, String>) =
-        match job.spec.kind {
-            JobKind::Freestyle => {
-                let branch = match target {
-                    Target::Branch(branch) => branch.or_else(|| job.spec.default_branch.clone()),
-                    Target::Sha { .. } => {
-                        return Err(ApiError::unprocessable(
-                            "a freestyle job has no commits: trigger it without `sha`",
-                        ));
-                    }
-                };
-                (
-                    branch,
-                    None,
-                    Ok(job.spec.pipeline.clone().unwrap_or_default()),
-                )
-            }
-            JobKind::Git => {
-                let url = job.spec.repository.clone().unwrap_or_default();
-                let (branch, reference) = match target {
-                    Target::Branch(branch) => {
-                        let branch = branch
-                            .or_else(|| job.spec.default_branch.clone())
-                            .unwrap_or_else(|| "main".into());
-                        (Some(branch.clone()), kiln_git::Ref::Branch(branch))
-                    }
-                    Target::Sha { sha, branch } => (branch, kiln_git::Ref::Sha(sha)),
-                };
-                let sha = state.git.resolve(&url, reference).await.map_err(|e| {
-                    ApiError::unprocessable(format!("cannot resolve the commit: {e}"))
-                })?;
-                let path = job
-                    .spec
-                    .pipeline_path
-                    .clone()
-                    .unwrap_or_else(|| ".kiln.yml".into());
-                let text = match state.git.read_file(&url, &sha, &path).await {
-                    Ok(Some(bytes)) => {
-                        String::from_utf8(bytes).map_err(|_| format!("{path} is not UTF-8 text"))
-                    }
-                    Ok(None) => Err(format!(
-                        "the pipeline file {path} does not exist at commit {sha}"
-                    )),
-                    Err(e) => Err(format!("cannot read {path} at commit {sha}: {e}")),
-                };
-                (branch, Some(sha), text)
-            }
-        };
+    let (branch, sha, text): (Option<String>, Option<String>, Result<String, String>) = match job
+        .spec
+        .kind
+    {
+        JobKind::Freestyle => {
+            let branch = match target {
+                Target::Branch(branch) => branch.or_else(|| job.spec.default_branch.clone()),
+                Target::Sha { .. } => {
+                    return Err(ApiError::unprocessable(
+                        "a freestyle job has no commits: trigger it without `sha`",
+                    ));
+                }
+            };
+            (
+                branch,
+                None,
+                Ok(job.spec.pipeline.clone().unwrap_or_default()),
+            )
+        }
+        JobKind::Git => {
+            let url = job.spec.repository.clone().unwrap_or_default();
+            let (branch, reference) = match target {
+                Target::Branch(branch) => {
+                    let branch = branch
+                        .or_else(|| job.spec.default_branch.clone())
+                        .unwrap_or_else(|| "main".into());
+                    (Some(branch.clone()), kiln_git::Ref::Branch(branch))
+                }
+                Target::Sha { sha, branch } => (branch, kiln_git::Ref::Sha(sha)),
+            };
+            // A private repository: the job's GIT_USERNAME/GIT_PASSWORD.
+            let auth = crate::secrets::git_credentials(state, job)
+                .await
+                .map_err(ApiError::internal)?;
+            let sha = state
+                .git
+                .resolve_with_auth(&url, reference, auth.as_ref())
+                .await
+                .map_err(|e| ApiError::unprocessable(format!("cannot resolve the commit: {e}")))?;
+            let path = job
+                .spec
+                .pipeline_path
+                .clone()
+                .unwrap_or_else(|| ".kiln.yml".into());
+            let text = match state
+                .git
+                .read_file_with_auth(&url, &sha, &path, auth.as_ref())
+                .await
+            {
+                Ok(Some(bytes)) => {
+                    String::from_utf8(bytes).map_err(|_| format!("{path} is not UTF-8 text"))
+                }
+                Ok(None) => Err(format!(
+                    "the pipeline file {path} does not exist at commit {sha}"
+                )),
+                Err(e) => Err(format!("cannot read {path} at commit {sha}: {e}")),
+            };
+            (branch, Some(sha), text)
+        }
+    };
     let path = job.spec.pipeline_path.as_deref().unwrap_or(".kiln.yml");
     let planned = match text {
         Ok(text) => match kiln_pipeline::parse(path, &text) {

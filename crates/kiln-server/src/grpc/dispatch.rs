@@ -11,14 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use kiln_proto::v1::{Assignment, Cancel, Secret, ServerMessage, server_message};
+use kiln_proto::v1::{Assignment, Cancel, GitCredentials, Secret, ServerMessage, server_message};
 use kiln_store::{
-    Claim, Database, Id, NO_AGENT_REASON, Status, StoreError, TaskResult, TaskRow, Undelivered,
+    Claim, Database, Id, JobKind, NO_AGENT_REASON, Status, StoreError, TaskResult, TaskRow,
+    Undelivered,
 };
 use tokio_util::sync::CancellationToken;
 
 use super::registry::{Candidate, RunAndJob};
-use crate::secrets::open_secret;
+use crate::secrets::{git_credentials_from, git_secret_names, open_secret};
 use crate::state::AppState;
 
 /// A wake-up even when nothing was notified: another server sharing the
@@ -220,20 +221,41 @@ async fn assignment<D: Database>(
         .map_err(|e| e.to_string())?
         .ok_or("the task's run or job is gone")?;
     let (run, job) = (&both.0, &both.1);
-    let sealed = if task.spec.secrets.is_empty() {
+    // The task's secrets and, for a git job, its repository credentials:
+    // one query.
+    let mut wanted = task.spec.secrets.clone();
+    if job.spec.kind == JobKind::Git {
+        wanted.extend(git_secret_names());
+    }
+    let sealed = if wanted.is_empty() {
         Vec::new()
     } else {
         state
             .db
-            .sealed_secrets(job.id, &task.spec.secrets)
+            .sealed_secrets(job.id, &wanted)
             .await
             .map_err(|e| e.to_string())?
     };
-    let mut secrets = Vec::new();
+    let mut opened = Vec::new();
     for (name, value) in sealed {
         let value = open_secret(&state.key, job.id, &name, &value)?;
-        secrets.push(Secret { name, value });
+        opened.push((name, value));
     }
+    let git_credentials = git_credentials_from(
+        opened
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str())),
+    )
+    .map(|auth| GitCredentials {
+        username: auth.username,
+        password: auth.password,
+    });
+    // Only the secrets the task names reach it.
+    let secrets: Vec<Secret> = opened
+        .into_iter()
+        .filter(|(name, _)| task.spec.secrets.contains(name))
+        .map(|(name, value)| Secret { name, value })
+        .collect();
     if let Some(missing) = task
         .spec
         .secrets
@@ -258,6 +280,7 @@ async fn assignment<D: Database>(
         secrets,
         lease_seconds: state.agents.lease.as_secs().max(1) as u32,
         attempt: task.attempt.max(1) as u32,
+        git_credentials,
     })
 }
 

@@ -11,6 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::server::Server;
+use crate::support::GitRepo;
 
 const AGENT_TOKEN: &str = "kiln_agent_shared_test_token";
 
@@ -376,4 +377,93 @@ async fn a_server_killed_and_restarted_mid_run_still_completes_the_run_with_its_
             "tick-{i} lost or doubled:\n{log}"
         );
     }
+}
+
+/// A private repository over smart HTTP with basic authentication: the
+/// server (to resolve the branch and read the pipeline) and the agent (to
+/// fetch the commit) use the job's `GIT_USERNAME`/`GIT_PASSWORD` secrets,
+/// which the task itself does not get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_repository_is_fetched_with_the_jobs_git_secrets() {
+    const PASSWORD: &str = "tok-private-repo-5Qx8";
+    let pipeline = "version: 1\ntasks:\n  show:\n    steps: [{run: 'cat plan.txt; echo \"seen:[$GIT_PASSWORD]\"'}]\n";
+    let repo = GitRepo::new(&[(".kiln.yml", pipeline), ("plan.txt", "for the team only\n")]);
+    let served = tempfile::tempdir().unwrap();
+    let cloned = Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(repo.path())
+        .arg(served.path().join("repo.git"))
+        .status()
+        .unwrap();
+    assert!(cloned.success());
+    let http =
+        kiln_git::testing::HttpGit::start(served.path().to_path_buf(), "ci-bot", PASSWORD, false)
+            .await;
+    let url = format!("http://127.0.0.1:{}/repo.git", http.port);
+
+    let server = Server::start_for_agents(tempfile::tempdir().unwrap(), "127.0.0.1:0");
+    let agent = Agent::start(&server, "fetcher", "linux", 1);
+    let (status, job) = server
+        .send(
+            Method::POST,
+            "/api/v1/jobs",
+            json!({"name": "private", "kind": "git", "repository": url}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{job}");
+    let (status, problem) = server
+        .send(Method::POST, "/api/v1/jobs/private/runs", json!({}))
+        .await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+        "without credentials: {problem}"
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot resolve the commit"),
+        "{problem}"
+    );
+
+    for (name, value) in [("GIT_USERNAME", "ci-bot"), ("GIT_PASSWORD", PASSWORD)] {
+        let (status, body) = server
+            .send(
+                Method::PUT,
+                &format!("/api/v1/jobs/private/secrets/{name}"),
+                json!({"value": value}),
+            )
+            .await;
+        assert!(status.is_success(), "{name}: {status} {body}");
+    }
+    let (status, run) = server
+        .send(Method::POST, "/api/v1/jobs/private/runs", json!({}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{run}");
+    assert_eq!(run["sha"], repo.head().as_str());
+    let detail = server.wait_for_run("private", 1).await;
+    assert_eq!(detail["status"], "success", "{detail:#}");
+    assert_eq!(detail["tasks"][0]["agent"], "fetcher");
+    let log = server
+        .get("/api/v1/jobs/private/runs/1/tasks/show/results/console")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("for the team only"), "{log}");
+    assert!(log.contains("seen:[]"), "the task got the password: {log}");
+    assert!(!log.contains(PASSWORD), "{log}");
+    assert!(!agent.output.lock().unwrap().contains(PASSWORD));
+    let requests = http.log.lock().unwrap().clone();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("git-upload-pack") && r.ends_with("auth=true")),
+        "{requests:?}"
+    );
+    assert!(
+        requests.iter().all(|r| !r.contains(PASSWORD)),
+        "{requests:?}"
+    );
 }
