@@ -105,22 +105,6 @@ impl Drop for Agent {
     }
 }
 
-pub(crate) async fn freestyle(server: &Server, job: &str, pipeline: &str) -> i64 {
-    let (status, body) = server
-        .send(
-            Method::PUT,
-            &format!("/api/v1/jobs/{job}"),
-            json!({"kind": "freestyle", "pipeline": pipeline}),
-        )
-        .await;
-    assert!(status.is_success(), "{body}");
-    let (status, run) = server
-        .send(Method::POST, &format!("/api/v1/jobs/{job}/runs"), json!({}))
-        .await;
-    assert_eq!(status, reqwest::StatusCode::CREATED, "{run}");
-    run["number"].as_i64().unwrap()
-}
-
 /// Waits until the status of task `task` (claimed: `running`) or, with
 /// `step`, of that step of it (the agent has it in hand) is `wanted`.
 async fn wait_status(
@@ -173,7 +157,7 @@ async fn tasks_route_to_agents_whose_labels_match() {
     let _arm = Agent::start(&server, "arm-1", "linux,arm64", 2);
     let _win = Agent::start(&server, "win-1", "windows", 2);
     let pipeline = "version: 1\ntasks:\n  amd:\n    runs-on: [linux, amd64]\n    steps: [{run: echo on $KILN_AGENT}]\n  arm:\n    runs-on: [arm64]\n    steps: [{run: echo on $KILN_AGENT}]\n  win:\n    runs-on: [windows]\n    steps: [{run: echo on $KILN_AGENT}]\n  any:\n    needs: [amd, arm, win]\n    runs-on: [linux]\n    steps: [{run: echo on $KILN_AGENT}]\n";
-    let run = freestyle(&server, "routed", pipeline).await;
+    let run = server.freestyle("routed", pipeline).await;
     let detail = server.wait_for_run("routed", run).await;
     assert_eq!(detail["status"], "success", "{detail:#}");
     let agent_of = |i: usize| detail["tasks"][i]["agent"].as_str().unwrap().to_string();
@@ -213,7 +197,7 @@ async fn a_killed_agents_task_is_retried_elsewhere_or_ends_agent_lost() {
     let server = &Server::start_for_agents(tempfile::tempdir().unwrap(), "127.0.0.1:0");
     let victim = Agent::start(server, "victim", "linux", 2);
     let pipeline = "version: 1\ntasks:\n  retried:\n    retry: 1\n    steps: [{run: echo attempt on $KILN_AGENT; sleep 4; echo finished on $KILN_AGENT}]\n  lost:\n    steps: [{run: sleep 4}]\n";
-    let run = freestyle(server, "fragile", pipeline).await;
+    let run = server.freestyle("fragile", pipeline).await;
     wait_task_status(server, "fragile", run, 0, "running").await;
     wait_task_status(server, "fragile", run, 1, "running").await;
     drop(victim); // SIGKILL
@@ -255,12 +239,12 @@ async fn a_short_lease_is_kept_by_an_agent_that_was_idle() {
         &Server::start_for_agents_with_lease(tempfile::tempdir().unwrap(), "127.0.0.1:0", "2s");
     let _agent = Agent::start(server, "patient", "linux", 1);
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let run = freestyle(
-        server,
-        "slow",
-        "version: 1\ntasks:\n  slow:\n    steps: [{run: sleep 5 && echo done}]\n",
-    )
-    .await;
+    let run = server
+        .freestyle(
+            "slow",
+            "version: 1\ntasks:\n  slow:\n    steps: [{run: sleep 5 && echo done}]\n",
+        )
+        .await;
     let detail = server.wait_for_run("slow", run).await;
     assert_eq!(detail["status"], "success", "{detail:#}");
     assert_eq!(detail["tasks"][0]["attempt"], 1, "{detail:#}");
@@ -270,9 +254,7 @@ async fn a_short_lease_is_kept_by_an_agent_that_was_idle() {
 async fn sigterm_lets_a_busy_agent_finish_its_task_then_exit() {
     let server = Server::start_for_agents(tempfile::tempdir().unwrap(), "127.0.0.1:0");
     let mut agent = Agent::start(&server, "drainer", "linux", 1);
-    let run = freestyle(
-        &server,
-        "drain",
+    let run = server.freestyle("drain",
         "version: 1\ntasks:\n  work:\n    steps: [{run: sleep 2; echo finished-while-draining}]\n",
     )
     .await;
@@ -300,12 +282,12 @@ async fn cancel_kills_the_task_process_within_a_second() {
     let server = Server::start_for_agents(tempfile::tempdir().unwrap(), "127.0.0.1:0");
     let _agent = Agent::start(&server, "canceller", "linux", 1);
     // A distinctive duration, so this test finds its own process only.
-    let run = freestyle(
-        &server,
-        "stopme",
-        "version: 1\ntasks:\n  long:\n    steps: [{run: sleep 73.21}]\n",
-    )
-    .await;
+    let run = server
+        .freestyle(
+            "stopme",
+            "version: 1\ntasks:\n  long:\n    steps: [{run: sleep 73.21}]\n",
+        )
+        .await;
     wait_task_status(&server, "stopme", run, 0, "running").await;
     let alive = || {
         Command::new("pgrep")
@@ -349,7 +331,7 @@ async fn a_server_killed_and_restarted_mid_run_still_completes_the_run_with_its_
     let server = Server::start_for_agents(tempfile::tempdir().unwrap(), &grpc);
     let _agent = Agent::start(&server, "steady", "linux", 1);
     let pipeline = "version: 1\ntasks:\n  ticks:\n    steps: [{run: for i in 1 2 3 4 5 6 7 8; do echo tick-$i; sleep 0.5; done}]\n  after:\n    needs: [ticks]\n    steps: [{run: echo after-ran}]\n";
-    let run = freestyle(&server, "survivor", pipeline).await;
+    let run = server.freestyle("survivor", pipeline).await;
     wait_task_status(&server, "survivor", run, 0, "running").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let data_dir = server.kill();

@@ -153,6 +153,28 @@ impl Server {
         )
     }
 
+    /// Creates (or replaces) the freestyle job `job` and triggers it;
+    /// returns the run's number.
+    pub async fn freestyle(&self, job: &str, pipeline: &str) -> i64 {
+        let (status, body) = self
+            .send(
+                reqwest::Method::PUT,
+                &format!("/api/v1/jobs/{job}"),
+                json!({"kind": "freestyle", "pipeline": pipeline}),
+            )
+            .await;
+        assert!(status.is_success(), "{body}");
+        let (status, run) = self
+            .send(
+                reqwest::Method::POST,
+                &format!("/api/v1/jobs/{job}/runs"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{run}");
+        run["number"].as_i64().unwrap()
+    }
+
     pub async fn json(&self, path: &str) -> Value {
         let response = self.get(path).await;
         assert_eq!(response.status(), StatusCode::OK, "GET {path}");
@@ -911,16 +933,7 @@ async fn openapi_documents_every_served_route_and_probes_answer() {
 async fn a_restart_loses_nothing() {
     let server = Server::start(None);
     let pipeline = "version: 1\ntasks:\n  a:\n    steps:\n      - run: echo persisted-output\n";
-    server
-        .send(
-            reqwest::Method::PUT,
-            "/api/v1/jobs/keep",
-            json!({"kind": "freestyle", "pipeline": pipeline}),
-        )
-        .await;
-    server
-        .send(reqwest::Method::POST, "/api/v1/jobs/keep/runs", json!({}))
-        .await;
+    server.freestyle("keep", pipeline).await;
     assert_eq!(server.wait_for_run("keep", 1).await["status"], "success");
     let data_dir = server.stop();
 
@@ -1041,16 +1054,7 @@ async fn the_cli_client_applies_triggers_follows_and_reads_logs() {
 async fn console_follow_streams_live_and_ends_with_the_task() {
     let server = Server::start(None);
     let pipeline = "version: 1\ntasks:\n  ticker:\n    steps:\n      - run: for i in 1 2 3 4 5 6; do echo line-$i; sleep 0.4; done\n";
-    server
-        .send(
-            reqwest::Method::PUT,
-            "/api/v1/jobs/tick",
-            json!({"kind": "freestyle", "pipeline": pipeline}),
-        )
-        .await;
-    server
-        .send(reqwest::Method::POST, "/api/v1/jobs/tick/runs", json!({}))
-        .await;
+    server.freestyle("tick", pipeline).await;
     let started = Instant::now();
     while server.json("/api/v1/jobs/tick/runs/1").await["tasks"][0]["status"] != "running" {
         assert!(started.elapsed() < Duration::from_secs(30));
@@ -1124,16 +1128,7 @@ async fn a_big_console_moves_to_the_blob_store_and_reads_the_same_everywhere() {
     // About 1.6 MB in four bursts, so a follower reads some of it live and
     // one that comes after reads it from the blob store in several pieces.
     let pipeline = "version: 1\ntasks:\n  loud:\n    steps:\n      - run: for p in 1 2 3 4; do i=0; while [ $i -lt 12000 ]; do echo \"line-$p-$i ....................\"; i=$((i+1)); done; sleep 0.3; done\n  quiet:\n    steps: [{run: 'for i in 1 2 3 4 5; do echo hush-$i; sleep 0.1; done'}]\n";
-    server
-        .send(
-            reqwest::Method::PUT,
-            "/api/v1/jobs/big",
-            json!({"kind": "freestyle", "pipeline": pipeline}),
-        )
-        .await;
-    server
-        .send(reqwest::Method::POST, "/api/v1/jobs/big/runs", json!({}))
-        .await;
+    server.freestyle("big", pipeline).await;
     let loud = "/api/v1/jobs/big/runs/1/tasks/loud/results/console";
     let started = Instant::now();
     while server.json("/api/v1/jobs/big/runs/1").await["tasks"][0]["status"] != "running" {

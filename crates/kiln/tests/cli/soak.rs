@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use crate::agents::{Agent, freestyle};
+use crate::agents::Agent;
 use crate::server::Server;
 
 const TASKS: usize = 1_000;
@@ -259,7 +259,7 @@ async fn a_thousand_tasks_survive_agents_killed_at_random() {
         })
         .collect();
 
-    let run = freestyle(&server, JOB, &pipeline()).await;
+    let run = server.freestyle(JOB, &pipeline()).await;
     let mut killer = Killer::start(server.clone(), agents, Rng::new(seed));
 
     // Watch the run; stop killing when most tasks have ended.
