@@ -33,6 +33,7 @@ impl Interceptor for Auth {
 /// A client that connects on first use and again after the server went
 /// away, so a restart of the server never needs a new client.
 pub(crate) fn client(config: &AgentConfig) -> Result<Client, AgentError> {
+    check_scheme(&config.server)?;
     let endpoint = Endpoint::from_shared(config.server.clone())
         .map_err(|e| AgentError::InvalidServer(config.server.clone(), e.to_string()))?
         .connect_timeout(config.connect_timeout)
@@ -56,6 +57,23 @@ pub(crate) fn client(config: &AgentConfig) -> Result<Client, AgentError> {
             agent,
         },
     ))
+}
+
+/// An address without `http://` or `https://` would be taken by the
+/// transport as something else and fail on every call, saying nothing.
+fn check_scheme(server: &str) -> Result<(), AgentError> {
+    let invalid = |why: String| Err(AgentError::InvalidServer(server.to_string(), why));
+    match server.split_once("://") {
+        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(()),
+        Some((scheme, _)) if scheme != "http" && scheme != "https" => invalid(format!(
+            "unknown scheme `{scheme}://`: expected `http://` (or `https://` for TLS)"
+        )),
+        Some(_) => invalid("no host: expected `http://HOST:PORT`".into()),
+        None => invalid(format!(
+            "no scheme: expected the server's gRPC address as `http://HOST:PORT` \
+             (`https://` for TLS), e.g. `http://{server}`"
+        )),
+    }
 }
 
 /// Whether a failed call about a task means the task is no longer ours.

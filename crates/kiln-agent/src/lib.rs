@@ -48,12 +48,28 @@ pub enum AgentError {
     InvalidMetadata(&'static str),
     #[error("the server refused the agent: {0}")]
     Refused(String),
+    #[error(
+        "{0} answered, but not as Kiln's agent service (it answered {1}): --server must be the \
+         server's gRPC address (its --grpc-listen, port 9090 by default), not the HTTP API's \
+         (port 8080 by default)"
+    )]
+    NotAgentService(String, String),
     #[error("cannot create the work directory {0}: {1}")]
     WorkDir(PathBuf, std::io::Error),
 }
 
-/// Called each time the agent's session is established.
-pub type OnConnected = Arc<dyn Fn(&AgentConfig) + Send + Sync>;
+/// A change in the agent's link to its server, told once per change.
+#[derive(Debug, Clone, Copy)]
+pub enum LinkEvent<'a> {
+    /// A session is established.
+    Connected,
+    /// The server could not be reached, or the session ended; the agent
+    /// retries with backoff, and running tasks go on.
+    Lost { reason: &'a str },
+}
+
+/// Called when the agent's link to its server changes.
+pub type OnLink = Arc<dyn Fn(&AgentConfig, LinkEvent<'_>) + Send + Sync>;
 
 pub struct AgentConfig {
     /// The server's gRPC address, e.g. `http://ci.example.com:9090`.
@@ -72,7 +88,7 @@ pub struct AgentConfig {
     /// for the process executor, which does not pass the agent's own
     /// environment — and with it the agent token — to tasks).
     pub base_env: Vec<(String, String)>,
-    pub on_connected: Option<OnConnected>,
+    pub on_link: Option<OnLink>,
     /// The most output bytes one task has held unacknowledged at once (in
     /// the agent's queue and chunk buffer); kept up to date as the agent
     /// runs, for tests and diagnostics. It stays near [`LOG_BUDGET`].
@@ -97,7 +113,7 @@ impl AgentConfig {
             work_dir: work_dir.into(),
             connect_timeout: Duration::from_secs(5),
             base_env: Vec::new(),
-            on_connected: None,
+            on_link: None,
             log_held_peak: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -250,12 +266,21 @@ async fn session_loop(
             }, if draining => return Ok(()),
         };
         let failure = match opened {
+            Ok(response) if !is_grpc(response.metadata()) => {
+                // Something answered HTTP/2 that is not the agent service:
+                // most likely the server's HTTP API port. Retrying cannot help.
+                let answered = describe_answer(response.metadata());
+                if shared.tasks.borrow().is_empty() {
+                    return Err(AgentError::NotAgentService(config.server.clone(), answered));
+                }
+                Some(format!("not Kiln's agent service (it answered {answered})"))
+            }
             Ok(response) => {
                 backoff.reset();
                 if link != Link::Up {
                     tracing::info!(server = %config.server, draining, "connected");
-                    if let Some(on_connected) = &config.on_connected {
-                        on_connected(config);
+                    if let Some(on_link) = &config.on_link {
+                        on_link(config, LinkEvent::Connected);
                     }
                     link = Link::Up;
                 }
@@ -288,6 +313,9 @@ async fn session_loop(
         };
         if link != Link::Down {
             tracing::info!(server = %config.server, "server unreachable ({reason}); reconnecting, running tasks continue");
+            if let Some(on_link) = &config.on_link {
+                on_link(config, LinkEvent::Lost { reason: &reason });
+            }
             link = Link::Down;
         } else {
             tracing::debug!(server = %config.server, "reconnecting failed: {reason}");
@@ -298,6 +326,25 @@ async fn session_loop(
             _ = shutdown.cancelled(), if !draining => {}
             _ = wait_idle(&mut idle), if draining => return Ok(()),
         }
+    }
+}
+
+/// Whether a response comes from a gRPC service (tonic does not check).
+fn is_grpc(metadata: &tonic::metadata::MetadataMap) -> bool {
+    metadata
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"))
+}
+
+/// What a non-gRPC answer was, for the error message.
+fn describe_answer(metadata: &tonic::metadata::MetadataMap) -> String {
+    match metadata
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+    {
+        Some(kind) => format!("with content type `{kind}`"),
+        None => "with no content type".to_string(),
     }
 }
 

@@ -182,6 +182,14 @@ impl Client {
         &self.base
     }
 
+    /// The server's host name or address, without scheme or port.
+    pub fn server_host(&self) -> String {
+        Url::parse(&self.base)
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
     // ---- jobs ----
 
     pub async fn list_jobs(&self) -> Result<Vec<Job>> {

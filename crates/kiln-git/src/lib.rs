@@ -170,6 +170,9 @@ impl GitCache {
     }
 
     fn build(dir: PathBuf, timeout: Duration, max_file_size: u64) -> Self {
+        // git runs with the mirror as its working directory, where a
+        // relative path to the cache would mean something else.
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
         GitCache {
             inner: Arc::new(Inner {
                 dir,

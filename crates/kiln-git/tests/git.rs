@@ -166,6 +166,35 @@ async fn resolves_branches_and_shas() {
     }
 }
 
+/// A cache given as a path relative to the working directory (as
+/// `kiln up --data-dir .kiln-data` gives it) resolves and reads files:
+/// git runs inside the mirror, where the relative path means something else.
+#[tokio::test]
+async fn a_cache_at_a_relative_path_resolves_and_reads() {
+    let repo = Repo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    let mut relative = PathBuf::new();
+    for _ in cwd.components().skip(1) {
+        relative.push("..");
+    }
+    relative.push(dir.path().join("mirrors").strip_prefix("/").unwrap());
+    assert!(relative.is_relative());
+    let cache = GitCache::new(&relative);
+    assert!(cache.dir().is_absolute(), "{}", cache.dir().display());
+    let sha = cache
+        .resolve(&repo.file_url(), Ref::Branch("main".into()))
+        .await
+        .unwrap();
+    assert_eq!(sha, repo.c2);
+    let file = cache
+        .read_file(&repo.file_url(), &sha, ".kiln.yml")
+        .await
+        .unwrap();
+    assert_eq!(file.as_deref(), Some(&b"tasks: {}\n"[..]));
+    assert!(dir.path().join("mirrors").is_dir());
+}
+
 #[tokio::test]
 async fn abbreviated_sha_of_a_commit_not_yet_in_the_mirror() {
     let repo = Repo::new();

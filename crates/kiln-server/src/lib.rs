@@ -40,11 +40,26 @@ pub struct ServerConfig {
     pub agent_lease: Duration,
 }
 
-/// Tokens created on a server's first start, to be shown to the operator once.
+/// What a server's start found or made, for its start-up lines.
 pub struct Bootstrap {
-    /// A generated admin token; `None` when it came from `KILN_ADMIN_TOKEN`
-    /// or the server was set up before.
-    pub generated_admin_token: Option<String>,
+    pub admin_token: AdminToken,
+}
+
+/// Where the admin token came from.
+pub enum AdminToken {
+    /// Made on this (first) start: shown to the operator this once.
+    Generated(String),
+    /// Taken from `KILN_ADMIN_TOKEN` on this (first) start.
+    FromEnvironment,
+    /// Made on an earlier start; `KILN_ADMIN_TOKEN` is not read again.
+    Existing,
+}
+
+impl Bootstrap {
+    /// Whether this is the server's first start on its database.
+    pub fn first_start(&self) -> bool {
+        !matches!(self.admin_token, AdminToken::Existing)
+    }
 }
 
 /// Builds the state the handlers share, opening the blob store and the key.
@@ -73,14 +88,16 @@ pub async fn app_state<D: Database>(db: D, config: &ServerConfig) -> anyhow::Res
 /// On first start, makes the admin token (from `KILN_ADMIN_TOKEN`, or a new
 /// one); registers `KILN_AGENT_TOKEN` as a shared agent token when set.
 pub async fn bootstrap<D: Database>(db: &D) -> anyhow::Result<Bootstrap> {
-    let mut generated_admin_token = None;
-    if !db.has_admin_token().await? {
-        let token = match std::env::var("KILN_ADMIN_TOKEN") {
-            Ok(token) if !token.trim().is_empty() => token.trim().to_string(),
+    let admin_token = if db.has_admin_token().await? {
+        AdminToken::Existing
+    } else {
+        let (token, admin_token) = match std::env::var("KILN_ADMIN_TOKEN") {
+            Ok(token) if !token.trim().is_empty() => {
+                (token.trim().to_string(), AdminToken::FromEnvironment)
+            }
             _ => {
                 let token = kiln_crypto::new_token("kiln_admin_");
-                generated_admin_token = Some(token.clone());
-                token
+                (token.clone(), AdminToken::Generated(token))
             }
         };
         db.insert_token(
@@ -91,7 +108,8 @@ pub async fn bootstrap<D: Database>(db: &D) -> anyhow::Result<Bootstrap> {
             Utc::now(),
         )
         .await?;
-    }
+        admin_token
+    };
     if let Ok(token) = std::env::var("KILN_AGENT_TOKEN")
         && !token.trim().is_empty()
     {
@@ -101,9 +119,7 @@ pub async fn bootstrap<D: Database>(db: &D) -> anyhow::Result<Bootstrap> {
                 .await?;
         }
     }
-    Ok(Bootstrap {
-        generated_admin_token,
-    })
+    Ok(Bootstrap { admin_token })
 }
 
 /// The embedded agent's token: made on first start, kept in the data

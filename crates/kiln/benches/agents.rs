@@ -88,8 +88,9 @@ impl Server {
                 if let Some(url) = line.split("listening on ").nth(1) {
                     tx.send(("http", url.trim().to_string())).ok();
                 }
-                if let Some(address) = line.split("grpc on ").nth(1) {
-                    tx.send(("grpc", format!("http://{}", address.trim()))).ok();
+                if let Some(address) = line.split("agents connect to ").nth(1) {
+                    let address = address.trim().trim_end_matches(" (gRPC)");
+                    tx.send(("grpc", address.to_string())).ok();
                 }
             }
         });

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use kiln_agent::{AgentConfig, run_agent};
+use kiln_agent::{AgentConfig, LinkEvent, run_agent};
 use kiln_exec::Executor;
 use kiln_exec::docker::DockerExecutor;
 use kiln_exec::process::ProcessExecutor;
@@ -90,15 +90,21 @@ pub(crate) fn agent_config(
         .iter()
         .filter_map(|key| std::env::var(key).ok().map(|v| (key.to_string(), v)))
         .collect();
-    config.on_connected = Some(Arc::new(|config: &AgentConfig| {
-        println!(
-            "agent {} connected to {} (labels {}, capacity {}, executor {})",
-            config.name,
-            config.server,
-            config.labels.join(","),
-            config.capacity,
-            config.executor.kind()
-        );
+    config.on_link = Some(Arc::new(|config: &AgentConfig, event: LinkEvent<'_>| {
+        match event {
+            LinkEvent::Connected => println!(
+                "agent {} connected to {} (labels {}, capacity {}, executor {})",
+                config.name,
+                config.server,
+                config.labels.join(","),
+                config.capacity,
+                config.executor.kind()
+            ),
+            LinkEvent::Lost { reason } => println!(
+                "agent {} cannot reach {} ({reason}); retrying, running tasks go on",
+                config.name, config.server
+            ),
+        }
         use std::io::Write;
         let _ = std::io::stdout().flush();
     }));

@@ -142,16 +142,18 @@ pub struct UpArgs {
     /// Tasks the embedded agent runs at once.
     #[arg(long, default_value_t = 2)]
     pub capacity: usize,
-    /// Address more agents may connect to over gRPC; loopback on a free
-    /// port by default, where only the embedded agent uses it.
-    #[arg(long, default_value = "127.0.0.1:0")]
+    /// Address agents connect to over gRPC: the embedded one, and any
+    /// other started with `kiln agent --server http://ADDR`.
+    #[arg(long, default_value = "127.0.0.1:9090")]
     pub grpc_listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// The server's gRPC address (its `--grpc-listen`), e.g. `http://ci:9090`.
-    #[arg(long, env = "KILN_SERVER_GRPC")]
+    /// The server's gRPC address (its `--grpc-listen`, port 9090 by
+    /// default), with its scheme: `http://ci.example.com:9090`. Not the HTTP
+    /// API's address that clients use (`KILN_SERVER`, port 8080).
+    #[arg(long, env = "KILN_SERVER_GRPC", value_name = "URL")]
     pub server: String,
     /// Agent token: the server's shared `KILN_AGENT_TOKEN` or a per-agent one.
     #[arg(long, env = "KILN_AGENT_TOKEN", hide_env_values = true)]
@@ -171,4 +173,28 @@ pub struct AgentArgs {
     /// Where checkouts and task outputs live while tasks run.
     #[arg(long, default_value = ".kiln-agent")]
     pub work_dir: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `--help` describes every argument of every command, positional ones
+    /// (`<JOB>`, `<NAME>`) included.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if arg.get_help().is_none() && !arg.is_hide_set() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "kiln", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
 }

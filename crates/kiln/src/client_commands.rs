@@ -31,6 +31,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a follower rides out an unreachable server (a restart) before
 /// giving up.
 const OUTAGE_GRACE: Duration = Duration::from_secs(60);
+/// How long `kiln cancel` waits for the run's tasks to stop.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// A log line longer than this is shown in pieces rather than held back.
 const MAX_LINE: usize = 64 * 1024;
 /// Largest secret value read from standard input.
@@ -69,6 +71,20 @@ pub enum ClientCommand {
     Secret(SecretCommand),
     /// List the agents known to the server.
     Agents(AgentsArgs),
+    /// Make tokens for agents (admins).
+    #[command(subcommand)]
+    AgentToken(AgentTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentTokenCommand {
+    /// Make a token an agent connects with; it is shown this once.
+    Create {
+        /// A name to recognise the token by: the agent's name is a good one.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// Where the server is and how to talk to it; on every client command.
@@ -105,6 +121,7 @@ pub enum JobCommand {
     },
     /// Show one job.
     Show {
+        /// The job's name.
         name: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -113,6 +130,7 @@ pub enum JobCommand {
     Create(JobCreateArgs),
     /// Delete a job with its runs, logs and secrets.
     Delete {
+        /// The job's name.
         name: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -122,6 +140,7 @@ pub enum JobCommand {
 #[derive(Debug, clap::Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["repository", "pipeline_file"])))]
 pub struct JobCreateArgs {
+    /// The new job's name (letters, digits, `-`, `_`, `.`).
     pub name: String,
     /// Git URL of the repository whose pipeline the job runs.
     #[arg(long, value_name = "URL")]
@@ -150,6 +169,7 @@ pub struct ApplyArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct TriggerArgs {
+    /// The job to run.
     pub job: String,
     /// Branch to build; the job's default branch when neither this nor --sha.
     #[arg(long, conflicts_with = "sha")]
@@ -167,6 +187,7 @@ pub struct TriggerArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RunsArgs {
+    /// The job whose runs to list.
     pub job: String,
     /// Only runs with this status.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kiln_api::STATUSES))]
@@ -183,6 +204,7 @@ pub struct RunsArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {
+    /// The job of the run.
     pub job: String,
     /// Run number.
     #[arg(value_parser = clap::value_parser!(i64).range(1..))]
@@ -199,6 +221,7 @@ pub struct LogsArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct CancelArgs {
+    /// The job of the run.
     pub job: String,
     /// Run number.
     #[arg(value_parser = clap::value_parser!(i64).range(1..))]
@@ -211,20 +234,25 @@ pub struct CancelArgs {
 pub enum SecretCommand {
     /// Set a secret; its value is read from standard input.
     Set {
+        /// The job the secret belongs to.
         job: String,
+        /// The secret's name, as tasks list it under `secrets:`.
         name: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// List a job's secrets (names only: values are write-only).
     List {
+        /// The job whose secrets to list.
         job: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Delete a secret.
     Delete {
+        /// The job the secret belongs to.
         job: String,
+        /// The secret's name.
         name: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -281,6 +309,9 @@ async fn dispatch(command: ClientCommand) -> anyhow::Result<i32> {
             secret_delete(&client, &job, &name).await
         }
         ClientCommand::Agents(args) => agents(&args.client).await,
+        ClientCommand::AgentToken(AgentTokenCommand::Create { name, client }) => {
+            agent_token_create(&client, &name).await
+        }
     }
 }
 
@@ -400,6 +431,14 @@ async fn job_create(args: JobCreateArgs) -> anyhow::Result<i32> {
             pipeline: None,
         },
     };
+    if let (Some(path), Some(pipeline)) = (&args.pipeline_file, &body.pipeline)
+        && let Err(diagnostics) = kiln_pipeline::parse(&path.display().to_string(), pipeline)
+    {
+        for diagnostic in &diagnostics.0 {
+            eprintln!("error: {diagnostic}");
+        }
+        return Ok(EXIT_INVALID);
+    }
     let job = connect(&args.client)?.create_job(&body).await?;
     if args.client.output == Output::Json {
         return print_json(&job);
@@ -435,7 +474,7 @@ pub struct ApplyEntry {
     pub default_branch: Option<String>,
     /// A freestyle job's pipeline YAML, inline (usually a `|` block).
     #[serde(default)]
-    pub pipeline: Option<String>,
+    pub pipeline: Option<serde_saphyr::Spanned<String>>,
     /// A freestyle job's pipeline YAML, from a file relative to the apply file.
     #[serde(default)]
     pub pipeline_file: Option<String>,
@@ -528,7 +567,15 @@ pub fn parse_apply_file(
             continue;
         }
         match entry_body(&entry, base_dir) {
-            Ok(body) => jobs.push(ApplyJob { name, body }),
+            Ok(body) => match check_pipeline(&entry, &body, file_name, text, base_dir) {
+                Ok(()) => jobs.push(ApplyJob { name, body }),
+                Err(diagnostics) => errors.extend(
+                    diagnostics
+                        .0
+                        .iter()
+                        .map(|d| format!("{d} (in job `{name}`)")),
+                ),
+            },
             Err(message) => errors.push(located(format!("job `{name}`: {message}"))),
         }
     }
@@ -626,7 +673,7 @@ fn entry_body(entry: &ApplyEntry, base_dir: &Path) -> Result<JobBody, String> {
         return Err("a freestyle job has no repository: remove `repository`, `pipeline_path` and `default_branch`".into());
     }
     let pipeline = match (&entry.pipeline, &entry.pipeline_file) {
-        (Some(text), None) => text.clone(),
+        (Some(text), None) => text.value.clone(),
         (None, Some(file)) => {
             let path = base_dir.join(file);
             read_text(&path, MAX_APPLY_BYTES).map_err(|e| format!("`pipeline_file`: {e:#}"))?
@@ -648,6 +695,74 @@ fn entry_body(entry: &ApplyEntry, base_dir: &Path) -> Result<JobBody, String> {
         default_branch: None,
         pipeline: Some(pipeline),
     })
+}
+
+/// Checks a freestyle job's pipeline here, so its errors name the file
+/// and line the user wrote it in (the server would only know the text).
+fn check_pipeline(
+    entry: &ApplyEntry,
+    body: &JobBody,
+    file_name: &str,
+    text: &str,
+    base_dir: &Path,
+) -> Result<(), kiln_pipeline::Diagnostics> {
+    let Some(pipeline) = &body.pipeline else {
+        return Ok(());
+    };
+    if let Some(file) = &entry.pipeline_file {
+        let shown = base_dir.join(file);
+        return kiln_pipeline::parse(&shown.display().to_string(), pipeline).map(drop);
+    }
+    let Err(mut diagnostics) = kiln_pipeline::parse(file_name, pipeline) else {
+        return Ok(());
+    };
+    let at = entry
+        .pipeline
+        .as_ref()
+        .map(|spanned| spanned.referenced.line())
+        .unwrap_or(0);
+    let place = block_placement(text, at, pipeline);
+    for diagnostic in &mut diagnostics.0 {
+        match place {
+            // Where the line is in the apply file.
+            Some(indent) => {
+                diagnostic.line += at;
+                diagnostic.column += indent;
+            }
+            // A quoted or folded value: lines of the value, not of the file.
+            None => {
+                diagnostic.message = format!(
+                    "{} (line {}, column {} of the pipeline at line {at})",
+                    diagnostic.message, diagnostic.line, diagnostic.column
+                );
+                diagnostic.line = at.max(1);
+                diagnostic.column = 1;
+            }
+        }
+    }
+    Err(diagnostics)
+}
+
+/// When `value` is written as a literal block (`|`) starting after line
+/// `at` of `text`, the indentation of its lines; `None` when its lines are
+/// not found there as written.
+fn block_placement(text: &str, at: u64, value: &str) -> Option<u64> {
+    let mut file_lines = text.lines().skip(usize::try_from(at).ok()?);
+    let mut indent = None;
+    for line in value.lines() {
+        let written = file_lines.next()?;
+        if line.is_empty() {
+            if !written.trim().is_empty() {
+                return None;
+            }
+            continue;
+        }
+        let width = *indent.get_or_insert_with(|| written.len() - written.trim_start().len());
+        if written.get(width..) != Some(line) || !written[..width].trim().is_empty() {
+            return None;
+        }
+    }
+    indent.map(|width| width as u64)
 }
 
 async fn apply(args: ApplyArgs) -> anyhow::Result<i32> {
@@ -945,13 +1060,33 @@ async fn runs(args: RunsArgs) -> anyhow::Result<i32> {
 }
 
 async fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
-    let run = connect(&args.client)?
-        .cancel_run(&args.job, args.run)
-        .await?;
+    let client = connect(&args.client)?;
+    let mut run = client.cancel_run(&args.job, args.run).await?;
+    // Queued tasks end at once; running ones when their agent has stopped
+    // them, within about a second. Wait for that, so what is printed is
+    // the outcome of the cancel rather than the state before it.
+    let deadline = Instant::now() + CANCEL_WAIT;
+    while !is_final(&run.status) && Instant::now() < deadline {
+        tokio::time::sleep(POLL_INTERVAL / 2).await;
+        run = client.get_run(&args.job, args.run).await?;
+    }
     if args.client.output == Output::Json {
         return print_json(&run);
     }
-    emit(&format!("{}\n", run_headline(&run)))?;
+    if is_final(&run.status) {
+        emit(&format!("{}\n", run_headline(&run)))?;
+    } else {
+        let stopping = run
+            .tasks
+            .iter()
+            .flatten()
+            .filter(|task| !is_final(&task.status))
+            .count();
+        emit(&format!(
+            "run #{} of {}: cancelling, {stopping} task(s) still stopping (`kiln runs {}` shows when they end)\n",
+            run.number, run.job, run.job
+        ))?;
+    }
     Ok(EXIT_SUCCESS)
 }
 
@@ -1402,6 +1537,22 @@ async fn agents(args: &ClientArgs) -> anyhow::Result<i32> {
     Ok(EXIT_SUCCESS)
 }
 
+async fn agent_token_create(args: &ClientArgs, name: &str) -> anyhow::Result<i32> {
+    let client = connect(args)?;
+    let created = client.create_agent_token(name).await?;
+    if args.output == Output::Json {
+        return print_json(&created);
+    }
+    let host = client.server_host();
+    emit(&format!(
+        "agent token `{}` (shown once, keep it): {}\n\
+         start an agent with it (the server's gRPC address: its --grpc-listen, port 9090 by default):\n  \
+         kiln agent --server http://{host}:9090 --token {} --name {}\n",
+        created.name, created.token, created.token, created.name
+    ))?;
+    Ok(EXIT_SUCCESS)
+}
+
 // ---------------------------------------------------------------- output
 
 /// Writes to stdout at once and flushes, so followed output shows as it
@@ -1533,7 +1684,7 @@ mod tests {
     #[test]
     fn apply_file_with_jobs_key() {
         let jobs = parse(
-            "jobs:\n  - name: app\n    repository: https://example.com/app.git\n    default_branch: trunk\n  - name: nightly\n    pipeline: |\n      version: 1\n      tasks: {}\n",
+            "jobs:\n  - name: app\n    repository: https://example.com/app.git\n    default_branch: trunk\n  - name: nightly\n    pipeline: |\n      version: 1\n      tasks: {a: {steps: [make]}}\n",
         )
         .unwrap();
         assert_eq!(jobs.len(), 2);
@@ -1544,7 +1695,7 @@ mod tests {
         assert_eq!(jobs[1].body.kind, "freestyle");
         assert_eq!(
             jobs[1].body.pipeline.as_deref(),
-            Some("version: 1\ntasks: {}\n")
+            Some("version: 1\ntasks: {a: {steps: [make]}}\n")
         );
     }
 
@@ -1561,7 +1712,8 @@ mod tests {
     #[test]
     fn apply_file_pipeline_file_is_relative_to_the_apply_file() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("p.yml"), "version: 1\n").unwrap();
+        let pipeline = "version: 1\ntasks:\n  a:\n    steps: [make]\n";
+        std::fs::write(dir.path().join("p.yml"), pipeline).unwrap();
         let jobs = parse_apply_file(
             "jobs.yml",
             "jobs: [{name: f, pipeline_file: p.yml}]",
@@ -1569,7 +1721,52 @@ mod tests {
         )
         .unwrap();
         assert_eq!(jobs[0].body.kind, "freestyle");
-        assert_eq!(jobs[0].body.pipeline.as_deref(), Some("version: 1\n"));
+        assert_eq!(jobs[0].body.pipeline.as_deref(), Some(pipeline));
+    }
+
+    /// A freestyle pipeline's errors name the file it is in: its own file,
+    /// or the jobs file at the lines of an inline `pipeline: |` block.
+    #[test]
+    fn apply_file_pipeline_errors_name_the_file_they_are_in() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("ci")).unwrap();
+        let bad = "version: 1\ntasks:\n  a:\n    stepz: [make]\n";
+        std::fs::write(dir.path().join("ci/bad.yml"), bad).unwrap();
+        let errors = parse_apply_file(
+            "jobs.yml",
+            "jobs:\n  - name: f\n    pipeline_file: ci/bad.yml\n",
+            dir.path(),
+        )
+        .unwrap_err();
+        let shown = dir.path().join("ci/bad.yml").display().to_string();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(&format!("{shown}:4:5: ")),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].contains("`stepz`") && errors[0].contains("job `f`"),
+            "{errors:?}"
+        );
+
+        let errors = parse(
+            "jobs:\n  - name: g\n    pipeline: |\n      version: 1\n      tasks:\n        a:\n          stepz: [make]\n",
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("jobs.yml:7:11: "), "{errors:?}");
+
+        // Written as a quoted string, the lines are the value's own.
+        let errors = parse(
+            "jobs:\n  - name: h\n    pipeline: \"version: 1\\ntasks:\\n  a:\\n    stepz: [make]\\n\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("jobs.yml:3:1: "), "{errors:?}");
+        assert!(
+            errors[0].contains("line 4, column 5 of the pipeline"),
+            "{errors:?}"
+        );
     }
 
     #[test]

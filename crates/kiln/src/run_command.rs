@@ -40,10 +40,11 @@ pub fn validate(args: &ValidateArgs) -> anyhow::Result<i32> {
     let path = pipeline_path(&repo, args.file.as_deref());
     match load_pipeline(&path) {
         Ok(pipeline) => {
+            let count = pipeline.tasks.len();
             println!(
-                "{}: valid, {} tasks",
+                "{}: valid, {count} {}",
                 display_path(&path),
-                pipeline.tasks.len()
+                if count == 1 { "task" } else { "tasks" }
             );
             Ok(EXIT_SUCCESS)
         }

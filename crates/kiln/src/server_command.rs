@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
-use kiln_server::ServerConfig;
+use kiln_server::{AdminToken, ServerConfig};
 use kiln_store::Database;
 use tokio_util::sync::CancellationToken;
 
@@ -67,7 +67,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
 }
 
 async fn start(
-    config: ServerConfig,
+    mut config: ServerConfig,
     grpc_listen: SocketAddr,
     database_url: Option<&str>,
     embedded: Option<Embedded>,
@@ -79,12 +79,21 @@ async fn start(
             config.data_dir.display()
         )
     })?;
+    // Everything below (git mirrors, blobs, the embedded agent's work
+    // directory) is found from here, whatever the working directory is later.
+    config.data_dir = config.data_dir.canonicalize().with_context(|| {
+        format!(
+            "cannot resolve the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
     match database_url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             let db = kiln_store_postgres::PostgresStore::connect(url)
                 .await
                 .context("cannot open the PostgreSQL database")?;
-            run_with(db, config, grpc_listen, embedded, all_in_one).await
+            let database = format!("PostgreSQL at {}", postgres_location(url));
+            run_with(db, config, grpc_listen, &database, embedded, all_in_one).await
         }
         Some(url) => anyhow::bail!(
             "--database-url must be a postgres:// URL (SQLite is the default, in the data dir); got `{url}`"
@@ -94,15 +103,24 @@ async fn start(
             let db = kiln_store_sqlite::SqliteStore::open(&path)
                 .await
                 .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
-            run_with(db, config, grpc_listen, embedded, all_in_one).await
+            let database = format!("SQLite at {}", path.display());
+            run_with(db, config, grpc_listen, &database, embedded, all_in_one).await
         }
     }
+}
+
+/// Host, port and database of a PostgreSQL URL, without its credentials.
+fn postgres_location(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split('?').next().unwrap_or(rest)
 }
 
 async fn run_with<D: Database>(
     db: D,
     config: ServerConfig,
     grpc_listen: SocketAddr,
+    database: &str,
     embedded: Option<Embedded>,
     all_in_one: bool,
 ) -> anyhow::Result<i32> {
@@ -111,29 +129,63 @@ async fn run_with<D: Database>(
         Some(_) => Some(kiln_server::embedded_agent_token(&db, &config.data_dir).await?),
         None => None,
     };
+    let blobs = match &config.blob_url {
+        Some(url) => url.clone(),
+        None => config.data_dir.join("blobs").display().to_string(),
+    };
     let state = kiln_server::app_state(db, &config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--listen picks another address)",
+                config.listen
+            )
+        })?;
     let address: SocketAddr = listener.local_addr()?;
     let url = format!("http://{address}");
-    println!(
-        "kiln {} listening on {url}",
-        if all_in_one { "up" } else { "server" }
-    );
     let grpc_listener = tokio::net::TcpListener::bind(grpc_listen)
         .await
-        .with_context(|| format!("cannot listen for agents on {grpc_listen}"))?;
+        .with_context(|| {
+            format!(
+                "cannot listen for agents on {grpc_listen} (--grpc-listen picks another address)"
+            )
+        })?;
     let grpc_address = grpc_listener.local_addr()?;
-    println!("grpc on {grpc_address}");
-    println!("data directory: {}", config.data_dir.display());
-    match &bootstrap.generated_admin_token {
-        Some(token) => println!("admin token (shown once, keep it): {token}"),
-        None => println!("admin token: set on first start (KILN_ADMIN_TOKEN or printed then)"),
-    }
+    let grpc_url = format!("http://{grpc_address}");
+    let mut lines = vec![
+        format!(
+            "kiln {} listening on {url}",
+            if all_in_one { "up" } else { "server" }
+        ),
+        format!("agents connect to {grpc_url} (gRPC)"),
+        format!("database: {database}"),
+        format!("data directory: {}", config.data_dir.display()),
+        format!("logs and artifacts: {blobs}"),
+    ];
+    lines.push(match &bootstrap.admin_token {
+        AdminToken::Generated(token) => format!("admin token (shown once, keep it): {token}"),
+        AdminToken::FromEnvironment => "admin token: the one in KILN_ADMIN_TOKEN".to_string(),
+        AdminToken::Existing => {
+            "admin token: the one made on the first start (KILN_ADMIN_TOKEN is read only then)"
+                .to_string()
+        }
+    });
     if all_in_one {
-        println!("try: KILN_SERVER={url} KILN_TOKEN=<admin token> kiln job list");
+        lines.push(format!(
+            "try: KILN_SERVER={url} KILN_TOKEN=<admin token> kiln job list"
+        ));
+        if bootstrap.first_start() {
+            lines.extend([
+                "attach another agent: make it a token, then start it where it should run".into(),
+                format!(
+                    "  KILN_SERVER={url} KILN_TOKEN=<admin token> kiln agent-token create NAME"
+                ),
+                format!("  kiln agent --server {grpc_url} --token <the token printed> --name NAME"),
+            ]);
+        }
     }
+    println!("{}", lines.join("\n"));
     use std::io::Write;
     let _ = std::io::stdout().flush();
 

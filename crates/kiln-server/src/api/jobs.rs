@@ -84,7 +84,8 @@ pub fn job_spec(name: &str, body: JobBody) -> ApiResult<JobSpec> {
                     "a freestyle job has no repository; use kind `git` to build from one",
                 ));
             }
-            if let Err(diagnostics) = kiln_pipeline::parse(".kiln.yml", &pipeline) {
+            // A freestyle pipeline has no file: its errors name the field.
+            if let Err(diagnostics) = kiln_pipeline::parse("pipeline", &pipeline) {
                 let mut error = ApiError::unprocessable("the pipeline is not valid");
                 error.errors = diagnostics.0.iter().map(ToString::to_string).collect();
                 return Err(error);

@@ -329,7 +329,7 @@ async fn cancel_kills_the_task_process_within_a_second() {
 async fn a_server_killed_and_restarted_mid_run_still_completes_the_run_with_its_whole_log() {
     let grpc = format!("127.0.0.1:{}", free_port());
     let server = Server::start_for_agents(tempfile::tempdir().unwrap(), &grpc);
-    let _agent = Agent::start(&server, "steady", "linux", 1);
+    let agent = Agent::start(&server, "steady", "linux", 1);
     let pipeline = "version: 1\ntasks:\n  ticks:\n    steps: [{run: for i in 1 2 3 4 5 6 7 8; do echo tick-$i; sleep 0.5; done}]\n  after:\n    needs: [ticks]\n    steps: [{run: echo after-ran}]\n";
     let run = server.freestyle("survivor", pipeline).await;
     wait_task_status(&server, "survivor", run, 0, "running").await;
@@ -340,6 +340,15 @@ async fn a_server_killed_and_restarted_mid_run_still_completes_the_run_with_its_
     let server = Server::start_for_agents(data_dir, &grpc);
     let detail = server.wait_for_run("survivor", run).await;
     assert_eq!(detail["status"], "success", "{detail:#}");
+    // The agent said when it lost the server, and when it had it back.
+    let output = agent.output.lock().unwrap().clone();
+    let lost = output
+        .find(&format!("agent steady cannot reach http://{grpc}"))
+        .unwrap_or_else(|| panic!("the agent did not say it lost its server:\n{output}"));
+    assert!(
+        output[lost..].contains("agent steady connected"),
+        "the agent did not say it was back:\n{output}"
+    );
     assert_eq!(
         detail["tasks"][0]["attempt"], 1,
         "the task should not have been restarted: {detail:#}"
@@ -359,6 +368,48 @@ async fn a_server_killed_and_restarted_mid_run_still_completes_the_run_with_its_
             "tick-{i} lost or doubled:\n{log}"
         );
     }
+}
+
+/// An agent given the HTTP API's address, or an address without a scheme,
+/// ends at once with one error that says what `--server` expects, instead
+/// of saying it connected and retrying forever (or saying nothing).
+#[tokio::test]
+async fn an_agent_given_a_wrong_server_address_exits_saying_what_was_expected() {
+    let server = Server::start_for_agents(tempfile::tempdir().unwrap(), "127.0.0.1:0");
+    let grpc_host = server.grpc.trim_start_matches("http://").to_string();
+    for (address, expected) in [
+        (server.url.as_str(), "--grpc-listen"),
+        (grpc_host.as_str(), "no scheme"),
+    ] {
+        let work_dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["agent", "--server", address, "--token", AGENT_TOKEN])
+            .args(["--executor", "process", "--name", "lost", "--work-dir"])
+            .arg(work_dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("the agent with --server {address} did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let output = child.wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert_eq!(output.status.code(), Some(2), "{stdout}{stderr}");
+        assert!(!stdout.contains("connected"), "{stdout}");
+        assert_eq!(stderr.lines().count(), 1, "one error: {stderr}");
+        assert!(stderr.contains(expected), "--server {address}: {stderr}");
+    }
+    let agents = server.json("/api/v1/agents").await;
+    assert_eq!(agents, json!([]), "no agent registered");
 }
 
 /// A private repository over smart HTTP with basic authentication: the

@@ -113,7 +113,11 @@ fn validate_reports_located_errors_and_exit_2() {
     );
     let output = repo.kiln(&["validate"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    assert!(text(&output).contains("valid, 1 tasks"));
+    assert!(
+        text(&output).contains(".kiln.yml: valid, 1 task\n"),
+        "{}",
+        text(&output)
+    );
 }
 
 #[test]

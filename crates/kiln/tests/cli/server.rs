@@ -87,8 +87,9 @@ impl Server {
                 if let Some(url) = line.split("listening on ").nth(1) {
                     tx.send(("http", url.trim().to_string())).ok();
                 }
-                if let Some(address) = line.split("grpc on ").nth(1) {
-                    tx.send(("grpc", format!("http://{}", address.trim()))).ok();
+                if let Some(address) = line.split("agents connect to ").nth(1) {
+                    let address = address.trim().trim_end_matches(" (gRPC)");
+                    tx.send(("grpc", address.to_string())).ok();
                 }
             }
         });
@@ -503,6 +504,55 @@ async fn git_job_runs_logs_results_on_postgres() {
     let database = PgDatabase::new();
     let server = Server::start(Some(&database.url));
     git_job_flow(&server).await;
+}
+
+/// The start-up lines say what the server uses: PostgreSQL (without the
+/// URL's password) rather than a data directory's SQLite, and where the
+/// admin token came from.
+#[test]
+fn startup_lines_name_the_database_and_the_admin_tokens_origin() {
+    let database = PgDatabase::new();
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--database-url", &database.url, "--data-dir"])
+        .arg(data_dir.path())
+        .env("KILN_ADMIN_TOKEN", ADMIN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    while !printed.contains("admin token") {
+        let line = lines
+            .next()
+            .expect("the server printed its start-up lines")
+            .unwrap();
+        printed.push_str(&(line + "\n"));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let location = database.url.split('@').nth(1).unwrap();
+    assert!(
+        printed.contains(&format!("database: PostgreSQL at {location}\n")),
+        "{printed}"
+    );
+    assert!(
+        !printed.contains("kiln:kiln"),
+        "the password is printed: {printed}"
+    );
+    assert!(!printed.contains("SQLite"), "{printed}");
+    assert!(
+        printed.contains("admin token: the one in KILN_ADMIN_TOKEN"),
+        "{printed}"
+    );
 }
 
 #[tokio::test]

@@ -25,6 +25,8 @@ impl Up {
                 "up",
                 "--listen",
                 "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
                 "--executor",
                 "process",
                 "--data-dir",
