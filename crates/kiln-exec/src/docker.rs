@@ -5,6 +5,7 @@
 //! as a tar archive and artifacts travel out the same way, so a task sees
 //! only its own files and no port of the host is ever published.
 
+mod cache;
 mod image;
 mod outputs;
 mod pipe;
@@ -29,6 +30,8 @@ use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, TryStreamExt};
 use kiln_pipeline::Service;
 
+pub use self::cache::{BuildCachePolicy, PruneError, PruneReport};
+pub use self::image::DEFAULT_BUILD_REPOSITORY;
 use crate::mask::MaskedEvents;
 use crate::workspace::selected_by;
 use crate::{
@@ -60,9 +63,24 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// bodies, such as a step's output, are not limited by it).
 const REQUEST_TIMEOUT_SECS: u64 = 120;
 
+/// How long the end of a task waits for the pruning its build started; past
+/// that the pruning goes on unwatched.
+const PRUNE_WAIT: Duration = Duration::from_secs(30);
+
 pub struct DockerExecutor {
     docker: Docker,
     endpoint: String,
+    /// Which of the images built from tasks' Dockerfiles are kept; applied
+    /// after each build.
+    pub build_cache: BuildCachePolicy,
+    /// Repository the images built from tasks' Dockerfiles are tagged in
+    /// (`<repository>:<hash of the context>`), [`DEFAULT_BUILD_REPOSITORY`]
+    /// unless set. Pruning considers only this repository's tags, so
+    /// executors with different repositories keep separate caches. Must be a
+    /// valid repository name (lowercase), or builds fail.
+    pub build_repository: String,
+    /// Build images this executor's tasks are using, which pruning skips.
+    in_use: cache::InUse,
 }
 
 impl DockerExecutor {
@@ -81,7 +99,13 @@ impl DockerExecutor {
                     PING_TIMEOUT.as_secs()
                 )
             })??;
-        Ok(DockerExecutor { docker, endpoint })
+        Ok(DockerExecutor {
+            docker,
+            endpoint,
+            build_cache: BuildCachePolicy::default(),
+            build_repository: DEFAULT_BUILD_REPOSITORY.to_string(),
+            in_use: cache::InUse::default(),
+        })
     }
 
     /// Where the engine was found, for messages such as "executor: docker (…)".
@@ -98,6 +122,21 @@ impl DockerExecutor {
         label_value: &str,
     ) -> Result<usize, String> {
         teardown::sweep(&self.docker, &format!("{label_key}={label_value}")).await
+    }
+
+    /// Applies [`DockerExecutor::build_cache`] to the images of
+    /// [`DockerExecutor::build_repository`] now, e.g. when an agent starts;
+    /// the executor does so by itself after each build. Images its running
+    /// tasks use are kept.
+    pub async fn prune_build_images(&self) -> Result<PruneReport, PruneError> {
+        cache::prune(
+            &self.docker,
+            &self.build_repository,
+            self.build_cache,
+            &self.in_use,
+            None,
+        )
+        .await
     }
 }
 
@@ -210,6 +249,16 @@ impl Executor for DockerExecutor {
     }
 }
 
+/// A task's use of the build cache.
+#[derive(Default)]
+struct ImageUse {
+    /// Keeps the task's build image from this executor's pruning until the
+    /// task ends.
+    lease: Option<cache::Lease>,
+    /// The pruning started after the task built its image.
+    pruning: Option<tokio::task::JoinHandle<()>>,
+}
+
 /// Why setting a task up stopped.
 enum Stop {
     Interrupted(Interrupt),
@@ -303,9 +352,18 @@ impl DockerExecutor {
         );
         let mut outcome = TaskOutcome::error(spec, String::new());
         outcome.started_at = started_at;
+        let mut image_use = ImageUse::default();
 
         match self
-            .set_up(spec, events, deadline, cancel, &names, &mut teardown)
+            .set_up(
+                spec,
+                events,
+                deadline,
+                cancel,
+                &names,
+                &mut teardown,
+                &mut image_use,
+            )
             .await
         {
             Err(Stop::Interrupted(interrupt)) => {
@@ -341,12 +399,26 @@ impl DockerExecutor {
                 format!("clean-up failed: {e}\n").as_bytes(),
             );
         }
+        if let Some(pruning) = image_use.pruning.take() {
+            // Waiting keeps prunings from piling up and leaves the cache
+            // settled when `run` returns; it runs beside the steps, so this
+            // rarely waits at all. A cancel is not held up by it.
+            let waited =
+                interruptible(tokio::time::timeout(PRUNE_WAIT, pruning), None, cancel).await;
+            if !matches!(waited, Ok(Ok(Ok(())))) {
+                tracing::debug!(
+                    "task {} stopped waiting for the build cache's pruning",
+                    spec.name
+                );
+            }
+        }
         outcome.finished_at = Utc::now();
         outcome
     }
 
     /// Gets the image, starts the services and the task container with the
     /// workspace in it; returns the task container's name.
+    #[allow(clippy::too_many_arguments)]
     async fn set_up(
         &self,
         spec: &TaskSpec,
@@ -355,8 +427,9 @@ impl DockerExecutor {
         cancel: &CancellationToken,
         names: &Names,
         teardown: &mut teardown::Teardown,
+        image_use: &mut ImageUse,
     ) -> Result<String, Stop> {
-        let image = phase(self.task_image(spec, events), deadline, cancel).await?;
+        let image = phase(self.task_image(spec, events, image_use), deadline, cancel).await?;
         for service in &spec.services {
             phase(
                 image::ensure(&self.docker, &service.image, events),
@@ -407,9 +480,26 @@ impl DockerExecutor {
         Ok(container)
     }
 
-    async fn task_image(&self, spec: &TaskSpec, events: &MaskedEvents) -> Result<String, String> {
+    async fn task_image(
+        &self,
+        spec: &TaskSpec,
+        events: &MaskedEvents,
+        image_use: &mut ImageUse,
+    ) -> Result<String, String> {
         match (&spec.build, &spec.image) {
-            (Some(build), _) => image::build(&self.docker, build, &spec.source, events).await,
+            (Some(build), _) => {
+                let context = image::plan(build, &spec.source, &self.build_repository).await?;
+                let tag = context.tag().to_string();
+                // Before the image is looked up, so that no pruning of this
+                // executor removes it between the look-up and the task's end.
+                image_use.lease = Some(self.in_use.lease(&tag).await);
+                if image::build(&self.docker, build, context, events).await?
+                    == image::Obtained::Built
+                {
+                    image_use.pruning = Some(self.start_pruning(&tag));
+                }
+                Ok(tag)
+            }
             (None, Some(name)) => {
                 image::ensure(&self.docker, name, events).await?;
                 Ok(name.clone())
@@ -418,6 +508,22 @@ impl DockerExecutor {
                 Err("task has no `image` or `build`; the docker executor needs one".into())
             }
         }
+    }
+
+    /// Prunes the build cache beside the task, which need not wait for it.
+    fn start_pruning(&self, built: &str) -> tokio::task::JoinHandle<()> {
+        let docker = self.docker.clone();
+        let repository = self.build_repository.clone();
+        let policy = self.build_cache;
+        let in_use = self.in_use.clone();
+        let built = built.to_string();
+        tokio::spawn(async move {
+            match cache::prune(&docker, &repository, policy, &in_use, Some(&built)).await {
+                Ok(report) => tracing::debug!(?report, "pruned the build cache"),
+                // The task's own image is there; the next build tries again.
+                Err(e) => tracing::warn!("pruning the build cache: {e}"),
+            }
+        })
     }
 
     async fn create_network(

@@ -75,11 +75,21 @@ impl ProcessExecutor {
         if !spec.services.is_empty() {
             return TaskOutcome::error(spec, "task has `services`, which need the docker executor");
         }
-        if let Some(image) = &spec.image {
-            events.log(
-                LogStream::System,
-                format!("process executor: running on the host, not in image {image}\n").as_bytes(),
-            );
+        // Running on the host anyway is the point of this executor, but the
+        // task's author should learn that its tools may not be there.
+        let note = match (&spec.build, &spec.image) {
+            (Some(build), _) => Some(format!(
+                "process executor: running on the host, not in an image built from {} \
+                 (`build:` needs the docker executor)\n",
+                build.dockerfile
+            )),
+            (None, Some(image)) => Some(format!(
+                "process executor: running on the host, not in image {image}\n"
+            )),
+            (None, None) => None,
+        };
+        if let Some(note) = note {
+            events.log(LogStream::System, note.as_bytes());
         }
         let deadline = deadline_for(spec.timeout);
         let workspace = match self.make_workspace(spec, deadline, cancel).await {

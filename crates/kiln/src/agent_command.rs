@@ -11,14 +11,14 @@ use kiln_exec::docker::DockerExecutor;
 use kiln_exec::process::ProcessExecutor;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{AgentArgs, ExecutorKind};
+use crate::cli::{AgentArgs, BuildCacheArgs, ExecutorKind};
 
 /// Exit code when a second signal cuts the drain short.
 const EXIT_INTERRUPTED: i32 = 130;
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
     let work_dir = prepare_work_dir(&args.work_dir)?;
-    let executor = pick_executor(args.executor, &work_dir, "agent").await?;
+    let executor = pick_executor(args.executor, &work_dir, "agent", &args.build_cache).await?;
     let name = args.name.clone().unwrap_or_else(hostname);
     let mut config = agent_config(
         args.server.clone(),
@@ -52,27 +52,39 @@ pub(crate) fn prepare_work_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// The executor asked for, or `docker` when an engine answers and
-/// `process` otherwise (saying so, as `who`).
+/// `process` otherwise (saying so, as `who`). A docker executor keeps its
+/// built images as `build_cache` says, and applies that once now.
 pub(crate) async fn pick_executor(
     kind: Option<ExecutorKind>,
     work_dir: &Path,
     who: &str,
+    build_cache: &BuildCacheArgs,
 ) -> anyhow::Result<Arc<dyn Executor>> {
-    Ok(match kind {
-        Some(ExecutorKind::Process) => Arc::new(process_executor(work_dir)),
-        Some(ExecutorKind::Docker) => Arc::new(
-            DockerExecutor::connect()
-                .await
-                .map_err(anyhow::Error::msg)?,
-        ),
+    let docker = match kind {
+        Some(ExecutorKind::Process) => return Ok(Arc::new(process_executor(work_dir))),
+        Some(ExecutorKind::Docker) => DockerExecutor::connect()
+            .await
+            .map_err(anyhow::Error::msg)?,
         None => match DockerExecutor::connect().await {
-            Ok(docker) => Arc::new(docker),
+            Ok(docker) => docker,
             Err(reason) => {
                 eprintln!("{who}: process executor (no Docker engine answered: {reason})");
-                Arc::new(process_executor(work_dir))
+                return Ok(Arc::new(process_executor(work_dir)));
             }
         },
-    })
+    };
+    let mut docker = docker;
+    docker.build_cache = build_cache.policy();
+    let docker = Arc::new(docker);
+    // Images left from before a change of the limits, or from a stretch
+    // without builds, go now rather than at the next build.
+    let pruner = docker.clone();
+    tokio::spawn(async move {
+        if let Err(e) = pruner.prune_build_images().await {
+            tracing::warn!("cannot prune the build cache: {e}");
+        }
+    });
+    Ok(docker)
 }
 
 /// An agent's settings as `kiln agent` and the embedded agent share them.

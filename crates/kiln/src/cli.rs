@@ -126,6 +126,8 @@ pub struct ServerArgs {
     /// Tasks the in-process worker runs at once.
     #[arg(long, default_value_t = 2, requires = "worker")]
     pub worker_capacity: usize,
+    #[command(flatten)]
+    pub build_cache: BuildCacheArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -146,6 +148,31 @@ pub struct UpArgs {
     /// other started with `kiln agent --server http://ADDR`.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub grpc_listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub build_cache: BuildCacheArgs,
+}
+
+/// How many images built from tasks' Dockerfiles an agent keeps.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct BuildCacheArgs {
+    /// Most `kiln-build:*` images kept (the most recently used); older ones
+    /// are removed after each build [default: 20].
+    #[arg(long, value_name = "N")]
+    pub build_cache_images: Option<usize>,
+    /// `kiln-build:*` images unused for this long are removed after a
+    /// build [default: 7d].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub build_cache_max_age: Option<std::time::Duration>,
+}
+
+impl BuildCacheArgs {
+    pub fn policy(&self) -> kiln_exec::docker::BuildCachePolicy {
+        let default = kiln_exec::docker::BuildCachePolicy::default();
+        kiln_exec::docker::BuildCachePolicy {
+            max_images: self.build_cache_images.unwrap_or(default.max_images),
+            max_age: self.build_cache_max_age.unwrap_or(default.max_age),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -173,6 +200,8 @@ pub struct AgentArgs {
     /// Where checkouts and task outputs live while tasks run.
     #[arg(long, default_value = ".kiln-agent")]
     pub work_dir: PathBuf,
+    #[command(flatten)]
+    pub build_cache: BuildCacheArgs,
 }
 
 #[cfg(test)]
@@ -181,6 +210,24 @@ mod tests {
 
     /// `--help` describes every argument of every command, positional ones
     /// (`<JOB>`, `<NAME>`) included.
+    /// The defaults `--help` states are the executor's.
+    #[test]
+    fn build_cache_defaults_are_the_executors() {
+        let help = super::Cli::command()
+            .find_subcommand_mut("agent")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        let policy = kiln_exec::docker::BuildCachePolicy::default();
+        assert!(
+            help.contains(&format!("[default: {}]", policy.max_images)),
+            "{help}"
+        );
+        let days = policy.max_age.as_secs() / 86_400;
+        assert_eq!(policy.max_age.as_secs(), days * 86_400);
+        assert!(help.contains(&format!("[default: {days}d]")), "{help}");
+    }
+
     #[test]
     fn every_argument_has_help() {
         fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {

@@ -10,7 +10,7 @@ use kiln_store::Database;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent_command::{agent_config, pick_executor, prepare_work_dir};
-use crate::cli::{ExecutorKind, ServerArgs, UpArgs};
+use crate::cli::{BuildCacheArgs, ExecutorKind, ServerArgs, UpArgs};
 
 /// Lease of a claimed task in `kiln up`: how long a silent agent keeps it.
 const LEASE: Duration = Duration::from_secs(15);
@@ -25,6 +25,7 @@ struct Embedded {
     labels: Vec<String>,
     capacity: usize,
     executor: Option<ExecutorKind>,
+    build_cache: BuildCacheArgs,
 }
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
@@ -33,6 +34,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
         labels: args.worker_labels.clone(),
         capacity: args.worker_capacity,
         executor: args.worker_executor,
+        build_cache: args.build_cache,
     });
     let config = ServerConfig {
         listen: args.listen,
@@ -56,6 +58,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
         labels: vec!["linux".into()],
         capacity: args.capacity,
         executor: args.executor,
+        build_cache: args.build_cache,
     };
     let config = ServerConfig {
         listen: args.listen,
@@ -196,7 +199,13 @@ async fn run_with<D: Database>(
     let agent = match (embedded, agent_token) {
         (Some(embedded), Some(token)) => {
             let work_dir = prepare_work_dir(&config.data_dir.join("work"))?;
-            let executor = pick_executor(embedded.executor, &work_dir, embedded.name).await?;
+            let executor = pick_executor(
+                embedded.executor,
+                &work_dir,
+                embedded.name,
+                &embedded.build_cache,
+            )
+            .await?;
             let mut agent = agent_config(
                 format!("http://{}", loopback(grpc_address)),
                 token,

@@ -7,7 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use bollard::Docker;
-use bollard::query_parameters::{BuildImageOptionsBuilder, CreateImageOptionsBuilder};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateImageOptionsBuilder, TagImageOptionsBuilder,
+};
 use futures_util::{StreamExt, TryStreamExt};
 use kiln_pipeline::Build;
 use sha2::{Digest, Sha256};
@@ -16,8 +18,9 @@ use super::{engine_message, is_not_found, pipe};
 use crate::workspace::is_relative_inside;
 use crate::{LogStream, SourceTree, TaskEvents};
 
-/// Repository of the images built from tasks' Dockerfiles.
-pub const BUILD_REPOSITORY: &str = "kiln-build";
+/// Repository of the images built from tasks' Dockerfiles, unless the
+/// executor is given another.
+pub const DEFAULT_BUILD_REPOSITORY: &str = "kiln-build";
 
 /// Name under which a Dockerfile from outside the build context travels in
 /// the context archive.
@@ -106,7 +109,7 @@ fn split_reference(image: &str) -> (&str, Option<&str>) {
 }
 
 /// What goes into the archive sent to the engine for a build.
-struct BuildContext {
+pub(super) struct BuildContext {
     /// (file on disk, name in the archive), sorted by name.
     files: Vec<(PathBuf, PathBuf)>,
     /// The Dockerfile's path in the archive.
@@ -116,25 +119,48 @@ struct BuildContext {
     tag: String,
 }
 
-/// Returns the tag of the image built from `build`, building it unless an
-/// image of that tag (same Dockerfile path, same context content) exists.
+impl BuildContext {
+    /// `<repository>:<hash of the context>`.
+    pub(super) fn tag(&self) -> &str {
+        &self.tag
+    }
+}
+
+/// How [`build`] came by its image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Obtained {
+    Cached,
+    Built,
+}
+
+/// Reads the context of `build` and derives the tag of its image in `repository`.
+pub(super) async fn plan(
+    build: &Build,
+    source: &SourceTree,
+    repository: &str,
+) -> Result<BuildContext, String> {
+    let (build_spec, tree, repository) = (build.clone(), source.clone(), repository.to_string());
+    tokio::task::spawn_blocking(move || plan_build(&build_spec, &tree, &repository))
+        .await
+        .map_err(|e| format!("preparing the build context: {e}"))?
+}
+
+/// Makes sure the image of `context` exists, building it unless an image of
+/// that tag (same Dockerfile path, same context content) does.
 pub(super) async fn build(
     docker: &Docker,
     build: &Build,
-    source: &SourceTree,
+    context: BuildContext,
     events: &dyn TaskEvents,
-) -> Result<String, String> {
-    let (build_spec, tree) = (build.clone(), source.clone());
-    let context = tokio::task::spawn_blocking(move || plan_build(&build_spec, &tree))
-        .await
-        .map_err(|e| format!("preparing the build context: {e}"))??;
+) -> Result<Obtained, String> {
     let tag = context.tag.clone();
     if is_present(docker, &tag).await? {
+        touch(docker, &tag).await;
         events.log(
             LogStream::System,
             format!("using cached image {tag}\n").as_bytes(),
         );
-        return Ok(tag);
+        return Ok(Obtained::Cached);
     }
     events.log(
         LogStream::System,
@@ -195,7 +221,7 @@ pub(super) async fn build(
     }
     if is_present(docker, &tag).await? {
         events.log(LogStream::System, format!("built image {tag}\n").as_bytes());
-        Ok(tag)
+        Ok(Obtained::Built)
     } else {
         Err(format!(
             "building {} produced no image {tag}",
@@ -204,10 +230,30 @@ pub(super) async fn build(
     }
 }
 
+/// Tags the image again under the tag it has, which records this use as its
+/// last tag time: pruning goes by it (see `cache`). Failing only makes the
+/// image look older than it is, so it is not an error.
+async fn touch(docker: &Docker, tag: &str) {
+    let Some((repository, name)) = tag.rsplit_once(':') else {
+        return;
+    };
+    let options = TagImageOptionsBuilder::new()
+        .repo(repository)
+        .tag(name)
+        .build();
+    if let Err(e) = docker.tag_image(tag, Some(options)).await {
+        tracing::debug!("recording the use of {tag}: {}", engine_message(&e));
+    }
+}
+
 /// Lists the context's files (those of the task's source tree, so `.git`,
 /// `.kiln` and git-ignored build output stay out) and derives the image tag
 /// from their names, modes and contents and the Dockerfile's path.
-fn plan_build(build: &Build, source: &SourceTree) -> Result<BuildContext, String> {
+fn plan_build(
+    build: &Build,
+    source: &SourceTree,
+    repository: &str,
+) -> Result<BuildContext, String> {
     let context = normalise(&build.context).ok_or_else(|| {
         format!(
             "build context `{}` must be a relative path inside the repository",
@@ -264,7 +310,7 @@ fn plan_build(build: &Build, source: &SourceTree) -> Result<BuildContext, String
         files,
         dockerfile,
         outside_dockerfile,
-        tag: format!("{BUILD_REPOSITORY}:{hex}"),
+        tag: format!("{repository}:{hex}"),
     })
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_exec::docker::DockerExecutor;
+use kiln_exec::docker::{BuildCachePolicy, DockerExecutor};
 use kiln_exec::{CancellationToken, Executor, Status, TaskOutcome, TaskSpec};
 use kiln_pipeline::{Build, Service};
 
@@ -588,4 +588,225 @@ async fn remove_leftovers_sweeps_labelled_objects() {
         .expect("sweep");
     assert_eq!(removed, 2);
     assert_no_objects(TEST_LABEL, &id).await;
+}
+
+/// A build repository of one test's own, so that pruning it never touches the
+/// images of tests running beside it; its images go when the test ends.
+struct BuildRepo {
+    name: String,
+    id: String,
+}
+
+impl BuildRepo {
+    fn new() -> BuildRepo {
+        let id = unique();
+        BuildRepo {
+            name: format!("kiln-test-cache-{id}"),
+            id,
+        }
+    }
+
+    async fn executor(&self, max_images: usize, max_age: Duration) -> DockerExecutor {
+        let mut executor = executor().await;
+        executor.build_repository = self.name.clone();
+        executor.build_cache = BuildCachePolicy {
+            max_images,
+            max_age,
+        };
+        executor
+    }
+
+    /// A source tree whose Dockerfile makes an image of its own for each `n`.
+    fn fixture(&self, n: u32) -> Fixture {
+        let dockerfile = format!(
+            "FROM kiln-test/busybox:latest\nRUN echo {}-{n} > /n.txt\n",
+            self.id
+        );
+        Fixture::new(&[("Dockerfile", &dockerfile)])
+    }
+
+    fn spec(&self, fixture: &Fixture, scripts: &[&str]) -> TaskSpec {
+        let (mut spec, _) = docker_spec(fixture, "cached-build", scripts);
+        spec.labels = vec![(TEST_LABEL.to_string(), self.id.clone())];
+        spec.image = None;
+        spec.build = Some(Build {
+            dockerfile: "Dockerfile".into(),
+            context: ".".into(),
+        });
+        spec
+    }
+
+    /// Runs a task on the image of `n`; returns its tag and whether it was built.
+    async fn run(&self, executor: &DockerExecutor, n: u32) -> (String, bool) {
+        let fixture = self.fixture(n);
+        let spec = self.spec(&fixture, &["cat /n.txt"]);
+        let recorder = Recorder::new();
+        let outcome = executor
+            .run(&spec, recorder.clone(), CancellationToken::new())
+            .await;
+        let log = recorder.all_text();
+        assert_eq!(outcome.status, Status::Success, "{outcome:?}\n{log}");
+        assert!(recorder.text().contains(&format!("-{n}")), "{log}");
+        match built_tag(&log, "building image ") {
+            Some(tag) => (tag, true),
+            None => (
+                built_tag(&log, "using cached image ")
+                    .unwrap_or_else(|| panic!("no image in:\n{log}")),
+                false,
+            ),
+        }
+    }
+
+    /// The repository's tags, sorted.
+    async fn tags(&self) -> Vec<String> {
+        let listed = docker(&["images", &self.name, "--format", "{{.Repository}}:{{.Tag}}"]).await;
+        let mut tags: Vec<String> = listed.lines().map(str::to_string).collect();
+        tags.sort();
+        tags
+    }
+}
+
+impl Drop for BuildRepo {
+    fn drop(&mut self) {
+        // A test that failed half-way may have left a container on an image.
+        let label = format!("label={TEST_LABEL}={}", self.id);
+        if let Ok(listed) = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", &label])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&listed.stdout).lines() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f", id])
+                    .output();
+            }
+        }
+        let Ok(listed) = std::process::Command::new("docker")
+            .args(["images", &self.name, "--format", "{{.Repository}}:{{.Tag}}"])
+            .output()
+        else {
+            return;
+        };
+        for tag in String::from_utf8_lossy(&listed.stdout).lines() {
+            let _ = std::process::Command::new("docker")
+                .args(["rmi", "-f", tag])
+                .output();
+        }
+    }
+}
+
+fn sorted(tags: &[&String]) -> Vec<String> {
+    let mut tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+    tags.sort();
+    tags
+}
+
+#[tokio::test]
+async fn a_build_prunes_the_least_recently_used_images_beyond_the_count() {
+    let repo = BuildRepo::new();
+    let executor = repo.executor(2, Duration::from_secs(24 * 3600)).await;
+    let (one, built) = repo.run(&executor, 1).await;
+    assert!(
+        built && one.starts_with(&format!("{}:", repo.name)),
+        "{one}"
+    );
+    let (two, _) = repo.run(&executor, 2).await;
+    assert_eq!(repo.tags().await, sorted(&[&one, &two]));
+    let (three, built) = repo.run(&executor, 3).await;
+    assert!(built);
+    assert_eq!(
+        repo.tags().await,
+        sorted(&[&two, &three]),
+        "the oldest went"
+    );
+
+    // Using an image counts, not building it: `two` is now the newest used.
+    let (again, built) = repo.run(&executor, 2).await;
+    assert!(!built && again == two, "{again}");
+    let (four, _) = repo.run(&executor, 4).await;
+    assert_eq!(repo.tags().await, sorted(&[&two, &four]));
+    assert_no_objects(TEST_LABEL, &repo.id).await;
+}
+
+#[tokio::test]
+async fn pruning_spares_images_in_use_and_the_one_just_built() {
+    let repo = BuildRepo::new();
+    // Keep nothing, but what must be kept.
+    let executor = repo.executor(0, Duration::ZERO).await;
+
+    // An image a container outside Kiln uses: the engine refuses to remove it.
+    let (outside, _) = repo.run(&executor, 1).await;
+    assert_eq!(
+        repo.tags().await,
+        sorted(&[&outside]),
+        "the one just built stays"
+    );
+    let holder = docker(&[
+        "create",
+        "--label",
+        &format!("{TEST_LABEL}={}", repo.id),
+        &outside,
+        "true",
+    ])
+    .await;
+    let holder = holder.trim().to_string();
+
+    // A task of this executor runs on its image meanwhile.
+    let fixture = repo.fixture(2);
+    let spec = repo.spec(&fixture, &["sleep 30"]);
+    let recorder = Recorder::new();
+    let cancel = CancellationToken::new();
+    let running = executor.run(&spec, recorder.clone(), cancel.clone());
+    tokio::pin!(running);
+    tokio::select! {
+        outcome = &mut running => panic!("ended early: {outcome:?}\n{}", recorder.all_text()),
+        _ = async {
+            while recorder.started.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        } => {}
+    }
+    let running_tag = built_tag(&recorder.all_text(), "building image ").unwrap();
+
+    // Another build prunes: failing to remove `outside` does not fail it.
+    let (just_built, built) = repo.run(&executor, 3).await;
+    assert!(built);
+    assert_eq!(
+        repo.tags().await,
+        sorted(&[&outside, &running_tag, &just_built])
+    );
+
+    // Pruning now takes only the image no one uses.
+    let report = executor.prune_build_images().await.expect("prune");
+    assert_eq!(report.removed, sorted(&[&just_built]), "{report:?}");
+    assert_eq!(report.in_use, sorted(&[&outside]), "{report:?}");
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert_eq!(repo.tags().await, sorted(&[&outside, &running_tag]));
+
+    cancel.cancel();
+    let outcome = running.await;
+    assert_eq!(outcome.status, Status::Cancelled, "{outcome:?}");
+    docker(&["rm", "-f", &holder]).await;
+    let report = executor.prune_build_images().await.expect("prune");
+    assert!(report.removed.contains(&running_tag), "{report:?}");
+    assert_eq!(repo.tags().await, Vec::<String>::new());
+    assert_no_objects(TEST_LABEL, &repo.id).await;
+}
+
+#[tokio::test]
+async fn a_build_prunes_images_unused_for_longer_than_the_age() {
+    let repo = BuildRepo::new();
+    // Far above what a build takes, even on a loaded machine.
+    let max_age = Duration::from_secs(10);
+    let executor = repo.executor(100, max_age).await;
+    let (used, _) = repo.run(&executor, 1).await;
+    let (unused, _) = repo.run(&executor, 2).await;
+    tokio::time::sleep(max_age / 2 + Duration::from_secs(1)).await;
+    let (again, built) = repo.run(&executor, 1).await;
+    assert!(!built && again == used, "{again}");
+    assert_eq!(repo.tags().await, sorted(&[&used, &unused]));
+    tokio::time::sleep(max_age / 2).await;
+    // `unused` was last used over 11 s ago, `used` about 5 s ago.
+    let (new, _) = repo.run(&executor, 3).await;
+    assert_eq!(repo.tags().await, sorted(&[&used, &new]));
+    assert_no_objects(TEST_LABEL, &repo.id).await;
 }

@@ -223,6 +223,44 @@ async fn services_are_refused_with_a_clear_error() {
 }
 
 #[tokio::test]
+async fn an_image_or_a_build_is_noted_as_ignored() {
+    let fixture = Fixture::new(&[("ci/Dockerfile", "FROM scratch\n")]);
+    let mut spec = fixture.spec("built", &["echo ran-on-the-host"]);
+    spec.build = Some(kiln_pipeline::Build {
+        dockerfile: "ci/Dockerfile".into(),
+        context: ".".into(),
+    });
+    let events = Recorder::new();
+    let outcome = executor()
+        .run(&spec, events.clone(), CancellationToken::new())
+        .await;
+    let log = events.all_text();
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}\n{log}");
+    assert!(events.text().contains("ran-on-the-host"), "{log}");
+    assert!(
+        log.contains(
+            "process executor: running on the host, not in an image built from ci/Dockerfile \
+             (`build:` needs the docker executor)\n"
+        ),
+        "{log}"
+    );
+
+    let mut spec = fixture.spec("imaged", &["true"]);
+    spec.image = Some("alpine:3".into());
+    let events = Recorder::new();
+    let outcome = executor()
+        .run(&spec, events.clone(), CancellationToken::new())
+        .await;
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    let log = events.all_text();
+    assert!(
+        log.contains("process executor: running on the host, not in image alpine:3\n"),
+        "{log}"
+    );
+    assert!(!log.contains("`build:`"), "{log}");
+}
+
+#[tokio::test]
 async fn step_events_are_reported_in_order() {
     let fixture = Fixture::new(&[]);
     let spec = fixture.spec("events", &["echo a", "echo b"]);
