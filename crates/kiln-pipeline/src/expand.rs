@@ -428,7 +428,9 @@ fn expand_task(
         .iter()
         .flat_map(|steps| steps.value())
         .map(|step| {
-            let run = text(&step.run);
+            // A step without `run` is an error of `check`: this pipeline
+            // is never returned.
+            let run = step.run.as_ref().map(text).unwrap_or_default();
             let name = match &step.name {
                 Some(name) => text(name),
                 None => default_step_name(&run),

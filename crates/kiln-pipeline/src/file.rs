@@ -158,7 +158,13 @@ pub(crate) struct ServiceFile {
 #[derive(Debug)]
 pub(crate) struct StepFile {
     pub name: Option<Sp<String>>,
-    pub run: Sp<String>,
+    /// Required, but checked after deserializing rather than by serde, so
+    /// that a step without `run` does not hide the file's other errors, and
+    /// so that a misspelt `run` is not also reported as missing.
+    pub run: Option<Sp<String>>,
+    /// Where the step is (for an alias, where it is used): errors about the
+    /// whole step point here.
+    pub at: Location,
 }
 
 /// The mapping form of a step.
@@ -166,7 +172,16 @@ pub(crate) struct StepFile {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct StepMap {
     name: Option<Sp<String>>,
-    run: Sp<String>,
+    // Absent is `None`; empty (`run:`) is still an error here.
+    #[serde(default, deserialize_with = "present")]
+    run: Option<Sp<String>>,
+}
+
+/// Deserializes an optional field that, when written, may not be empty.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
 }
 
 /// Conditions for running a task. When both are given, both must match.
@@ -426,12 +441,14 @@ impl<'de> Deserialize<'de> for StepFile {
             }
         }
         let spanned: Spanned<Form> = Spanned::deserialize(deserializer)?;
+        let at = spanned.referenced;
         Ok(match spanned.value {
             Form::Script(run) => StepFile {
                 name: None,
-                run: Sp(Spanned::new(run, spanned.referenced, spanned.defined)),
+                run: Some(Sp(Spanned::new(run, spanned.referenced, spanned.defined))),
+                at,
             },
-            Form::Map(StepMap { name, run }) => StepFile { name, run },
+            Form::Map(StepMap { name, run }) => StepFile { name, run, at },
         })
     }
 }

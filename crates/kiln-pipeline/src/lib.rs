@@ -4,6 +4,7 @@
 //! [`Pipeline`], or into [`Diagnostics`] that each name a file, line and column.
 //! This crate does no I/O: the server, the agents and `kiln run` all share it.
 
+mod blank;
 mod dag;
 mod diagnostics;
 mod duration;

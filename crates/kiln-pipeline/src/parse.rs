@@ -1,10 +1,14 @@
 //! Text → validated [`Pipeline`], or located [`Diagnostics`].
 //!
-//! Three stages: serde-saphyr deserializes the text into the file model
-//! (stopping at the first syntax or type error), [`check`] collects every
-//! semantic error it can find, and [`expand`](crate::expand) builds the
-//! pipeline. Resource limits are set so that no input can make this slow or
-//! deep: the size is checked first, and the parser runs with a budget.
+//! Three stages: serde-saphyr deserializes the text into the file model,
+//! [`check`] collects every semantic error it can find, and
+//! [`expand`](crate::expand) builds the pipeline. Deserializing stops at the
+//! first syntax or type error, but not at an unknown key: that one is
+//! reported, blanked out of the text (see [`blank`](crate::blank)), and the
+//! text deserialized again, so that a misspelt key does not hide the file's
+//! other problems. Resource limits are set so that no input can make this
+//! slow or deep: the size is checked first, the parser runs with a budget,
+//! and so does the blanking.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -16,6 +20,7 @@ use serde_saphyr::{
     DefaultMessageFormatter, DuplicateKeyPolicy, Error, Location, MessageFormatter,
 };
 
+use crate::blank::{self, Shift};
 use crate::expand::{self, MAX_COMBINATIONS, Piece, is_template};
 use crate::file::{OrderedMap, PipelineFile, Scalar, Sp, TaskFile};
 use crate::{Diagnostic, Diagnostics, Pipeline, dag};
@@ -41,6 +46,14 @@ const MAX_DIAGNOSTICS: usize = 200;
 /// Errors after which suggestions, which compare a name with every
 /// candidate, are no longer computed.
 const MAX_SUGGESTIONS: usize = 20;
+/// Most unknown keys reported; past them, the rest of the file is not
+/// deserialized again and its semantic errors are not reported.
+const MAX_UNKNOWN_KEYS: usize = 40;
+/// Most bytes read again, in all, to deserialize a file after blanking out
+/// unknown keys: each pass reads up to the next error. A large file with
+/// unknown keys far from its start gets fewer of them reported, not a slow
+/// parse.
+const MAX_REREAD_BYTES: usize = MAX_PIPELINE_BYTES;
 
 /// Parses and validates the text of a pipeline file named `file_name` (used
 /// in the diagnostics only). Never panics; bounded time and memory.
@@ -57,20 +70,8 @@ pub fn parse(file_name: &str, text: &str) -> Result<Pipeline, Diagnostics> {
         );
         return Err(report.finish());
     }
-    let file = match serde_saphyr::from_str_with_options::<Option<Root>>(text, options()) {
-        Ok(Some(Root(file))) => file,
-        Ok(None) => {
-            report.error_at(
-                1,
-                1,
-                "the pipeline file is empty: expected a mapping with `version: 1` and `tasks`",
-            );
-            return Err(report.finish());
-        }
-        Err(error) => {
-            report.syntax_error(&error);
-            return Err(report.finish());
-        }
+    let Some(file) = deserialize(text, &mut report) else {
+        return Err(report.finish());
     };
     check(&file, &mut report);
     let pipeline = expand::expand(&file, &mut report);
@@ -79,6 +80,80 @@ pub fn parse(file_name: &str, text: &str) -> Result<Pipeline, Diagnostics> {
     } else {
         Err(report.finish())
     }
+}
+
+/// Deserializes the text into the file model, reporting every unknown key up
+/// to the first other syntax or type error. `None` when the file model could
+/// not be built: its errors are in `report`.
+fn deserialize(text: &str, report: &mut Report<'_>) -> Option<PipelineFile> {
+    // The text as deserialized: the file, then the file with unknown keys
+    // blanked out.
+    let mut blanked: Option<String> = None;
+    let mut reread = 0usize;
+    let mut previous_key: Option<usize> = None;
+    for pass in 1..=MAX_UNKNOWN_KEYS {
+        let current = blanked.as_deref().unwrap_or(text);
+        let error = match serde_saphyr::from_str_with_options::<Option<Root>>(current, options()) {
+            Ok(Some(Root(file))) => return Some(file),
+            Ok(None) => {
+                // Blanking never empties a document (it leaves `{}`), so
+                // this is the file itself.
+                if pass == 1 {
+                    report.error_at(
+                        1,
+                        1,
+                        "the pipeline file is empty: expected a mapping with `version: 1` and `tasks`",
+                    );
+                }
+                return None;
+            }
+            Err(error) => error,
+        };
+        report.syntax_error(&error, current);
+        let mut inner = &error;
+        while let Error::WithSnippet { error, .. } | Error::AliasError { error, .. } = inner {
+            inner = error;
+        }
+        let Error::SerdeUnknownField {
+            field,
+            expected,
+            location,
+        } = inner
+        else {
+            return None;
+        };
+        // Blank the key out and try again: within bounds, only going forward
+        // through the file, and only when its entry is found with certainty;
+        // otherwise the errors reported next could be the same again, or of
+        // the blanking's making. The key's own location is where it is
+        // written, even when an alias brought it here.
+        let at = usize::try_from(location.span().byte_offset()?).ok()?;
+        if pass == MAX_UNKNOWN_KEYS
+            || report.full()
+            || reread > MAX_REREAD_BYTES
+            || previous_key.is_some_and(|previous| at <= previous)
+        {
+            return None;
+        }
+        let result = blank::blank_entry(current, at, field, MAX_DEPTH)?;
+        reread += at + result.range.end;
+        previous_key = Some(at);
+        report.blanked.push(BlankedKey {
+            scope: result.scope,
+            meant: key_suggestion(field, expected),
+        });
+        report.shifts.extend(result.shift);
+        blanked = Some(result.text);
+    }
+    None
+}
+
+/// An unknown key blanked out of the text.
+struct BlankedKey {
+    /// See [`blank::Blanked::scope`].
+    scope: Option<Vec<String>>,
+    /// The key suggested for it.
+    meant: Option<&'static str>,
 }
 
 fn options() -> serde_saphyr::Options {
@@ -136,6 +211,10 @@ pub(crate) struct Report<'a> {
     diagnostics: Vec<Diagnostic>,
     /// Errors not kept because there were already [`MAX_DIAGNOSTICS`].
     dropped: usize,
+    /// Unknown keys blanked out of the text that was deserialized.
+    blanked: Vec<BlankedKey>,
+    /// Where columns differ between that text and the file.
+    shifts: Vec<Shift>,
 }
 
 impl<'a> Report<'a> {
@@ -146,7 +225,24 @@ impl<'a> Report<'a> {
             last_line: text.lines().count() as u64 + 1,
             diagnostics: Vec::new(),
             dropped: 0,
+            blanked: Vec::new(),
+            shifts: Vec::new(),
         }
+    }
+
+    /// Whether a required `key` missing from the mapping at `path` (keys
+    /// from the top level, list items by index) is explained by an unknown
+    /// key that was blanked out of it and suggested as `key`: the user
+    /// misspelt it, and is told so; saying it is missing too would point at
+    /// a second mistake that was not made.
+    fn misspelt(&self, path: &[&str], key: &str) -> bool {
+        self.blanked.iter().any(|blanked| {
+            blanked.meant == Some(key)
+                && blanked
+                    .scope
+                    .as_ref()
+                    .is_none_or(|scope| scope.iter().map(String::as_str).eq(path.iter().copied()))
+        })
     }
 
     /// Past this many errors, more are counted but not kept: nobody reads
@@ -156,11 +252,24 @@ impl<'a> Report<'a> {
     }
 
     pub(crate) fn error(&mut self, at: Location, message: impl Into<String>) {
-        let (line, column) = if at.line() == 0 {
+        let (line, mut column) = if at.line() == 0 {
             (1, 1)
         } else {
             (at.line(), at.column())
         };
+        // Locations are in the text deserialized, which has the file's byte
+        // offsets and lines, but not always its columns.
+        if let Some(offset) = at
+            .span()
+            .byte_offset()
+            .and_then(|offset| usize::try_from(offset).ok())
+        {
+            for shift in &self.shifts {
+                if (shift.from..shift.to).contains(&offset) {
+                    column = column.saturating_sub(shift.columns);
+                }
+            }
+        }
         self.error_at(line, column, message);
     }
 
@@ -222,8 +331,10 @@ impl<'a> Report<'a> {
         (offsets.len() == value.value().matches("${{").count()).then_some(offsets)
     }
 
-    fn syntax_error(&mut self, error: &Error) {
-        let message = describe(error, self.text);
+    /// Reports a deserialization error of `text`, the file or the file with
+    /// unknown keys blanked out.
+    fn syntax_error(&mut self, error: &Error, text: &str) {
+        let message = describe(error, text);
         match error.location() {
             Some(at) => self.error(at, message),
             None => self.error_at(1, 1, message),
@@ -456,12 +567,17 @@ const KEY_SYNONYMS: &[(&str, &str)] = &[
     ("tags", "runs-on"),
 ];
 
-fn unknown_key(field: &str, expected: &[&str]) -> String {
+/// The key that an unknown key is probably meant to be.
+fn key_suggestion(field: &str, expected: &[&'static str]) -> Option<&'static str> {
     let synonym = KEY_SYNONYMS
         .iter()
         .find(|(other, kiln)| *other == field && expected.contains(kiln))
         .map(|(_, kiln)| *kiln);
-    match synonym.or_else(|| did_you_mean(field, expected.iter().copied())) {
+    synonym.or_else(|| did_you_mean(field, expected.iter().copied()))
+}
+
+fn unknown_key(field: &str, expected: &[&'static str]) -> String {
+    match key_suggestion(field, expected) {
         Some(close) => format!("unknown key `{field}`: did you mean `{close}`?"),
         None => format!(
             "unknown key `{field}`: expected one of {}",
@@ -594,6 +710,7 @@ fn is_service_alias(alias: &str) -> bool {
 /// Every semantic check on the deserialized file; all problems are reported.
 fn check(file: &PipelineFile, report: &mut Report<'_>) {
     match &file.version {
+        None if report.misspelt(&[], "version") => {}
         None => report.error_at(
             1,
             1,
@@ -624,11 +741,13 @@ fn check(file: &PipelineFile, report: &mut Report<'_>) {
         }
     }
     let Some(tasks) = &file.tasks else {
-        report.error_at(
-            1,
-            1,
-            "missing or empty `tasks`: expected a mapping of task names to tasks",
-        );
+        if !report.misspelt(&[], "tasks") {
+            report.error_at(
+                1,
+                1,
+                "missing or empty `tasks`: expected a mapping of task names to tasks",
+            );
+        }
         return;
     };
     if tasks.value().is_empty() {
@@ -821,6 +940,7 @@ fn check_task(
             );
         }
         match &service.image {
+            None if report.misspelt(&["tasks", task_name, "services", alias.value()], "image") => {}
             None => report.error(
                 alias.at(),
                 format!(
@@ -889,6 +1009,7 @@ fn check_task(
         }
     }
     match &task.steps {
+        None if report.misspelt(&["tasks", task_name], "steps") => {}
         None => report.error(
             name.at(),
             format!("task `{task_name}` has no `steps`: expected a list like `steps: [{{ run: make test }}]`"),
@@ -898,11 +1019,23 @@ fn check_task(
             format!("task `{task_name}` has no steps: expected at least one, like `- run: make test`"),
         ),
         Some(steps) => {
-            for step in steps.value() {
-                if step.run.value().trim().is_empty() {
-                    report.error(step.run.at(), "empty `run`: expected a shell script");
+            for (index, step) in steps.value().iter().enumerate() {
+                match &step.run {
+                    Some(run) => {
+                        if run.value().trim().is_empty() {
+                            report.error(run.at(), "empty `run`: expected a shell script");
+                        }
+                        interpolated(run, report);
+                    }
+                    None if report.misspelt(
+                        &["tasks", task_name, "steps", &index.to_string()],
+                        "run",
+                    ) => {}
+                    None => report.error(
+                        step.at,
+                        "missing required key `run`: expected the step's shell script, like `run: make test`",
+                    ),
                 }
-                interpolated(&step.run, report);
                 if let Some(step_name) = &step.name {
                     if step_name.value().trim().is_empty() {
                         report.error(step_name.at(), "empty step `name`: remove it to name the step after its script");
@@ -913,6 +1046,8 @@ fn check_task(
         }
     }
     let task_names = || runnable.iter().map(|(n, _)| n.value().as_str());
+    // Computed once, for the first unknown need that gets a suggestion.
+    let mut unsuitable: Option<HashSet<&str>> = None;
     for need in task.needs.iter().flatten() {
         let text = need.value().as_str();
         if text == task_name {
@@ -921,7 +1056,9 @@ fn check_task(
             // Suggestions cost a comparison with every task: only for the
             // first errors, so a hostile file cannot make this quadratic.
             let close = if report.diagnostics.len() < MAX_SUGGESTIONS {
-                did_you_mean(text, task_names())
+                let unsuitable =
+                    unsuitable.get_or_insert_with(|| unsuitable_needs(task_name, task, runnable));
+                did_you_mean(text, task_names().filter(|name| !unsuitable.contains(name)))
             } else {
                 None
             };
@@ -929,6 +1066,8 @@ fn check_task(
                 format!("`needs` names the template `{text}`: templates never run")
             } else if let Some(close) = close {
                 format!("`needs` names unknown task `{text}`: did you mean `{close}`?")
+            } else if runnable.len() < 2 {
+                format!("`needs` names unknown task `{text}`: the pipeline has no other task")
             } else {
                 // Only the first few are shown: no need to list them all.
                 let others: Vec<&str> = task_names()
@@ -1000,6 +1139,42 @@ fn check_task(
     for path in task.reports.iter().flat_map(|r| r.junit.iter().flatten()) {
         interpolated(path, report);
     }
+}
+
+/// The tasks that a suggestion for an unknown need of `task_name` must not
+/// name: the task itself, the tasks it already needs, and the tasks that need
+/// it, directly or not, which would make a cycle.
+fn unsuitable_needs<'a>(
+    task_name: &'a str,
+    task: &'a TaskFile,
+    runnable: &[(&'a Sp<String>, &'a TaskFile)],
+) -> HashSet<&'a str> {
+    let mut needed_by: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (name, other) in runnable {
+        for need in other.needs.iter().flatten() {
+            needed_by
+                .entry(need.value().as_str())
+                .or_default()
+                .push(name.value().as_str());
+        }
+    }
+    let mut unsuitable: HashSet<&str> = task
+        .needs
+        .iter()
+        .flatten()
+        .map(|need| need.value().as_str())
+        .collect();
+    let mut dependants = HashSet::from([task_name]);
+    let mut stack = vec![task_name];
+    while let Some(name) = stack.pop() {
+        for &dependant in needed_by.get(name).into_iter().flatten() {
+            if dependants.insert(dependant) {
+                stack.push(dependant);
+            }
+        }
+    }
+    unsuitable.extend(dependants);
+    unsuitable
 }
 
 fn check_matrix(name: &Sp<String>, matrix: &OrderedMap<Vec<Scalar>>, report: &mut Report<'_>) {

@@ -113,6 +113,7 @@ fn malformed_files_are_located() {
         (one_task("    steps: x\n"), 4, 12, "expected a list, found `x`"),
         (one_task("    steps: [x, [y]]\n"), 4, 16, "expected a step: a shell script string, or a mapping with `run`"),
         (one_task("    steps:\n      - name: x\n"), 5, 9, "missing required key `run`"),
+        (one_task("    steps:\n      - run:\n"), 5, 12, "expected a string, found an empty value"),
         (one_task("    timeout: 5x\n    steps: [x]\n"), 4, 14, "expected a duration like `30s`"),
         ("version: 1\ntimeout: 0s\ntasks:\n  a:\n    steps: [x]\n".into(), 2, 10, "`timeout` must be longer than zero"),
         (one_task("    resources: { memory: 2q }\n    steps: [x]\n"), 4, 26, "expected a memory size like `512m`"),
@@ -243,6 +244,313 @@ fn several_semantic_errors_are_reported_together() {
         "{diagnostics}"
     );
     assert!(diagnostics.to_string().starts_with(".kiln.yml:4:13: "));
+}
+
+/// Each diagnostic as `line:column: message`, for comparing whole reports.
+fn lines(diagnostics: &Diagnostics) -> Vec<String> {
+    diagnostics
+        .0
+        .iter()
+        .map(|d| format!("{}:{}: {}", d.line, d.column, d.message))
+        .collect()
+}
+
+/// The 1-based line and column of the first occurrence of `needle`.
+fn position(text: &str, needle: &str) -> (u64, u64) {
+    let offset = text.find(needle).expect("needle in text");
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() as u64 + 1,
+        before[line_start..].chars().count() as u64 + 1,
+    )
+}
+
+#[test]
+fn an_unknown_key_does_not_hide_other_errors() {
+    let text = "version: 1\ntasks:\n  a:\n    imgae: busybox\n    steps: [echo hi]\n  b:\n    needs: [nope]\n    steps: [echo hi]\n";
+    assert_eq!(
+        lines(&err(text)),
+        [
+            "4:5: unknown key `imgae`: did you mean `image`?",
+            "7:13: `needs` names unknown task `nope`: expected one of `a`",
+        ]
+    );
+}
+
+#[test]
+fn every_unknown_key_is_reported_with_the_other_errors() {
+    // Block and flow mappings, at every level, in templates, before and
+    // after the other errors; and a cycle in what remains.
+    let text = r#"verison: 1
+version: 1
+env: { A: 1 }
+tasks:
+  .t: &t
+    imagee: x
+    env: { T: 1 }
+  a:
+    <<: *t
+    needs: [b]
+    steps:
+      - run: echo
+        nmae: x
+      - { rnu: echo, run: echo }
+    build: { dockerfiel: x, context: .., contxt: y }
+    services:
+      pg: { image: postgres, evn: {} }
+    when: { brnach: main }
+    resources:
+      cpu: 2
+      memory: 1g
+  b:
+    needs: [a]
+    steps: [x]
+    artifact: { paths: [x] }
+    env: { KILN_X: 1 }
+"#;
+    let diagnostics = err(text);
+    assert_well_located(text, &diagnostics);
+    let at = |needle: &str, message: &str| {
+        let (line, column) = position(text, needle);
+        format!("{line}:{column}: {message}")
+    };
+    assert_eq!(
+        lines(&diagnostics),
+        [
+            at("verison", "unknown key `verison`: did you mean `version`?"),
+            at("imagee", "unknown key `imagee`: did you mean `image`?"),
+            at("b]", "cycle in `needs`: a → b → a"),
+            at("nmae", "unknown key `nmae`: did you mean `name`?"),
+            at("rnu", "unknown key `rnu`: did you mean `run`?"),
+            at(
+                "dockerfiel",
+                "unknown key `dockerfiel`: did you mean `dockerfile`?"
+            ),
+            at("..", "path `..` leaves the workspace: `..` is not allowed"),
+            at("contxt", "unknown key `contxt`: did you mean `context`?"),
+            at("evn", "unknown key `evn`: did you mean `env`?"),
+            at("brnach", "unknown key `brnach`: did you mean `branch`?"),
+            at("cpu:", "unknown key `cpu`: did you mean `cpus`?"),
+            at(
+                "artifact:",
+                "unknown key `artifact`: did you mean `artifacts`?"
+            ),
+            at(
+                "KILN_X",
+                "environment variable `KILN_X` is reserved: Kiln sets `CI`, `KILN` and `KILN_*` itself"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_misspelt_required_key_is_not_also_reported_missing() {
+    let only = |text: &str, expected: &[&str]| {
+        let diagnostics = err(text);
+        assert_well_located(text, &diagnostics);
+        assert_eq!(lines(&diagnostics), expected, "for:\n{text}");
+    };
+    // Misspelt, or written under another CI system's name: the suggestion
+    // says what to do, and nothing is missing once it is followed.
+    only(
+        "verison: 1\ntasks:\n  a:\n    steps: [x]\n",
+        &["1:1: unknown key `verison`: did you mean `version`?"],
+    );
+    only(
+        "version: 1\ntask:\n  a:\n    steps: [x]\n",
+        &["2:1: unknown key `task`: did you mean `tasks`?"],
+    );
+    only(
+        "version: 1\ntasks:\n  a:\n    image: x\n    stpes: [x]\n",
+        &["5:5: unknown key `stpes`: did you mean `steps`?"],
+    );
+    only(
+        "version: 1\ntasks:\n  a:\n    script: [x]\n",
+        &["4:5: unknown key `script`: did you mean `steps`?"],
+    );
+    only(
+        "version: 1\ntasks:\n  a:\n    steps:\n      - rnu: make\n      - { name: x, rnu: y }\n",
+        &[
+            "5:9: unknown key `rnu`: did you mean `run`?",
+            "6:20: unknown key `rnu`: did you mean `run`?",
+        ],
+    );
+    only(
+        "version: 1\ntasks:\n  a:\n    steps: [x]\n    services:\n      pg:\n        imgae: postgres\n",
+        &["7:9: unknown key `imgae`: did you mean `image`?"],
+    );
+    // In a template, the key is missing from every task that uses it.
+    only(
+        "version: 1\ntasks:\n  .t: &t\n    stesp: [x]\n  a:\n    <<: *t\n",
+        &["4:5: unknown key `stesp`: did you mean `steps`?"],
+    );
+    // But a key that is missing is reported when the unknown key is not
+    // taken for it, or is in another mapping.
+    only(
+        "version: 1\ntasks:\n  a:\n    imgae: x\n",
+        &[
+            "3:3: task `a` has no `steps`: expected a list like `steps: [{ run: make test }]`",
+            "4:5: unknown key `imgae`: did you mean `image`?",
+        ],
+    );
+    only(
+        "version: 1\ntasks:\n  a:\n    steps:\n      - { nmae: x }\n",
+        &[
+            "5:9: missing required key `run`: expected the step's shell script, like `run: make test`",
+            "5:11: unknown key `nmae`: did you mean `name`?",
+        ],
+    );
+    only(
+        "version: 1\ntasks:\n  a:\n    stpes: [x]\n  b:\n    image: x\n",
+        &[
+            "4:5: unknown key `stpes`: did you mean `steps`?",
+            "5:3: task `b` has no `steps`: expected a list like `steps: [{ run: make test }]`",
+        ],
+    );
+    // A step without `run` no longer stops at deserializing.
+    only(
+        "version: 1\ntasks:\n  a:\n    needs: [zz]\n    steps:\n      - name: x\n",
+        &[
+            "4:13: `needs` names unknown task `zz`: the pipeline has no other task",
+            "6:9: missing required key `run`: expected the step's shell script, like `run: make test`",
+        ],
+    );
+}
+
+#[test]
+fn unknown_keys_are_reported_up_to_a_syntax_or_type_error() {
+    let text = "version: 1\ntasks:\n  a:\n    imgae: x\n    steps: [x]\n  b:\n    retry: -1\n    stesp: [x]\n  c:\n    needs: [zz]\n    steps: [x]\n";
+    assert_eq!(
+        lines(&err(text)),
+        [
+            "4:5: unknown key `imgae`: did you mean `image`?",
+            "7:12: expected a whole number (0 or more), found `-1`",
+        ]
+    );
+    let text = "version: 1\ntasks:\n  a:\n    imgae: x\n    steps: [x\n";
+    let diagnostics = lines(&err(text));
+    assert_eq!(diagnostics.len(), 2, "{diagnostics:?}");
+    assert_eq!(
+        diagnostics[0],
+        "4:5: unknown key `imgae`: did you mean `image`?"
+    );
+    assert!(
+        diagnostics[1].contains("unclosed bracket"),
+        "{diagnostics:?}"
+    );
+}
+
+#[test]
+fn locations_after_blanked_keys_are_unchanged() {
+    // The blanked value has multi-byte characters, and an error follows on
+    // the same line: columns count characters, as in the file.
+    let text = "version: 1\ntasks:\n  a:\n    steps: [x]\n    build: { dockerfiel: 'é€😀', context: .., contxt: ü }\n    needs: [é]\n";
+    let diagnostics = err(text);
+    let at = |needle: &str| position(text, needle);
+    let located: Vec<(u64, u64)> = diagnostics.0.iter().map(|d| (d.line, d.column)).collect();
+    assert_eq!(
+        located,
+        [at("dockerfiel"), at(".."), at("contxt"), at("é]")],
+        "{diagnostics}"
+    );
+}
+
+#[test]
+fn blanking_unknown_keys_is_bounded() {
+    // Hundreds of unknown keys: some are reported, quickly, and nothing
+    // else (the rest of the file was not deserialized).
+    let mut text = String::from("version: 1\ntasks:\n");
+    for i in 0..500 {
+        text.push_str(&format!(
+            "  t{i}:\n    imgae: x\n    needs: [zz]\n    steps: [x]\n"
+        ));
+    }
+    let diagnostics = assert_rejected_quickly(&text, StdDuration::from_secs(10));
+    assert!(
+        (20..=51).contains(&diagnostics.0.len()),
+        "{}",
+        diagnostics.0.len()
+    );
+    assert!(
+        diagnostics
+            .0
+            .iter()
+            .all(|d| d.message.starts_with("unknown key `imgae`")),
+        "{diagnostics}"
+    );
+
+    // Unknown keys at the end of a large file: rereading it is bounded.
+    let mut text = String::from("version: 1\ntasks:\n");
+    let mut i = 0;
+    while text.len() < MAX_PIPELINE_BYTES - 1_000 {
+        // Long steps: few values, for the parser's budget.
+        text.push_str(&format!("  t{i}:\n    steps: [echo {i}{:>100}]\n", "."));
+        i += 1;
+    }
+    for j in 0..10 {
+        text.push_str(&format!("  u{j}:\n    imgae: x\n    steps: [x]\n"));
+    }
+    assert!(text.len() <= MAX_PIPELINE_BYTES);
+    let diagnostics = assert_rejected_quickly(&text, StdDuration::from_secs(15));
+    assert!(
+        diagnostics
+            .0
+            .iter()
+            .all(|d| d.message.starts_with("unknown key `imgae`")),
+        "{diagnostics}"
+    );
+}
+
+/// The user documentation of the file format.
+const PIPELINE_DOCS: &str = include_str!("../../../docs/pipeline.md");
+
+#[test]
+fn the_documented_errors_are_reported_together() {
+    let errors = &PIPELINE_DOCS[PIPELINE_DOCS.find("\n## Errors\n").expect("§ Errors")..];
+    let block = |after: &str| {
+        let start = errors.find(after).expect(after) + after.len();
+        let len = errors[start..].find("```\n").expect("end of block");
+        &errors[start..start + len]
+    };
+    let (file, output) = (block("```yaml\n"), block("gives:\n\n```\n"));
+    assert_eq!(err(file).to_string() + "\n", output, "for:\n{file}");
+    assert_eq!(output.lines().count(), 3);
+}
+
+#[test]
+fn suggested_needs_are_tasks_that_can_be_needed() {
+    let message = |text: &str| {
+        let diagnostics = err(text);
+        assert_eq!(diagnostics.0.len(), 1, "{diagnostics}");
+        diagnostics.0[0].message.clone()
+    };
+    // Not the task itself.
+    let text =
+        "version: 1\ntasks:\n  y:\n    steps: [x]\n  z:\n    needs: [y, zz]\n    steps: [x]\n";
+    assert_eq!(
+        message(text),
+        "`needs` names unknown task `zz`: expected one of `y`"
+    );
+    // Not a task it already needs.
+    let text =
+        "version: 1\ntasks:\n  y:\n    steps: [x]\n  z:\n    needs: [y, yy]\n    steps: [x]\n";
+    assert_eq!(
+        message(text),
+        "`needs` names unknown task `yy`: expected one of `y`"
+    );
+    // Not a task that needs it, even through others: that is a cycle.
+    let text = "version: 1\ntasks:\n  a:\n    needs: [bb]\n    steps: [x]\n  b:\n    needs: [c]\n    steps: [x]\n  c:\n    needs: [a]\n    steps: [x]\n";
+    assert_eq!(
+        message(text),
+        "`needs` names unknown task `bb`: expected one of `b`, `c`"
+    );
+    // Otherwise, the closest task.
+    let text = "version: 1\ntasks:\n  a:\n    needs: [bb]\n    steps: [x]\n  b:\n    steps: [x]\n  c:\n    needs: [a]\n    steps: [x]\n";
+    assert_eq!(
+        message(text),
+        "`needs` names unknown task `bb`: did you mean `b`?"
+    );
 }
 
 #[test]
@@ -832,7 +1140,10 @@ fn mutation() -> impl Strategy<Value = Mutation> {
                 "'",
                 "${{",
                 "<<: *tpl\n",
-                "é"
+                "é",
+                "zz: 1\n",
+                "imgae: [x]\n    ",
+                "{ nmae: 1 }",
             ])
         )
             .prop_map(|(at, text)| Mutation::Insert(at, text)),
@@ -873,7 +1184,143 @@ fn apply(text: &str, mutation: &Mutation) -> String {
     }
 }
 
+/// An unknown key to add to [`VALID`].
+#[derive(Debug, Clone)]
+struct UnknownKey {
+    /// Which mapping: a block mapping's line to insert before, or a flow
+    /// mapping's line.
+    line: prop::sample::Index,
+    flow: bool,
+    name: prop::sample::Index,
+    value: prop::sample::Index,
+    /// In a block mapping, whether the value is a block mapping.
+    nested: bool,
+}
+
+fn unknown_key() -> impl Strategy<Value = UnknownKey> {
+    (
+        any::<prop::sample::Index>(),
+        any::<bool>(),
+        any::<prop::sample::Index>(),
+        any::<prop::sample::Index>(),
+        any::<bool>(),
+    )
+        .prop_map(|(line, flow, name, value, nested)| UnknownKey {
+            line,
+            flow,
+            name,
+            value,
+            nested,
+        })
+}
+
+/// [`VALID`] with unknown keys added to its mappings of known keys (not to
+/// `env`, `matrix`, `tasks` or `services`, whose keys are names), in block
+/// and flow style; and the names of those keys.
+fn with_unknown_keys(keys: &[UnknownKey]) -> (String, Vec<String>) {
+    const NAMES: [&str; 6] = ["imgae", "stpes", "zz", "script", "foo-bar", "nmae"];
+    const VALUES: [&str; 6] = [
+        "1",
+        "[a, b]",
+        "{ x: 1 }",
+        "'é€'",
+        "é",
+        "\"${{ matrix.db }}\"",
+    ];
+    const FLOW: [&str; 5] = [
+        "postgres: {",
+        "resources: {",
+        "artifacts: {",
+        "reports: {",
+        "when: {",
+    ];
+    let lines: Vec<&str> = VALID.lines().collect();
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let block: Vec<usize> = (0..lines.len())
+        .filter(|&i| {
+            let line = lines[i];
+            matches!(indent(line), 0 | 4 | 8)
+                && line.contains(':')
+                && !line.trim_start().starts_with('-')
+        })
+        .collect();
+    let flow: Vec<usize> = (0..lines.len())
+        .filter(|&i| {
+            FLOW.iter()
+                .any(|key| lines[i].trim_start().starts_with(key))
+        })
+        .collect();
+    let mut before = vec![Vec::new(); lines.len()];
+    let mut inside = vec![Vec::new(); lines.len()];
+    let mut names = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let name = format!("{}{i}", key.name.get(&NAMES));
+        let value = key.value.get(&VALUES);
+        if key.flow {
+            inside[*key.line.get(&flow)].push(format!("{name}: {value}, "));
+        } else {
+            let at = *key.line.get(&block);
+            let indent = " ".repeat(indent(lines[at]));
+            before[at].push(if key.nested {
+                format!("{indent}{name}:\n{indent}  x: {value}\n{indent}  y: [1]\n")
+            } else {
+                format!("{indent}{name}: {value}\n")
+            });
+        }
+        names.push(name);
+    }
+    let mut text = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        text.extend(before[i].iter().map(String::as_str));
+        match line.find("{ ") {
+            Some(at) if !inside[i].is_empty() => {
+                text.push_str(&line[..at + 2]);
+                text.extend(inside[i].iter().map(String::as_str));
+                text.push_str(&line[at + 2..]);
+            }
+            _ => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    (text, names)
+}
+
 proptest! {
+    #[test]
+    fn every_unknown_key_is_reported_at_its_place(keys in prop::collection::vec(unknown_key(), 1..8)) {
+        let (text, names) = with_unknown_keys(&keys);
+        let diagnostics = err(&text);
+        assert_well_located(&text, &diagnostics);
+        let mut expected: Vec<(u64, u64, &str)> = names
+            .iter()
+            .map(|name| {
+                let (line, column) = position(&text, &format!("{name}:"));
+                (line, column, name.as_str())
+            })
+            .collect();
+        expected.sort();
+        // The keys, each where it is written, and nothing else: the rest
+        // of the file is valid.
+        let found: Vec<String> = lines(&diagnostics);
+        prop_assert_eq!(found.len(), expected.len(), "{}\n--- in:\n{}", diagnostics, text);
+        for (found, (line, column, name)) in found.iter().zip(&expected) {
+            let prefix = format!("{line}:{column}: unknown key `{name}`: ");
+            prop_assert!(found.starts_with(&prefix), "{} is not {}\n--- in:\n{}", found, prefix, text);
+        }
+    }
+
+    #[test]
+    fn mutated_pipelines_with_unknown_keys_never_panic(
+        keys in prop::collection::vec(unknown_key(), 1..8),
+        mutations in prop::collection::vec(mutation(), 0..4),
+    ) {
+        let (text, _) = with_unknown_keys(&keys);
+        let text = mutations.iter().fold(text, |text, m| apply(&text, m));
+        if let Err(diagnostics) = parse(FILE, &text) {
+            assert_well_located(&text, &diagnostics);
+        }
+    }
+
     #[test]
     fn arbitrary_strings_never_panic(text in any::<String>()) {
         if let Err(diagnostics) = parse(FILE, &text) {
