@@ -3,6 +3,7 @@
 //! (`scripts/setup-test-env.sh` provides both).
 
 mod agents;
+mod architecture;
 mod docs;
 mod run;
 mod server;
