@@ -721,12 +721,16 @@ fn check_pipeline(
         .as_ref()
         .map(|spanned| spanned.referenced.line())
         .unwrap_or(0);
-    let place = block_placement(text, at, pipeline);
+    // The value's location is its first line or, for `|`, the line of the
+    // indicator before it.
+    let place = [at.saturating_sub(1), at]
+        .into_iter()
+        .find_map(|before| block_placement(text, before, pipeline).map(|indent| (before, indent)));
     for diagnostic in &mut diagnostics.0 {
         match place {
             // Where the line is in the apply file.
-            Some(indent) => {
-                diagnostic.line += at;
+            Some((before, indent)) => {
+                diagnostic.line += before;
                 diagnostic.column += indent;
             }
             // A quoted or folded value: lines of the value, not of the file.
@@ -743,9 +747,9 @@ fn check_pipeline(
     Err(diagnostics)
 }
 
-/// When `value` is written as a literal block (`|`) starting after line
-/// `at` of `text`, the indentation of its lines; `None` when its lines are
-/// not found there as written.
+/// When `value` is written as a literal block (`|`) whose lines follow
+/// line `at` of `text`, the indentation of its lines; `None` when its lines
+/// are not found there as written.
 fn block_placement(text: &str, at: u64, value: &str) -> Option<u64> {
     let mut file_lines = text.lines().skip(usize::try_from(at).ok()?);
     let mut indent = None;
