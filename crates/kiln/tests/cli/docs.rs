@@ -70,6 +70,9 @@ struct Shell {
     env: Vec<(String, String)>,
     values: HashMap<String, String>,
     background: Vec<Child>,
+    /// A network namespace of its own, where the docs' fixed ports (8080,
+    /// 9090) are free whatever else runs on this machine.
+    netns: Option<String>,
 }
 
 impl Shell {
@@ -81,7 +84,28 @@ impl Shell {
             env: vec![("PATH".into(), path)],
             values: HashMap::new(),
             background: Vec::new(),
+            netns: None,
         }
+    }
+
+    /// A shell whose commands run in a new network namespace with only a
+    /// loopback interface (`ip netns`; the tests run as root).
+    fn isolated() -> Shell {
+        let name = format!("kiln-docs-{}", std::process::id());
+        for args in [
+            vec!["netns", "add", &name],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+        ] {
+            let output = Command::new("ip").args(&args).output().unwrap();
+            assert!(
+                output.status.success(),
+                "ip {args:?}: {}",
+                describe(&output)
+            );
+        }
+        let mut shell = Shell::new();
+        shell.netns = Some(name);
+        shell
     }
 
     fn path(&self) -> &Path {
@@ -102,7 +126,14 @@ impl Shell {
     }
 
     fn command(&self, line: &str) -> Command {
-        let mut command = Command::new("sh");
+        let mut command = match &self.netns {
+            Some(name) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", name, "sh"]);
+                command
+            }
+            None => Command::new("sh"),
+        };
         command
             .args(["-c", &self.fill(line)])
             .current_dir(self.path())
@@ -176,6 +207,9 @@ impl Drop for Shell {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
+        }
+        if let Some(name) = &self.netns {
+            let _ = Command::new("ip").args(["netns", "delete", name]).status();
         }
     }
 }
@@ -294,7 +328,7 @@ fn the_readme_demo_runs_to_green() {
 /// CLI alone.
 #[test]
 fn the_readme_server_quick_start_works_as_written() {
-    let mut shell = Shell::new();
+    let mut shell = Shell::isolated();
     let repo = GitRepo::new(&[(".kiln.yml", HELLO_PIPELINE)]);
     shell
         .values
