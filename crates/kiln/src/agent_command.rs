@@ -34,10 +34,12 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
     let stop = shutdown.clone();
     tokio::spawn(async move {
         crate::signals::wait_for_signal().await;
-        eprintln!("agent: draining — finishing running tasks (signal again to exit now)");
+        crate::signals::notice(
+            "agent: draining — finishing running tasks (signal again to exit now)",
+        );
         stop.cancel();
         crate::signals::wait_for_signal().await;
-        eprintln!("agent: exiting now");
+        crate::signals::notice("agent: exiting now");
         std::process::exit(EXIT_INTERRUPTED);
     });
     run_agent(config, shutdown).await?;
@@ -103,8 +105,8 @@ pub(crate) fn agent_config(
         .filter_map(|key| std::env::var(key).ok().map(|v| (key.to_string(), v)))
         .collect();
     config.on_link = Some(Arc::new(|config: &AgentConfig, event: LinkEvent<'_>| {
-        match event {
-            LinkEvent::Connected => println!(
+        crate::signals::announce(&match event {
+            LinkEvent::Connected => format!(
                 "agent {} connected to {} (labels {}, capacity {}, executor {})",
                 config.name,
                 config.server,
@@ -112,13 +114,11 @@ pub(crate) fn agent_config(
                 config.capacity,
                 config.executor.kind()
             ),
-            LinkEvent::Lost { reason } => println!(
+            LinkEvent::Lost { reason } => format!(
                 "agent {} cannot reach {} ({reason}); retrying, running tasks go on",
                 config.name, config.server
             ),
-        }
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        });
     }));
     config
 }

@@ -218,7 +218,7 @@ async fn run_with<D: Database>(
             let (drain, shutdown) = (drain.clone(), shutdown.clone());
             Some(tokio::spawn(async move {
                 if let Err(e) = kiln_agent::run_agent(agent, drain).await {
-                    eprintln!("the embedded agent stopped: {e:#}");
+                    crate::signals::notice(&format!("the embedded agent stopped: {e:#}"));
                 }
                 shutdown.cancel();
             }))
@@ -229,13 +229,13 @@ async fn run_with<D: Database>(
     let (stop, stop_agent) = (shutdown.clone(), drain.clone());
     tokio::spawn(async move {
         crate::signals::wait_for_signal().await;
-        eprintln!("shutting down: finishing what runs (signal again to exit now)");
+        crate::signals::notice("shutting down: finishing what runs (signal again to exit now)");
         stop_agent.cancel();
         if !has_agent {
             stop.cancel();
         }
         crate::signals::wait_for_signal().await;
-        eprintln!("exiting now");
+        crate::signals::notice("exiting now");
         std::process::exit(EXIT_INTERRUPTED);
     });
     kiln_server::serve(state, listener, Some(grpc_listener), shutdown.clone()).await?;

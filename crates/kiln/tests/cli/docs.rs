@@ -166,8 +166,10 @@ impl Shell {
     /// Starts a command that stays in the foreground (a server, an agent)
     /// and waits until it prints `ready`; returns what it printed so far.
     fn start(&mut self, line: &str, ready: &str) -> String {
+        // `exec`: the signal that ends it at the end reaches the command,
+        // not a shell that would leave it behind.
         let mut child = self
-            .command(line)
+            .command(&format!("exec {line}"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

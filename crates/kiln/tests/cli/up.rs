@@ -20,6 +20,10 @@ struct Up {
 
 impl Up {
     fn start(data_dir: &std::path::Path) -> Up {
+        Up::start_with_stderr(data_dir, Stdio::inherit())
+    }
+
+    fn start_with_stderr(data_dir: &std::path::Path, stderr: Stdio) -> Up {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args([
                 "up",
@@ -35,9 +39,11 @@ impl Up {
             .env_remove("KILN_ADMIN_TOKEN")
             .env_remove("KILN_AGENT_TOKEN")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
+        // A piped stderr is closed at once: nobody reads it any more.
+        drop(child.stderr.take());
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -202,4 +208,14 @@ async fn kiln_up_runs_a_repository_pipeline_on_its_embedded_agent() {
     assert_eq!(again.token, None, "the admin token is printed only once");
     let run = again.run_to_end(&token, "app").await;
     assert_eq!(run["status"], "success", "{run:#}");
+}
+
+/// A server whose stderr is gone (its terminal closed, its supervisor's
+/// reader ended) still stops on SIGTERM: saying it shuts down must not
+/// fail the shutdown.
+#[test]
+fn sigterm_stops_kiln_up_whose_stderr_is_closed() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let up = Up::start_with_stderr(data_dir.path(), Stdio::piped());
+    assert_eq!(up.stop(), Some(0));
 }
