@@ -320,7 +320,7 @@ fn assignment(task_id: i64, script: &str, extra: &str) -> Assignment {
     let task = pipeline.tasks.into_iter().next().expect("one task");
     Assignment {
         task_id,
-        task_json: serde_json::to_string(&task).expect("task as JSON"),
+        task: Some((&task).into()),
         job: "demo".into(),
         run_number: 7,
         event: "manual".into(),

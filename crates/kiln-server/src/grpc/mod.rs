@@ -100,8 +100,8 @@ fn millis(ms: Option<i64>) -> Option<DateTime<Utc>> {
 }
 
 fn parse_status(text: &str) -> Result<Status, GrpcStatus> {
-    serde_json::from_value(serde_json::Value::String(text.to_string()))
-        .map_err(|_| GrpcStatus::invalid_argument(format!("`{text}` is not a status")))
+    text.parse()
+        .map_err(|e: kiln_pipeline::UnknownName| GrpcStatus::invalid_argument(e.to_string()))
 }
 
 /// Where a task's results go in the blob store.

@@ -274,10 +274,9 @@ async fn assignment<D: Database>(
             job.spec.name
         ));
     }
-    let task_json = serde_json::to_string(&task.spec).map_err(|e| e.to_string())?;
     Ok(Assignment {
         task_id: task.id,
-        task_json,
+        task: Some((&task.spec).into()),
         job: job.spec.name.clone(),
         run_number: run.number.max(0) as u64,
         branch: run.branch.clone().unwrap_or_default(),
