@@ -153,8 +153,11 @@ async fn prepare(
     cancel: &CancellationToken,
 ) -> Result<(kiln_exec::TaskSpec, tempfile::TempDir), String> {
     let config = &shared.config;
-    let task: Task = serde_json::from_str(&assignment.task_json)
-        .map_err(|e| format!("the assigned task cannot be read: {e}"))?;
+    let task: Task = assignment
+        .task
+        .clone()
+        .ok_or("the assignment names no task (is the server older than this agent?)")?
+        .into();
     let scratch = tempfile::Builder::new()
         .prefix("kiln-agent-")
         .tempdir_in(&config.work_dir)
@@ -198,9 +201,10 @@ async fn prepare(
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot list the checkout: {e}"))?
     };
-    let event =
-        serde_json::from_value::<Event>(serde_json::Value::String(assignment.event.clone()))
-            .unwrap_or(Event::Manual);
+    let event: Event = assignment
+        .event
+        .parse()
+        .map_err(|e| format!("{e} in the assignment (is the server newer than this agent?)"))?;
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let context = RunContext {
         job: assignment.job.clone(),

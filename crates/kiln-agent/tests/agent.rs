@@ -320,7 +320,7 @@ fn assignment(task_id: i64, script: &str, extra: &str) -> Assignment {
     let task = pipeline.tasks.into_iter().next().expect("one task");
     Assignment {
         task_id,
-        task_json: serde_json::to_string(&task).expect("task as JSON"),
+        task: Some((&task).into()),
         job: "demo".into(),
         run_number: 7,
         event: "manual".into(),
@@ -799,4 +799,27 @@ async fn a_flooding_task_waits_for_acknowledgements_and_loses_nothing() {
     );
     h.shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), h.agent).await;
+}
+
+/// An event this agent does not know (a newer server) fails the task with
+/// the reason, rather than running it as if it were another event.
+#[tokio::test]
+async fn an_unknown_event_fails_the_task_saying_so() {
+    let h = start().await;
+    let mut task = assignment(9, "echo should not run", "");
+    task.event = "merge_group".into();
+    h.fake.send(server_message::Kind::Assignment(task));
+    h.fake
+        .wait_for("the end of the task", Duration::from_secs(30), |s| {
+            !s.finished.is_empty()
+        })
+        .await;
+    let (finish, _) = h.fake.finish_of(9).expect("task 9 finished");
+    assert_eq!(finish.status, "error");
+    assert!(
+        finish.reason.contains("unknown event `merge_group`"),
+        "{}",
+        finish.reason
+    );
+    assert!(!h.fake.log_text(9).contains("should not run\n"));
 }

@@ -21,5 +21,5 @@ pub use duration::Duration;
 pub use model::{Artifacts, Build, Pipeline, Reports, Resources, Service, Step, Task};
 pub use parse::{MAX_PIPELINE_BYTES, parse};
 pub use schema::json_schema;
-pub use status::{Event, Status};
+pub use status::{Event, Status, UnknownName};
 pub use when::{When, glob_match};

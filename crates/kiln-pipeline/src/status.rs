@@ -1,4 +1,5 @@
 use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,18 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 9] = [
+        Status::Pending,
+        Status::Queued,
+        Status::Running,
+        Status::Success,
+        Status::Failure,
+        Status::Cancelled,
+        Status::TimedOut,
+        Status::Skipped,
+        Status::Error,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",
@@ -34,6 +47,47 @@ impl Status {
 
     pub fn is_terminal(self) -> bool {
         !matches!(self, Status::Pending | Status::Queued | Status::Running)
+    }
+}
+
+/// A status or event name that is not one of Kiln's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub name: String,
+}
+
+impl fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown {} `{}`", self.what, self.name)
+    }
+}
+
+impl std::error::Error for UnknownName {}
+
+impl FromStr for Status {
+    type Err = UnknownName;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| UnknownName {
+                what: "status",
+                name: text.to_string(),
+            })
+    }
+}
+
+impl FromStr for Event {
+    type Err = UnknownName;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Event::ALL
+            .into_iter()
+            .find(|e| e.as_str() == text)
+            .ok_or_else(|| UnknownName {
+                what: "event",
+                name: text.to_string(),
+            })
     }
 }
 
@@ -56,6 +110,15 @@ pub enum Event {
 }
 
 impl Event {
+    pub const ALL: [Event; 6] = [
+        Event::Push,
+        Event::PullRequest,
+        Event::Tag,
+        Event::Cron,
+        Event::Manual,
+        Event::Api,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Event::Push => "push",

@@ -11,6 +11,8 @@ pub mod error;
 pub mod grpc;
 pub mod metrics;
 pub mod results;
+mod run_cache;
+pub mod scheduler;
 mod secrets;
 pub mod state;
 pub mod sweeper;
@@ -71,7 +73,7 @@ pub async fn app_state<D: Database>(db: D, config: &ServerConfig) -> anyhow::Res
         None => kiln_blob::BlobStore::local(&config.data_dir.join("blobs"))?,
     };
     let git = kiln_git::GitCache::new(config.data_dir.join("git"));
-    let agents = Arc::new(grpc::Registry::new(config.agent_lease));
+    let agents = Arc::new(scheduler::Registry::new(config.agent_lease));
     let metrics = Arc::new(metrics::Metrics::default());
     metrics.attach_registry(agents.clone());
     Ok(AppState {
@@ -82,6 +84,8 @@ pub async fn app_state<D: Database>(db: D, config: &ServerConfig) -> anyhow::Res
         metrics,
         work: Arc::new(tokio::sync::Notify::new()),
         agents,
+        runs: Arc::default(),
+        report_lock: Arc::default(),
     })
 }
 
@@ -161,8 +165,8 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 /// Serves the API on `listener` and, when given, the agent service on
-/// `grpc_listener`, until `shutdown`; with the lease sweeper and, when
-/// the lease sweeper and the dispatcher. Either server failing stops both.
+/// `grpc_listener` with the scheduler that hands its agents tasks, until
+/// `shutdown`; with the lease sweeper. Either server failing stops both.
 pub async fn serve<D: Database>(
     state: AppState<D>,
     listener: tokio::net::TcpListener,
@@ -173,7 +177,10 @@ pub async fn serve<D: Database>(
     let grpc = grpc_listener.map(|listener| {
         let (state, shutdown) = (state.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let scheduler =
+                tokio::spawn(scheduler::run_dispatcher(state.clone(), shutdown.clone()));
             let result = grpc::serve(state, listener, shutdown.clone()).await;
+            let _ = scheduler.await;
             if let Err(e) = &result {
                 tracing::error!("the gRPC server failed: {e}");
             }

@@ -27,7 +27,7 @@ pub struct Metrics {
     /// Time from started to finished, per finished task.
     task_duration: Histogram,
     /// The agents connected over gRPC.
-    remote: OnceLock<Arc<crate::grpc::Registry>>,
+    remote: OnceLock<Arc<crate::scheduler::Registry>>,
 }
 
 #[derive(Default)]
@@ -94,7 +94,7 @@ impl Metrics {
     }
 
     /// Lists the agents of `registry` too from now on.
-    pub fn attach_registry(&self, registry: Arc<crate::grpc::Registry>) {
+    pub fn attach_registry(&self, registry: Arc<crate::scheduler::Registry>) {
         let _ = self.remote.set(registry);
     }
 

@@ -5,8 +5,9 @@ use kiln_crypto::SecretKey;
 use kiln_git::GitCache;
 use tokio::sync::Notify;
 
-use crate::grpc::Registry;
 use crate::metrics::Metrics;
+use crate::run_cache::RunCache;
+use crate::scheduler::Registry;
 
 /// What every handler can reach. Cheap to clone.
 pub struct AppState<D> {
@@ -19,6 +20,9 @@ pub struct AppState<D> {
     pub work: Arc<Notify>,
     /// Agents connected over gRPC to this process.
     pub agents: Arc<Registry>,
+    pub runs: Arc<RunCache>,
+    /// Serializes JUnit report merges (read, merge, write) of this process.
+    pub report_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl<D: Clone> Clone for AppState<D> {
@@ -31,6 +35,8 @@ impl<D: Clone> Clone for AppState<D> {
             metrics: self.metrics.clone(),
             work: self.work.clone(),
             agents: self.agents.clone(),
+            runs: self.runs.clone(),
+            report_lock: self.report_lock.clone(),
         }
     }
 }

@@ -1,14 +1,11 @@
 //! The gRPC side of the server: the `Agent` service of `agent.proto`
-//! (DESIGN.md §5), the registry of connected agents and the dispatcher that
-//! hands them tasks.
+//! (DESIGN.md §5). What to give which agent is the scheduler's
+//! ([`crate::scheduler`]); this module speaks the protocol.
 //!
 //! Every call needs `authorization: Bearer <agent token>`. Calls about a
 //! task also name the calling agent in `x-kiln-agent: <name>` (the name its
 //! session announced, which is the lease holder) and are refused unless
 //! that agent holds the task.
-
-mod dispatch;
-pub mod registry;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -31,11 +28,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
-use crate::results;
 use crate::state::AppState;
-
-pub use dispatch::run_dispatcher;
-pub use registry::Registry;
+use crate::{results, scheduler};
 
 /// Metadata key naming the calling agent on task calls.
 pub const AGENT_HEADER: &str = "x-kiln-agent";
@@ -46,13 +40,12 @@ const SESSION_BUFFER: usize = 256;
 /// Pieces of an artifact in flight to the blob store, per upload.
 const UPLOAD_BUFFER: usize = 8;
 
-/// Serves the `Agent` service on `listener` until `shutdown`, with the dispatcher.
+/// Serves the `Agent` service on `listener` until `shutdown`.
 pub async fn serve<D: Database>(
     state: AppState<D>,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let dispatcher = tokio::spawn(run_dispatcher(state.clone(), shutdown.clone()));
     let service = AgentService {
         state,
         shutdown: shutdown.clone(),
@@ -70,7 +63,6 @@ pub async fn serve<D: Database>(
         .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await })
         .await;
     shutdown.cancel();
-    let _ = dispatcher.await;
     result.map_err(Into::into)
 }
 
@@ -108,8 +100,8 @@ fn millis(ms: Option<i64>) -> Option<DateTime<Utc>> {
 }
 
 fn parse_status(text: &str) -> Result<Status, GrpcStatus> {
-    serde_json::from_value(serde_json::Value::String(text.to_string()))
-        .map_err(|_| GrpcStatus::invalid_argument(format!("`{text}` is not a status")))
+    text.parse()
+        .map_err(|e: kiln_pipeline::UnknownName| GrpcStatus::invalid_argument(e.to_string()))
 }
 
 /// Where a task's results go in the blob store.
@@ -194,7 +186,7 @@ impl<D: Database> AgentService<D> {
     }
 
     async fn place(&self, task: &TaskHold) -> Result<Place, GrpcStatus> {
-        let both = dispatch::run_and_job(&self.state, task.run_id)
+        let both = scheduler::run_and_job(&self.state, task.run_id)
             .await
             .map_err(store_status)?
             .ok_or_else(|| GrpcStatus::not_found("the task's run or job is gone"))?;
@@ -303,7 +295,7 @@ impl<D: Database> Agent for AgentService<D> {
         // already left, or lost with a server that stopped) go back to the
         // queue now rather than when their lease runs out. Before the new
         // session is registered, so nothing sent on it can be taken back.
-        dispatch::requeue_undelivered(
+        scheduler::requeue_undelivered(
             &self.state,
             &name,
             Undelivered::AllBut(&hello.running_task_ids),
@@ -322,7 +314,7 @@ impl<D: Database> Agent for AgentService<D> {
             .filter(|task| task.held_by(&name))
             .map(|task| (task.id, task.name))
             .collect();
-        let announce = registry::Announce {
+        let announce = scheduler::registry::Announce {
             labels: hello.labels,
             capacity: hello.capacity,
             executors: hello.executors,
@@ -343,7 +335,7 @@ impl<D: Database> Agent for AgentService<D> {
         let (sender, receiver) = mpsc::channel(SESSION_BUFFER);
         let (session, stranded) = self.state.agents.connect(&name, announce, running, sender);
         // Sent to the session this one replaced after the look above.
-        dispatch::requeue_undelivered(&self.state, &name, Undelivered::These(&stranded))
+        scheduler::requeue_undelivered(&self.state, &name, Undelivered::These(&stranded))
             .await
             .map_err(store_status)?;
         let guard = SessionGuard {
@@ -543,7 +535,7 @@ impl<D: Database> Agent for AgentService<D> {
         })?;
         // Read, merge and write under one lock so two files uploaded at once
         // both end up in the report.
-        let _merging = self.state.agents.report_lock.lock().await;
+        let _merging = self.state.report_lock.lock().await;
         let stored = self
             .state
             .db

@@ -7,12 +7,12 @@
 //! ended by the lease sweeper.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use kiln_proto::v1::ServerMessage;
-use kiln_store::{Id, Job, Run};
+use kiln_store::Id;
 use tokio::sync::{Notify, mpsc};
 
 /// A task assigned this recently may be missing from a heartbeat that
@@ -105,41 +105,6 @@ pub struct RunningTask {
     pub sender: SessionSender,
 }
 
-/// The run and job of recently assigned or finished tasks: the tasks of one
-/// run come in bursts, and each needs both (immutable but for the job's
-/// settings, for which a moment's staleness is harmless).
-#[derive(Default)]
-pub struct RunCache {
-    entries: Mutex<Vec<(Id, Instant, RunAndJob)>>,
-}
-
-/// A run and its job, shared between the cache and its users.
-pub type RunAndJob = Arc<(Run, Job)>;
-
-/// How long a cached run and job are used.
-const RUN_CACHE_FOR: Duration = Duration::from_secs(2);
-/// How many runs are kept.
-const RUN_CACHE_SIZE: usize = 16;
-
-impl RunCache {
-    pub fn get(&self, run_id: Id) -> Option<RunAndJob> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .iter()
-            .find(|(id, at, _)| *id == run_id && at.elapsed() < RUN_CACHE_FOR)
-            .map(|(_, _, both)| both.clone())
-    }
-
-    pub fn put(&self, run_id: Id, both: RunAndJob) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|(id, at, _)| *id != run_id && at.elapsed() < RUN_CACHE_FOR);
-        if entries.len() >= RUN_CACHE_SIZE {
-            entries.remove(0);
-        }
-        entries.push((run_id, Instant::now(), both));
-    }
-}
-
 pub struct Registry {
     inner: Mutex<Inner>,
     /// Lease given with each assignment and renewed by each heartbeat.
@@ -147,9 +112,6 @@ pub struct Registry {
     /// Woken when an agent connects, leaves or frees capacity; the
     /// dispatcher waits on it beside `AppState::work`.
     pub changed: Notify,
-    /// Serializes JUnit report merges (read, merge, write) of this process.
-    pub report_lock: tokio::sync::Mutex<()>,
-    pub runs: RunCache,
 }
 
 impl Registry {
@@ -158,8 +120,6 @@ impl Registry {
             inner: Mutex::new(Inner::default()),
             lease,
             changed: Notify::new(),
-            report_lock: tokio::sync::Mutex::new(()),
-            runs: RunCache::default(),
         }
     }
 

@@ -1,4 +1,7 @@
-//! Hands queued tasks to connected agents and pushes cancellations.
+//! The scheduler: which queued task goes to which connected agent, and
+//! the cancellations pushed to agents. `registry` is the in-memory list of
+//! connected agents; the gRPC service (`crate::grpc`) registers sessions
+//! and calls in here, and the scheduler sends on their streams.
 //!
 //! The dispatcher sleeps until something changes — a task became queued,
 //! finished or was cancelled (`AppState::work`), or an agent connected, left
@@ -18,7 +21,11 @@ use kiln_store::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::registry::{Candidate, RunAndJob};
+pub mod registry;
+
+use self::registry::Candidate;
+pub use self::registry::Registry;
+use crate::run_cache::RunAndJob;
 use crate::secrets::{git_credentials_from, git_secret_names, open_secret};
 use crate::state::AppState;
 
@@ -157,7 +164,7 @@ async fn give_back<D: Database>(state: &AppState<D>, agent: &Candidate, task_id:
 
 /// Puts back in the queue tasks claimed for `agent` that never reached it
 /// (see [`Database::requeue_undelivered`]), and wakes the dispatcher for them.
-pub(super) async fn requeue_undelivered<D: Database>(
+pub(crate) async fn requeue_undelivered<D: Database>(
     state: &AppState<D>,
     agent: &str,
     which: Undelivered<'_>,
@@ -267,10 +274,9 @@ async fn assignment<D: Database>(
             job.spec.name
         ));
     }
-    let task_json = serde_json::to_string(&task.spec).map_err(|e| e.to_string())?;
     Ok(Assignment {
         task_id: task.id,
-        task_json,
+        task: Some((&task.spec).into()),
         job: job.spec.name.clone(),
         run_number: run.number.max(0) as u64,
         branch: run.branch.clone().unwrap_or_default(),
@@ -285,11 +291,11 @@ async fn assignment<D: Database>(
 }
 
 /// The run and the job a task belongs to; `None` when either is gone.
-pub(super) async fn run_and_job<D: Database>(
+pub(crate) async fn run_and_job<D: Database>(
     state: &AppState<D>,
     run_id: kiln_store::Id,
 ) -> Result<Option<RunAndJob>, kiln_store::StoreError> {
-    if let Some(both) = state.agents.runs.get(run_id) {
+    if let Some(both) = state.runs.get(run_id) {
         return Ok(Some(both));
     }
     let Some(run) = state.db.get_run_by_id(run_id).await? else {
@@ -299,7 +305,7 @@ pub(super) async fn run_and_job<D: Database>(
         return Ok(None);
     };
     let both = Arc::new((run, job));
-    state.agents.runs.put(run_id, both.clone());
+    state.runs.put(run_id, both.clone());
     Ok(Some(both))
 }
 
