@@ -32,7 +32,7 @@ pub enum Command {
     Agent(AgentArgs),
     // The client commands (`job`, `apply`, `trigger`, `runs`, `logs`, …).
     #[command(flatten)]
-    Client(crate::client_commands::ClientCommand),
+    Client(crate::client::ClientCommand),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

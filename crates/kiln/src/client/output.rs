@@ -1,0 +1,162 @@
+//! How the client commands print: tables and plain lines for people, the
+//! API's JSON for scripts, durations and times as people read them.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use kiln_api::Run;
+
+use crate::run_command::EXIT_SUCCESS;
+
+/// Statuses after which a run or task changes no more (DESIGN.md §1).
+const FINAL_STATUSES: [&str; 6] = [
+    "success",
+    "failure",
+    "cancelled",
+    "timed_out",
+    "skipped",
+    "error",
+];
+
+/// Writes to stdout at once and flushes, so followed output shows as it
+/// comes and concurrent writers never split each other's lines.
+pub(super) fn emit(text: &str) -> std::io::Result<()> {
+    emit_bytes(text.as_bytes())
+}
+
+pub(super) fn emit_bytes(bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()
+}
+
+pub(super) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<i32> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    emit(&text)?;
+    Ok(EXIT_SUCCESS)
+}
+
+/// Columns padded to their widest cell (in characters), two spaces apart;
+/// the last column is not padded.
+pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    let header_row: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header_row).chain(&rows) {
+        let last = row.len().saturating_sub(1);
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
+            if i == last {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+pub(super) fn dash(value: Option<&str>) -> String {
+    value.filter(|v| !v.is_empty()).unwrap_or("-").to_string()
+}
+
+pub(super) fn short_sha(sha: &str) -> String {
+    sha.chars().take(7).collect()
+}
+
+pub(super) fn is_final(status: &str) -> bool {
+    FINAL_STATUSES.contains(&status)
+}
+
+/// How long a run took, or has been running; `None` before it started.
+pub(super) fn run_duration(run: &Run, now: DateTime<Utc>) -> Option<String> {
+    let start = run.started_at?;
+    Some(match run.finished_at {
+        Some(end) => human_duration(end - start),
+        None if is_final(&run.status) => return None,
+        None => format!("{}…", human_duration(now - start)),
+    })
+}
+
+/// `12.3s`, `4m05s`, `2h03m`.
+pub(super) fn human_duration(duration: chrono::TimeDelta) -> String {
+    let millis = duration.num_milliseconds().max(0);
+    if millis < 60_000 {
+        return format!("{:.1}s", millis as f64 / 1000.0);
+    }
+    let secs = millis / 1000;
+    if secs < 3600 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{}h{:02}m", secs / 3600, secs % 3600 / 60)
+    }
+}
+
+/// `just now`, `5m ago`, `3h ago`, `2d ago`, then the date.
+pub(super) fn ago(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let secs = (now - at).num_seconds();
+    match secs {
+        ..10 => "just now".into(),
+        10..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86_400 => format!("{}h ago", secs / 3600),
+        86_400..604_800 => format!("{}d ago", secs / 86_400),
+        _ => at
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d")
+            .to_string(),
+    }
+}
+
+pub(super) fn local_time(at: DateTime<Utc>) -> String {
+    at.with_timezone(&chrono::Local)
+        .format("%Y-%m-%d %H:%M:%S %Z")
+        .to_string()
+}
+
+pub(super) fn read_text(path: &Path, limit: u64) -> anyhow::Result<String> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    if size > limit {
+        bail!("{} is {size} bytes; the limit is {limit}", path.display());
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_durations_read_well() {
+        let text = table(
+            &["A", "LONG HEADER", "C"],
+            vec![vec!["wide cell".into(), "x".into(), "last".into()]],
+        );
+        assert_eq!(
+            text,
+            "A          LONG HEADER  C\nwide cell  x            last\n"
+        );
+        assert_eq!(
+            human_duration(chrono::TimeDelta::milliseconds(12_345)),
+            "12.3s"
+        );
+        assert_eq!(human_duration(chrono::TimeDelta::seconds(245)), "4m05s");
+        assert_eq!(human_duration(chrono::TimeDelta::seconds(7380)), "2h03m");
+    }
+}
