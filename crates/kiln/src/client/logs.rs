@@ -12,10 +12,8 @@ use kiln_client::Client;
 use super::output::{emit, emit_bytes, is_final, print_json};
 use super::runs::{OUTAGE_GRACE, POLL_INTERVAL, Poller, task_state};
 use super::{ClientArgs, EXIT_API_ERROR, Output, connect, is_broken_pipe};
+use crate::console::MAX_LINE;
 use crate::run_command::EXIT_SUCCESS;
-
-/// A log line longer than this is shown in pieces rather than held back.
-const MAX_LINE: usize = 64 * 1024;
 
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use kiln_api::Run;
 
+use crate::console::format_duration;
 use crate::run_command::EXIT_SUCCESS;
 
 /// Statuses after which a run or task changes no more (DESIGN.md §1).
@@ -85,24 +86,16 @@ pub(super) fn is_final(status: &str) -> bool {
 pub(super) fn run_duration(run: &Run, now: DateTime<Utc>) -> Option<String> {
     let start = run.started_at?;
     Some(match run.finished_at {
-        Some(end) => human_duration(end - start),
+        Some(end) => elapsed(start, end),
         None if is_final(&run.status) => return None,
-        None => format!("{}…", human_duration(now - start)),
+        None => format!("{}…", elapsed(start, now)),
     })
 }
 
-/// `12.3s`, `4m05s`, `2h03m`.
-pub(super) fn human_duration(duration: chrono::TimeDelta) -> String {
-    let millis = duration.num_milliseconds().max(0);
-    if millis < 60_000 {
-        return format!("{:.1}s", millis as f64 / 1000.0);
-    }
-    let secs = millis / 1000;
-    if secs < 3600 {
-        format!("{}m{:02}s", secs / 60, secs % 60)
-    } else {
-        format!("{}h{:02}m", secs / 3600, secs % 3600 / 60)
-    }
+/// How long from `start` to `end` (`12.3s`, `4m05s`, `2h03m`), as `kiln
+/// run` shows durations; `0.0s` when `end` is before `start`.
+pub(super) fn elapsed(start: DateTime<Utc>, end: DateTime<Utc>) -> String {
+    format_duration((end - start).to_std().unwrap_or_default())
 }
 
 /// `just now`, `5m ago`, `3h ago`, `2d ago`, then the date.
@@ -152,11 +145,11 @@ mod tests {
             text,
             "A          LONG HEADER  C\nwide cell  x            last\n"
         );
-        assert_eq!(
-            human_duration(chrono::TimeDelta::milliseconds(12_345)),
-            "12.3s"
-        );
-        assert_eq!(human_duration(chrono::TimeDelta::seconds(245)), "4m05s");
-        assert_eq!(human_duration(chrono::TimeDelta::seconds(7380)), "2h03m");
+        let start = DateTime::<Utc>::UNIX_EPOCH;
+        let after = |delta| elapsed(start, start + delta);
+        assert_eq!(after(chrono::TimeDelta::milliseconds(12_345)), "12.3s");
+        assert_eq!(after(chrono::TimeDelta::seconds(245)), "4m05s");
+        assert_eq!(after(chrono::TimeDelta::seconds(7380)), "2h03m");
+        assert_eq!(after(chrono::TimeDelta::seconds(-5)), "0.0s");
     }
 }

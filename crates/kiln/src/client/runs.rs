@@ -9,7 +9,7 @@ use kiln_api::{Run, Task, TriggerBody};
 use kiln_client::Client;
 
 use super::output::{
-    ago, dash, emit, human_duration, is_final, print_json, run_duration, short_sha, table,
+    ago, dash, elapsed, emit, is_final, print_json, run_duration, short_sha, table,
 };
 use super::{ClientArgs, Output, connect};
 use crate::run_command::{EXIT_SUCCESS, EXIT_TASK_FAILED};
@@ -184,7 +184,7 @@ pub(super) fn task_state(task: &Task) -> String {
     if is_final(&task.status)
         && let (Some(start), Some(end)) = (task.started_at, task.finished_at)
     {
-        text.push_str(&format!(" ({})", human_duration(end - start)));
+        text.push_str(&format!(" ({})", elapsed(start, end)));
     }
     if task.status != "success"
         && let Some(reason) = task.reason.as_deref().filter(|r| !r.is_empty())
