@@ -11,12 +11,12 @@ use kiln_api::JobBody;
 use serde::Deserialize;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 
-use super::output::{emit, print_json, read_text};
+use super::output::{emit, print_json};
 use super::{ClientArgs, EXIT_API_ERROR, Output, connect};
-use crate::run_command::{EXIT_INVALID, EXIT_SUCCESS};
+use crate::run_command::{EXIT_INVALID, EXIT_SUCCESS, read_text};
 
-/// Largest apply file read.
-pub(super) const MAX_APPLY_BYTES: u64 = 4 << 20;
+/// Largest apply file read, and largest pipeline file a job takes.
+const MAX_APPLY_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
@@ -245,7 +245,7 @@ fn entry_body(entry: &ApplyEntry, base_dir: &Path) -> Result<JobBody, String> {
         (Some(text), None) => text.value.clone(),
         (None, Some(file)) => {
             let path = base_dir.join(file);
-            read_text(&path, MAX_APPLY_BYTES).map_err(|e| format!("`pipeline_file`: {e:#}"))?
+            read_jobs_text(&path).map_err(|e| format!("`pipeline_file`: {e:#}"))?
         }
         (Some(_), Some(_)) => {
             return Err("give either `pipeline` or `pipeline_file`, not both".into());
@@ -334,6 +334,12 @@ fn block_placement(text: &str, at: u64, value: &str) -> Option<u64> {
     indent.map(|width| width as u64)
 }
 
+/// A jobs file's text, or a pipeline file's that a job names; messages
+/// name the file.
+pub(super) fn read_jobs_text(path: &Path) -> anyhow::Result<String> {
+    read_text(path, &path.display().to_string(), MAX_APPLY_BYTES)
+}
+
 pub(super) async fn apply(args: ApplyArgs) -> anyhow::Result<i32> {
     let (file_name, text, base_dir) = if args.file.as_os_str() == "-" {
         let mut text = String::new();
@@ -343,7 +349,7 @@ pub(super) async fn apply(args: ApplyArgs) -> anyhow::Result<i32> {
             .context("cannot read the jobs file from standard input")?;
         ("<stdin>".to_string(), text, std::env::current_dir()?)
     } else {
-        let text = read_text(&args.file, MAX_APPLY_BYTES)?;
+        let text = read_jobs_text(&args.file)?;
         let base = args
             .file
             .parent()

@@ -6,8 +6,8 @@ use chrono::Utc;
 use clap::{ArgGroup, Subcommand};
 use kiln_api::{Job, JobBody};
 
-use super::apply::MAX_APPLY_BYTES;
-use super::output::{ago, dash, emit, local_time, print_json, read_text, table};
+use super::apply::read_jobs_text;
+use super::output::{ago, dash, emit, local_time, print_json, table};
 use super::{ClientArgs, Output, connect};
 use crate::run_command::{EXIT_INVALID, EXIT_SUCCESS};
 
@@ -144,7 +144,7 @@ async fn job_create(args: JobCreateArgs) -> anyhow::Result<i32> {
             repository: None,
             pipeline_path: None,
             default_branch: None,
-            pipeline: Some(read_text(path, MAX_APPLY_BYTES)?),
+            pipeline: Some(read_jobs_text(path)?),
         },
         None => JobBody {
             name: Some(args.name.clone()),

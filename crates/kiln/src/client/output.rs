@@ -2,9 +2,7 @@
 //! API's JSON for scripts, durations and times as people read them.
 
 use std::io::Write;
-use std::path::Path;
 
-use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use kiln_api::Run;
 
@@ -118,17 +116,6 @@ pub(super) fn local_time(at: DateTime<Utc>) -> String {
     at.with_timezone(&chrono::Local)
         .format("%Y-%m-%d %H:%M:%S %Z")
         .to_string()
-}
-
-pub(super) fn read_text(path: &Path, limit: u64) -> anyhow::Result<String> {
-    let size = std::fs::metadata(path)
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .len();
-    if size > limit {
-        bail!("{} is {size} bytes; the limit is {limit}", path.display());
-    }
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
 #[cfg(test)]
