@@ -11,6 +11,7 @@ use kiln_api::JobBody;
 use serde::Deserialize;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 
+use super::jobs::{freestyle_body, git_body};
 use super::output::{emit, print_json};
 use super::{ClientArgs, EXIT_API_ERROR, Output, connect};
 use crate::run_command::{EXIT_INVALID, EXIT_SUCCESS, read_text};
@@ -228,14 +229,12 @@ fn entry_body(entry: &ApplyEntry, base_dir: &Path) -> Result<JobBody, String> {
         if freestyle_source {
             return Err("a git job takes its pipeline from the repository: remove `pipeline`/`pipeline_file`".into());
         }
-        return Ok(JobBody {
-            name: None,
-            kind: kind.into(),
-            repository: entry.repository.clone(),
-            pipeline_path: entry.pipeline_path.clone(),
-            default_branch: entry.default_branch.clone(),
-            pipeline: None,
-        });
+        return Ok(git_body(
+            None,
+            entry.repository.clone(),
+            entry.pipeline_path.clone(),
+            entry.default_branch.clone(),
+        ));
     }
     if entry.repository.is_some() || entry.pipeline_path.is_some() || entry.default_branch.is_some()
     {
@@ -256,14 +255,7 @@ fn entry_body(entry: &ApplyEntry, base_dir: &Path) -> Result<JobBody, String> {
             );
         }
     };
-    Ok(JobBody {
-        name: None,
-        kind: kind.into(),
-        repository: None,
-        pipeline_path: None,
-        default_branch: None,
-        pipeline: Some(pipeline),
-    })
+    Ok(freestyle_body(None, pipeline))
 }
 
 /// Checks a freestyle job's pipeline here, so its errors name the file

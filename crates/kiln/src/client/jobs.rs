@@ -137,23 +137,15 @@ async fn job_show(args: &ClientArgs, name: &str) -> anyhow::Result<i32> {
 }
 
 async fn job_create(args: JobCreateArgs) -> anyhow::Result<i32> {
+    let name = Some(args.name.clone());
     let body = match &args.pipeline_file {
-        Some(path) => JobBody {
-            name: Some(args.name.clone()),
-            kind: "freestyle".into(),
-            repository: None,
-            pipeline_path: None,
-            default_branch: None,
-            pipeline: Some(read_jobs_text(path)?),
-        },
-        None => JobBody {
-            name: Some(args.name.clone()),
-            kind: "git".into(),
-            repository: args.repository.clone(),
-            pipeline_path: args.pipeline_path.clone(),
-            default_branch: args.default_branch.clone(),
-            pipeline: None,
-        },
+        Some(path) => freestyle_body(name, read_jobs_text(path)?),
+        None => git_body(
+            name,
+            args.repository.clone(),
+            args.pipeline_path.clone(),
+            args.default_branch.clone(),
+        ),
     };
     if let (Some(path), Some(pipeline)) = (&args.pipeline_file, &body.pipeline)
         && let Err(diagnostics) = kiln_pipeline::parse(&path.display().to_string(), pipeline)
@@ -169,6 +161,36 @@ async fn job_create(args: JobCreateArgs) -> anyhow::Result<i32> {
     }
     emit(&format!("created {} job `{}`\n", job.kind, job.name))?;
     Ok(EXIT_SUCCESS)
+}
+
+/// A git job: its pipeline is read from the repository at each run. `name`
+/// is left out where the URL names the job (`PUT /jobs/{job}`).
+pub(super) fn git_body(
+    name: Option<String>,
+    repository: Option<String>,
+    pipeline_path: Option<String>,
+    default_branch: Option<String>,
+) -> JobBody {
+    JobBody {
+        name,
+        kind: "git".into(),
+        repository,
+        pipeline_path,
+        default_branch,
+        pipeline: None,
+    }
+}
+
+/// A freestyle job: its pipeline is stored on the server, with no repository.
+pub(super) fn freestyle_body(name: Option<String>, pipeline: String) -> JobBody {
+    JobBody {
+        name,
+        kind: "freestyle".into(),
+        repository: None,
+        pipeline_path: None,
+        default_branch: None,
+        pipeline: Some(pipeline),
+    }
 }
 
 async fn job_delete(args: &ClientArgs, name: &str) -> anyhow::Result<i32> {
