@@ -2,15 +2,14 @@
 //! followed as the tasks write them.
 
 use std::collections::HashSet;
-use std::time::Instant;
 
 use anyhow::Context;
 use futures_util::StreamExt;
 use kiln_api::{Run, Task};
 use kiln_client::Client;
 
-use super::output::{emit, emit_bytes, is_final, print_json};
-use super::runs::{OUTAGE_GRACE, POLL_INTERVAL, Poller, task_state};
+use super::output::{emit, emit_bytes, print_json};
+use super::runs::{Outage, POLL_INTERVAL, Poller, is_final, task_state};
 use super::{ClientArgs, EXIT_API_ERROR, Output, connect, is_broken_pipe};
 use crate::console::MAX_LINE;
 use crate::run_command::EXIT_SUCCESS;
@@ -203,15 +202,14 @@ async fn follow_task(
     mut sink: LineSink,
 ) -> anyhow::Result<()> {
     let mut received: u64 = 0;
-    let mut failing_since: Option<Instant> = None;
+    let mut outage = Outage::default();
     'connect: loop {
         let stream = match client.follow_console(job, number, task).await {
             Ok(stream) => stream,
             // A task that ended without writing anything has no log.
             Err(kiln_client::Error::Api { status: 404, .. }) => break,
             Err(e) if e.is_transient() => {
-                let since = *failing_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > OUTAGE_GRACE {
+                if !outage.bearable() {
                     return Err(e.into());
                 }
                 tokio::time::sleep(POLL_INTERVAL).await;
@@ -226,15 +224,14 @@ async fn follow_task(
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(e) if e.is_transient() => {
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > OUTAGE_GRACE {
+                    if !outage.bearable() {
                         return Err(e.into());
                     }
                     continue 'connect;
                 }
                 Err(e) => return Err(e.into()),
             };
-            failing_since = None;
+            outage.end();
             let start = usize::try_from(skip).unwrap_or(usize::MAX).min(chunk.len());
             skip -= start as u64;
             received += (chunk.len() - start) as u64;

@@ -4,20 +4,9 @@
 use std::io::Write;
 
 use chrono::{DateTime, Utc};
-use kiln_api::Run;
 
 use crate::console::format_duration;
 use crate::run_command::EXIT_SUCCESS;
-
-/// Statuses after which a run or task changes no more (DESIGN.md §1).
-const FINAL_STATUSES: [&str; 6] = [
-    "success",
-    "failure",
-    "cancelled",
-    "timed_out",
-    "skipped",
-    "error",
-];
 
 /// Writes to stdout at once and flushes, so followed output shows as it
 /// comes and concurrent writers never split each other's lines.
@@ -25,6 +14,7 @@ pub(super) fn emit(text: &str) -> std::io::Result<()> {
     emit_bytes(text.as_bytes())
 }
 
+/// [`emit`] for bytes, such as a log that need not be UTF-8.
 pub(super) fn emit_bytes(bytes: &[u8]) -> std::io::Result<()> {
     if bytes.is_empty() {
         return Ok(());
@@ -34,6 +24,7 @@ pub(super) fn emit_bytes(bytes: &[u8]) -> std::io::Result<()> {
     out.flush()
 }
 
+/// The value as pretty JSON on stdout; done, as a command's exit code.
 pub(super) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<i32> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
@@ -68,26 +59,14 @@ pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     text
 }
 
+/// An empty or missing cell as `-`.
 pub(super) fn dash(value: Option<&str>) -> String {
     value.filter(|v| !v.is_empty()).unwrap_or("-").to_string()
 }
 
+/// A commit as its first seven characters, as git shows it.
 pub(super) fn short_sha(sha: &str) -> String {
     sha.chars().take(7).collect()
-}
-
-pub(super) fn is_final(status: &str) -> bool {
-    FINAL_STATUSES.contains(&status)
-}
-
-/// How long a run took, or has been running; `None` before it started.
-pub(super) fn run_duration(run: &Run, now: DateTime<Utc>) -> Option<String> {
-    let start = run.started_at?;
-    Some(match run.finished_at {
-        Some(end) => elapsed(start, end),
-        None if is_final(&run.status) => return None,
-        None => format!("{}…", elapsed(start, now)),
-    })
 }
 
 /// How long from `start` to `end` (`12.3s`, `4m05s`, `2h03m`), as `kiln
@@ -112,6 +91,7 @@ pub(super) fn ago(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
+/// A time in the local time zone, to the second.
 pub(super) fn local_time(at: DateTime<Utc>) -> String {
     at.with_timezone(&chrono::Local)
         .format("%Y-%m-%d %H:%M:%S %Z")

@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use kiln_api::{Run, Task, TriggerBody};
 use kiln_client::Client;
+use kiln_pipeline::Status;
+use serde::Deserialize;
 
-use super::output::{
-    ago, dash, elapsed, emit, is_final, print_json, run_duration, short_sha, table,
-};
+use super::output::{ago, dash, elapsed, emit, print_json, short_sha, table};
 use super::{ClientArgs, Output, connect};
 use crate::run_command::{EXIT_SUCCESS, EXIT_TASK_FAILED};
 
@@ -18,7 +18,7 @@ use crate::run_command::{EXIT_SUCCESS, EXIT_TASK_FAILED};
 pub(super) const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a follower rides out an unreachable server (a restart) before
 /// giving up.
-pub(super) const OUTAGE_GRACE: Duration = Duration::from_secs(60);
+const OUTAGE_GRACE: Duration = Duration::from_secs(60);
 /// How long `kiln cancel` waits for the run's tasks to stop.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
@@ -198,7 +198,7 @@ pub(super) fn task_state(task: &Task) -> String {
 /// server) instead of abandoning a long watch.
 #[derive(Default)]
 pub(super) struct Poller {
-    failing_since: Option<Instant>,
+    outage: Outage,
 }
 
 impl Poller {
@@ -210,23 +210,22 @@ impl Poller {
     ) -> Result<Option<Run>, kiln_client::Error> {
         match client.get_run(job, number).await {
             Ok(run) => {
-                if self.failing_since.take().is_some() {
+                if self.outage.end() {
                     eprintln!("(the server answers again)");
                 }
                 Ok(Some(run))
             }
             Err(e) if e.is_transient() => {
-                let since = *self.failing_since.get_or_insert_with(|| {
+                if !self.outage.ongoing() {
                     eprintln!(
                         "warning: {e}; retrying for up to {}s",
                         OUTAGE_GRACE.as_secs()
                     );
-                    Instant::now()
-                });
-                if since.elapsed() > OUTAGE_GRACE {
-                    Err(e)
-                } else {
+                }
+                if self.outage.bearable() {
                     Ok(None)
+                } else {
+                    Err(e)
                 }
             }
             Err(e) => Err(e),
@@ -321,4 +320,74 @@ pub(super) async fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
         ))?;
     }
     Ok(EXIT_SUCCESS)
+}
+
+/// Since when the server has not answered a follower: it rides out a
+/// restart for up to [`OUTAGE_GRACE`] rather than abandon a long watch.
+#[derive(Default)]
+pub(super) struct Outage {
+    since: Option<Instant>,
+}
+
+impl Outage {
+    /// Whether the last attempt failed.
+    pub(super) fn ongoing(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// Notes a failed attempt; whether to try again (the outage has not
+    /// lasted longer than [`OUTAGE_GRACE`]).
+    pub(super) fn bearable(&mut self) -> bool {
+        self.since.get_or_insert_with(Instant::now).elapsed() <= OUTAGE_GRACE
+    }
+
+    /// Notes an answer; whether it ends an outage.
+    pub(super) fn end(&mut self) -> bool {
+        self.since.take().is_some()
+    }
+}
+
+/// Whether a run or task with this status changes no more (DESIGN.md §1),
+/// as [`Status::is_terminal`] decides; a status this client does not know
+/// is not final.
+pub(super) fn is_final(status: &str) -> bool {
+    use serde::de::IntoDeserializer;
+    let status: Result<Status, serde::de::value::Error> =
+        Status::deserialize(status.into_deserializer());
+    status.is_ok_and(Status::is_terminal)
+}
+
+/// How long a run took, or has been running; `None` before it started.
+fn run_duration(run: &Run, now: DateTime<Utc>) -> Option<String> {
+    let start = run.started_at?;
+    Some(match run.finished_at {
+        Some(end) => elapsed(start, end),
+        None if is_final(&run.status) => return None,
+        None => format!("{}…", elapsed(start, now)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_statuses_are_the_terminal_ones() {
+        let fin: Vec<&str> = kiln_api::STATUSES
+            .into_iter()
+            .filter(|s| is_final(s))
+            .collect();
+        assert_eq!(
+            fin,
+            [
+                "success",
+                "failure",
+                "cancelled",
+                "timed_out",
+                "skipped",
+                "error"
+            ]
+        );
+        assert!(!is_final("paused"));
+    }
 }
