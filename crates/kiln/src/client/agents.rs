@@ -3,7 +3,7 @@
 use chrono::Utc;
 use clap::Subcommand;
 
-use super::output::{ago, emit, print_json, table};
+use super::output::{ago, dash, emit, print_json, table};
 use super::{ClientArgs, Output, connect};
 use crate::run_command::EXIT_SUCCESS;
 
@@ -40,16 +40,8 @@ pub(super) async fn agents(args: &ClientArgs) -> anyhow::Result<i32> {
             vec![
                 agent.name.clone(),
                 agent.state.clone(),
-                if agent.labels.is_empty() {
-                    "-".into()
-                } else {
-                    agent.labels.join(",")
-                },
-                if agent.running_tasks.is_empty() {
-                    "-".into()
-                } else {
-                    agent.running_tasks.join(", ")
-                },
+                dash(Some(&agent.labels.join(","))),
+                dash(Some(&agent.running_tasks.join(", "))),
                 agent
                     .last_heartbeat
                     .map_or_else(|| "never".into(), |at| ago(at, now)),
