@@ -282,12 +282,16 @@ fn check_pipeline(
         .as_ref()
         .map(|spanned| spanned.referenced.line())
         .unwrap_or(0);
-    let place = block_placement(text, at, pipeline);
+    // A block's span is its `|` line or its first line, as the parser has
+    // it: the block starts after one or the other.
+    let place = [at, at.saturating_sub(1)]
+        .into_iter()
+        .find_map(|before| Some((before, block_placement(text, before, pipeline)?)));
     for diagnostic in &mut diagnostics.0 {
         match place {
             // Where the line is in the apply file.
-            Some(indent) => {
-                diagnostic.line += at;
+            Some((before, indent)) => {
+                diagnostic.line += before;
                 diagnostic.column += indent;
             }
             // A quoted or folded value: lines of the value, not of the file.
