@@ -32,7 +32,7 @@ pub enum Command {
     Agent(AgentArgs),
     // The client commands (`job`, `apply`, `trigger`, `runs`, `logs`, …).
     #[command(flatten)]
-    Client(crate::client_commands::ClientCommand),
+    Client(crate::client::ClientCommand),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -208,8 +208,6 @@ pub struct AgentArgs {
 mod tests {
     use clap::CommandFactory;
 
-    /// `--help` describes every argument of every command, positional ones
-    /// (`<JOB>`, `<NAME>`) included.
     /// The defaults `--help` states are the executor's.
     #[test]
     fn build_cache_defaults_are_the_executors() {
@@ -228,6 +226,8 @@ mod tests {
         assert!(help.contains(&format!("[default: {days}d]")), "{help}");
     }
 
+    /// `--help` describes every argument of every command, positional ones
+    /// (`<JOB>`, `<NAME>`) included.
     #[test]
     fn every_argument_has_help() {
         fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {

@@ -14,8 +14,9 @@ use kiln_pipeline::{Status, Task};
 use crate::local::{RunObserver, TaskReport, task_dir_name};
 
 const PALETTE: [&str; 6] = ["36", "35", "33", "32", "34", "96"];
-/// A line longer than this is shown in pieces rather than held back.
-const MAX_LINE: usize = 64 * 1024;
+/// A log line longer than this is shown in pieces rather than held back
+/// (here and by `kiln logs --follow`).
+pub(crate) const MAX_LINE: usize = 64 * 1024;
 
 pub struct Console {
     color: bool,
@@ -144,13 +145,16 @@ pub fn describe_status(report: &TaskReport) -> String {
     }
 }
 
+/// `12.3s`, `4m05s`, `2h03m`: how long a run or task took, for people
+/// (`kiln run` and the client commands alike).
 pub fn format_duration(d: Duration) -> String {
-    let secs = d.as_secs_f64();
-    if secs < 60.0 {
-        format!("{secs:.1}s")
+    let secs = d.as_secs();
+    if secs < 60 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else if secs < 3600 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
     } else {
-        let total = d.as_secs();
-        format!("{}m{:02}s", total / 60, total % 60)
+        format!("{}h{:02}m", secs / 3600, secs % 3600 / 60)
     }
 }
 

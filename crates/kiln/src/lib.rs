@@ -3,7 +3,7 @@
 
 pub mod agent_command;
 pub mod cli;
-pub mod client_commands;
+pub mod client;
 pub mod console;
 pub mod local;
 pub mod repo;

@@ -26,7 +26,7 @@ fn main() {
             Command::Up(args) => kiln::server_command::up(args).await,
             Command::Server(args) => kiln::server_command::server(args).await,
             Command::Agent(args) => kiln::agent_command::agent(args).await,
-            Command::Client(command) => kiln::client_commands::run(command).await,
+            Command::Client(command) => kiln::client::run(command).await,
         }
     });
     // Tasks still winding down (e.g. a dropped clean-up) get a moment, not forever.

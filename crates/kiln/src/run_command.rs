@@ -76,7 +76,7 @@ fn display_path(path: &Path) -> String {
 /// Reads and parses a pipeline file, printing located errors on failure.
 pub fn load_pipeline(path: &Path) -> Result<Pipeline, Exit> {
     let name = display_path(path);
-    let text = match read_limited(path) {
+    let text = match read_text(path, "the pipeline file", MAX_PIPELINE_BYTES as u64) {
         Ok(text) => text,
         Err(e) => {
             eprintln!("error: {name}: {e:#}");
@@ -96,15 +96,16 @@ pub fn load_pipeline(path: &Path) -> Result<Pipeline, Exit> {
     })
 }
 
-fn read_limited(path: &Path) -> anyhow::Result<String> {
+/// A UTF-8 text file of at most `limit` bytes; the messages call it `what`.
+pub(crate) fn read_text(path: &Path, what: &str, limit: u64) -> anyhow::Result<String> {
     let size = std::fs::metadata(path)
-        .with_context(|| "cannot read the pipeline file".to_string())?
+        .with_context(|| format!("cannot read {what}"))?
         .len();
-    if size > MAX_PIPELINE_BYTES as u64 {
-        bail!("the pipeline file is {size} bytes; the limit is {MAX_PIPELINE_BYTES}");
+    if size > limit {
+        bail!("{what} is {size} bytes; the limit is {limit}");
     }
-    let bytes = std::fs::read(path).context("cannot read the pipeline file")?;
-    String::from_utf8(bytes).context("the pipeline file is not UTF-8")
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {what}"))?;
+    String::from_utf8(bytes).with_context(|| format!("{what} is not UTF-8"))
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {

@@ -1,0 +1,78 @@
+//! `kiln agents` and `kiln agent-token create`.
+
+use chrono::Utc;
+use clap::Subcommand;
+
+use super::output::{ago, dash, emit, print_json, table};
+use super::{ClientArgs, Output, connect};
+use crate::run_command::EXIT_SUCCESS;
+
+#[derive(Debug, clap::Args)]
+pub struct AgentsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentTokenCommand {
+    /// Make a token an agent connects with; it is shown this once.
+    Create {
+        /// A name to recognise the token by: the agent's name is a good one.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+pub(super) async fn agents(args: &ClientArgs) -> anyhow::Result<i32> {
+    let agents = connect(args)?.list_agents().await?;
+    if args.output == Output::Json {
+        return print_json(&agents);
+    }
+    if agents.is_empty() {
+        emit("no agents: start one with `kiln agent --server … --token …`\n")?;
+        return Ok(EXIT_SUCCESS);
+    }
+    let now = Utc::now();
+    let rows = agents
+        .iter()
+        .map(|agent| {
+            vec![
+                agent.name.clone(),
+                agent.state.clone(),
+                dash(Some(&agent.labels.join(","))),
+                dash(Some(&agent.running_tasks.join(", "))),
+                agent
+                    .last_heartbeat
+                    .map_or_else(|| "never".into(), |at| ago(at, now)),
+            ]
+        })
+        .collect();
+    emit(&table(
+        &["NAME", "STATE", "LABELS", "RUNNING", "LAST HEARTBEAT"],
+        rows,
+    ))?;
+    Ok(EXIT_SUCCESS)
+}
+
+pub(super) async fn agent_token(command: AgentTokenCommand) -> anyhow::Result<i32> {
+    match command {
+        AgentTokenCommand::Create { name, client } => agent_token_create(&client, &name).await,
+    }
+}
+
+async fn agent_token_create(args: &ClientArgs, name: &str) -> anyhow::Result<i32> {
+    let client = connect(args)?;
+    let created = client.create_agent_token(name).await?;
+    if args.output == Output::Json {
+        return print_json(&created);
+    }
+    let host = client.server_host();
+    emit(&format!(
+        "agent token `{}` (shown once, keep it): {}\n\
+         start an agent with it (the server's gRPC address: its --grpc-listen, port 9090 by default):\n  \
+         kiln agent --server http://{host}:9090 --token {} --name {}\n",
+        created.name, created.token, created.token, created.name
+    ))?;
+    Ok(EXIT_SUCCESS)
+}
