@@ -291,20 +291,6 @@ fn approximate_size(task: &Task) -> usize {
         + strings(&task.reports.junit)
 }
 
-/// Every event, for parsing and for listing in messages.
-pub(crate) const EVENTS: [Event; 6] = [
-    Event::Push,
-    Event::PullRequest,
-    Event::Tag,
-    Event::Cron,
-    Event::Manual,
-    Event::Api,
-];
-
-pub(crate) fn parse_event(text: &str) -> Option<Event> {
-    EVENTS.into_iter().find(|event| event.as_str() == text)
-}
-
 pub(crate) fn is_template(name: &str) -> bool {
     name.starts_with('.')
 }
@@ -459,7 +445,7 @@ fn expand_task(
             .event
             .iter()
             .flat_map(|e| &e.0)
-            .filter_map(|e| parse_event(e.value()))
+            .filter_map(|e| e.value().parse::<Event>().ok())
             .collect();
         (!branch.is_empty() || !event.is_empty()).then_some(When { branch, event })
     });

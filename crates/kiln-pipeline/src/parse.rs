@@ -23,7 +23,7 @@ use serde_saphyr::{
 use crate::blank::{self, Shift};
 use crate::expand::{self, MAX_COMBINATIONS, Piece, is_template};
 use crate::file::{OrderedMap, PipelineFile, Scalar, Sp, TaskFile};
-use crate::{Diagnostic, Diagnostics, Pipeline, dag};
+use crate::{Diagnostic, Diagnostics, Event, Pipeline, dag};
 
 /// Largest pipeline file accepted, in bytes.
 pub const MAX_PIPELINE_BYTES: usize = 1 << 20;
@@ -1092,8 +1092,8 @@ fn check_task(
             }
         }
         for event in when.event.iter().flat_map(|e| &e.0) {
-            if expand::parse_event(event.value()).is_none() {
-                let names: Vec<&str> = expand::EVENTS.iter().map(|e| e.as_str()).collect();
+            if event.value().parse::<Event>().is_err() {
+                let names: Vec<&str> = Event::ALL.iter().map(|e| e.as_str()).collect();
                 let hint = did_you_mean(event.value(), names.iter().copied())
                     .map(|close| format!("did you mean `{close}`? "))
                     .unwrap_or_default();
