@@ -76,9 +76,11 @@ impl utoipa::Modify for ExtractorResponses {
                 }
                 let responses = &mut operation.responses.responses;
                 for status in implied {
-                    responses
-                        .entry(status.as_u16().to_string())
-                        .or_insert_with(|| problem_response(status, "").into());
+                    responses.entry(status.as_str().into()).or_insert_with(|| {
+                        let mut response = utoipa::openapi::Response::new("");
+                        as_problem(status.as_str(), &mut response);
+                        response.into()
+                    });
                 }
                 for (status, response) in responses.iter_mut() {
                     if let utoipa::openapi::RefOr::T(response) = response {
@@ -88,13 +90,6 @@ impl utoipa::Modify for ExtractorResponses {
             }
         }
     }
-}
-
-/// A response of `application/problem+json`.
-fn problem_response(status: StatusCode, description: &str) -> utoipa::openapi::Response {
-    let mut response = utoipa::openapi::Response::new(description);
-    as_problem(status.as_str(), &mut response);
-    response
 }
 
 /// Declares a problem response as `application/problem+json`, described
