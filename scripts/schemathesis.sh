@@ -9,17 +9,16 @@
 # KILN_SCHEMATHESIS_EXAMPLES (examples per operation, default 200) and
 # KILN_SCHEMATHESIS_SEED (default fixed, so CI is repeatable) tune the run.
 #
-# No operation is excluded. Two things are configured, in
-# scripts/schemathesis.toml, each with its reason:
-# - positive_data_acceptance also accepts 422 from the operations whose
-#   answer depends on more than the request's shape: a freestyle
-#   pipeline's validity (create_job, put_job) and whether a commit can be
-#   resolved (trigger_run, rerun_run); and 416 from get_console, whose
-#   ranges are satisfiable or not by the log's length. Everything else a
-#   schema can say, it says, and the check holds the server to it.
+# No operation and no check is excluded. Two things need saying:
+# - scripts/schemathesis.toml lets positive_data_acceptance accept 422 from
+#   the operations whose answer depends on more than the request's shape: a
+#   freestyle pipeline's validity (create_job, put_job) and whether a commit
+#   can be resolved (trigger_run, rerun_run); and 416 from get_console,
+#   whose ranges are satisfiable or not by the log's length. Everything
+#   else a schema can say, it says, and the check holds the server to it.
 # - `follow=true` on the console streams until the task ends; the tasks
-#   the run can make (the example pipeline's `echo`) end at once, so it
-#   stays in, under a request timeout that turns a hang into a failure.
+#   this run makes (the seeded pipeline's `echo`) end at once, so it stays
+#   in, under a request timeout that turns a hang into a failure.
 set -euo pipefail
 
 kiln=${1:?usage: scripts/schemathesis.sh PATH/TO/kiln}
@@ -75,18 +74,34 @@ if [ -z "$url" ]; then
 fi
 log "server at $url"
 
-# The document's examples name job `app`, run 1, task `build`: make them
-# exist, so the examples reach a real job, run, task and log.
+# The document's examples name job `app`, run 1, task `build`, artifact
+# `report.xml`, secret `DEPLOY_KEY`: make them exist, so the examples reach
+# a real job, run, task, log, JUnit report, artifact and secret.
 api() {
   curl -fsS -H "Authorization: Bearer $token" -H 'Content-Type: application/json' "$@"
 }
-api -X PUT "$url/api/v1/jobs/app" \
-  -d '{"kind": "freestyle", "pipeline": "version: 1\ntasks:\n  build:\n    steps:\n      - run: echo hello\n"}' >/dev/null
+job=$(python3 -c 'import json, sys; print(json.dumps({"kind": "freestyle", "pipeline": sys.stdin.read()}))' <<'YAML'
+version: 1
+tasks:
+  build:
+    steps:
+      - run: echo hello; printf '<testsuite name="s" tests="1"><testcase name="t"/></testsuite>' > report.xml
+    artifacts: { paths: ["report.xml"] }
+    reports: { junit: ["report.xml"] }
+YAML
+)
+api -X PUT "$url/api/v1/jobs/app" -d "$job" >/dev/null
+api -X PUT "$url/api/v1/jobs/app/secrets/DEPLOY_KEY" -d '{"value": "s3cret"}' >/dev/null
 api -X POST "$url/api/v1/jobs/app/runs" >/dev/null
-for _ in $(seq 1 100); do
+for _ in $(seq 1 150); do
   api "$url/api/v1/jobs/app/runs/1" | grep -q '"status":"success"' && break
   sleep 0.2
 done
+api "$url/api/v1/jobs/app/runs/1/tasks/build/results/junit" >/dev/null || {
+  log "the seeded run did not finish with its report; the server's log follows"
+  cat "$work/server.log" >&2
+  exit 1
+}
 
 started=$(date +%s)
 status=0

@@ -354,6 +354,7 @@ pub struct ArtifactPath {
     #[param(example = "build")]
     pub task: String,
     /// The artifact's path in the workspace.
+    #[param(example = "report.xml")]
     pub path: String,
 }
 
