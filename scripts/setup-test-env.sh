@@ -85,6 +85,15 @@ ensure_openapi_validator() {
   python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator >&2
 }
 
+# scripts/schemathesis.sh fuzzes the REST API against its OpenAPI document.
+ensure_schemathesis() {
+  if python3 -m schemathesis.cli --version 2>/dev/null | grep -q 'version 4\.'; then
+    return
+  fi
+  log "installing schemathesis 4"
+  python3 -m pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5' >&2
+}
+
 file_is_static() { ! ldd "$1" >/dev/null 2>&1; }
 
 # PostgreSQL on 127.0.0.1:5432 with role `kiln` (password `kiln`) and
@@ -181,3 +190,4 @@ ensure_docker
 ensure_busybox_image
 ensure_postgres
 ensure_openapi_validator
+ensure_schemathesis

@@ -2,6 +2,8 @@
 //! the CLI client so the two cannot drift apart. Fields named in the design
 //! are what scripts rely on; the rest are additions.
 
+pub mod fields;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -19,7 +21,9 @@ pub const STATUSES: [&str; 9] = [
     "error",
 ];
 
-/// Body of `POST /jobs` and `PUT /jobs/{job}` (where `name` may be omitted).
+/// Body of `POST /jobs` and `PUT /jobs/{job}` (where `name` may be omitted),
+/// as the client builds it. The server reads it into stricter types of its
+/// own, built from [`fields`], whose schemas the OpenAPI document shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobBody {
@@ -57,7 +61,7 @@ pub struct Job {
 }
 
 /// Body of `POST /jobs/{job}/runs`: a branch or a commit, or neither for the
-/// job's default branch.
+/// job's default branch (as the client builds it; see [`JobBody`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerBody {

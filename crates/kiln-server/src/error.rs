@@ -1,16 +1,25 @@
 //! Errors as `application/problem+json` (RFC 9457): every failure a client
-//! sees says what went wrong and what to do about it.
+//! sees says what went wrong and what to do about it. Only the HTTP layer
+//! makes problems: the rest of the server has error types of its own, turned
+//! into problems here.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kiln_api::Problem;
 use kiln_store::StoreError;
+
+use crate::trigger::TriggerError;
+
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub detail: String,
     pub errors: Vec<String>,
+    /// Headers the status calls for (e.g. `Content-Range` with `416`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -21,6 +30,7 @@ impl ApiError {
             status,
             detail: detail.into(),
             errors: Vec::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -56,6 +66,12 @@ impl ApiError {
         )
     }
 
+    /// Adds a header to the response.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> ApiError {
+        self.headers.push((name, value));
+        self
+    }
+
     pub fn to_problem(&self) -> Problem {
         Problem {
             kind: "about:blank".into(),
@@ -81,9 +97,25 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<TriggerError> for ApiError {
+    fn from(e: TriggerError) -> ApiError {
+        match e {
+            TriggerError::FreestyleHasNoCommits | TriggerError::Unresolvable(_) => {
+                ApiError::unprocessable(e.to_string())
+            }
+            TriggerError::Credentials(_) => ApiError::internal(e),
+            TriggerError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        problem_response(&self.to_problem())
+        let mut response = problem_response(&self.to_problem());
+        for (name, value) in self.headers {
+            response.headers_mut().insert(name, value);
+        }
+        response
     }
 }
 
@@ -91,10 +123,9 @@ pub fn problem_response(problem: &Problem) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(problem).unwrap_or_default();
     let mut response = (status, body).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     if status == StatusCode::UNAUTHORIZED {
         response
             .headers_mut()

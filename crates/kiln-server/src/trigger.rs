@@ -1,13 +1,30 @@
 //! Turning a trigger into a run: find the commit, read and validate the
 //! pipeline at that commit, check secrets, and store the run with its tasks
-//! in one transaction. Used by the API now, and by cron and webhooks later.
+//! in one transaction. Used by the API now, and by cron and webhooks later:
+//! its errors say what went wrong, and each caller decides how to tell it.
 
 use chrono::Utc;
 use kiln_pipeline::{Event, Pipeline};
-use kiln_store::{Database, Job, JobKind, NewRun, NewTask, RunDetail};
+use kiln_store::{Database, Job, JobKind, NewRun, NewTask, RunDetail, StoreError};
 
-use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+
+/// Why no run was made. A pipeline that is invalid, missing or needs a
+/// secret that is not set is no such error: it still makes a run, `error`.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error("a freestyle job has no commits: trigger it without `sha`")]
+    FreestyleHasNoCommits,
+    /// The branch or commit does not exist, or the repository cannot be
+    /// reached.
+    #[error("cannot resolve the commit: {0}")]
+    Unresolvable(String),
+    /// The job's git credentials could not be read (the server's fault).
+    #[error("cannot read the job's git credentials: {0}")]
+    Credentials(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 pub enum Target {
     Branch(Option<String>),
@@ -28,67 +45,61 @@ pub async fn trigger<D: Database>(
     job: &Job,
     target: Target,
     event: Event,
-) -> ApiResult<RunDetail> {
-    let (branch, sha, text): (Option<String>, Option<String>, Result<String, String>) = match job
-        .spec
-        .kind
-    {
-        JobKind::Freestyle => {
-            let branch = match target {
-                Target::Branch(branch) => branch.or_else(|| job.spec.default_branch.clone()),
-                Target::Sha { .. } => {
-                    return Err(ApiError::unprocessable(
-                        "a freestyle job has no commits: trigger it without `sha`",
-                    ));
-                }
-            };
-            (
-                branch,
-                None,
-                Ok(job.spec.pipeline.clone().unwrap_or_default()),
-            )
-        }
-        JobKind::Git => {
-            let url = job.spec.repository.clone().unwrap_or_default();
-            let (branch, reference) = match target {
-                Target::Branch(branch) => {
-                    let branch = branch
-                        .or_else(|| job.spec.default_branch.clone())
-                        .unwrap_or_else(|| "main".into());
-                    (Some(branch.clone()), kiln_git::Ref::Branch(branch))
-                }
-                Target::Sha { sha, branch } => (branch, kiln_git::Ref::Sha(sha)),
-            };
-            // A private repository: the job's GIT_USERNAME/GIT_PASSWORD.
-            let auth = crate::secrets::git_credentials(state, job)
-                .await
-                .map_err(ApiError::internal)?;
-            let sha = state
-                .git
-                .resolve_with_auth(&url, reference, auth.as_ref())
-                .await
-                .map_err(|e| ApiError::unprocessable(format!("cannot resolve the commit: {e}")))?;
-            let path = job
-                .spec
-                .pipeline_path
-                .clone()
-                .unwrap_or_else(|| ".kiln.yml".into());
-            let text = match state
-                .git
-                .read_file_with_auth(&url, &sha, &path, auth.as_ref())
-                .await
-            {
-                Ok(Some(bytes)) => {
-                    String::from_utf8(bytes).map_err(|_| format!("{path} is not UTF-8 text"))
-                }
-                Ok(None) => Err(format!(
-                    "the pipeline file {path} does not exist at commit {sha}"
-                )),
-                Err(e) => Err(format!("cannot read {path} at commit {sha}: {e}")),
-            };
-            (branch, Some(sha), text)
-        }
-    };
+) -> Result<RunDetail, TriggerError> {
+    let (branch, sha, text): (Option<String>, Option<String>, Result<String, String>) =
+        match job.spec.kind {
+            JobKind::Freestyle => {
+                let branch = match target {
+                    Target::Branch(branch) => branch.or_else(|| job.spec.default_branch.clone()),
+                    Target::Sha { .. } => return Err(TriggerError::FreestyleHasNoCommits),
+                };
+                (
+                    branch,
+                    None,
+                    Ok(job.spec.pipeline.clone().unwrap_or_default()),
+                )
+            }
+            JobKind::Git => {
+                let url = job.spec.repository.clone().unwrap_or_default();
+                let (branch, reference) = match target {
+                    Target::Branch(branch) => {
+                        let branch = branch
+                            .or_else(|| job.spec.default_branch.clone())
+                            .unwrap_or_else(|| "main".into());
+                        (Some(branch.clone()), kiln_git::Ref::Branch(branch))
+                    }
+                    Target::Sha { sha, branch } => (branch, kiln_git::Ref::Sha(sha)),
+                };
+                // A private repository: the job's GIT_USERNAME/GIT_PASSWORD.
+                let auth = crate::secrets::git_credentials(state, job)
+                    .await
+                    .map_err(TriggerError::Credentials)?;
+                let sha = state
+                    .git
+                    .resolve_with_auth(&url, reference, auth.as_ref())
+                    .await
+                    .map_err(|e| TriggerError::Unresolvable(e.to_string()))?;
+                let path = job
+                    .spec
+                    .pipeline_path
+                    .clone()
+                    .unwrap_or_else(|| ".kiln.yml".into());
+                let text = match state
+                    .git
+                    .read_file_with_auth(&url, &sha, &path, auth.as_ref())
+                    .await
+                {
+                    Ok(Some(bytes)) => {
+                        String::from_utf8(bytes).map_err(|_| format!("{path} is not UTF-8 text"))
+                    }
+                    Ok(None) => Err(format!(
+                        "the pipeline file {path} does not exist at commit {sha}"
+                    )),
+                    Err(e) => Err(format!("cannot read {path} at commit {sha}: {e}")),
+                };
+                (branch, Some(sha), text)
+            }
+        };
     let path = job.spec.pipeline_path.as_deref().unwrap_or(".kiln.yml");
     let planned = match text {
         Ok(text) => match kiln_pipeline::parse(path, &text) {
@@ -131,7 +142,7 @@ async fn plan<D: Database>(
     pipeline: Pipeline,
     branch: Option<&str>,
     event: Event,
-) -> ApiResult<Planned> {
+) -> Result<Planned, StoreError> {
     let stored = state.db.list_secrets(job.id).await?;
     let mut missing: Vec<&str> = Vec::new();
     for task in &pipeline.tasks {

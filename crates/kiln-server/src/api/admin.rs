@@ -2,23 +2,22 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
-use kiln_api::{AgentTokenBody, TokenCreated};
+use kiln_api::TokenCreated;
 use kiln_store::{Database, TokenKind};
-use serde::Deserialize;
 
-use crate::api::jobs::check_name;
+use super::bodies::{NewAgentToken, NewUserToken};
+use super::extract::ApiJson;
 use crate::auth::{Admin, User};
 use crate::error::ApiResult;
 use crate::state::AppState;
 
-#[utoipa::path(operation_id = "create_agent_token", post, path = "/api/v1/agent-tokens", tag = "admin", security(("bearer" = [])), request_body = AgentTokenBody,
-    responses((status = 201, description = "The token, shown this once", body = TokenCreated), (status = 403, body = kiln_api::Problem)))]
+#[utoipa::path(operation_id = "create_agent_token", post, path = "/api/v1/agent-tokens", tag = "admin", security(("bearer" = [])), request_body = NewAgentToken,
+    responses((status = 201, description = "The token, shown this once", body = TokenCreated)))]
 pub async fn create_agent_token<D: Database>(
     _: Admin,
     State(state): State<AppState<D>>,
-    Json(body): Json<AgentTokenBody>,
+    ApiJson(body): ApiJson<NewAgentToken>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
-    check_name("token", &body.name)?;
     let token = kiln_crypto::new_token("kiln_agent_");
     state
         .db
@@ -33,29 +32,19 @@ pub async fn create_agent_token<D: Database>(
     Ok((
         StatusCode::CREATED,
         Json(TokenCreated {
-            name: body.name,
+            name: body.name.into(),
             token,
         }),
     ))
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UserTokenBody {
-    name: String,
-    /// Whether the token may create other tokens.
-    #[serde(default)]
-    admin: bool,
-}
-
-#[utoipa::path(operation_id = "create_user_token", post, path = "/api/v1/tokens", tag = "admin", security(("bearer" = [])), request_body = UserTokenBody,
-    responses((status = 201, description = "The token, shown this once", body = TokenCreated), (status = 403, body = kiln_api::Problem)))]
+#[utoipa::path(operation_id = "create_user_token", post, path = "/api/v1/tokens", tag = "admin", security(("bearer" = [])), request_body = NewUserToken,
+    responses((status = 201, description = "The token, shown this once", body = TokenCreated)))]
 pub async fn create_user_token<D: Database>(
     _: Admin,
     State(state): State<AppState<D>>,
-    Json(body): Json<UserTokenBody>,
+    ApiJson(body): ApiJson<NewUserToken>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
-    check_name("token", &body.name)?;
     let token = kiln_crypto::new_token("kiln_");
     state
         .db
@@ -70,7 +59,7 @@ pub async fn create_user_token<D: Database>(
     Ok((
         StatusCode::CREATED,
         Json(TokenCreated {
-            name: body.name,
+            name: body.name.into(),
             token,
         }),
     ))

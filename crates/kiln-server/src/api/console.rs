@@ -11,13 +11,14 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kiln_store::{Database, Id};
-use serde::Deserialize;
 
-use super::results::{TaskPath, find_task};
+use super::bodies::{ConsoleQuery, TaskPath};
+use super::extract::{ApiPath, ApiQuery};
+use super::results::find_task;
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
 use crate::results::console_key;
@@ -30,24 +31,20 @@ const PAGE: usize = 32;
 /// Bytes read from a moved log at a time.
 const BLOB_PIECE: u64 = 1024 * 1024;
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ConsoleQuery {
-    /// Keep the response open and stream new output until the task ends.
-    #[serde(default)]
-    follow: bool,
-}
-
 #[utoipa::path(operation_id = "get_console", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/console", tag = "results", security(("bearer" = [])),
-    params(("job" = String, Path), ("number" = i64, Path), ("task" = String, Path), ConsoleQuery,
-        ("Range" = Option<String>, Header, description = "bytes=START-[END]; ignored with follow=true")),
-    responses((status = 200, content_type = "text/plain", body = String), (status = 206, content_type = "text/plain", body = String),
-        (status = 404, body = kiln_api::Problem), (status = 416, body = kiln_api::Problem)))]
+    params(TaskPath, ConsoleQuery,
+        ("Range" = Option<String>, Header, description = "`bytes=START-[END]` or `bytes=-SUFFIX`; ignored with follow=true")),
+    responses((status = 200, description = "The whole log", content_type = "text/plain", body = String),
+        (status = 206, description = "The part of the log the `Range` asks for", content_type = "text/plain", body = String,
+            headers(("Content-Range" = String, description = "`bytes START-END/LENGTH`"))),
+        (status = 404, body = kiln_api::Problem),
+        (status = 416, description = "The `Range` is not one range within the log", body = kiln_api::Problem,
+            headers(("Content-Range" = String, description = "`bytes */LENGTH`: the log's length")))))]
 pub async fn console<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
-    Path(path): TaskPath,
-    Query(query): Query<ConsoleQuery>,
+    ApiPath(path): ApiPath<TaskPath>,
+    ApiQuery(query): ApiQuery<ConsoleQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let found = find_task(&state, path).await?;
@@ -224,18 +221,21 @@ fn text_plain() -> HeaderValue {
     HeaderValue::from_static("text/plain; charset=utf-8")
 }
 
-/// The inclusive offsets a `Range` header asks for, or `416`.
+/// The inclusive offsets a `Range` header asks for, or `416` with the
+/// log's length (`Content-Range: bytes */LENGTH`, RFC 9110 §15.5.17).
 fn satisfiable(range: &HeaderValue, length: u64) -> ApiResult<(u64, u64)> {
     parse_range(range.to_str().unwrap_or(""), length).ok_or_else(|| {
-        let mut e = ApiError::new(
+        let error = ApiError::new(
             StatusCode::RANGE_NOT_SATISFIABLE,
             format!(
                 "the range `{}` is not within the log's {length} bytes",
                 range.to_str().unwrap_or("?")
             ),
         );
-        e.errors.clear();
-        e
+        match HeaderValue::from_str(&format!("bytes */{length}")) {
+            Ok(value) => error.with_header(header::CONTENT_RANGE, value),
+            Err(_) => error,
+        }
     })
 }
 

@@ -1,89 +1,37 @@
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
-use kiln_api::JobBody;
+use kiln_api::fields::JobName;
 use kiln_store::{Database, JobKind, JobSpec, Upserted};
 
+use super::bodies::{JobDefinition, JobPath, JobSource, NewJob};
+use super::extract::{ApiJson, ApiPath};
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::views;
 
-/// Job names appear in URLs and in `KILN_JOB`: keep them plain.
-pub fn check_name(what: &str, name: &str) -> ApiResult<()> {
-    let valid = name.len() <= 64
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::unprocessable(format!(
-            "`{name}` is not a valid {what} name: use letters, digits, `-`, `_` and `.`, starting with a letter or digit, at most 64 characters"
-        )))
-    }
-}
-
-/// Checks a job body and turns it into the stored form with defaults filled in.
-pub fn job_spec(name: &str, body: JobBody) -> ApiResult<JobSpec> {
-    check_name("job", name)?;
-    if let Some(body_name) = &body.name
-        && body_name != name
-    {
-        return Err(ApiError::unprocessable(format!(
-            "the body names job `{body_name}` but the URL names `{name}`"
-        )));
-    }
-    match body.kind.as_str() {
-        "git" => {
-            let repository = body
-                .repository
-                .filter(|r| !r.trim().is_empty())
-                .ok_or_else(|| ApiError::unprocessable("a git job needs `repository`"))?;
-            if repository.starts_with('-') || repository.contains(['\n', '\r', '\0']) {
-                return Err(ApiError::unprocessable(format!(
-                    "`{repository}` is not a repository URL"
-                )));
-            }
-            if body.pipeline.is_some() {
-                return Err(ApiError::unprocessable(
-                    "a git job reads its pipeline from the repository; `pipeline` is for freestyle jobs",
-                ));
-            }
-            let pipeline_path = body.pipeline_path.unwrap_or_else(|| ".kiln.yml".into());
-            let path = std::path::Path::new(&pipeline_path);
-            if path.is_absolute()
-                || path
-                    .components()
-                    .any(|c| matches!(c, std::path::Component::ParentDir))
-            {
-                return Err(ApiError::unprocessable(
-                    "`pipeline_path` must be a relative path inside the repository",
-                ));
-            }
-            Ok(JobSpec {
-                name: name.into(),
-                kind: JobKind::Git,
-                repository: Some(repository),
-                pipeline_path: Some(pipeline_path),
-                default_branch: Some(body.default_branch.unwrap_or_else(|| "main".into())),
-                pipeline: None,
-            })
-        }
-        "freestyle" => {
-            let pipeline = body.pipeline.ok_or_else(|| {
-                ApiError::unprocessable("a freestyle job needs `pipeline` (YAML text)")
-            })?;
-            if body.repository.is_some() || body.pipeline_path.is_some() {
-                return Err(ApiError::unprocessable(
-                    "a freestyle job has no repository; use kind `git` to build from one",
-                ));
-            }
+/// The stored form of a job, with defaults filled in. The body's types
+/// checked its fields; what is left is the pipeline's validity.
+pub fn job_spec(name: &JobName, source: JobSource) -> ApiResult<JobSpec> {
+    match source {
+        JobSource::Git {
+            repository,
+            pipeline_path,
+            default_branch,
+        } => Ok(JobSpec {
+            name: name.to_string(),
+            kind: JobKind::Git,
+            repository: Some(repository.into()),
+            pipeline_path: Some(pipeline_path.map_or_else(|| ".kiln.yml".into(), String::from)),
+            default_branch: Some(default_branch.map_or_else(|| "main".into(), String::from)),
+            pipeline: None,
+        }),
+        JobSource::Freestyle {
+            pipeline,
+            default_branch,
+        } => {
             // A freestyle pipeline has no file: its errors name the field.
             if let Err(diagnostics) = kiln_pipeline::parse("pipeline", &pipeline) {
                 let mut error = ApiError::unprocessable("the pipeline is not valid");
@@ -91,17 +39,14 @@ pub fn job_spec(name: &str, body: JobBody) -> ApiResult<JobSpec> {
                 return Err(error);
             }
             Ok(JobSpec {
-                name: name.into(),
+                name: name.to_string(),
                 kind: JobKind::Freestyle,
                 repository: None,
                 pipeline_path: None,
-                default_branch: body.default_branch,
+                default_branch: default_branch.map(String::from),
                 pipeline: Some(pipeline),
             })
         }
-        other => Err(ApiError::unprocessable(format!(
-            "unknown job kind `{other}`: expected `git` or `freestyle`"
-        ))),
     }
 }
 
@@ -123,18 +68,16 @@ pub async fn list<D: Database>(
     Ok(Json(jobs.iter().map(views::job).collect()))
 }
 
-#[utoipa::path(operation_id = "create_job", post, path = "/api/v1/jobs", tag = "jobs", security(("bearer" = [])), request_body = JobBody,
-    responses((status = 201, body = kiln_api::Job), (status = 409, body = kiln_api::Problem), (status = 422, body = kiln_api::Problem)))]
+#[utoipa::path(operation_id = "create_job", post, path = "/api/v1/jobs", tag = "jobs", security(("bearer" = [])), request_body = NewJob,
+    responses((status = 201, description = "Created", body = kiln_api::Job), (status = 409, description = "A job of that name exists", body = kiln_api::Problem),
+        (status = 422, description = "The body does not fit its schema, or the freestyle pipeline is not valid (`errors` says where)", body = kiln_api::Problem)))]
 pub async fn create<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
-    Json(body): Json<JobBody>,
+    ApiJson(body): ApiJson<NewJob>,
 ) -> ApiResult<(StatusCode, Json<kiln_api::Job>)> {
-    let name = body
-        .name
-        .clone()
-        .ok_or_else(|| ApiError::unprocessable("the job needs a `name`"))?;
-    let spec = job_spec(&name, body)?;
+    let (name, source) = body.into_parts();
+    let spec = job_spec(&name, source)?;
     let job = state
         .db
         .create_job(&spec, Utc::now())
@@ -149,25 +92,35 @@ pub async fn create<D: Database>(
 }
 
 #[utoipa::path(operation_id = "get_job", get, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = [])),
-    params(("job" = String, Path)), responses((status = 200, body = kiln_api::Job), (status = 404, body = kiln_api::Problem)))]
+    params(JobPath), responses((status = 200, body = kiln_api::Job), (status = 404, body = kiln_api::Problem)))]
 pub async fn show<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
-    Path(name): Path<String>,
+    ApiPath(path): ApiPath<JobPath>,
 ) -> ApiResult<Json<kiln_api::Job>> {
-    Ok(Json(views::job(&find_job(&state, &name).await?)))
+    Ok(Json(views::job(&find_job(&state, &path.job).await?)))
 }
 
-#[utoipa::path(operation_id = "put_job", put, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = [])), request_body = JobBody,
-    params(("job" = String, Path)),
-    responses((status = 201, body = kiln_api::Job), (status = 200, body = kiln_api::Job), (status = 422, body = kiln_api::Problem)))]
+#[utoipa::path(operation_id = "put_job", put, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = [])), request_body = JobDefinition,
+    params(JobPath),
+    responses((status = 201, description = "Created; `change` is `created`", body = kiln_api::Job),
+        (status = 200, description = "Replaced; `change` is `updated` or `unchanged`", body = kiln_api::Job),
+        (status = 422, description = "The body does not fit its schema, names another job, or the freestyle pipeline is not valid (`errors` says where)", body = kiln_api::Problem)))]
 pub async fn upsert<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
-    Path(name): Path<String>,
-    Json(body): Json<JobBody>,
+    ApiPath(JobPath { job: name }): ApiPath<JobPath>,
+    ApiJson(body): ApiJson<JobDefinition>,
 ) -> ApiResult<(StatusCode, Json<kiln_api::Job>)> {
-    let spec = job_spec(&name, body)?;
+    let (body_name, source) = body.into_parts();
+    if let Some(body_name) = body_name
+        && body_name != name
+    {
+        return Err(ApiError::unprocessable(format!(
+            "the body names job `{body_name}` but the URL names `{name}`"
+        )));
+    }
+    let spec = job_spec(&name, source)?;
     let (job, change) = state.db.upsert_job(&spec, Utc::now()).await?;
     let mut view = views::job(&job);
     let (status, change) = match change {
@@ -180,11 +133,11 @@ pub async fn upsert<D: Database>(
 }
 
 #[utoipa::path(operation_id = "delete_job", delete, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = [])),
-    params(("job" = String, Path)), responses((status = 204), (status = 404, body = kiln_api::Problem)))]
+    params(JobPath), responses((status = 204, description = "Deleted, with its runs, logs, artifacts and secrets"), (status = 404, body = kiln_api::Problem)))]
 pub async fn delete<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
-    Path(name): Path<String>,
+    ApiPath(JobPath { job: name }): ApiPath<JobPath>,
 ) -> ApiResult<StatusCode> {
     let job = find_job(&state, &name).await?;
     if !state.db.delete_job(&name).await? {

@@ -2,7 +2,9 @@
 //! translate between HTTP and the store; rules live elsewhere.
 
 mod admin;
+pub mod bodies;
 mod console;
+pub mod extract;
 mod jobs;
 mod results;
 mod runs;

@@ -1,18 +1,18 @@
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use kiln_store::{Database, Id, TaskRow};
 
+use super::bodies::{ArtifactPath, TaskPath};
+use super::extract::ApiPath;
 use crate::api::jobs::find_job;
 use crate::api::runs::find_run;
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
 use crate::results::artifact_key;
 use crate::state::AppState;
-
-pub(super) type TaskPath = Path<(String, i64, String)>;
 
 pub(super) struct Located {
     pub job_id: Id,
@@ -22,7 +22,7 @@ pub(super) struct Located {
 
 pub(super) async fn find_task<D: Database>(
     state: &AppState<D>,
-    (job, number, task): (String, i64, String),
+    TaskPath { job, number, task }: TaskPath,
 ) -> ApiResult<Located> {
     let job = find_job(state, &job).await?;
     // One task, not the whole run: runs may hold thousands of tasks.
@@ -42,14 +42,17 @@ pub(super) async fn find_task<D: Database>(
 }
 
 #[utoipa::path(operation_id = "list_results", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results", tag = "results", security(("bearer" = [])),
-    params(("job" = String, Path), ("number" = i64, Path), ("task" = String, Path)),
+    params(TaskPath),
     responses((status = 200, body = kiln_api::Results), (status = 404, body = kiln_api::Problem)))]
 pub async fn list<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
-    Path(path): TaskPath,
+    ApiPath(path): ApiPath<TaskPath>,
 ) -> ApiResult<Json<kiln_api::Results>> {
-    let base = format!("/api/v1/jobs/{}/runs/{}/tasks/{}", path.0, path.1, path.2);
+    let base = format!(
+        "/api/v1/jobs/{}/runs/{}/tasks/{}",
+        path.job, path.number, path.task
+    );
     let found = find_task(&state, path).await?;
     let started = found.task.started_at.is_some();
     let junit = state.db.get_report(found.task.id, "junit").await?.is_some();
@@ -70,12 +73,12 @@ pub async fn list<D: Database>(
 }
 
 #[utoipa::path(operation_id = "get_junit", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/junit", tag = "results", security(("bearer" = [])),
-    params(("job" = String, Path), ("number" = i64, Path), ("task" = String, Path)),
+    params(TaskPath),
     responses((status = 200, description = "Suites, cases, failures and durations", body = Object), (status = 404, body = kiln_api::Problem)))]
 pub async fn junit<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
-    Path(path): TaskPath,
+    ApiPath(path): ApiPath<TaskPath>,
 ) -> ApiResult<Response> {
     let found = find_task(&state, path).await?;
     let report = state
@@ -94,14 +97,19 @@ pub async fn junit<D: Database>(
 }
 
 #[utoipa::path(operation_id = "get_artifact", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/artifacts/{path}", tag = "results", security(("bearer" = [])),
-    params(("job" = String, Path), ("number" = i64, Path), ("task" = String, Path), ("path" = String, Path, description = "The artifact's path in the workspace")),
-    responses((status = 200, description = "The file, with its content type", content_type = "application/octet-stream"), (status = 404, body = kiln_api::Problem)))]
+    params(ArtifactPath),
+    responses((status = 200, description = "The file, with the content type of its extension", content_type = "*/*"), (status = 404, body = kiln_api::Problem)))]
 pub async fn artifact<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
-    Path((job, number, task, path)): Path<(String, i64, String, String)>,
+    ApiPath(ArtifactPath {
+        job,
+        number,
+        task,
+        path,
+    }): ApiPath<ArtifactPath>,
 ) -> ApiResult<Response> {
-    let found = find_task(&state, (job, number, task)).await?;
+    let found = find_task(&state, TaskPath { job, number, task }).await?;
     let artifacts = state.db.list_artifacts(found.task.id).await?;
     let artifact = artifacts
         .into_iter()

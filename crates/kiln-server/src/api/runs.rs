@@ -1,12 +1,13 @@
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
-use kiln_api::{RunList, TriggerBody};
+use kiln_api::RunList;
 use kiln_pipeline::{Event, Status};
 use kiln_store::{Database, RunDetail, RunFilter};
-use serde::Deserialize;
 
+use super::bodies::{JobPath, RunListQuery, RunPath, RunTrigger};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::api::jobs::find_job;
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
@@ -14,93 +15,50 @@ use crate::state::AppState;
 use crate::trigger::{Target, trigger as start_run};
 use crate::views;
 
-const DEFAULT_PAGE: i64 = 50;
-const MAX_PAGE: i64 = 500;
-
-#[utoipa::path(operation_id = "trigger_run", post, path = "/api/v1/jobs/{job}/runs", tag = "runs", security(("bearer" = [])), request_body = TriggerBody,
-    params(("job" = String, Path)),
-    responses((status = 201, description = "The run; status `error` with the reason when the pipeline is invalid", body = kiln_api::Run),
-        (status = 404, body = kiln_api::Problem), (status = 422, body = kiln_api::Problem)))]
+#[utoipa::path(operation_id = "trigger_run", post, path = "/api/v1/jobs/{job}/runs", tag = "runs", security(("bearer" = [])),
+    request_body(content = Option<RunTrigger>, description = "Optional: without a body, or with `{}`, the job's default branch is built"),
+    params(JobPath),
+    responses((status = 201, description = "The run; status `error` with the reason when the pipeline is invalid, missing, or needs a secret that is not set", body = kiln_api::Run),
+        (status = 404, body = kiln_api::Problem),
+        (status = 422, description = "The body does not fit its schema, gives both `branch` and `sha`, names a commit that cannot be resolved, or a `sha` for a freestyle job", body = kiln_api::Problem)))]
 pub async fn trigger<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
-    Path(job): Path<String>,
-    body: Option<Json<TriggerBody>>,
+    ApiPath(path): ApiPath<JobPath>,
+    body: Option<ApiJson<RunTrigger>>,
 ) -> ApiResult<(StatusCode, Json<kiln_api::Run>)> {
-    let job = find_job(&state, &job).await?;
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let job = find_job(&state, &path.job).await?;
+    let body = body.map(|ApiJson(b)| b).unwrap_or_default();
     let target = match (body.branch, body.sha) {
         (Some(_), Some(_)) => {
             return Err(ApiError::unprocessable("give `branch` or `sha`, not both"));
         }
-        (None, Some(sha)) => {
-            if sha.is_empty() || sha.len() > 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(ApiError::unprocessable(format!(
-                    "`{sha}` is not a commit sha"
-                )));
-            }
-            Target::Sha { sha, branch: None }
-        }
-        (branch, None) => {
-            if let Some(b) = &branch
-                && (b.is_empty()
-                    || b.starts_with('-')
-                    || b.contains(['\n', '\0', ' ', '~', '^', ':']))
-            {
-                return Err(ApiError::unprocessable(format!(
-                    "`{b}` is not a branch name"
-                )));
-            }
-            Target::Branch(branch)
-        }
+        (None, Some(sha)) => Target::Sha {
+            sha: sha.into(),
+            branch: None,
+        },
+        (branch, None) => Target::Branch(branch.map(String::from)),
     };
     let detail = start_run(&state, &job, target, Event::Api).await?;
     Ok((StatusCode::CREATED, Json(views::run_detail(&detail))))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Only runs with this status.
-    status: Option<String>,
-    /// Only runs of this branch.
-    branch: Option<String>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-    /// Page size, 50 by default, at most 500.
-    limit: Option<i64>,
-}
-
 #[utoipa::path(operation_id = "list_runs", get, path = "/api/v1/jobs/{job}/runs", tag = "runs", security(("bearer" = [])),
-    params(("job" = String, Path), ListQuery),
-    responses((status = 200, body = RunList), (status = 404, body = kiln_api::Problem), (status = 422, body = kiln_api::Problem)))]
+    params(JobPath, RunListQuery),
+    responses((status = 200, body = RunList), (status = 404, body = kiln_api::Problem)))]
 pub async fn list<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
-    Path(job): Path<String>,
-    Query(query): Query<ListQuery>,
+    ApiPath(path): ApiPath<JobPath>,
+    ApiQuery(query): ApiQuery<RunListQuery>,
 ) -> ApiResult<Json<RunList>> {
-    let job = find_job(&state, &job).await?;
-    let status = match query.status.as_deref() {
-        None | Some("") => None,
-        Some(text) => Some(parse_status(text)?),
-    };
-    let before = match query.cursor.as_deref() {
-        None | Some("") => None,
-        Some(text) => Some(text.parse::<i64>().map_err(|_| {
-            ApiError::unprocessable(format!("`{text}` is not a cursor from this API"))
-        })?),
-    };
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::unprocessable(format!(
-            "`limit` must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let job = find_job(&state, &path.job).await?;
+    let status = query.status.0.map(parse_status).transpose()?;
+    let limit = query.limit.get();
     let filter = RunFilter {
         status,
-        branch: query.branch.filter(|b| !b.is_empty()),
-        before,
+        branch: Some(query.branch).filter(|b| !b.is_empty()),
+        before: query.cursor.0,
         limit,
     };
     let runs = state.db.list_runs(job.id, &filter).await?;
@@ -113,13 +71,10 @@ pub async fn list<D: Database>(
     }))
 }
 
+/// One of [`kiln_api::STATUSES`] as the pipeline's status.
 fn parse_status(text: &str) -> ApiResult<Status> {
-    serde_json::from_value(serde_json::Value::String(text.to_string())).map_err(|_| {
-        ApiError::unprocessable(format!(
-            "unknown status `{text}`: expected one of {}",
-            kiln_api::STATUSES.join(", ")
-        ))
-    })
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| ApiError::internal(format!("`{text}` is in STATUSES but not a Status")))
 }
 
 pub async fn find_run<D: Database>(
@@ -135,24 +90,24 @@ pub async fn find_run<D: Database>(
 }
 
 #[utoipa::path(operation_id = "get_run", get, path = "/api/v1/jobs/{job}/runs/{number}", tag = "runs", security(("bearer" = [])),
-    params(("job" = String, Path), ("number" = i64, Path)),
+    params(RunPath),
     responses((status = 200, body = kiln_api::Run), (status = 404, body = kiln_api::Problem)))]
 pub async fn show<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
-    Path((job, number)): Path<(String, i64)>,
+    ApiPath(RunPath { job, number }): ApiPath<RunPath>,
 ) -> ApiResult<Json<kiln_api::Run>> {
     let (_, run) = find_run(&state, &job, number).await?;
     Ok(Json(views::run_detail(&run)))
 }
 
 #[utoipa::path(operation_id = "cancel_run", post, path = "/api/v1/jobs/{job}/runs/{number}/cancel", tag = "runs", security(("bearer" = [])),
-    params(("job" = String, Path), ("number" = i64, Path)),
-    responses((status = 200, body = kiln_api::Run), (status = 404, body = kiln_api::Problem), (status = 409, body = kiln_api::Problem)))]
+    params(RunPath),
+    responses((status = 200, body = kiln_api::Run), (status = 404, body = kiln_api::Problem), (status = 409, description = "The run has already ended", body = kiln_api::Problem)))]
 pub async fn cancel<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
-    Path((job, number)): Path<(String, i64)>,
+    ApiPath(RunPath { job, number }): ApiPath<RunPath>,
 ) -> ApiResult<Json<kiln_api::Run>> {
     let (job, run) = find_run(&state, &job, number).await?;
     if run.run.status.is_terminal() {
@@ -167,12 +122,13 @@ pub async fn cancel<D: Database>(
 }
 
 #[utoipa::path(operation_id = "rerun_run", post, path = "/api/v1/jobs/{job}/runs/{number}/rerun", tag = "runs", security(("bearer" = [])),
-    params(("job" = String, Path), ("number" = i64, Path)),
-    responses((status = 201, description = "A new run of the same commit", body = kiln_api::Run), (status = 404, body = kiln_api::Problem)))]
+    params(RunPath),
+    responses((status = 201, description = "A new run of the same commit", body = kiln_api::Run), (status = 404, body = kiln_api::Problem),
+        (status = 422, description = "The commit can no longer be resolved", body = kiln_api::Problem)))]
 pub async fn rerun<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
-    Path((job, number)): Path<(String, i64)>,
+    ApiPath(RunPath { job, number }): ApiPath<RunPath>,
 ) -> ApiResult<(StatusCode, Json<kiln_api::Run>)> {
     let (job, run) = find_run(&state, &job, number).await?;
     let target = match run.run.sha {

@@ -1,52 +1,28 @@
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
-use kiln_api::SecretBody;
 use kiln_store::Database;
 
+use super::bodies::{JobPath, SecretPath, SecretValueBody};
+use super::extract::{ApiJson, ApiPath};
 use crate::api::jobs::find_job;
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
 use crate::secrets::seal_secret;
 use crate::state::AppState;
 
-/// Largest secret value: enough for keys and certificates.
-const MAX_SECRET_BYTES: usize = 64 * 1024;
-
-fn check_secret_name(name: &str) -> ApiResult<()> {
-    let valid = name.len() <= 128
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::unprocessable(format!(
-            "`{name}` is not a valid secret name: letters, digits and `_`, not starting with a digit"
-        )))
-    }
-}
-
-#[utoipa::path(operation_id = "put_secret", put, path = "/api/v1/jobs/{job}/secrets/{name}", tag = "secrets", security(("bearer" = [])), request_body = SecretBody,
-    params(("job" = String, Path), ("name" = String, Path)),
-    responses((status = 204, description = "Stored, encrypted; the value can never be read back"), (status = 404, body = kiln_api::Problem), (status = 422, body = kiln_api::Problem)))]
+#[utoipa::path(operation_id = "put_secret", put, path = "/api/v1/jobs/{job}/secrets/{name}", tag = "secrets", security(("bearer" = [])), request_body = SecretValueBody,
+    params(SecretPath),
+    responses((status = 204, description = "Stored, encrypted; the value can never be read back"), (status = 404, body = kiln_api::Problem)))]
 pub async fn put<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
-    Path((job, name)): Path<(String, String)>,
-    Json(body): Json<SecretBody>,
+    ApiPath(SecretPath { job, name }): ApiPath<SecretPath>,
+    ApiJson(body): ApiJson<SecretValueBody>,
 ) -> ApiResult<StatusCode> {
-    check_secret_name(&name)?;
-    if body.value.is_empty() || body.value.len() > MAX_SECRET_BYTES {
-        return Err(ApiError::unprocessable(format!(
-            "a secret's value must be 1 to {MAX_SECRET_BYTES} bytes"
-        )));
-    }
     let job = find_job(&state, &job).await?;
-    let sealed = seal_secret(&state.key, job.id, &name, &body.value);
+    let sealed = seal_secret(&state.key, job.id, &name, body.value.as_str());
     state
         .db
         .put_secret(job.id, &name, &sealed, Utc::now())
@@ -55,12 +31,12 @@ pub async fn put<D: Database>(
 }
 
 #[utoipa::path(operation_id = "delete_secret", delete, path = "/api/v1/jobs/{job}/secrets/{name}", tag = "secrets", security(("bearer" = [])),
-    params(("job" = String, Path), ("name" = String, Path)),
-    responses((status = 204), (status = 404, body = kiln_api::Problem)))]
+    params(SecretPath),
+    responses((status = 204, description = "Deleted"), (status = 404, body = kiln_api::Problem)))]
 pub async fn delete<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
-    Path((job, name)): Path<(String, String)>,
+    ApiPath(SecretPath { job, name }): ApiPath<SecretPath>,
 ) -> ApiResult<StatusCode> {
     let job = find_job(&state, &job).await?;
     if state.db.delete_secret(job.id, &name).await? {
@@ -74,14 +50,14 @@ pub async fn delete<D: Database>(
 }
 
 #[utoipa::path(operation_id = "list_secrets", get, path = "/api/v1/jobs/{job}/secrets", tag = "secrets", security(("bearer" = [])),
-    params(("job" = String, Path)),
+    params(JobPath),
     responses((status = 200, description = "Names only: values are write-only", body = Vec<kiln_api::Secret>), (status = 404, body = kiln_api::Problem)))]
 pub async fn list<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
-    Path(job): Path<String>,
+    ApiPath(path): ApiPath<JobPath>,
 ) -> ApiResult<Json<Vec<kiln_api::Secret>>> {
-    let job = find_job(&state, &job).await?;
+    let job = find_job(&state, &path.job).await?;
     let secrets = state.db.list_secrets(job.id).await?;
     Ok(Json(
         secrets

@@ -18,7 +18,7 @@ use crate::state::AppState;
         super::secrets::put, super::secrets::delete, super::secrets::list,
         super::admin::create_agent_token, super::admin::create_user_token, super::admin::agents,
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &ExtractorResponses)
 )]
 pub struct ApiDoc;
 
@@ -32,6 +32,94 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Declares, on every operation, the answers its extractors give (see
+/// `super::extract` and `crate::auth`), so no handler can forget one:
+/// `401`/`403` where a token is needed, `400`/`413`/`415`/`422` where a JSON
+/// body is read, `422` where path or query parameters are checked. And every
+/// problem is declared as `application/problem+json`, what is sent.
+struct ExtractorResponses;
+
+impl utoipa::Modify for ExtractorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let mut implied = Vec::new();
+                if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    implied.extend([StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN]);
+                }
+                if operation.request_body.is_some() {
+                    implied.extend([
+                        StatusCode::BAD_REQUEST,
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                    ]);
+                }
+                let checked_parameters = operation
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| matches!(p.parameter_in, ParameterIn::Path | ParameterIn::Query));
+                if checked_parameters {
+                    implied.push(StatusCode::UNPROCESSABLE_ENTITY);
+                }
+                let responses = &mut operation.responses.responses;
+                for status in implied {
+                    responses.entry(status.as_str().into()).or_insert_with(|| {
+                        let mut response = utoipa::openapi::Response::new("");
+                        as_problem(status.as_str(), &mut response);
+                        response.into()
+                    });
+                }
+                for (status, response) in responses.iter_mut() {
+                    if let utoipa::openapi::RefOr::T(response) = response {
+                        as_problem(status, response);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Declares a problem response as `application/problem+json`, described
+/// by its status when nothing more is said.
+fn as_problem(status: &str, response: &mut utoipa::openapi::Response) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr};
+    let problem = RefOr::Ref(Ref::from_schema_name("Problem"));
+    let declared = response.content.shift_remove("application/json");
+    let is_problem = match &declared {
+        Some(content) => matches!(&content.schema, Some(schema) if *schema == problem),
+        None => response.content.is_empty() && status.starts_with(['4', '5']),
+    };
+    if !is_problem {
+        if let Some(content) = declared {
+            response.content.insert("application/json".into(), content);
+        }
+        return;
+    }
+    response.content.insert(
+        crate::error::PROBLEM_JSON.into(),
+        ContentBuilder::new().schema(Some(problem)).build(),
+    );
+    if response.description.is_empty() {
+        response.description = status
+            .parse::<u16>()
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error")
+            .into();
     }
 }
 

@@ -1,0 +1,489 @@
+//! What requests carry: bodies, path and query parameters. Each is made of
+//! [`kiln_api::fields`], so deserializing one checks it, and its schema in
+//! the OpenAPI document is generated from the same type: the two cannot
+//! disagree. What no schema can say (a freestyle pipeline's validity, a
+//! commit that exists) is checked by the handlers and answered `422`.
+
+use kiln_api::fields::{
+    BranchName, CommitSha, Cursor, JobName, PageSize, PipelinePath, RepositoryUrl, SecretName,
+    SecretValue, StatusFilter, TokenName,
+};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use utoipa::openapi::schema::{OneOfBuilder, Schema};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
+
+/// A pipeline that runs anywhere, for the document's examples.
+const EXAMPLE_PIPELINE: &str =
+    "version: 1\ntasks:\n  build:\n    steps:\n      - run: echo hello\n";
+
+/// Body of `POST /api/v1/jobs`: a new job and its name; `kind` says which
+/// fields it takes.
+#[derive(Debug)]
+pub enum NewJob {
+    Git(NewGitJob),
+    Freestyle(NewFreestyleJob),
+}
+
+/// Body of `PUT /api/v1/jobs/{job}`: a job as it should be; `kind` says
+/// which fields it takes. The URL names it; `name`, if given, must be the
+/// same.
+#[derive(Debug)]
+pub enum JobDefinition {
+    Git(GitJob),
+    Freestyle(FreestyleJob),
+}
+
+/// `kind` of a job built from a repository.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GitKind {
+    Git,
+}
+
+/// `kind` of a job whose pipeline is stored with it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FreestyleKind {
+    Freestyle,
+}
+
+/// A new job built from a repository: its pipeline file is read at each
+/// run's commit.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewGitJob {
+    pub kind: GitKind,
+    pub name: JobName,
+    pub repository: RepositoryUrl,
+    /// Where the pipeline file is in the repository; `.kiln.yml` by default.
+    pub pipeline_path: Option<PipelinePath>,
+    /// Branch built when a trigger names none; `main` by default.
+    pub default_branch: Option<BranchName>,
+}
+
+/// A new job whose pipeline is stored with it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewFreestyleJob {
+    pub kind: FreestyleKind,
+    pub name: JobName,
+    /// The pipeline YAML, checked when it is stored.
+    #[schema(example = json!(EXAMPLE_PIPELINE))]
+    pub pipeline: String,
+    /// The branch a run reports (and `when` matches) when a trigger names none.
+    pub default_branch: Option<BranchName>,
+}
+
+/// A job built from a repository: its pipeline file is read at each run's
+/// commit.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GitJob {
+    pub kind: GitKind,
+    /// The URL's job name, if given.
+    pub name: Option<JobName>,
+    pub repository: RepositoryUrl,
+    /// Where the pipeline file is in the repository; `.kiln.yml` by default.
+    pub pipeline_path: Option<PipelinePath>,
+    /// Branch built when a trigger names none; `main` by default.
+    pub default_branch: Option<BranchName>,
+}
+
+/// A job whose pipeline is stored with it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FreestyleJob {
+    pub kind: FreestyleKind,
+    /// The URL's job name, if given.
+    pub name: Option<JobName>,
+    /// The pipeline YAML, checked when it is stored.
+    #[schema(example = json!(EXAMPLE_PIPELINE))]
+    pub pipeline: String,
+    /// The branch a run reports (and `when` matches) when a trigger names none.
+    pub default_branch: Option<BranchName>,
+}
+
+/// Reads a job body by its `kind`, so that an error names the kind's own
+/// fields (an untagged enum would only say that nothing matched).
+fn by_kind<'de, D, G, F>(deserializer: D) -> Result<Result<G, F>, D::Error>
+where
+    D: Deserializer<'de>,
+    G: DeserializeOwned,
+    F: DeserializeOwned,
+{
+    let object = serde_json::Map::<String, Value>::deserialize(deserializer)?;
+    let kind = match object.get("kind") {
+        Some(Value::String(kind)) => kind.clone(),
+        Some(other) => {
+            return Err(D::Error::custom(format!(
+                "`kind` must be `git` or `freestyle`, not {other}"
+            )));
+        }
+        None => {
+            return Err(D::Error::custom(
+                "the job needs `kind`: `git` or `freestyle`",
+            ));
+        }
+    };
+    let object = Value::Object(object);
+    match kind.as_str() {
+        "git" => serde_json::from_value(object).map(Ok),
+        "freestyle" => serde_json::from_value(object).map(Err),
+        other => {
+            return Err(D::Error::custom(format!(
+                "unknown job kind `{other}`: expected `git` or `freestyle`"
+            )));
+        }
+    }
+    .map_err(D::Error::custom)
+}
+
+impl<'de> Deserialize<'de> for NewJob {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<NewJob, D::Error> {
+        Ok(match by_kind(deserializer)? {
+            Ok(git) => NewJob::Git(git),
+            Err(freestyle) => NewJob::Freestyle(freestyle),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for JobDefinition {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<JobDefinition, D::Error> {
+        Ok(match by_kind(deserializer)? {
+            Ok(git) => JobDefinition::Git(git),
+            Err(freestyle) => JobDefinition::Freestyle(freestyle),
+        })
+    }
+}
+
+/// `oneOf` the two kinds' schemas, as [`by_kind`] reads them.
+fn one_of<G: ToSchema, F: ToSchema>(description: &str) -> RefOr<Schema> {
+    OneOfBuilder::new()
+        .item(Ref::from_schema_name(G::name()))
+        .item(Ref::from_schema_name(F::name()))
+        .description(Some(description))
+        .into()
+}
+
+fn push_kinds<G: ToSchema, F: ToSchema>(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+    schemas.push((G::name().into(), G::schema()));
+    G::schemas(schemas);
+    schemas.push((F::name().into(), F::schema()));
+    F::schemas(schemas);
+}
+
+impl PartialSchema for NewJob {
+    fn schema() -> RefOr<Schema> {
+        one_of::<NewGitJob, NewFreestyleJob>("A new job: `kind` says which fields it takes.")
+    }
+}
+
+impl ToSchema for NewJob {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        push_kinds::<NewGitJob, NewFreestyleJob>(schemas);
+    }
+}
+
+impl PartialSchema for JobDefinition {
+    fn schema() -> RefOr<Schema> {
+        one_of::<GitJob, FreestyleJob>("A job as it should be: `kind` says which fields it takes.")
+    }
+}
+
+impl ToSchema for JobDefinition {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        push_kinds::<GitJob, FreestyleJob>(schemas);
+    }
+}
+
+/// Where a job's pipeline comes from, whichever request defined it.
+#[derive(Debug)]
+pub enum JobSource {
+    Git {
+        repository: RepositoryUrl,
+        pipeline_path: Option<PipelinePath>,
+        default_branch: Option<BranchName>,
+    },
+    Freestyle {
+        pipeline: String,
+        default_branch: Option<BranchName>,
+    },
+}
+
+impl NewJob {
+    pub fn into_parts(self) -> (JobName, JobSource) {
+        match self {
+            NewJob::Git(job) => (
+                job.name,
+                JobSource::Git {
+                    repository: job.repository,
+                    pipeline_path: job.pipeline_path,
+                    default_branch: job.default_branch,
+                },
+            ),
+            NewJob::Freestyle(job) => (
+                job.name,
+                JobSource::Freestyle {
+                    pipeline: job.pipeline,
+                    default_branch: job.default_branch,
+                },
+            ),
+        }
+    }
+}
+
+impl JobDefinition {
+    pub fn into_parts(self) -> (Option<JobName>, JobSource) {
+        match self {
+            JobDefinition::Git(job) => (
+                job.name,
+                JobSource::Git {
+                    repository: job.repository,
+                    pipeline_path: job.pipeline_path,
+                    default_branch: job.default_branch,
+                },
+            ),
+            JobDefinition::Freestyle(job) => (
+                job.name,
+                JobSource::Freestyle {
+                    pipeline: job.pipeline,
+                    default_branch: job.default_branch,
+                },
+            ),
+        }
+    }
+}
+
+/// Body of `POST /api/v1/jobs/{job}/runs`: a branch or a commit, not both
+/// (the schema's `maxProperties`, which the handler checks), and neither
+/// `null`. No body, `null` or `{}` builds the job's default branch.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(max_properties = 1)]
+pub struct RunTrigger {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    pub branch: Option<BranchName>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    pub sha: Option<CommitSha>,
+}
+
+/// An optional field that, when given, is not `null`.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
+/// Body of `PUT /api/v1/jobs/{job}/secrets/{name}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretValueBody {
+    pub value: SecretValue,
+}
+
+/// Body of `POST /api/v1/agent-tokens`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAgentToken {
+    /// A name to recognise the token by, e.g. the agent's host.
+    pub name: TokenName,
+}
+
+/// Body of `POST /api/v1/tokens`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUserToken {
+    pub name: TokenName,
+    /// Whether the token may create other tokens.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// `/api/v1/jobs/{job}…`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct JobPath {
+    /// The job's name.
+    #[param(inline)]
+    pub job: JobName,
+}
+
+/// `…/runs/{number}…`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RunPath {
+    /// The job's name.
+    #[param(inline)]
+    pub job: JobName,
+    /// The run's number within its job.
+    #[param(example = 1)]
+    pub number: i64,
+}
+
+/// `…/tasks/{task}…`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TaskPath {
+    /// The job's name.
+    #[param(inline)]
+    pub job: JobName,
+    /// The run's number within its job.
+    #[param(example = 1)]
+    pub number: i64,
+    /// The task's name in the pipeline.
+    #[param(example = "build")]
+    pub task: String,
+}
+
+/// `…/results/artifacts/{path}`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ArtifactPath {
+    /// The job's name.
+    #[param(inline)]
+    pub job: JobName,
+    /// The run's number within its job.
+    #[param(example = 1)]
+    pub number: i64,
+    /// The task's name in the pipeline.
+    #[param(example = "build")]
+    pub task: String,
+    /// The artifact's path in the workspace.
+    #[param(example = "report.xml")]
+    pub path: String,
+}
+
+/// `…/secrets/{name}`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SecretPath {
+    /// The job's name.
+    #[param(inline)]
+    pub job: JobName,
+    /// The secret's name.
+    #[param(inline)]
+    pub name: SecretName,
+}
+
+/// `GET …/runs?status=&branch=&cursor=&limit=`: newest first.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(default)]
+pub struct RunListQuery {
+    #[param(inline)]
+    pub status: StatusFilter,
+    /// Only runs of this branch; empty for any.
+    pub branch: String,
+    #[param(inline)]
+    pub cursor: Cursor,
+    #[param(inline)]
+    pub limit: PageSize,
+}
+
+/// `GET …/results/console?follow=`
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(default)]
+pub struct ConsoleQuery {
+    /// Keep the response open and stream new output until the task ends.
+    pub follow: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn client_form<T: serde::Serialize>(body: &T) -> Value {
+        serde_json::to_value(body).unwrap()
+    }
+
+    /// The bodies the client builds (kiln-api's loose shapes) are what the
+    /// server's checked types read.
+    #[test]
+    fn client_bodies_fit_the_server_types() {
+        let git = kiln_api::JobBody {
+            name: Some("app".into()),
+            kind: "git".into(),
+            repository: Some("file:///srv/git/app".into()),
+            pipeline_path: Some("ci/kiln.yml".into()),
+            default_branch: Some("main".into()),
+            pipeline: None,
+        };
+        let (name, source) = serde_json::from_value::<NewJob>(client_form(&git))
+            .unwrap()
+            .into_parts();
+        assert_eq!(name.as_str(), "app");
+        assert!(matches!(source, JobSource::Git { .. }));
+        let freestyle = kiln_api::JobBody {
+            name: None,
+            kind: "freestyle".into(),
+            repository: None,
+            pipeline_path: None,
+            default_branch: None,
+            pipeline: Some(EXAMPLE_PIPELINE.into()),
+        };
+        let (name, source) = serde_json::from_value::<JobDefinition>(client_form(&freestyle))
+            .unwrap()
+            .into_parts();
+        assert!(name.is_none());
+        assert!(matches!(source, JobSource::Freestyle { .. }));
+
+        let trigger = kiln_api::TriggerBody {
+            branch: Some("feature/x".into()),
+            sha: None,
+        };
+        let trigger: RunTrigger = serde_json::from_value(client_form(&trigger)).unwrap();
+        assert_eq!(trigger.branch.unwrap().as_str(), "feature/x");
+        let empty: RunTrigger =
+            serde_json::from_value(client_form(&kiln_api::TriggerBody::default())).unwrap();
+        assert!(empty.branch.is_none() && empty.sha.is_none());
+        for refused in [
+            json!({"branch": null}),
+            json!({"branch": "-a"}),
+            json!({"sha": "xyz"}),
+            json!({"tag": "v1"}),
+        ] {
+            assert!(
+                serde_json::from_value::<RunTrigger>(refused.clone()).is_err(),
+                "{refused}"
+            );
+        }
+
+        let secret = kiln_api::SecretBody { value: "s".into() };
+        serde_json::from_value::<SecretValueBody>(client_form(&secret)).unwrap();
+        let token = kiln_api::AgentTokenBody {
+            name: "host-1".into(),
+        };
+        serde_json::from_value::<NewAgentToken>(client_form(&token)).unwrap();
+    }
+
+    #[test]
+    fn job_bodies_refuse_what_their_kind_does_not_take() {
+        for body in [
+            json!({"name": "a", "kind": "git"}),
+            json!({"name": "a", "kind": "git", "repository": "/r", "pipeline": "x"}),
+            json!({"name": "a", "kind": "freestyle", "pipeline": "x", "repository": "/r"}),
+            json!({"name": "a", "kind": "svn"}),
+            json!({"name": "a", "repository": "/r"}),
+            json!({"kind": "git", "repository": "/r"}),
+            json!({"name": "a b", "kind": "git", "repository": "/r"}),
+            json!({"name": "a", "kind": "git", "repository": "/r", "pipeline_path": "../x"}),
+        ] {
+            assert!(
+                serde_json::from_value::<NewJob>(body.clone()).is_err(),
+                "{body}"
+            );
+        }
+        assert!(
+            serde_json::from_value::<JobDefinition>(json!({"kind": "git", "repository": "/r"}))
+                .is_ok()
+        );
+    }
+}
