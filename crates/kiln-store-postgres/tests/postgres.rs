@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kiln_store::Database;
+use kiln_store::JobStore;
 use kiln_store::testsuite;
 use kiln_store_postgres::PostgresStore;
 use sqlx::postgres::{PgConnectOptions, PgConnection};

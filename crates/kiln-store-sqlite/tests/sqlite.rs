@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use kiln_store::Database;
+use kiln_store::JobStore;
 use kiln_store::testsuite;
 use kiln_store_sqlite::SqliteStore;
 
