@@ -11,7 +11,7 @@ use kiln_proto::v1::{
     SessionRequest, StepUpdate, server_message,
 };
 use kiln_server::ServerConfig;
-use kiln_store::{Database, TokenKind};
+use kiln_store::{TokenKind, TokenStore};
 use kiln_store_sqlite::SqliteStore;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;

@@ -1,5 +1,6 @@
 //! The backend-independent contract (`kiln_store::testsuite`) on a real
-//! PostgreSQL, each test in a database of its own that is dropped after.
+//! PostgreSQL, one test per case, each in a database of its own that is
+//! dropped after.
 //!
 //! `KILN_TEST_DATABASE_URL` names a server and a role that may create
 //! databases (default `postgres://kiln:kiln@127.0.0.1:5432/kiln`, which
@@ -10,7 +11,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kiln_store::Database;
+use kiln_store::JobStore;
 use kiln_store::testsuite;
 use kiln_store_postgres::PostgresStore;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -85,20 +86,7 @@ where
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn contract() {
-    with_fresh_database(testsuite::run_all).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn claims_are_exclusive() {
-    with_fresh_database(testsuite::claims_are_exclusive).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_workers() {
-    with_fresh_database(testsuite::concurrent_workers).await;
-}
+kiln_store::testsuite!(with_fresh_database);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_run_once_and_connect_by_url() {

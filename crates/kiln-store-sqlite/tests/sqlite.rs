@@ -1,39 +1,41 @@
-//! The backend-independent contract (`kiln_store::testsuite`) on SQLite
-//! files, plus what only SQLite has: a database that survives reopening.
+//! The backend-independent contract (`kiln_store::testsuite`) on SQLite,
+//! each case on a fresh database (a file, and in memory), plus what only
+//! SQLite has: a database that survives reopening.
 
-use kiln_store::Database;
+use std::future::Future;
+
+use kiln_store::JobStore;
 use kiln_store::testsuite;
 use kiln_store_sqlite::SqliteStore;
 
-async fn fresh() -> (tempfile::TempDir, SqliteStore) {
+/// Runs `test` on a store in a new file, removed after.
+async fn on_file<F, Fut>(test: F)
+where
+    F: FnOnce(SqliteStore) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(&dir.path().join("kiln.db"))
         .await
         .expect("open sqlite");
-    (dir, store)
+    test(store).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn contract() {
-    let (_dir, store) = fresh().await;
-    testsuite::run_all(store).await;
+/// Runs `test` on a store in memory.
+async fn in_memory<F, Fut>(test: F)
+where
+    F: FnOnce(SqliteStore) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    test(SqliteStore::open_in_memory().await.expect("open")).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn contract_in_memory() {
-    testsuite::run_all(SqliteStore::open_in_memory().await.expect("open")).await;
+mod file {
+    kiln_store::testsuite!(super::on_file);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn claims_are_exclusive() {
-    let (_dir, store) = fresh().await;
-    testsuite::claims_are_exclusive(store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_workers() {
-    let (_dir, store) = fresh().await;
-    testsuite::concurrent_workers(store).await;
+mod memory {
+    kiln_store::testsuite!(super::in_memory);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

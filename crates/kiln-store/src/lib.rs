@@ -1,17 +1,23 @@
-//! Storage for the server: one [`Database`] trait, implemented once per
-//! backend (`kiln-store-sqlite`, `kiln-store-postgres`), each with its own
-//! migrations. The queue's rules — which task may run once its needs end,
-//! what a run's status is — live in [`queue`] and are shared by both, so a
-//! backend only moves rows.
+//! Storage for the server: the [`Database`] trait — one trait per concern
+//! (jobs, secrets, runs, queue, logs, results, tokens) — implemented once
+//! per backend (`kiln-store-sqlite`, `kiln-store-postgres`), each with its
+//! own migrations and one module per concern. The queue's rules — how a
+//! run's tasks start, what becomes of a task when an attempt ends, which
+//! task may run once its needs end, what a run's status is — live in
+//! [`queue`], pure and shared by both backends and by the offline runner
+//! (`kiln run`), so a backend only moves rows.
 //!
 //! Time is passed in (`now`) rather than read from the clock, so tests can
 //! expire leases and deadlines without sleeping.
 
 pub mod queue;
+#[cfg(feature = "sqlx")]
+pub mod sql;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 pub mod values;
 
+use std::fmt;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
@@ -20,16 +26,52 @@ use serde::{Deserialize, Serialize};
 
 pub type Id = i64;
 
-#[derive(Debug, thiserror::Error)]
+/// A backend's own error (sqlx's, a corrupt row, …), kept whole.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+#[derive(Debug)]
 pub enum StoreError {
-    #[error("{0} not found")]
+    /// What was not found; shown as "… not found".
     NotFound(String),
     /// A uniqueness or state rule refused the change (e.g. job exists).
-    #[error("{0}")]
     Conflict(String),
-    /// The backend failed (connection, I/O, corrupt row).
-    #[error("database: {0}")]
-    Backend(String),
+    /// The backend failed (connection, I/O, corrupt row). Shown as
+    /// "database: " and the backend error's message; the error itself is
+    /// kept (match and downcast it), and its own source is this error's
+    /// source, so a report of the whole chain says each cause once.
+    Backend(BackendError),
+}
+
+impl StoreError {
+    pub fn backend(error: impl Into<BackendError>) -> StoreError {
+        StoreError::Backend(error.into())
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::NotFound(what) => write!(f, "{what} not found"),
+            StoreError::Conflict(why) => f.write_str(why),
+            StoreError::Backend(error) => write!(f, "database: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // Its message is already in ours: what caused it comes next.
+            StoreError::Backend(error) => error.source(),
+            _ => None,
+        }
+    }
+}
+
+impl From<values::Corrupt> for StoreError {
+    fn from(error: values::Corrupt) -> Self {
+        StoreError::backend(error)
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -166,7 +208,14 @@ pub struct RunFilter {
     pub limit: i64,
 }
 
-/// Which of a holder's tasks [`Database::requeue_undelivered`] considers.
+impl RunFilter {
+    /// How many runs a page holds at most: `limit`, or 50 when it is 0 or less.
+    pub fn page_size(&self) -> i64 {
+        if self.limit > 0 { self.limit } else { 50 }
+    }
+}
+
+/// Which of a holder's tasks [`QueueStore::requeue_undelivered`] considers.
 #[derive(Debug, Clone, Copy)]
 pub enum Undelivered<'a> {
     /// Just these: their assignment could not be sent.
@@ -274,11 +323,42 @@ pub struct TokenInfo {
     pub is_admin: bool,
 }
 
-/// Everything the server stores. Implementations must make each method
-/// atomic (one transaction), and `claim_task` must never hand one task to
-/// two holders, whatever the concurrency.
-pub trait Database: Clone + Send + Sync + 'static {
-    // --- jobs
+/// Everything the server stores: one trait per concern, which each backend
+/// implements in a module of that name. Implementations must make each
+/// method atomic (one transaction), and [`QueueStore::claim_task`] must never
+/// hand one task to two holders, whatever the concurrency.
+pub trait Database:
+    JobStore
+    + SecretStore
+    + RunStore
+    + QueueStore
+    + LogStore
+    + ResultStore
+    + TokenStore
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Database for T where
+    T: JobStore
+        + SecretStore
+        + RunStore
+        + QueueStore
+        + LogStore
+        + ResultStore
+        + TokenStore
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Jobs: what a job is, where its pipeline comes from.
+pub trait JobStore {
     fn create_job(
         &self,
         spec: &JobSpec,
@@ -293,8 +373,10 @@ pub trait Database: Clone + Send + Sync + 'static {
     fn list_jobs(&self) -> impl Future<Output = Result<Vec<Job>>> + Send;
     /// Deletes the job and everything of it (runs, tasks, logs, secrets).
     fn delete_job(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
+}
 
-    // --- secrets (values arrive and leave sealed; the store never sees plaintext)
+/// A job's secrets. Values arrive and leave sealed; the store never sees plaintext.
+pub trait SecretStore {
     fn put_secret(
         &self,
         job_id: Id,
@@ -309,10 +391,14 @@ pub trait Database: Clone + Send + Sync + 'static {
         job_id: Id,
         names: &[String],
     ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>>> + Send;
+}
 
-    // --- runs
+/// Runs and their tasks as a whole.
+pub trait RunStore {
     /// Numbers the run (1, 2, 3… per job), stores it and its tasks in one
-    /// transaction; tasks with no needs start `queued`, the rest `pending`.
+    /// transaction, as [`queue::start_run`] starts them: tasks with no
+    /// needs `queued`, the rest `pending`, those skipped by `when` (and
+    /// their dependants) `skipped`.
     fn create_run(
         &self,
         job_id: Id,
@@ -340,8 +426,10 @@ pub trait Database: Clone + Send + Sync + 'static {
         number: i64,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<RunDetail>> + Send;
+}
 
-    // --- queue
+/// The queue: claims, leases, steps, ends of tasks, and expiry.
+pub trait QueueStore {
     /// Takes a queued task all of whose `runs-on` labels `claim.labels`
     /// has, makes it `running` under `claim.holder`'s lease, and starts its
     /// run if still queued; `None` when nothing matches. Fair between jobs:
@@ -349,7 +437,7 @@ pub trait Database: Clone + Send + Sync + 'static {
     /// tasks currently `running`, ties broken by the oldest `queued_at`,
     /// then the lowest task id. Concurrent claimers never get the same task.
     fn claim_task(&self, claim: &Claim) -> impl Future<Output = Result<Option<TaskRow>>> + Send;
-    /// Up to `max` claims for one holder at once, each as [`Database::claim_task`]
+    /// Up to `max` claims for one holder at once, each as [`QueueStore::claim_task`]
     /// picks it (so fairness between jobs holds within the batch); fewer
     /// when fewer match.
     fn claim_tasks(
@@ -405,7 +493,7 @@ pub trait Database: Clone + Send + Sync + 'static {
     /// tasks need, each sorted.
     fn queued_label_sets(&self) -> impl Future<Output = Result<Vec<Vec<String>>>> + Send;
     /// Sets `reason` on the queued tasks that need exactly `labels` (as
-    /// given by [`Database::queued_label_sets`]) and have no reason or one
+    /// given by [`QueueStore::queued_label_sets`]) and have no reason or one
     /// starting with [`NO_AGENT_REASON`]; with `None`, clears reasons that
     /// start with it. Returns how many tasks changed.
     fn note_unplaceable(
@@ -419,8 +507,10 @@ pub trait Database: Clone + Send + Sync + 'static {
     /// Count of tasks per status, for metrics.
     fn task_counts(&self) -> impl Future<Output = Result<Vec<(Status, i64)>>> + Send;
     fn run_counts(&self) -> impl Future<Output = Result<Vec<(Status, i64)>>> + Send;
+}
 
-    // --- logs (chunks are idempotent on (task, seq))
+/// Tasks' logs, in chunks idempotent on (task, seq).
+pub trait LogStore {
     /// Stores a chunk of the task's log if `holder` holds the task (a chunk
     /// already stored under `seq` is kept as it is); false when it does not.
     fn append_log(
@@ -441,8 +531,10 @@ pub trait Database: Clone + Send + Sync + 'static {
     fn log_size(&self, task_id: Id) -> impl Future<Output = Result<u64>> + Send;
     /// Drops the task's log chunks (once the log is kept elsewhere).
     fn delete_log(&self, task_id: Id) -> impl Future<Output = Result<()>> + Send;
+}
 
-    // --- results
+/// What tasks leave behind: artifacts and reports.
+pub trait ResultStore {
     fn add_artifact(
         &self,
         task_id: Id,
@@ -460,8 +552,10 @@ pub trait Database: Clone + Send + Sync + 'static {
         task_id: Id,
         kind: &str,
     ) -> impl Future<Output = Result<Option<String>>> + Send;
+}
 
-    // --- auth (only hashes of tokens are ever stored)
+/// API and agent tokens; only their hashes are ever stored.
+pub trait TokenStore {
     fn insert_token(
         &self,
         hash: &str,

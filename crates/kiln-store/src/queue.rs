@@ -1,9 +1,25 @@
-//! The queue's rules, independent of any database: after a task ends, which
-//! of its run's tasks become `queued` or `skipped`, and what the run's
-//! status is. Backends load a run's tasks, call [`settle`], and write back
-//! what changed, in the same transaction.
+//! The queue's rules, independent of any database and of the clock: how a
+//! run's tasks start, what becomes of a task when one of its attempts ends,
+//! which pending tasks are released or skipped as their needs end, how a
+//! stopped run ends the tasks that have not started, and what a run's
+//! status is.
+//!
+//! This is their one home. The server's backends load a run's tasks, call
+//! these, and write back what changed, in one transaction; the offline
+//! runner of `kiln run` keeps the same [`TaskState`]s in memory and calls
+//! the same functions. `cases` (feature `testsuite`) is a table of whole
+//! runs that the rules, both backends and the offline runner are each
+//! tested against.
 
-use kiln_pipeline::Status;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod cases;
+
+use kiln_pipeline::{Status, Task};
+
+use crate::NewRun;
+
+/// Why a running task ended `error` when its agent stopped answering.
+pub const AGENT_LOST: &str = "agent lost";
 
 /// The fields of a task the rules look at.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,10 +32,197 @@ pub struct TaskState {
 }
 
 impl TaskState {
-    /// Whether dependants may run after this task.
+    /// A task of a new run, before [`settle`]: `skipped` with `skip_reason`
+    /// when there is one (its `when` does not match the run), `queued` when
+    /// it has no needs, else `pending`.
+    pub fn new(task: &Task, skip_reason: Option<String>) -> TaskState {
+        let status = if skip_reason.is_some() {
+            Status::Skipped
+        } else if task.needs.is_empty() {
+            Status::Queued
+        } else {
+            Status::Pending
+        };
+        TaskState {
+            name: task.name.clone(),
+            status,
+            needs: task.needs.clone(),
+            allow_failure: task.allow_failure,
+            reason: skip_reason,
+        }
+    }
+
+    /// Whether dependants may run after this task: it succeeded, or failed
+    /// with `allow-failure` (which does not cover `error`, `timed_out`…).
     pub fn passed(&self) -> bool {
         self.status == Status::Success || (self.allow_failure && self.status == Status::Failure)
     }
+
+    /// The status its steps start in: `skipped` when the task has already
+    /// ended (it will never run), else `pending`.
+    pub fn step_status(&self) -> Status {
+        if self.status.is_terminal() {
+            Status::Skipped
+        } else {
+            Status::Pending
+        }
+    }
+}
+
+/// The tasks of a new run as they start: each as [`TaskState::new`] says,
+/// then settled, so that a task needing one skipped by `when` is skipped
+/// from the start too.
+pub fn start<'a>(tasks: impl IntoIterator<Item = (&'a Task, Option<String>)>) -> Vec<TaskState> {
+    let mut states: Vec<TaskState> = tasks
+        .into_iter()
+        .map(|(task, skip_reason)| TaskState::new(task, skip_reason))
+        .collect();
+    settle(&mut states);
+    states
+}
+
+/// How a new run starts, as [`start_run`] decides it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunStart {
+    pub status: Status,
+    /// Why the run is `error` from the start.
+    pub error: Option<String>,
+    /// Its tasks, in the run's order (none for a run with an error).
+    pub tasks: Vec<TaskState>,
+}
+
+/// A new run as the store keeps it: one with an error (an invalid
+/// pipeline) is `error` at once, with no tasks; otherwise its tasks start
+/// as [`start`] says and it has the status [`run_status`] gives them
+/// (`queued`, or `success` when every task was skipped).
+pub fn start_run(run: &NewRun) -> RunStart {
+    if let Some(error) = &run.error {
+        return RunStart {
+            status: Status::Error,
+            error: Some(error.clone()),
+            tasks: Vec::new(),
+        };
+    }
+    let tasks = start(
+        run.tasks
+            .iter()
+            .map(|new| (&new.task, new.skip_reason.clone())),
+    );
+    RunStart {
+        status: run_status(&tasks),
+        error: None,
+        tasks,
+    }
+}
+
+/// How many attempts a task may have: its first, and one per `retry`.
+pub fn max_attempts(task: &Task) -> i64 {
+    i64::from(task.retry) + 1
+}
+
+/// Why a run is being stopped before its tasks are done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Someone cancelled it (`kiln cancel`, Ctrl-C under `kiln run`): tasks
+    /// not started end `cancelled`; running ones are asked to stop and end
+    /// `cancelled` whatever they report (see [`after_end`]).
+    Cancel,
+    /// It reached its umbrella `timeout`: tasks not started are `skipped`,
+    /// running ones end `timed_out`, no new attempt starts, and the run is
+    /// `timed_out` whatever its tasks say.
+    Deadline,
+}
+
+impl Stop {
+    /// The reason given to the tasks it ends.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Stop::Cancel => "the run was cancelled",
+            Stop::Deadline => "the run reached its timeout",
+        }
+    }
+
+    /// How a task that had not started (`pending` or `queued`) ends.
+    pub fn unstarted(self) -> Status {
+        match self {
+            Stop::Cancel => Status::Cancelled,
+            Stop::Deadline => Status::Skipped,
+        }
+    }
+
+    /// What a task still running, and the run, end as whatever they
+    /// report: at the deadline, `timed_out`. `None` for a cancel: its
+    /// running tasks end `cancelled` when they report ([`after_end`]), and
+    /// the run's status follows from its tasks ([`run_status`]).
+    pub fn forced(self) -> Option<Status> {
+        match self {
+            Stop::Cancel => None,
+            Stop::Deadline => Some(Status::TimedOut),
+        }
+    }
+}
+
+/// Ends the tasks that have not started (`pending`, `queued`) as `stop`
+/// says, with its reason. Returns the indexes of the tasks it changed.
+pub fn stop(tasks: &mut [TaskState], stop: Stop) -> Vec<usize> {
+    let mut changed = Vec::new();
+    for (index, task) in tasks.iter_mut().enumerate() {
+        if matches!(task.status, Status::Pending | Status::Queued) {
+            task.status = stop.unstarted();
+            task.reason = Some(stop.reason().to_string());
+            changed.push(index);
+        }
+    }
+    changed
+}
+
+/// The attempt of a task that just ended, as [`after_end`] needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// 1 for the first.
+    pub number: i64,
+    /// The most the task may have ([`max_attempts`]).
+    pub max: i64,
+    /// Whether its run is being stopped.
+    pub stop: Option<Stop>,
+}
+
+/// What becomes of a task when an attempt of it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterEnd {
+    /// Back to `queued` for attempt `next`, with `note` as its reason.
+    Retry { next: i64, note: String },
+    /// The task ends with this status, keeping the reason it ended with.
+    End(Status),
+}
+
+/// The rule for a task whose attempt ended `status` (with `reason`): an
+/// attempt that ended `failure`, `error` or `timed_out` is followed by
+/// another while attempts are left and the run is not being stopped,
+/// noted "attempt N ended STATUS: reason". Otherwise the task ends as
+/// reported, except that a task of a cancelled run ends `cancelled`,
+/// whatever its agent saw.
+pub fn after_end(attempt: &Attempt, status: Status, reason: Option<&str>) -> AfterEnd {
+    if attempt.stop == Some(Stop::Cancel) {
+        return AfterEnd::End(Status::Cancelled);
+    }
+    let retryable = matches!(status, Status::Failure | Status::Error | Status::TimedOut);
+    if retryable && attempt.stop.is_none() && attempt.number < attempt.max {
+        let note = match reason {
+            Some(reason) => format!("attempt {} ended {status}: {reason}", attempt.number),
+            None => format!("attempt {} ended {status}", attempt.number),
+        };
+        return AfterEnd::Retry {
+            next: attempt.number + 1,
+            note,
+        };
+    }
+    AfterEnd::End(status)
+}
+
+/// Why a task is skipped because of `need`, which ended without passing.
+fn skipped_for(need: &TaskState) -> String {
+    format!("needs `{}`, which ended {}", need.name, need.status)
 }
 
 /// Moves `pending` tasks whose needs all passed to `queued`, and skips those
@@ -39,7 +242,7 @@ pub fn settle(tasks: &mut [TaskState]) -> Vec<usize> {
                 match tasks.iter().find(|t| &t.name == need) {
                     Some(t) if t.passed() => {}
                     Some(t) if t.status.is_terminal() => {
-                        blocker = Some(format!("needs `{}`, which ended {}", t.name, t.status));
+                        blocker = Some(skipped_for(t));
                         break;
                     }
                     Some(_) => all_passed = false,
@@ -71,9 +274,20 @@ pub fn settle(tasks: &mut [TaskState]) -> Vec<usize> {
     changed
 }
 
-/// The status of a run from its tasks: `running` while any task has not
-/// ended (or `queued` if none started yet), else the worst outcome among
-/// tasks that did not pass (`allow-failure` failures pass).
+/// Which outcome outranks which in a run's status, worst first.
+const WORST_FIRST: [Status; 4] = [
+    Status::Error,
+    Status::TimedOut,
+    Status::Failure,
+    Status::Cancelled,
+];
+
+/// The status of a run from its tasks: `running` while any task runs, or
+/// while some have not ended and some have (`queued` if none started yet);
+/// once all ended, the worst outcome among tasks that did not pass —
+/// `error`, then `timed_out`, `failure`, `cancelled` — else `success`
+/// (skipped tasks and `allow-failure` failures do not count). A run stopped
+/// at its deadline is `timed_out` instead ([`Stop::forced`]).
 pub fn run_status(tasks: &[TaskState]) -> Status {
     if tasks.iter().any(|t| t.status == Status::Running) {
         return Status::Running;
@@ -88,17 +302,24 @@ pub fn run_status(tasks: &[TaskState]) -> Status {
             Status::Queued
         };
     }
-    for status in [
-        Status::Error,
-        Status::TimedOut,
-        Status::Failure,
-        Status::Cancelled,
-    ] {
-        if tasks.iter().any(|t| t.status == status && !t.passed()) {
-            return status;
-        }
+    WORST_FIRST
+        .into_iter()
+        .find(|status| tasks.iter().any(|t| t.status == *status && !t.passed()))
+        .unwrap_or(Status::Success)
+}
+
+/// Why a run whose tasks give it status `error` is: the first errored
+/// task's reason ("agent lost", an infrastructure message), or which task
+/// it was. `None` for any other status.
+pub fn run_error(tasks: &[TaskState]) -> Option<String> {
+    if run_status(tasks) != Status::Error {
+        return None;
     }
-    Status::Success
+    tasks.iter().find(|t| t.status == Status::Error).map(|t| {
+        t.reason
+            .clone()
+            .unwrap_or_else(|| format!("task `{}` ended error", t.name))
+    })
 }
 
 /// The run's status from how many of its tasks are in each status, when
@@ -149,6 +370,66 @@ mod tests {
         }
     }
 
+    /// Every whole run of the shared table, played on the rules alone.
+    #[test]
+    fn cases() {
+        let failures: Vec<String> = cases::CASES
+            .iter()
+            .filter_map(|case| case.check(&case.simulate()).err())
+            .collect();
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+
+    /// The after-end rule over outcomes × attempts left × stops.
+    #[test]
+    fn after_end_table() {
+        /// Status and reason reported, attempt number and maximum, stop → rule.
+        type Row = (
+            Status,
+            Option<&'static str>,
+            i64,
+            i64,
+            Option<Stop>,
+            AfterEnd,
+        );
+        use AfterEnd::{End, Retry};
+        let retry = |next: i64, note: &str| Retry {
+            next,
+            note: note.to_string(),
+        };
+        let cancel = Some(Stop::Cancel);
+        let deadline = Some(Stop::Deadline);
+        #[rustfmt::skip]
+        let table: &[Row] = &[
+            // reported         reason         n  max stop      → what follows
+            (Status::Success,   None,          1, 2, None,     End(Status::Success)),
+            (Status::Failure,   Some("exit 1"),1, 2, None,     retry(2, "attempt 1 ended failure: exit 1")),
+            (Status::Error,     None,          2, 3, None,     retry(3, "attempt 2 ended error")),
+            (Status::TimedOut,  None,          1, 2, None,     retry(2, "attempt 1 ended timed_out")),
+            (Status::Failure,   None,          2, 2, None,     End(Status::Failure)),
+            (Status::Error,     Some("lost"),  1, 1, None,     End(Status::Error)),
+            (Status::Cancelled, None,          1, 2, None,     End(Status::Cancelled)),
+            (Status::Skipped,   None,          1, 2, None,     End(Status::Skipped)),
+            (Status::Failure,   None,          1, 2, cancel,   End(Status::Cancelled)),
+            (Status::Success,   None,          1, 1, cancel,   End(Status::Cancelled)),
+            (Status::Failure,   None,          1, 2, deadline, End(Status::Failure)),
+            (Status::TimedOut,  None,          1, 2, deadline, End(Status::TimedOut)),
+            (Status::Success,   None,          1, 2, deadline, End(Status::Success)),
+        ];
+        for (status, reason, number, max, stop, expected) in table {
+            let attempt = Attempt {
+                number: *number,
+                max: *max,
+                stop: *stop,
+            };
+            assert_eq!(
+                &after_end(&attempt, *status, *reason),
+                expected,
+                "{status} at attempt {number} of {max}, stop {stop:?}"
+            );
+        }
+    }
+
     #[test]
     fn success_releases_and_failure_skips_transitively() {
         let mut tasks = vec![
@@ -172,40 +453,99 @@ mod tests {
     }
 
     #[test]
-    fn allowed_failure_passes() {
-        let mut tasks = vec![
-            task("a", Status::Failure, &[]),
-            task("b", Status::Pending, &["a"]),
-        ];
-        tasks[0].allow_failure = true;
-        settle(&mut tasks);
-        assert_eq!(tasks[1].status, Status::Queued);
-        tasks[1].status = Status::Success;
-        assert_eq!(run_status(&tasks), Status::Success);
+    fn stop_ends_what_has_not_started() {
+        let tasks = || {
+            vec![
+                task("a", Status::Running, &[]),
+                task("b", Status::Pending, &["a"]),
+                task("c", Status::Queued, &[]),
+                task("d", Status::Failure, &[]),
+            ]
+        };
+        let mut cancelled = tasks();
+        assert_eq!(stop(&mut cancelled, Stop::Cancel), [1, 2]);
+        assert_eq!(cancelled[1].status, Status::Cancelled);
+        assert_eq!(
+            cancelled[2].reason.as_deref(),
+            Some("the run was cancelled")
+        );
+        assert_eq!(cancelled[0].status, Status::Running, "asked, not ended");
+        let mut late = tasks();
+        stop(&mut late, Stop::Deadline);
+        assert_eq!(late[2].status, Status::Skipped);
+        assert_eq!(
+            late[2].reason.as_deref(),
+            Some("the run reached its timeout")
+        );
+        assert_eq!(late[3].status, Status::Failure, "ended tasks keep theirs");
     }
 
     #[test]
     fn run_status_is_the_worst_outcome() {
-        let tasks = vec![
-            task("a", Status::Failure, &[]),
-            task("b", Status::Error, &[]),
-        ];
-        assert_eq!(run_status(&tasks), Status::Error);
-        let tasks = vec![
-            task("a", Status::Queued, &[]),
-            task("b", Status::Pending, &["a"]),
-        ];
-        assert_eq!(run_status(&tasks), Status::Queued);
-        let tasks = vec![
-            task("a", Status::Success, &[]),
-            task("b", Status::Queued, &[]),
-        ];
-        assert_eq!(run_status(&tasks), Status::Running);
-        let tasks = vec![
-            task("a", Status::Success, &[]),
-            task("b", Status::Skipped, &[]),
-        ];
-        assert_eq!(run_status(&tasks), Status::Success);
+        let ended = |statuses: &[Status]| {
+            statuses
+                .iter()
+                .enumerate()
+                .map(|(i, s)| task(&format!("t{i}"), *s, &[]))
+                .collect::<Vec<_>>()
+        };
+        use Status::*;
+        for (statuses, expected) in [
+            (&[Failure, Error][..], Error),
+            (&[Failure, TimedOut], TimedOut),
+            (&[Cancelled, Failure], Failure),
+            (&[Cancelled, Success], Cancelled),
+            (&[Success, Skipped], Success),
+            (&[Skipped], Success),
+            (&[Queued, Pending], Queued),
+            (&[Success, Queued], Running),
+            (&[Skipped, Queued], Queued),
+        ] {
+            assert_eq!(run_status(&ended(statuses)), expected, "{statuses:?}");
+        }
+        let mut errored = ended(&[Failure, Error, Error]);
+        assert_eq!(
+            run_error(&errored).as_deref(),
+            Some("task `t1` ended error")
+        );
+        errored[2].reason = Some("agent lost".into());
+        errored[1].reason = Some("no space left".into());
+        assert_eq!(run_error(&errored).as_deref(), Some("no space left"));
+        assert_eq!(run_error(&ended(&[Failure])), None);
+    }
+
+    #[test]
+    fn a_run_with_an_error_has_no_tasks() {
+        let pipeline = kiln_pipeline::parse(
+            "t.kiln.yml",
+            "version: 1\ntasks:\n  a:\n    steps:\n      - run: 'true'\n",
+        )
+        .expect("pipeline");
+        let tasks = pipeline
+            .tasks
+            .into_iter()
+            .map(|task| crate::NewTask {
+                task,
+                skip_reason: None,
+            })
+            .collect();
+        let mut run = NewRun {
+            branch: None,
+            sha: None,
+            event: kiln_pipeline::Event::Push,
+            error: None,
+            timeout: None,
+            tasks,
+        };
+        let ok = start_run(&run);
+        assert_eq!((ok.status, ok.tasks.len()), (Status::Queued, 1));
+        assert_eq!(ok.tasks[0].step_status(), Status::Pending);
+        run.error = Some("bad".into());
+        let bad = start_run(&run);
+        assert_eq!(
+            (bad.status, bad.error.as_deref(), bad.tasks.len()),
+            (Status::Error, Some("bad"), 0)
+        );
     }
 
     /// Every run of up to three independent tasks: whenever the counts

@@ -1,11 +1,19 @@
-//! The contract every [`Database`] backend must meet, as tests a backend's
-//! own test binary calls on a fresh, empty database:
+//! The contract every [`Database`] backend must meet, one test per case,
+//! each on a fresh, empty store. A backend's test binary makes them with
+//! [`testsuite!`](crate::testsuite!), given a function that makes a fresh
+//! store, runs a test on it and cleans up:
 //!
 //! ```text
-//! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-//! async fn contract() {
-//!     kiln_store::testsuite::run_all(open_fresh_store().await).await;
+//! async fn with_store<F, Fut>(test: F)
+//! where
+//!     F: FnOnce(MyStore) -> Fut,
+//!     Fut: Future<Output = ()> + Send + 'static,
+//! {
+//!     let store = MyStore::open_fresh().await;
+//!     test(store).await;
 //! }
+//!
+//! kiln_store::testsuite!(with_store);
 //! ```
 //!
 //! Time is always passed in (`now`), so leases and deadlines expire without
@@ -16,39 +24,46 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
+use crate::queue::cases::{self, Observed};
 use crate::{
     Artifact, Claim, Database, Event, Id, Job, JobKind, JobSpec, NewRun, NewTask, RunDetail,
     RunFilter, Status, StepRow, StoreError, TaskHold, TaskResult, TaskRow, TokenKind, Undelivered,
     Upserted,
 };
 
-/// Runs every test but [`claims_are_exclusive`], in an order that needs an
-/// empty database at the start (tokens are global).
-pub async fn run_all<D: Database>(db: D) {
-    tokens(&db).await;
-    jobs(&db).await;
-    secrets(&db).await;
-    delete_job_cascades(&db).await;
-    run_numbering(&db).await;
-    invalid_pipeline_run(&db).await;
-    needs_release_and_skip(&db).await;
-    skipped_at_creation(&db).await;
-    allow_failure(&db).await;
-    labels_and_order(&db).await;
-    unplaceable(&db).await;
-    fair_between_jobs(&db).await;
-    steps(&db).await;
-    retry_on_failure(&db).await;
-    lease_expiry(&db).await;
-    holder_checks(&db).await;
-    wide_run(&db).await;
-    undelivered(&db).await;
-    cancel(&db).await;
-    deadline(&db).await;
-    logs(&db).await;
-    artifacts_and_reports(&db).await;
-    list_runs(&db).await;
-    counts(&db).await;
+/// One `#[tokio::test]` per case of the contract, in the module it is
+/// invoked in. `$with` is called with each test, an
+/// `FnOnce(Store) -> impl Future<Output = ()> + Send + 'static`, and must
+/// run it on a fresh store (see the [module docs](crate::testsuite)).
+#[macro_export]
+macro_rules! testsuite {
+    ($with:expr) => {
+        $crate::testsuite!(@borrowing $with;
+            tokens, jobs, secrets, delete_job_cascades, run_numbering,
+            invalid_pipeline_run, needs_release_and_skip, skipped_at_creation,
+            allow_failure, labels_and_order, unplaceable, fair_between_jobs, steps,
+            retry_on_failure, lease_expiry, holder_checks, wide_run, undelivered,
+            cancel, deadline, logs, artifacts_and_reports, list_runs, counts,
+            queue_cases);
+        // Races between claimers: they take the store, and more threads.
+        $crate::testsuite!(@owning $with; claims_are_exclusive, concurrent_workers);
+    };
+    (@borrowing $with:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                ($with)(|db| async move { $crate::testsuite::$case(&db).await }).await;
+            }
+        )*
+    };
+    (@owning $with:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                ($with)(|db| async move { $crate::testsuite::$case(db).await }).await;
+            }
+        )*
+    };
 }
 
 // --- helpers
@@ -315,7 +330,6 @@ pub async fn secrets<D: Database>(db: &D) {
 }
 
 pub async fn delete_job_cascades<D: Database>(db: &D) {
-    drain(db).await;
     let job = job(db, "cascade").await;
     db.put_secret(job.id, "S", b"s", at(0)).await.unwrap();
     let detail = create(db, &job, new_run(tasks(PAIR)), at(0)).await;
@@ -387,7 +401,6 @@ pub async fn run_numbering<D: Database>(db: &D) {
         Err(StoreError::NotFound(_)) => {}
         other => panic!("run of a missing job: expected NotFound, got {other:?}"),
     }
-    drain(db).await;
 }
 
 pub async fn invalid_pipeline_run<D: Database>(db: &D) {
@@ -409,7 +422,6 @@ pub async fn invalid_pipeline_run<D: Database>(db: &D) {
     let next = create(db, &job, new_run(tasks(PAIR)), at(6)).await;
     assert_eq!(next.run.number, 2);
     assert_eq!(next.run.error, None);
-    drain(db).await;
 }
 
 const DIAMOND: &str = "version: 1
@@ -431,7 +443,6 @@ tasks:
 ";
 
 pub async fn needs_release_and_skip<D: Database>(db: &D) {
-    drain(db).await;
     let job = job(db, "needs").await;
 
     // Success releases the dependant.
@@ -501,7 +512,6 @@ pub async fn needs_release_and_skip<D: Database>(db: &D) {
 }
 
 pub async fn skipped_at_creation<D: Database>(db: &D) {
-    drain(db).await;
     let job = job(db, "when").await;
     let mut new = tasks(DIAMOND);
     new[0].skip_reason = Some("`when` does not match branch dev".into());
@@ -552,7 +562,6 @@ pub async fn skipped_at_creation<D: Database>(db: &D) {
 }
 
 pub async fn allow_failure<D: Database>(db: &D) {
-    drain(db).await;
     let job = job(db, "allow-failure").await;
     let yaml = "version: 1
 tasks:
@@ -579,7 +588,6 @@ tasks:
 }
 
 pub async fn labels_and_order<D: Database>(db: &D) {
-    drain(db).await;
     let job = job(db, "labels").await;
     let yaml = "version: 1
 tasks:
@@ -629,9 +637,6 @@ tasks:
     assert_eq!(run(db, &job, 2).await.run.status, Status::Success);
 }
 
-/// Claims are fair between jobs: the task claimed belongs to the job with
-/// the fewest running tasks, so one job's long queue cannot starve another
-/// job's task queued a moment later.
 const PLACEMENTS: &str = "version: 1
 tasks:
   gpu:
@@ -649,7 +654,6 @@ tasks:
 /// Services need a docker agent; label sets of queued tasks are listed; the
 /// "no connected agent" reason is set, kept and cleared only on those tasks.
 pub async fn unplaceable<D: Database>(db: &D) {
-    drain(db).await;
     let job = job(db, "placements").await;
     create(db, &job, new_run(tasks(PLACEMENTS)), at(0)).await;
     let mut sets = db.queued_label_sets().await.unwrap();
@@ -712,24 +716,12 @@ pub async fn unplaceable<D: Database>(db: &D) {
     assert_eq!(db.note_unplaceable(&gpu, Some(&reason)).await.unwrap(), 1);
     assert_eq!(db.note_unplaceable(&gpu, None).await.unwrap(), 1);
     assert_eq!(task(&run(db, &job, 2).await, "gpu").reason, None);
-    drain_labelled(db).await;
 }
 
-/// Claims every queued task, whatever labels it needs.
-async fn drain_labelled<D: Database>(db: &D) {
-    let sets = db.queued_label_sets().await.unwrap();
-    let labels: Vec<&str> = sets.iter().flatten().map(String::as_str).collect();
-    while let Some(task) = db
-        .claim_task(&claim_of("drain", &labels, at(0)))
-        .await
-        .unwrap()
-    {
-        assert!(finish(db, &task, "drain", Status::Success, at(0)).await);
-    }
-}
-
+/// Claims are fair between jobs: the task claimed belongs to the job with
+/// the fewest running tasks, so one job's long queue cannot starve another
+/// job's task queued a moment later.
 pub async fn fair_between_jobs<D: Database>(db: &D) {
-    drain(db).await;
     let big = job(db, "fair-big").await;
     let small = job(db, "fair-small").await;
     let mut yaml = String::from("version: 1\ntasks:\n");
@@ -820,7 +812,6 @@ tasks:
 ";
 
 pub async fn steps<D: Database>(db: &D) {
-    drain(db).await;
     let job = job(db, "steps").await;
     let detail = create(db, &job, new_run(tasks(STEPS)), at(0)).await;
     let steps = &task(&detail, "build").steps;
@@ -899,7 +890,6 @@ tasks:
 ";
 
 pub async fn retry_on_failure<D: Database>(db: &D) {
-    drain(db).await;
     let job = job(db, "retry").await;
     create(db, &job, new_run(tasks(RETRY)), at(0)).await;
     let first = claim_named(db, "agent-1", "flaky", at(10)).await;
@@ -991,7 +981,6 @@ pub async fn retry_on_failure<D: Database>(db: &D) {
 }
 
 pub async fn lease_expiry<D: Database>(db: &D) {
-    drain(db).await;
     let job = job(db, "lease").await;
     create(db, &job, new_run(tasks(RETRY)), at(0)).await;
     // Lease runs to at(60).
@@ -1057,7 +1046,6 @@ pub async fn lease_expiry<D: Database>(db: &D) {
 }
 
 pub async fn holder_checks<D: Database>(db: &D) {
-    drain(db).await;
     let job = job(db, "holder").await;
     create(db, &job, new_run(tasks(PAIR)), at(0)).await;
     let b_id = task(&run(db, &job, 1).await, "b").id;
@@ -1159,7 +1147,6 @@ tasks:
 /// the run stays `running` until the last ends, each ended task's steps
 /// are closed, and the outcome is the worst.
 pub async fn wide_run<D: Database>(db: &D) {
-    drain(db).await;
     let job = job(db, "wide").await;
     create(db, &job, new_run(tasks(WIDE)), at(0)).await;
     let a = claim_named(db, "agent", "a", at(1)).await;
@@ -1205,7 +1192,6 @@ pub async fn wide_run<D: Database>(db: &D) {
 /// Tasks claimed for an agent that never got them go back to the queue
 /// as they were; a started, ended, cancelled or spared task does not.
 pub async fn undelivered<D: Database>(db: &D) {
-    drain(db).await;
     let job = job(db, "undelivered").await;
     let detail = create(db, &job, new_run(tasks(WIDE)), at(0)).await;
     let ids: Vec<Id> = ["a", "b", "c"]
@@ -1277,7 +1263,6 @@ pub async fn undelivered<D: Database>(db: &D) {
 }
 
 pub async fn cancel<D: Database>(db: &D) {
-    drain(db).await;
     let job = job(db, "cancel").await;
 
     // Nothing running: over at once.
@@ -1367,7 +1352,6 @@ pub async fn cancel<D: Database>(db: &D) {
 }
 
 pub async fn deadline<D: Database>(db: &D) {
-    drain(db).await;
     let job = job(db, "deadline").await;
     let mut timed = new_run(tasks(DIAMOND));
     timed.timeout = Some(Duration::from_secs(600));
@@ -1421,7 +1405,6 @@ pub async fn deadline<D: Database>(db: &D) {
 }
 
 pub async fn logs<D: Database>(db: &D) {
-    drain(db).await;
     let job = job(db, "logs").await;
     let detail = create(db, &job, new_run(tasks(WIDE)), at(0)).await;
     let (a, b, c) = (
@@ -1484,7 +1467,6 @@ pub async fn logs<D: Database>(db: &D) {
         1,
         "others' logs stay"
     );
-    drain(db).await;
 }
 
 fn artifact(path: &str) -> Artifact {
@@ -1497,7 +1479,6 @@ fn artifact(path: &str) -> Artifact {
 }
 
 pub async fn artifacts_and_reports<D: Database>(db: &D) {
-    drain(db).await;
     let job = job(db, "results").await;
     let detail = create(db, &job, new_run(tasks(PAIR)), at(0)).await;
     let a = task(&detail, "a").id;
@@ -1534,7 +1515,6 @@ pub async fn artifacts_and_reports<D: Database>(db: &D) {
         db.put_report(-1, "junit", "{}").await,
         Err(StoreError::NotFound(_))
     ));
-    drain(db).await;
 }
 
 pub async fn list_runs<D: Database>(db: &D) {
@@ -1605,7 +1585,6 @@ pub async fn list_runs<D: Database>(db: &D) {
         db.list_runs(-1, &page(10, None)).await.unwrap().is_empty(),
         "no such job"
     );
-    drain(db).await;
 }
 
 async fn job_named_other<D: Database>(db: &D) -> Job {
@@ -1621,10 +1600,9 @@ fn count(counts: &[(Status, i64)], status: Status) -> i64 {
 }
 
 pub async fn counts<D: Database>(db: &D) {
-    drain(db).await;
     let tasks_before = db.task_counts().await.unwrap();
     let runs_before = db.run_counts().await.unwrap();
-    assert_eq!(count(&tasks_before, Status::Queued), 0, "drained");
+    assert_eq!(count(&tasks_before, Status::Queued), 0, "a fresh store");
     let job = job(db, "counts").await;
     create(db, &job, new_run(tasks(DIAMOND)), at(0)).await;
     let tasks_after = db.task_counts().await.unwrap();
@@ -1647,6 +1625,75 @@ pub async fn counts<D: Database>(db: &D) {
         count(&tasks_done, Status::Success) - count(&tasks_after, Status::Success),
         4
     );
+}
+
+/// Every whole run of the queue's table ([`crate::queue::cases`]) played
+/// through claims and reports, each case a job of its own; all mismatches
+/// are reported together.
+pub async fn queue_cases<D: Database>(db: &D) {
+    let mut failures = Vec::new();
+    for (index, case) in cases::CASES.iter().enumerate() {
+        let observed = play(db, case, &format!("case-{index}")).await;
+        if let Err(message) = case.check(&observed) {
+            failures.push(message);
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// Runs `case` as job `name`: claims tasks one at a time and ends each as
+/// scripted, cancelling the run where the case says.
+async fn play<D: Database>(db: &D, case: &cases::Case, name: &str) -> Observed {
+    let job = job(db, name).await;
+    let new = case
+        .pipeline()
+        .into_iter()
+        .map(|task| NewTask {
+            skip_reason: cases::Case::skip_reason(&task, Event::Push),
+            task,
+        })
+        .collect();
+    let mut new = new_run(new);
+    new.branch = Some(cases::BRANCH.into());
+    let number = create(db, &job, new, at(0)).await.run.number;
+    let mut attempts: Vec<(String, u32)> = Vec::new();
+    let mut now = 1;
+    while let Some(task) = claim(db, "player", at(now)).await {
+        let n = match attempts.iter_mut().find(|(name, _)| *name == task.name) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                attempts.push((task.name.clone(), 1));
+                1
+            }
+        };
+        assert_eq!(task.attempt, i64::from(n), "attempt numbers count claims");
+        if case.cancels(&task.name, n) {
+            db.cancel_run(job.id, number, at(now)).await.unwrap();
+        }
+        let status = case.outcome(&task.name, n);
+        assert!(finish(db, &task, "player", status, at(now)).await);
+        now += 1;
+    }
+    let detail = run(db, &job, number).await;
+    Observed {
+        tasks: detail
+            .tasks
+            .iter()
+            .map(|t| {
+                let n = attempts.iter().find(|(name, _)| *name == t.name);
+                (
+                    t.name.clone(),
+                    t.status,
+                    n.map_or(0, |(_, n)| *n),
+                    t.reason.clone(),
+                )
+            })
+            .collect(),
+        run: detail.run.status,
+    }
 }
 
 /// 200 queued tasks, 8 claimers racing until none is left: every task is
@@ -1833,6 +1880,63 @@ tasks:
 }
 
 // --- measurements, for the backends' benchmarks
+
+/// The backends' benchmark, printed line by line after `backend: `: claims
+/// per second with 8 concurrent claimers over 5 000 queued tasks, then
+/// `list_runs` latency over 100 000 runs of one job, which `seed` (given
+/// the job's id and the count) stores in bulk.
+pub async fn benchmark<D, F, Fut>(db: D, backend: &str, seed: F)
+where
+    D: Database,
+    F: FnOnce(Id, i64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    const TASKS: usize = 5_000;
+    const CLAIMERS: usize = 8;
+    const RUNS: i64 = 100_000;
+    const ITERATIONS: usize = 500;
+
+    let (created, claimed) = measure_claims(db.clone(), TASKS, CLAIMERS).await;
+    println!(
+        "{backend}: created {TASKS} tasks in {created:.2}s; {CLAIMERS} claimers took them in \
+         {claimed:.2}s = {:.0} claims/s",
+        TASKS as f64 / claimed
+    );
+
+    let job = job(&db, "bench-list").await;
+    let started = std::time::Instant::now();
+    seed(job.id, RUNS).await;
+    println!(
+        "{backend}: inserted {RUNS} runs in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    let page = |status, branch: Option<&str>, before| RunFilter {
+        status,
+        branch: branch.map(str::to_string),
+        before,
+        limit: 50,
+    };
+    let cases = [
+        ("first page", page(None, None, None)),
+        ("status=failure", page(Some(Status::Failure), None, None)),
+        ("branch=dev", page(None, Some("dev"), None)),
+        ("before=50000", page(None, None, Some(50_000))),
+    ];
+    for (name, filter) in cases {
+        let times = measure_list_runs(&db, job.id, &filter, ITERATIONS).await;
+        println!(
+            "{backend}: list_runs {name} (limit 50, {RUNS} runs): p50 {:.3} ms, p99 {:.3} ms",
+            percentile_ms(&times, 50),
+            percentile_ms(&times, 99)
+        );
+    }
+    // Keeps the seeding honest about what it stored.
+    let newest = db
+        .list_runs(job.id, &page(None, None, None))
+        .await
+        .expect("list");
+    assert_eq!(newest[0].number, RUNS);
+}
 
 /// Queues `total` tasks (in runs of 50) on a new job, then has `claimers`
 /// concurrent claimers take them all. Returns (seconds to create the runs,

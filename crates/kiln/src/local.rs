@@ -1,8 +1,9 @@
 //! The offline scheduler behind `kiln run`: runs a pipeline's tasks on this
 //! machine in DAG order, independent tasks in parallel up to a limit.
 //!
-//! The server has its own queue in the database; this scheduler is the
-//! in-memory equivalent for one run, using the same executors.
+//! The server has its queue in the database; this scheduler is the
+//! in-memory equivalent for one run, using the same executors and the same
+//! rules (`kiln_store::queue`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,7 +13,11 @@ use std::time::{Duration, Instant};
 pub use kiln_exec::context::{RunContext, task_dir_name};
 use kiln_exec::{CancellationToken, Executor, SourceTree, TaskEvents, TaskOutcome, TaskSpec};
 use kiln_pipeline::{Pipeline, Status, Task};
+use kiln_store::queue::{self, AfterEnd, Attempt, Stop, TaskState};
 use tokio::task::JoinSet;
+
+/// Why a task whose `when` does not match this run is skipped.
+const WHEN_SKIPPED: &str = "`when` does not match this run";
 
 pub struct RunPlan {
     pub pipeline: Pipeline,
@@ -51,13 +56,6 @@ pub struct TaskReport {
     pub outcome: Option<TaskOutcome>,
 }
 
-impl TaskReport {
-    /// Whether dependants may run after this task.
-    pub fn passed(&self) -> bool {
-        self.status == Status::Success || (self.allow_failure && self.status == Status::Failure)
-    }
-}
-
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunReport {
     pub number: u64,
@@ -71,14 +69,12 @@ fn serialize_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, 
     s.serialize_f64(d.as_secs_f64())
 }
 
-enum State {
-    Waiting,
-    Running,
-    Done(TaskReport),
-}
-
 /// Runs the plan to its end and reports every task, in pipeline order.
 /// Cancelling `cancel` stops running tasks and starts no more.
+///
+/// Which task may start, what becomes of a task when an attempt ends, and
+/// the run's status are the queue's rules (`kiln_store::queue`), the same
+/// a server applies: this keeps their states in memory and runs the tasks.
 pub async fn run_pipeline(
     plan: RunPlan,
     executor: Arc<dyn Executor>,
@@ -89,111 +85,71 @@ pub async fn run_pipeline(
     let deadline = plan.pipeline.timeout.map(|t| started + t.as_std());
     let plan = Arc::new(plan);
     let tasks = &plan.pipeline.tasks;
-    let index: HashMap<&str, usize> = tasks
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.as_str(), i))
-        .collect();
-    let mut states: Vec<State> = tasks.iter().map(|_| State::Waiting).collect();
-    for (i, task) in tasks.iter().enumerate() {
-        if let Some(when) = &task.when
-            && !when.matches(plan.context.branch.as_deref(), plan.context.event)
-        {
-            states[i] = State::Done(not_run(
-                task,
-                Status::Skipped,
-                "`when` does not match this run".into(),
-            ));
-        }
-    }
+    let mut states = queue::start(tasks.iter().map(|task| {
+        let skip = task
+            .when
+            .as_ref()
+            .filter(|when| !when.matches(plan.context.branch.as_deref(), plan.context.event))
+            .map(|_| WHEN_SKIPPED.to_string());
+        (task, skip)
+    }));
+    let mut reports: Vec<Option<TaskReport>> = vec![None; tasks.len()];
 
     let mut running: JoinSet<(usize, TaskReport)> = JoinSet::new();
-    let mut umbrella_expired = false;
+    let mut stop = None;
     loop {
-        // Settle every waiting task whose needs have all ended.
-        let mut progress = true;
-        while progress {
-            progress = false;
-            for i in 0..tasks.len() {
-                if !matches!(states[i], State::Waiting) {
-                    continue;
-                }
-                let task = &tasks[i];
-                let needs: Vec<&State> = task
-                    .needs
-                    .iter()
-                    .filter_map(|n| index.get(n.as_str()))
-                    .map(|&j| &states[j])
-                    .collect();
-                let blocked = needs.iter().find_map(|s| match s {
-                    State::Done(r) if !r.passed() => Some(r),
-                    _ => None,
-                });
-                if let Some(need) = blocked {
-                    let reason = format!("needs `{}`, which ended {}", need.name, need.status);
-                    states[i] = State::Done(not_run(task, Status::Skipped, reason));
-                    progress = true;
-                    continue;
-                }
-                let ready = needs.iter().all(|s| matches!(s, State::Done(_)));
-                if !ready || running.len() >= plan.jobs.max(1) {
-                    continue;
-                }
-                if cancel.is_cancelled() || umbrella_expired {
-                    continue;
-                }
-                if let Some(missing) = task.secrets.iter().find(|s| !plan.secrets.contains_key(*s))
-                {
-                    let reason = format!(
-                        "secret `{missing}` is not set: pass --secret {missing}=VALUE or --secret-file FILE"
-                    );
-                    states[i] = State::Done(not_run(task, Status::Error, reason));
-                    progress = true;
-                    continue;
-                }
-                states[i] = State::Running;
-                progress = true;
-                let (plan, executor, observer, cancel) = (
-                    plan.clone(),
-                    executor.clone(),
-                    observer.clone(),
-                    cancel.clone(),
-                );
-                running.spawn(async move {
-                    let report = run_task(
-                        &plan,
-                        i,
-                        deadline,
-                        executor.as_ref(),
-                        observer.as_ref(),
-                        &cancel,
-                    )
-                    .await;
-                    (i, report)
-                });
-            }
+        // A stop ends every task that has not started; a cancel outranks
+        // the umbrella timeout.
+        if cancel.is_cancelled() {
+            stop = Some(Stop::Cancel);
         }
-
-        if running.is_empty() {
-            // Nothing runs and nothing more can start: the rest never will.
-            let reason = if cancel.is_cancelled() {
-                (Status::Cancelled, "the run was cancelled".to_string())
-            } else if umbrella_expired {
-                (Status::Skipped, "the run reached its timeout".to_string())
-            } else {
+        if let Some(stop) = stop {
+            queue::stop(&mut states, stop);
+        }
+        // Release or skip what waits on tasks that ended, and start queued
+        // tasks in pipeline order while there is room.
+        queue::settle(&mut states);
+        while running.len() < plan.jobs.max(1) {
+            let Some(i) = states.iter().position(|t| t.status == Status::Queued) else {
                 break;
             };
-            for (i, state) in states.iter_mut().enumerate() {
-                if matches!(state, State::Waiting) {
-                    *state = State::Done(not_run(&tasks[i], reason.0, reason.1.clone()));
-                }
+            let task = &tasks[i];
+            if let Some(missing) = task.secrets.iter().find(|s| !plan.secrets.contains_key(*s)) {
+                states[i].status = Status::Error;
+                states[i].reason = Some(format!(
+                    "secret `{missing}` is not set: pass --secret {missing}=VALUE or --secret-file FILE"
+                ));
+                queue::settle(&mut states);
+                continue;
             }
+            states[i].status = Status::Running;
+            let (plan, executor, observer, cancel) = (
+                plan.clone(),
+                executor.clone(),
+                observer.clone(),
+                cancel.clone(),
+            );
+            running.spawn(async move {
+                let report = run_task(
+                    &plan,
+                    i,
+                    deadline,
+                    executor.as_ref(),
+                    observer.as_ref(),
+                    &cancel,
+                )
+                .await;
+                (i, report)
+            });
+        }
+        if running.is_empty() {
+            // Nothing runs and nothing more can start.
             break;
         }
 
         let umbrella = async {
             match deadline {
-                Some(at) if !umbrella_expired => tokio::time::sleep_until(at.into()).await,
+                Some(at) if stop.is_none() => tokio::time::sleep_until(at.into()).await,
                 _ => std::future::pending().await,
             }
         };
@@ -201,25 +157,31 @@ pub async fn run_pipeline(
             joined = running.join_next() => {
                 if let Some(Ok((i, report))) = joined {
                     observer.task_finished(&tasks[i], &report);
-                    states[i] = State::Done(report);
+                    states[i].status = report.status;
+                    states[i].reason = report.reason.clone();
+                    reports[i] = Some(report);
                 }
             }
-            _ = umbrella => umbrella_expired = true,
+            _ = umbrella => stop = Some(Stop::Deadline),
         }
     }
 
     // Every task has ended by now; should one not have, say so rather than panic.
-    let reports: Vec<TaskReport> = states
+    for state in &mut states {
+        if !state.status.is_terminal() {
+            state.status = Status::Skipped;
+            state.reason = Some("never became ready to run".into());
+        }
+    }
+    let status = stop
+        .and_then(Stop::forced)
+        .unwrap_or_else(|| queue::run_status(&states));
+    let reports = reports
         .into_iter()
+        .zip(states)
         .zip(tasks)
-        .map(|(state, task)| match state {
-            State::Done(report) => report,
-            State::Waiting | State::Running => {
-                not_run(task, Status::Skipped, "never became ready to run".into())
-            }
-        })
+        .map(|((report, state), task)| report.unwrap_or_else(|| not_run(task, state)))
         .collect();
-    let status = run_status(&reports, cancel.is_cancelled(), umbrella_expired);
     RunReport {
         number: plan.context.run_number,
         status,
@@ -228,34 +190,12 @@ pub async fn run_pipeline(
     }
 }
 
-/// The run's status: the worst of its tasks', where a Ctrl-C or the umbrella
-/// timeout outranks what the tasks themselves say.
-fn run_status(reports: &[TaskReport], cancelled: bool, timed_out: bool) -> Status {
-    if cancelled {
-        return Status::Cancelled;
-    }
-    if timed_out {
-        return Status::TimedOut;
-    }
-    let counted = || reports.iter().filter(|r| !r.passed());
-    for status in [
-        Status::Error,
-        Status::TimedOut,
-        Status::Cancelled,
-        Status::Failure,
-    ] {
-        if counted().any(|r| r.status == status) {
-            return status;
-        }
-    }
-    Status::Success
-}
-
-fn not_run(task: &Task, status: Status, reason: String) -> TaskReport {
+/// The report of a task that never started, as the rules ended it.
+fn not_run(task: &Task, state: TaskState) -> TaskReport {
     TaskReport {
         name: task.name.clone(),
-        status,
-        reason: Some(reason),
+        status: state.status,
+        reason: state.reason,
         allow_failure: task.allow_failure,
         attempts: 0,
         duration: Duration::ZERO,
@@ -263,6 +203,7 @@ fn not_run(task: &Task, status: Status, reason: String) -> TaskReport {
     }
 }
 
+/// Runs `task`'s attempts until `queue::after_end` ends it.
 async fn run_task(
     plan: &RunPlan,
     index: usize,
@@ -285,17 +226,25 @@ async fn run_task(
         observer.task_started(task, attempt);
         let events = observer.task_events(task, attempt);
         let outcome = executor.run(&spec, events, cancel.clone()).await;
-        let retryable = matches!(
-            outcome.status,
-            Status::Failure | Status::Error | Status::TimedOut
-        );
-        let umbrella_left = umbrella.is_none_or(|u| Instant::now() < u);
-        if retryable && attempt <= task.retry && !cancel.is_cancelled() && umbrella_left {
-            continue;
-        }
+        let stop = if cancel.is_cancelled() {
+            Some(Stop::Cancel)
+        } else if umbrella.is_some_and(|u| Instant::now() >= u) {
+            Some(Stop::Deadline)
+        } else {
+            None
+        };
+        let ended = Attempt {
+            number: i64::from(attempt),
+            max: queue::max_attempts(task),
+            stop,
+        };
+        let status = match queue::after_end(&ended, outcome.status, outcome.error.as_deref()) {
+            AfterEnd::Retry { .. } => continue,
+            AfterEnd::End(status) => status,
+        };
         return TaskReport {
             name: task.name.clone(),
-            status: outcome.status,
+            status,
             reason: outcome.error.clone(),
             allow_failure: task.allow_failure,
             attempts: attempt,
@@ -325,4 +274,111 @@ pub fn task_spec(plan: &RunPlan, task: &Task) -> TaskSpec {
         plan.run_dir.join("tasks").join(task_dir_name(&task.name)),
         plan.labels.clone(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures_util::future::BoxFuture;
+    use kiln_pipeline::Event;
+    use kiln_store::queue::cases::{CASES, Case, Observed, WHEN_SKIPPED};
+
+    use super::*;
+
+    /// Ends each attempt as its case scripts it, cancelling the run where
+    /// the case says.
+    struct Scripted {
+        case: &'static Case,
+        attempts: Mutex<HashMap<String, u32>>,
+    }
+
+    impl Executor for Scripted {
+        fn kind(&self) -> &'static str {
+            "scripted"
+        }
+
+        fn run<'a>(
+            &'a self,
+            spec: &'a TaskSpec,
+            _events: Arc<dyn TaskEvents>,
+            cancel: CancellationToken,
+        ) -> BoxFuture<'a, TaskOutcome> {
+            let mut attempts = self.attempts.lock().unwrap();
+            let attempt = attempts.entry(spec.name.clone()).or_default();
+            *attempt += 1;
+            if self.case.cancels(&spec.name, *attempt) {
+                cancel.cancel();
+            }
+            let mut outcome = TaskOutcome::error(spec, "scripted");
+            outcome.status = self.case.outcome(&spec.name, *attempt);
+            outcome.error = None;
+            Box::pin(std::future::ready(outcome))
+        }
+    }
+
+    struct Silent;
+
+    impl TaskEvents for Silent {
+        fn log(&self, _stream: kiln_exec::LogStream, _bytes: &[u8]) {}
+    }
+
+    impl RunObserver for Silent {
+        fn task_events(&self, _task: &Task, _attempt: u32) -> Arc<dyn TaskEvents> {
+            Arc::new(Silent)
+        }
+    }
+
+    async fn play(case: &'static Case) -> Observed {
+        let pipeline = kiln_pipeline::parse("case.kiln.yml", &case.yaml()).expect("pipeline");
+        let dir = std::env::temp_dir();
+        let plan = RunPlan {
+            pipeline,
+            context: RunContext {
+                job: "cases".into(),
+                run_number: 1,
+                branch: Some(kiln_store::queue::cases::BRANCH.into()),
+                sha: None,
+                event: Event::Manual,
+                agent: "local".into(),
+            },
+            source: Arc::new(SourceTree {
+                root: dir.clone(),
+                files: Vec::new(),
+            }),
+            run_dir: dir,
+            secrets: HashMap::new(),
+            extra_env: Vec::new(),
+            // One task at a time, in pipeline order, as the table expects.
+            jobs: 1,
+            labels: Vec::new(),
+        };
+        let executor = Arc::new(Scripted {
+            case,
+            attempts: Mutex::new(HashMap::new()),
+        });
+        let report = run_pipeline(plan, executor, Arc::new(Silent), CancellationToken::new()).await;
+        Observed {
+            tasks: report
+                .tasks
+                .into_iter()
+                .map(|t| (t.name, t.status, t.attempts, t.reason))
+                .collect(),
+            run: report.status,
+        }
+    }
+
+    /// The offline runner ends every case of the queue's table as the
+    /// rules (and so the server's backends) do.
+    #[tokio::test]
+    async fn runs_end_as_the_queue_rules_say() {
+        assert_eq!(WHEN_SKIPPED, super::WHEN_SKIPPED);
+        let mut failures = Vec::new();
+        for case in CASES {
+            if let Err(message) = case.check(&play(case).await) {
+                failures.push(message);
+            }
+        }
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
 }

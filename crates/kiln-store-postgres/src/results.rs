@@ -1,0 +1,63 @@
+//! What tasks leave behind: artifacts (their bytes are in the blob store)
+//! and reports.
+
+use kiln_store::sql::{self, or_missing};
+use kiln_store::{Artifact, Id, Result, ResultStore};
+
+use crate::PostgresStore;
+
+impl ResultStore for PostgresStore {
+    async fn add_artifact(&self, task_id: Id, artifact: &Artifact) -> Result<()> {
+        // Uploading the same path again (an agent retrying) replaces it.
+        let result = sqlx::query(
+            "INSERT INTO artifacts (task_id, path, size, content_type, blob_key) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (task_id, path) DO UPDATE SET \
+             size = excluded.size, content_type = excluded.content_type, \
+             blob_key = excluded.blob_key",
+        )
+        .bind(task_id)
+        .bind(&artifact.path)
+        .bind(artifact.size)
+        .bind(&artifact.content_type)
+        .bind(&artifact.blob_key)
+        .execute(&self.pool)
+        .await;
+        or_missing(result, || format!("task {task_id}"))?;
+        Ok(())
+    }
+
+    async fn list_artifacts(&self, task_id: Id) -> Result<Vec<Artifact>> {
+        let rows = sqlx::query(
+            "SELECT path, size, content_type, blob_key FROM artifacts \
+             WHERE task_id = $1 ORDER BY path",
+        )
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sql::artifact).collect()
+    }
+
+    async fn put_report(&self, task_id: Id, kind: &str, json: &str) -> Result<()> {
+        let result = sqlx::query(
+            "INSERT INTO reports (task_id, kind, json) VALUES ($1, $2, $3) \
+             ON CONFLICT (task_id, kind) DO UPDATE SET json = excluded.json",
+        )
+        .bind(task_id)
+        .bind(kind)
+        .bind(json)
+        .execute(&self.pool)
+        .await;
+        or_missing(result, || format!("task {task_id}"))?;
+        Ok(())
+    }
+
+    async fn get_report(&self, task_id: Id, kind: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT json FROM reports WHERE task_id = $1 AND kind = $2")
+                .bind(task_id)
+                .bind(kind)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+}

@@ -1,0 +1,236 @@
+//! Runs and their tasks as a whole: creating, reading, listing, cancelling.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use kiln_store::queue::{self, Stop};
+use kiln_store::sql::{self, RUN_SELECT, STEP_SELECT, TASK_SELECT};
+use kiln_store::values::{Corrupt, after, ms, status};
+use kiln_store::{
+    Id, NewRun, Result, Run, RunDetail, RunFilter, RunStore, StepRow, StoreError, TaskRow,
+};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use crate::SqliteStore;
+use crate::queue::settle_run;
+
+impl RunStore for SqliteStore {
+    async fn create_run(&self, job_id: Id, run: NewRun, now: DateTime<Utc>) -> Result<RunDetail> {
+        let mut tx = self.write().await?;
+        let number: i64 = sqlx::query_scalar(
+            "UPDATE jobs SET next_run = next_run + 1 WHERE id = ? RETURNING next_run - 1",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("job {job_id}")))?;
+
+        // The initial statuses, settled before anything is written.
+        let start = queue::start_run(&run);
+        let deadline = match (&start.error, run.timeout) {
+            (None, Some(timeout)) => Some(ms(after(now, timeout)?)),
+            _ => None,
+        };
+        let finished_at = start.status.is_terminal().then_some(ms(now));
+        let run_id: i64 = sqlx::query_scalar(
+            "INSERT INTO runs (job_id, number, status, branch, sha, event, error, created_at, \
+             finished_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(job_id)
+        .bind(number)
+        .bind(start.status.as_str())
+        .bind(&run.branch)
+        .bind(&run.sha)
+        .bind(run.event.as_str())
+        .bind(&start.error)
+        .bind(ms(now))
+        .bind(finished_at)
+        .bind(deadline)
+        .fetch_one(&mut *tx)
+        .await?;
+
+        for (position, (new, state)) in run.tasks.iter().zip(&start.tasks).enumerate() {
+            let task = &new.task;
+            let queued_at = (state.status == kiln_store::Status::Queued).then_some(ms(now));
+            let finished_at = state.status.is_terminal().then_some(ms(now));
+            let runs_on = sql::json("labels", &kiln_store::placement_labels(task))?;
+            let task_id: i64 = sqlx::query_scalar(
+                "INSERT INTO tasks (run_id, position, name, status, reason, spec, runs_on, \
+                 attempt, max_attempts, queued_at, finished_at, job_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?10, \
+                 (SELECT job_id FROM runs WHERE id = ?1)) RETURNING id",
+            )
+            .bind(run_id)
+            .bind(position as i64)
+            .bind(&task.name)
+            .bind(state.status.as_str())
+            .bind(&state.reason)
+            .bind(kiln_store::values::spec_json(task)?)
+            .bind(runs_on)
+            .bind(queue::max_attempts(task))
+            .bind(queued_at)
+            .bind(finished_at)
+            .fetch_one(&mut *tx)
+            .await?;
+            // One statement a step: the single writer makes that cheap.
+            for (index, step) in task.steps.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO steps (task_id, position, name, status) VALUES (?, ?, ?, ?)",
+                )
+                .bind(task_id)
+                .bind(index as i64)
+                .bind(&step.name)
+                .bind(state.step_status().as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let detail = run_detail(&mut tx, run_id)
+            .await?
+            .ok_or_else(|| Corrupt(format!("run {run_id} vanished")))?;
+        tx.commit().await?;
+        Ok(detail)
+    }
+
+    async fn get_run_by_id(&self, run_id: Id) -> Result<Option<Run>> {
+        let row = sqlx::query(&format!("{RUN_SELECT} WHERE r.id = ?"))
+            .bind(run_id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(sql::run).transpose()
+    }
+
+    async fn get_run(&self, job_id: Id, number: i64) -> Result<Option<RunDetail>> {
+        let mut tx = self.read().await?;
+        let run_id: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM runs WHERE job_id = ? AND number = ?")
+                .bind(job_id)
+                .bind(number)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let detail = match run_id {
+            Some(id) => run_detail(&mut tx, id).await?,
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(detail)
+    }
+
+    async fn list_runs(&self, job_id: Id, filter: &RunFilter) -> Result<Vec<Run>> {
+        let mut query = QueryBuilder::<Sqlite>::new(RUN_SELECT);
+        query.push(" WHERE r.job_id = ").push_bind(job_id);
+        if let Some(status) = filter.status {
+            query.push(" AND r.status = ").push_bind(status.as_str());
+        }
+        if let Some(branch) = &filter.branch {
+            query.push(" AND r.branch = ").push_bind(branch.clone());
+        }
+        if let Some(before) = filter.before {
+            query.push(" AND r.number < ").push_bind(before);
+        }
+        query
+            .push(" ORDER BY r.number DESC LIMIT ")
+            .push_bind(filter.page_size());
+        let rows = query.build().fetch_all(&self.reader).await?;
+        rows.iter().map(sql::run).collect()
+    }
+
+    async fn cancel_run(&self, job_id: Id, number: i64, now: DateTime<Utc>) -> Result<RunDetail> {
+        let mut tx = self.write().await?;
+        let row = sqlx::query("SELECT id, status FROM runs WHERE job_id = ? AND number = ?")
+            .bind(job_id)
+            .bind(number)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("run #{number}")))?;
+        let run_id: i64 = row.try_get("id")?;
+        let run_status = status(row.try_get("status")?)?;
+        if run_status.is_terminal() {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict(format!(
+                "run #{number} already ended {run_status}"
+            )));
+        }
+        sqlx::query(
+            "UPDATE tasks SET status = ?, reason = ?, finished_at = ? \
+             WHERE run_id = ? AND status IN ('pending', 'queued')",
+        )
+        .bind(Stop::Cancel.unstarted().as_str())
+        .bind(Stop::Cancel.reason())
+        .bind(ms(now))
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        // Running tasks end when their agent reports back (`queue::after_end`).
+        sqlx::query(
+            "UPDATE tasks SET cancel_requested = 1 WHERE run_id = ? AND status = 'running'",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        settle_run(&mut tx, run_id, None, now).await?;
+        let detail = run_detail(&mut tx, run_id)
+            .await?
+            .ok_or_else(|| Corrupt(format!("run {run_id} vanished")))?;
+        tx.commit().await?;
+        Ok(detail)
+    }
+}
+
+pub(crate) async fn run_detail(
+    conn: &mut SqliteConnection,
+    run_id: Id,
+) -> Result<Option<RunDetail>> {
+    let Some(row) = sqlx::query(&format!("{RUN_SELECT} WHERE r.id = ?"))
+        .bind(run_id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let run = sql::run(&row)?;
+    let rows = sqlx::query(&format!("{TASK_SELECT} WHERE run_id = ? ORDER BY position"))
+        .bind(run_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut tasks = rows.iter().map(sql::task).collect::<Result<Vec<_>>>()?;
+    let rows = sqlx::query(&format!(
+        "{STEP_SELECT} WHERE task_id IN (SELECT id FROM tasks WHERE run_id = ?) \
+         ORDER BY task_id, position"
+    ))
+    .bind(run_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut steps: HashMap<Id, Vec<StepRow>> = HashMap::new();
+    for row in &rows {
+        let (task_id, step) = sql::step(row)?;
+        steps.entry(task_id).or_default().push(step);
+    }
+    for task in &mut tasks {
+        task.steps = steps.remove(&task.id).unwrap_or_default();
+    }
+    Ok(Some(RunDetail { run, tasks }))
+}
+
+pub(crate) async fn task_row(conn: &mut SqliteConnection, task_id: Id) -> Result<Option<TaskRow>> {
+    let Some(row) = sqlx::query(&format!("{TASK_SELECT} WHERE id = ?"))
+        .bind(task_id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut task = sql::task(&row)?;
+    let rows = sqlx::query(&format!(
+        "{STEP_SELECT} WHERE task_id = ? ORDER BY position"
+    ))
+    .bind(task_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    task.steps = rows
+        .iter()
+        .map(|row| sql::step(row).map(|(_, step)| step))
+        .collect::<Result<_>>()?;
+    Ok(Some(task))
+}

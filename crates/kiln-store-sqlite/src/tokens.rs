@@ -1,0 +1,51 @@
+//! API and agent tokens, by the hash of their secret.
+
+use chrono::{DateTime, Utc};
+use kiln_store::sql;
+use kiln_store::values::{ms, token_kind_str};
+use kiln_store::{Id, Result, StoreError, TokenInfo, TokenKind, TokenStore};
+
+use crate::SqliteStore;
+
+impl TokenStore for SqliteStore {
+    async fn insert_token(
+        &self,
+        hash: &str,
+        kind: TokenKind,
+        name: &str,
+        is_admin: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Id> {
+        let mut tx = self.write().await?;
+        let id: Option<Id> = sqlx::query_scalar(
+            "INSERT INTO tokens (hash, kind, name, is_admin, created_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (hash) DO NOTHING RETURNING id",
+        )
+        .bind(hash)
+        .bind(token_kind_str(kind))
+        .bind(name)
+        .bind(is_admin)
+        .bind(ms(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let id = id.ok_or_else(|| StoreError::Conflict("this token already exists".into()))?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn find_token(&self, hash: &str) -> Result<Option<TokenInfo>> {
+        let row = sqlx::query("SELECT id, kind, name, is_admin FROM tokens WHERE hash = ?")
+            .bind(hash)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(sql::token).transpose()
+    }
+
+    async fn has_admin_token(&self) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tokens WHERE is_admin)")
+                .fetch_one(&self.reader)
+                .await?,
+        )
+    }
+}

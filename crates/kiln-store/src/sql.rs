@@ -1,0 +1,311 @@
+//! What the two sqlx backends share besides the queue's rules: their
+//! errors as [`StoreError`]s (so `?` works on sqlx's), and reading rows into
+//! the store's types. Both schemas name and type these columns alike
+//! (times as unix milliseconds, statuses and kinds as text, task specs as
+//! JSON text), so one reader serves both; the SQL that selects and writes
+//! them stays in each backend, in its own dialect.
+
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use crate::values::{event, job_kind, opt_time, spec, status, time, token_kind};
+use crate::{
+    Artifact, Id, Job, JobSpec, Result, Run, SecretInfo, Status, StepRow, StoreError, TaskHold,
+    TaskRow, TokenInfo,
+};
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::backend(error)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        StoreError::backend(error)
+    }
+}
+
+/// `NotFound(what)` when `result` failed on a foreign key — the job or
+/// task a new row belongs to does not exist; any other error as it is.
+pub fn or_missing<T>(
+    result: std::result::Result<T, sqlx::Error>,
+    what: impl FnOnce() -> String,
+) -> Result<T> {
+    match result {
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+            Err(StoreError::NotFound(what()))
+        }
+        other => Ok(other?),
+    }
+}
+
+/// A JSON encoding the store made of its own values failed: a bug, but
+/// reported as an error rather than a panic.
+pub fn json<T: serde::Serialize + ?Sized>(what: &str, value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| crate::values::Corrupt(format!("{what}: {e}")).into())
+}
+
+/// A row of either backend, read by column name as the store's columns
+/// are typed.
+pub trait StoreRow: Row {
+    fn int(&self, column: &str) -> Result<i64>;
+    fn opt_int(&self, column: &str) -> Result<Option<i64>>;
+    fn text(&self, column: &str) -> Result<String>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>>;
+    fn flag(&self, column: &str) -> Result<bool>;
+    fn bytes(&self, column: &str) -> Result<Vec<u8>>;
+}
+
+impl<R> StoreRow for R
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    bool: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn int(&self, column: &str) -> Result<i64> {
+        Ok(self.try_get(column)?)
+    }
+
+    fn opt_int(&self, column: &str) -> Result<Option<i64>> {
+        Ok(self.try_get(column)?)
+    }
+
+    fn text(&self, column: &str) -> Result<String> {
+        Ok(self.try_get(column)?)
+    }
+
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        Ok(self.try_get(column)?)
+    }
+
+    fn flag(&self, column: &str) -> Result<bool> {
+        Ok(self.try_get(column)?)
+    }
+
+    fn bytes(&self, column: &str) -> Result<Vec<u8>> {
+        Ok(self.try_get(column)?)
+    }
+}
+
+/// The columns [`job`] reads.
+pub const JOB_COLUMNS: &str = "id, name, kind, repository, pipeline_path, default_branch, \
+     pipeline, created_at, updated_at";
+
+pub fn job(row: &impl StoreRow) -> Result<Job> {
+    Ok(Job {
+        id: row.int("id")?,
+        spec: JobSpec {
+            name: row.text("name")?,
+            kind: job_kind(&row.text("kind")?)?,
+            repository: row.opt_text("repository")?,
+            pipeline_path: row.opt_text("pipeline_path")?,
+            default_branch: row.opt_text("default_branch")?,
+            pipeline: row.opt_text("pipeline")?,
+        },
+        created_at: time(row.int("created_at")?)?,
+        updated_at: time(row.int("updated_at")?)?,
+    })
+}
+
+/// Selects runs as [`run`] reads them; callers append `WHERE …`.
+pub const RUN_SELECT: &str = "SELECT r.id, r.job_id, j.name AS job, r.number, r.status, \
+     r.branch, r.sha, r.event, r.error, r.created_at, r.started_at, r.finished_at, r.deadline \
+     FROM runs r JOIN jobs j ON j.id = r.job_id";
+
+pub fn run(row: &impl StoreRow) -> Result<Run> {
+    Ok(Run {
+        id: row.int("id")?,
+        job_id: row.int("job_id")?,
+        job: row.text("job")?,
+        number: row.int("number")?,
+        status: status(&row.text("status")?)?,
+        branch: row.opt_text("branch")?,
+        sha: row.opt_text("sha")?,
+        event: event(&row.text("event")?)?,
+        error: row.opt_text("error")?,
+        created_at: time(row.int("created_at")?)?,
+        started_at: opt_time(row.opt_int("started_at")?)?,
+        finished_at: opt_time(row.opt_int("finished_at")?)?,
+        deadline: opt_time(row.opt_int("deadline")?)?,
+    })
+}
+
+/// The columns [`task`] reads.
+macro_rules! task_columns {
+    () => {
+        "id, run_id, name, status, reason, spec, attempt, agent, lease_expires_at, \
+         cancel_requested, queued_at, started_at, finished_at"
+    };
+}
+
+/// The columns [`task`] reads, for `SELECT … FROM` a CTE of tasks.
+pub const TASK_COLUMNS: &str = task_columns!();
+
+/// Selects tasks as [`task`] reads them; callers append `WHERE …`.
+pub const TASK_SELECT: &str = concat!("SELECT ", task_columns!(), " FROM tasks");
+
+/// A task without its steps (the caller adds them).
+pub fn task(row: &impl StoreRow) -> Result<TaskRow> {
+    Ok(TaskRow {
+        id: row.int("id")?,
+        run_id: row.int("run_id")?,
+        name: row.text("name")?,
+        status: status(&row.text("status")?)?,
+        reason: row.opt_text("reason")?,
+        spec: spec(&row.text("spec")?)?,
+        attempt: row.int("attempt")?,
+        agent: row.opt_text("agent")?,
+        lease_expires_at: opt_time(row.opt_int("lease_expires_at")?)?,
+        cancel_requested: row.flag("cancel_requested")?,
+        queued_at: opt_time(row.opt_int("queued_at")?)?,
+        started_at: opt_time(row.opt_int("started_at")?)?,
+        finished_at: opt_time(row.opt_int("finished_at")?)?,
+        steps: Vec::new(),
+    })
+}
+
+/// Selects steps as [`step`] reads them, with their `task_id`.
+pub const STEP_SELECT: &str =
+    "SELECT task_id, position, name, status, exit_code, started_at, finished_at FROM steps";
+
+/// A step, with the id of its task.
+pub fn step(row: &impl StoreRow) -> Result<(Id, StepRow)> {
+    Ok((
+        row.int("task_id")?,
+        StepRow {
+            index: row.int("position")?,
+            name: row.text("name")?,
+            status: status(&row.text("status")?)?,
+            exit_code: row.opt_int("exit_code")?,
+            started_at: opt_time(row.opt_int("started_at")?)?,
+            finished_at: opt_time(row.opt_int("finished_at")?)?,
+        },
+    ))
+}
+
+/// Selects holds as [`task_hold`] reads them; callers append `WHERE …`.
+pub const HOLD_SELECT: &str =
+    "SELECT id, run_id, name, status, agent, cancel_requested, started_at FROM tasks";
+
+pub fn task_hold(row: &impl StoreRow) -> Result<TaskHold> {
+    Ok(TaskHold {
+        id: row.int("id")?,
+        run_id: row.int("run_id")?,
+        name: row.text("name")?,
+        status: status(&row.text("status")?)?,
+        agent: row.opt_text("agent")?,
+        cancel_requested: row.flag("cancel_requested")?,
+        started_at: opt_time(row.opt_int("started_at")?)?,
+    })
+}
+
+/// What ending a task needs to know of it, as [`held`] reads it.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub id: Id,
+    pub run_id: Id,
+    pub status: Status,
+    pub attempt: i64,
+    pub max_attempts: i64,
+    pub cancel_requested: bool,
+    pub lease_holder: Option<String>,
+}
+
+impl Held {
+    /// Whether `holder` holds the task: it runs under `holder`'s lease.
+    pub fn by(&self, holder: &str) -> bool {
+        self.status == Status::Running && self.lease_holder.as_deref() == Some(holder)
+    }
+
+    /// Its attempt, as [`crate::queue::after_end`] needs it. A run past
+    /// its deadline is stopped by `expire`, which ends its running tasks
+    /// itself, so the only stop a report meets is a cancel.
+    pub fn attempt(&self) -> crate::queue::Attempt {
+        crate::queue::Attempt {
+            number: self.attempt,
+            max: self.max_attempts,
+            stop: self.cancel_requested.then_some(crate::queue::Stop::Cancel),
+        }
+    }
+}
+
+/// Selects tasks as [`held`] reads them; callers append `WHERE …`.
+pub const HELD_SELECT: &str = "SELECT id, run_id, status, attempt, max_attempts, \
+     cancel_requested, lease_holder FROM tasks";
+
+pub fn held(row: &impl StoreRow) -> Result<Held> {
+    Ok(Held {
+        id: row.int("id")?,
+        run_id: row.int("run_id")?,
+        status: status(&row.text("status")?)?,
+        attempt: row.int("attempt")?,
+        max_attempts: row.int("max_attempts")?,
+        cancel_requested: row.flag("cancel_requested")?,
+        lease_holder: row.opt_text("lease_holder")?,
+    })
+}
+
+/// Selects the tasks of a run as [`task_state`] reads them, with their
+/// ids; callers append `WHERE run_id = …`.
+pub const STATE_SELECT: &str = "SELECT id, name, status, reason, spec FROM tasks";
+
+/// A task as the queue's rules see it, with its id.
+pub fn task_state(row: &impl StoreRow) -> Result<(Id, crate::queue::TaskState)> {
+    let spec = spec(&row.text("spec")?)?;
+    Ok((
+        row.int("id")?,
+        crate::queue::TaskState {
+            name: row.text("name")?,
+            status: status(&row.text("status")?)?,
+            needs: spec.needs,
+            allow_failure: spec.allow_failure,
+            reason: row.opt_text("reason")?,
+        },
+    ))
+}
+
+/// A secret's name and when it changed, from `SELECT name, updated_at`.
+pub fn secret_info(row: &impl StoreRow) -> Result<SecretInfo> {
+    Ok(SecretInfo {
+        name: row.text("name")?,
+        updated_at: time(row.int("updated_at")?)?,
+    })
+}
+
+/// A sealed secret, from `SELECT name, sealed`.
+pub fn sealed(row: &impl StoreRow) -> Result<(String, Vec<u8>)> {
+    Ok((row.text("name")?, row.bytes("sealed")?))
+}
+
+/// A chunk of a log, from `SELECT seq, data`.
+pub fn log_chunk(row: &impl StoreRow) -> Result<(i64, Vec<u8>)> {
+    Ok((row.int("seq")?, row.bytes("data")?))
+}
+
+pub fn artifact(row: &impl StoreRow) -> Result<Artifact> {
+    Ok(Artifact {
+        path: row.text("path")?,
+        size: row.int("size")?,
+        content_type: row.text("content_type")?,
+        blob_key: row.text("blob_key")?,
+    })
+}
+
+pub fn token(row: &impl StoreRow) -> Result<TokenInfo> {
+    Ok(TokenInfo {
+        id: row.int("id")?,
+        kind: token_kind(&row.text("kind")?)?,
+        name: row.text("name")?,
+        is_admin: row.flag("is_admin")?,
+    })
+}
+
+/// Counts per status, from `SELECT status, COUNT(*) AS n … GROUP BY status`.
+pub fn counts(rows: &[impl StoreRow]) -> Result<Vec<(Status, i64)>> {
+    rows.iter()
+        .map(|row| Ok((status(&row.text("status")?)?, row.int("n")?)))
+        .collect()
+}
