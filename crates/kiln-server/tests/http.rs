@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use kiln_server::ServerConfig;
-use kiln_store::{Claim, Database, TokenKind};
+use kiln_store::{Claim, LogStore, QueueStore, TokenKind, TokenStore};
 use kiln_store_sqlite::SqliteStore;
 use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, HeaderMap};
 use reqwest::{Method, StatusCode};

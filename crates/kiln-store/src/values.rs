@@ -34,40 +34,14 @@ pub fn after(now: DateTime<Utc>, span: std::time::Duration) -> Result<DateTime<U
         .ok_or_else(|| StoreError::Conflict(format!("duration {span:?} is too long")))
 }
 
-/// Every status, in lifecycle order.
-pub const STATUSES: [Status; 9] = [
-    Status::Pending,
-    Status::Queued,
-    Status::Running,
-    Status::Success,
-    Status::Failure,
-    Status::Cancelled,
-    Status::TimedOut,
-    Status::Skipped,
-    Status::Error,
-];
-
 pub fn status(text: &str) -> Result<Status, Corrupt> {
-    STATUSES
-        .into_iter()
-        .find(|s| s.as_str() == text)
-        .ok_or_else(|| Corrupt(format!("unknown status `{text}`")))
+    text.parse()
+        .map_err(|e: kiln_pipeline::UnknownName| Corrupt(e.to_string()))
 }
 
-const EVENTS: [Event; 6] = [
-    Event::Push,
-    Event::PullRequest,
-    Event::Tag,
-    Event::Cron,
-    Event::Manual,
-    Event::Api,
-];
-
 pub fn event(text: &str) -> Result<Event, Corrupt> {
-    EVENTS
-        .into_iter()
-        .find(|e| e.as_str() == text)
-        .ok_or_else(|| Corrupt(format!("unknown event `{text}`")))
+    text.parse()
+        .map_err(|e: kiln_pipeline::UnknownName| Corrupt(e.to_string()))
 }
 
 pub fn job_kind_str(kind: JobKind) -> &'static str {

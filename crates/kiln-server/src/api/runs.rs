@@ -73,7 +73,7 @@ pub async fn list<D: Database>(
 
 /// One of [`kiln_api::STATUSES`] as the pipeline's status.
 fn parse_status(text: &str) -> ApiResult<Status> {
-    serde_json::from_value(serde_json::Value::String(text.to_string()))
+    text.parse()
         .map_err(|_| ApiError::internal(format!("`{text}` is in STATUSES but not a Status")))
 }
 
@@ -140,4 +140,20 @@ pub async fn rerun<D: Database>(
     };
     let detail = start_run(&state, &job, target, run.run.event).await?;
     Ok((StatusCode::CREATED, Json(views::run_detail(&detail))))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The API's list of statuses is the pipeline's, in the same order.
+    #[test]
+    fn api_statuses_are_the_pipelines() {
+        let names: Vec<&str> = kiln_pipeline::Status::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(names, kiln_api::STATUSES);
+        for name in kiln_api::STATUSES {
+            assert_eq!(super::parse_status(name).unwrap().as_str(), name);
+        }
+    }
 }
