@@ -12,6 +12,8 @@ use serde_json::Value;
 /// direct and transitive.
 struct Graph {
     direct: HashMap<String, BTreeSet<String>>,
+    /// Each workspace package's manifest, as `cargo metadata` reads it.
+    manifests: HashMap<String, Value>,
 }
 
 impl Graph {
@@ -44,6 +46,13 @@ impl Graph {
             .iter()
             .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
             .collect();
+        let manifests = metadata["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["source"].is_null())
+            .map(|p| (p["name"].as_str().unwrap().to_string(), p.clone()))
+            .collect();
         let mut direct = HashMap::new();
         for node in metadata["resolve"]["nodes"].as_array().unwrap() {
             let normal: BTreeSet<String> = node["deps"]
@@ -65,7 +74,7 @@ impl Graph {
                 .or_insert_with(BTreeSet::new)
                 .extend(normal);
         }
-        Graph { direct }
+        Graph { direct, manifests }
     }
 
     fn all(&self, krate: &str) -> BTreeSet<String> {
@@ -117,9 +126,40 @@ fn the_crate_graph_keeps_the_architectures_invariants() {
     );
     graph.assert_never(
         "kiln-store",
-        &["sqlx", "kiln-server", "kiln-exec"],
+        &[
+            "kiln-server",
+            "kiln-exec",
+            "kiln-store-sqlite",
+            "kiln-store-postgres",
+        ],
         "the store's trait and rules know no backend and no caller",
     );
+    // What the SQL backends share is behind kiln-store's `sqlx` feature,
+    // which only they turn on: the trait and the queue's rules stay pure.
+    let sqlx = graph.manifests["kiln-store"]["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|dep| dep["name"] == "sqlx")
+        .expect("kiln-store names sqlx for its feature");
+    assert_eq!(
+        sqlx["optional"], true,
+        "kiln-store needs sqlx only as an option"
+    );
+    for (name, manifest) in &graph.manifests {
+        for dep in manifest["dependencies"].as_array().unwrap() {
+            let turns_on_sqlx = dep["name"] == "kiln-store"
+                && dep["features"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|feature| feature == "sqlx");
+            assert!(
+                !turns_on_sqlx || name.starts_with("kiln-store-"),
+                "{name} turns on kiln-store's sqlx feature: only backends may"
+            );
+        }
+    }
     for backend in ["kiln-store-sqlite", "kiln-store-postgres"] {
         graph.assert_never(
             backend,
