@@ -495,7 +495,7 @@ fn the_client_docs_commands_do_what_they_say() {
         ),
     ];
     let mut documented = client_table_commands();
-    let mut tested: Vec<&str> = cases.iter().map(|(doc, _, _)| *doc).collect();
+    let mut tested: Vec<String> = cases.iter().map(|(doc, _, _)| doc.to_string()).collect();
     documented.sort();
     tested.sort();
     assert_eq!(
@@ -544,24 +544,19 @@ fn wait_until_running(shell: &Shell, job: &str) {
 }
 
 /// The commands in the first column of docs/client.md's table.
-fn client_table_commands() -> Vec<&'static str> {
+fn client_table_commands() -> Vec<String> {
     let text = std::fs::read_to_string(workspace().join("docs/client.md")).unwrap();
-    let text: &'static str = Box::leak(text.into_boxed_str());
     text.lines()
         .filter(|line| line.starts_with("| `kiln"))
         .flat_map(|line| {
-            let first = line.split(" | ").next().unwrap();
+            let first = line.split(" | ").next().unwrap().to_string();
             first
                 .split('`')
                 .skip(1)
                 .step_by(2)
-                .map(|cmd| cmd.trim())
+                // The table escapes `|` inside code as `\|`.
+                .map(|cmd| cmd.trim().replace("\\|", "|"))
                 .collect::<Vec<_>>()
-        })
-        .map(|cmd| cmd.trim_start_matches("| "))
-        .map(|cmd| {
-            // The table escapes `|` inside code as `\|`.
-            Box::leak(cmd.replace("\\|", "|").into_boxed_str()) as &'static str
         })
         .collect()
 }
