@@ -2,11 +2,11 @@
 //! in the blob store under the job's prefix, JUnit reports parsed into JSON
 //! in the database.
 
-use kiln_store::{Database, Id};
+use kiln_store::{Database, JobId, TaskId};
 
 use crate::state::AppState;
 
-fn task_prefix(job_id: Id, run: i64, task_id: Id) -> String {
+fn task_prefix(job_id: JobId, run: i64, task_id: TaskId) -> String {
     format!(
         "{}runs/{run}/tasks/{task_id}",
         crate::trigger::job_blob_prefix(job_id)
@@ -16,7 +16,7 @@ fn task_prefix(job_id: Id, run: i64, task_id: Id) -> String {
 /// Consoles of a run share one directory (on a local store, a directory
 /// per task would cost a directory inode for every task, a notable part of
 /// a trivial task's cost).
-pub fn console_key(job_id: Id, run: i64, task_id: Id) -> String {
+pub fn console_key(job_id: JobId, run: i64, task_id: TaskId) -> String {
     format!(
         "{}runs/{run}/consoles/{task_id}.log",
         crate::trigger::job_blob_prefix(job_id)
@@ -24,7 +24,12 @@ pub fn console_key(job_id: Id, run: i64, task_id: Id) -> String {
 }
 
 /// The blob key of an artifact; refuses paths that would leave the task's prefix.
-pub fn artifact_key(job_id: Id, run: i64, task_id: Id, path: &str) -> Result<String, String> {
+pub fn artifact_key(
+    job_id: JobId,
+    run: i64,
+    task_id: TaskId,
+    path: &str,
+) -> Result<String, String> {
     let prefix = task_prefix(job_id, run, task_id);
     let mut parts: Vec<&str> = prefix.split('/').collect();
     parts.push("artifacts");
@@ -73,9 +78,9 @@ const MOVE_PAGE: usize = 64;
 /// where it is served from from then on, when it is too big to stay.
 pub async fn finalize_console<D: Database>(
     state: &AppState<D>,
-    job_id: Id,
+    job_id: JobId,
     run: i64,
-    task_id: Id,
+    task_id: TaskId,
 ) -> Result<(), String> {
     let size = state
         .db

@@ -4,14 +4,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_store::{Id, Job, Run};
+use kiln_store::{Job, Run, RunId};
 
 /// The run and job of recently assigned or finished tasks: the tasks of one
 /// run come in bursts, and each needs both (immutable but for the job's
 /// settings, for which a moment's staleness is harmless).
 #[derive(Default)]
 pub struct RunCache {
-    entries: Mutex<Vec<(Id, Instant, RunAndJob)>>,
+    entries: Mutex<Vec<(RunId, Instant, RunAndJob)>>,
 }
 
 /// A run and its job, shared between the cache and its users.
@@ -23,7 +23,7 @@ const RUN_CACHE_FOR: Duration = Duration::from_secs(2);
 const RUN_CACHE_SIZE: usize = 16;
 
 impl RunCache {
-    pub fn get(&self, run_id: Id) -> Option<RunAndJob> {
+    pub fn get(&self, run_id: RunId) -> Option<RunAndJob> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .iter()
@@ -31,7 +31,7 @@ impl RunCache {
             .map(|(_, _, both)| both.clone())
     }
 
-    pub fn put(&self, run_id: Id, both: RunAndJob) {
+    pub fn put(&self, run_id: RunId, both: RunAndJob) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.retain(|(id, at, _)| *id != run_id && at.elapsed() < RUN_CACHE_FOR);
         if entries.len() >= RUN_CACHE_SIZE {

@@ -3,7 +3,7 @@
 //! does not open.
 
 use kiln_crypto::SecretKey;
-use kiln_store::{Database, Id, Job, JobKind};
+use kiln_store::{Database, Job, JobId, JobKind};
 
 use crate::state::AppState;
 
@@ -17,17 +17,17 @@ pub const GIT_USERNAME: &str = "GIT_USERNAME";
 /// token as the password accept any name.
 const DEFAULT_GIT_USERNAME: &str = "git";
 
-fn place(job_id: Id, name: &str) -> Vec<u8> {
+fn place(job_id: JobId, name: &str) -> Vec<u8> {
     format!("kiln-secret/{job_id}/{name}").into_bytes()
 }
 
-pub fn seal_secret(key: &SecretKey, job_id: Id, name: &str, value: &str) -> Vec<u8> {
+pub fn seal_secret(key: &SecretKey, job_id: JobId, name: &str, value: &str) -> Vec<u8> {
     kiln_crypto::seal(key, value.as_bytes(), &place(job_id, name))
 }
 
 pub fn open_secret(
     key: &SecretKey,
-    job_id: Id,
+    job_id: JobId,
     name: &str,
     sealed: &[u8],
 ) -> Result<String, String> {

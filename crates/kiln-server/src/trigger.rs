@@ -36,7 +36,7 @@ pub enum Target {
 }
 
 /// Where a job's logs and artifacts live in the blob store.
-pub fn job_blob_prefix(job_id: kiln_store::Id) -> String {
+pub fn job_blob_prefix(job_id: kiln_store::JobId) -> String {
     format!("jobs/{job_id}/")
 }
 

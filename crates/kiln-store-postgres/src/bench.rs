@@ -1,7 +1,7 @@
 //! Loading a big history fast, for benchmarks (the `bench` feature).
 
 use chrono::{DateTime, Utc};
-use kiln_store::Id;
+use kiln_store::JobId;
 
 use crate::PostgresStore;
 
@@ -11,7 +11,7 @@ impl PostgresStore {
     /// history fast (`create_run` one by one would take minutes).
     pub async fn seed_finished_runs(
         &self,
-        job_id: Id,
+        job_id: JobId,
         count: i64,
         since: DateTime<Utc>,
     ) -> sqlx::Result<()> {

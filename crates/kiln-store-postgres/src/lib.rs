@@ -33,7 +33,7 @@ mod tokens;
 use std::str::FromStr;
 use std::time::Duration;
 
-use kiln_store::{Id, Result};
+use kiln_store::{Result, RunId};
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
@@ -95,7 +95,7 @@ impl PostgresStore {
 
 /// Locks the task rows of `runs`, in id order, then the run rows: the lock
 /// order every writer of a run's state follows (see the crate docs).
-async fn lock_runs(conn: &mut PgConnection, runs: &[Id]) -> Result<()> {
+async fn lock_runs(conn: &mut PgConnection, runs: &[RunId]) -> Result<()> {
     sqlx::query("SELECT id FROM tasks WHERE run_id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
         .bind(runs)
         .fetch_all(&mut *conn)

@@ -1,12 +1,18 @@
 //! Tasks' logs, in chunks idempotent on (task, seq).
 
 use kiln_store::sql;
-use kiln_store::{Id, LogStore, QueueStore, Result};
+use kiln_store::{LogStore, QueueStore, Result, TaskId};
 
 use crate::PostgresStore;
 
 impl LogStore for PostgresStore {
-    async fn append_log(&self, task_id: Id, holder: &str, seq: i64, data: &[u8]) -> Result<bool> {
+    async fn append_log(
+        &self,
+        task_id: TaskId,
+        holder: &str,
+        seq: i64,
+        data: &[u8],
+    ) -> Result<bool> {
         // The holder check in the same statement: no round trip for it. A
         // lease moving away concurrently is no different from one moving
         // just after the chunk was stored.
@@ -31,7 +37,12 @@ impl LogStore for PostgresStore {
         Ok(holds.first().is_some_and(|task| task.held_by(holder)))
     }
 
-    async fn read_log(&self, task_id: Id, from: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>> {
+    async fn read_log(
+        &self,
+        task_id: TaskId,
+        from: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Vec<u8>)>> {
         let rows = sqlx::query(
             "SELECT seq, data FROM log_chunks WHERE task_id = $1 AND seq >= $2 \
              ORDER BY seq LIMIT $3",
@@ -44,7 +55,7 @@ impl LogStore for PostgresStore {
         rows.iter().map(sql::log_chunk).collect()
     }
 
-    async fn log_size(&self, task_id: Id) -> Result<u64> {
+    async fn log_size(&self, task_id: TaskId) -> Result<u64> {
         let bytes: i64 = sqlx::query_scalar(
             "SELECT COALESCE(SUM(octet_length(data)), 0)::BIGINT FROM log_chunks \
              WHERE task_id = $1",
@@ -55,7 +66,7 @@ impl LogStore for PostgresStore {
         Ok(u64::try_from(bytes).unwrap_or(0))
     }
 
-    async fn delete_log(&self, task_id: Id) -> Result<()> {
+    async fn delete_log(&self, task_id: TaskId) -> Result<()> {
         sqlx::query("DELETE FROM log_chunks WHERE task_id = $1")
             .bind(task_id)
             .execute(&self.pool)

@@ -10,8 +10,8 @@ use kiln_store::sql::{
 };
 use kiln_store::values::{after, ms, status};
 use kiln_store::{
-    Claim, Id, NO_AGENT_REASON, QueueStore, Result, Status, StepRow, StoreError, TaskHold,
-    TaskResult, TaskRow, Undelivered,
+    Claim, JobId, NO_AGENT_REASON, QueueStore, Result, RunId, Status, StepRow, StoreError,
+    TaskHold, TaskId, TaskResult, TaskRow, Undelivered,
 };
 use sqlx::postgres::PgConnection;
 
@@ -89,7 +89,11 @@ impl QueueStore for PostgresStore {
         Ok(tasks)
     }
 
-    async fn requeue_undelivered(&self, holder: &str, which: Undelivered<'_>) -> Result<Vec<Id>> {
+    async fn requeue_undelivered(
+        &self,
+        holder: &str,
+        which: Undelivered<'_>,
+    ) -> Result<Vec<TaskId>> {
         let (ids, listed) = which.parts();
         // No step started, so no log chunk exists to drop.
         let requeued = sqlx::query_scalar(
@@ -110,7 +114,12 @@ impl QueueStore for PostgresStore {
         Ok(requeued)
     }
 
-    async fn renew_lease(&self, task_id: Id, holder: &str, until: DateTime<Utc>) -> Result<bool> {
+    async fn renew_lease(
+        &self,
+        task_id: TaskId,
+        holder: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
         let renewed = sqlx::query(
             "UPDATE tasks SET lease_expires_at = $1 \
              WHERE id = $2 AND lease_holder = $3 AND status = 'running'",
@@ -124,10 +133,10 @@ impl QueueStore for PostgresStore {
         Ok(renewed > 0)
     }
 
-    async fn update_step(&self, task_id: Id, holder: &str, step: &StepRow) -> Result<bool> {
+    async fn update_step(&self, task_id: TaskId, holder: &str, step: &StepRow) -> Result<bool> {
         let mut tx = self.write().await?;
         // Shared lock: a concurrent finish waits for this step to be written.
-        let held: Option<i64> = sqlx::query_scalar(
+        let held: Option<TaskId> = sqlx::query_scalar(
             "SELECT id FROM tasks WHERE id = $1 AND lease_holder = $2 AND status = 'running' \
              FOR SHARE",
         )
@@ -165,7 +174,7 @@ impl QueueStore for PostgresStore {
 
     async fn finish_task(
         &self,
-        task_id: Id,
+        task_id: TaskId,
         holder: &str,
         result: &TaskResult,
     ) -> Result<Option<Status>> {
@@ -176,7 +185,7 @@ impl QueueStore for PostgresStore {
             )));
         }
         let mut tx = self.write().await?;
-        let run_id: Option<i64> = sqlx::query_scalar("SELECT run_id FROM tasks WHERE id = $1")
+        let run_id: Option<RunId> = sqlx::query_scalar("SELECT run_id FROM tasks WHERE id = $1")
             .bind(task_id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -198,11 +207,11 @@ impl QueueStore for PostgresStore {
         Ok(Some(ended))
     }
 
-    async fn expire(&self, now: DateTime<Utc>) -> Result<Vec<Id>> {
+    async fn expire(&self, now: DateTime<Utc>) -> Result<Vec<TaskId>> {
         let mut tx = self.write().await?;
         // Find the candidates without locks, lock their runs in the common
         // order, then look again: another server may have handled them.
-        let mut runs: Vec<Id> = sqlx::query_scalar(
+        let mut runs: Vec<RunId> = sqlx::query_scalar(
             "SELECT id FROM runs WHERE finished_at IS NULL AND deadline < $1 \
              UNION SELECT run_id FROM tasks WHERE status = 'running' AND lease_expires_at < $1",
         )
@@ -219,7 +228,7 @@ impl QueueStore for PostgresStore {
 
         // Runs past their deadline first: their tasks end here rather than
         // being retried by the lease rule below.
-        let late: Vec<Id> = sqlx::query_scalar(
+        let late: Vec<RunId> = sqlx::query_scalar(
             "SELECT id FROM runs WHERE id = ANY($1) AND finished_at IS NULL AND deadline < $2 \
              ORDER BY id",
         )
@@ -229,7 +238,7 @@ impl QueueStore for PostgresStore {
         .await?;
         let stop = Stop::Deadline;
         for run_id in late {
-            let skipped: Vec<Id> = sqlx::query_scalar(
+            let skipped: Vec<TaskId> = sqlx::query_scalar(
                 "UPDATE tasks SET status = $1, reason = $2, finished_at = $3 \
                  WHERE run_id = $4 AND status IN ('pending', 'queued') RETURNING id",
             )
@@ -241,7 +250,7 @@ impl QueueStore for PostgresStore {
             .await?;
             // The flag tells the agent to stop; the cleared lease makes its
             // later reports fail the holder check.
-            let stopped: Vec<Id> = sqlx::query_scalar(
+            let stopped: Vec<TaskId> = sqlx::query_scalar(
                 "UPDATE tasks SET status = $1, reason = $2, finished_at = $3, \
                  cancel_requested = TRUE, lease_holder = NULL, lease_expires_at = NULL \
                  WHERE run_id = $4 AND status = 'running' RETURNING id",
@@ -283,15 +292,15 @@ impl QueueStore for PostgresStore {
         Ok(touched)
     }
 
-    async fn get_task(&self, task_id: Id) -> Result<Option<TaskRow>> {
+    async fn get_task(&self, task_id: TaskId) -> Result<Option<TaskRow>> {
         let mut tx = self.read().await?;
         let task = task_row(&mut tx, task_id).await?;
         tx.commit().await?;
         Ok(task)
     }
 
-    async fn find_task(&self, job_id: Id, number: i64, name: &str) -> Result<Option<TaskRow>> {
-        let id: Option<Id> = sqlx::query_scalar(
+    async fn find_task(&self, job_id: JobId, number: i64, name: &str) -> Result<Option<TaskRow>> {
+        let id: Option<TaskId> = sqlx::query_scalar(
             "SELECT t.id FROM tasks t JOIN runs r ON r.id = t.run_id \
              WHERE r.job_id = $1 AND r.number = $2 AND t.name = $3",
         )
@@ -330,7 +339,7 @@ impl QueueStore for PostgresStore {
         Ok(changed)
     }
 
-    async fn task_holds(&self, task_ids: &[Id]) -> Result<Vec<TaskHold>> {
+    async fn task_holds(&self, task_ids: &[TaskId]) -> Result<Vec<TaskHold>> {
         if task_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -361,7 +370,7 @@ impl PostgresStore {
     }
 }
 
-async fn held(conn: &mut PgConnection, task_id: Id) -> Result<Option<Held>> {
+async fn held(conn: &mut PgConnection, task_id: TaskId) -> Result<Option<Held>> {
     let row = sqlx::query(&format!("{HELD_SELECT} WHERE id = $1"))
         .bind(task_id)
         .fetch_optional(&mut *conn)
@@ -433,8 +442,8 @@ async fn end_task(
 /// run's status follows from counts alone (see `queue::status_from_counts`).
 pub(crate) async fn settle_run(
     conn: &mut PgConnection,
-    run_id: Id,
-    ended: Option<Id>,
+    run_id: RunId,
+    ended: Option<TaskId>,
     now: DateTime<Utc>,
 ) -> Result<()> {
     if let Some(task_id) = ended {
@@ -471,7 +480,7 @@ pub(crate) async fn settle_run(
     .bind(run_id)
     .fetch_all(&mut *conn)
     .await?;
-    let (ids, mut states): (Vec<Id>, Vec<TaskState>) = rows
+    let (ids, mut states): (Vec<TaskId>, Vec<TaskState>) = rows
         .iter()
         .map(sql::task_state)
         .collect::<Result<Vec<_>>>()?
@@ -517,7 +526,7 @@ pub(crate) async fn settle_run(
 
 /// Steps of the run's ended tasks that never ran are `skipped`; one left
 /// running ends with its task's status.
-async fn close_steps(conn: &mut PgConnection, run_id: Id, now: DateTime<Utc>) -> Result<()> {
+async fn close_steps(conn: &mut PgConnection, run_id: RunId, now: DateTime<Utc>) -> Result<()> {
     sqlx::query(
         "UPDATE steps SET status = 'skipped' WHERE status = 'pending' AND task_id IN \
          (SELECT id FROM tasks WHERE run_id = $1 AND finished_at IS NOT NULL)",
@@ -538,7 +547,11 @@ async fn close_steps(conn: &mut PgConnection, run_id: Id, now: DateTime<Utc>) ->
 }
 
 /// [`close_steps`] for one task: its own steps, not a scan of the run.
-async fn close_task_steps(conn: &mut PgConnection, task_id: Id, now: DateTime<Utc>) -> Result<()> {
+async fn close_task_steps(
+    conn: &mut PgConnection,
+    task_id: TaskId,
+    now: DateTime<Utc>,
+) -> Result<()> {
     sqlx::query(
         "UPDATE steps SET status = CASE WHEN steps.status = 'pending' THEN 'skipped' \
           ELSE t.status END, \

@@ -2,12 +2,12 @@
 //! and reports.
 
 use kiln_store::sql::{self, or_missing};
-use kiln_store::{Artifact, Id, Result, ResultStore};
+use kiln_store::{Artifact, Result, ResultStore, TaskId};
 
 use crate::PostgresStore;
 
 impl ResultStore for PostgresStore {
-    async fn add_artifact(&self, task_id: Id, artifact: &Artifact) -> Result<()> {
+    async fn add_artifact(&self, task_id: TaskId, artifact: &Artifact) -> Result<()> {
         // Uploading the same path again (an agent retrying) replaces it.
         let result = sqlx::query(
             "INSERT INTO artifacts (task_id, path, size, content_type, blob_key) \
@@ -26,7 +26,7 @@ impl ResultStore for PostgresStore {
         Ok(())
     }
 
-    async fn list_artifacts(&self, task_id: Id) -> Result<Vec<Artifact>> {
+    async fn list_artifacts(&self, task_id: TaskId) -> Result<Vec<Artifact>> {
         let rows = sqlx::query(
             "SELECT path, size, content_type, blob_key FROM artifacts \
              WHERE task_id = $1 ORDER BY path",
@@ -37,7 +37,7 @@ impl ResultStore for PostgresStore {
         rows.iter().map(sql::artifact).collect()
     }
 
-    async fn put_report(&self, task_id: Id, kind: &str, json: &str) -> Result<()> {
+    async fn put_report(&self, task_id: TaskId, kind: &str, json: &str) -> Result<()> {
         let result = sqlx::query(
             "INSERT INTO reports (task_id, kind, json) VALUES ($1, $2, $3) \
              ON CONFLICT (task_id, kind) DO UPDATE SET json = excluded.json",
@@ -51,7 +51,7 @@ impl ResultStore for PostgresStore {
         Ok(())
     }
 
-    async fn get_report(&self, task_id: Id, kind: &str) -> Result<Option<String>> {
+    async fn get_report(&self, task_id: TaskId, kind: &str) -> Result<Option<String>> {
         Ok(
             sqlx::query_scalar("SELECT json FROM reports WHERE task_id = $1 AND kind = $2")
                 .bind(task_id)

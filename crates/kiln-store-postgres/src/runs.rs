@@ -7,7 +7,8 @@ use kiln_store::queue::{self, Stop};
 use kiln_store::sql::{self, RUN_SELECT, STEP_SELECT, TASK_SELECT};
 use kiln_store::values::{Corrupt, after, ms, status};
 use kiln_store::{
-    Id, NewRun, Result, Run, RunDetail, RunFilter, RunStore, StepRow, StoreError, TaskRow,
+    JobId, NewRun, Result, Run, RunDetail, RunFilter, RunId, RunStore, StepRow, StoreError, TaskId,
+    TaskRow,
 };
 use sqlx::postgres::PgConnection;
 use sqlx::{Postgres, QueryBuilder};
@@ -16,7 +17,12 @@ use crate::queue::settle_run;
 use crate::{PostgresStore, lock_runs};
 
 impl RunStore for PostgresStore {
-    async fn create_run(&self, job_id: Id, run: NewRun, now: DateTime<Utc>) -> Result<RunDetail> {
+    async fn create_run(
+        &self,
+        job_id: JobId,
+        run: NewRun,
+        now: DateTime<Utc>,
+    ) -> Result<RunDetail> {
         let mut tx = self.write().await?;
         // The row lock on the job serialises numbering.
         let number: i64 = sqlx::query_scalar(
@@ -34,7 +40,7 @@ impl RunStore for PostgresStore {
             _ => None,
         };
         let finished_at = start.status.is_terminal().then_some(ms(now));
-        let run_id: i64 = sqlx::query_scalar(
+        let run_id: RunId = sqlx::query_scalar(
             "INSERT INTO runs (job_id, number, status, branch, sha, event, error, created_at, \
              finished_at, deadline) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
         )
@@ -55,7 +61,7 @@ impl RunStore for PostgresStore {
             let task = &new.task;
             let queued_at = (state.status == kiln_store::Status::Queued).then_some(ms(now));
             let finished_at = state.status.is_terminal().then_some(ms(now));
-            let task_id: i64 = sqlx::query_scalar(
+            let task_id: TaskId = sqlx::query_scalar(
                 "INSERT INTO tasks (run_id, position, name, status, reason, spec, runs_on, \
                  attempt, max_attempts, queued_at, finished_at, job_id) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, \
@@ -93,7 +99,7 @@ impl RunStore for PostgresStore {
         Ok(detail)
     }
 
-    async fn get_run_by_id(&self, run_id: Id) -> Result<Option<Run>> {
+    async fn get_run_by_id(&self, run_id: RunId) -> Result<Option<Run>> {
         let row = sqlx::query(&format!("{RUN_SELECT} WHERE r.id = $1"))
             .bind(run_id)
             .fetch_optional(&self.pool)
@@ -101,9 +107,9 @@ impl RunStore for PostgresStore {
         row.as_ref().map(sql::run).transpose()
     }
 
-    async fn get_run(&self, job_id: Id, number: i64) -> Result<Option<RunDetail>> {
+    async fn get_run(&self, job_id: JobId, number: i64) -> Result<Option<RunDetail>> {
         let mut tx = self.read().await?;
-        let run_id: Option<i64> =
+        let run_id: Option<RunId> =
             sqlx::query_scalar("SELECT id FROM runs WHERE job_id = $1 AND number = $2")
                 .bind(job_id)
                 .bind(number)
@@ -117,7 +123,7 @@ impl RunStore for PostgresStore {
         Ok(detail)
     }
 
-    async fn list_runs(&self, job_id: Id, filter: &RunFilter) -> Result<Vec<Run>> {
+    async fn list_runs(&self, job_id: JobId, filter: &RunFilter) -> Result<Vec<Run>> {
         let mut query = QueryBuilder::<Postgres>::new(RUN_SELECT);
         query.push(" WHERE r.job_id = ").push_bind(job_id);
         if let Some(status) = filter.status {
@@ -136,9 +142,14 @@ impl RunStore for PostgresStore {
         rows.iter().map(sql::run).collect()
     }
 
-    async fn cancel_run(&self, job_id: Id, number: i64, now: DateTime<Utc>) -> Result<RunDetail> {
+    async fn cancel_run(
+        &self,
+        job_id: JobId,
+        number: i64,
+        now: DateTime<Utc>,
+    ) -> Result<RunDetail> {
         let mut tx = self.write().await?;
-        let run_id: i64 =
+        let run_id: RunId =
             sqlx::query_scalar("SELECT id FROM runs WHERE job_id = $1 AND number = $2")
                 .bind(job_id)
                 .bind(number)
@@ -183,7 +194,10 @@ impl RunStore for PostgresStore {
     }
 }
 
-pub(crate) async fn run_detail(conn: &mut PgConnection, run_id: Id) -> Result<Option<RunDetail>> {
+pub(crate) async fn run_detail(
+    conn: &mut PgConnection,
+    run_id: RunId,
+) -> Result<Option<RunDetail>> {
     let Some(row) = sqlx::query(&format!("{RUN_SELECT} WHERE r.id = $1"))
         .bind(run_id)
         .fetch_optional(&mut *conn)
@@ -206,7 +220,7 @@ pub(crate) async fn run_detail(conn: &mut PgConnection, run_id: Id) -> Result<Op
     .bind(run_id)
     .fetch_all(&mut *conn)
     .await?;
-    let mut steps: HashMap<Id, Vec<StepRow>> = HashMap::new();
+    let mut steps: HashMap<TaskId, Vec<StepRow>> = HashMap::new();
     for row in &rows {
         let (task_id, step) = sql::step(row)?;
         steps.entry(task_id).or_default().push(step);
@@ -217,7 +231,7 @@ pub(crate) async fn run_detail(conn: &mut PgConnection, run_id: Id) -> Result<Op
     Ok(Some(RunDetail { run, tasks }))
 }
 
-pub(crate) async fn task_row(conn: &mut PgConnection, task_id: Id) -> Result<Option<TaskRow>> {
+pub(crate) async fn task_row(conn: &mut PgConnection, task_id: TaskId) -> Result<Option<TaskRow>> {
     let Some(row) = sqlx::query(&format!("{TASK_SELECT} WHERE id = $1"))
         .bind(task_id)
         .fetch_optional(&mut *conn)

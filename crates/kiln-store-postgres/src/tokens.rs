@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use kiln_store::sql;
 use kiln_store::values::{ms, token_kind_str};
-use kiln_store::{Id, Result, StoreError, TokenInfo, TokenKind, TokenStore};
+use kiln_store::{Result, StoreError, TokenId, TokenInfo, TokenKind, TokenStore};
 
 use crate::PostgresStore;
 
@@ -15,8 +15,8 @@ impl TokenStore for PostgresStore {
         name: &str,
         is_admin: bool,
         now: DateTime<Utc>,
-    ) -> Result<Id> {
-        let id: Option<Id> = sqlx::query_scalar(
+    ) -> Result<TokenId> {
+        let id: Option<TokenId> = sqlx::query_scalar(
             "INSERT INTO tokens (hash, kind, name, is_admin, created_at) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING RETURNING id",
         )

@@ -1,12 +1,18 @@
 //! Tasks' logs, in chunks idempotent on (task, seq).
 
 use kiln_store::sql;
-use kiln_store::{Id, LogStore, QueueStore, Result};
+use kiln_store::{LogStore, QueueStore, Result, TaskId};
 
 use crate::SqliteStore;
 
 impl LogStore for SqliteStore {
-    async fn append_log(&self, task_id: Id, holder: &str, seq: i64, data: &[u8]) -> Result<bool> {
+    async fn append_log(
+        &self,
+        task_id: TaskId,
+        holder: &str,
+        seq: i64,
+        data: &[u8],
+    ) -> Result<bool> {
         // One statement, holder check included: it runs alone on the one
         // writer, so nothing can come between the check and the write.
         let stored = sqlx::query(
@@ -30,7 +36,12 @@ impl LogStore for SqliteStore {
         Ok(holds.first().is_some_and(|task| task.held_by(holder)))
     }
 
-    async fn read_log(&self, task_id: Id, from: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>> {
+    async fn read_log(
+        &self,
+        task_id: TaskId,
+        from: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Vec<u8>)>> {
         let rows = sqlx::query(
             "SELECT seq, data FROM log_chunks WHERE task_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
         )
@@ -42,7 +53,7 @@ impl LogStore for SqliteStore {
         rows.iter().map(sql::log_chunk).collect()
     }
 
-    async fn log_size(&self, task_id: Id) -> Result<u64> {
+    async fn log_size(&self, task_id: TaskId) -> Result<u64> {
         let bytes: i64 = sqlx::query_scalar(
             "SELECT COALESCE(SUM(length(data)), 0) FROM log_chunks WHERE task_id = ?",
         )
@@ -52,7 +63,7 @@ impl LogStore for SqliteStore {
         Ok(u64::try_from(bytes).unwrap_or(0))
     }
 
-    async fn delete_log(&self, task_id: Id) -> Result<()> {
+    async fn delete_log(&self, task_id: TaskId) -> Result<()> {
         sqlx::query("DELETE FROM log_chunks WHERE task_id = ?")
             .bind(task_id)
             .execute(&self.writer)

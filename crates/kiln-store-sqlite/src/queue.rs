@@ -8,8 +8,8 @@ use kiln_store::queue::{self, AGENT_LOST, AfterEnd, Stop, TaskState};
 use kiln_store::sql::{self, HELD_SELECT, HOLD_SELECT, Held, STATE_SELECT};
 use kiln_store::values::{Corrupt, after, ms, status};
 use kiln_store::{
-    Claim, Id, NO_AGENT_REASON, QueueStore, Result, Status, StepRow, StoreError, TaskHold,
-    TaskResult, TaskRow, Undelivered,
+    Claim, JobId, NO_AGENT_REASON, QueueStore, Result, RunId, Status, StepRow, StoreError,
+    TaskHold, TaskId, TaskResult, TaskRow, Undelivered,
 };
 use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
@@ -35,7 +35,7 @@ impl QueueStore for SqliteStore {
         // it queued. Every statement here waits for the one writer
         // connection, hence as few as possible, and a batch in one
         // transaction.
-        let mut claimed: Vec<(Id, Id)> = Vec::new();
+        let mut claimed: Vec<(TaskId, RunId)> = Vec::new();
         while claimed.len() < max {
             let row = sqlx::query(
                 "UPDATE tasks SET status = 'running', agent = ?, lease_holder = ?, \
@@ -63,7 +63,7 @@ impl QueueStore for SqliteStore {
             let Some(row) = row else { break };
             claimed.push((row.try_get("id")?, row.try_get("run_id")?));
         }
-        let mut runs: Vec<Id> = claimed.iter().map(|(_, run)| *run).collect();
+        let mut runs: Vec<RunId> = claimed.iter().map(|(_, run)| *run).collect();
         runs.sort_unstable();
         runs.dedup();
         for run_id in runs {
@@ -86,7 +86,11 @@ impl QueueStore for SqliteStore {
         Ok(tasks)
     }
 
-    async fn requeue_undelivered(&self, holder: &str, which: Undelivered<'_>) -> Result<Vec<Id>> {
+    async fn requeue_undelivered(
+        &self,
+        holder: &str,
+        which: Undelivered<'_>,
+    ) -> Result<Vec<TaskId>> {
         let (ids, listed) = which.parts();
         // One statement on the writer: nothing comes between the checks and
         // the write. No step started, so no log chunk exists to drop.
@@ -108,7 +112,12 @@ impl QueueStore for SqliteStore {
         Ok(requeued)
     }
 
-    async fn renew_lease(&self, task_id: Id, holder: &str, until: DateTime<Utc>) -> Result<bool> {
+    async fn renew_lease(
+        &self,
+        task_id: TaskId,
+        holder: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
         // One statement commits on its own: no transaction round trips.
         let renewed = sqlx::query(
             "UPDATE tasks SET lease_expires_at = ? \
@@ -123,7 +132,7 @@ impl QueueStore for SqliteStore {
         Ok(renewed > 0)
     }
 
-    async fn update_step(&self, task_id: Id, holder: &str, step: &StepRow) -> Result<bool> {
+    async fn update_step(&self, task_id: TaskId, holder: &str, step: &StepRow) -> Result<bool> {
         // One statement, holder check included: it runs alone on the one
         // writer, so nothing can come between the check and the write.
         let updated = sqlx::query(
@@ -158,7 +167,7 @@ impl QueueStore for SqliteStore {
 
     async fn finish_task(
         &self,
-        task_id: Id,
+        task_id: TaskId,
         holder: &str,
         result: &TaskResult,
     ) -> Result<Option<Status>> {
@@ -182,13 +191,13 @@ impl QueueStore for SqliteStore {
         Ok(Some(ended))
     }
 
-    async fn expire(&self, now: DateTime<Utc>) -> Result<Vec<Id>> {
+    async fn expire(&self, now: DateTime<Utc>) -> Result<Vec<TaskId>> {
         let mut tx = self.write().await?;
         let mut touched = Vec::new();
 
         // Runs past their deadline first: their tasks end here rather than
         // being retried by the lease rule below.
-        let runs: Vec<Id> = sqlx::query_scalar(
+        let runs: Vec<RunId> = sqlx::query_scalar(
             "SELECT id FROM runs WHERE finished_at IS NULL AND deadline < ? ORDER BY id",
         )
         .bind(ms(now))
@@ -196,7 +205,7 @@ impl QueueStore for SqliteStore {
         .await?;
         let stop = Stop::Deadline;
         for run_id in runs {
-            let skipped: Vec<Id> = sqlx::query_scalar(
+            let skipped: Vec<TaskId> = sqlx::query_scalar(
                 "UPDATE tasks SET status = ?, reason = ?, finished_at = ? \
                  WHERE run_id = ? AND status IN ('pending', 'queued') RETURNING id",
             )
@@ -208,7 +217,7 @@ impl QueueStore for SqliteStore {
             .await?;
             // The flag tells the agent to stop; the cleared lease makes its
             // later reports fail the holder check.
-            let stopped: Vec<Id> = sqlx::query_scalar(
+            let stopped: Vec<TaskId> = sqlx::query_scalar(
                 "UPDATE tasks SET status = ?, reason = ?, finished_at = ?, \
                  cancel_requested = 1, lease_holder = NULL, lease_expires_at = NULL \
                  WHERE run_id = ? AND status = 'running' RETURNING id",
@@ -247,15 +256,15 @@ impl QueueStore for SqliteStore {
         Ok(touched)
     }
 
-    async fn get_task(&self, task_id: Id) -> Result<Option<TaskRow>> {
+    async fn get_task(&self, task_id: TaskId) -> Result<Option<TaskRow>> {
         let mut tx = self.read().await?;
         let task = task_row(&mut tx, task_id).await?;
         tx.commit().await?;
         Ok(task)
     }
 
-    async fn find_task(&self, job_id: Id, number: i64, name: &str) -> Result<Option<TaskRow>> {
-        let id: Option<Id> = sqlx::query_scalar(
+    async fn find_task(&self, job_id: JobId, number: i64, name: &str) -> Result<Option<TaskRow>> {
+        let id: Option<TaskId> = sqlx::query_scalar(
             "SELECT t.id FROM tasks t JOIN runs r ON r.id = t.run_id \
              WHERE r.job_id = ? AND r.number = ? AND t.name = ?",
         )
@@ -300,7 +309,7 @@ impl QueueStore for SqliteStore {
         Ok(changed)
     }
 
-    async fn task_holds(&self, task_ids: &[Id]) -> Result<Vec<TaskHold>> {
+    async fn task_holds(&self, task_ids: &[TaskId]) -> Result<Vec<TaskHold>> {
         if task_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -333,7 +342,7 @@ impl SqliteStore {
     }
 }
 
-async fn held(conn: &mut SqliteConnection, task_id: Id) -> Result<Option<Held>> {
+async fn held(conn: &mut SqliteConnection, task_id: TaskId) -> Result<Option<Held>> {
     let row = sqlx::query(&format!("{HELD_SELECT} WHERE id = ?"))
         .bind(task_id)
         .fetch_optional(&mut *conn)
@@ -405,8 +414,8 @@ async fn end_task(
 /// run's status follows from counts alone (see `queue::status_from_counts`).
 pub(crate) async fn settle_run(
     conn: &mut SqliteConnection,
-    run_id: Id,
-    ended: Option<Id>,
+    run_id: RunId,
+    ended: Option<TaskId>,
     now: DateTime<Utc>,
 ) -> Result<()> {
     if let Some(task_id) = ended {
@@ -443,7 +452,7 @@ pub(crate) async fn settle_run(
     .bind(run_id)
     .fetch_all(&mut *conn)
     .await?;
-    let (ids, mut states): (Vec<Id>, Vec<TaskState>) = rows
+    let (ids, mut states): (Vec<TaskId>, Vec<TaskState>) = rows
         .iter()
         .map(sql::task_state)
         .collect::<Result<Vec<_>>>()?
@@ -497,7 +506,7 @@ const CLOSED_STEP: &str = "UPDATE steps SET \
 
 /// Closes the open steps of the run's ended tasks, in one statement (each
 /// is a round trip to the single writer).
-async fn close_steps(conn: &mut SqliteConnection, run_id: Id, now: DateTime<Utc>) -> Result<()> {
+async fn close_steps(conn: &mut SqliteConnection, run_id: RunId, now: DateTime<Utc>) -> Result<()> {
     sqlx::query(&format!(
         "{CLOSED_STEP} task_id IN \
          (SELECT id FROM tasks WHERE run_id = ? AND finished_at IS NOT NULL)"
@@ -512,7 +521,7 @@ async fn close_steps(conn: &mut SqliteConnection, run_id: Id, now: DateTime<Utc>
 /// [`close_steps`] for one task: its own steps, not a scan of the run.
 async fn close_task_steps(
     conn: &mut SqliteConnection,
-    task_id: Id,
+    task_id: TaskId,
     now: DateTime<Utc>,
 ) -> Result<()> {
     sqlx::query(&format!(

@@ -2,12 +2,12 @@
 //! and reports.
 
 use kiln_store::sql::{self, or_missing};
-use kiln_store::{Artifact, Id, Result, ResultStore};
+use kiln_store::{Artifact, Result, ResultStore, TaskId};
 
 use crate::SqliteStore;
 
 impl ResultStore for SqliteStore {
-    async fn add_artifact(&self, task_id: Id, artifact: &Artifact) -> Result<()> {
+    async fn add_artifact(&self, task_id: TaskId, artifact: &Artifact) -> Result<()> {
         let mut tx = self.write().await?;
         // Uploading the same path again (an agent retrying) replaces it.
         let result = sqlx::query(
@@ -28,7 +28,7 @@ impl ResultStore for SqliteStore {
         Ok(())
     }
 
-    async fn list_artifacts(&self, task_id: Id) -> Result<Vec<Artifact>> {
+    async fn list_artifacts(&self, task_id: TaskId) -> Result<Vec<Artifact>> {
         let rows = sqlx::query(
             "SELECT path, size, content_type, blob_key FROM artifacts \
              WHERE task_id = ? ORDER BY path",
@@ -39,7 +39,7 @@ impl ResultStore for SqliteStore {
         rows.iter().map(sql::artifact).collect()
     }
 
-    async fn put_report(&self, task_id: Id, kind: &str, json: &str) -> Result<()> {
+    async fn put_report(&self, task_id: TaskId, kind: &str, json: &str) -> Result<()> {
         let mut tx = self.write().await?;
         let result = sqlx::query(
             "INSERT INTO reports (task_id, kind, json) VALUES (?, ?, ?) \
@@ -55,7 +55,7 @@ impl ResultStore for SqliteStore {
         Ok(())
     }
 
-    async fn get_report(&self, task_id: Id, kind: &str) -> Result<Option<String>> {
+    async fn get_report(&self, task_id: TaskId, kind: &str) -> Result<Option<String>> {
         Ok(
             sqlx::query_scalar("SELECT json FROM reports WHERE task_id = ? AND kind = ?")
                 .bind(task_id)

@@ -7,7 +7,8 @@ use kiln_store::queue::{self, Stop};
 use kiln_store::sql::{self, RUN_SELECT, STEP_SELECT, TASK_SELECT};
 use kiln_store::values::{Corrupt, after, ms, status};
 use kiln_store::{
-    Id, NewRun, Result, Run, RunDetail, RunFilter, RunStore, StepRow, StoreError, TaskRow,
+    JobId, NewRun, Result, Run, RunDetail, RunFilter, RunId, RunStore, StepRow, StoreError, TaskId,
+    TaskRow,
 };
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Row, Sqlite};
@@ -16,7 +17,12 @@ use crate::SqliteStore;
 use crate::queue::settle_run;
 
 impl RunStore for SqliteStore {
-    async fn create_run(&self, job_id: Id, run: NewRun, now: DateTime<Utc>) -> Result<RunDetail> {
+    async fn create_run(
+        &self,
+        job_id: JobId,
+        run: NewRun,
+        now: DateTime<Utc>,
+    ) -> Result<RunDetail> {
         let mut tx = self.write().await?;
         let number: i64 = sqlx::query_scalar(
             "UPDATE jobs SET next_run = next_run + 1 WHERE id = ? RETURNING next_run - 1",
@@ -33,7 +39,7 @@ impl RunStore for SqliteStore {
             _ => None,
         };
         let finished_at = start.status.is_terminal().then_some(ms(now));
-        let run_id: i64 = sqlx::query_scalar(
+        let run_id: RunId = sqlx::query_scalar(
             "INSERT INTO runs (job_id, number, status, branch, sha, event, error, created_at, \
              finished_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
@@ -55,7 +61,7 @@ impl RunStore for SqliteStore {
             let queued_at = (state.status == kiln_store::Status::Queued).then_some(ms(now));
             let finished_at = state.status.is_terminal().then_some(ms(now));
             let runs_on = sql::json("labels", &kiln_store::placement_labels(task))?;
-            let task_id: i64 = sqlx::query_scalar(
+            let task_id: TaskId = sqlx::query_scalar(
                 "INSERT INTO tasks (run_id, position, name, status, reason, spec, runs_on, \
                  attempt, max_attempts, queued_at, finished_at, job_id) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?10, \
@@ -93,7 +99,7 @@ impl RunStore for SqliteStore {
         Ok(detail)
     }
 
-    async fn get_run_by_id(&self, run_id: Id) -> Result<Option<Run>> {
+    async fn get_run_by_id(&self, run_id: RunId) -> Result<Option<Run>> {
         let row = sqlx::query(&format!("{RUN_SELECT} WHERE r.id = ?"))
             .bind(run_id)
             .fetch_optional(&self.reader)
@@ -101,9 +107,9 @@ impl RunStore for SqliteStore {
         row.as_ref().map(sql::run).transpose()
     }
 
-    async fn get_run(&self, job_id: Id, number: i64) -> Result<Option<RunDetail>> {
+    async fn get_run(&self, job_id: JobId, number: i64) -> Result<Option<RunDetail>> {
         let mut tx = self.read().await?;
-        let run_id: Option<i64> =
+        let run_id: Option<RunId> =
             sqlx::query_scalar("SELECT id FROM runs WHERE job_id = ? AND number = ?")
                 .bind(job_id)
                 .bind(number)
@@ -117,7 +123,7 @@ impl RunStore for SqliteStore {
         Ok(detail)
     }
 
-    async fn list_runs(&self, job_id: Id, filter: &RunFilter) -> Result<Vec<Run>> {
+    async fn list_runs(&self, job_id: JobId, filter: &RunFilter) -> Result<Vec<Run>> {
         let mut query = QueryBuilder::<Sqlite>::new(RUN_SELECT);
         query.push(" WHERE r.job_id = ").push_bind(job_id);
         if let Some(status) = filter.status {
@@ -136,7 +142,12 @@ impl RunStore for SqliteStore {
         rows.iter().map(sql::run).collect()
     }
 
-    async fn cancel_run(&self, job_id: Id, number: i64, now: DateTime<Utc>) -> Result<RunDetail> {
+    async fn cancel_run(
+        &self,
+        job_id: JobId,
+        number: i64,
+        now: DateTime<Utc>,
+    ) -> Result<RunDetail> {
         let mut tx = self.write().await?;
         let row = sqlx::query("SELECT id, status FROM runs WHERE job_id = ? AND number = ?")
             .bind(job_id)
@@ -144,7 +155,7 @@ impl RunStore for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("run #{number}")))?;
-        let run_id: i64 = row.try_get("id")?;
+        let run_id: RunId = row.try_get("id")?;
         let run_status = status(row.try_get("status")?)?;
         if run_status.is_terminal() {
             tx.rollback().await?;
@@ -180,7 +191,7 @@ impl RunStore for SqliteStore {
 
 pub(crate) async fn run_detail(
     conn: &mut SqliteConnection,
-    run_id: Id,
+    run_id: RunId,
 ) -> Result<Option<RunDetail>> {
     let Some(row) = sqlx::query(&format!("{RUN_SELECT} WHERE r.id = ?"))
         .bind(run_id)
@@ -202,7 +213,7 @@ pub(crate) async fn run_detail(
     .bind(run_id)
     .fetch_all(&mut *conn)
     .await?;
-    let mut steps: HashMap<Id, Vec<StepRow>> = HashMap::new();
+    let mut steps: HashMap<TaskId, Vec<StepRow>> = HashMap::new();
     for row in &rows {
         let (task_id, step) = sql::step(row)?;
         steps.entry(task_id).or_default().push(step);
@@ -213,7 +224,10 @@ pub(crate) async fn run_detail(
     Ok(Some(RunDetail { run, tasks }))
 }
 
-pub(crate) async fn task_row(conn: &mut SqliteConnection, task_id: Id) -> Result<Option<TaskRow>> {
+pub(crate) async fn task_row(
+    conn: &mut SqliteConnection,
+    task_id: TaskId,
+) -> Result<Option<TaskRow>> {
     let Some(row) = sqlx::query(&format!("{TASK_SELECT} WHERE id = ?"))
         .bind(task_id)
         .fetch_optional(&mut *conn)

@@ -3,14 +3,14 @@
 use chrono::{DateTime, Utc};
 use kiln_store::sql::{self, or_missing};
 use kiln_store::values::ms;
-use kiln_store::{Id, Result, SecretInfo, SecretStore};
+use kiln_store::{JobId, Result, SecretInfo, SecretStore};
 
 use crate::SqliteStore;
 
 impl SecretStore for SqliteStore {
     async fn put_secret(
         &self,
-        job_id: Id,
+        job_id: JobId,
         name: &str,
         sealed: &[u8],
         now: DateTime<Utc>,
@@ -32,7 +32,7 @@ impl SecretStore for SqliteStore {
         Ok(())
     }
 
-    async fn delete_secret(&self, job_id: Id, name: &str) -> Result<bool> {
+    async fn delete_secret(&self, job_id: JobId, name: &str) -> Result<bool> {
         let mut tx = self.write().await?;
         let deleted = sqlx::query("DELETE FROM secrets WHERE job_id = ? AND name = ?")
             .bind(job_id)
@@ -44,7 +44,7 @@ impl SecretStore for SqliteStore {
         Ok(deleted > 0)
     }
 
-    async fn list_secrets(&self, job_id: Id) -> Result<Vec<SecretInfo>> {
+    async fn list_secrets(&self, job_id: JobId) -> Result<Vec<SecretInfo>> {
         let rows =
             sqlx::query("SELECT name, updated_at FROM secrets WHERE job_id = ? ORDER BY name")
                 .bind(job_id)
@@ -53,7 +53,11 @@ impl SecretStore for SqliteStore {
         rows.iter().map(sql::secret_info).collect()
     }
 
-    async fn sealed_secrets(&self, job_id: Id, names: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
+    async fn sealed_secrets(
+        &self,
+        job_id: JobId,
+        names: &[String],
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         if names.is_empty() {
             return Ok(Vec::new());
         }

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use kiln_store::sql;
 use kiln_store::values::{ms, token_kind_str};
-use kiln_store::{Id, Result, StoreError, TokenInfo, TokenKind, TokenStore};
+use kiln_store::{Result, StoreError, TokenId, TokenInfo, TokenKind, TokenStore};
 
 use crate::SqliteStore;
 
@@ -15,9 +15,9 @@ impl TokenStore for SqliteStore {
         name: &str,
         is_admin: bool,
         now: DateTime<Utc>,
-    ) -> Result<Id> {
+    ) -> Result<TokenId> {
         let mut tx = self.write().await?;
-        let id: Option<Id> = sqlx::query_scalar(
+        let id: Option<TokenId> = sqlx::query_scalar(
             "INSERT INTO tokens (hash, kind, name, is_admin, created_at) VALUES (?, ?, ?, ?, ?) \
              ON CONFLICT (hash) DO NOTHING RETURNING id",
         )

@@ -24,7 +24,35 @@ use chrono::{DateTime, Utc};
 pub use kiln_pipeline::{Event, Status};
 use serde::{Deserialize, Serialize};
 
-pub type Id = i64;
+/// Ids of the store's rows, one type per kind of row so that a run's id
+/// cannot be passed where a task's is meant. They are the database's own
+/// numbers, shown as plain integers (in JSON too).
+macro_rules! ids {
+    ($($(#[$doc:meta])* $name:ident;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        #[cfg_attr(feature = "sqlx", derive(sqlx::Type), sqlx(transparent))]
+        pub struct $name(pub i64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    )*};
+}
+
+ids! {
+    /// A job's id (not its name, which is what users see).
+    JobId;
+    /// A run's id across all jobs (users see the job's run number instead).
+    RunId;
+    /// A task's id: what agents, logs and results are keyed by.
+    TaskId;
+    /// An API or agent token's id.
+    TokenId;
+}
 
 /// A backend's own error (sqlx's, a corrupt row, …), kept whole.
 pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -99,7 +127,7 @@ pub struct JobSpec {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
-    pub id: Id,
+    pub id: JobId,
     #[serde(flatten)]
     pub spec: JobSpec,
     pub created_at: DateTime<Utc>,
@@ -144,8 +172,8 @@ pub struct NewTask {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Run {
-    pub id: Id,
-    pub job_id: Id,
+    pub id: RunId,
+    pub job_id: JobId,
     pub job: String,
     pub number: i64,
     pub status: Status,
@@ -161,8 +189,8 @@ pub struct Run {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRow {
-    pub id: Id,
-    pub run_id: Id,
+    pub id: TaskId,
+    pub run_id: RunId,
     pub name: String,
     pub status: Status,
     /// Why it is in this status (skipped because…, error message, …).
@@ -219,15 +247,15 @@ impl RunFilter {
 #[derive(Debug, Clone, Copy)]
 pub enum Undelivered<'a> {
     /// Just these: their assignment could not be sent.
-    These(&'a [Id]),
+    These(&'a [TaskId]),
     /// All it holds but these, which it says it runs (a new session's list).
-    AllBut(&'a [Id]),
+    AllBut(&'a [TaskId]),
 }
 
 impl Undelivered<'_> {
     /// The listed ids and whether they are the ones meant (`These`) or the
     /// ones spared (`AllBut`).
-    pub fn parts(&self) -> (&[Id], bool) {
+    pub fn parts(&self) -> (&[TaskId], bool) {
         match self {
             Undelivered::These(ids) => (ids, true),
             Undelivered::AllBut(ids) => (ids, false),
@@ -263,8 +291,8 @@ pub const NO_AGENT_REASON: &str = "no connected agent can take this task";
 /// and the dispatcher check, without loading the task's spec and steps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskHold {
-    pub id: Id,
-    pub run_id: Id,
+    pub id: TaskId,
+    pub run_id: RunId,
     pub name: String,
     pub status: Status,
     /// The agent that holds (or last held) the task.
@@ -317,7 +345,7 @@ pub enum TokenKind {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenInfo {
-    pub id: Id,
+    pub id: TokenId,
     pub kind: TokenKind,
     pub name: String,
     pub is_admin: bool,
@@ -379,16 +407,17 @@ pub trait JobStore {
 pub trait SecretStore {
     fn put_secret(
         &self,
-        job_id: Id,
+        job_id: JobId,
         name: &str,
         sealed: &[u8],
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<()>> + Send;
-    fn delete_secret(&self, job_id: Id, name: &str) -> impl Future<Output = Result<bool>> + Send;
-    fn list_secrets(&self, job_id: Id) -> impl Future<Output = Result<Vec<SecretInfo>>> + Send;
+    fn delete_secret(&self, job_id: JobId, name: &str)
+    -> impl Future<Output = Result<bool>> + Send;
+    fn list_secrets(&self, job_id: JobId) -> impl Future<Output = Result<Vec<SecretInfo>>> + Send;
     fn sealed_secrets(
         &self,
-        job_id: Id,
+        job_id: JobId,
         names: &[String],
     ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>>> + Send;
 }
@@ -401,28 +430,28 @@ pub trait RunStore {
     /// their dependants) `skipped`.
     fn create_run(
         &self,
-        job_id: Id,
+        job_id: JobId,
         run: NewRun,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<RunDetail>> + Send;
     /// The run a task belongs to, found by the run's id (workers know only that).
-    fn get_run_by_id(&self, run_id: Id) -> impl Future<Output = Result<Option<Run>>> + Send;
+    fn get_run_by_id(&self, run_id: RunId) -> impl Future<Output = Result<Option<Run>>> + Send;
     fn get_run(
         &self,
-        job_id: Id,
+        job_id: JobId,
         number: i64,
     ) -> impl Future<Output = Result<Option<RunDetail>>> + Send;
     /// Newest first.
     fn list_runs(
         &self,
-        job_id: Id,
+        job_id: JobId,
         filter: &RunFilter,
     ) -> impl Future<Output = Result<Vec<Run>>> + Send;
     /// Ends pending and queued tasks `cancelled` and flags running ones; the
     /// run is `cancelled` once no task runs. `Conflict` if already finished.
     fn cancel_run(
         &self,
-        job_id: Id,
+        job_id: JobId,
         number: i64,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<RunDetail>> + Send;
@@ -453,17 +482,17 @@ pub trait QueueStore {
         &self,
         holder: &str,
         which: Undelivered<'_>,
-    ) -> impl Future<Output = Result<Vec<Id>>> + Send;
+    ) -> impl Future<Output = Result<Vec<TaskId>>> + Send;
     /// Extends the lease; false when `holder` no longer holds the task.
     fn renew_lease(
         &self,
-        task_id: Id,
+        task_id: TaskId,
         holder: &str,
         until: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool>> + Send;
     fn update_step(
         &self,
-        task_id: Id,
+        task_id: TaskId,
         holder: &str,
         step: &StepRow,
     ) -> impl Future<Output = Result<bool>> + Send;
@@ -473,19 +502,19 @@ pub trait QueueStore {
     /// does not hold it.
     fn finish_task(
         &self,
-        task_id: Id,
+        task_id: TaskId,
         holder: &str,
         result: &TaskResult,
     ) -> impl Future<Output = Result<Option<Status>>> + Send;
     /// Ends tasks whose lease expired before `now` (retry, or `error` with
     /// "agent lost") and runs past their deadline; returns the tasks touched.
-    fn expire(&self, now: DateTime<Utc>) -> impl Future<Output = Result<Vec<Id>>> + Send;
-    fn get_task(&self, task_id: Id) -> impl Future<Output = Result<Option<TaskRow>>> + Send;
+    fn expire(&self, now: DateTime<Utc>) -> impl Future<Output = Result<Vec<TaskId>>> + Send;
+    fn get_task(&self, task_id: TaskId) -> impl Future<Output = Result<Option<TaskRow>>> + Send;
     /// The task `name` of run `number` of the job, without loading the
     /// run's other tasks.
     fn find_task(
         &self,
-        job_id: Id,
+        job_id: JobId,
         number: i64,
         name: &str,
     ) -> impl Future<Output = Result<Option<TaskRow>>> + Send;
@@ -503,7 +532,8 @@ pub trait QueueStore {
     ) -> impl Future<Output = Result<u64>> + Send;
     /// The holds of those of `task_ids` that exist, in id order: one query
     /// for what would be one `get_task` each.
-    fn task_holds(&self, task_ids: &[Id]) -> impl Future<Output = Result<Vec<TaskHold>>> + Send;
+    fn task_holds(&self, task_ids: &[TaskId])
+    -> impl Future<Output = Result<Vec<TaskHold>>> + Send;
     /// Count of tasks per status, for metrics.
     fn task_counts(&self) -> impl Future<Output = Result<Vec<(Status, i64)>>> + Send;
     fn run_counts(&self) -> impl Future<Output = Result<Vec<(Status, i64)>>> + Send;
@@ -515,7 +545,7 @@ pub trait LogStore {
     /// already stored under `seq` is kept as it is); false when it does not.
     fn append_log(
         &self,
-        task_id: Id,
+        task_id: TaskId,
         holder: &str,
         seq: i64,
         data: &[u8],
@@ -523,33 +553,34 @@ pub trait LogStore {
     /// Up to `limit` chunks with `seq >= from`, in order.
     fn read_log(
         &self,
-        task_id: Id,
+        task_id: TaskId,
         from: i64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<(i64, Vec<u8>)>>> + Send;
     /// Bytes of the task's log held in the database.
-    fn log_size(&self, task_id: Id) -> impl Future<Output = Result<u64>> + Send;
+    fn log_size(&self, task_id: TaskId) -> impl Future<Output = Result<u64>> + Send;
     /// Drops the task's log chunks (once the log is kept elsewhere).
-    fn delete_log(&self, task_id: Id) -> impl Future<Output = Result<()>> + Send;
+    fn delete_log(&self, task_id: TaskId) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// What tasks leave behind: artifacts and reports.
 pub trait ResultStore {
     fn add_artifact(
         &self,
-        task_id: Id,
+        task_id: TaskId,
         artifact: &Artifact,
     ) -> impl Future<Output = Result<()>> + Send;
-    fn list_artifacts(&self, task_id: Id) -> impl Future<Output = Result<Vec<Artifact>>> + Send;
+    fn list_artifacts(&self, task_id: TaskId)
+    -> impl Future<Output = Result<Vec<Artifact>>> + Send;
     fn put_report(
         &self,
-        task_id: Id,
+        task_id: TaskId,
         kind: &str,
         json: &str,
     ) -> impl Future<Output = Result<()>> + Send;
     fn get_report(
         &self,
-        task_id: Id,
+        task_id: TaskId,
         kind: &str,
     ) -> impl Future<Output = Result<Option<String>>> + Send;
 }
@@ -563,7 +594,7 @@ pub trait TokenStore {
         name: &str,
         is_admin: bool,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Id>> + Send;
+    ) -> impl Future<Output = Result<TokenId>> + Send;
     fn find_token(&self, hash: &str) -> impl Future<Output = Result<Option<TokenInfo>>> + Send;
     fn has_admin_token(&self) -> impl Future<Output = Result<bool>> + Send;
 }

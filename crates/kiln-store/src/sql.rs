@@ -9,8 +9,8 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use crate::values::{event, job_kind, opt_time, spec, status, time, token_kind};
 use crate::{
-    Artifact, Id, Job, JobSpec, Result, Run, SecretInfo, Status, StepRow, StoreError, TaskHold,
-    TaskRow, TokenInfo,
+    Artifact, Job, JobId, JobSpec, Result, Run, RunId, SecretInfo, Status, StepRow, StoreError,
+    TaskHold, TaskId, TaskRow, TokenId, TokenInfo,
 };
 
 impl From<sqlx::Error> for StoreError {
@@ -96,7 +96,7 @@ pub const JOB_COLUMNS: &str = "id, name, kind, repository, pipeline_path, defaul
 
 pub fn job(row: &impl StoreRow) -> Result<Job> {
     Ok(Job {
-        id: row.int("id")?,
+        id: JobId(row.int("id")?),
         spec: JobSpec {
             name: row.text("name")?,
             kind: job_kind(&row.text("kind")?)?,
@@ -117,8 +117,8 @@ pub const RUN_SELECT: &str = "SELECT r.id, r.job_id, j.name AS job, r.number, r.
 
 pub fn run(row: &impl StoreRow) -> Result<Run> {
     Ok(Run {
-        id: row.int("id")?,
-        job_id: row.int("job_id")?,
+        id: RunId(row.int("id")?),
+        job_id: JobId(row.int("job_id")?),
         job: row.text("job")?,
         number: row.int("number")?,
         status: status(&row.text("status")?)?,
@@ -150,8 +150,8 @@ pub const TASK_SELECT: &str = concat!("SELECT ", task_columns!(), " FROM tasks")
 /// A task without its steps (the caller adds them).
 pub fn task(row: &impl StoreRow) -> Result<TaskRow> {
     Ok(TaskRow {
-        id: row.int("id")?,
-        run_id: row.int("run_id")?,
+        id: TaskId(row.int("id")?),
+        run_id: RunId(row.int("run_id")?),
         name: row.text("name")?,
         status: status(&row.text("status")?)?,
         reason: row.opt_text("reason")?,
@@ -172,9 +172,9 @@ pub const STEP_SELECT: &str =
     "SELECT task_id, position, name, status, exit_code, started_at, finished_at FROM steps";
 
 /// A step, with the id of its task.
-pub fn step(row: &impl StoreRow) -> Result<(Id, StepRow)> {
+pub fn step(row: &impl StoreRow) -> Result<(TaskId, StepRow)> {
     Ok((
-        row.int("task_id")?,
+        TaskId(row.int("task_id")?),
         StepRow {
             index: row.int("position")?,
             name: row.text("name")?,
@@ -192,8 +192,8 @@ pub const HOLD_SELECT: &str =
 
 pub fn task_hold(row: &impl StoreRow) -> Result<TaskHold> {
     Ok(TaskHold {
-        id: row.int("id")?,
-        run_id: row.int("run_id")?,
+        id: TaskId(row.int("id")?),
+        run_id: RunId(row.int("run_id")?),
         name: row.text("name")?,
         status: status(&row.text("status")?)?,
         agent: row.opt_text("agent")?,
@@ -205,8 +205,8 @@ pub fn task_hold(row: &impl StoreRow) -> Result<TaskHold> {
 /// What ending a task needs to know of it, as [`held`] reads it.
 #[derive(Debug, Clone)]
 pub struct Held {
-    pub id: Id,
-    pub run_id: Id,
+    pub id: TaskId,
+    pub run_id: RunId,
     pub status: Status,
     pub attempt: i64,
     pub max_attempts: i64,
@@ -238,8 +238,8 @@ pub const HELD_SELECT: &str = "SELECT id, run_id, status, attempt, max_attempts,
 
 pub fn held(row: &impl StoreRow) -> Result<Held> {
     Ok(Held {
-        id: row.int("id")?,
-        run_id: row.int("run_id")?,
+        id: TaskId(row.int("id")?),
+        run_id: RunId(row.int("run_id")?),
         status: status(&row.text("status")?)?,
         attempt: row.int("attempt")?,
         max_attempts: row.int("max_attempts")?,
@@ -253,10 +253,10 @@ pub fn held(row: &impl StoreRow) -> Result<Held> {
 pub const STATE_SELECT: &str = "SELECT id, name, status, reason, spec FROM tasks";
 
 /// A task as the queue's rules see it, with its id.
-pub fn task_state(row: &impl StoreRow) -> Result<(Id, crate::queue::TaskState)> {
+pub fn task_state(row: &impl StoreRow) -> Result<(TaskId, crate::queue::TaskState)> {
     let spec = spec(&row.text("spec")?)?;
     Ok((
-        row.int("id")?,
+        TaskId(row.int("id")?),
         crate::queue::TaskState {
             name: row.text("name")?,
             status: status(&row.text("status")?)?,
@@ -296,7 +296,7 @@ pub fn artifact(row: &impl StoreRow) -> Result<Artifact> {
 
 pub fn token(row: &impl StoreRow) -> Result<TokenInfo> {
     Ok(TokenInfo {
-        id: row.int("id")?,
+        id: TokenId(row.int("id")?),
         kind: token_kind(&row.text("kind")?)?,
         name: row.text("name")?,
         is_admin: row.flag("is_admin")?,

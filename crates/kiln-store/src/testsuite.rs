@@ -26,9 +26,9 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use crate::queue::cases::{self, Observed};
 use crate::{
-    Artifact, Claim, Database, Event, Id, Job, JobKind, JobSpec, NewRun, NewTask, RunDetail,
-    RunFilter, Status, StepRow, StoreError, TaskHold, TaskResult, TaskRow, TokenKind, Undelivered,
-    Upserted,
+    Artifact, Claim, Database, Event, Job, JobId, JobKind, JobSpec, NewRun, NewTask, RunDetail,
+    RunFilter, RunId, Status, StepRow, StoreError, TaskHold, TaskId, TaskResult, TaskRow,
+    TokenKind, Undelivered, Upserted,
 };
 
 /// One `#[tokio::test]` per case of the contract, in the module it is
@@ -323,7 +323,7 @@ pub async fn secrets<D: Database>(db: &D) {
     assert!(db.delete_secret(job.id, "TOKEN").await.unwrap());
     assert!(!db.delete_secret(job.id, "TOKEN").await.unwrap());
     assert_eq!(db.list_secrets(job.id).await.unwrap().len(), 1);
-    match db.put_secret(-1, "X", b"x", at(4)).await {
+    match db.put_secret(JobId(-1), "X", b"x", at(4)).await {
         Err(StoreError::NotFound(_)) => {}
         other => panic!("secret of a missing job: expected NotFound, got {other:?}"),
     }
@@ -385,7 +385,7 @@ pub async fn run_numbering<D: Database>(db: &D) {
         Some(two.run.clone()),
         "by id as by number"
     );
-    assert!(db.get_run_by_id(-1).await.unwrap().is_none());
+    assert!(db.get_run_by_id(RunId(-1)).await.unwrap().is_none());
     assert_eq!(two.run.branch.as_deref(), Some("main"));
     assert_eq!(two.run.event, Event::Push);
     assert_eq!(
@@ -397,7 +397,7 @@ pub async fn run_numbering<D: Database>(db: &D) {
     assert_eq!(task(&two, "b").queued_at, None);
     assert_eq!(task(&two, "a").attempt, 1);
     assert!(db.get_run(first.id, 4).await.unwrap().is_none());
-    match db.create_run(-1, new_run(tasks(PAIR)), at(0)).await {
+    match db.create_run(JobId(-1), new_run(tasks(PAIR)), at(0)).await {
         Err(StoreError::NotFound(_)) => {}
         other => panic!("run of a missing job: expected NotFound, got {other:?}"),
     }
@@ -1083,7 +1083,7 @@ pub async fn holder_checks<D: Database>(db: &D) {
         .await,
         Err(StoreError::Conflict(_))
     ));
-    let holds = db.task_holds(&[b_id, -1, a.id]).await.unwrap();
+    let holds = db.task_holds(&[b_id, TaskId(-1), a.id]).await.unwrap();
     assert_eq!(
         holds,
         [
@@ -1120,7 +1120,10 @@ pub async fn holder_checks<D: Database>(db: &D) {
     assert!(
         !finish(
             db,
-            &TaskRow { id: -1, ..a },
+            &TaskRow {
+                id: TaskId(-1),
+                ..a
+            },
             "agent",
             Status::Success,
             at(4)
@@ -1194,7 +1197,7 @@ pub async fn wide_run<D: Database>(db: &D) {
 pub async fn undelivered<D: Database>(db: &D) {
     let job = job(db, "undelivered").await;
     let detail = create(db, &job, new_run(tasks(WIDE)), at(0)).await;
-    let ids: Vec<Id> = ["a", "b", "c"]
+    let ids: Vec<TaskId> = ["a", "b", "c"]
         .iter()
         .map(|name| task(&detail, name).id)
         .collect();
@@ -1217,7 +1220,7 @@ pub async fn undelivered<D: Database>(db: &D) {
         db.requeue_undelivered("intruder", Undelivered::AllBut(&[]))
             .await
             .unwrap(),
-        Vec::<Id>::new()
+        Vec::<TaskId>::new()
     );
     assert_eq!(
         db.requeue_undelivered("agent", Undelivered::These(&[a, b]))
@@ -1238,7 +1241,7 @@ pub async fn undelivered<D: Database>(db: &D) {
         db.requeue_undelivered("agent", Undelivered::AllBut(&[c]))
             .await
             .unwrap(),
-        Vec::<Id>::new()
+        Vec::<TaskId>::new()
     );
     // Claimed again, b keeps its place and attempt.
     let again = claim_named(db, "other", "b", at(4)).await;
@@ -1250,7 +1253,7 @@ pub async fn undelivered<D: Database>(db: &D) {
         db.requeue_undelivered("agent", Undelivered::AllBut(&[]))
             .await
             .unwrap(),
-        Vec::<Id>::new()
+        Vec::<TaskId>::new()
     );
     for (id, holder) in [(a, "agent"), (b, "other"), (c, "agent")] {
         let row = db.get_task(id).await.unwrap().expect("task");
@@ -1362,7 +1365,7 @@ pub async fn deadline<D: Database>(db: &D) {
     assert!(db.expire(at(599)).await.unwrap().is_empty());
     let mut touched = db.expire(at(601)).await.unwrap();
     touched.sort_unstable();
-    let mut expected: Vec<Id> = detail.tasks.iter().map(|t| t.id).collect();
+    let mut expected: Vec<TaskId> = detail.tasks.iter().map(|t| t.id).collect();
     expected.sort_unstable();
     assert_eq!(touched, expected);
     let over = run(db, &job, 1).await;
@@ -1415,7 +1418,7 @@ pub async fn logs<D: Database>(db: &D) {
     for name in ["a", "b"] {
         claim_named(db, "agent", name, at(1)).await;
     }
-    let append = |task_id: Id, holder: &'static str, seq: i64, data: &'static [u8]| async move {
+    let append = |task_id: TaskId, holder: &'static str, seq: i64, data: &'static [u8]| async move {
         db.append_log(task_id, holder, seq, data)
             .await
             .expect("append_log")
@@ -1429,7 +1432,10 @@ pub async fn logs<D: Database>(db: &D) {
     // Only the holder writes: not another agent, not to a queued task.
     assert!(!append(a, "intruder", 5, b"forged\n").await);
     assert!(!append(c, "agent", 0, b"not claimed\n").await);
-    assert!(!append(-1, "agent", 0, b"x").await, "a missing task");
+    assert!(
+        !append(TaskId(-1), "agent", 0, b"x").await,
+        "a missing task"
+    );
     assert_eq!(
         db.read_log(a, 0, usize::MAX).await.unwrap(),
         [
@@ -1497,7 +1503,7 @@ pub async fn artifacts_and_reports<D: Database>(db: &D) {
         "by path; the same path uploaded again replaces it"
     );
     assert!(matches!(
-        db.add_artifact(-1, &artifact("x")).await,
+        db.add_artifact(TaskId(-1), &artifact("x")).await,
         Err(StoreError::NotFound(_))
     ));
 
@@ -1512,7 +1518,7 @@ pub async fn artifacts_and_reports<D: Database>(db: &D) {
         Some(r#"{"tests":2}"#)
     );
     assert!(matches!(
-        db.put_report(-1, "junit", "{}").await,
+        db.put_report(TaskId(-1), "junit", "{}").await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -1582,7 +1588,10 @@ pub async fn list_runs<D: Database>(db: &D) {
         "list shows what get reads"
     );
     assert!(
-        db.list_runs(-1, &page(10, None)).await.unwrap().is_empty(),
+        db.list_runs(JobId(-1), &page(10, None))
+            .await
+            .unwrap()
+            .is_empty(),
         "no such job"
     );
 }
@@ -1888,7 +1897,7 @@ tasks:
 pub async fn benchmark<D, F, Fut>(db: D, backend: &str, seed: F)
 where
     D: Database,
-    F: FnOnce(Id, i64) -> Fut,
+    F: FnOnce(JobId, i64) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     const TASKS: usize = 5_000;
@@ -1991,7 +2000,7 @@ pub async fn measure_claims<D: Database>(db: D, total: usize, claimers: usize) -
 /// ascending (index them for percentiles).
 pub async fn measure_list_runs<D: Database>(
     db: &D,
-    job_id: Id,
+    job_id: JobId,
     filter: &RunFilter,
     iterations: usize,
 ) -> Vec<Duration> {

@@ -84,7 +84,7 @@ fn psql(url: &str, sql: &str) {
 async fn bench<D, F, Fut>(backend: &str, db: D, data_dir: &std::path::Path, seed: F)
 where
     D: Database,
-    F: Fn(i64) -> Fut,
+    F: Fn(kiln_store::JobId) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     db.insert_token(

@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kiln_store::{Database, Id};
+use kiln_store::{Database, TaskId};
 
 use super::bodies::{ConsoleQuery, TaskPath};
 use super::extract::{ApiPath, ApiQuery};
@@ -66,7 +66,7 @@ pub async fn console<D: Database>(
 /// Where a reader of a console has got to.
 struct Cursor<D> {
     state: AppState<D>,
-    task_id: Id,
+    task_id: TaskId,
     blob_key: String,
     /// Wait for more while the task runs, rather than end with what is there.
     follow: bool,

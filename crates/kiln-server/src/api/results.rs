@@ -3,7 +3,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use kiln_store::{Database, Id, TaskRow};
+use kiln_store::{Database, JobId, TaskRow};
 
 use super::bodies::{ArtifactPath, TaskPath};
 use super::extract::ApiPath;
@@ -15,7 +15,7 @@ use crate::results::artifact_key;
 use crate::state::AppState;
 
 pub(super) struct Located {
-    pub job_id: Id,
+    pub job_id: JobId,
     pub number: i64,
     pub task: TaskRow,
 }

@@ -21,8 +21,8 @@ use kiln_proto::v1::{
     ReportUpload, ServerMessage, SessionRequest, StepUpdate,
 };
 use kiln_store::{
-    Artifact, Database, Id, Status, StepRow, StoreError, TaskHold, TaskResult, TokenKind,
-    Undelivered,
+    Artifact, Database, JobId, Status, StepRow, StoreError, TaskHold, TaskId, TaskResult,
+    TokenKind, Undelivered,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -91,7 +91,7 @@ fn store_status(e: StoreError) -> GrpcStatus {
     }
 }
 
-fn denied(agent: &str, task_id: Id) -> GrpcStatus {
+fn denied(agent: &str, task_id: TaskId) -> GrpcStatus {
     GrpcStatus::permission_denied(format!("agent {agent} does not hold task {task_id}"))
 }
 
@@ -106,7 +106,7 @@ fn parse_status(text: &str) -> Result<Status, GrpcStatus> {
 
 /// Where a task's results go in the blob store.
 struct Place {
-    job_id: Id,
+    job_id: JobId,
     run: i64,
 }
 
@@ -172,7 +172,7 @@ impl<D: Database> AgentService<D> {
     }
 
     /// The task, if `agent` holds it (running, with `agent` as lease holder).
-    async fn held(&self, agent: &str, task_id: Id) -> Result<TaskHold, GrpcStatus> {
+    async fn held(&self, agent: &str, task_id: TaskId) -> Result<TaskHold, GrpcStatus> {
         let holds = self
             .state
             .db
@@ -216,7 +216,7 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, GrpcStatus>
 
 /// An artifact file being streamed to the blob store.
 struct FileUpload {
-    task_id: Id,
+    task_id: TaskId,
     path: String,
     key: String,
     sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
@@ -226,7 +226,7 @@ struct FileUpload {
 impl FileUpload {
     fn start(
         blobs: std::sync::Arc<kiln_blob::BlobStore>,
-        task_id: Id,
+        task_id: TaskId,
         path: String,
         key: String,
     ) -> Self {
@@ -295,19 +295,20 @@ impl<D: Database> Agent for AgentService<D> {
         // already left, or lost with a server that stopped) go back to the
         // queue now rather than when their lease runs out. Before the new
         // session is registered, so nothing sent on it can be taken back.
-        scheduler::requeue_undelivered(
-            &self.state,
-            &name,
-            Undelivered::AllBut(&hello.running_task_ids),
-        )
-        .await
-        .map_err(store_status)?;
+        let still_running: Vec<TaskId> = hello
+            .running_task_ids
+            .iter()
+            .map(|&id| TaskId(id))
+            .collect();
+        scheduler::requeue_undelivered(&self.state, &name, Undelivered::AllBut(&still_running))
+            .await
+            .map_err(store_status)?;
         // Tasks it still runs from an earlier session stay its own only if
         // the database agrees; the rest are reported lost by its heartbeat.
         let running = self
             .state
             .db
-            .task_holds(&hello.running_task_ids)
+            .task_holds(&still_running)
             .await
             .map_err(store_status)?
             .into_iter()
@@ -367,7 +368,7 @@ impl<D: Database> Agent for AgentService<D> {
             Utc::now() + chrono::Duration::from_std(self.state.agents.lease).unwrap_or_default();
         let mut answer = HeartbeatResponse::default();
         let mut held = Vec::new();
-        for task_id in beat.task_ids {
+        for task_id in beat.task_ids.into_iter().map(TaskId) {
             if !self
                 .state
                 .db
@@ -375,7 +376,7 @@ impl<D: Database> Agent for AgentService<D> {
                 .await
                 .map_err(store_status)?
             {
-                answer.lost_task_ids.push(task_id);
+                answer.lost_task_ids.push(task_id.0);
                 continue;
             }
             held.push(task_id);
@@ -388,7 +389,7 @@ impl<D: Database> Agent for AgentService<D> {
             .map_err(store_status)?
             .into_iter()
             .filter(|task| task.cancel_requested)
-            .map(|task| task.id)
+            .map(|task| task.id.0)
             .collect();
         self.state.agents.heartbeat(&agent, beat.draining, &held);
         Ok(Response::new(answer))
@@ -411,11 +412,11 @@ impl<D: Database> Agent for AgentService<D> {
             if !self
                 .state
                 .db
-                .append_log(chunk.task_id, &agent, chunk.seq, &chunk.data)
+                .append_log(TaskId(chunk.task_id), &agent, chunk.seq, &chunk.data)
                 .await
                 .map_err(store_status)?
             {
-                return Err(denied(&agent, chunk.task_id));
+                return Err(denied(&agent, TaskId(chunk.task_id)));
             }
             let through = ack.stored_through.entry(chunk.task_id).or_insert(chunk.seq);
             *through = (*through).max(chunk.seq);
@@ -438,11 +439,11 @@ impl<D: Database> Agent for AgentService<D> {
         if !self
             .state
             .db
-            .update_step(update.task_id, &agent, &step)
+            .update_step(TaskId(update.task_id), &agent, &step)
             .await
             .map_err(store_status)?
         {
-            return Err(denied(&agent, update.task_id));
+            return Err(denied(&agent, TaskId(update.task_id)));
         }
         Ok(Response::new(Ack {}))
     }
@@ -453,14 +454,15 @@ impl<D: Database> Agent for AgentService<D> {
     ) -> Result<Response<Ack>, GrpcStatus> {
         let agent = self.agent_of(&request).await?;
         let mut chunks = request.into_inner();
-        let mut places: HashMap<Id, Place> = HashMap::new();
+        let mut places: HashMap<TaskId, Place> = HashMap::new();
         let mut current: Option<FileUpload> = None;
         let result: Result<(), GrpcStatus> = async {
             while let Some(chunk) = chunks.message().await? {
+                let task_id = TaskId(chunk.task_id);
                 let starts_file = match &current {
                     Some(file) => {
                         (!chunk.path.is_empty() && chunk.path != file.path)
-                            || chunk.task_id != file.task_id
+                            || task_id != file.task_id
                     }
                     None => true,
                 };
@@ -474,19 +476,18 @@ impl<D: Database> Agent for AgentService<D> {
                         ));
                     }
                     // The holder is checked once per task and call, like logs.
-                    let place = match places.entry(chunk.task_id) {
+                    let place = match places.entry(task_id) {
                         Entry::Occupied(entry) => entry.into_mut(),
                         Entry::Vacant(entry) => {
-                            let task = self.held(&agent, chunk.task_id).await?;
+                            let task = self.held(&agent, task_id).await?;
                             entry.insert(self.place(&task).await?)
                         }
                     };
-                    let key =
-                        results::artifact_key(place.job_id, place.run, chunk.task_id, &chunk.path)
-                            .map_err(GrpcStatus::invalid_argument)?;
+                    let key = results::artifact_key(place.job_id, place.run, task_id, &chunk.path)
+                        .map_err(GrpcStatus::invalid_argument)?;
                     current = Some(FileUpload::start(
                         self.state.blobs.clone(),
-                        chunk.task_id,
+                        task_id,
                         chunk.path.clone(),
                         key,
                     ));
@@ -523,7 +524,7 @@ impl<D: Database> Agent for AgentService<D> {
     ) -> Result<Response<Ack>, GrpcStatus> {
         let agent = self.agent_of(&request).await?;
         let upload = request.into_inner();
-        self.held(&agent, upload.task_id).await?;
+        self.held(&agent, TaskId(upload.task_id)).await?;
         if upload.kind != "junit" {
             return Err(GrpcStatus::invalid_argument(format!(
                 "report kind `{}` is not known; only `junit` is",
@@ -539,7 +540,7 @@ impl<D: Database> Agent for AgentService<D> {
         let stored = self
             .state
             .db
-            .get_report(upload.task_id, "junit")
+            .get_report(TaskId(upload.task_id), "junit")
             .await
             .map_err(store_status)?;
         let mut reports = Vec::new();
@@ -558,7 +559,7 @@ impl<D: Database> Agent for AgentService<D> {
             .map_err(|e| GrpcStatus::internal(format!("encoding the report: {e}")))?;
         self.state
             .db
-            .put_report(upload.task_id, "junit", &json)
+            .put_report(TaskId(upload.task_id), "junit", &json)
             .await
             .map_err(store_status)?;
         Ok(Response::new(Ack {}))
@@ -570,7 +571,7 @@ impl<D: Database> Agent for AgentService<D> {
     ) -> Result<Response<Ack>, GrpcStatus> {
         let agent = self.agent_of(&request).await?;
         let finish = request.into_inner();
-        let task = self.held(&agent, finish.task_id).await?;
+        let task = self.held(&agent, TaskId(finish.task_id)).await?;
         let status = parse_status(&finish.status)?;
         if !status.is_terminal() || status == Status::Skipped {
             return Err(GrpcStatus::invalid_argument(format!(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use kiln_proto::v1::{Assignment, Cancel, GitCredentials, Secret, ServerMessage, server_message};
 use kiln_store::{
-    Claim, Database, Id, JobKind, NO_AGENT_REASON, Status, StoreError, TaskResult, TaskRow,
+    Claim, Database, JobKind, NO_AGENT_REASON, Status, StoreError, TaskId, TaskResult, TaskRow,
     Undelivered,
 };
 use tokio_util::sync::CancellationToken;
@@ -153,7 +153,7 @@ async fn send_task<D: Database>(state: &AppState<D>, agent: &Candidate, task: Ta
 
 /// Puts a task claimed for `agent` but not sent back in the queue; if even
 /// that fails, its lease expires as a lost agent's would.
-async fn give_back<D: Database>(state: &AppState<D>, agent: &Candidate, task_id: Id) {
+async fn give_back<D: Database>(state: &AppState<D>, agent: &Candidate, task_id: TaskId) {
     if let Err(e) = requeue_undelivered(state, &agent.name, Undelivered::These(&[task_id])).await {
         tracing::warn!(
             "task {task_id} stays with agent {} until its lease expires: {e}",
@@ -275,7 +275,7 @@ async fn assignment<D: Database>(
         ));
     }
     Ok(Assignment {
-        task_id: task.id,
+        task_id: task.id.0,
         task: Some((&task.spec).into()),
         job: job.spec.name.clone(),
         run_number: run.number.max(0) as u64,
@@ -293,7 +293,7 @@ async fn assignment<D: Database>(
 /// The run and the job a task belongs to; `None` when either is gone.
 pub(crate) async fn run_and_job<D: Database>(
     state: &AppState<D>,
-    run_id: kiln_store::Id,
+    run_id: kiln_store::RunId,
 ) -> Result<Option<RunAndJob>, kiln_store::StoreError> {
     if let Some(both) = state.runs.get(run_id) {
         return Ok(Some(both));
@@ -339,7 +339,7 @@ async fn push_cancels<D: Database>(state: &AppState<D>) {
         };
         let message = ServerMessage {
             kind: Some(server_message::Kind::Cancel(Cancel {
-                task_id: running.task_id,
+                task_id: running.task_id.0,
                 reason: reason.clone(),
             })),
         };

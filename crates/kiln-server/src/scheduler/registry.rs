@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use kiln_proto::v1::ServerMessage;
-use kiln_store::Id;
+use kiln_store::TaskId;
 use tokio::sync::{Notify, mpsc};
 
 /// A task assigned this recently may be missing from a heartbeat that
@@ -57,9 +57,9 @@ struct Connected {
     session: u64,
     announce: Announce,
     /// Task id → (task name, cpus, memory) of what it runs.
-    running: BTreeMap<Id, Held>,
+    running: BTreeMap<TaskId, Held>,
     /// Tasks already told to cancel, so a cancel is pushed once.
-    cancel_sent: HashSet<Id>,
+    cancel_sent: HashSet<TaskId>,
     last_heartbeat: DateTime<Utc>,
     sender: SessionSender,
 }
@@ -101,7 +101,7 @@ pub struct Candidate {
 pub struct RunningTask {
     pub agent: String,
     pub session: u64,
-    pub task_id: Id,
+    pub task_id: TaskId,
     pub sender: SessionSender,
 }
 
@@ -135,14 +135,14 @@ impl Registry {
         &self,
         name: &str,
         announce: Announce,
-        running: Vec<(Id, String)>,
+        running: Vec<(TaskId, String)>,
         sender: SessionSender,
-    ) -> (u64, Vec<Id>) {
+    ) -> (u64, Vec<TaskId>) {
         let mut inner = self.lock();
         inner.next_session += 1;
         let session = inner.next_session;
         inner.gone.remove(name);
-        let running_ids: HashSet<Id> = running.iter().map(|(id, _)| *id).collect();
+        let running_ids: HashSet<TaskId> = running.iter().map(|(id, _)| *id).collect();
         let running = running
             .into_iter()
             .map(|(id, name)| {
@@ -290,7 +290,7 @@ impl Registry {
     }
 
     /// Forgets a task of an agent (finished, lost, or never delivered).
-    pub fn release(&self, name: &str, task_id: Id) {
+    pub fn release(&self, name: &str, task_id: TaskId) {
         let mut inner = self.lock();
         if let Some(agent) = inner.connected.get_mut(name) {
             agent.running.remove(&task_id);
@@ -302,7 +302,7 @@ impl Registry {
 
     /// A heartbeat: the agent is alive, drains or not, and runs `held`
     /// (the tasks whose leases it still holds).
-    pub fn heartbeat(&self, name: &str, draining: bool, held: &[Id]) {
+    pub fn heartbeat(&self, name: &str, draining: bool, held: &[TaskId]) {
         let mut inner = self.lock();
         let Some(agent) = inner.connected.get_mut(name) else {
             return;
@@ -344,7 +344,7 @@ impl Registry {
             .collect()
     }
 
-    pub fn mark_cancel_sent(&self, name: &str, session: u64, task_id: Id) {
+    pub fn mark_cancel_sent(&self, name: &str, session: u64, task_id: TaskId) {
         let mut inner = self.lock();
         if let Some(agent) = inner.connected.get_mut(name)
             && agent.session == session
