@@ -523,3 +523,44 @@ impl PartialSchema for StatusFilter {
 }
 
 impl ToSchema for StatusFilter {}
+
+/// `attempt` of a task's results: which attempt, from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptNumber(i64);
+
+impl AttemptNumber {
+    pub fn new(number: i64) -> Result<AttemptNumber, String> {
+        if number >= 1 {
+            Ok(AttemptNumber(number))
+        } else {
+            Err("`attempt` counts from 1".into())
+        }
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for AttemptNumber {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<AttemptNumber, D::Error> {
+        AttemptNumber::new(i64::deserialize(deserializer)?).map_err(D::Error::custom)
+    }
+}
+
+impl PartialSchema for AttemptNumber {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::Integer))
+            .format(Some(SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Int64,
+            )))
+            .minimum(Some(1))
+            .description(Some(
+                "Which attempt of the task, from 1; the task's latest when left out.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for AttemptNumber {}

@@ -123,6 +123,10 @@ pub struct RunList {
 /// `GET …/tasks/{task}/results`: the kinds of result a task has.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Results {
+    /// The attempt these results are of.
+    pub attempt: i64,
+    /// How many attempts the task has had so far.
+    pub attempts: i64,
     /// Path of the console log (always present once the task started).
     pub console: Option<String>,
     /// Path of the parsed JUnit report, when the task produced one.

@@ -182,6 +182,8 @@ async fn list_runs(
 
 async fn results(Path((job, n, task)): Path<(String, i64, String)>) -> axum::Json<Results> {
     axum::Json(Results {
+        attempt: 1,
+        attempts: 1,
         console: Some(format!(
             "/api/v1/jobs/{job}/runs/{n}/tasks/{task}/results/console"
         )),

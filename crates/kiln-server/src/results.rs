@@ -6,21 +6,35 @@ use kiln_store::{Database, JobId, TaskId};
 
 use crate::state::AppState;
 
-fn task_prefix(job_id: JobId, run: i64, task_id: TaskId) -> String {
-    format!(
+/// Where an attempt's files go: a first attempt's directly under its task
+/// (where every attempt's went before attempts were kept apart), later
+/// ones under `attempts/N`.
+fn attempt_prefix(job_id: JobId, run: i64, task_id: TaskId, attempt: i64) -> String {
+    let task = format!(
         "{}runs/{run}/tasks/{task_id}",
         crate::trigger::job_blob_prefix(job_id)
-    )
+    );
+    if attempt <= 1 {
+        task
+    } else {
+        format!("{task}/attempts/{attempt}")
+    }
 }
 
 /// Consoles of a run share one directory (on a local store, a directory
 /// per task would cost a directory inode for every task, a notable part of
-/// a trivial task's cost).
-pub fn console_key(job_id: JobId, run: i64, task_id: TaskId) -> String {
-    format!(
-        "{}runs/{run}/consoles/{task_id}.log",
+/// a trivial task's cost). A first attempt's is `TASK.log`, later ones'
+/// `TASK.ATTEMPT.log`.
+pub fn console_key(job_id: JobId, run: i64, task_id: TaskId, attempt: i64) -> String {
+    let consoles = format!(
+        "{}runs/{run}/consoles",
         crate::trigger::job_blob_prefix(job_id)
-    )
+    );
+    if attempt <= 1 {
+        format!("{consoles}/{task_id}.log")
+    } else {
+        format!("{consoles}/{task_id}.{attempt}.log")
+    }
 }
 
 /// The blob key of an artifact; refuses paths that would leave the task's prefix.
@@ -28,9 +42,10 @@ pub fn artifact_key(
     job_id: JobId,
     run: i64,
     task_id: TaskId,
+    attempt: i64,
     path: &str,
 ) -> Result<String, String> {
-    let prefix = task_prefix(job_id, run, task_id);
+    let prefix = attempt_prefix(job_id, run, task_id, attempt);
     let mut parts: Vec<&str> = prefix.split('/').collect();
     parts.push("artifacts");
     parts.extend(path.split('/'));
@@ -74,17 +89,19 @@ pub const CONSOLE_KEPT_IN_DATABASE: u64 = 256 * 1024;
 /// Chunks read from the database per step while a console moves.
 const MOVE_PAGE: usize = 64;
 
-/// Moves a finished task's log from database chunks into the blob store,
-/// where it is served from from then on, when it is too big to stay.
+/// Moves the log of an attempt that ended from database chunks into the
+/// blob store, where it is served from from then on, when it is too big to
+/// stay.
 pub async fn finalize_console<D: Database>(
     state: &AppState<D>,
     job_id: JobId,
     run: i64,
     task_id: TaskId,
+    attempt: i64,
 ) -> Result<(), String> {
     let size = state
         .db
-        .log_size(task_id)
+        .log_size(task_id, attempt)
         .await
         .map_err(|e| e.to_string())?;
     if size <= CONSOLE_KEPT_IN_DATABASE {
@@ -95,7 +112,7 @@ pub async fn finalize_console<D: Database>(
     let pages = futures_util::stream::try_unfold(0i64, move |next| {
         let db = db.clone();
         async move {
-            let chunks = db.read_log(task_id, next, MOVE_PAGE).await?;
+            let chunks = db.read_log(task_id, attempt, next, MOVE_PAGE).await?;
             let Some(&(last, _)) = chunks.last() else {
                 return Ok::<_, kiln_store::StoreError>(None);
             };
@@ -105,14 +122,14 @@ pub async fn finalize_console<D: Database>(
     });
     state
         .blobs
-        .put_stream(&console_key(job_id, run, task_id), pages)
+        .put_stream(&console_key(job_id, run, task_id, attempt), pages)
         .await
         .map_err(|e| format!("storing the console log: {e}"))?;
     // Readers look in the database first and in the blob store when the
     // database has nothing, so the log is readable throughout.
     state
         .db
-        .delete_log(task_id)
+        .delete_log(task_id, attempt)
         .await
         .map_err(|e| e.to_string())
 }

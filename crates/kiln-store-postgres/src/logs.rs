@@ -1,4 +1,4 @@
-//! Tasks' logs, in chunks idempotent on (task, seq).
+//! Tasks' logs, one per attempt, in chunks idempotent on (task, attempt, seq).
 
 use kiln_store::sql;
 use kiln_store::{LogStore, QueueStore, Result, TaskId};
@@ -17,10 +17,10 @@ impl LogStore for PostgresStore {
         // lease moving away concurrently is no different from one moving
         // just after the chunk was stored.
         let stored = sqlx::query(
-            "INSERT INTO log_chunks (task_id, seq, data) SELECT $1, $2, $3 \
-             WHERE EXISTS (SELECT 1 FROM tasks \
-              WHERE id = $1 AND status = 'running' AND lease_holder = $4) \
-             ON CONFLICT (task_id, seq) DO NOTHING",
+            "INSERT INTO log_chunks (task_id, attempt, seq, data) \
+             SELECT id, attempt, $2, $3 FROM tasks \
+              WHERE id = $1 AND status = 'running' AND lease_holder = $4 \
+             ON CONFLICT (task_id, attempt, seq) DO NOTHING",
         )
         .bind(task_id)
         .bind(seq)
@@ -40,14 +40,16 @@ impl LogStore for PostgresStore {
     async fn read_log(
         &self,
         task_id: TaskId,
+        attempt: i64,
         from: i64,
         limit: usize,
     ) -> Result<Vec<(i64, Vec<u8>)>> {
         let rows = sqlx::query(
-            "SELECT seq, data FROM log_chunks WHERE task_id = $1 AND seq >= $2 \
-             ORDER BY seq LIMIT $3",
+            "SELECT seq, data FROM log_chunks WHERE task_id = $1 AND attempt = $2 \
+             AND seq >= $3 ORDER BY seq LIMIT $4",
         )
         .bind(task_id)
+        .bind(attempt)
         .bind(from)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
@@ -55,20 +57,22 @@ impl LogStore for PostgresStore {
         rows.iter().map(sql::log_chunk).collect()
     }
 
-    async fn log_size(&self, task_id: TaskId) -> Result<u64> {
+    async fn log_size(&self, task_id: TaskId, attempt: i64) -> Result<u64> {
         let bytes: i64 = sqlx::query_scalar(
             "SELECT COALESCE(SUM(octet_length(data)), 0)::BIGINT FROM log_chunks \
-             WHERE task_id = $1",
+             WHERE task_id = $1 AND attempt = $2",
         )
         .bind(task_id)
+        .bind(attempt)
         .fetch_one(&self.pool)
         .await?;
         Ok(u64::try_from(bytes).unwrap_or(0))
     }
 
-    async fn delete_log(&self, task_id: TaskId) -> Result<()> {
-        sqlx::query("DELETE FROM log_chunks WHERE task_id = $1")
+    async fn delete_log(&self, task_id: TaskId, attempt: i64) -> Result<()> {
+        sqlx::query("DELETE FROM log_chunks WHERE task_id = $1 AND attempt = $2")
             .bind(task_id)
+            .bind(attempt)
             .execute(&self.pool)
             .await?;
         Ok(())

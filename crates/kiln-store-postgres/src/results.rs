@@ -7,15 +7,16 @@ use kiln_store::{Artifact, Result, ResultStore, TaskId};
 use crate::PostgresStore;
 
 impl ResultStore for PostgresStore {
-    async fn add_artifact(&self, task_id: TaskId, artifact: &Artifact) -> Result<()> {
+    async fn add_artifact(&self, task_id: TaskId, attempt: i64, artifact: &Artifact) -> Result<()> {
         // Uploading the same path again (an agent retrying) replaces it.
         let result = sqlx::query(
-            "INSERT INTO artifacts (task_id, path, size, content_type, blob_key) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (task_id, path) DO UPDATE SET \
+            "INSERT INTO artifacts (task_id, attempt, path, size, content_type, blob_key) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (task_id, attempt, path) DO UPDATE SET \
              size = excluded.size, content_type = excluded.content_type, \
              blob_key = excluded.blob_key",
         )
         .bind(task_id)
+        .bind(attempt)
         .bind(&artifact.path)
         .bind(artifact.size)
         .bind(&artifact.content_type)
@@ -26,23 +27,31 @@ impl ResultStore for PostgresStore {
         Ok(())
     }
 
-    async fn list_artifacts(&self, task_id: TaskId) -> Result<Vec<Artifact>> {
+    async fn list_artifacts(&self, task_id: TaskId, attempt: i64) -> Result<Vec<Artifact>> {
         let rows = sqlx::query(
             "SELECT path, size, content_type, blob_key FROM artifacts \
-             WHERE task_id = $1 ORDER BY path",
+             WHERE task_id = $1 AND attempt = $2 ORDER BY path",
         )
         .bind(task_id)
+        .bind(attempt)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(sql::artifact).collect()
     }
 
-    async fn put_report(&self, task_id: TaskId, kind: &str, json: &str) -> Result<()> {
+    async fn put_report(
+        &self,
+        task_id: TaskId,
+        attempt: i64,
+        kind: &str,
+        json: &str,
+    ) -> Result<()> {
         let result = sqlx::query(
-            "INSERT INTO reports (task_id, kind, json) VALUES ($1, $2, $3) \
-             ON CONFLICT (task_id, kind) DO UPDATE SET json = excluded.json",
+            "INSERT INTO reports (task_id, attempt, kind, json) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (task_id, attempt, kind) DO UPDATE SET json = excluded.json",
         )
         .bind(task_id)
+        .bind(attempt)
         .bind(kind)
         .bind(json)
         .execute(&self.pool)
@@ -51,13 +60,19 @@ impl ResultStore for PostgresStore {
         Ok(())
     }
 
-    async fn get_report(&self, task_id: TaskId, kind: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT json FROM reports WHERE task_id = $1 AND kind = $2")
-                .bind(task_id)
-                .bind(kind)
-                .fetch_optional(&self.pool)
-                .await?,
+    async fn get_report(
+        &self,
+        task_id: TaskId,
+        attempt: i64,
+        kind: &str,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT json FROM reports WHERE task_id = $1 AND attempt = $2 AND kind = $3",
         )
+        .bind(task_id)
+        .bind(attempt)
+        .bind(kind)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 }

@@ -379,12 +379,6 @@ async fn end_task(
             .bind(task.id)
             .execute(&mut *conn)
             .await?;
-            // The next attempt numbers its log chunks from the start again;
-            // keeping the old ones would make it look already written.
-            sqlx::query("DELETE FROM log_chunks WHERE task_id = ?")
-                .bind(task.id)
-                .execute(&mut *conn)
-                .await?;
             Status::Queued
         }
         AfterEnd::End(status) => {

@@ -7,16 +7,17 @@ use kiln_store::{Artifact, Result, ResultStore, TaskId};
 use crate::SqliteStore;
 
 impl ResultStore for SqliteStore {
-    async fn add_artifact(&self, task_id: TaskId, artifact: &Artifact) -> Result<()> {
+    async fn add_artifact(&self, task_id: TaskId, attempt: i64, artifact: &Artifact) -> Result<()> {
         let mut tx = self.write().await?;
         // Uploading the same path again (an agent retrying) replaces it.
         let result = sqlx::query(
-            "INSERT INTO artifacts (task_id, path, size, content_type, blob_key) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (task_id, path) DO UPDATE SET \
+            "INSERT INTO artifacts (task_id, attempt, path, size, content_type, blob_key) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (task_id, attempt, path) DO UPDATE SET \
              size = excluded.size, content_type = excluded.content_type, \
              blob_key = excluded.blob_key",
         )
         .bind(task_id)
+        .bind(attempt)
         .bind(&artifact.path)
         .bind(artifact.size)
         .bind(&artifact.content_type)
@@ -28,24 +29,32 @@ impl ResultStore for SqliteStore {
         Ok(())
     }
 
-    async fn list_artifacts(&self, task_id: TaskId) -> Result<Vec<Artifact>> {
+    async fn list_artifacts(&self, task_id: TaskId, attempt: i64) -> Result<Vec<Artifact>> {
         let rows = sqlx::query(
             "SELECT path, size, content_type, blob_key FROM artifacts \
-             WHERE task_id = ? ORDER BY path",
+             WHERE task_id = ? AND attempt = ? ORDER BY path",
         )
         .bind(task_id)
+        .bind(attempt)
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(sql::artifact).collect()
     }
 
-    async fn put_report(&self, task_id: TaskId, kind: &str, json: &str) -> Result<()> {
+    async fn put_report(
+        &self,
+        task_id: TaskId,
+        attempt: i64,
+        kind: &str,
+        json: &str,
+    ) -> Result<()> {
         let mut tx = self.write().await?;
         let result = sqlx::query(
-            "INSERT INTO reports (task_id, kind, json) VALUES (?, ?, ?) \
-             ON CONFLICT (task_id, kind) DO UPDATE SET json = excluded.json",
+            "INSERT INTO reports (task_id, attempt, kind, json) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (task_id, attempt, kind) DO UPDATE SET json = excluded.json",
         )
         .bind(task_id)
+        .bind(attempt)
         .bind(kind)
         .bind(json)
         .execute(&mut *tx)
@@ -55,13 +64,19 @@ impl ResultStore for SqliteStore {
         Ok(())
     }
 
-    async fn get_report(&self, task_id: TaskId, kind: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT json FROM reports WHERE task_id = ? AND kind = ?")
-                .bind(task_id)
-                .bind(kind)
-                .fetch_optional(&self.reader)
-                .await?,
+    async fn get_report(
+        &self,
+        task_id: TaskId,
+        attempt: i64,
+        kind: &str,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT json FROM reports WHERE task_id = ? AND attempt = ? AND kind = ?",
         )
+        .bind(task_id)
+        .bind(attempt)
+        .bind(kind)
+        .fetch_optional(&self.reader)
+        .await?)
     }
 }

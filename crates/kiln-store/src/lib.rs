@@ -295,6 +295,8 @@ pub struct TaskHold {
     pub run_id: RunId,
     pub name: String,
     pub status: Status,
+    /// The current attempt: what an agent's uploads are filed under.
+    pub attempt: i64,
     /// The agent that holds (or last held) the task.
     pub agent: Option<String>,
     pub cancel_requested: bool,
@@ -539,10 +541,11 @@ pub trait QueueStore {
     fn run_counts(&self) -> impl Future<Output = Result<Vec<(Status, i64)>>> + Send;
 }
 
-/// Tasks' logs, in chunks idempotent on (task, seq).
+/// Tasks' logs, one per attempt, in chunks idempotent on (task, attempt, seq).
 pub trait LogStore {
-    /// Stores a chunk of the task's log if `holder` holds the task (a chunk
-    /// already stored under `seq` is kept as it is); false when it does not.
+    /// Stores a chunk of the log of the task's current attempt if `holder`
+    /// holds the task (a chunk already stored under `seq` is kept as it
+    /// is); false when it does not.
     fn append_log(
         &self,
         task_id: TaskId,
@@ -550,37 +553,44 @@ pub trait LogStore {
         seq: i64,
         data: &[u8],
     ) -> impl Future<Output = Result<bool>> + Send;
-    /// Up to `limit` chunks with `seq >= from`, in order.
+    /// Up to `limit` chunks of `attempt`'s log with `seq >= from`, in order.
     fn read_log(
         &self,
         task_id: TaskId,
+        attempt: i64,
         from: i64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<(i64, Vec<u8>)>>> + Send;
-    /// Bytes of the task's log held in the database.
-    fn log_size(&self, task_id: TaskId) -> impl Future<Output = Result<u64>> + Send;
-    /// Drops the task's log chunks (once the log is kept elsewhere).
-    fn delete_log(&self, task_id: TaskId) -> impl Future<Output = Result<()>> + Send;
+    /// Bytes of `attempt`'s log held in the database.
+    fn log_size(&self, task_id: TaskId, attempt: i64) -> impl Future<Output = Result<u64>> + Send;
+    /// Drops `attempt`'s log chunks (once the log is kept elsewhere).
+    fn delete_log(&self, task_id: TaskId, attempt: i64) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// What tasks leave behind: artifacts and reports.
+/// What tasks leave behind: artifacts and reports, each attempt's apart.
 pub trait ResultStore {
     fn add_artifact(
         &self,
         task_id: TaskId,
+        attempt: i64,
         artifact: &Artifact,
     ) -> impl Future<Output = Result<()>> + Send;
-    fn list_artifacts(&self, task_id: TaskId)
-    -> impl Future<Output = Result<Vec<Artifact>>> + Send;
+    fn list_artifacts(
+        &self,
+        task_id: TaskId,
+        attempt: i64,
+    ) -> impl Future<Output = Result<Vec<Artifact>>> + Send;
     fn put_report(
         &self,
         task_id: TaskId,
+        attempt: i64,
         kind: &str,
         json: &str,
     ) -> impl Future<Output = Result<()>> + Send;
     fn get_report(
         &self,
         task_id: TaskId,
+        attempt: i64,
         kind: &str,
     ) -> impl Future<Output = Result<Option<String>>> + Send;
 }

@@ -220,6 +220,13 @@ pub fn after_end(attempt: &Attempt, status: Status, reason: Option<&str>) -> Aft
     AfterEnd::End(status)
 }
 
+/// The line that opens the log of a task's attempt `number` after the
+/// first, where the attempts' logs are shown one after another (`kiln run`'s
+/// output, the server's console of a retried task).
+pub fn attempt_header(number: i64) -> String {
+    format!("--- attempt {number}\n")
+}
+
 /// Why a task is skipped because of `need`, which ended without passing.
 fn skipped_for(need: &TaskState) -> String {
     format!("needs `{}`, which ended {}", need.name, need.status)

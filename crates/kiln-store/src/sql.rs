@@ -188,7 +188,7 @@ pub fn step(row: &impl StoreRow) -> Result<(TaskId, StepRow)> {
 
 /// Selects holds as [`task_hold`] reads them; callers append `WHERE …`.
 pub const HOLD_SELECT: &str =
-    "SELECT id, run_id, name, status, agent, cancel_requested, started_at FROM tasks";
+    "SELECT id, run_id, name, status, attempt, agent, cancel_requested, started_at FROM tasks";
 
 pub fn task_hold(row: &impl StoreRow) -> Result<TaskHold> {
     Ok(TaskHold {
@@ -196,6 +196,7 @@ pub fn task_hold(row: &impl StoreRow) -> Result<TaskHold> {
         run_id: RunId(row.int("run_id")?),
         name: row.text("name")?,
         status: status(&row.text("status")?)?,
+        attempt: row.int("attempt")?,
         agent: row.opt_text("agent")?,
         cancel_requested: row.flag("cancel_requested")?,
         started_at: opt_time(row.opt_int("started_at")?)?,

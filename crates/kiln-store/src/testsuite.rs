@@ -335,8 +335,10 @@ pub async fn delete_job_cascades<D: Database>(db: &D) {
     let detail = create(db, &job, new_run(tasks(PAIR)), at(0)).await;
     let a = claim_named(db, "agent", "a", at(1)).await;
     assert!(db.append_log(a.id, "agent", 0, b"hello").await.unwrap());
-    db.add_artifact(a.id, &artifact("out.txt")).await.unwrap();
-    db.put_report(a.id, "junit", "{}").await.unwrap();
+    db.add_artifact(a.id, 1, &artifact("out.txt"))
+        .await
+        .unwrap();
+    db.put_report(a.id, 1, "junit", "{}").await.unwrap();
     assert!(db.delete_job("cascade").await.unwrap());
     assert!(db.list_secrets(job.id).await.unwrap().is_empty());
     assert!(
@@ -346,9 +348,14 @@ pub async fn delete_job_cascades<D: Database>(db: &D) {
             .is_none()
     );
     assert!(db.get_task(a.id).await.unwrap().is_none());
-    assert!(db.read_log(a.id, 0, usize::MAX).await.unwrap().is_empty());
-    assert!(db.list_artifacts(a.id).await.unwrap().is_empty());
-    assert!(db.get_report(a.id, "junit").await.unwrap().is_none());
+    assert!(
+        db.read_log(a.id, 1, 0, usize::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(db.list_artifacts(a.id, 1).await.unwrap().is_empty());
+    assert!(db.get_report(a.id, 1, "junit").await.unwrap().is_none());
     assert!(
         claim(db, "agent", at(2)).await.is_none(),
         "b went with its job"
@@ -939,12 +946,17 @@ pub async fn retry_on_failure<D: Database>(db: &D) {
     );
     assert_eq!(again.steps[0].status, Status::Pending, "steps start over");
     assert_eq!(again.steps[0].exit_code, None);
+    assert_eq!(
+        db.read_log(first.id, 1, 0, usize::MAX).await.unwrap(),
+        [(0, b"attempt one".to_vec())],
+        "the first attempt's log is kept"
+    );
     assert!(
-        db.read_log(first.id, 0, usize::MAX)
+        db.read_log(first.id, 2, 0, usize::MAX)
             .await
             .unwrap()
             .is_empty(),
-        "the new attempt writes its log from seq 0"
+        "the new attempt writes its own log, from seq 0"
     );
     // `queue::run_status`: nothing runs and nothing ended, so the run waits
     // for an agent again; it keeps its first start.
@@ -959,6 +971,21 @@ pub async fn retry_on_failure<D: Database>(db: &D) {
     let second = claim_named(db, "agent-2", "flaky", at(30)).await;
     assert_eq!(second.attempt, 2);
     assert_eq!(second.agent.as_deref(), Some("agent-2"));
+    assert!(
+        db.append_log(second.id, "agent-2", 0, b"attempt two")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        db.read_log(second.id, 2, 0, usize::MAX).await.unwrap(),
+        [(0, b"attempt two".to_vec())],
+        "chunks go to the attempt that runs"
+    );
+    assert_eq!(
+        db.read_log(second.id, 1, 0, usize::MAX).await.unwrap(),
+        [(0, b"attempt one".to_vec())],
+        "seq 0 of the second attempt did not replace the first's"
+    );
     assert_eq!(second.started_at, Some(at(10)), "the first start is kept");
     assert!(finish(db, &second, "agent-2", Status::Failure, at(40)).await);
     let ended = run(db, &job, 1).await;
@@ -1092,6 +1119,7 @@ pub async fn holder_checks<D: Database>(db: &D) {
                 run_id: a.run_id,
                 name: "a".into(),
                 status: Status::Running,
+                attempt: 1,
                 agent: Some("agent".into()),
                 cancel_requested: false,
                 started_at: Some(at(1)),
@@ -1101,6 +1129,7 @@ pub async fn holder_checks<D: Database>(db: &D) {
                 run_id: a.run_id,
                 name: "b".into(),
                 status: Status::Pending,
+                attempt: 1,
                 agent: None,
                 cancel_requested: false,
                 started_at: None,
@@ -1437,7 +1466,7 @@ pub async fn logs<D: Database>(db: &D) {
         "a missing task"
     );
     assert_eq!(
-        db.read_log(a, 0, usize::MAX).await.unwrap(),
+        db.read_log(a, 1, 0, usize::MAX).await.unwrap(),
         [
             (0, b"zero\n".to_vec()),
             (1, b"one\n".to_vec()),
@@ -1445,31 +1474,34 @@ pub async fn logs<D: Database>(db: &D) {
         ]
     );
     assert_eq!(
-        db.read_log(a, 2, usize::MAX).await.unwrap(),
+        db.read_log(a, 1, 2, usize::MAX).await.unwrap(),
         [(2, b"two\n".to_vec())]
     );
-    assert!(db.read_log(a, 3, usize::MAX).await.unwrap().is_empty());
-    assert_eq!(db.read_log(b, 0, usize::MAX).await.unwrap().len(), 1);
-    assert!(db.read_log(c, 0, usize::MAX).await.unwrap().is_empty());
+    assert!(db.read_log(a, 1, 3, usize::MAX).await.unwrap().is_empty());
+    assert_eq!(db.read_log(b, 1, 0, usize::MAX).await.unwrap().len(), 1);
+    assert!(db.read_log(c, 1, 0, usize::MAX).await.unwrap().is_empty());
     let binary: Vec<u8> = (0..=255).collect();
     assert!(db.append_log(a, "agent", 3, &binary).await.unwrap());
-    assert_eq!(db.read_log(a, 3, usize::MAX).await.unwrap(), [(3, binary)]);
+    assert_eq!(
+        db.read_log(a, 1, 3, usize::MAX).await.unwrap(),
+        [(3, binary)]
+    );
     // Paged, and sized without reading it.
     let page: Vec<i64> = db
-        .read_log(a, 1, 2)
+        .read_log(a, 1, 1, 2)
         .await
         .unwrap()
         .into_iter()
         .map(|(seq, _)| seq)
         .collect();
     assert_eq!(page, [1, 2]);
-    assert_eq!(db.log_size(a).await.unwrap(), 5 + 4 + 4 + 256);
-    assert_eq!(db.log_size(c).await.unwrap(), 0);
-    db.delete_log(a).await.unwrap();
-    assert!(db.read_log(a, 0, usize::MAX).await.unwrap().is_empty());
-    assert_eq!(db.log_size(a).await.unwrap(), 0);
+    assert_eq!(db.log_size(a, 1).await.unwrap(), 5 + 4 + 4 + 256);
+    assert_eq!(db.log_size(c, 1).await.unwrap(), 0);
+    db.delete_log(a, 1).await.unwrap();
+    assert!(db.read_log(a, 1, 0, usize::MAX).await.unwrap().is_empty());
+    assert_eq!(db.log_size(a, 1).await.unwrap(), 0);
     assert_eq!(
-        db.read_log(b, 0, usize::MAX).await.unwrap().len(),
+        db.read_log(b, 1, 0, usize::MAX).await.unwrap().len(),
         1,
         "others' logs stay"
     );
@@ -1488,37 +1520,63 @@ pub async fn artifacts_and_reports<D: Database>(db: &D) {
     let job = job(db, "results").await;
     let detail = create(db, &job, new_run(tasks(PAIR)), at(0)).await;
     let a = task(&detail, "a").id;
-    assert!(db.list_artifacts(a).await.unwrap().is_empty());
-    db.add_artifact(a, &artifact("target/app")).await.unwrap();
-    db.add_artifact(a, &artifact("report.xml")).await.unwrap();
+    assert!(db.list_artifacts(a, 1).await.unwrap().is_empty());
+    db.add_artifact(a, 1, &artifact("target/app"))
+        .await
+        .unwrap();
+    db.add_artifact(a, 1, &artifact("report.xml"))
+        .await
+        .unwrap();
     let replaced = Artifact {
         size: 7,
         blob_key: "blobs/new".into(),
         ..artifact("target/app")
     };
-    db.add_artifact(a, &replaced).await.unwrap();
+    db.add_artifact(a, 1, &replaced).await.unwrap();
     assert_eq!(
-        db.list_artifacts(a).await.unwrap(),
+        db.list_artifacts(a, 1).await.unwrap(),
         [artifact("report.xml"), replaced],
         "by path; the same path uploaded again replaces it"
     );
+    db.add_artifact(a, 2, &artifact("target/app"))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.list_artifacts(a, 2).await.unwrap(),
+        [artifact("target/app")],
+        "each attempt has its own artifacts"
+    );
+    assert_eq!(db.list_artifacts(a, 1).await.unwrap().len(), 2);
     assert!(matches!(
-        db.add_artifact(TaskId(-1), &artifact("x")).await,
+        db.add_artifact(TaskId(-1), 1, &artifact("x")).await,
         Err(StoreError::NotFound(_))
     ));
 
-    assert!(db.get_report(a, "junit").await.unwrap().is_none());
-    db.put_report(a, "junit", r#"{"tests":1}"#).await.unwrap();
-    db.put_report(a, "coverage", r#"{"lines":0.5}"#)
+    assert!(db.get_report(a, 1, "junit").await.unwrap().is_none());
+    db.put_report(a, 1, "junit", r#"{"tests":1}"#)
         .await
         .unwrap();
-    db.put_report(a, "junit", r#"{"tests":2}"#).await.unwrap();
+    db.put_report(a, 1, "coverage", r#"{"lines":0.5}"#)
+        .await
+        .unwrap();
+    db.put_report(a, 1, "junit", r#"{"tests":2}"#)
+        .await
+        .unwrap();
     assert_eq!(
-        db.get_report(a, "junit").await.unwrap().as_deref(),
+        db.get_report(a, 1, "junit").await.unwrap().as_deref(),
         Some(r#"{"tests":2}"#)
     );
+    assert!(db.get_report(a, 2, "junit").await.unwrap().is_none());
+    db.put_report(a, 2, "junit", r#"{"tests":3}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        db.get_report(a, 1, "junit").await.unwrap().as_deref(),
+        Some(r#"{"tests":2}"#),
+        "each attempt has its own reports"
+    );
     assert!(matches!(
-        db.put_report(TaskId(-1), "junit", "{}").await,
+        db.put_report(TaskId(-1), 1, "junit", "{}").await,
         Err(StoreError::NotFound(_))
     ));
 }

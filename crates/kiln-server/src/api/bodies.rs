@@ -5,8 +5,8 @@
 //! commit that exists) is checked by the handlers and answered `422`.
 
 use kiln_api::fields::{
-    BranchName, CommitSha, Cursor, JobName, PageSize, PipelinePath, RepositoryUrl, SecretName,
-    SecretValue, StatusFilter, TokenName,
+    AttemptNumber, BranchName, CommitSha, Cursor, JobName, PageSize, PipelinePath, RepositoryUrl,
+    SecretName, SecretValue, StatusFilter, TokenName,
 };
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
@@ -385,13 +385,29 @@ pub struct RunListQuery {
     pub limit: PageSize,
 }
 
-/// `GET …/results/console?follow=`
+/// `GET …/results/console?follow=&attempt=`
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(default)]
 pub struct ConsoleQuery {
-    /// Keep the response open and stream new output until the task ends.
+    /// Keep the response open and stream new output until the task ends
+    /// (or, with `attempt`, until that attempt ends).
     pub follow: bool,
+    /// Only this attempt's log; every attempt's, one after another, when
+    /// left out.
+    #[param(inline)]
+    pub attempt: Option<AttemptNumber>,
+}
+
+/// `GET …/results`, `…/results/junit`, `…/results/artifacts/{path}`:
+/// `?attempt=`
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(default)]
+pub struct AttemptQuery {
+    /// Which attempt's results; the task's latest when left out.
+    #[param(inline)]
+    pub attempt: Option<AttemptNumber>,
 }
 
 #[cfg(test)]

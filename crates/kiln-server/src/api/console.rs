@@ -1,5 +1,8 @@
 //! `GET …/results/console`: a task's log, whole, by byte range, or followed
-//! live.
+//! live. Each attempt of a task has its own log; `?attempt=N` reads one,
+//! and without it the attempts' logs are read one after another, each
+//! after the first opened by `queue::attempt_header` — as `kiln run` shows
+//! them. A follower moves on to the next attempt when a retry starts.
 //!
 //! A running task's log, and a small finished one's, is in the database as
 //! sequenced chunks; a big finished one moves to the blob store when its
@@ -14,11 +17,11 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kiln_store::{Database, TaskId};
+use kiln_store::{Database, JobId, TaskId, queue};
 
 use super::bodies::{ConsoleQuery, TaskPath};
 use super::extract::{ApiPath, ApiQuery};
-use super::results::find_task;
+use super::results::{attempt_of, find_task};
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
 use crate::results::console_key;
@@ -33,7 +36,7 @@ const BLOB_PIECE: u64 = 1024 * 1024;
 
 #[utoipa::path(operation_id = "get_console", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/console", tag = "results", security(("bearer" = [])),
     params(TaskPath, ConsoleQuery,
-        ("Range" = Option<String>, Header, description = "`bytes=START-[END]` or `bytes=-SUFFIX`; ignored with follow=true")),
+        ("Range" = Option<String>, Header, description = "`bytes=START-[END]` or `bytes=-SUFFIX`, of what the same request without it answers; ignored with follow=true")),
     responses((status = 200, description = "The whole log", content_type = "text/plain", body = String),
         (status = 206, description = "The part of the log the `Range` asks for", content_type = "text/plain", body = String,
             headers(("Content-Range" = String, description = "`bytes START-END/LENGTH`"))),
@@ -48,9 +51,15 @@ pub async fn console<D: Database>(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let found = find_task(&state, path).await?;
+    let attempt = attempt_of(&found, query.attempt)?;
+    let first = if query.attempt.is_some() { attempt } else { 1 };
     let cursor = Cursor {
-        blob_key: console_key(found.job_id, found.number, found.task.id),
+        blob_key: console_key(found.job_id, found.number, found.task.id, first),
+        job_id: found.job_id,
+        number: found.number,
         task_id: found.task.id,
+        attempt: first,
+        only: query.attempt.is_some(),
         state,
         follow: query.follow,
         next: 0,
@@ -58,7 +67,7 @@ pub async fn console<D: Database>(
         done: false,
     };
     match headers.get(header::RANGE) {
-        Some(range) if !query.follow => ranged(cursor, range).await,
+        Some(range) if !query.follow => ranged(cursor, attempt, range).await,
         _ => Ok(streamed(cursor)),
     }
 }
@@ -66,15 +75,36 @@ pub async fn console<D: Database>(
 /// Where a reader of a console has got to.
 struct Cursor<D> {
     state: AppState<D>,
+    job_id: JobId,
+    number: i64,
     task_id: TaskId,
+    /// The attempt being read, and where its log moves when it is big.
+    attempt: i64,
     blob_key: String,
+    /// Only this attempt; otherwise every attempt from the first on.
+    only: bool,
     /// Wait for more while the task runs, rather than end with what is there.
     follow: bool,
-    /// The next chunk to read from the database.
+    /// The next chunk of the attempt's log to read from the database.
     next: i64,
-    /// Bytes sent so far: where the blob takes over if the chunks moved there.
+    /// Bytes of the attempt's log sent so far: where the blob takes over if
+    /// the chunks moved there.
     sent: u64,
     done: bool,
+}
+
+impl<D> Cursor<D> {
+    fn blob_key_of(&self, attempt: i64) -> String {
+        console_key(self.job_id, self.number, self.task_id, attempt)
+    }
+
+    /// Moves to the start of the next attempt's log.
+    fn next_attempt(&mut self) {
+        self.attempt += 1;
+        self.blob_key = self.blob_key_of(self.attempt);
+        self.next = 0;
+        self.sent = 0;
+    }
 }
 
 /// The whole console as a stream, a page at a time (it may be hundreds of
@@ -115,16 +145,19 @@ fn streamed<D: Database>(cursor: Cursor<D>) -> Response {
 async fn next_piece<D: Database>(at: &mut Cursor<D>) -> Result<Option<bytes::Bytes>, String> {
     loop {
         // Read the status before the chunks: output written before the
-        // task ended is then never missed.
-        let ended = match at.state.db.get_task(at.task_id).await {
-            Ok(Some(task)) => task.status.is_terminal(),
-            Ok(None) => true,
+        // attempt ended is then never missed.
+        let (ended, latest) = match at.state.db.get_task(at.task_id).await {
+            Ok(Some(task)) => (
+                task.status.is_terminal() || task.attempt > at.attempt,
+                task.attempt,
+            ),
+            Ok(None) => (true, at.attempt),
             Err(e) => return Err(e.to_string()),
         };
         let chunks = at
             .state
             .db
-            .read_log(at.task_id, at.next, PAGE)
+            .read_log(at.task_id, at.attempt, at.next, PAGE)
             .await
             .map_err(|e| e.to_string())?;
         if let Some(&(last, _)) = chunks.last() {
@@ -137,6 +170,10 @@ async fn next_piece<D: Database>(at: &mut Cursor<D>) -> Result<Option<bytes::Byt
             // store if the log moved there.
             let size = blob_size(&at.state, &at.blob_key).await?;
             if size <= at.sent {
+                if !at.only && latest > at.attempt {
+                    at.next_attempt();
+                    return Ok(Some(queue::attempt_header(at.attempt).into()));
+                }
                 at.done = true;
                 return Ok(None);
             }
@@ -166,40 +203,111 @@ async fn blob_size<D>(state: &AppState<D>, key: &str) -> Result<u64, String> {
     }
 }
 
-/// The part of the console a `Range: bytes=…` header asks for.
-async fn ranged<D: Database>(at: Cursor<D>, range: &HeaderValue) -> ApiResult<Response> {
-    let in_database = at.state.db.log_size(at.task_id).await?;
-    if in_database > 0 {
-        let (start, end) = satisfiable(range, in_database)?;
-        if let Some(part) = chunk_range(&at, start, end).await? {
-            return Ok(partial(part, start, end, in_database));
+/// The part of the console a `Range: bytes=…` header asks for: of one
+/// attempt's log, or of all of them one after another (`latest` is the
+/// task's latest attempt), as the same request without `Range` answers.
+async fn ranged<D: Database>(
+    at: Cursor<D>,
+    latest: i64,
+    range: &HeaderValue,
+) -> ApiResult<Response> {
+    let attempts = if at.only {
+        at.attempt..=at.attempt
+    } else {
+        1..=latest
+    };
+    let mut pieces = Vec::new();
+    for attempt in attempts {
+        if attempt > 1 && !at.only {
+            pieces.push(Piece::Header(queue::attempt_header(attempt)));
         }
-        // The chunks moved to the blob store while they were read.
+        pieces.push(Piece::Log(attempt, log_length(&at, attempt).await?));
     }
-    let length = blob_size(&at.state, &at.blob_key)
-        .await
-        .map_err(ApiError::internal)?;
+    let length = pieces.iter().map(Piece::len).sum();
     let (start, end) = satisfiable(range, length)?;
+    let mut part = Vec::with_capacity((end - start + 1) as usize);
+    let mut offset = 0u64;
+    for piece in &pieces {
+        let piece_end = offset + piece.len();
+        if piece_end > start && offset <= end {
+            // Inclusive offsets within the piece.
+            let from = start.saturating_sub(offset);
+            let to = (end + 1).min(piece_end) - offset - 1;
+            match piece {
+                Piece::Header(text) => {
+                    part.extend_from_slice(&text.as_bytes()[from as usize..=to as usize])
+                }
+                Piece::Log(attempt, _) => part.extend(log_range(&at, *attempt, from, to).await?),
+            }
+        }
+        offset = piece_end;
+    }
+    Ok(partial(part, start, end, length))
+}
+
+/// What a console is made of: attempts' logs and the lines between them.
+enum Piece {
+    Header(String),
+    /// An attempt's log and its length.
+    Log(i64, u64),
+}
+
+impl Piece {
+    fn len(&self) -> u64 {
+        match self {
+            Piece::Header(text) => text.len() as u64,
+            Piece::Log(_, length) => *length,
+        }
+    }
+}
+
+/// The length of an attempt's log, wherever it is.
+async fn log_length<D: Database>(at: &Cursor<D>, attempt: i64) -> ApiResult<u64> {
+    let in_database = at.state.db.log_size(at.task_id, attempt).await?;
+    if in_database > 0 {
+        return Ok(in_database);
+    }
+    blob_size(&at.state, &at.blob_key_of(attempt))
+        .await
+        .map_err(ApiError::internal)
+}
+
+/// Bytes `start..=end` of an attempt's log, from the chunks or, once they
+/// moved (even while they were read), from the blob store.
+async fn log_range<D: Database>(
+    at: &Cursor<D>,
+    attempt: i64,
+    start: u64,
+    end: u64,
+) -> ApiResult<Vec<u8>> {
+    if let Some(part) = chunk_range(at, attempt, start, end).await? {
+        return Ok(part);
+    }
     let part = at
         .state
         .blobs
-        .get_range(&at.blob_key, start..end + 1)
+        .get_range(&at.blob_key_of(attempt), start..end + 1)
         .await
         .map_err(ApiError::internal)?;
-    Ok(partial(part.to_vec(), start, end, length))
+    Ok(part.to_vec())
 }
 
 /// Bytes `start..=end` of the log held as chunks, read a page at a time;
 /// `None` if the chunks ran out before `end` (they moved).
 async fn chunk_range<D: Database>(
     at: &Cursor<D>,
+    attempt: i64,
     start: u64,
     end: u64,
 ) -> ApiResult<Option<Vec<u8>>> {
     let mut part = Vec::with_capacity((end - start + 1) as usize);
     let (mut next, mut offset) = (0i64, 0u64);
     while offset <= end {
-        let chunks = at.state.db.read_log(at.task_id, next, PAGE).await?;
+        let chunks = at
+            .state
+            .db
+            .read_log(at.task_id, attempt, next, PAGE)
+            .await?;
         let Some(&(last, _)) = chunks.last() else {
             return Ok(None);
         };

@@ -3,10 +3,11 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use kiln_api::fields::AttemptNumber;
 use kiln_store::{Database, JobId, TaskRow};
 
-use super::bodies::{ArtifactPath, TaskPath};
-use super::extract::ApiPath;
+use super::bodies::{ArtifactPath, AttemptQuery, TaskPath};
+use super::extract::{ApiPath, ApiQuery};
 use crate::api::jobs::find_job;
 use crate::api::runs::find_run;
 use crate::auth::User;
@@ -41,29 +42,55 @@ pub(super) async fn find_task<D: Database>(
     })
 }
 
+/// The attempt a request for results means: the one `?attempt=` names,
+/// or the task's latest.
+pub(super) fn attempt_of(found: &Located, asked: Option<AttemptNumber>) -> ApiResult<i64> {
+    match asked.map(AttemptNumber::get) {
+        None => Ok(found.task.attempt),
+        Some(n) if n <= found.task.attempt => Ok(n),
+        Some(n) => Err(ApiError::not_found(format!(
+            "task `{}` has no attempt {n}: it has had {} so far",
+            found.task.name, found.task.attempt
+        ))),
+    }
+}
+
 #[utoipa::path(operation_id = "list_results", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results", tag = "results", security(("bearer" = [])),
-    params(TaskPath),
+    params(TaskPath, AttemptQuery),
     responses((status = 200, body = kiln_api::Results), (status = 404, body = kiln_api::Problem)))]
 pub async fn list<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
     ApiPath(path): ApiPath<TaskPath>,
+    ApiQuery(query): ApiQuery<AttemptQuery>,
 ) -> ApiResult<Json<kiln_api::Results>> {
     let base = format!(
         "/api/v1/jobs/{}/runs/{}/tasks/{}",
         path.job, path.number, path.task
     );
     let found = find_task(&state, path).await?;
+    let attempt = attempt_of(&found, query.attempt)?;
+    // Links to an attempt asked for by number stay with that attempt.
+    let pinned = query
+        .attempt
+        .map(|_| format!("?attempt={attempt}"))
+        .unwrap_or_default();
     let started = found.task.started_at.is_some();
-    let junit = state.db.get_report(found.task.id, "junit").await?.is_some();
-    let artifacts = state.db.list_artifacts(found.task.id).await?;
+    let junit = state
+        .db
+        .get_report(found.task.id, attempt, "junit")
+        .await?
+        .is_some();
+    let artifacts = state.db.list_artifacts(found.task.id, attempt).await?;
     Ok(Json(kiln_api::Results {
-        console: started.then(|| format!("{base}/results/console")),
-        junit: junit.then(|| format!("{base}/results/junit")),
+        attempt,
+        attempts: found.task.attempt,
+        console: started.then(|| format!("{base}/results/console{pinned}")),
+        junit: junit.then(|| format!("{base}/results/junit{pinned}")),
         artifacts: artifacts
             .into_iter()
             .map(|a| kiln_api::Artifact {
-                url: format!("{base}/results/artifacts/{}", a.path),
+                url: format!("{base}/results/artifacts/{}{pinned}", a.path),
                 path: a.path,
                 size: a.size,
                 content_type: a.content_type,
@@ -73,17 +100,19 @@ pub async fn list<D: Database>(
 }
 
 #[utoipa::path(operation_id = "get_junit", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/junit", tag = "results", security(("bearer" = [])),
-    params(TaskPath),
+    params(TaskPath, AttemptQuery),
     responses((status = 200, description = "Suites, cases, failures and durations", body = Object), (status = 404, body = kiln_api::Problem)))]
 pub async fn junit<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
     ApiPath(path): ApiPath<TaskPath>,
+    ApiQuery(query): ApiQuery<AttemptQuery>,
 ) -> ApiResult<Response> {
     let found = find_task(&state, path).await?;
+    let attempt = attempt_of(&found, query.attempt)?;
     let report = state
         .db
-        .get_report(found.task.id, "junit")
+        .get_report(found.task.id, attempt, "junit")
         .await?
         .ok_or_else(|| {
             ApiError::not_found(format!("task `{}` has no JUnit report", found.task.name))
@@ -97,7 +126,7 @@ pub async fn junit<D: Database>(
 }
 
 #[utoipa::path(operation_id = "get_artifact", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/artifacts/{path}", tag = "results", security(("bearer" = [])),
-    params(ArtifactPath),
+    params(ArtifactPath, AttemptQuery),
     responses((status = 200, description = "The file, with the content type of its extension", content_type = "*/*"), (status = 404, body = kiln_api::Problem)))]
 pub async fn artifact<D: Database>(
     _: User,
@@ -108,9 +137,11 @@ pub async fn artifact<D: Database>(
         task,
         path,
     }): ApiPath<ArtifactPath>,
+    ApiQuery(query): ApiQuery<AttemptQuery>,
 ) -> ApiResult<Response> {
     let found = find_task(&state, TaskPath { job, number, task }).await?;
-    let artifacts = state.db.list_artifacts(found.task.id).await?;
+    let attempt = attempt_of(&found, query.attempt)?;
+    let artifacts = state.db.list_artifacts(found.task.id, attempt).await?;
     let artifact = artifacts
         .into_iter()
         .find(|a| a.path == path)
@@ -122,8 +153,14 @@ pub async fn artifact<D: Database>(
         })?;
     // The key is recomputed, not taken from the row, so it always stays
     // under this task's prefix.
-    let key = artifact_key(found.job_id, found.number, found.task.id, &artifact.path)
-        .map_err(ApiError::not_found)?;
+    let key = artifact_key(
+        found.job_id,
+        found.number,
+        found.task.id,
+        attempt,
+        &artifact.path,
+    )
+    .map_err(ApiError::not_found)?;
     let stream = state
         .blobs
         .get_stream(&key)

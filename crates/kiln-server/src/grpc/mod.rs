@@ -105,9 +105,12 @@ fn parse_status(text: &str) -> Result<Status, GrpcStatus> {
 }
 
 /// Where a task's results go in the blob store.
+/// Where a held task's uploads go: its job, its run's number and the
+/// attempt the agent runs.
 struct Place {
     job_id: JobId,
     run: i64,
+    attempt: i64,
 }
 
 impl<D: Database> AgentService<D> {
@@ -193,6 +196,7 @@ impl<D: Database> AgentService<D> {
         Ok(Place {
             job_id: both.1.id,
             run: both.0.number,
+            attempt: task.attempt,
         })
     }
 }
@@ -217,6 +221,7 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, GrpcStatus>
 /// An artifact file being streamed to the blob store.
 struct FileUpload {
     task_id: TaskId,
+    attempt: i64,
     path: String,
     key: String,
     sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
@@ -227,6 +232,7 @@ impl FileUpload {
     fn start(
         blobs: std::sync::Arc<kiln_blob::BlobStore>,
         task_id: TaskId,
+        attempt: i64,
         path: String,
         key: String,
     ) -> Self {
@@ -238,6 +244,7 @@ impl FileUpload {
         let upload = tokio::spawn(async move { blobs.put_stream(&blob_key, stream).await });
         FileUpload {
             task_id,
+            attempt,
             path,
             key,
             sender,
@@ -483,11 +490,18 @@ impl<D: Database> Agent for AgentService<D> {
                             entry.insert(self.place(&task).await?)
                         }
                     };
-                    let key = results::artifact_key(place.job_id, place.run, task_id, &chunk.path)
-                        .map_err(GrpcStatus::invalid_argument)?;
+                    let key = results::artifact_key(
+                        place.job_id,
+                        place.run,
+                        task_id,
+                        place.attempt,
+                        &chunk.path,
+                    )
+                    .map_err(GrpcStatus::invalid_argument)?;
                     current = Some(FileUpload::start(
                         self.state.blobs.clone(),
                         task_id,
+                        place.attempt,
                         chunk.path.clone(),
                         key,
                     ));
@@ -524,7 +538,7 @@ impl<D: Database> Agent for AgentService<D> {
     ) -> Result<Response<Ack>, GrpcStatus> {
         let agent = self.agent_of(&request).await?;
         let upload = request.into_inner();
-        self.held(&agent, TaskId(upload.task_id)).await?;
+        let task = self.held(&agent, TaskId(upload.task_id)).await?;
         if upload.kind != "junit" {
             return Err(GrpcStatus::invalid_argument(format!(
                 "report kind `{}` is not known; only `junit` is",
@@ -540,7 +554,7 @@ impl<D: Database> Agent for AgentService<D> {
         let stored = self
             .state
             .db
-            .get_report(TaskId(upload.task_id), "junit")
+            .get_report(task.id, task.attempt, "junit")
             .await
             .map_err(store_status)?;
         let mut reports = Vec::new();
@@ -559,7 +573,7 @@ impl<D: Database> Agent for AgentService<D> {
             .map_err(|e| GrpcStatus::internal(format!("encoding the report: {e}")))?;
         self.state
             .db
-            .put_report(TaskId(upload.task_id), "junit", &json)
+            .put_report(task.id, task.attempt, "junit", &json)
             .await
             .map_err(store_status)?;
         Ok(Response::new(Ack {}))
@@ -617,10 +631,10 @@ async fn record_finish<D: Database>(
     result: TaskResult,
     answer: tokio::sync::oneshot::Sender<Result<(), GrpcStatus>>,
 ) {
-    let (committed, ended) = match state.db.finish_task(task.id, &agent, &result).await {
-        Ok(Some(status)) => (Ok(()), status.is_terminal()),
-        Ok(None) => (Err(denied(&agent, task.id)), false),
-        Err(e) => (Err(store_status(e)), false),
+    let committed = match state.db.finish_task(task.id, &agent, &result).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(denied(&agent, task.id)),
+        Err(e) => Err(store_status(e)),
     };
     let failed = committed.is_err();
     let _ = answer.send(committed);
@@ -631,11 +645,10 @@ async fn record_finish<D: Database>(
     state.metrics.task_finished(task.started_at, result.now);
     state.agents.release(&agent, task.id);
     state.work.notify_waiters();
-    // A retried task is queued again with its log chunks cleared for the
-    // next attempt; a console blob written now would be empty and hide
-    // that attempt's live log. Only a task that ended gets its blob.
-    if ended
-        && let Err(e) = results::finalize_console(&state, place.job_id, place.run, task.id).await
+    // Every attempt keeps its own log: the one that ended is filed, whether
+    // the task ended or is retried.
+    if let Err(e) =
+        results::finalize_console(&state, place.job_id, place.run, task.id, place.attempt).await
     {
         tracing::warn!("task {}: {e}", task.id);
     }
@@ -643,7 +656,12 @@ async fn record_finish<D: Database>(
 
 impl<D: Database> AgentService<D> {
     async fn store_artifact(&self, file: FileUpload) -> Result<(), GrpcStatus> {
-        let (task_id, path, key) = (file.task_id, file.path.clone(), file.key.clone());
+        let (task_id, attempt, path, key) = (
+            file.task_id,
+            file.attempt,
+            file.path.clone(),
+            file.key.clone(),
+        );
         let size = file.finish().await?;
         let artifact = Artifact {
             content_type: results::content_type(&path).into(),
@@ -653,7 +671,7 @@ impl<D: Database> AgentService<D> {
         };
         self.state
             .db
-            .add_artifact(task_id, &artifact)
+            .add_artifact(task_id, attempt, &artifact)
             .await
             .map_err(store_status)
     }

@@ -1238,3 +1238,95 @@ async fn a_big_console_moves_to_the_blob_store_and_reads_the_same_everywhere() {
         "{quiet}"
     );
 }
+
+/// A task retried twice keeps each attempt's log, JUnit report and
+/// artifacts: read by attempt, or — the console — all attempts one after
+/// another, whole, by range, or followed from the first attempt on.
+#[tokio::test]
+async fn every_attempt_keeps_its_log_report_and_artifacts() {
+    let server = Server::start(None);
+    let counter = tempfile::tempdir().unwrap();
+    let count = counter.path().join("count");
+    let count = count.display();
+    let pipeline = format!(
+        "version: 1\ntasks:\n  flaky:\n    retry: 2\n    steps:\n      - run: |\n          n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}\n          echo \"attempt-$n says hi\"\n          echo \"<testsuite name='s' tests='1'><testcase name='case-$n'/></testsuite>\" > report.xml\n          echo $n > out.txt\n          sleep 1\n          [ $n -ge 3 ]\n    artifacts: {{ paths: [out.txt] }}\n    reports: {{ junit: [report.xml] }}\n"
+    );
+    server.freestyle("flaky", &pipeline).await;
+    let task = "/api/v1/jobs/flaky/runs/1/tasks/flaky";
+    let started = Instant::now();
+    while server.json("/api/v1/jobs/flaky/runs/1").await["tasks"][0]["status"] != "running" {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let console = format!("{task}/results/console");
+    let live = follow_to_end(&server, &console).await;
+    let run = server.wait_for_run("flaky", 1).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(run["tasks"][0]["attempt"], 3, "{run:#}");
+
+    let whole = server.get(&console).await.bytes().await.unwrap().to_vec();
+    let text = String::from_utf8(whole.clone()).unwrap();
+    let order: Vec<usize> = [
+        "attempt-1 says hi\n",
+        "--- attempt 2\n",
+        "attempt-2 says hi\n",
+        "--- attempt 3\n",
+        "attempt-3 says hi\n",
+    ]
+    .iter()
+    .map(|line| text.find(line).unwrap_or_else(|| panic!("{line:?} in {text}")))
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+    assert_eq!(live, whole, "a follower from the first attempt saw them all");
+
+    // A range across the line between two attempts reads the same bytes.
+    let (from, to) = (order[1] - 3, order[2] + 5);
+    let part = server
+        .request(reqwest::Method::GET, &console, Some(ADMIN))
+        .header("Range", format!("bytes={from}-{to}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes {from}-{to}/{}", whole.len()).as_str()
+    );
+    assert_eq!(part.bytes().await.unwrap(), whole[from..=to]);
+
+    let first = server
+        .get(&format!("{console}?attempt=1"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(first.contains("attempt-1 says hi"), "{first}");
+    assert!(
+        !first.contains("attempt-2") && !first.contains("--- attempt"),
+        "{first}"
+    );
+
+    // Results by attempt: the report and the file of that attempt.
+    for n in 1..=3 {
+        let results = server.json(&format!("{task}/results?attempt={n}")).await;
+        assert_eq!(results["attempt"], n, "{results:#}");
+        assert_eq!(results["attempts"], 3, "{results:#}");
+        let junit = server.json(results["junit"].as_str().unwrap()).await;
+        assert!(
+            junit.to_string().contains(&format!("case-{n}")),
+            "attempt {n}'s report: {junit}"
+        );
+        assert!(!junit.to_string().contains(&format!("case-{}", n % 3 + 1)));
+        let url = results["artifacts"][0]["url"].as_str().unwrap();
+        let file = server.get(url).await.text().await.unwrap();
+        assert_eq!(file, format!("{n}\n"), "attempt {n}'s out.txt via {url}");
+    }
+    let latest = server.json(&format!("{task}/results")).await;
+    assert_eq!(latest["attempt"], 3, "{latest:#}");
+    let missing = server.get(&format!("{console}?attempt=4")).await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert!(
+        missing.text().await.unwrap().contains("has had 3 so far"),
+        "says how many attempts there were"
+    );
+}
