@@ -93,6 +93,7 @@ pub(crate) fn is_retriable(status: &Status) -> bool {
             | Code::FailedPrecondition
             | Code::AlreadyExists
             | Code::OutOfRange
+            | Code::ResourceExhausted
             | Code::Unimplemented
     )
 }

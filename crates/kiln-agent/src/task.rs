@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use kiln_exec::context::{RunContext, task_dir_name, task_spec};
 use kiln_exec::{CancellationToken, LogStream, SourceTree, Status, StepResult, TaskEvents};
 use kiln_pipeline::{Event, Task};
-use kiln_proto::v1::{ArtifactChunk, Assignment, FinishTaskRequest, ReportUpload, StepUpdate};
+use kiln_proto::v1::{ArtifactChunk, Assignment, FinishTaskRequest, ReportChunk, StepUpdate};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -30,7 +31,7 @@ const MAX_CHUNK: usize = 256 * 1024;
 const MAX_CALL: usize = LOG_BUDGET / 4;
 /// How long the first of a burst of writes waits for more to merge with.
 const LINGER: Duration = Duration::from_millis(20);
-/// Artifact files are streamed in pieces of this size.
+/// Artifact and report files are streamed in pieces of this size.
 const UPLOAD_CHUNK: usize = 1024 * 1024;
 
 /// The task is no longer this agent's: stop and report nothing.
@@ -270,23 +271,9 @@ async fn upload_results(
     let reports = outputs.join("reports");
     for relative in &outcome.reports {
         let name = relative.to_string_lossy().into_owned();
-        let content = match tokio::fs::read(reports.join(relative)).await {
-            Ok(content) => content,
-            Err(e) => {
-                notes.push(format!("report `{name}` cannot be read: {e}"));
-                continue;
-            }
-        };
-        let request = ReportUpload {
-            task_id,
-            kind: "junit".into(),
-            path: name.clone(),
-            content,
-        };
+        let path = reports.join(relative);
         let uploaded = retry(lost, "uploading a report", task_id, || {
-            let mut client = shared.client.clone();
-            let request = request.clone();
-            async move { client.upload_report(request).await.map(|_| ()) }
+            upload_report(shared.client.clone(), task_id, path.clone(), name.clone())
         })
         .await?;
         if let Err(e) = uploaded {
@@ -296,30 +283,76 @@ async fn upload_results(
     Ok(notes)
 }
 
-/// Streams one file, a piece at a time, never holding it all in memory.
+/// Streams one artifact file to the server.
 async fn upload_artifact(
     mut client: Client,
     task_id: i64,
     path: PathBuf,
     name: String,
 ) -> Result<(), tonic::Status> {
-    let file = tokio::fs::File::open(&path)
+    let (pieces, read_error) = file_pieces(&path).await?;
+    let chunks = pieces.map(move |(first, data)| ArtifactChunk {
+        task_id,
+        path: if first { name.clone() } else { String::new() },
+        data,
+    });
+    tokio::select! {
+        result = client.upload_artifact(chunks) => result.map(|_| ()),
+        Ok(e) = read_error => Err(tonic::Status::invalid_argument(format!("cannot read: {e}"))),
+    }
+}
+
+/// Streams one report file to the server, which parses it.
+async fn upload_report(
+    mut client: Client,
+    task_id: i64,
+    path: PathBuf,
+    name: String,
+) -> Result<(), tonic::Status> {
+    let (pieces, read_error) = file_pieces(&path).await?;
+    let chunks = pieces.map(move |(first, data)| ReportChunk {
+        task_id,
+        kind: if first { "junit".into() } else { String::new() },
+        path: if first { name.clone() } else { String::new() },
+        data,
+    });
+    tokio::select! {
+        result = client.upload_report(chunks) => result.map(|_| ()),
+        Ok(e) = read_error => Err(tonic::Status::invalid_argument(format!("cannot read: {e}"))),
+    }
+}
+
+/// A file as pieces read as they are sent — never all of it in memory —
+/// each told whether it is the first (which names the file, and is sent
+/// even for an empty file). A read error is sent on the receiver and stops
+/// the stream without ending it: an ended stream would upload a truncated
+/// file as if it were whole, so the caller abandons the call instead.
+async fn file_pieces(
+    path: &Path,
+) -> Result<
+    (
+        impl futures_util::Stream<Item = (bool, Vec<u8>)> + Send + 'static,
+        oneshot::Receiver<std::io::Error>,
+    ),
+    tonic::Status,
+> {
+    let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| tonic::Status::invalid_argument(format!("cannot open: {e}")))?;
     let (failed, read_error) = oneshot::channel::<std::io::Error>();
     struct Reader {
         file: tokio::fs::File,
-        name: Option<String>,
+        first: bool,
         failed: Option<oneshot::Sender<std::io::Error>>,
         done: bool,
     }
     let reader = Reader {
         file,
-        name: Some(name),
+        first: true,
         failed: Some(failed),
         done: false,
     };
-    let chunks = futures_util::stream::unfold(reader, move |mut reader| async move {
+    let pieces = futures_util::stream::unfold(reader, |mut reader| async move {
         if reader.done {
             return None;
         }
@@ -333,8 +366,6 @@ async fn upload_artifact(
                 }
                 Ok(n) => filled += n,
                 Err(e) => {
-                    // Ending the stream would upload a truncated file as if
-                    // it were whole; instead the call is abandoned below.
                     if let Some(failed) = reader.failed.take() {
                         let _ = failed.send(e);
                     }
@@ -343,22 +374,13 @@ async fn upload_artifact(
             }
         }
         data.truncate(filled);
-        let path = reader.name.take();
-        // The first chunk names the file, even when the file is empty.
-        if filled == 0 && path.is_none() {
+        let first = std::mem::replace(&mut reader.first, false);
+        if filled == 0 && !first {
             return None;
         }
-        let chunk = ArtifactChunk {
-            task_id,
-            path: path.unwrap_or_default(),
-            data,
-        };
-        Some((chunk, reader))
+        Some(((first, data), reader))
     });
-    tokio::select! {
-        result = client.upload_artifact(chunks) => result.map(|_| ()),
-        Ok(e) = read_error => Err(tonic::Status::invalid_argument(format!("cannot read: {e}"))),
-    }
+    Ok((pieces, read_error))
 }
 
 /// Calls until the server answers, backing off between failures.

@@ -17,7 +17,7 @@ use kiln_exec::process::ProcessExecutor;
 use kiln_proto::v1::agent_server::{Agent, AgentServer};
 use kiln_proto::v1::{
     Ack, ArtifactChunk, Assignment, Cancel, FinishTaskRequest, HeartbeatRequest, HeartbeatResponse,
-    LogAck, LogChunk, ReportUpload, Secret, ServerMessage, SessionRequest, StepUpdate,
+    LogAck, LogChunk, ReportChunk, Secret, ServerMessage, SessionRequest, StepUpdate,
     server_message,
 };
 use tokio::sync::mpsc;
@@ -38,7 +38,8 @@ struct State {
     duplicates: usize,
     steps: Vec<StepUpdate>,
     artifacts: HashMap<String, Vec<u8>>,
-    reports: Vec<ReportUpload>,
+    /// Each report as one chunk: the first's names, all the data.
+    reports: Vec<ReportChunk>,
     finished: Vec<(FinishTaskRequest, Instant)>,
     heartbeats: Vec<HeartbeatRequest>,
     /// While set, appended chunks are stored but never acknowledged.
@@ -211,9 +212,19 @@ impl Agent for Fake {
         Ok(Response::new(Ack {}))
     }
 
-    async fn upload_report(&self, request: Request<ReportUpload>) -> Result<Response<Ack>, Status> {
+    async fn upload_report(
+        &self,
+        request: Request<Streaming<ReportChunk>>,
+    ) -> Result<Response<Ack>, Status> {
         self.check(&request)?;
-        self.state().reports.push(request.into_inner());
+        let mut chunks = request.into_inner();
+        let Some(mut report) = chunks.message().await? else {
+            return Err(Status::invalid_argument("no report"));
+        };
+        while let Some(chunk) = chunks.message().await? {
+            report.data.extend(chunk.data);
+        }
+        self.state().reports.push(report);
         Ok(Response::new(Ack {}))
     }
 

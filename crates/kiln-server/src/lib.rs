@@ -40,7 +40,14 @@ pub struct ServerConfig {
     /// Lease of a task given to a remote agent, renewed by its heartbeats;
     /// an agent silent this long loses its tasks ([`grpc::DEFAULT_LEASE`]).
     pub agent_lease: Duration,
+    /// The largest report file (JUnit XML) a task may keep, in bytes
+    /// ([`DEFAULT_MAX_REPORT_SIZE`]); a bigger one is refused, and the
+    /// task's console says so.
+    pub max_report_size: u64,
 }
+
+/// 64 MiB: a JUnit file of several hundred thousand test cases.
+pub const DEFAULT_MAX_REPORT_SIZE: u64 = 64 * 1024 * 1024;
 
 /// What a server's start found or made, for its start-up lines.
 pub struct Bootstrap {
@@ -86,6 +93,7 @@ pub async fn app_state<D: Database>(db: D, config: &ServerConfig) -> anyhow::Res
         agents,
         runs: Arc::default(),
         report_lock: Arc::default(),
+        max_report_size: config.max_report_size,
     })
 }
 

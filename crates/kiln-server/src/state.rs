@@ -23,6 +23,8 @@ pub struct AppState<D> {
     pub runs: Arc<RunCache>,
     /// Serializes JUnit report merges (read, merge, write) of this process.
     pub report_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The largest report file an agent may upload, in bytes.
+    pub max_report_size: u64,
 }
 
 impl<D: Clone> Clone for AppState<D> {
@@ -37,6 +39,7 @@ impl<D: Clone> Clone for AppState<D> {
             agents: self.agents.clone(),
             runs: self.runs.clone(),
             report_lock: self.report_lock.clone(),
+            max_report_size: self.max_report_size,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use kiln_proto::v1::agent_client::AgentClient;
 use kiln_proto::v1::{
-    ArtifactChunk, FinishTaskRequest, HeartbeatRequest, LogChunk, ReportUpload, ServerMessage,
+    ArtifactChunk, FinishTaskRequest, HeartbeatRequest, LogChunk, ReportChunk, ServerMessage,
     SessionRequest, StepUpdate, server_message,
 };
 use kiln_server::ServerConfig;
@@ -62,6 +62,7 @@ impl Harness {
             data_dir: dir.path().to_path_buf(),
             blob_url: None,
             agent_lease: lease,
+            max_report_size: REPORT_LIMIT,
         };
         let state = kiln_server::app_state(db, &config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -578,25 +579,56 @@ async fn artifacts_and_junit_reports_are_stored() {
         let xml = format!(
             "<testsuite name=\"{name}\" tests=\"1\"><testcase classname=\"c\" name=\"{tests}\"/></testsuite>"
         );
-        let upload = ReportUpload {
-            task_id: task.task_id,
-            kind: "junit".into(),
-            path: name.into(),
-            content: xml.into_bytes(),
-        };
         client
-            .upload_report(call(upload, AGENT, Some("a")))
+            .upload_report(call(
+                report(task.task_id, name, xml.as_bytes()),
+                AGENT,
+                Some("a"),
+            ))
             .await
             .unwrap();
     }
-    let bad = ReportUpload {
-        task_id: task.task_id,
-        kind: "junit".into(),
-        path: "bad.xml".into(),
-        content: b"<not junit".to_vec(),
-    };
+    // Just under the limit, in many pieces: kept whole.
+    let cases = (REPORT_LIMIT as usize - 100) / 32;
+    let mut suite = String::from("<testsuite name=\"big\">");
+    for i in 0..cases {
+        suite.push_str(&format!("<testcase name=\"case-{i:08}\"/>"));
+    }
+    suite.push_str("</testsuite>");
+    assert!(
+        suite.len() as u64 <= REPORT_LIMIT && suite.len() > 900_000,
+        "{}",
+        suite.len()
+    );
+    client
+        .upload_report(call(
+            report(task.task_id, "big.xml", suite.as_bytes()),
+            AGENT,
+            Some("a"),
+        ))
+        .await
+        .unwrap();
+    // Over it: refused, saying which file and the limit.
+    let over = format!("{suite}{}", " ".repeat(200));
+    let refused = client
+        .upload_report(call(
+            report(task.task_id, "over.xml", over.as_bytes()),
+            AGENT,
+            Some("a"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("over.xml") && refused.message().contains("--max-report-size"),
+        "{refused:?}"
+    );
     let bad = client
-        .upload_report(call(bad, AGENT, Some("a")))
+        .upload_report(call(
+            report(task.task_id, "bad.xml", b"<not junit"),
+            AGENT,
+            Some("a"),
+        ))
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
@@ -619,6 +651,37 @@ async fn artifacts_and_junit_reports_are_stored() {
     let junit = server.json(&format!("{prefix}/junit")).await;
     let text = junit.to_string();
     assert!(text.contains("t1") && text.contains("t2"), "{junit}");
+    assert!(
+        text.contains(&format!("case-{:08}", cases - 1)),
+        "the big report's last case"
+    );
+    assert!(!text.contains("over.xml"));
+}
+
+/// The report limit of the harness's server.
+const REPORT_LIMIT: u64 = 1024 * 1024;
+
+/// A report upload: `content` in 64 KiB pieces, the first naming the file.
+fn report(
+    task_id: i64,
+    path: &str,
+    content: &[u8],
+) -> futures_util::stream::Iter<std::vec::IntoIter<ReportChunk>> {
+    let pieces: Vec<ReportChunk> = content
+        .chunks(64 * 1024)
+        .enumerate()
+        .map(|(i, data)| ReportChunk {
+            task_id,
+            kind: if i == 0 {
+                "junit".into()
+            } else {
+                String::new()
+            },
+            path: if i == 0 { path.into() } else { String::new() },
+            data: data.to_vec(),
+        })
+        .collect();
+    futures_util::stream::iter(pieces)
 }
 
 #[tokio::test]

@@ -101,6 +101,7 @@ where
         data_dir: data_dir.to_path_buf(),
         blob_url: None,
         agent_lease: kiln_server::grpc::DEFAULT_LEASE,
+        max_report_size: kiln_server::DEFAULT_MAX_REPORT_SIZE,
     };
     let state = kiln_server::app_state(db.clone(), &config).await.unwrap();
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();

@@ -80,6 +80,33 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     text.parse::<kiln_pipeline::Duration>().map(|d| d.as_std())
 }
 
+/// A size in bytes: a number, optionally followed by `KiB`, `MiB` or `GiB`
+/// (or `K`, `M`, `G`, which mean the same), e.g. `64MiB`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size: expected e.g. `64MiB` or `1048576`"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}`: expected KiB, MiB or GiB"
+            ));
+        }
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
@@ -109,6 +136,10 @@ pub struct ServerArgs {
     /// before it is retried elsewhere or ends `error: agent lost`.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub agent_lease: std::time::Duration,
+    /// The largest report file (JUnit XML) a task may keep, e.g. `64MiB`; a
+    /// bigger one is refused and the task's console says so.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub max_report_size: u64,
     /// Also run tasks in this process, like an agent on the server's machine.
     #[arg(long)]
     pub worker: bool,
@@ -224,6 +255,37 @@ mod tests {
         let days = policy.max_age.as_secs() / 86_400;
         assert_eq!(policy.max_age.as_secs(), days * 86_400);
         assert!(help.contains(&format!("[default: {days}d]")), "{help}");
+    }
+
+    #[test]
+    fn sizes() {
+        use super::parse_size;
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2 GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("3KiB"), Ok(3 << 10));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("1.5MiB").is_err());
+        assert!(
+            parse_size("5 parsecs")
+                .unwrap_err()
+                .contains("unit `parsecs`")
+        );
+        assert!(parse_size("99999999999999GiB").is_err());
+    }
+
+    /// The default `--max-report-size` is the server's.
+    #[test]
+    fn report_size_default_is_the_servers() {
+        let help = super::Cli::command()
+            .find_subcommand_mut("server")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert_eq!(kiln_server::DEFAULT_MAX_REPORT_SIZE, 64 << 20);
+        assert!(help.contains("[default: 64MiB]"), "{help}");
     }
 
     /// `--help` describes every argument of every command, positional ones

@@ -41,6 +41,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
         data_dir: args.data_dir.clone(),
         blob_url: args.blob_url.clone(),
         agent_lease: args.agent_lease,
+        max_report_size: args.max_report_size,
     };
     start(
         config,
@@ -65,6 +66,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
         data_dir: args.data_dir.clone(),
         blob_url: None,
         agent_lease: LEASE,
+        max_report_size: kiln_server::DEFAULT_MAX_REPORT_SIZE,
     };
     start(config, args.grpc_listen, None, Some(embedded), true).await
 }

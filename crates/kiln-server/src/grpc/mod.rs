@@ -18,7 +18,7 @@ use futures_util::Stream;
 use kiln_proto::v1::agent_server::{Agent, AgentServer};
 use kiln_proto::v1::{
     Ack, ArtifactChunk, FinishTaskRequest, HeartbeatRequest, HeartbeatResponse, LogAck, LogChunk,
-    ReportUpload, ServerMessage, SessionRequest, StepUpdate,
+    ReportChunk, ServerMessage, SessionRequest, StepUpdate,
 };
 use kiln_store::{
     Artifact, Database, JobId, Status, StepRow, StoreError, TaskHold, TaskId, TaskResult,
@@ -534,19 +534,47 @@ impl<D: Database> Agent for AgentService<D> {
 
     async fn upload_report(
         &self,
-        request: Request<ReportUpload>,
+        request: Request<Streaming<ReportChunk>>,
     ) -> Result<Response<Ack>, GrpcStatus> {
         let agent = self.agent_of(&request).await?;
-        let upload = request.into_inner();
-        let task = self.held(&agent, TaskId(upload.task_id)).await?;
-        if upload.kind != "junit" {
+        let mut chunks = request.into_inner();
+        let mut first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| GrpcStatus::invalid_argument("a report upload sent nothing"))?;
+        let task = self.held(&agent, TaskId(first.task_id)).await?;
+        if first.kind != "junit" {
             return Err(GrpcStatus::invalid_argument(format!(
                 "report kind `{}` is not known; only `junit` is",
-                upload.kind
+                first.kind
             )));
         }
-        let report = kiln_junit::parse(&upload.content).map_err(|e| {
-            GrpcStatus::invalid_argument(format!("{} is not valid JUnit XML: {e}", upload.path))
+        let limit = self.state.max_report_size;
+        let path = first.path.clone();
+        let too_big = |size: usize| {
+            GrpcStatus::resource_exhausted(format!(
+                "{path} is {size} bytes or more, over this server's limit of {limit} bytes for \
+                 a report (its --max-report-size)"
+            ))
+        };
+        let mut content = std::mem::take(&mut first.data);
+        while let Some(chunk) = chunks.message().await? {
+            if chunk.task_id != first.task_id {
+                return Err(GrpcStatus::invalid_argument(
+                    "a report upload is of one task",
+                ));
+            }
+            let size = content.len() + chunk.data.len();
+            if size as u64 > limit {
+                return Err(too_big(size));
+            }
+            content.extend_from_slice(&chunk.data);
+        }
+        if content.len() as u64 > limit {
+            return Err(too_big(content.len()));
+        }
+        let report = kiln_junit::parse(&content).map_err(|e| {
+            GrpcStatus::invalid_argument(format!("{path} is not valid JUnit XML: {e}"))
         })?;
         // Read, merge and write under one lock so two files uploaded at once
         // both end up in the report.
@@ -563,7 +591,7 @@ impl<D: Database> Agent for AgentService<D> {
                 Ok(old) => reports.push(old),
                 Err(e) => tracing::warn!(
                     "the stored JUnit report of task {} does not read ({e}); replacing it",
-                    upload.task_id
+                    task.id
                 ),
             }
         }

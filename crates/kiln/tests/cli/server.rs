@@ -1274,10 +1274,16 @@ async fn every_attempt_keeps_its_log_report_and_artifacts() {
         "attempt-3 says hi\n",
     ]
     .iter()
-    .map(|line| text.find(line).unwrap_or_else(|| panic!("{line:?} in {text}")))
+    .map(|line| {
+        text.find(line)
+            .unwrap_or_else(|| panic!("{line:?} in {text}"))
+    })
     .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
-    assert_eq!(live, whole, "a follower from the first attempt saw them all");
+    assert_eq!(
+        live, whole,
+        "a follower from the first attempt saw them all"
+    );
 
     // A range across the line between two attempts reads the same bytes.
     let (from, to) = (order[1] - 3, order[2] + 5);
@@ -1329,4 +1335,35 @@ async fn every_attempt_keeps_its_log_report_and_artifacts() {
         missing.text().await.unwrap().contains("has had 3 so far"),
         "says how many attempts there were"
     );
+}
+
+/// A JUnit report of 160 000 cases (11 MB, past gRPC's 4 MiB message
+/// limit) is streamed from the agent, kept and served.
+#[tokio::test]
+async fn an_eleven_megabyte_junit_report_is_kept_and_served() {
+    let server = Server::start(None);
+    let pipeline = "version: 1\ntasks:\n  suite:\n    steps:\n      - run: |\n          { echo '<testsuite name=\"huge\">'; seq 1 160000 | sed 's|.*|<testcase classname=\"suite.with.a.long.class.name\" name=\"case-&\"/>|'; echo '</testsuite>'; } > report.xml\n          wc -c report.xml\n    reports: { junit: [report.xml] }\n";
+    server.freestyle("huge", pipeline).await;
+    let run = server.wait_for_run("huge", 1).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    let task = "/api/v1/jobs/huge/runs/1/tasks/suite/results";
+    let console = server
+        .get(&format!("{task}/console"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let size: u64 = console
+        .lines()
+        .find_map(|line| line.strip_suffix(" report.xml")?.trim().parse().ok())
+        .expect(&console);
+    assert!(size > 11_000_000, "{size} bytes: {console}");
+    assert!(!console.contains("not kept"), "{console}");
+    let results = server.json(task).await;
+    let junit = server
+        .json(results["junit"].as_str().expect("a report"))
+        .await;
+    let text = junit.to_string();
+    assert!(text.contains("160000"), "the total is there");
+    assert!(text.contains("\"case-160000\""), "and the last case");
 }
