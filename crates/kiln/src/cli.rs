@@ -276,6 +276,22 @@ mod tests {
         assert!(parse_size("99999999999999GiB").is_err());
     }
 
+    proptest::proptest! {
+        /// Any text is a size or an error, never a panic; a number with a
+        /// unit is that many of it, unless that overflows.
+        #[test]
+        fn sizes_parse_or_fail(text in "\\PC{0,12}", n in 0u64..u64::MAX, unit in 0usize..7) {
+            let _ = super::parse_size(&text);
+            let (suffix, scale) = [("", 1u64), ("B", 1), ("K", 1 << 10), ("KiB", 1 << 10),
+                ("MiB", 1 << 20), ("M", 1 << 20), ("GiB", 1 << 30)][unit];
+            let parsed = super::parse_size(&format!("{n}{suffix}"));
+            match n.checked_mul(scale) {
+                Some(bytes) => proptest::prop_assert_eq!(parsed, Ok(bytes)),
+                None => proptest::prop_assert!(parsed.is_err()),
+            }
+        }
+    }
+
     /// The default `--max-report-size` is the server's.
     #[test]
     fn report_size_default_is_the_servers() {
