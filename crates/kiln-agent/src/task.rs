@@ -62,6 +62,7 @@ pub(crate) async fn run_task(shared: Arc<Shared>, assignment: Assignment, handle
         task_id,
         status: status.as_str().to_string(),
         reason: reason.unwrap_or_default(),
+        not_retryable: false,
     };
     let finished = retry(
         &handle.lost,

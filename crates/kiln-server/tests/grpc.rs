@@ -226,6 +226,7 @@ async fn finish(client: &mut AgentClient<Channel>, agent: &str, task_id: i64, st
         task_id,
         status: status.into(),
         reason: String::new(),
+        not_retryable: false,
     };
     client
         .finish_task(call(request, AGENT, Some(agent)))
@@ -404,6 +405,7 @@ async fn only_the_holder_may_report_and_logs_are_idempotent() {
         task_id: task.task_id,
         status: "success".into(),
         reason: String::new(),
+        not_retryable: false,
     };
     let stolen = client
         .finish_task(call(request, AGENT, Some("b")))
@@ -762,6 +764,7 @@ async fn a_lease_not_renewed_expires_and_the_task_is_retried_then_lost() {
                 task_id: task.task_id,
                 status: "success".into(),
                 reason: String::new(),
+                not_retryable: false,
             },
             AGENT,
             Some("first"),

@@ -4,7 +4,7 @@
 //! locks and reads the rows they need and writes back what they decide.
 
 use chrono::{DateTime, Utc};
-use kiln_store::queue::{self, AGENT_LOST, AfterEnd, Stop, TaskState};
+use kiln_store::queue::{self, AGENT_LOST, AfterEnd, Retry, Stop, TaskState};
 use kiln_store::sql::{
     self, HELD_SELECT, HOLD_SELECT, Held, STATE_SELECT, STEP_SELECT, TASK_COLUMNS,
 };
@@ -202,7 +202,15 @@ impl QueueStore for PostgresStore {
             }
         };
         let reason = result.reason.as_deref();
-        let ended = end_task(&mut tx, &task, result.status, reason, result.now).await?;
+        let ended = end_task(
+            &mut tx,
+            &task,
+            result.status,
+            reason,
+            result.retry,
+            result.now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Some(ended))
     }
@@ -283,7 +291,15 @@ impl QueueStore for PostgresStore {
         .await?;
         for row in &lost {
             let task = sql::held(row)?;
-            end_task(&mut tx, &task, Status::Error, Some(AGENT_LOST), now).await?;
+            end_task(
+                &mut tx,
+                &task,
+                Status::Error,
+                Some(AGENT_LOST),
+                Retry::Allowed,
+                now,
+            )
+            .await?;
             touched.push(task.id);
         }
         tx.commit().await?;
@@ -386,9 +402,10 @@ async fn end_task(
     task: &Held,
     status: Status,
     reason: Option<&str>,
+    retry: Retry,
     now: DateTime<Utc>,
 ) -> Result<Status> {
-    let status = match queue::after_end(&task.attempt(), status, reason) {
+    let status = match queue::after_end(&task.attempt(), status, reason, retry) {
         AfterEnd::Retry { next, note } => {
             sqlx::query(
                 "UPDATE tasks SET status = 'queued', attempt = $1, reason = $2, \

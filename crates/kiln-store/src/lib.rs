@@ -326,6 +326,8 @@ pub struct TaskResult {
     /// success, failure, timed_out, cancelled or error.
     pub status: Status,
     pub reason: Option<String>,
+    /// Whether another attempt could end otherwise (see `queue::Retry`).
+    pub retry: queue::Retry,
     pub now: DateTime<Utc>,
 }
 

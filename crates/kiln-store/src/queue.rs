@@ -196,17 +196,36 @@ pub enum AfterEnd {
     End(Status),
 }
 
+/// Whether another attempt of a task could end otherwise than the one that
+/// just ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// The attempt ran and did not pass (or its agent was lost): another
+    /// may pass.
+    Allowed,
+    /// The task as written cannot run where it was sent — it names no
+    /// image for the docker executor, it needs services a process
+    /// executor cannot give — so another attempt would end the same way.
+    Pointless,
+}
+
 /// The rule for a task whose attempt ended `status` (with `reason`): an
 /// attempt that ended `failure`, `error` or `timed_out` is followed by
-/// another while attempts are left and the run is not being stopped,
-/// noted "attempt N ended STATUS: reason". Otherwise the task ends as
-/// reported, except that a task of a cancelled run ends `cancelled`,
-/// whatever its agent saw.
-pub fn after_end(attempt: &Attempt, status: Status, reason: Option<&str>) -> AfterEnd {
+/// another while attempts are left, the run is not being stopped and
+/// `retry` allows, noted "attempt N ended STATUS: reason". Otherwise the
+/// task ends as reported, except that a task of a cancelled run ends
+/// `cancelled`, whatever its agent saw.
+pub fn after_end(
+    attempt: &Attempt,
+    status: Status,
+    reason: Option<&str>,
+    retry: Retry,
+) -> AfterEnd {
     if attempt.stop == Some(Stop::Cancel) {
         return AfterEnd::End(Status::Cancelled);
     }
-    let retryable = matches!(status, Status::Failure | Status::Error | Status::TimedOut);
+    let retryable = retry == Retry::Allowed
+        && matches!(status, Status::Failure | Status::Error | Status::TimedOut);
     if retryable && attempt.stop.is_none() && attempt.number < attempt.max {
         let note = match reason {
             Some(reason) => format!("attempt {} ended {status}: {reason}", attempt.number),
@@ -430,11 +449,29 @@ mod tests {
                 stop: *stop,
             };
             assert_eq!(
-                &after_end(&attempt, *status, *reason),
+                &after_end(&attempt, *status, *reason, super::Retry::Allowed),
                 expected,
                 "{status} at attempt {number} of {max}, stop {stop:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_attempt_that_could_not_run_as_written_is_not_retried() {
+        let attempt = Attempt {
+            number: 1,
+            max: 3,
+            stop: None,
+        };
+        let no_image = Some("task has no image");
+        assert_eq!(
+            after_end(&attempt, Status::Error, no_image, Retry::Pointless),
+            AfterEnd::End(Status::Error)
+        );
+        assert!(matches!(
+            after_end(&attempt, Status::Error, no_image, Retry::Allowed),
+            AfterEnd::Retry { next: 2, .. }
+        ));
     }
 
     #[test]

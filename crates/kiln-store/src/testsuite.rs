@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
+use crate::queue::Retry;
 use crate::queue::cases::{self, Observed};
 use crate::{
     Artifact, Claim, Database, Event, Job, JobId, JobKind, JobSpec, NewRun, NewTask, RunDetail,
@@ -42,7 +43,7 @@ macro_rules! testsuite {
             tokens, jobs, secrets, delete_job_cascades, run_numbering,
             invalid_pipeline_run, needs_release_and_skip, skipped_at_creation,
             allow_failure, labels_and_order, unplaceable, fair_between_jobs, steps,
-            retry_on_failure, lease_expiry, holder_checks, wide_run, undelivered,
+            retry_on_failure, no_retry_when_pointless, lease_expiry, holder_checks, wide_run, undelivered,
             cancel, deadline, logs, artifacts_and_reports, list_runs, counts,
             queue_cases);
         // Races between claimers: they take the store, and more threads.
@@ -184,6 +185,7 @@ async fn finish<D: Database>(
         &TaskResult {
             status,
             reason: None,
+            retry: Retry::Allowed,
             now,
         },
     )
@@ -922,6 +924,7 @@ pub async fn retry_on_failure<D: Database>(db: &D) {
             &TaskResult {
                 status: Status::Failure,
                 reason: Some("exit code 1".into()),
+                retry: Retry::Allowed,
                 now: at(20),
             },
         )
@@ -1005,6 +1008,31 @@ pub async fn retry_on_failure<D: Database>(db: &D) {
     let ended = run(db, &job, 2).await;
     assert_eq!(task(&ended, "flaky").attempt, 1);
     assert_eq!(ended.run.status, Status::Success);
+}
+
+pub async fn no_retry_when_pointless<D: Database>(db: &D) {
+    let job = job(db, "misconfigured").await;
+    create(db, &job, new_run(tasks(RETRY)), at(0)).await;
+    let first = claim_named(db, "agent-1", "flaky", at(10)).await;
+    let ended = db
+        .finish_task(
+            first.id,
+            "agent-1",
+            &TaskResult {
+                status: Status::Error,
+                reason: Some("task has no image".into()),
+                retry: Retry::Pointless,
+                now: at(11),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended, Some(Status::Error), "not queued again");
+    let detail = run(db, &job, 1).await;
+    let flaky = task(&detail, "flaky");
+    assert_eq!(flaky.attempt, 1);
+    assert_eq!(flaky.reason.as_deref(), Some("task has no image"));
+    assert_eq!(detail.run.status, Status::Error);
 }
 
 pub async fn lease_expiry<D: Database>(db: &D) {
@@ -1104,6 +1132,7 @@ pub async fn holder_checks<D: Database>(db: &D) {
             &TaskResult {
                 status: Status::Running,
                 reason: None,
+                retry: Retry::Allowed,
                 now: at(2)
             }
         )
@@ -1367,6 +1396,7 @@ pub async fn cancel<D: Database>(db: &D) {
             &TaskResult {
                 status: Status::Failure,
                 reason: None,
+                retry: Retry::Allowed,
                 now: at(23),
             },
         )
@@ -1889,6 +1919,7 @@ tasks:
                         let result = TaskResult {
                             status: Status::Success,
                             reason: None,
+                            retry: Retry::Allowed,
                             now: at(100),
                         };
                         assert!(

@@ -238,7 +238,12 @@ async fn run_task(
             max: queue::max_attempts(task),
             stop,
         };
-        let status = match queue::after_end(&ended, outcome.status, outcome.error.as_deref()) {
+        let status = match queue::after_end(
+            &ended,
+            outcome.status,
+            outcome.error.as_deref(),
+            queue::Retry::Allowed,
+        ) {
             AfterEnd::Retry { .. } => continue,
             AfterEnd::End(status) => status,
         };

@@ -624,6 +624,11 @@ impl<D: Database> Agent for AgentService<D> {
         let result = TaskResult {
             status,
             reason: Some(finish.reason).filter(|r| !r.is_empty()),
+            retry: if finish.not_retryable {
+                kiln_store::queue::Retry::Pointless
+            } else {
+                kiln_store::queue::Retry::Allowed
+            },
             now: Utc::now(),
         };
         // What follows runs on its own: if the agent dies mid-call, the
@@ -664,14 +669,17 @@ async fn record_finish<D: Database>(
         Ok(None) => Err(denied(&agent, task.id)),
         Err(e) => Err(store_status(e)),
     };
-    let failed = committed.is_err();
-    let _ = answer.send(committed);
-    if failed {
+    if committed.is_err() {
+        let _ = answer.send(committed);
         return;
     }
     tracing::info!("agent {agent} finished task {} {}", task.id, result.status);
     state.metrics.task_finished(task.started_at, result.now);
+    // Out of the registry before the agent hears back: until then the
+    // dispatcher would take the ended task for one to stop, and tell the
+    // agent so after its next assignment was due.
     state.agents.release(&agent, task.id);
+    let _ = answer.send(committed);
     state.work.notify_waiters();
     // Every attempt keeps its own log: the one that ended is filed, whether
     // the task ended or is retried.

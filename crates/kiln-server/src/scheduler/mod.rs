@@ -116,6 +116,8 @@ async fn send_task<D: Database>(state: &AppState<D>, agent: &Candidate, task: Ta
             let result = TaskResult {
                 status: Status::Error,
                 reason: Some(reason),
+                // Not on another agent either: not retried.
+                retry: kiln_store::queue::Retry::Pointless,
                 now: Utc::now(),
             };
             if let Err(e) = state.db.finish_task(task.id, &agent.name, &result).await {

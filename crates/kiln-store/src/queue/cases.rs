@@ -101,7 +101,7 @@ impl Case {
             };
             let status = self.outcome(&tasks[i].name, attempts[i]);
             let state: &mut TaskState = &mut states[i];
-            match after_end(&attempt, status, None) {
+            match after_end(&attempt, status, None, super::Retry::Allowed) {
                 AfterEnd::Retry { note, .. } => {
                     state.status = Status::Queued;
                     state.reason = Some(note);
