@@ -387,9 +387,11 @@ async fn a_thousand_tasks_survive_agents_killed_at_random() {
         "seed {seed}: {kills} kills but no task was ever retried: the soak tested nothing"
     );
 
-    // Each console holds the task's own lines exactly once, in order, and
-    // nothing else but the runner's `--- ` headers. A task that ended
-    // `agent lost` keeps what its last attempt sent: a prefix of its lines.
+    // Each console holds every attempt's log, one after another, each after
+    // the first opened by its `--- attempt N` line. Each attempt's holds
+    // the task's own lines once, in order, and nothing else but the
+    // runner's `--- ` headers: all of them for the attempt that succeeded,
+    // a prefix for one cut short by a killed agent.
     let checks = tasks.iter().map(|task| {
         let server = &server;
         async move {
@@ -401,17 +403,25 @@ async fn a_thousand_tasks_survive_agents_killed_at_random() {
                 .await;
             let code = response.status();
             let log = response.text().await.unwrap();
-            let lines: Vec<&str> = log.lines().filter(|l| !l.starts_with("--- ")).collect();
+            let mut parts: Vec<Vec<&str>> = vec![Vec::new()];
+            for line in log.lines() {
+                if line.starts_with("--- attempt ") {
+                    parts.push(Vec::new());
+                } else if !line.starts_with("--- ") {
+                    parts.last_mut().unwrap().push(line);
+                }
+            }
             let expected = expected_lines(name);
-            let good = if task["status"] == "success" {
-                code.is_success() && lines == expected
-            } else {
-                // Nothing stored is fine too (killed before any output).
-                code == reqwest::StatusCode::NOT_FOUND
-                    || (code.is_success()
-                        && lines.len() <= expected.len()
-                        && lines.iter().zip(&expected).all(|(a, b)| a == b))
+            let is_prefix = |lines: &Vec<&str>| {
+                lines.len() <= expected.len() && lines.iter().zip(&expected).all(|(a, b)| a == b)
             };
+            let good = code.is_success()
+                && parts.len() as i64 == task["attempt"].as_i64().unwrap()
+                && parts.iter().all(is_prefix)
+                && (task["status"] != "success"
+                    || parts
+                        .last()
+                        .is_some_and(|last| last.len() == expected.len()));
             (!good).then(|| format!("{} ({code}):\n{log}", describe(task)))
         }
     });
