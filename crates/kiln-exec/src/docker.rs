@@ -50,6 +50,17 @@ const KEEP_ALIVE: [&str; 3] = [
     "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done",
 ];
 
+/// How a step's script is run in the task container: the outer shell puts
+/// its stderr on its stdout and becomes the script's `sh -e` (`$1` is the
+/// script). One pipe keeps the order in which the script wrote to either,
+/// as a terminal would; the engine's two streams would be read apart.
+const STEP_SHELL: [&str; 4] = [
+    "/bin/sh",
+    "-c",
+    "exec /bin/sh -e -c \"$1\" 2>&1",
+    "kiln-step",
+];
+
 /// Label every object of one task run carries, with a value unique to that
 /// run, so the objects of a dropped run can be found again.
 const INSTANCE_LABEL: &str = "kiln.instance";
@@ -728,8 +739,10 @@ async fn run_step(
     env: &[String],
     events: &MaskedEvents,
 ) -> StepExit {
+    let mut cmd = STEP_SHELL.to_vec();
+    cmd.push(script);
     let config = CreateExecOptions {
-        cmd: Some(vec!["/bin/sh", "-e", "-c", script]),
+        cmd: Some(cmd),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         working_dir: Some(WORKSPACE),
@@ -753,10 +766,13 @@ async fn run_step(
                     break;
                 };
                 match item {
-                    Ok(LogOutput::StdErr { message }) => events.log(LogStream::Stderr, &message),
-                    Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                        events.log(LogStream::Stdout, &message);
-                    }
+                    // Only the outer shell could still write to stderr
+                    // (if it failed to start the script).
+                    Ok(
+                        LogOutput::StdOut { message }
+                        | LogOutput::StdErr { message }
+                        | LogOutput::Console { message },
+                    ) => events.log(LogStream::Output, &message),
                     Ok(LogOutput::StdIn { .. }) => {}
                     Err(e) => {
                         return StepExit::Error(format!(

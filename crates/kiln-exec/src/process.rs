@@ -179,8 +179,22 @@ async fn run_step(
         .current_dir(workspace)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .process_group(0);
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: dup2 is one, and nothing is
+    // allocated (an OS error is stored inline).
+    unsafe {
+        command.pre_exec(|| {
+            // stderr becomes a second descriptor of the stdout pipe: one
+            // pipe keeps the order in which the script wrote to either, as a
+            // terminal would, where two pipes would be read apart.
+            if libc::dup2(1, 2) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     if !inherit_env {
         command.env_clear();
     }
@@ -193,9 +207,7 @@ async fn run_step(
         groups.add(pid as i32);
     }
     let exited = CancellationToken::new();
-    let stdout = forward(child.stdout.take(), LogStream::Stdout, events, &exited);
-    let stderr = forward(child.stderr.take(), LogStream::Stderr, events, &exited);
-    let output = async { tokio::join!(stdout, stderr) };
+    let output = forward(child.stdout.take(), events, &exited);
     tokio::pin!(output);
     let mut drained = false;
     let status = tokio::select! {
@@ -206,8 +218,8 @@ async fn run_step(
         }
     };
     if !drained {
-        // The readers drain what the shell wrote before exiting, each within
-        // its own `DRAIN_AFTER_EXIT`.
+        // The reader drains what the shell wrote before exiting, within
+        // `DRAIN_AFTER_EXIT`.
         exited.cancel();
         output.await;
     }
@@ -225,13 +237,12 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or(-1)
 }
 
-/// Passes a pipe's output on until it closes, reading only while the sink is
-/// ready for more. Once `exited` is cancelled (the shell is gone), reading
+/// Passes the step's output on until its pipe closes, reading only while the
+/// sink is ready for more. Once `exited` is cancelled (the shell is gone), reading
 /// stops after `DRAIN_AFTER_EXIT` spent waiting on the pipe, in case a
 /// background job keeps it open.
 async fn forward(
     pipe: Option<impl AsyncRead + Unpin>,
-    stream: LogStream,
     events: &MaskedEvents,
     exited: &CancellationToken,
 ) {
@@ -260,7 +271,7 @@ async fn forward(
         };
         match read {
             Ok(0) | Err(_) => return,
-            Ok(n) => events.log(stream, &buffer[..n]),
+            Ok(n) => events.log(LogStream::Output, &buffer[..n]),
         }
     }
 }

@@ -3,5 +3,6 @@
 //! `kiln-test/busybox` image).
 
 mod docker;
+mod logs;
 mod process;
 mod support;
