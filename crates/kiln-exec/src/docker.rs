@@ -33,7 +33,7 @@ use kiln_pipeline::Service;
 pub use self::cache::{BuildCachePolicy, PruneError, PruneReport};
 pub use self::image::DEFAULT_BUILD_REPOSITORY;
 use crate::mask::MaskedEvents;
-use crate::workspace::selected_by;
+use crate::workspace::collect_each;
 use crate::{
     CancellationToken, Executor, Interrupt, LogStream, Status, StepExit, TaskEvents, TaskOutcome,
     TaskSpec, deadline_for, drive_steps, interruptible, step_environment,
@@ -676,8 +676,7 @@ impl DockerExecutor {
         Ok(())
     }
 
-    /// Copies artifacts and reports out. Failing to is logged, not fatal: the
-    /// steps' result stands (the process executor behaves the same).
+    /// Copies artifacts and reports out of the task container.
     async fn collect(
         &self,
         spec: &TaskSpec,
@@ -686,48 +685,17 @@ impl DockerExecutor {
         cancel: &CancellationToken,
         outcome: &mut TaskOutcome,
     ) {
-        let kinds = [
-            (&spec.artifacts, "artifacts", "artifact"),
-            (&spec.reports, "reports", "report"),
-        ];
-        for (patterns, kind, noun) in kinds {
-            if patterns.is_empty() {
-                continue;
-            }
-            let dest = spec.outputs.join(kind);
+        collect_each(spec, events, outcome, |patterns, dest| async move {
             // No deadline: after a timeout the outputs are still worth having.
-            let Ok(collected) = interruptible(
+            interruptible(
                 outputs::collect(&self.docker, container, patterns, &dest),
                 None,
                 cancel,
             )
             .await
-            else {
-                return;
-            };
-            match collected {
-                Ok(files) => {
-                    for pattern in patterns.iter() {
-                        let single = [pattern.clone()];
-                        if !files.iter().any(|f| selected_by(&single, f)) {
-                            events.log(
-                                LogStream::System,
-                                format!("{noun} pattern `{pattern}` matched no file\n").as_bytes(),
-                            );
-                        }
-                    }
-                    if kind == "artifacts" {
-                        outcome.artifacts = files;
-                    } else {
-                        outcome.reports = files;
-                    }
-                }
-                Err(e) => events.log(
-                    LogStream::System,
-                    format!("collecting {kind} failed: {e}\n").as_bytes(),
-                ),
-            }
-        }
+            .ok()
+        })
+        .await;
     }
 }
 

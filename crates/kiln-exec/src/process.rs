@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use crate::mask::MaskedEvents;
-use crate::workspace::collect_outputs;
+use crate::workspace::{collect_each, collect_outputs};
 use crate::{
     CancellationToken, Executor, LogStream, Status, StepExit, TaskEvents, TaskOutcome, TaskSpec,
     deadline_for, drive_steps, interruptible, step_environment,
@@ -282,59 +282,18 @@ async fn collect(
     events: &MaskedEvents,
     outcome: &mut TaskOutcome,
 ) {
-    for (patterns, kind) in [(&spec.artifacts, "artifacts"), (&spec.reports, "reports")] {
-        if patterns.is_empty() {
-            continue;
+    collect_each(spec, events, outcome, |patterns, dest| {
+        let (from, patterns) = (workspace.to_path_buf(), patterns.to_vec());
+        async move {
+            let found =
+                tokio::task::spawn_blocking(move || collect_outputs(&from, &patterns, &dest)).await;
+            Some(match found {
+                Ok(found) => found.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            })
         }
-        let (from, to, patterns) = (
-            workspace.to_path_buf(),
-            spec.outputs.join(kind),
-            patterns.clone(),
-        );
-        let found =
-            tokio::task::spawn_blocking(move || collect_outputs(&from, &patterns, &to)).await;
-        match found {
-            Ok(Ok(files)) => {
-                warn_unmatched(spec_patterns(spec, kind), &files, events);
-                match kind {
-                    "artifacts" => outcome.artifacts = files,
-                    _ => outcome.reports = files,
-                }
-            }
-            Ok(Err(e)) => events.log(
-                LogStream::System,
-                format!("collecting {kind} failed: {e}\n").as_bytes(),
-            ),
-            Err(e) => events.log(
-                LogStream::System,
-                format!("collecting {kind} failed: {e}\n").as_bytes(),
-            ),
-        }
-    }
-}
-
-fn spec_patterns<'a>(spec: &'a TaskSpec, kind: &str) -> &'a [String] {
-    if kind == "artifacts" {
-        &spec.artifacts
-    } else {
-        &spec.reports
-    }
-}
-
-/// Says which patterns matched no file: a typo there otherwise goes unnoticed.
-pub fn warn_unmatched(patterns: &[String], files: &[PathBuf], events: &dyn TaskEvents) {
-    for pattern in patterns {
-        let single = [pattern.clone()];
-        if !files
-            .iter()
-            .any(|f| crate::workspace::selected_by(&single, f))
-        {
-            events.log(
-                LogStream::System,
-                format!("pattern `{pattern}` matched no file\n").as_bytes(),
-            );
-        }
-    }
+    })
+    .await;
 }
 
 async fn remove_workspace(dir: tempfile::TempDir) {

@@ -4,5 +4,6 @@
 
 mod docker;
 mod logs;
+mod outputs;
 mod process;
 mod support;
