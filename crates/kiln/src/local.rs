@@ -104,7 +104,11 @@ pub async fn run_pipeline(
             stop = Some(Stop::Cancel);
         }
         if let Some(stop) = stop {
-            queue::stop(&mut states, stop);
+            for i in queue::stop(&mut states, stop) {
+                if stop == Stop::Deadline {
+                    states[i].reason = Some(run_timeout_reason(&plan.pipeline));
+                }
+            }
         }
         // Release or skip what waits on tasks that ended, and start queued
         // tasks in pipeline order while there is room.
@@ -203,6 +207,15 @@ fn not_run(task: &Task, state: TaskState) -> TaskReport {
     }
 }
 
+/// Why a task ended when the umbrella `timeout` passed: the run's limit, as
+/// the server says it, with the value the pipeline set.
+fn run_timeout_reason(pipeline: &Pipeline) -> String {
+    match pipeline.timeout {
+        Some(limit) => format!("{} of {limit}", Stop::Deadline.reason()),
+        None => Stop::Deadline.reason().to_string(),
+    }
+}
+
 /// Runs `task`'s attempts until `queue::after_end` ends it.
 async fn run_task(
     plan: &RunPlan,
@@ -218,14 +231,21 @@ async fn run_task(
     loop {
         attempt += 1;
         let mut spec = task_spec(plan, task);
+        let mut capped_by_run = false;
         if let Some(umbrella) = umbrella {
             // The umbrella timeout caps what is left of every task's own.
             let left = umbrella.saturating_duration_since(Instant::now());
+            capped_by_run = spec.timeout.is_none_or(|own| left < own);
             spec.timeout = Some(spec.timeout.map_or(left, |t| t.min(left)));
         }
         observer.task_started(task, attempt);
         let events = observer.task_events(task, attempt);
-        let outcome = executor.run(&spec, events, cancel.clone()).await;
+        let mut outcome = executor.run(&spec, events, cancel.clone()).await;
+        if capped_by_run && outcome.status == Status::TimedOut {
+            // The executor enforced what was left of the run's limit, which
+            // it calls the task's own ("timeout of 7s988ms").
+            outcome.error = Some(run_timeout_reason(&plan.pipeline));
+        }
         let stop = if cancel.is_cancelled() {
             Some(Stop::Cancel)
         } else if umbrella.is_some_and(|u| Instant::now() >= u) {

@@ -321,20 +321,19 @@ fn print_summary(report: &RunReport, run_dir: &Path, color: bool) {
         } else {
             format_duration(task.duration)
         };
-        let mut note = task.reason.clone().unwrap_or_default();
+        let mut notes = Vec::new();
         if task.attempts > 1 {
-            note = format!("{} attempts. {note}", task.attempts);
+            notes.push(format!("{} attempts", task.attempts));
         }
-        let artifacts = task
+        notes.extend(task.reason.clone());
+        let kept = task
             .outcome
             .as_ref()
             .map_or(0, |o| o.artifacts.len() + o.reports.len());
-        if artifacts > 0 {
-            note = format!(
-                "{note}{}{artifacts} file(s) kept",
-                if note.is_empty() { "" } else { "; " }
-            );
+        if kept > 0 {
+            notes.push(format!("{kept} file(s) kept"));
         }
+        let note = notes.join("; ");
         println!(
             "{:<width$}  {}  {duration:>8}  {note}",
             task.name,
