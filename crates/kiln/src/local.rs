@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use kiln_exec::context::{RunContext, task_dir_name};
-use kiln_exec::{CancellationToken, Executor, SourceTree, TaskEvents, TaskOutcome, TaskSpec};
+use kiln_exec::mask::MaskedEvents;
+use kiln_exec::{
+    CancellationToken, Executor, LogStream, SourceTree, TaskEvents, TaskOutcome, TaskSpec,
+};
 use kiln_pipeline::{Pipeline, Status, Task};
 use kiln_store::queue::{self, AfterEnd, Attempt, Stop, TaskState};
 use tokio::task::JoinSet;
@@ -54,6 +57,9 @@ pub struct TaskReport {
     pub duration: Duration,
     /// The last attempt's outcome; `None` when the task never started.
     pub outcome: Option<TaskOutcome>,
+    /// What Kiln found wrong with the files the last attempt kept, e.g. a
+    /// report that is not JUnit XML (also in the task's log).
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -204,6 +210,7 @@ fn not_run(task: &Task, state: TaskState) -> TaskReport {
         attempts: 0,
         duration: Duration::ZERO,
         outcome: None,
+        notes: Vec::new(),
     }
 }
 
@@ -240,11 +247,20 @@ async fn run_task(
         }
         observer.task_started(task, attempt);
         let events = observer.task_events(task, attempt);
-        let mut outcome = executor.run(&spec, events, cancel.clone()).await;
+        let mut outcome = executor.run(&spec, events.clone(), cancel.clone()).await;
         if capped_by_run && outcome.status == Status::TimedOut {
             // The executor enforced what was left of the run's limit, which
             // it calls the task's own ("timeout of 7s988ms").
             outcome.error = Some(run_timeout_reason(&plan.pipeline));
+        }
+        let notes = crate::reports::check(&spec, &outcome).await;
+        if !notes.is_empty() {
+            // Kiln's words about the task's files are masked like its output.
+            let events = MaskedEvents::for_task(events, &spec);
+            for note in &notes {
+                events.log(LogStream::System, format!("kiln: {note}\n").as_bytes());
+            }
+            events.finish();
         }
         let stop = if cancel.is_cancelled() {
             Some(Stop::Cancel)
@@ -270,6 +286,7 @@ async fn run_task(
             attempts: attempt,
             duration: started.elapsed(),
             outcome: Some(outcome),
+            notes,
         };
     }
 }
