@@ -238,9 +238,9 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 }
 
 /// Passes the step's output on until its pipe closes, reading only while the
-/// sink is ready for more. Once `exited` is cancelled (the shell is gone), reading
-/// stops after `DRAIN_AFTER_EXIT` spent waiting on the pipe, in case a
-/// background job keeps it open.
+/// sink is ready for more. Once `exited` is cancelled (the shell is gone),
+/// reading stops after `DRAIN_AFTER_EXIT` spent waiting on the pipe, in case
+/// a background job keeps it open.
 async fn forward(
     pipe: Option<impl AsyncRead + Unpin>,
     events: &MaskedEvents,

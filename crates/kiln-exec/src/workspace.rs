@@ -540,31 +540,21 @@ mod tests {
 
     #[test]
     fn links_leaving_the_workspace_or_looping_are_refused() {
-        let ws = Path::new("/workspace");
-        let judge = |link: &str, target: &str, hops| {
-            judge_link(ws, Path::new(link), Path::new(target), hops)
-        };
-        assert_eq!(judge("/workspace/out/l", "/workspace/data/x", 0), Ok(()));
-        assert_eq!(
-            judge("/workspace/out/l", "/etc/passwd", 0),
-            Err(Refusal::Outside)
-        );
-        assert_eq!(
-            judge("/workspace/out/l", "/workspacex", 0),
-            Err(Refusal::Outside)
-        );
-        assert_eq!(
-            judge("/workspace/out/l", "/workspace", 0),
-            Err(Refusal::Loop)
-        );
-        assert_eq!(
-            judge("/workspace/out/l", "/workspace/out", 0),
-            Err(Refusal::Loop)
-        );
-        assert_eq!(
-            judge("/workspace/out/l", "/workspace/data", MAX_LINKS),
-            Err(Refusal::TooDeep)
-        );
+        let (workspace, link) = (Path::new("/workspace"), Path::new("/workspace/out/l"));
+        for (target, hops, judged) in [
+            ("/workspace/data/x", 0, Ok(())),
+            ("/etc/passwd", 0, Err(Refusal::Outside)),
+            ("/workspacex", 0, Err(Refusal::Outside)),
+            ("/workspace", 0, Err(Refusal::Loop)),
+            ("/workspace/out", 0, Err(Refusal::Loop)),
+            ("/workspace/data", MAX_LINKS, Err(Refusal::TooDeep)),
+        ] {
+            assert_eq!(
+                judge_link(workspace, link, Path::new(target), hops),
+                judged,
+                "{target} after {hops} links"
+            );
+        }
         assert_eq!(
             lexical_join(Path::new("/ws/out"), Path::new("../nowhere")),
             Path::new("/ws/nowhere")

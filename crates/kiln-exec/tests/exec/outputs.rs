@@ -4,9 +4,45 @@
 
 use std::path::PathBuf;
 
-use kiln_exec::Status;
+use kiln_exec::{Executor, Status, TaskOutcome};
 
 use crate::support::{Fixture, executors, for_executor, read, run_on};
+
+/// What a task keeps and may know.
+#[derive(Default)]
+struct Outputs<'a> {
+    artifacts: &'a [&'a str],
+    reports: &'a [&'a str],
+    secrets: &'a [(&'a str, &'a str)],
+}
+
+/// Runs `script` on `executor` with `outputs`, checks that it succeeded,
+/// and returns its outcome and its whole log.
+async fn run_script(
+    executor: &dyn Executor,
+    fixture: &Fixture,
+    script: &str,
+    outputs: Outputs<'_>,
+) -> (TaskOutcome, String) {
+    let owned = |list: &[&str]| list.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let mut spec = for_executor(executor, fixture.spec("outputs", &[script]));
+    spec.artifacts = owned(outputs.artifacts);
+    spec.reports = owned(outputs.reports);
+    spec.secrets = outputs
+        .secrets
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+    let (outcome, events) = run_on(executor, &spec).await;
+    let log = events.all_text();
+    assert_eq!(
+        outcome.status,
+        Status::Success,
+        "{}: {outcome:?}\n{log}",
+        executor.kind()
+    );
+    (outcome, log)
+}
 
 fn names(paths: &[PathBuf]) -> Vec<String> {
     paths
@@ -31,16 +67,12 @@ async fn symlinks_inside_the_workspace_are_followed_and_those_leaving_it_refused
     for executor in executors().await {
         let kind = executor.kind();
         let fixture = Fixture::new(&[]);
-        let mut spec = for_executor(executor.as_ref(), fixture.spec("links", &[script]));
-        spec.artifacts = vec!["out".into(), "via-etc/passwd".into()];
-        spec.reports = vec!["linked.xml".into()];
-        let (outcome, events) = run_on(executor.as_ref(), &spec).await;
-        let log = events.all_text();
-        assert_eq!(
-            outcome.status,
-            Status::Success,
-            "{kind}: {outcome:?}\n{log}"
-        );
+        let outputs = Outputs {
+            artifacts: &["out", "via-etc/passwd"],
+            reports: &["linked.xml"],
+            ..Outputs::default()
+        };
+        let (outcome, log) = run_script(executor.as_ref(), &fixture, script, outputs).await;
         assert_eq!(
             names(&outcome.artifacts),
             ["out/dir/real.txt", "out/dir/sub/deep.txt", "out/inside.txt"],
@@ -81,17 +113,12 @@ async fn notes_about_outputs_are_masked_like_the_output() {
     for executor in executors().await {
         let kind = executor.kind();
         let fixture = Fixture::new(&[]);
-        let mut spec = for_executor(executor.as_ref(), fixture.spec("masked", &[script]));
-        spec.secrets = vec![("TOKEN".into(), secret.into())];
-        spec.artifacts = vec!["o".into()];
-        spec.reports = vec!["r-*/*.xml".into()];
-        let (outcome, events) = run_on(executor.as_ref(), &spec).await;
-        let log = events.all_text();
-        assert_eq!(
-            outcome.status,
-            Status::Success,
-            "{kind}: {outcome:?}\n{log}"
-        );
+        let outputs = Outputs {
+            artifacts: &["o"],
+            reports: &["r-*/*.xml"],
+            secrets: &[("TOKEN", secret)],
+        };
+        let (outcome, log) = run_script(executor.as_ref(), &fixture, script, outputs).await;
         assert!(!log.contains(secret), "{kind}: the secret leaked:\n{log}");
         assert!(
             log.contains("artifact `o/l-***.txt` is a symlink to `/etc/passwd`"),
