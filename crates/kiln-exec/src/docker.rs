@@ -33,7 +33,7 @@ use kiln_pipeline::Service;
 pub use self::cache::{BuildCachePolicy, PruneError, PruneReport};
 pub use self::image::DEFAULT_BUILD_REPOSITORY;
 use crate::mask::MaskedEvents;
-use crate::workspace::selected_by;
+use crate::workspace::collect_each;
 use crate::{
     CancellationToken, Executor, Interrupt, LogStream, Status, StepExit, TaskEvents, TaskOutcome,
     TaskSpec, deadline_for, drive_steps, interruptible, step_environment,
@@ -48,6 +48,17 @@ const KEEP_ALIVE: [&str; 3] = [
     "/bin/sh",
     "-c",
     "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done",
+];
+
+/// How a step's script is run in the task container: the outer shell puts
+/// its stderr on its stdout and becomes the script's `sh -e` (`$1` is the
+/// script). One pipe keeps the order in which the script wrote to either,
+/// as a terminal would; the engine's two streams would be read apart.
+const STEP_SHELL: [&str; 4] = [
+    "/bin/sh",
+    "-c",
+    "exec /bin/sh -e -c \"$1\" 2>&1",
+    "kiln-step",
 ];
 
 /// Label every object of one task run carries, with a value unique to that
@@ -665,8 +676,7 @@ impl DockerExecutor {
         Ok(())
     }
 
-    /// Copies artifacts and reports out. Failing to is logged, not fatal: the
-    /// steps' result stands (the process executor behaves the same).
+    /// Copies artifacts and reports out of the task container.
     async fn collect(
         &self,
         spec: &TaskSpec,
@@ -675,48 +685,17 @@ impl DockerExecutor {
         cancel: &CancellationToken,
         outcome: &mut TaskOutcome,
     ) {
-        let kinds = [
-            (&spec.artifacts, "artifacts", "artifact"),
-            (&spec.reports, "reports", "report"),
-        ];
-        for (patterns, kind, noun) in kinds {
-            if patterns.is_empty() {
-                continue;
-            }
-            let dest = spec.outputs.join(kind);
+        collect_each(spec, events, outcome, |patterns, dest| async move {
             // No deadline: after a timeout the outputs are still worth having.
-            let Ok(collected) = interruptible(
+            interruptible(
                 outputs::collect(&self.docker, container, patterns, &dest),
                 None,
                 cancel,
             )
             .await
-            else {
-                return;
-            };
-            match collected {
-                Ok(files) => {
-                    for pattern in patterns.iter() {
-                        let single = [pattern.clone()];
-                        if !files.iter().any(|f| selected_by(&single, f)) {
-                            events.log(
-                                LogStream::System,
-                                format!("{noun} pattern `{pattern}` matched no file\n").as_bytes(),
-                            );
-                        }
-                    }
-                    if kind == "artifacts" {
-                        outcome.artifacts = files;
-                    } else {
-                        outcome.reports = files;
-                    }
-                }
-                Err(e) => events.log(
-                    LogStream::System,
-                    format!("collecting {kind} failed: {e}\n").as_bytes(),
-                ),
-            }
-        }
+            .ok()
+        })
+        .await;
     }
 }
 
@@ -728,8 +707,10 @@ async fn run_step(
     env: &[String],
     events: &MaskedEvents,
 ) -> StepExit {
+    let mut cmd = STEP_SHELL.to_vec();
+    cmd.push(script);
     let config = CreateExecOptions {
-        cmd: Some(vec!["/bin/sh", "-e", "-c", script]),
+        cmd: Some(cmd),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         working_dir: Some(WORKSPACE),
@@ -753,10 +734,13 @@ async fn run_step(
                     break;
                 };
                 match item {
-                    Ok(LogOutput::StdErr { message }) => events.log(LogStream::Stderr, &message),
-                    Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                        events.log(LogStream::Stdout, &message);
-                    }
+                    // Only the outer shell could still write to stderr
+                    // (if it failed to start the script).
+                    Ok(
+                        LogOutput::StdOut { message }
+                        | LogOutput::StdErr { message }
+                        | LogOutput::Console { message },
+                    ) => events.log(LogStream::Output, &message),
                     Ok(LogOutput::StdIn { .. }) => {}
                     Err(e) => {
                         return StepExit::Error(format!(

@@ -79,24 +79,29 @@ impl TaskSpec {
     }
 }
 
-/// Which output a chunk of log came from.
+/// Whose a chunk of log is: the steps' or Kiln's.
+///
+/// A step's stdout and stderr are one pipe (the shell's fd 2 is a copy of
+/// its fd 1), so they reach the log in the order the step wrote them, as on
+/// a terminal, and cannot be told apart afterwards: both are `Output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogStream {
-    Stdout,
-    Stderr,
-    /// Kiln's own lines about the task: image pulls, step headers, clean-up.
+    /// What the steps wrote to stdout or stderr, in the order written.
+    Output,
+    /// Kiln's own lines about the task: image pulls, step headers, notes on
+    /// outputs, clean-up. Each is a line of its own: an unfinished line of
+    /// output before one is ended first (see [`mask::MaskedEvents`]).
     System,
 }
 
 impl LogStream {
-    pub const ALL: [LogStream; 3] = [LogStream::Stdout, LogStream::Stderr, LogStream::System];
+    pub const ALL: [LogStream; 2] = [LogStream::Output, LogStream::System];
 
     /// Position in [`LogStream::ALL`], for per-stream state kept in arrays.
     pub fn index(self) -> usize {
         match self {
-            LogStream::Stdout => 0,
-            LogStream::Stderr => 1,
-            LogStream::System => 2,
+            LogStream::Output => 0,
+            LogStream::System => 1,
         }
     }
 }
@@ -106,7 +111,7 @@ impl LogStream {
 pub trait TaskEvents: Send + Sync {
     fn log(&self, stream: LogStream, bytes: &[u8]);
     /// Resolves when the sink can take more output. Executors await it before
-    /// each read of a task's stdout or stderr, so a sink that falls behind
+    /// each read of a task's output, so a sink that falls behind
     /// (a slow or unreachable server) pauses the reading, and the task then
     /// blocks on its full pipe instead of the sink's memory growing. `log`
     /// itself never waits: Kiln's own lines and a masker's flushed tail must

@@ -3,6 +3,8 @@
 //! Output arrives in arbitrary chunks, so a secret may be split across two
 //! writes. [`Masker`] holds back the shortest tail that could still grow into
 //! a secret and releases it once the next chunk (or the end) shows it cannot.
+//! [`MaskedEvents`], which every executor writes its log through, also keeps
+//! that log in order and in lines.
 
 use std::sync::{Arc, Mutex};
 
@@ -51,6 +53,12 @@ impl Masker {
         self.secrets.is_empty()
     }
 
+    /// The values of the secrets `spec` carries, for masking Kiln's own
+    /// words about a task (notes, summaries) as its output is masked.
+    pub fn for_task(spec: &crate::TaskSpec) -> Self {
+        Self::new(spec.secrets.iter().map(|(_, value)| value.as_str()))
+    }
+
     /// Masks `chunk` and returns what can be shown now.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         if self.secrets.is_empty() {
@@ -59,25 +67,8 @@ impl Masker {
         let mut input = std::mem::take(&mut self.pending);
         input.extend_from_slice(chunk);
         let mut out = Vec::with_capacity(input.len());
-        let mut at = 0;
-        while at < input.len() {
-            let rest = &input[at..];
-            if let Some(secret) = self.secrets.iter().find(|s| rest.starts_with(s)) {
-                out.extend_from_slice(MASK);
-                at += secret.len();
-            } else if self
-                .secrets
-                .iter()
-                .any(|s| s.len() > rest.len() && s.starts_with(rest))
-            {
-                // The chunk ends inside what may be a secret: wait for more.
-                self.pending.extend_from_slice(rest);
-                break;
-            } else {
-                out.push(input[at]);
-                at += 1;
-            }
-        }
+        let used = self.mask_into(&input, &mut out, false);
+        self.pending = input[used..].to_vec();
         out
     }
 
@@ -85,13 +76,85 @@ impl Masker {
     pub fn finish(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.pending)
     }
+
+    /// `text` masked as a whole, e.g. a note or a file name known at once;
+    /// what this masker holds back from [`Masker::push`] is left alone.
+    pub fn mask_str(&self, text: &str) -> String {
+        if self.secrets.is_empty() {
+            return text.to_string();
+        }
+        let mut out = Vec::with_capacity(text.len());
+        self.mask_into(text.as_bytes(), &mut out, true);
+        // Only whole values are replaced, and they are valid UTF-8 like the
+        // text around them.
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Appends `input` to `out` with secrets replaced; returns how much of
+    /// `input` was used. Unless `complete`, a tail that may be the start of
+    /// a secret is left unused.
+    fn mask_into(&self, input: &[u8], out: &mut Vec<u8>, complete: bool) -> usize {
+        let mut at = 0;
+        while at < input.len() {
+            let rest = &input[at..];
+            if let Some(secret) = self.secrets.iter().find(|s| rest.starts_with(s)) {
+                out.extend_from_slice(MASK);
+                at += secret.len();
+            } else if !complete
+                && self
+                    .secrets
+                    .iter()
+                    .any(|s| s.len() > rest.len() && s.starts_with(rest))
+            {
+                // The chunk ends inside what may be a secret: wait for more.
+                break;
+            } else {
+                out.push(input[at]);
+                at += 1;
+            }
+        }
+        at
+    }
 }
 
-/// A [`TaskEvents`] sink that masks output before passing it on, with one
-/// [`Masker`] per stream so stdout and stderr never hold each other back.
+/// A [`TaskEvents`] sink that masks output before passing it on, and keeps
+/// the log in order and in lines.
+///
+/// Every executor writes through one, so these hold for every log:
+/// - Output and Kiln's lines reach the sink in the order they were logged:
+///   when the stream changes, what the previous stream's masker held back
+///   is released first.
+/// - A line never mixes a step's output with Kiln's words: before a chunk of
+///   the other stream, an unfinished line is ended with a `\n` (a step that
+///   ends with `printf foo` does not glue `foo` to the next step's header),
+///   and so is the last line when the task ends. No other byte is added.
 pub struct MaskedEvents {
     inner: Arc<dyn TaskEvents>,
-    maskers: Mutex<[Masker; 3]>,
+    state: Mutex<LogState>,
+}
+
+struct LogState {
+    /// One per stream, so that what one holds back never delays the other.
+    maskers: [Masker; 2],
+    /// The stream of the last chunk logged, if any since it was ended.
+    last: Option<LogStream>,
+    /// Whether that chunk left its line unfinished.
+    open_line: bool,
+}
+
+impl LogState {
+    /// Releases what `stream`'s masker holds and ends its unfinished line.
+    fn end(&mut self, stream: LogStream, inner: &dyn TaskEvents) {
+        let mut tail = self.maskers[stream.index()].finish();
+        if self.open_line {
+            tail.push(b'\n');
+        }
+        if !tail.is_empty() {
+            inner.log(stream, &tail);
+        }
+        self.last = None;
+        self.open_line = false;
+    }
 }
 
 impl MaskedEvents {
@@ -99,42 +162,49 @@ impl MaskedEvents {
         inner: Arc<dyn TaskEvents>,
         secrets: impl IntoIterator<Item = &'a str>,
     ) -> Arc<Self> {
-        let masker = Masker::new(secrets);
-        Arc::new(MaskedEvents {
-            inner,
-            maskers: Mutex::new([masker.clone(), masker.clone(), masker]),
-        })
+        Self::with_masker(inner, Masker::new(secrets))
     }
 
     /// Masks the values of the secrets `spec` carries.
     pub fn for_task(inner: Arc<dyn TaskEvents>, spec: &crate::TaskSpec) -> Arc<Self> {
-        Self::new(inner, spec.secrets.iter().map(|(_, value)| value.as_str()))
+        Self::with_masker(inner, Masker::for_task(spec))
     }
 
-    /// Flushes what each stream held back. Call when the task has ended.
+    fn with_masker(inner: Arc<dyn TaskEvents>, masker: Masker) -> Arc<Self> {
+        Arc::new(MaskedEvents {
+            inner,
+            state: Mutex::new(LogState {
+                maskers: [masker.clone(), masker],
+                last: None,
+                open_line: false,
+            }),
+        })
+    }
+
+    /// Flushes what was held back and ends an unfinished last line. Call
+    /// when the task has ended.
     pub fn finish(&self) {
-        let tails: Vec<(LogStream, Vec<u8>)> = {
-            let mut maskers = self.maskers.lock().unwrap_or_else(|e| e.into_inner());
-            LogStream::ALL
-                .iter()
-                .zip(maskers.iter_mut())
-                .map(|(s, m)| (*s, m.finish()))
-                .collect()
-        };
-        for (stream, tail) in tails {
-            if !tail.is_empty() {
-                self.inner.log(stream, &tail);
-            }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(last) = state.last {
+            state.end(last, self.inner.as_ref());
         }
     }
 }
 
 impl TaskEvents for MaskedEvents {
     fn log(&self, stream: LogStream, bytes: &[u8]) {
-        let visible = {
-            let mut maskers = self.maskers.lock().unwrap_or_else(|e| e.into_inner());
-            maskers[stream.index()].push(bytes)
-        };
+        if bytes.is_empty() {
+            return;
+        }
+        // The sink is called under the lock, so that chunks logged from two
+        // places at once reach it in the order they were masked.
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(last) = state.last.filter(|last| *last != stream) {
+            state.end(last, self.inner.as_ref());
+        }
+        let visible = state.maskers[stream.index()].push(bytes);
+        state.last = Some(stream);
+        state.open_line = bytes.last() != Some(&b'\n');
         if !visible.is_empty() {
             self.inner.log(stream, &visible);
         }
@@ -182,6 +252,61 @@ mod tests {
         assert_eq!(
             mask_chunks(&["hunter2"], &[b"ends with hun"]),
             b"ends with hun"
+        );
+    }
+
+    #[test]
+    fn whole_texts_are_masked_and_nothing_is_held_back() {
+        let masker = Masker::new(["hunter2"]);
+        assert_eq!(masker.mask_str("o/a-hunter2.txt"), "o/a-***.txt");
+        assert_eq!(masker.mask_str("ends with hun"), "ends with hun");
+        assert_eq!(Masker::new([]).mask_str("as is"), "as is");
+    }
+
+    /// Keeps what reaches it, as the sink behind an executor would.
+    #[derive(Default)]
+    struct Sink(Mutex<Vec<(LogStream, Vec<u8>)>>);
+
+    impl TaskEvents for Sink {
+        fn log(&self, stream: LogStream, bytes: &[u8]) {
+            self.0.lock().unwrap().push((stream, bytes.to_vec()));
+        }
+    }
+
+    fn log_of(sink: &Sink) -> Vec<(LogStream, String)> {
+        sink.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(s, b)| (*s, String::from_utf8_lossy(b).into_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn kiln_lines_never_overtake_held_output_nor_join_its_unfinished_line() {
+        use LogStream::{Output, System};
+        let sink = Arc::new(Sink::default());
+        let events = MaskedEvents::new(sink.clone(), ["foobar"]);
+        events.log(System, b"--- step 1\n");
+        // `foo` may be the start of the secret, so the masker holds it.
+        events.log(Output, b"x foo");
+        events.log(System, b"--- step 2\n");
+        events.log(Output, b"done\n");
+        events.log(System, b"--- step 3\n");
+        events.log(Output, b"no newline");
+        events.finish();
+        assert_eq!(
+            log_of(&sink),
+            [
+                (System, "--- step 1\n".into()),
+                (Output, "x ".into()),
+                (Output, "foo\n".into()),
+                (System, "--- step 2\n".into()),
+                (Output, "done\n".into()),
+                (System, "--- step 3\n".into()),
+                (Output, "no newline".into()),
+                (Output, "\n".into()),
+            ]
         );
     }
 

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use crate::mask::MaskedEvents;
-use crate::workspace::collect_outputs;
+use crate::workspace::{collect_each, collect_outputs};
 use crate::{
     CancellationToken, Executor, LogStream, Status, StepExit, TaskEvents, TaskOutcome, TaskSpec,
     deadline_for, drive_steps, interruptible, step_environment,
@@ -179,8 +179,22 @@ async fn run_step(
         .current_dir(workspace)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .process_group(0);
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: dup2 is one, and nothing is
+    // allocated (an OS error is stored inline).
+    unsafe {
+        command.pre_exec(|| {
+            // stderr becomes a second descriptor of the stdout pipe: one
+            // pipe keeps the order in which the script wrote to either, as a
+            // terminal would, where two pipes would be read apart.
+            if libc::dup2(1, 2) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     if !inherit_env {
         command.env_clear();
     }
@@ -193,9 +207,7 @@ async fn run_step(
         groups.add(pid as i32);
     }
     let exited = CancellationToken::new();
-    let stdout = forward(child.stdout.take(), LogStream::Stdout, events, &exited);
-    let stderr = forward(child.stderr.take(), LogStream::Stderr, events, &exited);
-    let output = async { tokio::join!(stdout, stderr) };
+    let output = forward(child.stdout.take(), events, &exited);
     tokio::pin!(output);
     let mut drained = false;
     let status = tokio::select! {
@@ -206,8 +218,8 @@ async fn run_step(
         }
     };
     if !drained {
-        // The readers drain what the shell wrote before exiting, each within
-        // its own `DRAIN_AFTER_EXIT`.
+        // The reader drains what the shell wrote before exiting, within
+        // `DRAIN_AFTER_EXIT`.
         exited.cancel();
         output.await;
     }
@@ -225,13 +237,12 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or(-1)
 }
 
-/// Passes a pipe's output on until it closes, reading only while the sink is
-/// ready for more. Once `exited` is cancelled (the shell is gone), reading
-/// stops after `DRAIN_AFTER_EXIT` spent waiting on the pipe, in case a
-/// background job keeps it open.
+/// Passes the step's output on until its pipe closes, reading only while the
+/// sink is ready for more. Once `exited` is cancelled (the shell is gone),
+/// reading stops after `DRAIN_AFTER_EXIT` spent waiting on the pipe, in case
+/// a background job keeps it open.
 async fn forward(
     pipe: Option<impl AsyncRead + Unpin>,
-    stream: LogStream,
     events: &MaskedEvents,
     exited: &CancellationToken,
 ) {
@@ -260,7 +271,7 @@ async fn forward(
         };
         match read {
             Ok(0) | Err(_) => return,
-            Ok(n) => events.log(stream, &buffer[..n]),
+            Ok(n) => events.log(LogStream::Output, &buffer[..n]),
         }
     }
 }
@@ -271,59 +282,18 @@ async fn collect(
     events: &MaskedEvents,
     outcome: &mut TaskOutcome,
 ) {
-    for (patterns, kind) in [(&spec.artifacts, "artifacts"), (&spec.reports, "reports")] {
-        if patterns.is_empty() {
-            continue;
+    collect_each(spec, events, outcome, |patterns, dest| {
+        let (from, patterns) = (workspace.to_path_buf(), patterns.to_vec());
+        async move {
+            let found =
+                tokio::task::spawn_blocking(move || collect_outputs(&from, &patterns, &dest)).await;
+            Some(match found {
+                Ok(found) => found.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            })
         }
-        let (from, to, patterns) = (
-            workspace.to_path_buf(),
-            spec.outputs.join(kind),
-            patterns.clone(),
-        );
-        let found =
-            tokio::task::spawn_blocking(move || collect_outputs(&from, &patterns, &to)).await;
-        match found {
-            Ok(Ok(files)) => {
-                warn_unmatched(spec_patterns(spec, kind), &files, events);
-                match kind {
-                    "artifacts" => outcome.artifacts = files,
-                    _ => outcome.reports = files,
-                }
-            }
-            Ok(Err(e)) => events.log(
-                LogStream::System,
-                format!("collecting {kind} failed: {e}\n").as_bytes(),
-            ),
-            Err(e) => events.log(
-                LogStream::System,
-                format!("collecting {kind} failed: {e}\n").as_bytes(),
-            ),
-        }
-    }
-}
-
-fn spec_patterns<'a>(spec: &'a TaskSpec, kind: &str) -> &'a [String] {
-    if kind == "artifacts" {
-        &spec.artifacts
-    } else {
-        &spec.reports
-    }
-}
-
-/// Says which patterns matched no file: a typo there otherwise goes unnoticed.
-pub fn warn_unmatched(patterns: &[String], files: &[PathBuf], events: &dyn TaskEvents) {
-    for pattern in patterns {
-        let single = [pattern.clone()];
-        if !files
-            .iter()
-            .any(|f| crate::workspace::selected_by(&single, f))
-        {
-            events.log(
-                LogStream::System,
-                format!("pattern `{pattern}` matched no file\n").as_bytes(),
-            );
-        }
-    }
+    })
+    .await;
 }
 
 async fn remove_workspace(dir: tempfile::TempDir) {

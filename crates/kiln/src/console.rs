@@ -1,5 +1,9 @@
 //! Live output of `kiln run`: each line prefixed by its task, in colour on a
 //! terminal, and a copy of each task's output in its `console.log`.
+//!
+//! `console.log` keeps the bytes the executor passed on, as a server would
+//! store them. The terminal view cuts them into lines ([`TerminalLines`]);
+//! everything Kiln itself prints there is masked with the run's secrets.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -8,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kiln_exec::mask::Masker;
 use kiln_exec::{LogStream, StepResult, TaskEvents};
 use kiln_pipeline::{Status, Task};
 
@@ -23,12 +28,14 @@ pub struct Console {
     width: usize,
     colors: HashMap<String, &'static str>,
     run_dir: PathBuf,
+    /// The values of the run's secrets, for what Kiln prints of its own.
+    masker: Masker,
     out: Arc<Mutex<std::io::Stdout>>,
     open: Mutex<HashMap<String, Arc<TaskConsole>>>,
 }
 
 impl Console {
-    pub fn new(tasks: &[Task], run_dir: PathBuf, color: bool) -> Console {
+    pub fn new(tasks: &[Task], run_dir: PathBuf, color: bool, masker: Masker) -> Console {
         let width = tasks
             .iter()
             .map(|t| t.name.chars().count())
@@ -45,13 +52,15 @@ impl Console {
             width,
             colors,
             run_dir,
+            masker,
             out: Arc::new(Mutex::new(std::io::stdout())),
             open: Mutex::new(HashMap::new()),
         }
     }
 
     fn prefix(&self, name: &str) -> String {
-        let padded = format!("{name:<width$}", width = self.width);
+        let shown = self.masker.mask_str(name);
+        let padded = format!("{shown:<width$}", width = self.width);
         match (self.color, self.colors.get(name)) {
             (true, Some(color)) => format!("\x1b[{color}m{padded} │\x1b[0m "),
             _ => format!("{padded} │ "),
@@ -59,6 +68,7 @@ impl Console {
     }
 
     fn say(&self, name: &str, message: &str) {
+        let message = self.masker.mask_str(message);
         let line = if self.color {
             format!("{}\x1b[1m{message}\x1b[0m\n", self.prefix(name))
         } else {
@@ -86,7 +96,7 @@ impl RunObserver for Console {
             color: self.color,
             out: self.out.clone(),
             state: Mutex::new(LineState {
-                partial: Default::default(),
+                lines: TerminalLines::default(),
                 log,
             }),
         });
@@ -166,21 +176,23 @@ struct TaskConsole {
 }
 
 struct LineState {
-    /// Unfinished last line of stdout, stderr and Kiln's own stream.
-    partial: [Vec<u8>; 3],
+    lines: TerminalLines,
     log: Option<File>,
 }
 
 impl TaskConsole {
-    fn emit(&self, stream: LogStream, lines: &[u8]) {
-        let mut text = Vec::with_capacity(lines.len() + 64);
-        for line in lines.split_inclusive(|b| *b == b'\n') {
+    fn emit(&self, lines: &[(LogStream, Vec<u8>)]) {
+        if lines.is_empty() {
+            return;
+        }
+        let mut text = Vec::with_capacity(lines.iter().map(|(_, l)| l.len() + 64).sum());
+        for (stream, line) in lines {
             text.extend_from_slice(self.prefix.as_bytes());
-            let dim = self.color && stream == LogStream::System;
+            let dim = self.color && *stream == LogStream::System;
             if dim {
                 text.extend_from_slice(b"\x1b[2m");
             }
-            text.extend_from_slice(line.strip_suffix(b"\n").unwrap_or(line));
+            text.extend_from_slice(line);
             if dim {
                 text.extend_from_slice(b"\x1b[0m");
             }
@@ -192,41 +204,27 @@ impl TaskConsole {
     }
 
     fn flush(&self) {
-        let tails: Vec<(LogStream, Vec<u8>)> = {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            LogStream::ALL
-                .into_iter()
-                .zip(state.partial.iter_mut())
-                .map(|(s, p)| (s, std::mem::take(p)))
-                .collect()
-        };
-        for (stream, tail) in tails {
-            if !tail.is_empty() {
-                self.emit(stream, &tail);
-            }
-        }
+        let mut lines = Vec::new();
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lines
+            .flush(&mut lines);
+        self.emit(&lines);
     }
 }
 
 impl TaskEvents for TaskConsole {
     fn log(&self, stream: LogStream, bytes: &[u8]) {
-        let complete = {
+        let mut lines = Vec::new();
+        {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(log) = state.log.as_mut() {
                 let _ = log.write_all(bytes);
             }
-            let partial = &mut state.partial[stream.index()];
-            partial.extend_from_slice(bytes);
-            let cut = match partial.iter().rposition(|b| *b == b'\n') {
-                Some(newline) => newline + 1,
-                None if partial.len() > MAX_LINE => partial.len(),
-                None => 0,
-            };
-            partial.drain(..cut).collect::<Vec<u8>>()
-        };
-        if !complete.is_empty() {
-            self.emit(stream, &complete);
+            state.lines.push(stream, bytes, &mut lines);
         }
+        self.emit(&lines);
     }
 
     fn step_finished(&self, _index: usize, result: &StepResult) {
@@ -234,5 +232,98 @@ impl TaskEvents for TaskConsole {
             // Make the failing step stand out from its output.
             self.flush();
         }
+    }
+}
+
+/// Cuts a task's log into the lines of the terminal view, each shown after
+/// the task's prefix. A line ends at `\n`; at `\r` too, since a progress
+/// bar redraws its line with one, which would send the cursor back over the
+/// prefix (`\r\n` ends one line, not two); at a change of stream; or when
+/// it reaches [`MAX_LINE`], so that a line never ending is still shown.
+#[derive(Debug, Default)]
+struct TerminalLines {
+    partial: Vec<u8>,
+    stream: Option<LogStream>,
+    /// The last line ended at a `\r`, so a `\n` right after it ends none.
+    after_cr: bool,
+}
+
+impl TerminalLines {
+    /// Takes `bytes` of `stream`; appends the lines they complete to `out`.
+    fn push(&mut self, stream: LogStream, bytes: &[u8], out: &mut Vec<(LogStream, Vec<u8>)>) {
+        if self.stream != Some(stream) {
+            self.flush(out);
+            self.stream = Some(stream);
+        }
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            if self.after_cr && rest[0] == b'\n' {
+                rest = &rest[1..];
+            }
+            self.after_cr = false;
+            let Some(end) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+                self.partial.extend_from_slice(rest);
+                if self.partial.len() >= MAX_LINE {
+                    out.push((stream, std::mem::take(&mut self.partial)));
+                }
+                break;
+            };
+            self.partial.extend_from_slice(&rest[..end]);
+            self.after_cr = rest[end] == b'\r';
+            // A bare `\r` with nothing before it redraws nothing worth a line.
+            if !(self.after_cr && self.partial.is_empty()) {
+                out.push((stream, std::mem::take(&mut self.partial)));
+            }
+            rest = &rest[end + 1..];
+        }
+    }
+
+    /// Appends the unfinished line, if any, to `out`.
+    fn flush(&mut self, out: &mut Vec<(LogStream, Vec<u8>)>) {
+        if let Some(stream) = self.stream
+            && !self.partial.is_empty()
+        {
+            out.push((stream, std::mem::take(&mut self.partial)));
+        }
+        self.after_cr = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(pushes: &[(LogStream, &[u8])]) -> Vec<(LogStream, String)> {
+        let mut cutter = TerminalLines::default();
+        let mut out = Vec::new();
+        for (stream, bytes) in pushes {
+            cutter.push(*stream, bytes, &mut out);
+        }
+        cutter.flush(&mut out);
+        out.into_iter()
+            .map(|(s, l)| (s, String::from_utf8(l).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn carriage_returns_end_terminal_lines() {
+        use LogStream::{Output, System};
+        let text = |list: &[&str]| -> Vec<(LogStream, String)> {
+            list.iter().map(|l| (Output, l.to_string())).collect()
+        };
+        assert_eq!(
+            lines(&[(Output, b"10%\r50%\r100%\ndone\n")]),
+            text(&["10%", "50%", "100%", "done"])
+        );
+        // `\r\n` is one line end, even split between two writes.
+        assert_eq!(
+            lines(&[(Output, b"crlf\r"), (Output, b"\nnext\r\n")]),
+            text(&["crlf", "next"])
+        );
+        assert_eq!(lines(&[(Output, b"a\n\nb")]), text(&["a", "", "b"]));
+        assert_eq!(
+            lines(&[(Output, b"half"), (System, b"--- step 2\n")]),
+            [(Output, "half".into()), (System, "--- step 2".into())]
+        );
     }
 }

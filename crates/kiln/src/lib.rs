@@ -7,6 +7,7 @@ pub mod client;
 pub mod console;
 pub mod local;
 pub mod repo;
+pub mod reports;
 pub mod run_command;
 pub mod secrets;
 pub mod server_command;

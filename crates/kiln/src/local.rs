@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use kiln_exec::context::{RunContext, task_dir_name};
-use kiln_exec::{CancellationToken, Executor, SourceTree, TaskEvents, TaskOutcome, TaskSpec};
+use kiln_exec::mask::MaskedEvents;
+use kiln_exec::{
+    CancellationToken, Executor, LogStream, SourceTree, TaskEvents, TaskOutcome, TaskSpec,
+};
 use kiln_pipeline::{Pipeline, Status, Task};
 use kiln_store::queue::{self, AfterEnd, Attempt, Stop, TaskState};
 use tokio::task::JoinSet;
@@ -54,6 +57,9 @@ pub struct TaskReport {
     pub duration: Duration,
     /// The last attempt's outcome; `None` when the task never started.
     pub outcome: Option<TaskOutcome>,
+    /// What Kiln found wrong with the files the last attempt kept, e.g. a
+    /// report that is not JUnit XML (also in the task's log).
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -104,7 +110,11 @@ pub async fn run_pipeline(
             stop = Some(Stop::Cancel);
         }
         if let Some(stop) = stop {
-            queue::stop(&mut states, stop);
+            for i in queue::stop(&mut states, stop) {
+                if stop == Stop::Deadline {
+                    states[i].reason = Some(run_timeout_reason(&plan.pipeline));
+                }
+            }
         }
         // Release or skip what waits on tasks that ended, and start queued
         // tasks in pipeline order while there is room.
@@ -200,6 +210,16 @@ fn not_run(task: &Task, state: TaskState) -> TaskReport {
         attempts: 0,
         duration: Duration::ZERO,
         outcome: None,
+        notes: Vec::new(),
+    }
+}
+
+/// Why a task ended when the umbrella `timeout` passed: the run's limit, as
+/// the server says it, with the value the pipeline set.
+fn run_timeout_reason(pipeline: &Pipeline) -> String {
+    match pipeline.timeout {
+        Some(limit) => format!("{} of {limit}", Stop::Deadline.reason()),
+        None => Stop::Deadline.reason().to_string(),
     }
 }
 
@@ -218,14 +238,30 @@ async fn run_task(
     loop {
         attempt += 1;
         let mut spec = task_spec(plan, task);
+        let mut capped_by_run = false;
         if let Some(umbrella) = umbrella {
             // The umbrella timeout caps what is left of every task's own.
             let left = umbrella.saturating_duration_since(Instant::now());
+            capped_by_run = spec.timeout.is_none_or(|own| left < own);
             spec.timeout = Some(spec.timeout.map_or(left, |t| t.min(left)));
         }
         observer.task_started(task, attempt);
         let events = observer.task_events(task, attempt);
-        let outcome = executor.run(&spec, events, cancel.clone()).await;
+        let mut outcome = executor.run(&spec, events.clone(), cancel.clone()).await;
+        if capped_by_run && outcome.status == Status::TimedOut {
+            // The executor enforced what was left of the run's limit, which
+            // it calls the task's own ("timeout of 7s988ms").
+            outcome.error = Some(run_timeout_reason(&plan.pipeline));
+        }
+        let notes = crate::reports::check(&spec, &outcome).await;
+        if !notes.is_empty() {
+            // Kiln's words about the task's files are masked like its output.
+            let events = MaskedEvents::for_task(events, &spec);
+            for note in &notes {
+                events.log(LogStream::System, format!("kiln: {note}\n").as_bytes());
+            }
+            events.finish();
+        }
         let stop = if cancel.is_cancelled() {
             Some(Stop::Cancel)
         } else if umbrella.is_some_and(|u| Instant::now() >= u) {
@@ -255,6 +291,7 @@ async fn run_task(
             attempts: attempt,
             duration: started.elapsed(),
             outcome: Some(outcome),
+            notes,
         };
     }
 }

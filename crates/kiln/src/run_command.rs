@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use kiln_exec::docker::DockerExecutor;
+use kiln_exec::mask::Masker;
 use kiln_exec::process::ProcessExecutor;
 use kiln_exec::{CancellationToken, Executor, SourceTree};
 use kiln_pipeline::{Event, MAX_PIPELINE_BYTES, Pipeline, Status};
@@ -174,7 +175,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     };
     let color =
         !args.no_color && std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal();
-    let console = Arc::new(Console::new(&plan.pipeline.tasks, run_dir.clone(), color));
+    // What Kiln writes of its own (task lines, the summary, summary.json)
+    // may quote a file name or an error holding a secret's value, so it is
+    // masked like the tasks' output.
+    let masker = Masker::new(
+        plan.pipeline
+            .tasks
+            .iter()
+            .flat_map(|task| &task.secrets)
+            .filter_map(|name| plan.secrets.get(name))
+            .map(String::as_str),
+    );
+    let console = Arc::new(Console::new(
+        &plan.pipeline.tasks,
+        run_dir.clone(),
+        color,
+        masker.clone(),
+    ));
 
     let cancel = CancellationToken::new();
     let interrupted = watch_for_interrupt(cancel.clone());
@@ -186,8 +203,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         // whose clean-up was cut short must not leave containers behind.
         let _ = docker.remove_leftovers("kiln.local-run", &run_id).await;
     }
-    write_summary(&run_dir, &report);
-    print_summary(&report, &run_dir, color);
+    write_summary(&run_dir, &report, &masker);
+    print_summary(&report, &run_dir, color, &masker);
     Ok(match report.status {
         Status::Success => EXIT_SUCCESS,
         _ if cancel.is_cancelled() => EXIT_INTERRUPTED,
@@ -277,8 +294,12 @@ fn new_run_dir(root: &Path) -> anyhow::Result<(u64, PathBuf)> {
     bail!("cannot find a free run number under {}", runs.display())
 }
 
-fn write_summary(run_dir: &Path, report: &RunReport) {
-    let result = serde_json::to_vec_pretty(report)
+fn write_summary(run_dir: &Path, report: &RunReport, masker: &Masker) {
+    let result = serde_json::to_value(report)
+        .and_then(|mut summary| {
+            mask_json(&mut summary, masker);
+            serde_json::to_vec_pretty(&summary)
+        })
         .map_err(std::io::Error::other)
         .and_then(|json| std::fs::write(run_dir.join("summary.json"), json));
     if let Err(e) = result {
@@ -289,7 +310,25 @@ fn write_summary(run_dir: &Path, report: &RunReport) {
     }
 }
 
-fn print_summary(report: &RunReport, run_dir: &Path, color: bool) {
+/// Masks every string in `value`: reasons, file names and notes alike.
+fn mask_json(value: &mut serde_json::Value, masker: &Masker) {
+    match value {
+        serde_json::Value::String(text) => *text = masker.mask_str(text),
+        serde_json::Value::Array(items) => {
+            for item in items {
+                mask_json(item, masker);
+            }
+        }
+        serde_json::Value::Object(fields) => {
+            for field in fields.values_mut() {
+                mask_json(field, masker);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn print_summary(report: &RunReport, run_dir: &Path, color: bool, masker: &Masker) {
     let width = report
         .tasks
         .iter()
@@ -321,23 +360,22 @@ fn print_summary(report: &RunReport, run_dir: &Path, color: bool) {
         } else {
             format_duration(task.duration)
         };
-        let mut note = task.reason.clone().unwrap_or_default();
+        let mut notes = Vec::new();
         if task.attempts > 1 {
-            note = format!("{} attempts. {note}", task.attempts);
+            notes.push(format!("{} attempts", task.attempts));
         }
-        let artifacts = task
+        notes.extend(task.reason.clone());
+        let kept = task
             .outcome
             .as_ref()
             .map_or(0, |o| o.artifacts.len() + o.reports.len());
-        if artifacts > 0 {
-            note = format!(
-                "{note}{}{artifacts} file(s) kept",
-                if note.is_empty() { "" } else { "; " }
-            );
+        if kept > 0 {
+            notes.push(format!("{kept} file(s) kept"));
         }
+        let name = masker.mask_str(&task.name);
+        let note = masker.mask_str(&notes.join("; "));
         println!(
-            "{:<width$}  {}  {duration:>8}  {note}",
-            task.name,
+            "{name:<width$}  {}  {duration:>8}  {note}",
             paint(task.status, &format!("{status:<17}"))
         );
     }
@@ -347,7 +385,7 @@ fn print_summary(report: &RunReport, run_dir: &Path, color: bool) {
         report.number,
         paint(report.status, report.status.as_str()),
         format_duration(report.duration),
-        display_path(run_dir)
+        masker.mask_str(&display_path(run_dir))
     );
 }
 

@@ -504,6 +504,10 @@ async fn collects_only_the_declared_artifacts_and_reports() {
         "{log}"
     );
     assert!(!log.contains("pattern `out`"), "{log}");
+    assert!(
+        log.contains("artifact `out/link` is a symlink to `/etc/passwd`, outside the workspace"),
+        "{log}"
+    );
     assert_no_objects(TEST_LABEL, &id).await;
 }
 

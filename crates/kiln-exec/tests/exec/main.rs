@@ -3,5 +3,7 @@
 //! `kiln-test/busybox` image).
 
 mod docker;
+mod logs;
+mod outputs;
 mod process;
 mod support;

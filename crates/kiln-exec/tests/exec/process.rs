@@ -168,7 +168,7 @@ async fn secrets_are_injected_and_masked_even_when_split_across_writes() {
 }
 
 #[tokio::test]
-async fn artifacts_and_reports_are_collected_without_following_symlinks() {
+async fn artifacts_and_reports_are_collected_and_links_leaving_the_workspace_refused() {
     let fixture = Fixture::new(&[]);
     let mut spec = fixture.spec(
         "outputs",
@@ -198,10 +198,14 @@ async fn artifacts_and_reports_are_collected_without_following_symlinks() {
         read(&fixture.output("reports/reports/unit.xml")),
         "<testsuite/>\n"
     );
+    let log = events.all_text();
     assert!(
-        events
-            .all_text()
-            .contains("pattern `missing/*` matched no file")
+        log.contains("artifact pattern `missing/*` matched no file"),
+        "{log}"
+    );
+    assert!(
+        log.contains("artifact `out/passwd` is a symlink to `/etc/passwd`, outside the workspace"),
+        "{log}"
     );
 }
 

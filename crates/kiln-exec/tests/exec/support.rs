@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
+use kiln_exec::docker::DockerExecutor;
+use kiln_exec::process::ProcessExecutor;
 use kiln_exec::{
     CancellationToken, Executor, LogStream, SourceTree, StepResult, TaskEvents, TaskOutcome,
     TaskSpec,
@@ -94,6 +96,42 @@ impl TaskEvents for Gated {
     }
     fn step_finished(&self, index: usize, result: &StepResult) {
         self.recorder.step_finished(index, result);
+    }
+}
+
+/// Both executors, for what must behave the same on each.
+pub async fn executors() -> Vec<Box<dyn Executor>> {
+    let docker = DockerExecutor::connect()
+        .await
+        .unwrap_or_else(|e| panic!("no Docker engine (run scripts/setup-test-env.sh): {e}"));
+    vec![Box::new(ProcessExecutor::default()), Box::new(docker)]
+}
+
+/// `spec` as `executor` needs it: the docker executor needs an image, and
+/// the process executor would note one as ignored.
+pub fn for_executor(executor: &dyn Executor, mut spec: TaskSpec) -> TaskSpec {
+    if executor.kind() == "docker" {
+        spec.image = Some(TEST_IMAGE.to_string());
+    }
+    spec
+}
+
+/// Runs `spec` on `executor` to its end, recording what it reports.
+pub async fn run_on(executor: &dyn Executor, spec: &TaskSpec) -> (TaskOutcome, Arc<Recorder>) {
+    let events = Recorder::new();
+    let outcome = executor
+        .run(spec, events.clone(), CancellationToken::new())
+        .await;
+    (outcome, events)
+}
+
+/// The log from the first step's header on, Kiln's lines included: what
+/// comes before (image pulls, notes) differs between executors.
+pub fn log_from_first_step(events: &Recorder) -> String {
+    let all = events.all_text();
+    match all.find("--- step 1:") {
+        Some(at) => all[at..].to_string(),
+        None => panic!("no step header in the log:\n{all}"),
     }
 }
 

@@ -6,6 +6,7 @@ mod agents;
 mod architecture;
 mod docs;
 mod run;
+mod run_logs;
 mod server;
 mod soak;
 mod support;

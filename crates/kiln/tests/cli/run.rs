@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const TEST_IMAGE: &str = "kiln-test/busybox:latest";
+pub(crate) const TEST_IMAGE: &str = "kiln-test/busybox:latest";
 
-struct Repo {
+pub(crate) struct Repo {
     dir: tempfile::TempDir,
 }
 
 impl Repo {
     /// A git repository on branch `main` holding `.kiln.yml` and `files`.
-    fn new(pipeline: &str, files: &[(&str, &str)]) -> Repo {
+    pub(crate) fn new(pipeline: &str, files: &[(&str, &str)]) -> Repo {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repo { dir };
         repo.write(".kiln.yml", pipeline);
@@ -34,7 +34,7 @@ impl Repo {
         repo
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
@@ -53,11 +53,11 @@ impl Repo {
         assert!(status.success(), "git {args:?} failed");
     }
 
-    fn kiln(&self, args: &[&str]) -> Output {
+    pub(crate) fn kiln(&self, args: &[&str]) -> Output {
         kiln_command(self.path(), args).output().unwrap()
     }
 
-    fn run_dir(&self, n: u32) -> PathBuf {
+    pub(crate) fn run_dir(&self, n: u32) -> PathBuf {
         self.path().join(".kiln/runs").join(n.to_string())
     }
 }
@@ -72,7 +72,7 @@ fn kiln_command(dir: &Path, args: &[&str]) -> Command {
     command
 }
 
-fn text(output: &Output) -> String {
+pub(crate) fn text(output: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -81,9 +81,25 @@ fn text(output: &Output) -> String {
 }
 
 /// The status column of the summary table for `task`.
-fn summary_status(output: &Output, task: &str) -> String {
+pub(crate) fn summary_status(output: &Output, task: &str) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout);
     summary_status_from(&stdout, task)
+        .unwrap_or_else(|| panic!("task {task} not in summary:\n{stdout}"))
+}
+
+/// The NOTE column of the summary table for `task`, as printed.
+pub(crate) fn summary_note(output: &Output, task: &str) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (_, table) = stdout
+        .rsplit_once("TASK ")
+        .unwrap_or_else(|| panic!("no summary in:\n{stdout}"));
+    let header = table.lines().next().unwrap_or("");
+    let column = "TASK ".len() + header.find("NOTE").unwrap_or(0);
+    table
+        .lines()
+        .skip(1)
+        .find(|line| line.split_whitespace().next() == Some(task))
+        .map(|line| line.get(column..).unwrap_or("").to_string())
         .unwrap_or_else(|| panic!("task {task} not in summary:\n{stdout}"))
 }
 
@@ -281,6 +297,20 @@ fn umbrella_timeout_and_task_timeout_end_as_timed_out() {
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(summary_status(&output, "slow"), "timed_out");
     assert_eq!(summary_status(&output, "later"), "skipped");
+    // The run's limit fired, not one of the task's own.
+    assert_eq!(
+        summary_note(&output, "slow"),
+        "the run reached its timeout of 2s"
+    );
+    assert_eq!(
+        summary_note(&output, "later"),
+        "the run reached its timeout of 2s"
+    );
+    assert!(
+        !text(&output).contains("task exceeded its timeout"),
+        "{}",
+        text(&output)
+    );
     assert!(
         text(&output).contains("run 1: timed_out"),
         "{}",
@@ -302,7 +332,7 @@ fn retry_runs_a_failing_task_again() {
     std::fs::remove_file(format!("/tmp/kiln-retry-{job}")).ok();
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert!(text(&output).contains("retrying (attempt 2 of 3)"));
-    assert!(text(&output).contains("2 attempts"));
+    assert_eq!(summary_note(&output, "flaky"), "2 attempts");
 }
 
 #[test]
