@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use kiln_exec::context::{RunContext, task_dir_name, task_spec};
+use kiln_exec::mask::Masker;
 use kiln_exec::{CancellationToken, LogStream, SourceTree, Status, StepResult, TaskEvents};
 use kiln_pipeline::{Event, Task};
 use kiln_proto::v1::{ArtifactChunk, Assignment, FinishTaskRequest, ReportChunk, StepUpdate};
@@ -51,18 +53,19 @@ pub(crate) async fn run_task(shared: Arc<Shared>, assignment: Assignment, handle
         return;
     }
     tracing::info!(task_id, job = %assignment.job, run = assignment.run_number, "task started");
-    let (status, reason) = match execute(&shared, &assignment, &handle).await {
-        Ok(end) => end,
+    let ended = match execute(&shared, &assignment, &handle).await {
+        Ok(ended) => ended,
         Err(Lost) => {
             tracing::warn!(task_id, "task is no longer ours; stopped without reporting");
             return;
         }
     };
+    let status = ended.status;
     let request = FinishTaskRequest {
         task_id,
         status: status.as_str().to_string(),
-        reason: reason.unwrap_or_default(),
-        not_retryable: false,
+        reason: ended.reason.unwrap_or_default(),
+        not_retryable: ended.misconfigured,
     };
     let finished = retry(
         &handle.lost,
@@ -85,11 +88,19 @@ pub(crate) async fn run_task(shared: Arc<Shared>, assignment: Assignment, handle
     drop(permit);
 }
 
+/// How a task's attempt ended, as the agent reports it.
+struct Ended {
+    status: Status,
+    reason: Option<String>,
+    /// See [`kiln_exec::TaskOutcome::misconfigured`].
+    misconfigured: bool,
+}
+
 async fn execute(
     shared: &Shared,
     assignment: &Assignment,
     handle: &TaskHandle,
-) -> Result<(Status, Option<String>), Lost> {
+) -> Result<Ended, Lost> {
     let task_id = assignment.task_id;
     let (sender, receiver) = mpsc::unbounded_channel();
     let budget = Arc::new(LogBudget::new(
@@ -105,7 +116,7 @@ async fn execute(
     ));
     let events = Arc::new(ChannelEvents { sender, budget });
 
-    let (status, reason) = match prepare(shared, assignment, &events, &handle.cancel).await {
+    let ended = match prepare(shared, assignment, &events, &handle.cancel).await {
         Ok((spec, scratch)) => {
             let outcome = shared
                 .config
@@ -115,14 +126,25 @@ async fn execute(
             if handle.lost.is_cancelled() {
                 return Err(Lost);
             }
-            for note in
-                upload_results(shared, task_id, &spec.outputs, &outcome, &handle.lost).await?
-            {
+            // What the agent says and uploads of the task is masked as its
+            // output is: file names and reports may hold a secret too.
+            let masker = Masker::for_task(&spec);
+            let uploads = Uploads {
+                task_id,
+                outputs: &spec.outputs,
+                masker: &masker,
+            };
+            for note in upload_results(shared, &uploads, &outcome, &handle.lost).await? {
+                let note = masker.mask_str(&note);
                 tracing::warn!(task_id, "{note}");
                 events.log(LogStream::System, format!("kiln: {note}\n").as_bytes());
             }
             drop(scratch);
-            (outcome.status, outcome.error)
+            Ended {
+                status: outcome.status,
+                reason: outcome.error.map(|reason| masker.mask_str(&reason)),
+                misconfigured: outcome.misconfigured,
+            }
         }
         Err(message) => {
             events.log(LogStream::System, format!("kiln: {message}\n").as_bytes());
@@ -131,18 +153,22 @@ async fn execute(
             } else {
                 Status::Error
             };
-            (status, Some(message))
+            Ended {
+                status,
+                reason: Some(message),
+                misconfigured: false,
+            }
         }
     };
     // The executor is done with the events; closing them lets the reporter
     // send what is left and end, before the task's end is reported.
     drop(events);
     match reporter.await {
-        Ok(Ok(())) => Ok((status, reason)),
+        Ok(Ok(())) => Ok(ended),
         Ok(Err(Lost)) => Err(Lost),
         Err(e) => {
             tracing::warn!(task_id, "the log reporter failed: {e}");
-            Ok((status, reason))
+            Ok(ended)
         }
     }
 }
@@ -248,18 +274,28 @@ async fn prepare(
     Ok((spec, scratch))
 }
 
-/// Uploads the kept files; returns notes on what could not be kept.
+/// Where a task's kept files are, and how what leaves of them is masked.
+struct Uploads<'a> {
+    task_id: i64,
+    outputs: &'a Path,
+    masker: &'a Masker,
+}
+
+/// Uploads the kept files — artifacts under their names masked, reports
+/// masked — and returns notes on what could not be kept.
 async fn upload_results(
     shared: &Shared,
-    task_id: i64,
-    outputs: &Path,
+    uploads: &Uploads<'_>,
     outcome: &kiln_exec::TaskOutcome,
     lost: &CancellationToken,
 ) -> Result<Vec<String>, Lost> {
+    let Uploads {
+        task_id, outputs, ..
+    } = *uploads;
     let mut notes = Vec::new();
     let artifacts = outputs.join("artifacts");
     for relative in &outcome.artifacts {
-        let name = relative.to_string_lossy().into_owned();
+        let name = uploads.masker.mask_str(&relative.to_string_lossy());
         let path = artifacts.join(relative);
         let uploaded = retry(lost, "uploading an artifact", task_id, || {
             upload_artifact(shared.client.clone(), task_id, path.clone(), name.clone())
@@ -271,10 +307,16 @@ async fn upload_results(
     }
     let reports = outputs.join("reports");
     for relative in &outcome.reports {
-        let name = relative.to_string_lossy().into_owned();
+        let name = uploads.masker.mask_str(&relative.to_string_lossy());
         let path = reports.join(relative);
         let uploaded = retry(lost, "uploading a report", task_id, || {
-            upload_report(shared.client.clone(), task_id, path.clone(), name.clone())
+            upload_report(
+                shared.client.clone(),
+                task_id,
+                path.clone(),
+                name.clone(),
+                uploads.masker.clone(),
+            )
         })
         .await?;
         if let Err(e) = uploaded {
@@ -303,15 +345,17 @@ async fn upload_artifact(
     }
 }
 
-/// Streams one report file to the server, which parses it.
+/// Streams one report file to the server, which parses it; masked as the
+/// task's output is, since test output in it may show a secret.
 async fn upload_report(
     mut client: Client,
     task_id: i64,
     path: PathBuf,
     name: String,
+    masker: Masker,
 ) -> Result<(), tonic::Status> {
     let (pieces, read_error) = file_pieces(&path).await?;
-    let chunks = pieces.map(move |(first, data)| ReportChunk {
+    let chunks = masked(Box::pin(pieces), masker).map(move |(first, data)| ReportChunk {
         task_id,
         kind: if first { "junit".into() } else { String::new() },
         path: if first { name.clone() } else { String::new() },
@@ -321,6 +365,27 @@ async fn upload_report(
         result = client.upload_report(chunks) => result.map(|_| ()),
         Ok(e) = read_error => Err(tonic::Status::invalid_argument(format!("cannot read: {e}"))),
     }
+}
+
+/// `pieces` with the secrets `masker` knows masked, even across pieces.
+fn masked(
+    pieces: Pin<Box<dyn futures_util::Stream<Item = (bool, Vec<u8>)> + Send>>,
+    masker: Masker,
+) -> impl futures_util::Stream<Item = (bool, Vec<u8>)> + Send + 'static {
+    futures_util::stream::unfold(Some((pieces, masker)), |state| async move {
+        let (mut pieces, mut masker) = state?;
+        match pieces.next().await {
+            Some((first, data)) => {
+                let shown = masker.push(&data);
+                Some(((first, shown), Some((pieces, masker))))
+            }
+            // What was held back in case it began a secret.
+            None => {
+                let rest = masker.finish();
+                (!rest.is_empty()).then_some(((false, rest), None))
+            }
+        }
+    })
 }
 
 /// A file as pieces read as they are sent — never all of it in memory —

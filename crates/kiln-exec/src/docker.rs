@@ -340,6 +340,9 @@ fn random_id() -> String {
     format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff)
 }
 
+/// Why a task with neither `image` nor `build` cannot run in a container.
+const NO_IMAGE: &str = "task has no `image` or `build`; the docker executor needs one";
+
 /// The engine's own bridge network, used by tasks that have no services.
 const DEFAULT_NETWORK: &str = "bridge";
 
@@ -354,6 +357,9 @@ impl DockerExecutor {
         events: &MaskedEvents,
         cancel: &CancellationToken,
     ) -> TaskOutcome {
+        if spec.build.is_none() && spec.image.is_none() {
+            return TaskOutcome::misconfigured(spec, NO_IMAGE);
+        }
         let started_at = Utc::now();
         let deadline = deadline_for(spec.timeout);
         let names = Names::new();
@@ -515,9 +521,7 @@ impl DockerExecutor {
                 image::ensure(&self.docker, name, events).await?;
                 Ok(name.clone())
             }
-            (None, None) => {
-                Err("task has no `image` or `build`; the docker executor needs one".into())
-            }
+            (None, None) => Err(NO_IMAGE.into()),
         }
     }
 

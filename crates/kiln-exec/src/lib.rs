@@ -158,6 +158,10 @@ pub struct TaskOutcome {
     pub artifacts: Vec<PathBuf>,
     /// Collected reports, relative to `outputs/reports`.
     pub reports: Vec<PathBuf>,
+    /// The task as written cannot run on this executor (it names no image
+    /// for docker, it has services on the process executor): another
+    /// attempt would end the same way, so it is not retried.
+    pub misconfigured: bool,
 }
 
 impl TaskOutcome {
@@ -172,6 +176,15 @@ impl TaskOutcome {
             finished_at: now,
             artifacts: Vec::new(),
             reports: Vec::new(),
+            misconfigured: false,
+        }
+    }
+
+    /// An outcome for a task that cannot run on this executor as written.
+    pub fn misconfigured(spec: &TaskSpec, message: impl Into<String>) -> Self {
+        TaskOutcome {
+            misconfigured: true,
+            ..TaskOutcome::error(spec, message)
         }
     }
 }

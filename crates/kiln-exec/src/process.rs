@@ -73,7 +73,10 @@ impl ProcessExecutor {
     ) -> TaskOutcome {
         let started_at = Utc::now();
         if !spec.services.is_empty() {
-            return TaskOutcome::error(spec, "task has `services`, which need the docker executor");
+            return TaskOutcome::misconfigured(
+                spec,
+                "task has `services`, which need the docker executor",
+            );
         }
         // Running on the host anyway is the point of this executor, but the
         // task's author should learn that its tools may not be there.
@@ -125,6 +128,7 @@ impl ProcessExecutor {
             finished_at: Utc::now(),
             artifacts: Vec::new(),
             reports: Vec::new(),
+            misconfigured: false,
         };
         if steps.status != Status::Cancelled {
             collect(spec, workspace.path(), events, &mut outcome).await;

@@ -103,7 +103,7 @@ impl RunObserver for Console {
         if attempt > 1 {
             console.log(
                 LogStream::System,
-                format!("--- attempt {attempt}\n").as_bytes(),
+                kiln_store::queue::attempt_header(i64::from(attempt)).as_bytes(),
             );
         }
         self.open

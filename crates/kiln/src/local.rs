@@ -278,7 +278,11 @@ async fn run_task(
             &ended,
             outcome.status,
             outcome.error.as_deref(),
-            queue::Retry::Allowed,
+            if outcome.misconfigured {
+                queue::Retry::Pointless
+            } else {
+                queue::Retry::Allowed
+            },
         ) {
             AfterEnd::Retry { .. } => continue,
             AfterEnd::End(status) => status,

@@ -23,6 +23,17 @@ pub(crate) struct Agent {
 
 impl Agent {
     pub(crate) fn start(server: &Server, name: &str, labels: &str, capacity: u32) -> Agent {
+        Agent::start_with(server, name, labels, capacity, "process")
+    }
+
+    /// [`Agent::start`] with another executor.
+    pub(crate) fn start_with(
+        server: &Server,
+        name: &str,
+        labels: &str,
+        capacity: u32,
+        executor: &str,
+    ) -> Agent {
         let work_dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args([
@@ -32,7 +43,7 @@ impl Agent {
                 "--token",
                 AGENT_TOKEN,
                 "--executor",
-                "process",
+                executor,
             ])
             .args([
                 "--name",

@@ -335,6 +335,18 @@ fn retry_runs_a_failing_task_again() {
     assert_eq!(summary_note(&output, "flaky"), "2 attempts");
 }
 
+/// What cannot run as written is not tried again: no image for docker.
+#[test]
+fn a_task_that_cannot_run_as_written_is_not_retried() {
+    let pipeline = "version: 1\ntasks:\n  bare:\n    retry: 2\n    steps: [{run: 'true'}]\n";
+    let repo = Repo::new(pipeline, &[]);
+    let output = repo.kiln(&["run", "--executor", "docker"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert_eq!(summary_status(&output, "bare"), "error");
+    assert!(!text(&output).contains("retrying"), "{}", text(&output));
+    assert!(text(&output).contains("no `image`"), "{}", text(&output));
+}
+
 #[test]
 fn artifacts_and_reports_land_in_the_run_directory() {
     let pipeline = r#"

@@ -1367,3 +1367,88 @@ async fn an_eleven_megabyte_junit_report_is_kept_and_served() {
     assert!(text.contains("160000"), "the total is there");
     assert!(text.contains("\"case-160000\""), "and the last case");
 }
+
+/// A secret in the names of a task's files and in its JUnit report shows
+/// nowhere the server answers: console notes, the results listing, the
+/// JUnit API, artifact URLs, the task's reason.
+#[tokio::test]
+async fn a_secret_in_file_names_and_reports_shows_nowhere() {
+    let server = Server::start(None);
+    let secret = "s3cr3t-in-names-0123";
+    let pipeline = "version: 1\ntasks:\n  leaky:\n    secrets: [TOK]\n    steps:\n      - run: |\n          mkdir -p o\n          echo data > \"o/out-$TOK.txt\"\n          ln -s /etc/passwd \"o/link-$TOK.txt\"\n          echo \"<testsuite name='s-$TOK' tests='1'><testcase classname='c-$TOK' name='case-$TOK'><failure message='got $TOK'>$TOK</failure><system-out>tok is $TOK</system-out></testcase></testsuite>\" > \"r-$TOK.xml\"\n    artifacts: { paths: [\"o/*\"] }\n    reports: { junit: [\"r-*.xml\"] }\n";
+    server
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/jobs/names",
+            json!({"kind": "freestyle", "pipeline": pipeline}),
+        )
+        .await;
+    server
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/jobs/names/secrets/TOK",
+            json!({"value": secret}),
+        )
+        .await;
+    let (_, run) = server
+        .send(reqwest::Method::POST, "/api/v1/jobs/names/runs", json!({}))
+        .await;
+    let run = server
+        .wait_for_run("names", run["number"].as_i64().unwrap())
+        .await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    let task = "/api/v1/jobs/names/runs/1/tasks/leaky";
+    let console = server
+        .get(&format!("{task}/results/console"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        console.contains("link-***.txt"),
+        "the refusal is noted: {console}"
+    );
+    let results = server.json(&format!("{task}/results")).await;
+    assert_eq!(
+        results["artifacts"][0]["path"], "o/out-***.txt",
+        "{results:#}"
+    );
+    let url = results["artifacts"][0]["url"].as_str().unwrap();
+    let file = server.get(url).await;
+    assert_eq!(file.status(), StatusCode::OK, "{url}");
+    assert_eq!(file.text().await.unwrap(), "data\n");
+    let junit = server.json(results["junit"].as_str().unwrap()).await;
+    assert!(junit.to_string().contains("case-***"), "{junit}");
+    for (what, text) in [
+        ("console", console),
+        ("results", results.to_string()),
+        ("junit", junit.to_string()),
+        (
+            "run",
+            server.json("/api/v1/jobs/names/runs/1").await.to_string(),
+        ),
+    ] {
+        assert!(!text.contains(secret), "{what} shows the secret: {text}");
+    }
+}
+
+/// A task that cannot run as written where it was sent ends `error` at
+/// once, whatever its `retry`: here, no image for a docker agent.
+#[tokio::test]
+async fn a_task_that_cannot_run_as_written_is_not_retried() {
+    let server = Server::start_for_agents(tempfile::tempdir().unwrap(), "127.0.0.1:0");
+    let _agent = crate::agents::Agent::start_with(&server, "boxed", "linux", 1, "docker");
+    let pipeline = "version: 1\ntasks:\n  bare:\n    retry: 2\n    steps: [{run: 'true'}]\n";
+    server.freestyle("asis", pipeline).await;
+    let run = server.wait_for_run("asis", 1).await;
+    assert_eq!(run["status"], "error", "{run:#}");
+    let task = &run["tasks"][0];
+    assert_eq!(task["attempt"], 1, "not retried: {run:#}");
+    assert!(
+        task["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no `image`"),
+        "{run:#}"
+    );
+}
