@@ -241,7 +241,7 @@ impl TaskEvents for TaskConsole {
 /// prefix (`\r\n` ends one line, not two); at a change of stream; or when
 /// it reaches [`MAX_LINE`], so that a line never ending is still shown.
 #[derive(Debug, Default)]
-struct TerminalLines {
+pub(crate) struct TerminalLines {
     partial: Vec<u8>,
     stream: Option<LogStream>,
     /// The last line ended at a `\r`, so a `\n` right after it ends none.
@@ -250,7 +250,12 @@ struct TerminalLines {
 
 impl TerminalLines {
     /// Takes `bytes` of `stream`; appends the lines they complete to `out`.
-    fn push(&mut self, stream: LogStream, bytes: &[u8], out: &mut Vec<(LogStream, Vec<u8>)>) {
+    pub(crate) fn push(
+        &mut self,
+        stream: LogStream,
+        bytes: &[u8],
+        out: &mut Vec<(LogStream, Vec<u8>)>,
+    ) {
         if self.stream != Some(stream) {
             self.flush(out);
             self.stream = Some(stream);
@@ -279,7 +284,7 @@ impl TerminalLines {
     }
 
     /// Appends the unfinished line, if any, to `out`.
-    fn flush(&mut self, out: &mut Vec<(LogStream, Vec<u8>)>) {
+    pub(crate) fn flush(&mut self, out: &mut Vec<(LogStream, Vec<u8>)>) {
         if let Some(stream) = self.stream
             && !self.partial.is_empty()
         {

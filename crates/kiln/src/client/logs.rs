@@ -11,7 +11,9 @@ use kiln_client::Client;
 use super::output::{emit, emit_bytes, print_json};
 use super::runs::{Outage, POLL_INTERVAL, Poller, is_final, task_state};
 use super::{ClientArgs, EXIT_API_ERROR, Output, connect, is_broken_pipe};
-use crate::console::MAX_LINE;
+use kiln_exec::LogStream;
+
+use crate::console::TerminalLines;
 use crate::run_command::EXIT_SUCCESS;
 
 #[derive(Debug, clap::Args)]
@@ -252,7 +254,7 @@ struct LineSink {
     task: String,
     raw: bool,
     json: bool,
-    partial: Vec<u8>,
+    lines: TerminalLines,
 }
 
 impl LineSink {
@@ -262,7 +264,7 @@ impl LineSink {
             task: task.to_string(),
             raw,
             json,
-            partial: Vec::new(),
+            lines: TerminalLines::default(),
         }
     }
 
@@ -279,33 +281,30 @@ impl LineSink {
         emit_bytes(&out)
     }
 
-    /// The output for the complete lines now buffered.
+    /// The output for the lines `bytes` complete, cut as `kiln run` cuts
+    /// its terminal view (at `\n`, at a progress bar's `\r`).
     fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
-        self.partial.extend_from_slice(bytes);
-        let mut out = Vec::new();
-        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            self.format_line(&line[..line.len() - 1], &mut out);
-        }
-        if self.partial.len() > MAX_LINE {
-            let line = std::mem::take(&mut self.partial);
-            self.format_line(&line, &mut out);
-        }
-        out
+        let mut lines = Vec::new();
+        self.lines.push(LogStream::Output, bytes, &mut lines);
+        self.format(lines)
     }
 
     /// The output for an unfinished last line, at the end of the log.
     fn flush(&mut self) -> Vec<u8> {
+        let mut lines = Vec::new();
+        self.lines.flush(&mut lines);
+        self.format(lines)
+    }
+
+    fn format(&self, lines: Vec<(LogStream, Vec<u8>)>) -> Vec<u8> {
         let mut out = Vec::new();
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
+        for (_, line) in lines {
             self.format_line(&line, &mut out);
         }
         out
     }
 
     fn format_line(&self, line: &[u8], out: &mut Vec<u8>) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
         if self.json {
             let object = serde_json::json!({
                 "task": self.task,
@@ -331,6 +330,11 @@ mod tests {
         assert_eq!(sink.feed(b"o\nthr"), "t   │ two\n".as_bytes());
         assert_eq!(sink.flush(), "t   │ thr\n".as_bytes());
         assert!(sink.flush().is_empty());
+        // A progress bar's `\r` ends a line: the prefix is never overwritten.
+        assert_eq!(
+            sink.feed(b"10%\r50%\r100%\n"),
+            "t   │ 10%\nt   │ 50%\nt   │ 100%\n".as_bytes()
+        );
 
         let mut sink = LineSink::new("t[x=1]", 0, false, true);
         assert_eq!(
