@@ -101,13 +101,15 @@ pub async fn trigger<D: Database>(
             }
         };
     let path = job.spec.pipeline_path.as_deref().unwrap_or(".kiln.yml");
-    let planned = match text {
-        Ok(text) => match kiln_pipeline::parse(path, &text) {
+    let planned = match &text {
+        Ok(text) => match kiln_pipeline::parse(path, text) {
             Ok(pipeline) => plan(state, job, pipeline, branch.as_deref(), event).await?,
             Err(diagnostics) => Err(diagnostics.to_string()),
         },
-        Err(message) => Err(message),
+        Err(message) => Err(message.clone()),
     };
+    // Kept with the run, so that a rerun can repeat it.
+    let pipeline = text.ok();
     let run = match planned {
         Ok((timeout, tasks)) => NewRun {
             branch,
@@ -116,6 +118,7 @@ pub async fn trigger<D: Database>(
             error: None,
             timeout,
             tasks,
+            pipeline,
         },
         Err(error) => NewRun {
             branch,
@@ -124,6 +127,7 @@ pub async fn trigger<D: Database>(
             error: Some(error),
             timeout: None,
             tasks: Vec::new(),
+            pipeline,
         },
     };
     let detail = state.db.create_run(job.id, run, Utc::now()).await?;
