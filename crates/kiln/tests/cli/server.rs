@@ -311,7 +311,7 @@ tasks:
       - run: echo never via the API
 "#;
 
-async fn create_git_job(server: &Server, name: &str, repo: &GitRepo) {
+pub async fn create_git_job(server: &Server, name: &str, repo: &GitRepo) {
     let (status, job) = server
         .send(
             reqwest::Method::POST,
