@@ -5,6 +5,7 @@
 mod agents;
 mod architecture;
 mod docs;
+mod downloads;
 mod reruns;
 mod run;
 mod server;

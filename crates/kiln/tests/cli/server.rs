@@ -134,6 +134,15 @@ impl Server {
             .unwrap()
     }
 
+    /// `GET path` with `Range: range`.
+    pub async fn get_range(&self, path: &str, range: &str) -> reqwest::Response {
+        self.request(reqwest::Method::GET, path, Some(ADMIN))
+            .header("Range", range)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn send(
         &self,
         method: reqwest::Method,
