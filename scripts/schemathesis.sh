@@ -13,8 +13,9 @@
 # - scripts/schemathesis.toml lets positive_data_acceptance accept 422 from
 #   the operations whose answer depends on more than the request's shape: a
 #   freestyle pipeline's validity (create_job, put_job) and whether a commit
-#   can be resolved (trigger_run, rerun_run); and 416 from get_console,
-#   whose ranges are satisfiable or not by the log's length. Everything
+#   can be resolved (trigger_run); and 416 from get_console and
+#   get_artifact, whose ranges are satisfiable or not by the length of the
+#   log or the file. Everything
 #   else a schema can say, it says, and the check holds the server to it.
 # - `follow=true` on the console streams until the task ends; the tasks
 #   this run makes (the seeded pipeline's `echo`) end at once, so it stays

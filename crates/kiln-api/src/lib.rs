@@ -3,6 +3,7 @@
 //! are what scripts rely on; the rest are additions.
 
 pub mod fields;
+pub mod url;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -139,7 +140,8 @@ pub struct Artifact {
     pub path: String,
     pub size: i64,
     pub content_type: String,
-    /// Where to download it.
+    /// Where to download it: a path to append to the server's address, each
+    /// segment percent-encoded (UTF-8), so it is used as it is.
     pub url: String,
 }
 

@@ -19,7 +19,6 @@ use kiln_api::{
     Agent, AgentTokenBody, Job, JobBody, Problem, Results, Run, RunList, Secret, SecretBody,
     TokenCreated, TriggerBody,
 };
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::Serialize;
@@ -37,15 +36,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const JSON_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most of a non-JSON error body quoted in an error message.
 const MAX_QUOTED_BODY: usize = 300;
-
-/// Characters left as they are in a path segment: RFC 3986's unreserved set.
-/// Everything else is escaped, including `[`, `]`, `=`, `,` and `/` that task
-/// names and job names may hold, so a name is always exactly one segment.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -401,7 +391,7 @@ impl Client {
                 )));
             }
             text.push('/');
-            text.extend(utf8_percent_encode(segment, SEGMENT));
+            text.extend(kiln_api::url::segment(segment));
         }
         let mut url = Url::parse(&text).map_err(|e| Error::InvalidServer {
             server: self.base.clone(),

@@ -103,6 +103,7 @@ impl From<TriggerError> for ApiError {
             TriggerError::FreestyleHasNoCommits | TriggerError::Unresolvable(_) => {
                 ApiError::unprocessable(e.to_string())
             }
+            TriggerError::NotRepeatable(_) => ApiError::conflict(e.to_string()),
             TriggerError::Credentials(_) => ApiError::internal(e),
             TriggerError::Store(e) => e.into(),
         }

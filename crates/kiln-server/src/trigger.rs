@@ -1,11 +1,12 @@
 //! Turning a trigger into a run: find the commit, read and validate the
 //! pipeline at that commit, check secrets, and store the run with its tasks
-//! in one transaction. Used by the API now, and by cron and webhooks later:
-//! its errors say what went wrong, and each caller decides how to tell it.
+//! (and the pipeline's text, which a rerun repeats) in one transaction.
+//! Used by the API now, and by cron and webhooks later: its errors say what
+//! went wrong, and each caller decides how to tell it.
 
 use chrono::Utc;
 use kiln_pipeline::{Event, Pipeline};
-use kiln_store::{Database, Job, JobKind, NewRun, NewTask, RunDetail, StoreError};
+use kiln_store::{Database, Job, JobKind, NewRun, NewTask, Run, RunDetail, StoreError};
 
 use crate::state::AppState;
 
@@ -19,6 +20,9 @@ pub enum TriggerError {
     /// reached.
     #[error("cannot resolve the commit: {0}")]
     Unresolvable(String),
+    /// A rerun cannot be the same run again (what it lacks, and what to do).
+    #[error("{0}")]
+    NotRepeatable(String),
     /// The job's git credentials could not be read (the server's fault).
     #[error("cannot read the job's git credentials: {0}")]
     Credentials(String),
@@ -28,11 +32,7 @@ pub enum TriggerError {
 
 pub enum Target {
     Branch(Option<String>),
-    /// A commit, and the branch it is reported under (a rerun keeps it).
-    Sha {
-        sha: String,
-        branch: Option<String>,
-    },
+    Sha(String),
 }
 
 /// Where a job's logs and artifacts live in the blob store.
@@ -40,91 +40,170 @@ pub fn job_blob_prefix(job_id: kiln_store::JobId) -> String {
     format!("jobs/{job_id}/")
 }
 
+/// What a run is made from.
+struct Source {
+    branch: Option<String>,
+    sha: Option<String>,
+    /// The pipeline file's text, or why there is none.
+    pipeline: Result<String, String>,
+}
+
+/// A new run of the job's pipeline as it is now: a freestyle job's stored
+/// one, a git job's file at the commit `target` resolves to.
 pub async fn trigger<D: Database>(
     state: &AppState<D>,
     job: &Job,
     target: Target,
     event: Event,
 ) -> Result<RunDetail, TriggerError> {
-    let (branch, sha, text): (Option<String>, Option<String>, Result<String, String>) =
-        match job.spec.kind {
-            JobKind::Freestyle => {
-                let branch = match target {
-                    Target::Branch(branch) => branch.or_else(|| job.spec.default_branch.clone()),
-                    Target::Sha { .. } => return Err(TriggerError::FreestyleHasNoCommits),
-                };
-                (
-                    branch,
-                    None,
-                    Ok(job.spec.pipeline.clone().unwrap_or_default()),
-                )
+    let source = match job.spec.kind {
+        JobKind::Freestyle => {
+            let branch = match target {
+                Target::Branch(branch) => branch.or_else(|| job.spec.default_branch.clone()),
+                Target::Sha(_) => return Err(TriggerError::FreestyleHasNoCommits),
+            };
+            Source {
+                branch,
+                sha: None,
+                pipeline: Ok(job.spec.pipeline.clone().unwrap_or_default()),
             }
-            JobKind::Git => {
-                let url = job.spec.repository.clone().unwrap_or_default();
-                let (branch, reference) = match target {
-                    Target::Branch(branch) => {
-                        let branch = branch
-                            .or_else(|| job.spec.default_branch.clone())
-                            .unwrap_or_else(|| "main".into());
-                        (Some(branch.clone()), kiln_git::Ref::Branch(branch))
-                    }
-                    Target::Sha { sha, branch } => (branch, kiln_git::Ref::Sha(sha)),
-                };
-                // A private repository: the job's GIT_USERNAME/GIT_PASSWORD.
-                let auth = crate::secrets::git_credentials(state, job)
-                    .await
-                    .map_err(TriggerError::Credentials)?;
-                let sha = state
-                    .git
-                    .resolve_with_auth(&url, reference, auth.as_ref())
-                    .await
-                    .map_err(|e| TriggerError::Unresolvable(e.to_string()))?;
-                let path = job
-                    .spec
-                    .pipeline_path
-                    .clone()
-                    .unwrap_or_else(|| ".kiln.yml".into());
-                let text = match state
-                    .git
-                    .read_file_with_auth(&url, &sha, &path, auth.as_ref())
-                    .await
-                {
-                    Ok(Some(bytes)) => {
-                        String::from_utf8(bytes).map_err(|_| format!("{path} is not UTF-8 text"))
-                    }
-                    Ok(None) => Err(format!(
-                        "the pipeline file {path} does not exist at commit {sha}"
-                    )),
-                    Err(e) => Err(format!("cannot read {path} at commit {sha}: {e}")),
-                };
-                (branch, Some(sha), text)
+        }
+        JobKind::Git => {
+            let url = job.spec.repository.clone().unwrap_or_default();
+            let (branch, reference) = match target {
+                Target::Branch(branch) => {
+                    let branch = branch
+                        .or_else(|| job.spec.default_branch.clone())
+                        .unwrap_or_else(|| "main".into());
+                    (Some(branch.clone()), kiln_git::Ref::Branch(branch))
+                }
+                Target::Sha(sha) => (None, kiln_git::Ref::Sha(sha)),
+            };
+            let auth = git_credentials(state, job).await?;
+            let sha = state
+                .git
+                .resolve_with_auth(&url, reference, auth.as_ref())
+                .await
+                .map_err(|e| TriggerError::Unresolvable(e.to_string()))?;
+            let pipeline = read_pipeline(state, job, &sha, auth.as_ref()).await;
+            Source {
+                branch,
+                sha: Some(sha),
+                pipeline,
             }
-        };
-    let path = job.spec.pipeline_path.as_deref().unwrap_or(".kiln.yml");
-    let planned = match text {
-        Ok(text) => match kiln_pipeline::parse(path, &text) {
-            Ok(pipeline) => plan(state, job, pipeline, branch.as_deref(), event).await?,
+        }
+    };
+    create(state, job, source, event).await
+}
+
+/// A new run that repeats `run`: its commit, branch and event, and the
+/// pipeline text it was made from, not the job's pipeline now (running
+/// that is a new trigger). Secrets and `when` are checked again, as for
+/// any run.
+pub async fn rerun<D: Database>(
+    state: &AppState<D>,
+    job: &Job,
+    run: &Run,
+) -> Result<RunDetail, TriggerError> {
+    if run.sha.is_some() && job.spec.kind == JobKind::Freestyle {
+        return Err(TriggerError::NotRepeatable(format!(
+            "run {} built a commit, and job `{}` is now freestyle: it has no repository \
+             to fetch that commit from; trigger a new run",
+            run.number, job.spec.name
+        )));
+    }
+    let pipeline = match (state.db.run_pipeline(run.id).await?, &run.sha) {
+        (Some(text), _) => Ok(text),
+        // Kept by none of the runs made before pipelines were kept, nor by
+        // a git run whose file could not be read: read at the run's commit,
+        // the file is what it was then.
+        (None, Some(sha)) if job.spec.kind == JobKind::Git => {
+            let auth = git_credentials(state, job).await?;
+            read_pipeline(state, job, sha, auth.as_ref()).await
+        }
+        (None, _) => {
+            return Err(TriggerError::NotRepeatable(format!(
+                "run {} was made before Kiln kept the pipeline of each run, and job `{}`'s \
+                 pipeline may have changed since; trigger a new run",
+                run.number, job.spec.name
+            )));
+        }
+    };
+    let source = Source {
+        branch: run.branch.clone(),
+        sha: run.sha.clone(),
+        pipeline,
+    };
+    create(state, job, source, run.event).await
+}
+
+/// A private repository's credentials: the job's GIT_USERNAME/GIT_PASSWORD.
+async fn git_credentials<D: Database>(
+    state: &AppState<D>,
+    job: &Job,
+) -> Result<Option<kiln_git::Credentials>, TriggerError> {
+    crate::secrets::git_credentials(state, job)
+        .await
+        .map_err(TriggerError::Credentials)
+}
+
+/// A git job's pipeline file at commit `sha` (full), or why it cannot be
+/// read: that makes a run with status `error`, not a refusal.
+async fn read_pipeline<D: Database>(
+    state: &AppState<D>,
+    job: &Job,
+    sha: &str,
+    auth: Option<&kiln_git::Credentials>,
+) -> Result<String, String> {
+    let url = job.spec.repository.as_deref().unwrap_or_default();
+    let path = pipeline_path(job);
+    match state.git.read_file_with_auth(url, sha, path, auth).await {
+        Ok(Some(bytes)) => {
+            String::from_utf8(bytes).map_err(|_| format!("{path} is not UTF-8 text"))
+        }
+        Ok(None) => Err(format!(
+            "the pipeline file {path} does not exist at commit {sha}"
+        )),
+        Err(e) => Err(format!("cannot read {path} at commit {sha}: {e}")),
+    }
+}
+
+fn pipeline_path(job: &Job) -> &str {
+    job.spec.pipeline_path.as_deref().unwrap_or(".kiln.yml")
+}
+
+/// Parses and plans `source`'s pipeline and stores the run, its text kept
+/// with it so that a rerun can repeat it.
+async fn create<D: Database>(
+    state: &AppState<D>,
+    job: &Job,
+    source: Source,
+    event: Event,
+) -> Result<RunDetail, TriggerError> {
+    let Source {
+        branch,
+        sha,
+        pipeline,
+    } = source;
+    let planned = match &pipeline {
+        Ok(text) => match kiln_pipeline::parse(pipeline_path(job), text) {
+            Ok(parsed) => plan(state, job, parsed, branch.as_deref(), event).await?,
             Err(diagnostics) => Err(diagnostics.to_string()),
         },
-        Err(message) => Err(message),
+        Err(message) => Err(message.clone()),
     };
-    let run = match planned {
-        Ok((timeout, tasks)) => NewRun {
-            branch,
-            sha,
-            event,
-            error: None,
-            timeout,
-            tasks,
-        },
-        Err(error) => NewRun {
-            branch,
-            sha,
-            event,
-            error: Some(error),
-            timeout: None,
-            tasks: Vec::new(),
-        },
+    let (error, timeout, tasks) = match planned {
+        Ok((timeout, tasks)) => (None, timeout, tasks),
+        Err(error) => (Some(error), None, Vec::new()),
+    };
+    let run = NewRun {
+        branch,
+        sha,
+        event,
+        error,
+        timeout,
+        tasks,
+        pipeline: pipeline.ok(),
     };
     let detail = state.db.create_run(job.id, run, Utc::now()).await?;
     state.work.notify_waiters();

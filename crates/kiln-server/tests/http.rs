@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use kiln_pipeline::Event;
 use kiln_server::ServerConfig;
-use kiln_store::{Claim, LogStore, QueueStore, TokenKind, TokenStore};
+use kiln_store::{Claim, JobStore, LogStore, NewRun, QueueStore, RunStore, TokenKind, TokenStore};
 use kiln_store_sqlite::SqliteStore;
 use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, HeaderMap};
 use reqwest::{Method, StatusCode};
@@ -401,6 +402,55 @@ async fn a_trigger_takes_no_body_null_or_an_object() {
         .await
         .problem(StatusCode::UNPROCESSABLE_ENTITY);
     assert!(detail.contains("freestyle"), "{detail}");
+}
+
+/// A run that kept no pipeline (made before runs kept theirs), or that
+/// built a commit of a job now freestyle, cannot be repeated: `409`, and no
+/// run is made, rather than a run of something else.
+#[tokio::test]
+async fn a_run_that_cannot_be_repeated_is_a_409_problem() {
+    let server = Harness::start().await;
+    server.freestyle("app").await;
+    let job = server.db.get_job("app").await.unwrap().unwrap();
+    let unkept = NewRun {
+        branch: Some("main".into()),
+        sha: None,
+        event: Event::Api,
+        error: None,
+        timeout: None,
+        tasks: Vec::new(),
+        pipeline: None,
+    };
+    let of_a_commit = NewRun {
+        sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        pipeline: Some(PIPELINE.into()),
+        ..unkept.clone()
+    };
+    for (run, expected) in [(unkept, "kept the pipeline"), (of_a_commit, "freestyle")] {
+        let number = server
+            .db
+            .create_run(job.id, run, Utc::now())
+            .await
+            .unwrap()
+            .run
+            .number;
+        let detail = server
+            .json(
+                Method::POST,
+                &format!("/api/v1/jobs/app/runs/{number}/rerun"),
+                "",
+            )
+            .await
+            .problem(StatusCode::CONFLICT);
+        assert!(detail.contains(expected), "{detail}");
+        assert!(detail.contains("trigger a new run"), "{detail}");
+    }
+    let runs = server.get("/api/v1/jobs/app/runs").await;
+    assert_eq!(
+        runs.body["runs"].as_array().unwrap().len(),
+        2,
+        "no run made"
+    );
 }
 
 #[tokio::test]

@@ -42,7 +42,8 @@ impl RunStore for PostgresStore {
         let finished_at = start.status.is_terminal().then_some(ms(now));
         let run_id: RunId = sqlx::query_scalar(
             "INSERT INTO runs (job_id, number, status, branch, sha, event, error, created_at, \
-             finished_at, deadline) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+             finished_at, deadline, pipeline) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             RETURNING id",
         )
         .bind(job_id)
         .bind(number)
@@ -54,6 +55,7 @@ impl RunStore for PostgresStore {
         .bind(ms(now))
         .bind(finished_at)
         .bind(deadline)
+        .bind(&run.pipeline)
         .fetch_one(&mut *tx)
         .await?;
 
@@ -121,6 +123,15 @@ impl RunStore for PostgresStore {
         };
         tx.commit().await?;
         Ok(detail)
+    }
+
+    async fn run_pipeline(&self, run_id: RunId) -> Result<Option<String>> {
+        let pipeline: Option<Option<String>> =
+            sqlx::query_scalar("SELECT pipeline FROM runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(pipeline.flatten())
     }
 
     async fn list_runs(&self, job_id: JobId, filter: &RunFilter) -> Result<Vec<Run>> {

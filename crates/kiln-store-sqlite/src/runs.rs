@@ -41,7 +41,7 @@ impl RunStore for SqliteStore {
         let finished_at = start.status.is_terminal().then_some(ms(now));
         let run_id: RunId = sqlx::query_scalar(
             "INSERT INTO runs (job_id, number, status, branch, sha, event, error, created_at, \
-             finished_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             finished_at, deadline, pipeline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(job_id)
         .bind(number)
@@ -53,6 +53,7 @@ impl RunStore for SqliteStore {
         .bind(ms(now))
         .bind(finished_at)
         .bind(deadline)
+        .bind(&run.pipeline)
         .fetch_one(&mut *tx)
         .await?;
 
@@ -121,6 +122,15 @@ impl RunStore for SqliteStore {
         };
         tx.commit().await?;
         Ok(detail)
+    }
+
+    async fn run_pipeline(&self, run_id: RunId) -> Result<Option<String>> {
+        let pipeline: Option<Option<String>> =
+            sqlx::query_scalar("SELECT pipeline FROM runs WHERE id = ?")
+                .bind(run_id)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(pipeline.flatten())
     }
 
     async fn list_runs(&self, job_id: JobId, filter: &RunFilter) -> Result<Vec<Run>> {

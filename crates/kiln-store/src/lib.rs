@@ -160,6 +160,10 @@ pub struct NewRun {
     /// Umbrella timeout; the run's deadline is counted from creation.
     pub timeout: Option<std::time::Duration>,
     pub tasks: Vec<NewTask>,
+    /// The pipeline file's text the run was made from, kept so that a
+    /// rerun repeats this run even after the job's pipeline changed;
+    /// `None` when there was none to read (e.g. a missing file).
+    pub pipeline: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -445,6 +449,10 @@ pub trait RunStore {
         job_id: JobId,
         number: i64,
     ) -> impl Future<Output = Result<Option<RunDetail>>> + Send;
+    /// The pipeline text run `run_id` was made from ([`NewRun::pipeline`]);
+    /// `None` when it kept none (or there is no such run). Not part of
+    /// [`Run`]: lists of runs need not carry every run's pipeline.
+    fn run_pipeline(&self, run_id: RunId) -> impl Future<Output = Result<Option<String>>> + Send;
     /// Newest first.
     fn list_runs(
         &self,

@@ -580,6 +580,7 @@ mod tests {
             error: None,
             timeout: None,
             tasks,
+            pipeline: None,
         };
         let ok = start_run(&run);
         assert_eq!((ok.status, ok.tasks.len()), (Status::Queued, 1));

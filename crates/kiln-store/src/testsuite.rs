@@ -41,7 +41,7 @@ macro_rules! testsuite {
     ($with:expr) => {
         $crate::testsuite!(@borrowing $with;
             tokens, jobs, secrets, delete_job_cascades, run_numbering,
-            invalid_pipeline_run, needs_release_and_skip, skipped_at_creation,
+            invalid_pipeline_run, run_keeps_its_pipeline, needs_release_and_skip, skipped_at_creation,
             allow_failure, labels_and_order, unplaceable, fair_between_jobs, steps,
             retry_on_failure, no_retry_when_pointless, lease_expiry, holder_checks, wide_run, undelivered,
             cancel, deadline, logs, artifacts_and_reports, list_runs, counts,
@@ -99,6 +99,7 @@ pub fn new_run(tasks: Vec<NewTask>) -> NewRun {
         error: None,
         timeout: None,
         tasks,
+        pipeline: None,
     }
 }
 
@@ -431,6 +432,38 @@ pub async fn invalid_pipeline_run<D: Database>(db: &D) {
     let next = create(db, &job, new_run(tasks(PAIR)), at(6)).await;
     assert_eq!(next.run.number, 2);
     assert_eq!(next.run.error, None);
+}
+
+/// Each run keeps the text it was made from, whatever later runs keep.
+pub async fn run_keeps_its_pipeline<D: Database>(db: &D) {
+    let job = job(db, "kept").await;
+    // Quotes, a backslash, a tab and non-ASCII letters: kept byte for byte.
+    let first_text = format!("{PAIR}# r\u{e9}sum\u{e9} \"v1\" \\ \t\n");
+    let mut first = new_run(tasks(PAIR));
+    first.pipeline = Some(first_text.clone());
+    let first = create(db, &job, first, at(1)).await;
+    let mut second = new_run(tasks(DIAMOND));
+    second.pipeline = Some(DIAMOND.into());
+    let second = create(db, &job, second, at(2)).await;
+    // An invalid pipeline is kept too: a rerun meets the same error.
+    let mut invalid = new_run(Vec::new());
+    invalid.error = Some("test.kiln.yml:1:1: expected a mapping".into());
+    invalid.pipeline = Some("- not a pipeline\n".into());
+    let invalid = create(db, &job, invalid, at(3)).await;
+    // A git run whose file could not be read has none.
+    let mut unread = new_run(Vec::new());
+    unread.error = Some("the pipeline file .kiln.yml does not exist".into());
+    let unread = create(db, &job, unread, at(4)).await;
+
+    let kept = |id| async move { db.run_pipeline(id).await.expect("run_pipeline") };
+    assert_eq!(kept(first.run.id).await, Some(first_text));
+    assert_eq!(kept(second.run.id).await.as_deref(), Some(DIAMOND));
+    assert_eq!(
+        kept(invalid.run.id).await.as_deref(),
+        Some("- not a pipeline\n")
+    );
+    assert_eq!(kept(unread.run.id).await, None);
+    assert_eq!(kept(RunId(-1)).await, None, "no such run");
 }
 
 const DIAMOND: &str = "version: 1

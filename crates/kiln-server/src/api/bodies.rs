@@ -353,7 +353,8 @@ pub struct ArtifactPath {
     /// The task's name in the pipeline.
     #[param(example = "build")]
     pub task: String,
-    /// The artifact's path in the workspace.
+    /// The artifact's path in the workspace, each segment percent-encoded
+    /// as in the `url` its task's results give.
     #[param(example = "report.xml")]
     pub path: String,
 }

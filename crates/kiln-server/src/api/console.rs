@@ -21,6 +21,7 @@ use kiln_store::{Database, JobId, TaskId, queue};
 
 use super::bodies::{ConsoleQuery, TaskPath};
 use super::extract::{ApiPath, ApiQuery};
+use super::range::satisfiable;
 use super::results::{attempt_of, find_task};
 use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
@@ -329,24 +330,6 @@ fn text_plain() -> HeaderValue {
     HeaderValue::from_static("text/plain; charset=utf-8")
 }
 
-/// The inclusive offsets a `Range` header asks for, or `416` with the
-/// log's length (`Content-Range: bytes */LENGTH`, RFC 9110 §15.5.17).
-fn satisfiable(range: &HeaderValue, length: u64) -> ApiResult<(u64, u64)> {
-    parse_range(range.to_str().unwrap_or(""), length).ok_or_else(|| {
-        let error = ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            format!(
-                "the range `{}` is not within the log's {length} bytes",
-                range.to_str().unwrap_or("?")
-            ),
-        );
-        match HeaderValue::from_str(&format!("bytes */{length}")) {
-            Ok(value) => error.with_header(header::CONTENT_RANGE, value),
-            Err(_) => error,
-        }
-    })
-}
-
 /// A `206` of bytes `start..=end` of a log of `length` bytes.
 fn partial(part: Vec<u8>, start: u64, end: u64, length: u64) -> Response {
     let mut response = (StatusCode::PARTIAL_CONTENT, part).into_response();
@@ -356,48 +339,4 @@ fn partial(part: Vec<u8>, start: u64, end: u64, length: u64) -> Response {
         headers.insert(header::CONTENT_RANGE, value);
     }
     response
-}
-
-/// Parses one `bytes=` range into inclusive offsets within `length` bytes.
-pub fn parse_range(header: &str, length: u64) -> Option<(u64, u64)> {
-    let spec = header.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') || length == 0 {
-        return None;
-    }
-    let (first, last) = spec.split_once('-')?;
-    let (first, last) = (first.trim(), last.trim());
-    let (start, end) = if first.is_empty() {
-        let suffix: u64 = last.parse().ok()?;
-        if suffix == 0 {
-            return None;
-        }
-        (length.saturating_sub(suffix), length - 1)
-    } else {
-        let start: u64 = first.parse().ok()?;
-        let end = if last.is_empty() {
-            length - 1
-        } else {
-            last.parse::<u64>().ok()?.min(length - 1)
-        };
-        (start, end)
-    };
-    (start <= end && start < length).then_some((start, end))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_range;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-4", 10), Some((0, 4)));
-        assert_eq!(parse_range("bytes=5-", 10), Some((5, 9)));
-        assert_eq!(parse_range("bytes=-3", 10), Some((7, 9)));
-        assert_eq!(parse_range("bytes=8-100", 10), Some((8, 9)));
-        assert_eq!(parse_range("bytes=10-", 10), None);
-        assert_eq!(parse_range("bytes=5-2", 10), None);
-        assert_eq!(parse_range("bytes=0-1,3-4", 10), None);
-        assert_eq!(parse_range("items=0-1", 10), None);
-        assert_eq!(parse_range("bytes=0-0", 0), None);
-    }
 }

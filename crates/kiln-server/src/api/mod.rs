@@ -6,6 +6,7 @@ pub mod bodies;
 mod console;
 pub mod extract;
 mod jobs;
+mod range;
 mod results;
 mod runs;
 mod secrets;

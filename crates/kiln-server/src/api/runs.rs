@@ -33,10 +33,7 @@ pub async fn trigger<D: Database>(
         (Some(_), Some(_)) => {
             return Err(ApiError::unprocessable("give `branch` or `sha`, not both"));
         }
-        (None, Some(sha)) => Target::Sha {
-            sha: sha.into(),
-            branch: None,
-        },
+        (None, Some(sha)) => Target::Sha(sha.into()),
         (branch, None) => Target::Branch(branch.map(String::from)),
     };
     let detail = start_run(&state, &job, target, Event::Api).await?;
@@ -123,22 +120,16 @@ pub async fn cancel<D: Database>(
 
 #[utoipa::path(operation_id = "rerun_run", post, path = "/api/v1/jobs/{job}/runs/{number}/rerun", tag = "runs", security(("bearer" = [])),
     params(RunPath),
-    responses((status = 201, description = "A new run of the same commit", body = kiln_api::Run), (status = 404, body = kiln_api::Problem),
-        (status = 422, description = "The commit can no longer be resolved", body = kiln_api::Problem)))]
+    responses((status = 201, description = "A new run that repeats this one: the same commit, branch, event and pipeline text (not the job's pipeline now)", body = kiln_api::Run),
+        (status = 404, body = kiln_api::Problem),
+        (status = 409, description = "The run cannot be repeated: it was made before runs kept their pipeline and its job is freestyle, or it built a commit and its job is now freestyle", body = kiln_api::Problem)))]
 pub async fn rerun<D: Database>(
     _: User,
     State(state): State<AppState<D>>,
     ApiPath(RunPath { job, number }): ApiPath<RunPath>,
 ) -> ApiResult<(StatusCode, Json<kiln_api::Run>)> {
     let (job, run) = find_run(&state, &job, number).await?;
-    let target = match run.run.sha {
-        Some(sha) => Target::Sha {
-            sha,
-            branch: run.run.branch,
-        },
-        None => Target::Branch(run.run.branch),
-    };
-    let detail = start_run(&state, &job, target, run.run.event).await?;
+    let detail = crate::trigger::rerun(&state, &job, &run.run).await?;
     Ok((StatusCode::CREATED, Json(views::run_detail(&detail))))
 }
 

@@ -5,6 +5,8 @@
 mod agents;
 mod architecture;
 mod docs;
+mod downloads;
+mod reruns;
 mod run;
 mod run_logs;
 mod server;

@@ -134,6 +134,15 @@ impl Server {
             .unwrap()
     }
 
+    /// `GET path` with `Range: range`.
+    pub async fn get_range(&self, path: &str, range: &str) -> reqwest::Response {
+        self.request(reqwest::Method::GET, path, Some(ADMIN))
+            .header("Range", range)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn send(
         &self,
         method: reqwest::Method,
@@ -311,7 +320,7 @@ tasks:
       - run: echo never via the API
 "#;
 
-async fn create_git_job(server: &Server, name: &str, repo: &GitRepo) {
+pub async fn create_git_job(server: &Server, name: &str, repo: &GitRepo) {
     let (status, job) = server
         .send(
             reqwest::Method::POST,
