@@ -465,12 +465,7 @@ impl<'de> Deserialize<'de> for PageSize {
 
 impl PartialSchema for PageSize {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(SchemaType::Type(Type::Integer))
-            .format(Some(SchemaFormat::KnownFormat(
-                utoipa::openapi::KnownFormat::Int64,
-            )))
-            .minimum(Some(1))
+        positive_integer()
             .maximum(Some(PageSize::MAX))
             .default(Some(PageSize::DEFAULT.0.into()))
             .description(Some("Page size: 50 by default, at most 500."))
@@ -479,6 +474,16 @@ impl PartialSchema for PageSize {
 }
 
 impl ToSchema for PageSize {}
+
+/// The schema of an `int64` of at least 1, for the types that add to it.
+fn positive_integer() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::Integer))
+        .format(Some(SchemaFormat::KnownFormat(
+            utoipa::openapi::KnownFormat::Int64,
+        )))
+        .minimum(Some(1))
+}
 
 /// `status` of a run listing: one of [`crate::STATUSES`], or empty for any.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -550,12 +555,7 @@ impl<'de> Deserialize<'de> for AttemptNumber {
 
 impl PartialSchema for AttemptNumber {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(SchemaType::Type(Type::Integer))
-            .format(Some(SchemaFormat::KnownFormat(
-                utoipa::openapi::KnownFormat::Int64,
-            )))
-            .minimum(Some(1))
+        positive_integer()
             .description(Some(
                 "Which attempt of the task, from 1; the task's latest when left out.",
             ))
