@@ -186,6 +186,20 @@ ensure_postgres() {
   log "PostgreSQL is up with role and database kiln"
 }
 
+# Tools the tests run as a user would: git for repositories, curl for
+# downloads by their listed URL.
+ensure_tools() {
+  local missing=()
+  for tool in git curl; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt_install "${missing[@]}"
+  fi
+}
+
+ensure_tools
 ensure_docker
 ensure_busybox_image
 ensure_postgres
