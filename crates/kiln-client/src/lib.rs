@@ -259,16 +259,18 @@ impl Client {
         .await
     }
 
-    /// The task's console log as it is now, from byte `range_start` on when
-    /// given (so a caller can fetch only what is new since the last call).
+    /// The task's console log as it is now — `attempt`'s, or every
+    /// attempt's one after another — from byte `range_start` on when given
+    /// (so a caller can fetch only what is new since the last call).
     pub async fn console(
         &self,
         job: &str,
         number: i64,
         task: &str,
+        attempt: Option<i64>,
         range_start: Option<u64>,
     ) -> Result<Bytes> {
-        let url = self.console_url(job, number, task, false)?;
+        let url = self.console_url(job, number, task, attempt, false)?;
         let mut request = self.http.get(url);
         if let Some(start) = range_start {
             request = request.header(header::RANGE, format!("bytes={start}-"));
@@ -298,8 +300,9 @@ impl Client {
         job: &str,
         number: i64,
         task: &str,
+        attempt: Option<i64>,
     ) -> Result<impl Stream<Item = Result<Bytes>> + Send + Unpin + 'static> {
-        let url = self.console_url(job, number, task, true)?;
+        let url = self.console_url(job, number, task, attempt, true)?;
         let response = self.send(self.http.get(url)).await?;
         let url = response.url().to_string();
         Ok(Box::pin(response.bytes_stream().map(move |chunk| {
@@ -403,14 +406,28 @@ impl Client {
         Ok(url)
     }
 
-    fn console_url(&self, job: &str, number: i64, task: &str, follow: bool) -> Result<Url> {
+    fn console_url(
+        &self,
+        job: &str,
+        number: i64,
+        task: &str,
+        attempt: Option<i64>,
+        follow: bool,
+    ) -> Result<Url> {
         let number = number.to_string();
-        let query: &[(&str, &str)] = if follow { &[("follow", "true")] } else { &[] };
+        let attempt = attempt.map(|n| n.to_string());
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        if follow {
+            query.push(("follow", "true"));
+        }
+        if let Some(attempt) = &attempt {
+            query.push(("attempt", attempt));
+        }
         self.url(
             &[
                 "jobs", job, "runs", &number, "tasks", task, "results", "console",
             ],
-            query,
+            &query,
         )
     }
 

@@ -506,17 +506,17 @@ async fn bearer_token_is_sent_and_bodies_round_trip() {
 async fn console_ranges() {
     let (_server, client) = client().await;
     assert_eq!(
-        &client.console("app", 1, "t", None).await.unwrap()[..],
+        &client.console("app", 1, "t", None, None).await.unwrap()[..],
         LOG.as_bytes()
     );
     assert_eq!(
-        &client.console("app", 1, "t", Some(9)).await.unwrap()[..],
+        &client.console("app", 1, "t", None, Some(9)).await.unwrap()[..],
         b"line two\n"
     );
     // Past the end: nothing new yet, not an error.
     assert!(
         client
-            .console("app", 1, "t", Some(99))
+            .console("app", 1, "t", None, Some(99))
             .await
             .unwrap()
             .is_empty()
@@ -524,7 +524,7 @@ async fn console_ranges() {
     // A server that ignores `Range` still yields only the bytes asked for.
     assert_eq!(
         &client
-            .console("app", 1, "ignores-range", Some(9))
+            .console("app", 1, "ignores-range", None, Some(9))
             .await
             .unwrap()[..],
         b"line two\n"
@@ -631,7 +631,10 @@ async fn follow_console_yields_chunks_as_they_are_written() {
         .send(Bytes::from_static(b"compiling\n"))
         .await
         .unwrap();
-    let mut stream = client.follow_console("app", 2, MATRIX_TASK).await.unwrap();
+    let mut stream = client
+        .follow_console("app", 2, MATRIX_TASK, None)
+        .await
+        .unwrap();
     assert!(
         server
             .seen(|s| s.raw_uri.clone())

@@ -1,5 +1,7 @@
-//! `kiln logs JOB RUN [TASK] [--follow]`: a run's console logs, printed or
-//! followed as the tasks write them.
+//! `kiln logs JOB RUN [TASK] [--attempt N] [--follow]`: a run's console
+//! logs, printed or followed as the tasks write them. A retried task's log
+//! holds every attempt, each after the first opened by `--- attempt N`;
+//! `--attempt` shows one.
 
 use std::collections::HashSet;
 
@@ -26,6 +28,10 @@ pub struct LogsArgs {
     /// A task, or a matrix task's base name for all its combinations; every
     /// task of the run when omitted.
     pub task: Option<String>,
+    /// Only this attempt of the task (from 1); every attempt, one after
+    /// another, when omitted.
+    #[arg(long, requires = "task", value_parser = clap::value_parser!(i64).range(1..))]
+    pub attempt: Option<i64>,
     /// Keep printing as the tasks write, until the run ends.
     #[arg(long, short = 'f')]
     pub follow: bool,
@@ -77,9 +83,18 @@ pub(super) async fn logs(args: LogsArgs) -> anyhow::Result<i32> {
     // One task named by the user: its log as it is, no headers or prefixes.
     let raw = args.task.is_some() && selected.len() == 1 && !json;
     if args.follow {
-        follow_logs(&client, &args.job, &run, selected, raw, json).await?;
+        follow_logs(&client, &args.job, &run, selected, args.attempt, raw, json).await?;
     } else {
-        print_logs(&client, &args.job, run.number, &selected, raw, json).await?;
+        print_logs(
+            &client,
+            &args.job,
+            run.number,
+            &selected,
+            args.attempt,
+            raw,
+            json,
+        )
+        .await?;
     }
     Ok(EXIT_SUCCESS)
 }
@@ -94,13 +109,14 @@ async fn print_logs(
     job: &str,
     number: i64,
     tasks: &[Task],
+    attempt: Option<i64>,
     raw: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     let mut documents = Vec::new();
     for (i, task) in tasks.iter().enumerate() {
         let log = if has_started(task) {
-            match client.console(job, number, &task.name, None).await {
+            match client.console(job, number, &task.name, attempt, None).await {
                 Ok(log) => Some(log),
                 Err(kiln_client::Error::Api { status: 404, .. }) => None,
                 Err(e) => return Err(e.into()),
@@ -149,6 +165,7 @@ async fn follow_logs(
     job: &str,
     run: &Run,
     tasks: Vec<Task>,
+    attempt: Option<i64>,
     raw: bool,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -171,7 +188,7 @@ async fn follow_logs(
                 let client = client.clone();
                 let (job, number, name) = (job.to_string(), run.number, task.name.clone());
                 followers.spawn(async move {
-                    let result = follow_task(&client, &job, number, &name, sink).await;
+                    let result = follow_task(&client, &job, number, &name, attempt, sink).await;
                     (name, result)
                 });
             }
@@ -201,12 +218,13 @@ async fn follow_task(
     job: &str,
     number: i64,
     task: &str,
+    attempt: Option<i64>,
     mut sink: LineSink,
 ) -> anyhow::Result<()> {
     let mut received: u64 = 0;
     let mut outage = Outage::default();
     'connect: loop {
-        let stream = match client.follow_console(job, number, task).await {
+        let stream = match client.follow_console(job, number, task, attempt).await {
             Ok(stream) => stream,
             // A task that ended without writing anything has no log.
             Err(kiln_client::Error::Api { status: 404, .. }) => break,

@@ -452,8 +452,8 @@ fn the_client_docs_commands_do_what_they_say() {
             "success",
         ),
         (
-            "kiln logs JOB RUN [TASK] [-f]",
-            "kiln logs app 1 hello -f".into(),
+            "kiln logs JOB RUN [TASK] [--attempt N] [-f]",
+            "kiln logs app 1 hello --attempt 1 -f".into(),
             "hello from the client docs",
         ),
         (

@@ -1338,6 +1338,21 @@ async fn every_attempt_keeps_its_log_report_and_artifacts() {
     }
     let latest = server.json(&format!("{task}/results")).await;
     assert_eq!(latest["attempt"], 3, "{latest:#}");
+
+    // The CLI shows them the same way: all, or the one asked for.
+    let all = kiln_client(&server, &["logs", "flaky", "1", "flaky"], None);
+    assert_eq!(all.stdout, whole, "{}", all_output(&all));
+    let second = kiln_client(
+        &server,
+        &["logs", "flaky", "1", "flaky", "--attempt", "2"],
+        None,
+    );
+    let second = String::from_utf8(second.stdout).unwrap();
+    assert!(second.contains("attempt-2 says hi"), "{second}");
+    assert!(
+        !second.contains("attempt-1") && !second.contains("attempt-3"),
+        "{second}"
+    );
     let missing = server.get(&format!("{console}?attempt=4")).await;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert!(
