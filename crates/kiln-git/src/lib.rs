@@ -915,8 +915,9 @@ fn redact_url(url: &str) -> String {
     url.to_owned()
 }
 
-/// The `host[:port]` of a URL, as git names it to credential helpers.
-fn url_host(url: &str) -> Option<&str> {
+/// The `host[:port]` of a URL, as git names it to credential helpers;
+/// `None` for a local path.
+pub fn url_host(url: &str) -> Option<&str> {
     let (_, rest) = url.split_once("://")?;
     let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
     Some(match authority.rfind('@') {

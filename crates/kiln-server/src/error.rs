@@ -100,9 +100,9 @@ impl From<StoreError> for ApiError {
 impl From<TriggerError> for ApiError {
     fn from(e: TriggerError) -> ApiError {
         match e {
-            TriggerError::FreestyleHasNoCommits | TriggerError::Unresolvable(_) => {
-                ApiError::unprocessable(e.to_string())
-            }
+            TriggerError::FreestyleHasNoCommits
+            | TriggerError::Unresolvable(_)
+            | TriggerError::CredentialsForAnotherHost(_) => ApiError::unprocessable(e.to_string()),
             TriggerError::NotRepeatable(_) => ApiError::conflict(e.to_string()),
             TriggerError::Credentials(_) => ApiError::internal(e),
             TriggerError::Store(e) => e.into(),

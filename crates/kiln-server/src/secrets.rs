@@ -1,9 +1,11 @@
 //! Secret values are sealed with the server's key before they reach the
 //! database, bound to their job and name so a sealed value moved elsewhere
-//! does not open.
+//! does not open — and a git job's credentials also to the host of its
+//! repository, so that a repository moved to another host (by whoever may
+//! edit the job) is never sent the credentials set for the first one.
 
 use kiln_crypto::SecretKey;
-use kiln_store::{Database, Job, JobId, JobKind};
+use kiln_store::{Database, Job, JobKind};
 
 use crate::state::AppState;
 
@@ -17,23 +19,67 @@ pub const GIT_USERNAME: &str = "GIT_USERNAME";
 /// token as the password accept any name.
 const DEFAULT_GIT_USERNAME: &str = "git";
 
-fn place(job_id: JobId, name: &str) -> Vec<u8> {
-    format!("kiln-secret/{job_id}/{name}").into_bytes()
+/// Where a secret is sealed to: its job and name, and the repository's
+/// host for the credentials of a git job (`None` for other secrets).
+fn place(job: &Job, name: &str) -> (Vec<u8>, Option<String>) {
+    let host = credentials_host(job, name);
+    let mut place = format!("kiln-secret/{}/{name}", job.id);
+    if let Some(host) = &host {
+        place.push('@');
+        place.push_str(host);
+    }
+    (place.into_bytes(), host)
 }
 
-pub fn seal_secret(key: &SecretKey, job_id: JobId, name: &str, value: &str) -> Vec<u8> {
-    kiln_crypto::seal(key, value.as_bytes(), &place(job_id, name))
+/// The host a git job's credential secret is for: its repository's, as
+/// git names it (empty for a local path).
+fn credentials_host(job: &Job, name: &str) -> Option<String> {
+    let is_credential = name == GIT_USERNAME || name == GIT_PASSWORD;
+    (job.spec.kind == JobKind::Git && is_credential).then(|| {
+        job.spec
+            .repository
+            .as_deref()
+            .and_then(kiln_git::url_host)
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    })
+}
+
+pub fn seal_secret(key: &SecretKey, job: &Job, name: &str, value: &str) -> Vec<u8> {
+    kiln_crypto::seal(key, value.as_bytes(), &place(job, name).0)
+}
+
+/// Why a secret of a job cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A git credential set while the repository was on another host (or
+    /// before credentials were bound to one): the user sets it again.
+    #[error(
+        "secret `{name}` was not set for this repository's host `{host}`: git credentials \
+         are only ever sent to the host they were set for; set it again for this one"
+    )]
+    OtherHost { name: String, host: String },
+    #[error("secret `{0}` cannot be decrypted (was the server's key changed?)")]
+    Undecryptable(String),
+    #[error("secret `{0}` is not UTF-8")]
+    NotText(String),
 }
 
 pub fn open_secret(
     key: &SecretKey,
-    job_id: JobId,
+    job: &Job,
     name: &str,
     sealed: &[u8],
-) -> Result<String, String> {
-    let bytes = kiln_crypto::open(key, sealed, &place(job_id, name))
-        .map_err(|e| format!("secret `{name}` cannot be decrypted (was the key changed?): {e}"))?;
-    String::from_utf8(bytes).map_err(|_| format!("secret `{name}` is not UTF-8"))
+) -> Result<String, OpenError> {
+    let (place, host) = place(job, name);
+    let bytes = kiln_crypto::open(key, sealed, &place).map_err(|_| match host {
+        Some(host) => OpenError::OtherHost {
+            name: name.to_string(),
+            host,
+        },
+        None => OpenError::Undecryptable(name.to_string()),
+    })?;
+    String::from_utf8(bytes).map_err(|_| OpenError::NotText(name.to_string()))
 }
 
 /// The secret names that may hold a git job's repository credentials.
@@ -60,22 +106,27 @@ pub fn git_credentials_from<'a>(
     })
 }
 
+/// Why a git job's credentials cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error(transparent)]
+    Store(#[from] kiln_store::StoreError),
+    #[error(transparent)]
+    Open(#[from] OpenError),
+}
+
 /// The credentials for a git job's repository, when its secrets hold them.
 pub async fn git_credentials<D: Database>(
     state: &AppState<D>,
     job: &Job,
-) -> Result<Option<kiln_git::Credentials>, String> {
+) -> Result<Option<kiln_git::Credentials>, CredentialsError> {
     if job.spec.kind != JobKind::Git {
         return Ok(None);
     }
-    let sealed = state
-        .db
-        .sealed_secrets(job.id, &git_secret_names())
-        .await
-        .map_err(|e| e.to_string())?;
+    let sealed = state.db.sealed_secrets(job.id, &git_secret_names()).await?;
     let mut opened = Vec::new();
     for (name, value) in &sealed {
-        opened.push((name.as_str(), open_secret(&state.key, job.id, name, value)?));
+        opened.push((name.as_str(), open_secret(&state.key, job, name, value)?));
     }
     Ok(git_credentials_from(
         opened.iter().map(|(name, value)| (*name, value.as_str())),

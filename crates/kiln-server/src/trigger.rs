@@ -26,6 +26,9 @@ pub enum TriggerError {
     /// The job's git credentials could not be read (the server's fault).
     #[error("cannot read the job's git credentials: {0}")]
     Credentials(String),
+    /// The job's git credentials were set for another repository host.
+    #[error("{0}")]
+    CredentialsForAnotherHost(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -142,9 +145,15 @@ async fn git_credentials<D: Database>(
     state: &AppState<D>,
     job: &Job,
 ) -> Result<Option<kiln_git::Credentials>, TriggerError> {
+    use crate::secrets::{CredentialsError, OpenError};
     crate::secrets::git_credentials(state, job)
         .await
-        .map_err(TriggerError::Credentials)
+        .map_err(|e| match e {
+            CredentialsError::Open(e @ OpenError::OtherHost { .. }) => {
+                TriggerError::CredentialsForAnotherHost(e.to_string())
+            }
+            e => TriggerError::Credentials(e.to_string()),
+        })
 }
 
 /// A git job's pipeline file at commit `sha` (full), or why it cannot be

@@ -22,7 +22,7 @@ pub async fn put<D: Database>(
     ApiJson(body): ApiJson<SecretValueBody>,
 ) -> ApiResult<StatusCode> {
     let job = find_job(&state, &job).await?;
-    let sealed = seal_secret(&state.key, job.id, &name, body.value.as_str());
+    let sealed = seal_secret(&state.key, &job, &name, body.value.as_str());
     state
         .db
         .put_secret(job.id, &name, &sealed, Utc::now())

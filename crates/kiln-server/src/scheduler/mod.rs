@@ -247,7 +247,7 @@ async fn assignment<D: Database>(
     };
     let mut opened = Vec::new();
     for (name, value) in sealed {
-        let value = open_secret(&state.key, job.id, &name, &value)?;
+        let value = open_secret(&state.key, job, &name, &value).map_err(|e| e.to_string())?;
         opened.push((name, value));
     }
     let git_credentials = git_credentials_from(

@@ -510,4 +510,65 @@ async fn a_private_repository_is_fetched_with_the_jobs_git_secrets() {
         requests.iter().all(|r| !r.contains(PASSWORD)),
         "{requests:?}"
     );
+
+    // The repository moves to another host (`localhost` is not the host
+    // the credentials were set for): they are not sent there, and the
+    // trigger says why, until they are set again for it.
+    let moved = format!("http://localhost:{}/repo.git", http.port);
+    let (status, body) = server
+        .send(
+            Method::PUT,
+            "/api/v1/jobs/private",
+            json!({"kind": "git", "repository": moved}),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    let (status, problem) = server
+        .send(Method::POST, "/api/v1/jobs/private/runs", json!({}))
+        .await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+        "{problem}"
+    );
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("GIT_") && detail.contains(&format!("localhost:{}", http.port)),
+        "{problem}"
+    );
+    let to_moved = |requests: &[String]| {
+        requests
+            .iter()
+            .filter(|r| r.contains("host=localhost"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        to_moved(&http.log.lock().unwrap())
+            .iter()
+            .all(|r| r.ends_with("auth=false")),
+        "credentials went to the new host: {:?}",
+        http.log.lock().unwrap()
+    );
+    for (name, value) in [("GIT_USERNAME", "ci-bot"), ("GIT_PASSWORD", PASSWORD)] {
+        server
+            .send(
+                Method::PUT,
+                &format!("/api/v1/jobs/private/secrets/{name}"),
+                json!({"value": value}),
+            )
+            .await;
+    }
+    let (status, run) = server
+        .send(Method::POST, "/api/v1/jobs/private/runs", json!({}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "set again: {run}");
+    assert_eq!(server.wait_for_run("private", 2).await["status"], "success");
+    assert!(
+        to_moved(&http.log.lock().unwrap())
+            .iter()
+            .any(|r| r.ends_with("auth=true")),
+        "{:?}",
+        http.log.lock().unwrap()
+    );
 }
