@@ -97,16 +97,25 @@ pub async fn app_state<D: Database>(db: D, config: &ServerConfig) -> anyhow::Res
     })
 }
 
-/// On first start, makes the admin token (from `KILN_ADMIN_TOKEN`, or a new
-/// one); registers `KILN_AGENT_TOKEN` as a shared agent token when set.
-pub async fn bootstrap<D: Database>(db: &D) -> anyhow::Result<Bootstrap> {
+/// The secrets a server takes from its environment at start-up (which
+/// removes them from it, so that no child process inherits them).
+#[derive(Debug, Default, Clone)]
+pub struct StartSecrets {
+    /// `KILN_ADMIN_TOKEN`: the admin token to make on first start.
+    pub admin_token: Option<String>,
+    /// `KILN_AGENT_TOKEN`: a token agents may share.
+    pub agent_token: Option<String>,
+}
+
+/// On first start, makes the admin token (`secrets.admin_token`, or a new
+/// one); registers `secrets.agent_token` as a shared agent token when set.
+pub async fn bootstrap<D: Database>(db: &D, secrets: &StartSecrets) -> anyhow::Result<Bootstrap> {
     let admin_token = if db.has_admin_token().await? {
         AdminToken::Existing
     } else {
-        let (token, admin_token) = match std::env::var("KILN_ADMIN_TOKEN") {
-            Ok(token) if !token.trim().is_empty() => {
-                (token.trim().to_string(), AdminToken::FromEnvironment)
-            }
+        let given = secrets.admin_token.as_deref().map(str::trim);
+        let (token, admin_token) = match given {
+            Some(token) if !token.is_empty() => (token.to_string(), AdminToken::FromEnvironment),
             _ => {
                 let token = kiln_crypto::new_token("kiln_admin_");
                 (token.clone(), AdminToken::Generated(token))
@@ -122,7 +131,7 @@ pub async fn bootstrap<D: Database>(db: &D) -> anyhow::Result<Bootstrap> {
         .await?;
         admin_token
     };
-    if let Ok(token) = std::env::var("KILN_AGENT_TOKEN")
+    if let Some(token) = &secrets.agent_token
         && !token.trim().is_empty()
     {
         let hash = kiln_crypto::hash_token(token.trim());

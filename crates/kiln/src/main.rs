@@ -8,6 +8,12 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Before any thread starts: a server takes its secrets out of the
+    // environment (see `take_start_secrets`).
+    let secrets = match cli.command {
+        Command::Up(_) | Command::Server(_) => kiln::server_command::take_start_secrets(),
+        _ => Default::default(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -23,8 +29,8 @@ fn main() {
             Command::Run(args) => run_command::run(args).await,
             Command::Validate(args) => run_command::validate(&args),
             Command::Schema => run_command::schema(),
-            Command::Up(args) => kiln::server_command::up(args).await,
-            Command::Server(args) => kiln::server_command::server(args).await,
+            Command::Up(args) => kiln::server_command::up(args, secrets).await,
+            Command::Server(args) => kiln::server_command::server(args, secrets).await,
             Command::Agent(args) => kiln::agent_command::agent(args).await,
             Command::Client(command) => kiln::client::run(command).await,
         }

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
-use kiln_server::{AdminToken, ServerConfig};
+use kiln_server::{AdminToken, ServerConfig, StartSecrets};
 use kiln_store::Database;
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +28,29 @@ struct Embedded {
     build_cache: BuildCacheArgs,
 }
 
-pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
+/// The secrets a server reads from its environment, taken out of it so
+/// that no process the server starts (git, …) inherits them.
+///
+/// Must be called before any other thread runs (in `main`, before the
+/// async runtime starts): changing the environment is not thread-safe.
+pub fn take_start_secrets() -> StartSecrets {
+    let take = |name: &str| {
+        let value = std::env::var(name).ok();
+        // SAFETY: no other thread exists yet (see above), so nothing reads
+        // the environment while it changes.
+        unsafe { std::env::remove_var(name) };
+        value
+    };
+    let secrets = StartSecrets {
+        admin_token: take("KILN_ADMIN_TOKEN"),
+        agent_token: take("KILN_AGENT_TOKEN"),
+    };
+    // Read by the command-line parser already; a password in it goes too.
+    take("KILN_DATABASE_URL");
+    secrets
+}
+
+pub async fn server(args: ServerArgs, secrets: StartSecrets) -> anyhow::Result<i32> {
     let embedded = args.worker.then(|| Embedded {
         name: "server",
         labels: args.worker_labels.clone(),
@@ -49,11 +71,12 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
         args.database_url.as_deref(),
         embedded,
         false,
+        secrets,
     )
     .await
 }
 
-pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
+pub async fn up(args: UpArgs, secrets: StartSecrets) -> anyhow::Result<i32> {
     let embedded = Embedded {
         name: "embedded",
         labels: vec!["linux".into()],
@@ -68,7 +91,15 @@ pub async fn up(args: UpArgs) -> anyhow::Result<i32> {
         agent_lease: LEASE,
         max_report_size: kiln_server::DEFAULT_MAX_REPORT_SIZE,
     };
-    start(config, args.grpc_listen, None, Some(embedded), true).await
+    start(
+        config,
+        args.grpc_listen,
+        None,
+        Some(embedded),
+        true,
+        secrets,
+    )
+    .await
 }
 
 async fn start(
@@ -77,6 +108,7 @@ async fn start(
     database_url: Option<&str>,
     embedded: Option<Embedded>,
     all_in_one: bool,
+    secrets: StartSecrets,
 ) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
@@ -98,7 +130,16 @@ async fn start(
                 .await
                 .context("cannot open the PostgreSQL database")?;
             let database = format!("PostgreSQL at {}", postgres_location(url));
-            run_with(db, config, grpc_listen, &database, embedded, all_in_one).await
+            run_with(
+                db,
+                config,
+                grpc_listen,
+                &database,
+                embedded,
+                all_in_one,
+                secrets,
+            )
+            .await
         }
         Some(url) => anyhow::bail!(
             "--database-url must be a postgres:// URL (SQLite is the default, in the data dir); got `{url}`"
@@ -109,7 +150,16 @@ async fn start(
                 .await
                 .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
             let database = format!("SQLite at {}", path.display());
-            run_with(db, config, grpc_listen, &database, embedded, all_in_one).await
+            run_with(
+                db,
+                config,
+                grpc_listen,
+                &database,
+                embedded,
+                all_in_one,
+                secrets,
+            )
+            .await
         }
     }
 }
@@ -128,8 +178,9 @@ async fn run_with<D: Database>(
     database: &str,
     embedded: Option<Embedded>,
     all_in_one: bool,
+    secrets: StartSecrets,
 ) -> anyhow::Result<i32> {
-    let bootstrap = kiln_server::bootstrap(&db).await?;
+    let bootstrap = kiln_server::bootstrap(&db, &secrets).await?;
     let agent_token = match &embedded {
         Some(_) => Some(kiln_server::embedded_agent_token(&db, &config.data_dir).await?),
         None => None,

@@ -217,6 +217,11 @@ impl Server {
         std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap())
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, as a service manager would send, then wait for the exit.
     pub fn stop(mut self) -> tempfile::TempDir {
         let _ = Command::new("kill")
@@ -1475,4 +1480,93 @@ async fn a_task_that_cannot_run_as_written_is_not_retried() {
             .contains("no `image`"),
         "{run:#}"
     );
+}
+
+/// The environment a server was started with holds its tokens; what it
+/// starts (here git, asking a host that never answers) inherits none.
+#[tokio::test]
+async fn the_servers_secrets_leave_its_environment() {
+    let server = Server::start(None);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/never.git",
+        silent.local_addr().unwrap().port()
+    );
+    let (status, body) = server
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/jobs",
+            json!({"name": "stuck", "kind": "git", "repository": url}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let trigger = server.send(reqwest::Method::POST, "/api/v1/jobs/stuck/runs", json!({}));
+    let look = async {
+        let started = Instant::now();
+        loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no git process of the server was seen"
+            );
+            let children = processes_under(server.pid());
+            let git: Vec<String> = children
+                .iter()
+                .filter_map(|pid| std::fs::read(format!("/proc/{pid}/environ")).ok())
+                .map(|env| String::from_utf8_lossy(&env).into_owned())
+                .filter(|env| env.contains("PATH="))
+                .collect();
+            if !git.is_empty() {
+                return git;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let environments = tokio::select! {
+        environments = look => environments,
+        answer = trigger => panic!("the trigger answered before git was seen: {answer:?}"),
+    };
+    for env in environments {
+        for name in [
+            "KILN_ADMIN_TOKEN",
+            "KILN_AGENT_TOKEN",
+            ADMIN,
+            "kiln_agent_shared",
+        ] {
+            assert!(
+                !env.contains(name),
+                "a child of the server has {name}: {env}"
+            );
+        }
+    }
+    drop(silent);
+}
+
+/// Every process below `pid` (children, grandchildren, …).
+fn processes_under(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+            let after = &stat[stat.rfind(')')? + 2..];
+            let parent = after.split(' ').nth(1)?.parse().ok()?;
+            Some((child, parent))
+        })
+        .collect();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
