@@ -65,15 +65,13 @@ pub async fn server(args: ServerArgs, secrets: StartSecrets) -> anyhow::Result<i
         agent_lease: args.agent_lease,
         max_report_size: args.max_report_size,
     };
-    start(
-        config,
-        args.grpc_listen,
-        args.database_url.as_deref(),
+    let launch = Launch {
+        grpc_listen: args.grpc_listen,
         embedded,
-        false,
+        all_in_one: false,
         secrets,
-    )
-    .await
+    };
+    start(config, args.database_url.as_deref(), launch).await
 }
 
 pub async fn up(args: UpArgs, secrets: StartSecrets) -> anyhow::Result<i32> {
@@ -91,24 +89,28 @@ pub async fn up(args: UpArgs, secrets: StartSecrets) -> anyhow::Result<i32> {
         agent_lease: LEASE,
         max_report_size: kiln_server::DEFAULT_MAX_REPORT_SIZE,
     };
-    start(
-        config,
-        args.grpc_listen,
-        None,
-        Some(embedded),
-        true,
+    let launch = Launch {
+        grpc_listen: args.grpc_listen,
+        embedded: Some(embedded),
+        all_in_one: true,
         secrets,
-    )
-    .await
+    };
+    start(config, None, launch).await
+}
+
+/// What a start needs besides the server's configuration and database.
+struct Launch {
+    grpc_listen: SocketAddr,
+    embedded: Option<Embedded>,
+    /// `kiln up` (which says more on its first start) rather than `kiln server`.
+    all_in_one: bool,
+    secrets: StartSecrets,
 }
 
 async fn start(
     mut config: ServerConfig,
-    grpc_listen: SocketAddr,
     database_url: Option<&str>,
-    embedded: Option<Embedded>,
-    all_in_one: bool,
-    secrets: StartSecrets,
+    launch: Launch,
 ) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
@@ -130,16 +132,7 @@ async fn start(
                 .await
                 .context("cannot open the PostgreSQL database")?;
             let database = format!("PostgreSQL at {}", postgres_location(url));
-            run_with(
-                db,
-                config,
-                grpc_listen,
-                &database,
-                embedded,
-                all_in_one,
-                secrets,
-            )
-            .await
+            run_with(db, config, &database, launch).await
         }
         Some(url) => anyhow::bail!(
             "--database-url must be a postgres:// URL (SQLite is the default, in the data dir); got `{url}`"
@@ -150,16 +143,7 @@ async fn start(
                 .await
                 .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
             let database = format!("SQLite at {}", path.display());
-            run_with(
-                db,
-                config,
-                grpc_listen,
-                &database,
-                embedded,
-                all_in_one,
-                secrets,
-            )
-            .await
+            run_with(db, config, &database, launch).await
         }
     }
 }
@@ -174,12 +158,15 @@ fn postgres_location(url: &str) -> &str {
 async fn run_with<D: Database>(
     db: D,
     config: ServerConfig,
-    grpc_listen: SocketAddr,
     database: &str,
-    embedded: Option<Embedded>,
-    all_in_one: bool,
-    secrets: StartSecrets,
+    launch: Launch,
 ) -> anyhow::Result<i32> {
+    let Launch {
+        grpc_listen,
+        embedded,
+        all_in_one,
+        secrets,
+    } = launch;
     let bootstrap = kiln_server::bootstrap(&db, &secrets).await?;
     let agent_token = match &embedded {
         Some(_) => Some(kiln_server::embedded_agent_token(&db, &config.data_dir).await?),
