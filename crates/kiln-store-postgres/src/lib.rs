@@ -20,15 +20,20 @@
 //! decisions are `kiln_store::queue`'s, and rows are read with
 //! `kiln_store::sql`: the modules hold the SQL and the locking.
 
+mod audit;
 #[cfg(feature = "bench")]
 mod bench;
 mod jobs;
 mod logs;
+mod members;
 mod queue;
 mod results;
 mod runs;
 mod secrets;
+mod sessions;
+mod sign_ins;
 mod tokens;
+mod users;
 
 use std::str::FromStr;
 use std::time::Duration;

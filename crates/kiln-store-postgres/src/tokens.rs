@@ -1,9 +1,14 @@
-//! API and agent tokens, by the hash of their secret.
+//! API and agent tokens, by the hash of their secret; users' tokens
+//! expire, are revoked, and note when they were last used.
 
 use chrono::{DateTime, Utc};
-use kiln_store::sql;
+use kiln_store::identity::TOUCH_INTERVAL;
+use kiln_store::sql::{self, TOKEN_LOOKUP_SELECT, USER_TOKEN_SELECT, or_missing};
 use kiln_store::values::{ms, token_kind_str};
-use kiln_store::{Result, StoreError, TokenId, TokenInfo, TokenKind, TokenStore};
+use kiln_store::{
+    NewUserToken, Result, StoreError, TokenId, TokenInfo, TokenKind, TokenLookup, TokenStore,
+    UserId, UserToken,
+};
 
 use crate::PostgresStore;
 
@@ -44,5 +49,68 @@ impl TokenStore for PostgresStore {
                 .fetch_one(&self.pool)
                 .await?,
         )
+    }
+
+    async fn insert_user_token(
+        &self,
+        token: &NewUserToken<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<TokenId> {
+        let result = sqlx::query_scalar(
+            "INSERT INTO tokens (hash, kind, name, is_admin, created_at, user_id, expires_at) \
+             VALUES ($1, 'user', $2, FALSE, $3, $4, $5) ON CONFLICT (hash) DO NOTHING RETURNING id",
+        )
+        .bind(token.hash)
+        .bind(token.name)
+        .bind(ms(now))
+        .bind(token.user)
+        .bind(token.expires_at.map(ms))
+        .fetch_optional(&self.pool)
+        .await;
+        or_missing(result, || format!("user {}", token.user))?
+            .ok_or_else(|| StoreError::Conflict("this token already exists".into()))
+    }
+
+    async fn list_user_tokens(&self, user: UserId) -> Result<Vec<UserToken>> {
+        let rows = sqlx::query(&format!(
+            "{USER_TOKEN_SELECT} WHERE t.user_id = $1 ORDER BY t.id"
+        ))
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sql::user_token).collect()
+    }
+
+    async fn revoke_token(&self, id: TokenId, now: DateTime<Utc>) -> Result<bool> {
+        let revoked =
+            sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(ms(now))
+                .bind(id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        Ok(revoked > 0)
+    }
+
+    async fn lookup_token(&self, hash: &str) -> Result<Option<TokenLookup>> {
+        let row = sqlx::query(&format!("{TOKEN_LOOKUP_SELECT} WHERE t.hash = $1"))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(sql::token_lookup).transpose()
+    }
+
+    async fn touch_token(&self, id: TokenId, now: DateTime<Utc>) -> Result<bool> {
+        let touched = sqlx::query(
+            "UPDATE tokens SET last_used_at = $1 \
+             WHERE id = $2 AND (last_used_at IS NULL OR last_used_at <= $3)",
+        )
+        .bind(ms(now))
+        .bind(id)
+        .bind(ms(now - TOUCH_INTERVAL))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(touched > 0)
     }
 }

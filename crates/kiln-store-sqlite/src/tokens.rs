@@ -1,9 +1,14 @@
-//! API and agent tokens, by the hash of their secret.
+//! API and agent tokens, by the hash of their secret; users' tokens
+//! expire, are revoked, and note when they were last used.
 
 use chrono::{DateTime, Utc};
-use kiln_store::sql;
+use kiln_store::identity::TOUCH_INTERVAL;
+use kiln_store::sql::{self, TOKEN_LOOKUP_SELECT, USER_TOKEN_SELECT, or_missing};
 use kiln_store::values::{ms, token_kind_str};
-use kiln_store::{Result, StoreError, TokenId, TokenInfo, TokenKind, TokenStore};
+use kiln_store::{
+    NewUserToken, Result, StoreError, TokenId, TokenInfo, TokenKind, TokenLookup, TokenStore,
+    UserId, UserToken,
+};
 
 use crate::SqliteStore;
 
@@ -47,5 +52,75 @@ impl TokenStore for SqliteStore {
                 .fetch_one(&self.reader)
                 .await?,
         )
+    }
+
+    async fn insert_user_token(
+        &self,
+        token: &NewUserToken<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<TokenId> {
+        let mut tx = self.write().await?;
+        let result = sqlx::query_scalar(
+            "INSERT INTO tokens (hash, kind, name, is_admin, created_at, user_id, expires_at) \
+             VALUES (?, 'user', ?, 0, ?, ?, ?) ON CONFLICT (hash) DO NOTHING RETURNING id",
+        )
+        .bind(token.hash)
+        .bind(token.name)
+        .bind(ms(now))
+        .bind(token.user)
+        .bind(token.expires_at.map(ms))
+        .fetch_optional(&mut *tx)
+        .await;
+        let id: TokenId = or_missing(result, || format!("user {}", token.user))?
+            .ok_or_else(|| StoreError::Conflict("this token already exists".into()))?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn list_user_tokens(&self, user: UserId) -> Result<Vec<UserToken>> {
+        let rows = sqlx::query(&format!(
+            "{USER_TOKEN_SELECT} WHERE t.user_id = ? ORDER BY t.id"
+        ))
+        .bind(user)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(sql::user_token).collect()
+    }
+
+    async fn revoke_token(&self, id: TokenId, now: DateTime<Utc>) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let revoked =
+            sqlx::query("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(ms(now))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        tx.commit().await?;
+        Ok(revoked > 0)
+    }
+
+    async fn lookup_token(&self, hash: &str) -> Result<Option<TokenLookup>> {
+        let row = sqlx::query(&format!("{TOKEN_LOOKUP_SELECT} WHERE t.hash = ?"))
+            .bind(hash)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(sql::token_lookup).transpose()
+    }
+
+    async fn touch_token(&self, id: TokenId, now: DateTime<Utc>) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let touched = sqlx::query(
+            "UPDATE tokens SET last_used_at = ? \
+             WHERE id = ? AND (last_used_at IS NULL OR last_used_at <= ?)",
+        )
+        .bind(ms(now))
+        .bind(id)
+        .bind(ms(now - TOUCH_INTERVAL))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(touched > 0)
     }
 }

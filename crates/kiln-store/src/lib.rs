@@ -1,5 +1,6 @@
 //! Storage for the server: the [`Database`] trait — one trait per concern
-//! (jobs, secrets, runs, queue, logs, results, tokens) — implemented once
+//! (jobs, secrets, runs, queue, logs, results, tokens, and [`identity`]'s
+//! users, members, sessions, audit log and sign-ins) — implemented once
 //! per backend (`kiln-store-sqlite`, `kiln-store-postgres`), each with its
 //! own migrations and one module per concern. The queue's rules — how a
 //! run's tasks start, what becomes of a task when an attempt ends, which
@@ -10,6 +11,7 @@
 //! Time is passed in (`now`) rather than read from the clock, so tests can
 //! expire leases and deadlines without sleeping.
 
+pub mod identity;
 pub mod queue;
 #[cfg(feature = "sqlx")]
 pub mod sql;
@@ -23,6 +25,12 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 pub use kiln_pipeline::{Event, Status};
 use serde::{Deserialize, Serialize};
+
+pub use identity::{
+    AuditEntry, AuditFilter, AuditStore, JobAccess, Member, MemberRole, MemberStore, NewAuditEntry,
+    NewUser, NewUserToken, Refusal, Session, SessionStore, SignInStore, TokenLookup, User,
+    UserChange, UserRole, UserStore, UserToken, Visibility,
+};
 
 /// Ids of the store's rows, one type per kind of row so that a run's id
 /// cannot be passed where a task's is meant. They are the database's own
@@ -52,6 +60,10 @@ ids! {
     TaskId;
     /// An API or agent token's id.
     TokenId;
+    /// A user's id (users see names).
+    UserId;
+    /// An audit log entry's id: the log's order, and its paging cursor.
+    AuditId;
 }
 
 /// A backend's own error (sqlx's, a corrupt row, …), kept whole.
@@ -236,15 +248,21 @@ pub struct RunFilter {
     pub branch: Option<String>,
     /// Return runs with a number below this (newest first pagination).
     pub before: Option<i64>,
-    /// At most this many runs; 0 (the default) or less means 50.
+    /// At most this many runs; 0 (the default) or less means 50 ([`page_size`]).
     pub limit: i64,
 }
 
 impl RunFilter {
-    /// How many runs a page holds at most: `limit`, or 50 when it is 0 or less.
+    /// How many runs a page holds at most: see [`page_size`].
     pub fn page_size(&self) -> i64 {
-        if self.limit > 0 { self.limit } else { 50 }
+        page_size(self.limit)
     }
+}
+
+/// How many rows a page of a list holds at most: `limit`, or 50 when it
+/// is 0 or less (a filter's default).
+pub fn page_size(limit: i64) -> i64 {
+    if limit > 0 { limit } else { 50 }
 }
 
 /// Which of a holder's tasks [`QueueStore::requeue_undelivered`] considers.
@@ -371,6 +389,11 @@ pub trait Database:
     + LogStore
     + ResultStore
     + TokenStore
+    + UserStore
+    + MemberStore
+    + SessionStore
+    + AuditStore
+    + SignInStore
     + Clone
     + Send
     + Sync
@@ -386,6 +409,11 @@ impl<T> Database for T where
         + LogStore
         + ResultStore
         + TokenStore
+        + UserStore
+        + MemberStore
+        + SessionStore
+        + AuditStore
+        + SignInStore
         + Clone
         + Send
         + Sync
@@ -617,4 +645,31 @@ pub trait TokenStore {
     ) -> impl Future<Output = Result<TokenId>> + Send;
     fn find_token(&self, hash: &str) -> impl Future<Output = Result<Option<TokenInfo>>> + Send;
     fn has_admin_token(&self) -> impl Future<Output = Result<bool>> + Send;
+    /// Stores a token owned by a user (kind `user`, not admin by itself);
+    /// `Conflict` for a hash in use, `NotFound` for an unknown user.
+    fn insert_user_token(
+        &self,
+        token: &NewUserToken<'_>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<TokenId>> + Send;
+    /// The user's tokens, revoked ones too, oldest first; never their hashes.
+    fn list_user_tokens(&self, user: UserId)
+    -> impl Future<Output = Result<Vec<UserToken>>> + Send;
+    /// Marks the token revoked at `now`; false when there is no such token
+    /// or it was already revoked.
+    fn revoke_token(
+        &self,
+        id: TokenId,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// The token with its owner's state, in one query, whatever that state
+    /// (see [`TokenLookup::refusal`]).
+    fn lookup_token(&self, hash: &str) -> impl Future<Output = Result<Option<TokenLookup>>> + Send;
+    /// Sets `last_used_at` to `now` if it is unset or older than
+    /// [`identity::TOUCH_INTERVAL`]; whether it wrote.
+    fn touch_token(
+        &self,
+        id: TokenId,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool>> + Send;
 }

@@ -7,10 +7,11 @@
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use crate::values::{event, job_kind, opt_time, spec, status, time, token_kind};
+use crate::values::{event, job_kind, name, opt_time, spec, status, time, token_kind};
 use crate::{
-    Artifact, Job, JobId, JobSpec, Result, Run, RunId, SecretInfo, Status, StepRow, StoreError,
-    TaskHold, TaskId, TaskRow, TokenId, TokenInfo,
+    Artifact, AuditEntry, AuditId, Job, JobAccess, JobId, JobSpec, Member, Result, Run, RunId,
+    SecretInfo, Session, Status, StepRow, StoreError, TaskHold, TaskId, TaskRow, TokenId,
+    TokenInfo, TokenLookup, User, UserId, UserToken,
 };
 
 impl From<sqlx::Error> for StoreError {
@@ -301,6 +302,125 @@ pub fn token(row: &impl StoreRow) -> Result<TokenInfo> {
         kind: token_kind(&row.text("kind")?)?,
         name: row.text("name")?,
         is_admin: row.flag("is_admin")?,
+    })
+}
+
+/// The columns [`user`] reads.
+pub const USER_COLUMNS: &str = "id, name, role, disabled, created_at, updated_at";
+
+pub fn user(row: &impl StoreRow) -> Result<User> {
+    user_at(row, "")
+}
+
+/// A user whose columns are named `{prefix}id`, `{prefix}name`, … (a join's).
+fn user_at(row: &impl StoreRow, prefix: &str) -> Result<User> {
+    let column = |name: &str| format!("{prefix}{name}");
+    Ok(User {
+        id: UserId(row.int(&column("id"))?),
+        name: row.text(&column("name"))?,
+        role: name(&row.text(&column("role"))?)?,
+        disabled: row.flag(&column("disabled"))?,
+        created_at: time(row.int(&column("created_at"))?)?,
+        updated_at: time(row.int(&column("updated_at"))?)?,
+    })
+}
+
+/// The owner's columns of a join `… JOIN users u`, as [`user_at`] reads them with `u_`.
+macro_rules! owner_columns {
+    () => {
+        "u.id AS u_id, u.name AS u_name, u.role AS u_role, u.disabled AS u_disabled, \
+         u.created_at AS u_created_at, u.updated_at AS u_updated_at"
+    };
+}
+
+/// Selects a user's tokens as [`user_token`] reads them; callers append `WHERE …`.
+pub const USER_TOKEN_SELECT: &str = "SELECT t.id, t.name, u.name AS user_name, t.created_at, \
+     t.expires_at, t.last_used_at, t.revoked_at FROM tokens t JOIN users u ON u.id = t.user_id";
+
+pub fn user_token(row: &impl StoreRow) -> Result<UserToken> {
+    Ok(UserToken {
+        id: TokenId(row.int("id")?),
+        name: row.text("name")?,
+        user: row.text("user_name")?,
+        created_at: time(row.int("created_at")?)?,
+        expires_at: opt_time(row.opt_int("expires_at")?)?,
+        last_used_at: opt_time(row.opt_int("last_used_at")?)?,
+        revoked_at: opt_time(row.opt_int("revoked_at")?)?,
+    })
+}
+
+/// Selects tokens with their owners as [`token_lookup`] reads them;
+/// callers append `WHERE t.hash = …`.
+pub const TOKEN_LOOKUP_SELECT: &str = concat!(
+    "SELECT t.id, t.kind, t.name, t.is_admin, t.expires_at, t.last_used_at, t.revoked_at, ",
+    owner_columns!(),
+    " FROM tokens t LEFT JOIN users u ON u.id = t.user_id"
+);
+
+pub fn token_lookup(row: &impl StoreRow) -> Result<TokenLookup> {
+    let user = match row.opt_int("u_id")? {
+        Some(_) => Some(user_at(row, "u_")?),
+        None => None,
+    };
+    Ok(TokenLookup {
+        token: token(row)?,
+        user,
+        expires_at: opt_time(row.opt_int("expires_at")?)?,
+        last_used_at: opt_time(row.opt_int("last_used_at")?)?,
+        revoked_at: opt_time(row.opt_int("revoked_at")?)?,
+    })
+}
+
+/// Selects sessions with their users as [`session`] reads them; callers
+/// append `WHERE s.hash = …`.
+pub const SESSION_SELECT: &str = concat!(
+    "SELECT s.created_at, s.expires_at, s.last_seen_at, ",
+    owner_columns!(),
+    " FROM sessions s JOIN users u ON u.id = s.user_id"
+);
+
+pub fn session(row: &impl StoreRow) -> Result<Session> {
+    Ok(Session {
+        user: user_at(row, "u_")?,
+        created_at: time(row.int("created_at")?)?,
+        expires_at: time(row.int("expires_at")?)?,
+        last_seen_at: time(row.int("last_seen_at")?)?,
+    })
+}
+
+/// Selects a job's members as [`member`] reads them; callers append `WHERE m.job_id = …`.
+pub const MEMBER_SELECT: &str = "SELECT m.user_id, u.name AS user_name, m.role, m.updated_at \
+     FROM members m JOIN users u ON u.id = m.user_id";
+
+pub fn member(row: &impl StoreRow) -> Result<Member> {
+    Ok(Member {
+        user_id: UserId(row.int("user_id")?),
+        user: row.text("user_name")?,
+        role: name(&row.text("role")?)?,
+        updated_at: time(row.int("updated_at")?)?,
+    })
+}
+
+/// A job's access, from `SELECT visibility, created_by`.
+pub fn job_access(row: &impl StoreRow) -> Result<JobAccess> {
+    Ok(JobAccess {
+        visibility: name(&row.text("visibility")?)?,
+        created_by: row.opt_int("created_by")?.map(UserId),
+    })
+}
+
+/// The columns [`audit_entry`] reads.
+pub const AUDIT_COLUMNS: &str = "id, at, actor, action, object, detail, source";
+
+pub fn audit_entry(row: &impl StoreRow) -> Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: AuditId(row.int("id")?),
+        at: time(row.int("at")?)?,
+        actor: row.text("actor")?,
+        action: row.text("action")?,
+        object: row.text("object")?,
+        detail: row.opt_text("detail")?,
+        source: row.opt_text("source")?,
     })
 }
 

@@ -27,9 +27,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use crate::queue::Retry;
 use crate::queue::cases::{self, Observed};
 use crate::{
-    Artifact, Claim, Database, Event, Job, JobId, JobKind, JobSpec, NewRun, NewTask, RunDetail,
+    Artifact, AuditFilter, Claim, Database, Event, Job, JobAccess, JobId, JobKind, JobSpec,
+    MemberRole, NewAuditEntry, NewRun, NewTask, NewUser, NewUserToken, Refusal, RunDetail,
     RunFilter, RunId, Status, StepRow, StoreError, TaskHold, TaskId, TaskResult, TaskRow,
-    TokenKind, Undelivered, Upserted,
+    TokenKind, Undelivered, Upserted, User, UserChange, UserRole, Visibility,
 };
 
 /// One `#[tokio::test]` per case of the contract, in the module it is
@@ -45,7 +46,10 @@ macro_rules! testsuite {
             allow_failure, labels_and_order, unplaceable, fair_between_jobs, steps,
             retry_on_failure, no_retry_when_pointless, lease_expiry, holder_checks, wide_run, undelivered,
             cancel, deadline, logs, artifacts_and_reports, list_runs, counts,
-            queue_cases);
+            queue_cases, duplicate_user, update_user, last_admin_stays, token_lookup_states,
+            revoke_token, user_tokens_without_hashes, touch_token, members,
+            members_cascade, job_access, sessions_expire, audit_filters_and_paging,
+            failed_sign_ins);
         // Races between claimers: they take the store, and more threads.
         $crate::testsuite!(@owning $with; claims_are_exclusive, concurrent_workers);
     };
@@ -2144,4 +2148,581 @@ pub fn percentile_ms(sorted: &[Duration], p: usize) -> f64 {
     }
     let index = (sorted.len() * p / 100).min(sorted.len() - 1);
     sorted[index].as_secs_f64() * 1000.0
+}
+
+// --- identity and access
+
+async fn user<D: Database>(db: &D, name: &str, role: UserRole) -> User {
+    let new = NewUser {
+        name: name.into(),
+        role,
+        password_hash: Some(format!("hash-of-{name}")),
+    };
+    db.create_user(&new, at(0))
+        .await
+        .unwrap_or_else(|e| panic!("create user {name}: {e}"))
+}
+
+fn conflict<T: std::fmt::Debug>(result: crate::Result<T>, what: &str) {
+    match result {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("{what}: expected Conflict, got {other:?}"),
+    }
+}
+
+pub async fn duplicate_user<D: Database>(db: &D) {
+    let alice = user(db, "alice", UserRole::User).await;
+    assert_eq!(
+        (alice.name.as_str(), alice.role, alice.disabled),
+        ("alice", UserRole::User, false)
+    );
+    let again = NewUser {
+        name: "alice".into(),
+        role: UserRole::Admin,
+        password_hash: None,
+    };
+    conflict(db.create_user(&again, at(1)).await, "duplicate user");
+    assert_eq!(db.list_users().await.unwrap(), vec![alice.clone()]);
+    assert_eq!(db.get_user("alice").await.unwrap(), Some(alice));
+    assert!(db.get_user("bob").await.unwrap().is_none());
+}
+
+pub async fn update_user<D: Database>(db: &D) {
+    user(db, "root", UserRole::Admin).await;
+    let bob = user(db, "bob", UserRole::User).await;
+    let (_, hash) = db.user_credentials("bob").await.unwrap().expect("bob");
+    assert_eq!(hash.as_deref(), Some("hash-of-bob"));
+    let change = UserChange {
+        role: Some(UserRole::Admin),
+        password_hash: Some(Some("new-hash".into())),
+        ..UserChange::default()
+    };
+    let changed = db.update_user("bob", &change, at(5)).await.unwrap();
+    assert_eq!((changed.id, changed.role), (bob.id, UserRole::Admin));
+    assert_eq!((changed.created_at, changed.updated_at), (at(0), at(5)));
+    let (_, hash) = db.user_credentials("bob").await.unwrap().expect("bob");
+    assert_eq!(hash.as_deref(), Some("new-hash"));
+    // Unset fields stay; `Some(None)` removes the password.
+    let change = UserChange {
+        password_hash: Some(None),
+        ..UserChange::default()
+    };
+    let changed = db.update_user("bob", &change, at(6)).await.unwrap();
+    assert_eq!(changed.role, UserRole::Admin);
+    assert_eq!(
+        db.user_credentials("bob").await.unwrap().expect("bob").1,
+        None
+    );
+    match db
+        .update_user("nobody", &UserChange::default(), at(7))
+        .await
+    {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("unknown user: expected NotFound, got {other:?}"),
+    }
+    assert!(db.delete_user("bob").await.unwrap());
+    assert!(!db.delete_user("bob").await.unwrap());
+    assert!(db.get_user("bob").await.unwrap().is_none());
+}
+
+pub async fn last_admin_stays<D: Database>(db: &D) {
+    user(db, "root", UserRole::Admin).await;
+    user(db, "carol", UserRole::User).await;
+    let demote = UserChange {
+        role: Some(UserRole::User),
+        ..UserChange::default()
+    };
+    let disable = UserChange {
+        disabled: Some(true),
+        ..UserChange::default()
+    };
+    conflict(
+        db.update_user("root", &demote, at(1)).await,
+        "demote last admin",
+    );
+    conflict(
+        db.update_user("root", &disable, at(1)).await,
+        "disable last admin",
+    );
+    conflict(db.delete_user("root").await, "delete last admin");
+    let root = db.get_user("root").await.unwrap().expect("root stays");
+    assert!(root.is_active_admin(), "refused changes change nothing");
+    // A disabled admin does not count as another.
+    user(db, "dormant", UserRole::Admin).await;
+    db.update_user("dormant", &disable, at(2)).await.unwrap();
+    conflict(
+        db.delete_user("root").await,
+        "delete with only a disabled admin left",
+    );
+    // With another enabled admin, each change is allowed, down to the last.
+    user(db, "second", UserRole::Admin).await;
+    db.update_user("root", &demote, at(3)).await.unwrap();
+    conflict(
+        db.update_user("second", &disable, at(3)).await,
+        "now second is last",
+    );
+    let promote = UserChange {
+        role: Some(UserRole::Admin),
+        ..UserChange::default()
+    };
+    db.update_user("root", &promote, at(4)).await.unwrap();
+    db.update_user("second", &disable, at(5)).await.unwrap();
+    user(db, "third", UserRole::Admin).await;
+    assert!(db.delete_user("root").await.unwrap());
+    // Non-admins change freely, and keeping an admin an admin is fine.
+    db.update_user("carol", &disable, at(6)).await.unwrap();
+    db.update_user("third", &promote, at(6)).await.unwrap();
+}
+
+pub async fn token_lookup_states<D: Database>(db: &D) {
+    let dave = user(db, "dave", UserRole::User).await;
+    let forever = NewUserToken {
+        hash: "h-forever",
+        name: "laptop",
+        user: dave.id,
+        expires_at: None,
+    };
+    let forever = db.insert_user_token(&forever, at(0)).await.unwrap();
+    let brief = NewUserToken {
+        hash: "h-brief",
+        name: "ci",
+        user: dave.id,
+        expires_at: Some(at(60)),
+    };
+    db.insert_user_token(&brief, at(0)).await.unwrap();
+    let found = db.lookup_token("h-forever").await.unwrap().expect("token");
+    assert_eq!(found.token.id, forever);
+    assert_eq!(found.token.kind, TokenKind::User);
+    assert!(!found.token.is_admin);
+    assert_eq!(found.user.as_ref().map(|u| u.id), Some(dave.id));
+    assert_eq!(found.refusal(at(1)), None);
+    // The old lookup still finds it, as it found every token.
+    assert_eq!(
+        db.find_token("h-forever").await.unwrap().map(|t| t.id),
+        Some(forever)
+    );
+    let brief = db.lookup_token("h-brief").await.unwrap().expect("token");
+    assert_eq!(brief.expires_at, Some(at(60)));
+    assert_eq!(brief.refusal(at(59)), None);
+    assert_eq!(brief.refusal(at(60)), Some(Refusal::Expired));
+    let disable = UserChange {
+        disabled: Some(true),
+        ..UserChange::default()
+    };
+    db.update_user("dave", &disable, at(2)).await.unwrap();
+    let found = db
+        .lookup_token("h-forever")
+        .await
+        .unwrap()
+        .expect("still found");
+    assert_eq!(found.refusal(at(3)), Some(Refusal::UserDisabled));
+    assert!(db.revoke_token(forever, at(4)).await.unwrap());
+    let found = db
+        .lookup_token("h-forever")
+        .await
+        .unwrap()
+        .expect("still found");
+    assert_eq!(found.revoked_at, Some(at(4)));
+    assert_eq!(found.refusal(at(5)), Some(Refusal::Revoked));
+    // Tokens of no user: agents' and the first-start admin's.
+    db.insert_token("h-agent", TokenKind::Agent, "builder", false, at(0))
+        .await
+        .unwrap();
+    let agent = db.lookup_token("h-agent").await.unwrap().expect("agent");
+    assert!(agent.user.is_none());
+    assert_eq!(agent.refusal(at(1)), None);
+    assert!(db.lookup_token("nope").await.unwrap().is_none());
+    // A hash in use, or an unknown user, is refused.
+    let taken = NewUserToken {
+        hash: "h-agent",
+        name: "x",
+        user: dave.id,
+        expires_at: None,
+    };
+    conflict(db.insert_user_token(&taken, at(6)).await, "hash in use");
+    let orphan = NewUserToken {
+        hash: "h-orphan",
+        name: "x",
+        user: crate::UserId(dave.id.0 + 1000),
+        expires_at: None,
+    };
+    match db.insert_user_token(&orphan, at(6)).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("token of unknown user: expected NotFound, got {other:?}"),
+    }
+}
+
+pub async fn revoke_token<D: Database>(db: &D) {
+    let erin = user(db, "erin", UserRole::User).await;
+    let token = NewUserToken {
+        hash: "h-erin",
+        name: "laptop",
+        user: erin.id,
+        expires_at: None,
+    };
+    let id = db.insert_user_token(&token, at(0)).await.unwrap();
+    assert!(db.revoke_token(id, at(1)).await.unwrap());
+    assert!(
+        !db.revoke_token(id, at(2)).await.unwrap(),
+        "already revoked"
+    );
+    let found = db.lookup_token("h-erin").await.unwrap().expect("token");
+    assert_eq!(found.revoked_at, Some(at(1)), "the first revocation stays");
+    assert!(
+        !db.revoke_token(crate::TokenId(id.0 + 1000), at(3))
+            .await
+            .unwrap()
+    );
+    // Deleting the user deletes its tokens.
+    user(db, "root", UserRole::Admin).await;
+    assert!(db.delete_user("erin").await.unwrap());
+    assert!(db.lookup_token("h-erin").await.unwrap().is_none());
+}
+
+pub async fn user_tokens_without_hashes<D: Database>(db: &D) {
+    let fay = user(db, "fay", UserRole::User).await;
+    let gus = user(db, "gus", UserRole::User).await;
+    for (hash, name, owner) in [
+        ("h1", "one", &fay),
+        ("h2", "two", &fay),
+        ("h3", "three", &gus),
+    ] {
+        let token = NewUserToken {
+            hash,
+            name,
+            user: owner.id,
+            expires_at: Some(at(100)),
+        };
+        db.insert_user_token(&token, at(1)).await.unwrap();
+    }
+    db.insert_token("h-agent", TokenKind::Agent, "agent", false, at(0))
+        .await
+        .unwrap();
+    let listed = db.list_user_tokens(fay.id).await.unwrap();
+    let names: Vec<_> = listed
+        .iter()
+        .map(|t| (t.name.as_str(), t.user.as_str()))
+        .collect();
+    assert_eq!(names, [("one", "fay"), ("two", "fay")]);
+    assert_eq!(listed[0].created_at, at(1));
+    assert_eq!(listed[0].expires_at, Some(at(100)));
+    assert_eq!((listed[0].last_used_at, listed[0].revoked_at), (None, None));
+    let json = serde_json::to_string(&listed).unwrap();
+    assert!(!json.contains("h1") && !json.contains("hash"), "{json}");
+    db.revoke_token(listed[1].id, at(2)).await.unwrap();
+    let listed = db.list_user_tokens(fay.id).await.unwrap();
+    assert_eq!(
+        listed[1].revoked_at,
+        Some(at(2)),
+        "revoked ones are listed as such"
+    );
+}
+
+pub async fn touch_token<D: Database>(db: &D) {
+    let hal = user(db, "hal", UserRole::User).await;
+    let token = NewUserToken {
+        hash: "h-hal",
+        name: "laptop",
+        user: hal.id,
+        expires_at: None,
+    };
+    let id = db.insert_user_token(&token, at(0)).await.unwrap();
+    assert!(
+        db.lookup_token("h-hal")
+            .await
+            .unwrap()
+            .unwrap()
+            .needs_touch(at(1))
+    );
+    assert!(db.touch_token(id, at(10)).await.unwrap(), "first use");
+    assert!(
+        !db.touch_token(id, at(30)).await.unwrap(),
+        "within a minute"
+    );
+    let found = db.lookup_token("h-hal").await.unwrap().unwrap();
+    assert_eq!(found.last_used_at, Some(at(10)));
+    assert!(!found.needs_touch(at(69)));
+    assert!(found.needs_touch(at(70)));
+    assert!(db.touch_token(id, at(70)).await.unwrap(), "a minute later");
+    let listed = db.list_user_tokens(hal.id).await.unwrap();
+    assert_eq!(listed[0].last_used_at, Some(at(70)));
+}
+
+pub async fn members<D: Database>(db: &D) {
+    let web = job(db, "web").await;
+    let other = job(db, "other").await;
+    let ivy = user(db, "ivy", UserRole::User).await;
+    let jon = user(db, "jon", UserRole::User).await;
+    assert_eq!(db.role_of(web.id, ivy.id).await.unwrap(), None);
+    db.set_member(web.id, jon.id, MemberRole::Viewer, at(1))
+        .await
+        .unwrap();
+    db.set_member(web.id, ivy.id, MemberRole::Developer, at(1))
+        .await
+        .unwrap();
+    db.set_member(web.id, ivy.id, MemberRole::Maintainer, at(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.role_of(web.id, ivy.id).await.unwrap(),
+        Some(MemberRole::Maintainer)
+    );
+    assert_eq!(db.role_of(other.id, ivy.id).await.unwrap(), None, "per job");
+    let listed = db.list_members(web.id).await.unwrap();
+    let seen: Vec<_> = listed
+        .iter()
+        .map(|m| (m.user.as_str(), m.role, m.updated_at))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("ivy", MemberRole::Maintainer, at(2)),
+            ("jon", MemberRole::Viewer, at(1))
+        ]
+    );
+    assert_eq!(listed[0].user_id, ivy.id);
+    assert!(MemberRole::Maintainer > MemberRole::Developer);
+    assert!(db.remove_member(web.id, jon.id).await.unwrap());
+    assert!(!db.remove_member(web.id, jon.id).await.unwrap());
+    assert_eq!(db.role_of(web.id, jon.id).await.unwrap(), None);
+    let unknown = crate::UserId(jon.id.0 + 1000);
+    match db
+        .set_member(web.id, unknown, MemberRole::Viewer, at(3))
+        .await
+    {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("member of unknown user: expected NotFound, got {other:?}"),
+    }
+    assert_eq!(
+        "developer".parse::<MemberRole>().unwrap(),
+        MemberRole::Developer
+    );
+    assert!("owner".parse::<MemberRole>().is_err());
+    assert_eq!(UserRole::ALL.len(), 2);
+}
+
+pub async fn members_cascade<D: Database>(db: &D) {
+    let web = job(db, "web").await;
+    let api = job(db, "api").await;
+    let kim = user(db, "kim", UserRole::User).await;
+    let lou = user(db, "lou", UserRole::User).await;
+    for (job, user) in [(&web, &kim), (&web, &lou), (&api, &kim)] {
+        db.set_member(job.id, user.id, MemberRole::Viewer, at(1))
+            .await
+            .unwrap();
+    }
+    assert!(db.delete_job("web").await.unwrap());
+    assert!(db.list_members(web.id).await.unwrap().is_empty());
+    assert_eq!(
+        db.role_of(api.id, kim.id).await.unwrap(),
+        Some(MemberRole::Viewer)
+    );
+    assert!(db.delete_user("kim").await.unwrap());
+    assert!(db.list_members(api.id).await.unwrap().is_empty());
+    assert!(db.get_user("lou").await.unwrap().is_some());
+}
+
+pub async fn job_access<D: Database>(db: &D) {
+    let web = job(db, "web").await;
+    let max = user(db, "max", UserRole::User).await;
+    let fresh = db.job_access(web.id).await.unwrap().expect("job");
+    assert_eq!(
+        fresh,
+        JobAccess {
+            visibility: Visibility::Private,
+            created_by: None
+        }
+    );
+    let public = JobAccess {
+        visibility: Visibility::Public,
+        created_by: Some(max.id),
+    };
+    assert!(db.set_job_access(web.id, &public).await.unwrap());
+    assert_eq!(db.job_access(web.id).await.unwrap(), Some(public));
+    assert!(
+        !db.set_job_access(JobId(web.id.0 + 1000), &fresh)
+            .await
+            .unwrap()
+    );
+    assert!(
+        db.job_access(JobId(web.id.0 + 1000))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The job outlives its creator.
+    assert!(db.delete_user("max").await.unwrap());
+    let access = db.job_access(web.id).await.unwrap().expect("job stays");
+    assert_eq!(
+        (access.visibility, access.created_by),
+        (Visibility::Public, None)
+    );
+    assert_eq!(
+        db.get_job("web").await.unwrap(),
+        Some(web),
+        "the job's row is as it was"
+    );
+}
+
+pub async fn sessions_expire<D: Database>(db: &D) {
+    let ned = user(db, "ned", UserRole::User).await;
+    let oli = user(db, "oli", UserRole::User).await;
+    db.create_session("s1", ned.id, at(100), at(0))
+        .await
+        .unwrap();
+    db.create_session("s2", ned.id, at(100), at(0))
+        .await
+        .unwrap();
+    db.create_session("s3", oli.id, at(100), at(0))
+        .await
+        .unwrap();
+    conflict(
+        db.create_session("s1", oli.id, at(100), at(1)).await,
+        "hash in use",
+    );
+    let found = db.find_session("s1", at(99)).await.unwrap().expect("valid");
+    assert_eq!(found.user, ned);
+    assert_eq!(
+        (found.created_at, found.expires_at, found.last_seen_at),
+        (at(0), at(100), at(0))
+    );
+    assert!(
+        db.find_session("s1", at(100)).await.unwrap().is_none(),
+        "expired"
+    );
+    assert!(
+        !db.touch_session("s1", at(30)).await.unwrap(),
+        "within a minute"
+    );
+    assert!(db.touch_session("s1", at(60)).await.unwrap());
+    let found = db.find_session("s1", at(61)).await.unwrap().unwrap();
+    assert_eq!(found.last_seen_at, at(60));
+    // The user's state comes with it.
+    let disable = UserChange {
+        disabled: Some(true),
+        ..UserChange::default()
+    };
+    db.update_user("ned", &disable, at(62)).await.unwrap();
+    assert!(
+        db.find_session("s2", at(63))
+            .await
+            .unwrap()
+            .unwrap()
+            .user
+            .disabled
+    );
+    assert!(db.delete_session("s1").await.unwrap());
+    assert!(!db.delete_session("s1").await.unwrap());
+    assert_eq!(db.delete_user_sessions(ned.id).await.unwrap(), 1);
+    assert!(db.find_session("s2", at(63)).await.unwrap().is_none());
+    assert!(
+        db.find_session("s3", at(63)).await.unwrap().is_some(),
+        "others stay"
+    );
+}
+
+pub async fn audit_filters_and_paging<D: Database>(db: &D) {
+    let entries = [
+        ("alice", "job.create", "job/web"),
+        ("bob", "job.create", "job/web_2"),
+        ("alice", "secret.put", "job/web/secrets/KEY"),
+        ("alice", "user.sign_in", "user/alice"),
+        ("bob", "job.delete", "job/web"),
+    ];
+    let mut ids = Vec::new();
+    for (n, (actor, action, object)) in entries.into_iter().enumerate() {
+        let entry = NewAuditEntry {
+            actor: actor.into(),
+            action: action.into(),
+            object: object.into(),
+            detail: (n == 0).then(|| "kind freestyle".to_string()),
+            source: Some("192.0.2.1".into()),
+        };
+        ids.push(db.append_audit(&entry, at(n as i64)).await.unwrap());
+    }
+    let all = db.list_audit(&AuditFilter::default()).await.unwrap();
+    let seen: Vec<_> = all.iter().map(|e| e.id).collect();
+    assert_eq!(
+        seen,
+        ids.iter().rev().copied().collect::<Vec<_>>(),
+        "newest first"
+    );
+    let first = &all[4];
+    assert_eq!(
+        (first.at, first.actor.as_str(), first.action.as_str()),
+        (at(0), "alice", "job.create")
+    );
+    assert_eq!(first.detail.as_deref(), Some("kind freestyle"));
+    assert_eq!(first.source.as_deref(), Some("192.0.2.1"));
+    let objects = |filter: AuditFilter| async move {
+        let found = db.list_audit(&filter).await.unwrap();
+        found.into_iter().map(|e| e.object).collect::<Vec<_>>()
+    };
+    let by_alice = AuditFilter {
+        actor: Some("alice".into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(
+        objects(by_alice).await,
+        ["user/alice", "job/web/secrets/KEY", "job/web"]
+    );
+    let creates = AuditFilter {
+        action: Some("job.create".into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(objects(creates).await, ["job/web_2", "job/web"]);
+    // A prefix is taken literally: `_` and `%` are no wildcards.
+    let web = AuditFilter {
+        object_prefix: Some("job/web/".into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(objects(web).await, ["job/web/secrets/KEY"]);
+    let wild = AuditFilter {
+        object_prefix: Some("job/we_".into()),
+        ..AuditFilter::default()
+    };
+    assert!(objects(wild).await.is_empty());
+    // Pages of two, each from the last id of the one before.
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let filter = AuditFilter {
+            before,
+            limit: 2,
+            ..AuditFilter::default()
+        };
+        let page = db.list_audit(&filter).await.unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        pages.push(page.len());
+    }
+    assert_eq!(pages, [2, 2, 1]);
+    let bobs_first = AuditFilter {
+        actor: Some("bob".into()),
+        limit: 1,
+        ..AuditFilter::default()
+    };
+    assert_eq!(objects(bobs_first).await, ["job/web"]);
+}
+
+pub async fn failed_sign_ins<D: Database>(db: &D) {
+    for second in [0, 10, 20] {
+        db.record_failed_sign_in("pat", at(second)).await.unwrap();
+    }
+    db.record_failed_sign_in("nobody", at(5)).await.unwrap();
+    assert_eq!(db.failed_sign_ins("pat", at(0)).await.unwrap(), 3);
+    assert_eq!(
+        db.failed_sign_ins("pat", at(10)).await.unwrap(),
+        2,
+        "since is inclusive"
+    );
+    assert_eq!(db.failed_sign_ins("pat", at(21)).await.unwrap(), 0);
+    assert_eq!(db.failed_sign_ins("nobody", at(0)).await.unwrap(), 1);
+    db.clear_failed_sign_ins("pat").await.unwrap();
+    assert_eq!(db.failed_sign_ins("pat", at(0)).await.unwrap(), 0);
+    assert_eq!(
+        db.failed_sign_ins("nobody", at(0)).await.unwrap(),
+        1,
+        "per name"
+    );
 }

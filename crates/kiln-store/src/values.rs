@@ -44,6 +44,15 @@ pub fn event(text: &str) -> Result<Event, Corrupt> {
         .map_err(|e: kiln_pipeline::UnknownName| Corrupt(e.to_string()))
 }
 
+/// A name of one of the store's closed sets ([`crate::UserRole`],
+/// [`crate::MemberRole`], [`crate::Visibility`]), as their `FromStr` reads it.
+pub fn name<T: std::str::FromStr<Err = kiln_pipeline::UnknownName>>(
+    text: &str,
+) -> Result<T, Corrupt> {
+    text.parse()
+        .map_err(|e: kiln_pipeline::UnknownName| Corrupt(e.to_string()))
+}
+
 pub fn job_kind_str(kind: JobKind) -> &'static str {
     match kind {
         JobKind::Git => "git",
