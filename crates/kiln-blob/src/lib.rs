@@ -444,6 +444,9 @@ fn check_key(key: &str) -> Result<()> {
             {
                 return bad("a name ending in `#` and digits is reserved");
             }
+            // The local backend turns names into URL references, where a
+            // name such as `ab:` or `¡A:` cannot be stored.
+            s if s.ends_with(':') => return bad("a name ending in `:`"),
             _ => {}
         }
     }
@@ -472,6 +475,18 @@ pub fn blob_key(parts: &[&str]) -> Result<String> {
     }
     let key = parts.join("/");
     check_key(&key)?;
+    // The local backend resolves keys against its root as URL references,
+    // where a `:` before the first `/` reads as a scheme (`A:` is a URL).
+    if key
+        .split('/')
+        .next()
+        .is_some_and(|first| first.contains(':'))
+    {
+        return Err(BlobError::InvalidKey {
+            key,
+            reason: "a `:` in the first path segment",
+        });
+    }
     Ok(key)
 }
 

@@ -242,6 +242,22 @@ fn path_escapes_are_rejected() {
         );
     }
     assert!(blob_key(&["x".repeat(2000).as_str()]).is_err());
+    // A `:` first would read as a URL scheme to the local store; later, as
+    // in an artifact's name, it is an ordinary character.
+    assert!(blob_key(&["A:"]).is_err());
+    assert!(blob_key(&["jobs", "ab:"]).is_err());
+    assert!(blob_key(&["jobs", "a:b.txt"]).is_ok());
+    assert!(blob_key(&["jobs", "¡A:"]).is_err());
+}
+
+/// Found by `accepted_keys_stay_under_the_root`: a key `A:` was accepted and
+/// could not be stored.
+#[tokio::test]
+async fn a_colon_inside_a_key_stores_like_any_name() {
+    let (_dir, store) = store();
+    let key = blob_key(&["jobs", "a:b.txt"]).unwrap();
+    store.put(&key, "x").await.unwrap();
+    assert_eq!(store.size(&key).await.unwrap(), 1);
 }
 
 #[tokio::test]
