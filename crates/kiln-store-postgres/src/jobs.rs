@@ -1,26 +1,36 @@
 //! Jobs: what a job is and where its pipeline comes from.
 
 use chrono::{DateTime, Utc};
-use kiln_store::sql::{self, JOB_COLUMNS};
+use kiln_store::sql::{self, JOB_COLUMNS, or_missing};
 use kiln_store::values::{Corrupt, job_kind_str, ms};
-use kiln_store::{Job, JobSpec, JobStore, Result, StoreError, Upserted};
+use kiln_store::{Job, JobSpec, JobStore, MemberRole, Result, StoreError, Upserted, UserId};
 use sqlx::postgres::PgConnection;
 
 use crate::PostgresStore;
 
 impl JobStore for PostgresStore {
-    async fn create_job(&self, spec: &JobSpec, now: DateTime<Utc>) -> Result<Job> {
+    async fn create_job(
+        &self,
+        spec: &JobSpec,
+        creator: Option<UserId>,
+        now: DateTime<Utc>,
+    ) -> Result<Job> {
         let mut tx = self.write().await?;
-        let job = insert_job(&mut tx, spec, now)
+        let job = insert_job(&mut tx, spec, creator, now)
             .await?
             .ok_or_else(|| StoreError::Conflict(format!("job `{}` already exists", spec.name)))?;
         tx.commit().await?;
         Ok(job)
     }
 
-    async fn upsert_job(&self, spec: &JobSpec, now: DateTime<Utc>) -> Result<(Job, Upserted)> {
+    async fn upsert_job(
+        &self,
+        spec: &JobSpec,
+        creator: Option<UserId>,
+        now: DateTime<Utc>,
+    ) -> Result<(Job, Upserted)> {
         let mut tx = self.write().await?;
-        if let Some(job) = insert_job(&mut tx, spec, now).await? {
+        if let Some(job) = insert_job(&mut tx, spec, creator, now).await? {
             tx.commit().await?;
             return Ok((job, Upserted::Created));
         }
@@ -40,7 +50,7 @@ impl JobStore for PostgresStore {
         }
         let row = sqlx::query(&format!(
             "UPDATE jobs SET kind = $1, repository = $2, pipeline_path = $3, \
-             default_branch = $4, pipeline = $5, updated_at = $6 WHERE id = $7 \
+             default_branch = $4, pipeline = $5, visibility = $6, updated_at = $7 WHERE id = $8 \
              RETURNING {JOB_COLUMNS}"
         ))
         .bind(job_kind_str(spec.kind))
@@ -48,6 +58,7 @@ impl JobStore for PostgresStore {
         .bind(&spec.pipeline_path)
         .bind(&spec.default_branch)
         .bind(&spec.pipeline)
+        .bind(spec.visibility.as_str())
         .bind(ms(now))
         .bind(existing.id)
         .fetch_one(&mut *tx)
@@ -100,15 +111,18 @@ impl JobStore for PostgresStore {
     }
 }
 
-/// Inserts the job; `None` when one of that name exists.
+/// Inserts the job, its creator as maintainer; `None` when one of that
+/// name exists.
 async fn insert_job(
     conn: &mut PgConnection,
     spec: &JobSpec,
+    creator: Option<UserId>,
     now: DateTime<Utc>,
 ) -> Result<Option<Job>> {
-    let row = sqlx::query(&format!(
+    let result = sqlx::query(&format!(
         "INSERT INTO jobs (name, kind, repository, pipeline_path, default_branch, pipeline, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+         visibility, created_by, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
          ON CONFLICT (name) DO NOTHING RETURNING {JOB_COLUMNS}"
     ))
     .bind(&spec.name)
@@ -117,8 +131,25 @@ async fn insert_job(
     .bind(&spec.pipeline_path)
     .bind(&spec.default_branch)
     .bind(&spec.pipeline)
+    .bind(spec.visibility.as_str())
+    .bind(creator)
     .bind(ms(now))
     .fetch_optional(&mut *conn)
-    .await?;
-    row.as_ref().map(sql::job).transpose()
+    .await;
+    let Some(row) = or_missing(result, || format!("user {creator:?}"))? else {
+        return Ok(None);
+    };
+    let job = sql::job(&row)?;
+    if let Some(creator) = creator {
+        sqlx::query(
+            "INSERT INTO members (job_id, user_id, role, updated_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(job.id)
+        .bind(creator)
+        .bind(MemberRole::Maintainer.as_str())
+        .bind(ms(now))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Some(job))
 }

@@ -92,6 +92,16 @@ impl TokenStore for PostgresStore {
         Ok(revoked > 0)
     }
 
+    async fn adopt_admin_tokens(&self, user: UserId) -> Result<u64> {
+        let result = sqlx::query(
+            "UPDATE tokens SET user_id = $1 WHERE is_admin AND kind = 'user' AND user_id IS NULL",
+        )
+        .bind(user)
+        .execute(&self.pool)
+        .await;
+        Ok(or_missing(result, || format!("user {user}"))?.rows_affected())
+    }
+
     async fn lookup_token(&self, hash: &str) -> Result<Option<TokenLookup>> {
         let row = sqlx::query(&format!("{TOKEN_LOOKUP_SELECT} WHERE t.hash = $1"))
             .bind(hash)

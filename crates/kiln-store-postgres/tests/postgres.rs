@@ -92,7 +92,7 @@ kiln_store::testsuite!(with_fresh_database);
 async fn migrations_run_once_and_connect_by_url() {
     with_fresh_database(|store| async move {
         store
-            .create_job(&testsuite::freestyle("kept"), testsuite::at(0))
+            .create_job(&testsuite::freestyle("kept"), None, testsuite::at(0))
             .await
             .expect("create job");
         // What a second server does on start: migrate (a no-op) and share the data.

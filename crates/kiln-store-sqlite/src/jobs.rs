@@ -1,26 +1,36 @@
 //! Jobs: what a job is and where its pipeline comes from.
 
 use chrono::{DateTime, Utc};
-use kiln_store::sql::{self, JOB_COLUMNS};
+use kiln_store::sql::{self, JOB_COLUMNS, or_missing};
 use kiln_store::values::{Corrupt, job_kind_str, ms};
-use kiln_store::{Job, JobSpec, JobStore, Result, StoreError, Upserted};
+use kiln_store::{Job, JobSpec, JobStore, MemberRole, Result, StoreError, Upserted, UserId};
 use sqlx::sqlite::SqliteConnection;
 
 use crate::SqliteStore;
 
 impl JobStore for SqliteStore {
-    async fn create_job(&self, spec: &JobSpec, now: DateTime<Utc>) -> Result<Job> {
+    async fn create_job(
+        &self,
+        spec: &JobSpec,
+        creator: Option<UserId>,
+        now: DateTime<Utc>,
+    ) -> Result<Job> {
         let mut tx = self.write().await?;
-        let job = insert_job(&mut tx, spec, now)
+        let job = insert_job(&mut tx, spec, creator, now)
             .await?
             .ok_or_else(|| StoreError::Conflict(format!("job `{}` already exists", spec.name)))?;
         tx.commit().await?;
         Ok(job)
     }
 
-    async fn upsert_job(&self, spec: &JobSpec, now: DateTime<Utc>) -> Result<(Job, Upserted)> {
+    async fn upsert_job(
+        &self,
+        spec: &JobSpec,
+        creator: Option<UserId>,
+        now: DateTime<Utc>,
+    ) -> Result<(Job, Upserted)> {
         let mut tx = self.write().await?;
-        if let Some(job) = insert_job(&mut tx, spec, now).await? {
+        if let Some(job) = insert_job(&mut tx, spec, creator, now).await? {
             tx.commit().await?;
             return Ok((job, Upserted::Created));
         }
@@ -31,13 +41,14 @@ impl JobStore for SqliteStore {
         }
         sqlx::query(
             "UPDATE jobs SET kind = ?, repository = ?, pipeline_path = ?, default_branch = ?, \
-             pipeline = ?, updated_at = ? WHERE id = ?",
+             pipeline = ?, visibility = ?, updated_at = ? WHERE id = ?",
         )
         .bind(job_kind_str(spec.kind))
         .bind(&spec.repository)
         .bind(&spec.pipeline_path)
         .bind(&spec.default_branch)
         .bind(&spec.pipeline)
+        .bind(spec.visibility.as_str())
         .bind(ms(now))
         .bind(existing.id)
         .execute(&mut *tx)
@@ -74,15 +85,17 @@ impl JobStore for SqliteStore {
     }
 }
 
-/// Inserts the job; `None` when one of that name exists.
+/// Inserts the job, its creator as maintainer; `None` when one of that
+/// name exists.
 async fn insert_job(
     conn: &mut SqliteConnection,
     spec: &JobSpec,
+    creator: Option<UserId>,
     now: DateTime<Utc>,
 ) -> Result<Option<Job>> {
-    let row = sqlx::query(&format!(
+    let result = sqlx::query(&format!(
         "INSERT INTO jobs (name, kind, repository, pipeline_path, default_branch, pipeline, \
-         created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+         visibility, created_by, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT (name) DO NOTHING RETURNING {JOB_COLUMNS}"
     ))
     .bind(&spec.name)
@@ -91,11 +104,26 @@ async fn insert_job(
     .bind(&spec.pipeline_path)
     .bind(&spec.default_branch)
     .bind(&spec.pipeline)
+    .bind(spec.visibility.as_str())
+    .bind(creator)
     .bind(ms(now))
     .bind(ms(now))
     .fetch_optional(&mut *conn)
-    .await?;
-    row.as_ref().map(sql::job).transpose()
+    .await;
+    let Some(row) = or_missing(result, || format!("user {creator:?}"))? else {
+        return Ok(None);
+    };
+    let job = sql::job(&row)?;
+    if let Some(creator) = creator {
+        sqlx::query("INSERT INTO members (job_id, user_id, role, updated_at) VALUES (?, ?, ?, ?)")
+            .bind(job.id)
+            .bind(creator)
+            .bind(MemberRole::Maintainer.as_str())
+            .bind(ms(now))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Some(job))
 }
 
 /// The job of that name, which the caller knows exists.

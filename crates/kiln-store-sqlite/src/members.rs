@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use kiln_store::sql::{self, MEMBER_SELECT, or_missing};
 use kiln_store::values::{ms, name};
-use kiln_store::{JobAccess, JobId, Member, MemberRole, MemberStore, Result, UserId};
+use kiln_store::{Job, JobId, Member, MemberRole, MemberStore, Result, UserId};
 
 use crate::SqliteStore;
 
@@ -64,24 +64,24 @@ impl MemberStore for SqliteStore {
         Ok(role.as_deref().map(name).transpose()?)
     }
 
-    async fn job_access(&self, job: JobId) -> Result<Option<JobAccess>> {
-        let row = sqlx::query("SELECT visibility, created_by FROM jobs WHERE id = ?")
-            .bind(job)
+    async fn job_and_role(
+        &self,
+        name: &str,
+        user: Option<UserId>,
+    ) -> Result<Option<(Job, Option<MemberRole>)>> {
+        let row = sqlx::query(&sql::job_and_role_select("?", "?"))
+            .bind(user)
+            .bind(name)
             .fetch_optional(&self.reader)
             .await?;
-        row.as_ref().map(sql::job_access).transpose()
+        row.as_ref().map(sql::job_and_role).transpose()
     }
 
-    async fn set_job_access(&self, job: JobId, access: &JobAccess) -> Result<bool> {
-        let mut tx = self.write().await?;
-        let result = sqlx::query("UPDATE jobs SET visibility = ?, created_by = ? WHERE id = ?")
-            .bind(access.visibility.as_str())
-            .bind(access.created_by)
-            .bind(job)
-            .execute(&mut *tx)
-            .await;
-        let changed = or_missing(result, || "the job's creator".to_string())?;
-        tx.commit().await?;
-        Ok(changed.rows_affected() > 0)
+    async fn member_roles(&self, user: UserId) -> Result<Vec<(JobId, MemberRole)>> {
+        let rows = sqlx::query("SELECT job_id, role FROM members WHERE user_id = ?")
+            .bind(user)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(sql::member_role).collect()
     }
 }

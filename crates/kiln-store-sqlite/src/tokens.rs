@@ -100,6 +100,19 @@ impl TokenStore for SqliteStore {
         Ok(revoked > 0)
     }
 
+    async fn adopt_admin_tokens(&self, user: UserId) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let result = sqlx::query(
+            "UPDATE tokens SET user_id = ? WHERE is_admin AND kind = 'user' AND user_id IS NULL",
+        )
+        .bind(user)
+        .execute(&mut *tx)
+        .await;
+        let adopted = or_missing(result, || format!("user {user}"))?.rows_affected();
+        tx.commit().await?;
+        Ok(adopted)
+    }
+
     async fn lookup_token(&self, hash: &str) -> Result<Option<TokenLookup>> {
         let row = sqlx::query(&format!("{TOKEN_LOOKUP_SELECT} WHERE t.hash = ?"))
             .bind(hash)

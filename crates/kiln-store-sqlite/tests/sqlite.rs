@@ -44,7 +44,7 @@ async fn reopening_keeps_data_and_migrations_run_once() {
     let path = dir.path().join("kiln.db");
     let store = SqliteStore::open(&path).await.expect("open");
     store
-        .create_job(&testsuite::freestyle("kept"), testsuite::at(0))
+        .create_job(&testsuite::freestyle("kept"), None, testsuite::at(0))
         .await
         .expect("create job");
     store.close().await;

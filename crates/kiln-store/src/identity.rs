@@ -229,15 +229,6 @@ pub struct Member {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Who may read a job and who made it (kept beside the job's row, not in
-/// [`crate::Job`], whose shape the API shows).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobAccess {
-    pub visibility: Visibility,
-    /// `None` for jobs made before users existed, or whose creator was deleted.
-    pub created_by: Option<UserId>,
-}
-
 /// A signed-in browser's session, found by the hash of its cookie.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -319,7 +310,7 @@ pub trait UserStore {
     fn delete_user(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
 }
 
-/// Members of jobs, and the job's visibility and creator.
+/// Members of jobs.
 pub trait MemberStore {
     /// Sets (or replaces) `user`'s role on the job; `NotFound` when either is missing.
     fn set_member(
@@ -337,14 +328,17 @@ pub trait MemberStore {
         job: JobId,
         user: UserId,
     ) -> impl Future<Output = Result<Option<MemberRole>>> + Send;
-    /// `None` when there is no such job.
-    fn job_access(&self, job: JobId) -> impl Future<Output = Result<Option<JobAccess>>> + Send;
-    /// False when there is no such job; `NotFound` for an unknown creator.
-    fn set_job_access(
+    /// The job of that name and `user`'s role on it, in one query.
+    fn job_and_role(
         &self,
-        job: JobId,
-        access: &JobAccess,
-    ) -> impl Future<Output = Result<bool>> + Send;
+        name: &str,
+        user: Option<UserId>,
+    ) -> impl Future<Output = Result<Option<(crate::Job, Option<MemberRole>)>>> + Send;
+    /// Every job `user` is a member of, with the role.
+    fn member_roles(
+        &self,
+        user: UserId,
+    ) -> impl Future<Output = Result<Vec<(JobId, MemberRole)>>> + Send;
 }
 
 /// Web sign-in sessions, by the hash of their cookie's value.

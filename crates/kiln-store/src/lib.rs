@@ -27,7 +27,7 @@ pub use kiln_pipeline::{Event, Status};
 use serde::{Deserialize, Serialize};
 
 pub use identity::{
-    AuditEntry, AuditFilter, AuditStore, JobAccess, Member, MemberRole, MemberStore, NewAuditEntry,
+    AuditEntry, AuditFilter, AuditStore, Member, MemberRole, MemberStore, NewAuditEntry,
     NewUser, NewUserToken, Refusal, Session, SessionStore, SignInStore, TokenLookup, User,
     UserChange, UserRole, UserStore, UserToken, Visibility,
 };
@@ -135,6 +135,13 @@ pub struct JobSpec {
     pub default_branch: Option<String>,
     /// Freestyle jobs: the pipeline YAML.
     pub pipeline: Option<String>,
+    /// Who may read it besides its members.
+    #[serde(default = "private")]
+    pub visibility: Visibility,
+}
+
+fn private() -> Visibility {
+    Visibility::Private
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -423,14 +430,20 @@ impl<T> Database for T where
 
 /// Jobs: what a job is, where its pipeline comes from.
 pub trait JobStore {
+    /// `Conflict` when the name is taken. A `creator` is kept as the job's
+    /// creator and made its maintainer, in the same transaction.
     fn create_job(
         &self,
         spec: &JobSpec,
+        creator: Option<UserId>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Job>> + Send;
+    /// Creates the job as [`JobStore::create_job`] does, or replaces the
+    /// spec of the one of that name (whose creator and members stay).
     fn upsert_job(
         &self,
         spec: &JobSpec,
+        creator: Option<UserId>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<(Job, Upserted)>> + Send;
     fn get_job(&self, name: &str) -> impl Future<Output = Result<Option<Job>>> + Send;
@@ -662,6 +675,9 @@ pub trait TokenStore {
         id: TokenId,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool>> + Send;
+    /// Gives `user` the admin tokens that have no owner (made before users
+    /// existed, or on first start before the user); how many it took.
+    fn adopt_admin_tokens(&self, user: UserId) -> impl Future<Output = Result<u64>> + Send;
     /// The token with its owner's state, in one query, whatever that state
     /// (see [`TokenLookup::refusal`]).
     fn lookup_token(&self, hash: &str) -> impl Future<Output = Result<Option<TokenLookup>>> + Send;

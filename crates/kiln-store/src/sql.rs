@@ -9,7 +9,7 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use crate::values::{event, job_kind, name, opt_time, spec, status, time, token_kind};
 use crate::{
-    Artifact, AuditEntry, AuditId, Job, JobAccess, JobId, JobSpec, Member, Result, Run, RunId,
+    Artifact, AuditEntry, AuditId, Job, JobId, JobSpec, Member, MemberRole, Result, Run, RunId,
     SecretInfo, Session, Status, StepRow, StoreError, TaskHold, TaskId, TaskRow, TokenId,
     TokenInfo, TokenLookup, User, UserId, UserToken,
 };
@@ -93,7 +93,7 @@ where
 
 /// The columns [`job`] reads.
 pub const JOB_COLUMNS: &str = "id, name, kind, repository, pipeline_path, default_branch, \
-     pipeline, created_at, updated_at";
+     pipeline, visibility, created_at, updated_at";
 
 pub fn job(row: &impl StoreRow) -> Result<Job> {
     Ok(Job {
@@ -105,6 +105,7 @@ pub fn job(row: &impl StoreRow) -> Result<Job> {
             pipeline_path: row.opt_text("pipeline_path")?,
             default_branch: row.opt_text("default_branch")?,
             pipeline: row.opt_text("pipeline")?,
+            visibility: name(&row.text("visibility")?)?,
         },
         created_at: time(row.int("created_at")?)?,
         updated_at: time(row.int("updated_at")?)?,
@@ -401,12 +402,23 @@ pub fn member(row: &impl StoreRow) -> Result<Member> {
     })
 }
 
-/// A job's access, from `SELECT visibility, created_by`.
-pub fn job_access(row: &impl StoreRow) -> Result<JobAccess> {
-    Ok(JobAccess {
-        visibility: name(&row.text("visibility")?)?,
-        created_by: row.opt_int("created_by")?.map(UserId),
-    })
+/// Selects the job named by the `name` placeholder as [`job_and_role`]
+/// reads it, with the role of the user of the `user` placeholder.
+pub fn job_and_role_select(user: &str, name: &str) -> String {
+    format!(
+        "SELECT {JOB_COLUMNS}, (SELECT m.role FROM members m WHERE m.job_id = jobs.id \
+         AND m.user_id = {user}) AS member_role FROM jobs WHERE name = {name}"
+    )
+}
+
+pub fn job_and_role(row: &impl StoreRow) -> Result<(Job, Option<MemberRole>)> {
+    let role = row.opt_text("member_role")?.as_deref().map(name).transpose()?;
+    Ok((job(row)?, role))
+}
+
+/// A row of `SELECT job_id, role FROM members`.
+pub fn member_role(row: &impl StoreRow) -> Result<(JobId, MemberRole)> {
+    Ok((JobId(row.int("job_id")?), name(&row.text("role")?)?))
 }
 
 /// The columns [`audit_entry`] reads.

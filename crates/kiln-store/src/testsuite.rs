@@ -27,7 +27,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use crate::queue::Retry;
 use crate::queue::cases::{self, Observed};
 use crate::{
-    Artifact, AuditFilter, Claim, Database, Event, Job, JobAccess, JobId, JobKind, JobSpec,
+    Artifact, AuditFilter, Claim, Database, Event, Job, JobId, JobKind, JobSpec,
     MemberRole, NewAuditEntry, NewRun, NewTask, NewUser, NewUserToken, Refusal, RunDetail,
     RunFilter, RunId, Status, StepRow, StoreError, TaskHold, TaskId, TaskResult, TaskRow,
     TokenKind, Undelivered, Upserted, User, UserChange, UserRole, Visibility,
@@ -48,7 +48,7 @@ macro_rules! testsuite {
             cancel, deadline, logs, artifacts_and_reports, list_runs, counts,
             queue_cases, duplicate_user, update_user, last_admin_stays, token_lookup_states,
             revoke_token, user_tokens_without_hashes, touch_token, members,
-            members_cascade, job_access, sessions_expire, audit_filters_and_paging,
+            members_cascade, creator_is_maintainer, job_and_role, sessions_expire, audit_filters_and_paging,
             failed_sign_ins);
         // Races between claimers: they take the store, and more threads.
         $crate::testsuite!(@owning $with; claims_are_exclusive, concurrent_workers);
@@ -115,11 +115,12 @@ pub fn freestyle(name: &str) -> JobSpec {
         pipeline_path: None,
         default_branch: None,
         pipeline: Some("version: 1\ntasks:\n  a:\n    steps:\n      - run: true\n".into()),
+        visibility: Visibility::Private,
     }
 }
 
 async fn job<D: Database>(db: &D, name: &str) -> Job {
-    db.create_job(&freestyle(name), at(0))
+    db.create_job(&freestyle(name), None, at(0))
         .await
         .unwrap_or_else(|e| panic!("create job {name}: {e}"))
 }
@@ -252,17 +253,17 @@ pub async fn tokens<D: Database>(db: &D) {
 
 pub async fn jobs<D: Database>(db: &D) {
     let spec = freestyle("jobs-a");
-    let created = db.create_job(&spec, at(0)).await.unwrap();
+    let created = db.create_job(&spec, None, at(0)).await.unwrap();
     assert_eq!(created.spec, spec);
     assert_eq!((created.created_at, created.updated_at), (at(0), at(0)));
     assert_eq!(db.get_job("jobs-a").await.unwrap(), Some(created.clone()));
     assert!(db.get_job("jobs-missing").await.unwrap().is_none());
-    match db.create_job(&spec, at(1)).await {
+    match db.create_job(&spec, None, at(1)).await {
         Err(StoreError::Conflict(message)) => assert!(message.contains("jobs-a"), "{message}"),
         other => panic!("second create: expected Conflict, got {other:?}"),
     }
 
-    let (same, how) = db.upsert_job(&spec, at(2)).await.unwrap();
+    let (same, how) = db.upsert_job(&spec, None, at(2)).await.unwrap();
     assert_eq!(how, Upserted::Unchanged);
     assert_eq!(same, created, "unchanged upsert keeps updated_at");
 
@@ -273,14 +274,15 @@ pub async fn jobs<D: Database>(db: &D) {
         pipeline_path: Some(".kiln.yml".into()),
         default_branch: Some("main".into()),
         pipeline: None,
+        visibility: Visibility::Public,
     };
-    let (updated, how) = db.upsert_job(&git, at(3)).await.unwrap();
+    let (updated, how) = db.upsert_job(&git, None, at(3)).await.unwrap();
     assert_eq!(how, Upserted::Updated);
     assert_eq!(updated.id, created.id);
     assert_eq!(updated.spec, git);
     assert_eq!((updated.created_at, updated.updated_at), (at(0), at(3)));
 
-    let (fresh, how) = db.upsert_job(&freestyle("jobs-b"), at(4)).await.unwrap();
+    let (fresh, how) = db.upsert_job(&freestyle("jobs-b"), None, at(4)).await.unwrap();
     assert_eq!(how, Upserted::Created);
     assert_eq!(fresh.spec.name, "jobs-b");
 
@@ -2332,6 +2334,16 @@ pub async fn token_lookup_states<D: Database>(db: &D) {
     assert!(agent.user.is_none());
     assert_eq!(agent.refusal(at(1)), None);
     assert!(db.lookup_token("nope").await.unwrap().is_none());
+    // An admin token of no user is adopted by the admin user; agents' stay theirs.
+    db.insert_token("h-admin", TokenKind::User, "admin", true, at(0))
+        .await
+        .unwrap();
+    let root = user(db, "root", UserRole::Admin).await;
+    assert_eq!(db.adopt_admin_tokens(root.id).await.unwrap(), 1);
+    assert_eq!(db.adopt_admin_tokens(root.id).await.unwrap(), 0);
+    let adopted = db.lookup_token("h-admin").await.unwrap().expect("admin");
+    assert_eq!(adopted.user.map(|u| u.id), Some(root.id));
+    assert!(db.lookup_token("h-agent").await.unwrap().unwrap().user.is_none());
     // A hash in use, or an unknown user, is refused.
     let taken = NewUserToken {
         hash: "h-agent",
@@ -2501,6 +2513,65 @@ pub async fn members<D: Database>(db: &D) {
     assert_eq!(UserRole::ALL.len(), 2);
 }
 
+pub async fn creator_is_maintainer<D: Database>(db: &D) {
+    let ada = user(db, "ada", UserRole::User).await;
+    let made = db
+        .create_job(&freestyle("made"), Some(ada.id), at(1))
+        .await
+        .unwrap();
+    assert_eq!(made.spec.visibility, Visibility::Private);
+    assert_eq!(
+        db.role_of(made.id, ada.id).await.unwrap(),
+        Some(MemberRole::Maintainer)
+    );
+    // Replacing the spec keeps the members; a new job by upsert gets its creator.
+    let mut public = freestyle("made");
+    public.visibility = Visibility::Public;
+    let (replaced, how) = db.upsert_job(&public, None, at(2)).await.unwrap();
+    assert_eq!(how, Upserted::Updated);
+    assert_eq!(replaced.spec.visibility, Visibility::Public);
+    assert_eq!(
+        db.role_of(made.id, ada.id).await.unwrap(),
+        Some(MemberRole::Maintainer)
+    );
+    let (upserted, how) = db
+        .upsert_job(&freestyle("upserted"), Some(ada.id), at(3))
+        .await
+        .unwrap();
+    assert_eq!(how, Upserted::Created);
+    assert_eq!(
+        db.role_of(upserted.id, ada.id).await.unwrap(),
+        Some(MemberRole::Maintainer)
+    );
+    // An unknown creator leaves no job behind.
+    let ghost = crate::UserId(ada.id.0 + 1000);
+    match db.create_job(&freestyle("ghost"), Some(ghost), at(4)).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("job of unknown creator: expected NotFound, got {other:?}"),
+    }
+    assert!(db.get_job("ghost").await.unwrap().is_none());
+}
+
+pub async fn job_and_role<D: Database>(db: &D) {
+    let web = job(db, "web").await;
+    let api = job(db, "api").await;
+    let bo = user(db, "bo", UserRole::User).await;
+    db.set_member(api.id, bo.id, MemberRole::Developer, at(1))
+        .await
+        .unwrap();
+    let (found, role) = db.job_and_role("web", Some(bo.id)).await.unwrap().unwrap();
+    assert_eq!((found, role), (web.clone(), None));
+    let (found, role) = db.job_and_role("api", Some(bo.id)).await.unwrap().unwrap();
+    assert_eq!((found.id, role), (api.id, Some(MemberRole::Developer)));
+    let (_, role) = db.job_and_role("api", None).await.unwrap().unwrap();
+    assert_eq!(role, None, "no user, no role");
+    assert!(db.job_and_role("none", Some(bo.id)).await.unwrap().is_none());
+    assert_eq!(
+        db.member_roles(bo.id).await.unwrap(),
+        [(api.id, MemberRole::Developer)]
+    );
+}
+
 pub async fn members_cascade<D: Database>(db: &D) {
     let web = job(db, "web").await;
     let api = job(db, "api").await;
@@ -2520,48 +2591,6 @@ pub async fn members_cascade<D: Database>(db: &D) {
     assert!(db.delete_user("kim").await.unwrap());
     assert!(db.list_members(api.id).await.unwrap().is_empty());
     assert!(db.get_user("lou").await.unwrap().is_some());
-}
-
-pub async fn job_access<D: Database>(db: &D) {
-    let web = job(db, "web").await;
-    let max = user(db, "max", UserRole::User).await;
-    let fresh = db.job_access(web.id).await.unwrap().expect("job");
-    assert_eq!(
-        fresh,
-        JobAccess {
-            visibility: Visibility::Private,
-            created_by: None
-        }
-    );
-    let public = JobAccess {
-        visibility: Visibility::Public,
-        created_by: Some(max.id),
-    };
-    assert!(db.set_job_access(web.id, &public).await.unwrap());
-    assert_eq!(db.job_access(web.id).await.unwrap(), Some(public));
-    assert!(
-        !db.set_job_access(JobId(web.id.0 + 1000), &fresh)
-            .await
-            .unwrap()
-    );
-    assert!(
-        db.job_access(JobId(web.id.0 + 1000))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    // The job outlives its creator.
-    assert!(db.delete_user("max").await.unwrap());
-    let access = db.job_access(web.id).await.unwrap().expect("job stays");
-    assert_eq!(
-        (access.visibility, access.created_by),
-        (Visibility::Public, None)
-    );
-    assert_eq!(
-        db.get_job("web").await.unwrap(),
-        Some(web),
-        "the job's row is as it was"
-    );
 }
 
 pub async fn sessions_expire<D: Database>(db: &D) {
