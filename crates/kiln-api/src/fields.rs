@@ -181,6 +181,113 @@ impl PartialSchema for TokenName {
 }
 
 checked_string! {
+    /// A user's name: it appears in URLs and in the audit log.
+    UserName
+}
+
+impl UserName {
+    pub const PATTERN: &str = PLAIN_NAME_PATTERN;
+
+    fn check(name: &str) -> Result<(), String> {
+        check_plain_name("user", name)
+    }
+}
+
+impl PartialSchema for UserName {
+    fn schema() -> RefOr<Schema> {
+        string_schema(
+            UserName::PATTERN,
+            "Letters, digits, `-`, `_` and `.`, starting with a letter or digit; at most 64 characters.",
+            "ada",
+        )
+        .into()
+    }
+}
+
+checked_string! {
+    /// A password: [`Password::MIN_CHARS`] to [`Password::MAX_CHARS`]
+    /// characters (the bound keeps hashing cheap to refuse).
+    Password
+}
+
+impl Password {
+    pub const MIN_CHARS: usize = 8;
+    pub const MAX_CHARS: usize = 1024;
+
+    fn check(value: &str) -> Result<(), String> {
+        let chars = value.chars().count();
+        if (Password::MIN_CHARS..=Password::MAX_CHARS).contains(&chars) {
+            Ok(())
+        } else {
+            Err(format!(
+                "a password must be {} to {} characters",
+                Password::MIN_CHARS,
+                Password::MAX_CHARS
+            ))
+        }
+    }
+}
+
+impl PartialSchema for Password {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::String))
+            .min_length(Some(Password::MIN_CHARS))
+            .max_length(Some(Password::MAX_CHARS))
+            .description(Some("A password; it can never be read back."))
+            .into()
+    }
+}
+
+checked_string! {
+    /// How long a token works: a count and a unit, `s`, `m`, `h` or `d`
+    /// (`90m`, `30d`); never zero.
+    ExpiresIn
+}
+
+impl ExpiresIn {
+    pub const PATTERN: &str = "^[1-9][0-9]{0,5}[smhd]$";
+
+    fn check(value: &str) -> Result<(), String> {
+        ExpiresIn::seconds_of(value).map(|_| ()).ok_or_else(|| {
+            format!("`{value}` is not a lifetime: give a count from 1 to 999999 and a unit, `s`, `m`, `h` or `d` (e.g. `30d`)")
+        })
+    }
+
+    fn seconds_of(value: &str) -> Option<i64> {
+        let (count, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+        let valid = (1..=6).contains(&count.len())
+            && !count.starts_with('0')
+            && count.chars().all(|c| c.is_ascii_digit());
+        let count: i64 = valid.then(|| count.parse().ok()).flatten()?;
+        let unit = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return None,
+        };
+        Some(count * unit)
+    }
+
+    /// The lifetime in seconds.
+    pub fn seconds(&self) -> i64 {
+        ExpiresIn::seconds_of(&self.0).unwrap_or_default()
+    }
+}
+
+impl PartialSchema for ExpiresIn {
+    fn schema() -> RefOr<Schema> {
+        string_schema(
+            ExpiresIn::PATTERN,
+            "How long the token works: a count and a unit, `s`, `m`, `h` or `d`.",
+            "30d",
+        )
+        .into()
+    }
+}
+
+checked_string! {
     /// A secret's name: it becomes an environment variable's name.
     SecretName
 }

@@ -44,6 +44,10 @@ pub struct JobBody {
     /// Freestyle jobs: the pipeline YAML.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<String>,
+    /// `private` (members only) or `public` (anyone may read its runs);
+    /// private for a new job, unchanged for an existing one, when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -54,6 +58,9 @@ pub struct Job {
     pub pipeline_path: Option<String>,
     pub default_branch: Option<String>,
     pub pipeline: Option<String>,
+    /// `private` or `public`.
+    #[schema(example = "private")]
+    pub visibility: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// On `PUT` only: `created`, `updated` or `unchanged`.
@@ -167,8 +174,127 @@ pub struct AgentTokenBody {
 /// A newly made token: the only time its value is shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenCreated {
+    pub id: i64,
     pub name: String,
     pub token: String,
+    /// User tokens: when it stops working, if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Body of `POST /tokens`, as the client builds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBody {
+    pub name: String,
+    /// How long it works, e.g. `30d`, `12h`; forever when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<String>,
+    /// Admins: the user the token is for; the caller when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// A user token as `GET /tokens` lists it: never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Token {
+    pub id: i64,
+    pub name: String,
+    /// Its owner.
+    pub user: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// To the minute.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Set once it is revoked; revoked tokens stay listed.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub name: String,
+    /// `admin` or `user`.
+    #[schema(example = "user")]
+    pub role: String,
+    pub disabled: bool,
+    /// Whether the user can sign in to the web UI.
+    pub has_password: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Body of `POST /users`, as the client builds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserBody {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// Body of `PATCH /users/{user}`, as the client builds it: fields left out
+/// stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatchBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// A user's role on a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Member {
+    pub user: String,
+    /// `viewer`, `developer` or `maintainer`.
+    #[schema(example = "developer")]
+    pub role: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Body of `PUT /jobs/{job}/members/{user}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberBody {
+    pub role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// Who: a user's name (`anonymous` for failed sign-ins of no one).
+    pub actor: String,
+    /// What, e.g. `job.update`, `secret.put`, `user.sign_in_failed`.
+    #[schema(example = "job.update")]
+    pub action: String,
+    /// Which, e.g. `job/app`, `job/app/secret/TOKEN`, `user/ada`.
+    #[schema(example = "job/app")]
+    pub object: String,
+    pub detail: Option<String>,
+    /// The client's address.
+    pub source: Option<String>,
+}
+
+/// A page of the audit log, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditList {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `cursor` for the next (older) page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Body of `POST /login` (JSON or a form).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    pub username: String,
+    pub password: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

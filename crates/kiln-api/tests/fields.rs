@@ -3,8 +3,8 @@
 //! the pattern matches it.
 
 use kiln_api::fields::{
-    BranchName, CommitSha, Cursor, JobName, PageSize, PipelinePath, RepositoryUrl, SecretName,
-    SecretValue, StatusFilter, TokenName,
+    BranchName, CommitSha, Cursor, ExpiresIn, JobName, PageSize, PipelinePath, RepositoryUrl,
+    SecretName, SecretValue, StatusFilter, TokenName, UserName,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -29,6 +29,18 @@ fn rules() -> Vec<Rule> {
             TokenName::PATTERN,
             |s| TokenName::new(s).is_ok(),
             schema::<TokenName>(),
+        ),
+        (
+            "UserName",
+            UserName::PATTERN,
+            |s| UserName::new(s).is_ok(),
+            schema::<UserName>(),
+        ),
+        (
+            "ExpiresIn",
+            ExpiresIn::PATTERN,
+            |s| ExpiresIn::new(s).is_ok(),
+            schema::<ExpiresIn>(),
         ),
         (
             "SecretName",
@@ -73,7 +85,7 @@ fn rules() -> Vec<Rule> {
 fn tricky() -> impl Strategy<Value = String> {
     let alphabet = prop::sample::select(vec![
         'a', 'Z', '0', '9', '_', '-', '.', '/', ' ', '\t', '\n', '\r', '\0', '~', '^', ':', 'é',
-        '\u{a0}', '\u{3000}', 'f', 'F', 'g',
+        '\u{a0}', '\u{3000}', 'f', 'F', 'g', 's', 'm', 'h', 'd',
     ]);
     prop_oneof![
         prop::collection::vec(alphabet, 0..8).prop_map(|c| c.into_iter().collect()),

@@ -360,8 +360,41 @@ pub fn verify_token(token: &str, stored_hash: &str) -> bool {
     equal
 }
 
+/// Hashes a password with argon2id (the crate's recommended parameters)
+/// and a fresh random salt, as a PHC string (`$argon2id$v=19$…`) that
+/// [`verify_password`] reads back, parameters included.
+///
+/// # Panics
+/// Only if the operating system's random number generator fails.
+pub fn hash_password(password: &str) -> String {
+    use argon2::password_hash::PasswordHasher;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes())
+        .expect("argon2id with its default parameters hashes any password")
+        .to_string()
+}
+
+/// Whether `password` is the one `stored` was made from; false for a
+/// `stored` that is not a PHC string.
+pub fn verify_password(password: &str, stored: &str) -> bool {
+    use argon2::password_hash::PasswordVerifier;
+    argon2::Argon2::default()
+        .verify_password(password.as_bytes(), stored)
+        .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn passwords_verify_only_against_their_hash() {
+        let stored = hash_password("correct horse");
+        assert!(stored.starts_with("$argon2id$"), "{stored}");
+        assert!(verify_password("correct horse", &stored));
+        assert!(!verify_password("correct hors", &stored));
+        assert!(!verify_password("correct horse", "not a hash"));
+        assert_ne!(stored, hash_password("correct horse"), "salted");
+    }
+
     use super::*;
 
     fn key(byte: u8) -> SecretKey {

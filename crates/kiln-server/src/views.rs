@@ -13,6 +13,7 @@ pub fn job(job: &Job) -> kiln_api::Job {
         pipeline_path: job.spec.pipeline_path.clone(),
         default_branch: job.spec.default_branch.clone(),
         pipeline: job.spec.pipeline.clone(),
+        visibility: job.spec.visibility.to_string(),
         created_at: job.created_at,
         updated_at: job.updated_at,
         change: None,

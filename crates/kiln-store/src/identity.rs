@@ -15,8 +15,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::{AuditId, JobId, Result, StoreError, TokenId, TokenInfo, UserId};
 
+/// A closed set of names, for code that lists or reads any of them (an
+/// API schema's `enum`).
+pub trait ClosedSet: Sized + Copy + FromStr<Err = UnknownName> + Send + Sync + 'static {
+    /// What one of them is, for messages: `role`, `member role`.
+    const WHAT: &'static str;
+    fn all() -> &'static [Self];
+    fn name(self) -> &'static str;
+}
+
 /// A closed set of lower-case names: the enum, its one list of them
-/// (`ALL`), `as_str`, `FromStr` (with [`UnknownName`]) and `Display`.
+/// (`ALL`), `as_str`, `FromStr` (with [`UnknownName`]), `Display` and
+/// [`ClosedSet`].
 macro_rules! names {
     ($(#[$doc:meta])* $name:ident ($what:literal) { $($variant:ident = $text:literal,)* }) => {
         $(#[$doc])*
@@ -44,7 +54,7 @@ macro_rules! names {
                     .copied()
                     .find(|value| value.as_str() == text)
                     .ok_or_else(|| UnknownName {
-                        what: $what,
+                        what: <$name as ClosedSet>::WHAT,
                         name: text.to_string(),
                     })
             }
@@ -53,6 +63,16 @@ macro_rules! names {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(self.as_str())
+            }
+        }
+
+        impl ClosedSet for $name {
+            const WHAT: &'static str = $what;
+            fn all() -> &'static [Self] {
+                $name::ALL
+            }
+            fn name(self) -> &'static str {
+                self.as_str()
             }
         }
     };

@@ -27,7 +27,7 @@ pub use kiln_pipeline::{Event, Status};
 use serde::{Deserialize, Serialize};
 
 pub use identity::{
-    AuditEntry, AuditFilter, AuditStore, Member, MemberRole, MemberStore, NewAuditEntry,
+    AuditEntry, AuditFilter, AuditStore, ClosedSet, Member, MemberRole, MemberStore, NewAuditEntry,
     NewUser, NewUserToken, Refusal, Session, SessionStore, SignInStore, TokenLookup, User,
     UserChange, UserRole, UserStore, UserToken, Visibility,
 };
