@@ -56,6 +56,7 @@ fn job(name: &str, body: &JobBody, change: Option<&str>) -> Job {
         pipeline_path: body.pipeline_path.clone(),
         default_branch: body.default_branch.clone(),
         pipeline: body.pipeline.clone(),
+        visibility: body.visibility.clone().unwrap_or_else(|| "private".into()),
         created_at: at(),
         updated_at: at(),
         change: change.map(str::to_string),
@@ -321,8 +322,10 @@ fn router(server: Server) -> Router {
                         (
                             StatusCode::CREATED,
                             axum::Json(TokenCreated {
+                                id: 7,
                                 name: body.name,
                                 token: "kiln_agent_abc".into(),
+                                expires_at: None,
                             }),
                         )
                     },
@@ -417,6 +420,7 @@ async fn bearer_token_is_sent_and_bodies_round_trip() {
         pipeline_path: None,
         default_branch: Some("trunk".into()),
         pipeline: None,
+        visibility: None,
     };
     let created = client.put_job("app", &body).await.unwrap();
     assert_eq!(created.change.as_deref(), Some("created"));
@@ -436,6 +440,7 @@ async fn bearer_token_is_sent_and_bodies_round_trip() {
             repository: None,
             pipeline_path: None,
             default_branch: None,
+            visibility: None,
         })
         .await
         .unwrap();
