@@ -121,19 +121,74 @@ mod tests {
         let user = identity(false);
         let admin = identity(true);
         // (caller, role, visibility) → decisions for viewer, developer, maintainer needs.
-        let cases: [(Option<&Identity>, Option<MemberRole>, Visibility, [Decision; 3]); 12] = [
+        let cases: [(
+            Option<&Identity>,
+            Option<MemberRole>,
+            Visibility,
+            [Decision; 3],
+        ); 12] = [
             (None, None, Visibility::Private, [Hidden, Hidden, Hidden]),
             (None, None, Visibility::Public, [Allowed, SignIn, SignIn]),
-            (Some(&user), None, Visibility::Private, [Hidden, Hidden, Hidden]),
-            (Some(&user), None, Visibility::Public, [Allowed, Forbidden, Forbidden]),
-            (Some(&user), Some(Viewer), Visibility::Private, [Allowed, Forbidden, Forbidden]),
-            (Some(&user), Some(Viewer), Visibility::Public, [Allowed, Forbidden, Forbidden]),
-            (Some(&user), Some(Developer), Visibility::Private, [Allowed, Allowed, Forbidden]),
-            (Some(&user), Some(Developer), Visibility::Public, [Allowed, Allowed, Forbidden]),
-            (Some(&user), Some(Maintainer), Visibility::Private, [Allowed, Allowed, Allowed]),
-            (Some(&user), Some(Maintainer), Visibility::Public, [Allowed, Allowed, Allowed]),
-            (Some(&admin), None, Visibility::Private, [Allowed, Allowed, Allowed]),
-            (Some(&admin), Some(Viewer), Visibility::Public, [Allowed, Allowed, Allowed]),
+            (
+                Some(&user),
+                None,
+                Visibility::Private,
+                [Hidden, Hidden, Hidden],
+            ),
+            (
+                Some(&user),
+                None,
+                Visibility::Public,
+                [Allowed, Forbidden, Forbidden],
+            ),
+            (
+                Some(&user),
+                Some(Viewer),
+                Visibility::Private,
+                [Allowed, Forbidden, Forbidden],
+            ),
+            (
+                Some(&user),
+                Some(Viewer),
+                Visibility::Public,
+                [Allowed, Forbidden, Forbidden],
+            ),
+            (
+                Some(&user),
+                Some(Developer),
+                Visibility::Private,
+                [Allowed, Allowed, Forbidden],
+            ),
+            (
+                Some(&user),
+                Some(Developer),
+                Visibility::Public,
+                [Allowed, Allowed, Forbidden],
+            ),
+            (
+                Some(&user),
+                Some(Maintainer),
+                Visibility::Private,
+                [Allowed, Allowed, Allowed],
+            ),
+            (
+                Some(&user),
+                Some(Maintainer),
+                Visibility::Public,
+                [Allowed, Allowed, Allowed],
+            ),
+            (
+                Some(&admin),
+                None,
+                Visibility::Private,
+                [Allowed, Allowed, Allowed],
+            ),
+            (
+                Some(&admin),
+                Some(Viewer),
+                Visibility::Public,
+                [Allowed, Allowed, Allowed],
+            ),
         ];
         for (caller, role, visibility, expected) in cases {
             for (need, expected) in [Viewer, Developer, Maintainer].into_iter().zip(expected) {

@@ -86,7 +86,10 @@ impl<D: Database> FromRequestParts<AppState<D>> for Caller {
     ) -> Result<Self, Self::Rejection> {
         if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
             let token = bearer(value)?;
-            return by_token(state, token, source_of(parts)).await.map(Some).map(Caller);
+            return by_token(state, token, source_of(parts))
+                .await
+                .map(Some)
+                .map(Caller);
         }
         match session_cookie(&parts.headers) {
             Some(cookie) => by_session(state, parts, cookie).await.map(Caller),
@@ -302,15 +305,43 @@ mod tests {
         let host = ("host", "ci.example:8080");
         for (method, pairs, allowed) in [
             (Method::GET, vec![("origin", "https://evil.example")], true),
-            (Method::POST, vec![host, ("origin", "http://ci.example:8080")], true),
-            (Method::POST, vec![host, ("origin", "HTTPS://CI.example:8080")], true),
-            (Method::POST, vec![host, ("origin", "https://evil.example")], false),
-            (Method::POST, vec![host, ("origin", "https://ci.example")], false),
+            (
+                Method::POST,
+                vec![host, ("origin", "http://ci.example:8080")],
+                true,
+            ),
+            (
+                Method::POST,
+                vec![host, ("origin", "HTTPS://CI.example:8080")],
+                true,
+            ),
+            (
+                Method::POST,
+                vec![host, ("origin", "https://evil.example")],
+                false,
+            ),
+            (
+                Method::POST,
+                vec![host, ("origin", "https://ci.example")],
+                false,
+            ),
             (Method::DELETE, vec![host, ("origin", "null")], false),
             (Method::PUT, vec![host], false),
-            (Method::PUT, vec![host, ("sec-fetch-site", "same-origin")], true),
-            (Method::PUT, vec![host, ("sec-fetch-site", "cross-site")], false),
-            (Method::POST, vec![("origin", "http://ci.example:8080")], false),
+            (
+                Method::PUT,
+                vec![host, ("sec-fetch-site", "same-origin")],
+                true,
+            ),
+            (
+                Method::PUT,
+                vec![host, ("sec-fetch-site", "cross-site")],
+                false,
+            ),
+            (
+                Method::POST,
+                vec![("origin", "http://ci.example:8080")],
+                false,
+            ),
         ] {
             assert_eq!(
                 check_same_origin(&method, &headers(&pairs)).is_ok(),
@@ -326,7 +357,13 @@ mod tests {
         assert_eq!(session_cookie(&map), Some("abc"));
         let map = headers(&[("cookie", "a=1"), ("cookie", "kiln_session=xyz")]);
         assert_eq!(session_cookie(&map), Some("xyz"));
-        assert_eq!(session_cookie(&headers(&[("cookie", "kiln_session=")])), None);
-        assert_eq!(session_cookie(&headers(&[("cookie", "kiln_sessionx=1")])), None);
+        assert_eq!(
+            session_cookie(&headers(&[("cookie", "kiln_session=")])),
+            None
+        );
+        assert_eq!(
+            session_cookie(&headers(&[("cookie", "kiln_sessionx=1")])),
+            None
+        );
     }
 }

@@ -5,8 +5,8 @@
 //! blob store, so a restart loses nothing and several servers may share one
 //! PostgreSQL.
 
-pub mod api;
 pub mod access;
+pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod error;

@@ -3,11 +3,13 @@
 
 use chrono::{DateTime, Utc};
 use kiln_store::identity::TOUCH_INTERVAL;
-use kiln_store::sql::{self, TOKEN_LOOKUP_SELECT, TOKEN_OWNER_SELECT, USER_TOKEN_SELECT, or_missing};
+use kiln_store::sql::{
+    self, TOKEN_LOOKUP_SELECT, TOKEN_OWNER_SELECT, USER_TOKEN_SELECT, or_missing,
+};
 use kiln_store::values::{ms, token_kind_str};
 use kiln_store::{
-    NewUserToken, Result, StoreError, TokenId, TokenInfo, TokenKind, TokenLookup, TokenStore,
-    User, UserId, UserToken,
+    NewUserToken, Result, StoreError, TokenId, TokenInfo, TokenKind, TokenLookup, TokenStore, User,
+    UserId, UserToken,
 };
 
 use crate::PostgresStore;

@@ -427,7 +427,11 @@ pub fn job_and_role_select(user: &str, name: &str) -> String {
 }
 
 pub fn job_and_role(row: &impl StoreRow) -> Result<(Job, Option<MemberRole>)> {
-    let role = row.opt_text("member_role")?.as_deref().map(name).transpose()?;
+    let role = row
+        .opt_text("member_role")?
+        .as_deref()
+        .map(name)
+        .transpose()?;
     Ok((job(row)?, role))
 }
 

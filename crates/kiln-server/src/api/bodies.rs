@@ -373,9 +373,21 @@ macro_rules! choice_schema {
     };
 }
 
-choice_schema!(VisibilityName, Visibility, "`private`: members only; `public`: anyone reads its runs, logs and results.");
-choice_schema!(UserRoleName, UserRole, "`admin`: everything, everywhere; `user`: what the roles of their jobs allow.");
-choice_schema!(MemberRoleName, MemberRole, "`viewer`: read; `developer`: + trigger, cancel, rerun; `maintainer`: + change the job, its secrets and members.");
+choice_schema!(
+    VisibilityName,
+    Visibility,
+    "`private`: members only; `public`: anyone reads its runs, logs and results."
+);
+choice_schema!(
+    UserRoleName,
+    UserRole,
+    "`admin`: everything, everywhere; `user`: what the roles of their jobs allow."
+);
+choice_schema!(
+    MemberRoleName,
+    MemberRole,
+    "`viewer`: read; `developer`: + trigger, cancel, rerun; `maintainer`: + change the job, its secrets and members."
+);
 
 /// Body of `POST /api/v1/users`.
 #[derive(Debug, Deserialize, ToSchema)]

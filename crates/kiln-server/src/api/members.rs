@@ -51,7 +51,14 @@ pub async fn put<D: Database>(
     let now = Utc::now();
     state.db.set_member(job.id, member.id, role, now).await?;
     let object = member_object(&job.spec.name, &user);
-    audit::record(&state, &caller, "member.set", object, Some(format!("role {role}"))).await;
+    audit::record(
+        &state,
+        &caller,
+        "member.set",
+        object,
+        Some(format!("role {role}")),
+    )
+    .await;
     Ok(Json(kiln_api::Member {
         user: member.name,
         role: role.to_string(),

@@ -97,7 +97,10 @@ fn routes<D: Database>() -> Routes<D> {
         "/api/v1/jobs/{job}/members/{user}",
         put(members::put::<D>).delete(members::delete::<D>),
     )
-    .add("/api/v1/users", get(users::list::<D>).post(users::create::<D>))
+    .add(
+        "/api/v1/users",
+        get(users::list::<D>).post(users::create::<D>),
+    )
     .add(
         "/api/v1/users/{user}",
         get(users::show::<D>)

@@ -101,7 +101,15 @@ pub async fn login<D: Database>(
             .await?
             > 0
     {
-        audit::append(&state, &username, source, "user.sign_in_throttled", object, None).await;
+        audit::append(
+            &state,
+            &username,
+            source,
+            "user.sign_in_throttled",
+            object,
+            None,
+        )
+        .await;
         let seconds = THROTTLE_PAUSE.num_seconds();
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -119,7 +127,15 @@ pub async fn login<D: Database>(
         Some(user) if valid && !user.disabled => user,
         _ => {
             state.db.record_failed_sign_in(&username, now).await?;
-            audit::append(&state, &username, source, "user.sign_in_failed", object, None).await;
+            audit::append(
+                &state,
+                &username,
+                source,
+                "user.sign_in_failed",
+                object,
+                None,
+            )
+            .await;
             return Err(ApiError::unauthorized("wrong user name or password"));
         }
     };
@@ -127,7 +143,10 @@ pub async fn login<D: Database>(
     // A new session on every sign-in, and the old one ended: a cookie
     // planted before sign-in is worth nothing after it.
     if let Some(old) = session_cookie(&parts.headers) {
-        state.db.delete_session(&kiln_crypto::hash_token(old)).await?;
+        state
+            .db
+            .delete_session(&kiln_crypto::hash_token(old))
+            .await?;
     }
     let value = kiln_crypto::new_token("kiln_s_");
     let hash = kiln_crypto::hash_token(&value);
@@ -160,7 +179,15 @@ pub async fn logout<D: Database>(
             state.db.delete_session(&hash).await?;
             let object = format!("user/{}", session.user.name);
             let source = source_of(&parts);
-            audit::append(&state, &session.user.name, source, "user.sign_out", object, None).await;
+            audit::append(
+                &state,
+                &session.user.name,
+                source,
+                "user.sign_out",
+                object,
+                None,
+            )
+            .await;
         }
         response
             .headers_mut()

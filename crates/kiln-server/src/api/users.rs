@@ -57,7 +57,14 @@ pub async fn create<D: Database>(
     };
     let user = state.db.create_user(&new, Utc::now()).await?;
     let detail = format!("role {}", user.role);
-    audit::record(&state, &caller, "user.create", user_object(&user.name), Some(detail)).await;
+    audit::record(
+        &state,
+        &caller,
+        "user.create",
+        user_object(&user.name),
+        Some(detail),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(views::user(&user))))
 }
 
