@@ -697,3 +697,352 @@ fn the_document_is_valid_openapi() {
         "openapi-spec-validator refuses the document (or is not installed: run scripts/setup-test-env.sh)"
     );
 }
+
+const PASSWORD: &str = "correct horse battery";
+
+impl Harness {
+    /// `POST /login` as JSON, with these extra headers.
+    async fn sign_in(&self, password: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("{}/login", self.base))
+            .json(&json!({"username": "ada", "password": password}));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// A request carrying only the session cookie (and `origin`, if given).
+    async fn with_cookie(
+        &self,
+        method: Method,
+        path: &str,
+        cookie: &str,
+        origin: Option<&str>,
+    ) -> StatusCode {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("cookie", format!("kiln_session={cookie}"));
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send().await.unwrap().status()
+    }
+
+    async fn user_ada(&self) {
+        let body = json!({"name": "ada", "password": PASSWORD}).to_string();
+        let answer = self.json(Method::POST, "/api/v1/users", &body).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        assert_eq!(answer.body["has_password"], true);
+    }
+}
+
+/// The cookie's value and attributes from a sign-in's answer.
+fn session_of(response: &reqwest::Response) -> (String, String) {
+    let set = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let value = set
+        .strip_prefix("kiln_session=")
+        .and_then(|rest| rest.split(';').next())
+        .unwrap()
+        .to_string();
+    (value, set)
+}
+
+#[tokio::test]
+async fn a_session_cookie_works_from_this_site_only_until_sign_out() {
+    let server = Harness::start().await;
+    server.user_ada().await;
+    server.freestyle("app").await;
+    let body = json!({"role": "developer"}).to_string();
+    let answer = server
+        .json(Method::PUT, "/api/v1/jobs/app/members/ada", &body)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+
+    let wrong = server.sign_in("not the password", &[]).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    let signed_in = server.sign_in(PASSWORD, &[]).await;
+    assert_eq!(signed_in.status(), StatusCode::OK);
+    let (cookie, attributes) = session_of(&signed_in);
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(attributes.contains(attribute), "{attributes}");
+    }
+    assert!(!attributes.contains("Secure"), "plain HTTP: {attributes}");
+    let behind_tls = server
+        .sign_in(PASSWORD, &[("x-forwarded-proto", "https")])
+        .await;
+    assert!(session_of(&behind_tls).1.contains("; Secure"));
+
+    let host = server.base.trim_start_matches("http://").to_string();
+    let here = format!("http://{host}");
+    assert_eq!(
+        server
+            .with_cookie(Method::GET, "/api/v1/jobs/app", &cookie, None)
+            .await,
+        StatusCode::OK
+    );
+    // Changes need the same origin: a page elsewhere cannot trigger runs.
+    for origin in [None, Some("https://evil.example"), Some("null")] {
+        assert_eq!(
+            server
+                .with_cookie(Method::POST, "/api/v1/jobs/app/runs", &cookie, origin)
+                .await,
+            StatusCode::FORBIDDEN,
+            "{origin:?}"
+        );
+    }
+    let runs = server.get("/api/v1/jobs/app/runs").await;
+    assert_eq!(runs.body["runs"], json!([]), "a refused trigger made a run");
+    assert_eq!(
+        server
+            .with_cookie(Method::POST, "/api/v1/jobs/app/runs", &cookie, Some(&here))
+            .await,
+        StatusCode::CREATED
+    );
+    // A sign-in posted from another site is refused.
+    let forged = server
+        .sign_in(PASSWORD, &[("origin", "https://evil.example")])
+        .await;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+
+    // Signing in again with the cookie ends the old session.
+    let again = server
+        .sign_in(PASSWORD, &[("cookie", &format!("kiln_session={cookie}"))])
+        .await;
+    let (fresh, _) = session_of(&again);
+    assert_ne!(fresh, cookie);
+    assert_eq!(
+        server
+            .with_cookie(Method::GET, "/api/v1/tokens", &cookie, None)
+            .await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        server
+            .with_cookie(Method::GET, "/api/v1/tokens", &fresh, None)
+            .await,
+        StatusCode::OK
+    );
+    let out = server
+        .http
+        .post(format!("{}/logout", server.base))
+        .header("cookie", format!("kiln_session={fresh}"))
+        .header("origin", &here)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    assert!(session_of(&out).1.contains("Max-Age=0"));
+    assert_eq!(
+        server
+            .with_cookie(Method::GET, "/api/v1/tokens", &fresh, None)
+            .await,
+        StatusCode::UNAUTHORIZED
+    );
+    // An HTML form signs in too.
+    let form = server
+        .http
+        .post(format!("{}/login", server.base))
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(format!("username=ada&password={}", PASSWORD.replace(' ', "+")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::OK);
+
+    let audit = server.get("/api/v1/audit?actor=ada").await;
+    let actions: Vec<&str> = audit.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "user.sign_in",
+            "user.sign_out",
+            "user.sign_in",
+            "run.trigger",
+            "user.sign_in",
+            "user.sign_in",
+            "user.sign_in_failed"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn repeated_failed_sign_ins_are_slowed_down_and_audited() {
+    let server = Harness::start().await;
+    server.user_ada().await;
+    for _ in 0..5 {
+        assert_eq!(
+            server.sign_in("guess-guess", &[]).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Even the right password waits now: guessing is one try per 30 s.
+    let throttled = server.sign_in(PASSWORD, &[]).await;
+    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(throttled.headers()["retry-after"], "30");
+    let problem: Value = throttled.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("too many"));
+    // A name that does not exist is answered the same way.
+    let unknown = server
+        .http
+        .post(format!("{}/login", server.base))
+        .json(&json!({"username": "nobody", "password": "whatever-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
+    let audit = server.get("/api/v1/audit?object=user/").await;
+    let seen: Vec<(&str, &str)> = audit.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .collect();
+    let failed = seen
+        .iter()
+        .filter(|(who, what)| *who == "ada" && *what == "user.sign_in_failed")
+        .count();
+    assert_eq!(failed, 5, "{seen:?}");
+    assert!(seen.contains(&("ada", "user.sign_in_throttled")));
+    assert!(seen.contains(&("nobody", "user.sign_in_failed")));
+}
+
+#[tokio::test]
+async fn bad_identity_input_is_refused_and_changes_nothing() {
+    let server = Harness::start().await;
+    server.user_ada().await;
+    server.freestyle("app").await;
+    let body = json!({"name": "root", "role": "admin"}).to_string();
+    let answer = server.json(Method::POST, "/api/v1/users", &body).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    let users_before = server.get("/api/v1/users").await.body;
+    let cases = [
+        (
+            Method::POST,
+            "/api/v1/users",
+            json!({"name": "eve", "role": "owner"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown role `owner`",
+        ),
+        (
+            Method::POST,
+            "/api/v1/users",
+            json!({"name": "ada"}),
+            StatusCode::CONFLICT,
+            "ada",
+        ),
+        (
+            Method::POST,
+            "/api/v1/users",
+            json!({"name": "eve", "password": "a"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "8 to 1024",
+        ),
+        (
+            Method::POST,
+            "/api/v1/users",
+            json!({"name": "eve", "password": ""}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "8 to 1024",
+        ),
+        (
+            Method::POST,
+            "/api/v1/users",
+            json!({"name": "e ve"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "user name",
+        ),
+        (
+            Method::POST,
+            "/api/v1/tokens",
+            json!({"name": "t", "user": "ada", "expires_in": "-1d"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "lifetime",
+        ),
+        (
+            Method::POST,
+            "/api/v1/tokens",
+            json!({"name": "t", "user": "ada", "expires_in": "0s"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "lifetime",
+        ),
+        (
+            Method::POST,
+            "/api/v1/tokens",
+            json!({"name": "t", "user": "nobody"}),
+            StatusCode::NOT_FOUND,
+            "nobody",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/jobs/app/members/nobody",
+            json!({"role": "viewer"}),
+            StatusCode::NOT_FOUND,
+            "nobody",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/jobs/app/members/ada",
+            json!({"role": "owner"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "viewer, developer, maintainer",
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/users/root",
+            json!({"role": "user"}),
+            StatusCode::CONFLICT,
+            "last enabled admin",
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/users/root",
+            json!({"disabled": true}),
+            StatusCode::CONFLICT,
+            "last enabled admin",
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/users/root",
+            json!({}),
+            StatusCode::CONFLICT,
+            "last enabled admin",
+        ),
+    ];
+    for (method, path, body, status, needle) in cases {
+        let detail = server
+            .json(method.clone(), path, &body.to_string())
+            .await
+            .problem(status);
+        assert!(detail.contains(needle), "{method} {path} {body}: {detail}");
+    }
+    // A disabled user gets no new token.
+    let body = json!({"disabled": true}).to_string();
+    let answer = server.json(Method::PATCH, "/api/v1/users/ada", &body).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let body = json!({"name": "t", "user": "ada"}).to_string();
+    let detail = server
+        .json(Method::POST, "/api/v1/tokens", &body)
+        .await
+        .problem(StatusCode::CONFLICT);
+    assert!(detail.contains("disabled"), "{detail}");
+    let body = json!({"disabled": false}).to_string();
+    server.json(Method::PATCH, "/api/v1/users/ada", &body).await;
+
+    assert_eq!(server.get("/api/v1/users").await.body, users_before);
+    let tokens = server.get("/api/v1/tokens?user=ada").await;
+    assert_eq!(tokens.body, json!([]), "no token was made");
+    let members = server.get("/api/v1/jobs/app/members").await;
+    assert_eq!(members.body, json!([]), "no member was set");
+}
