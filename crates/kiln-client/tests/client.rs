@@ -407,7 +407,7 @@ fn router(server: Server) -> Router {
                         (
                             StatusCode::CREATED,
                             axum::Json(TokenCreated {
-                                id: 1,
+                                id: 7,
                                 name: body.name,
                                 token: "kiln_agent_abc".into(),
                                 expires_at: None,
@@ -557,12 +557,11 @@ async fn bearer_token_is_sent_and_bodies_round_trip() {
             repository: None,
             pipeline_path: None,
             default_branch: None,
-            visibility: Some("public".into()),
+            visibility: None,
         })
         .await
         .unwrap();
     assert_eq!(posted.name, "free");
-    assert_eq!(posted.visibility, "public");
     client.delete_job("app").await.unwrap();
 
     let triggered = client
