@@ -5,7 +5,9 @@
 //! blob store, so a restart loses nothing and several servers may share one
 //! PostgreSQL.
 
+pub mod access;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod grpc;
@@ -52,6 +54,17 @@ pub const DEFAULT_MAX_REPORT_SIZE: u64 = 64 * 1024 * 1024;
 /// What a server's start found or made, for its start-up lines.
 pub struct Bootstrap {
     pub admin_token: AdminToken,
+    pub admin_password: AdminPassword,
+}
+
+/// Where the password of the user `admin` came from.
+pub enum AdminPassword {
+    /// Made on this (first) start: shown once.
+    Generated(String),
+    /// Taken from `KILN_ADMIN_PASSWORD` on this (first) start.
+    FromEnvironment,
+    /// The user existed already; `KILN_ADMIN_PASSWORD` is not read again.
+    Existing,
 }
 
 /// Where the admin token came from.
@@ -103,6 +116,9 @@ pub async fn app_state<D: Database>(db: D, config: &ServerConfig) -> anyhow::Res
 pub struct StartSecrets {
     /// `KILN_ADMIN_TOKEN`: the admin token to make on first start.
     pub admin_token: Option<String>,
+    /// `KILN_ADMIN_PASSWORD`: the password of the user `admin`, made on
+    /// first start.
+    pub admin_password: Option<String>,
     /// `KILN_AGENT_TOKEN`: a token agents may share.
     pub agent_token: Option<String>,
 }
@@ -110,6 +126,7 @@ pub struct StartSecrets {
 /// On first start, makes the admin token (`secrets.admin_token`, or a new
 /// one); registers `secrets.agent_token` as a shared agent token when set.
 pub async fn bootstrap<D: Database>(db: &D, secrets: &StartSecrets) -> anyhow::Result<Bootstrap> {
+    let admin_password = admin_user(db, secrets.admin_password.as_deref()).await?;
     let admin_token = if db.has_admin_token().await? {
         AdminToken::Existing
     } else {
@@ -131,6 +148,11 @@ pub async fn bootstrap<D: Database>(db: &D, secrets: &StartSecrets) -> anyhow::R
         .await?;
         admin_token
     };
+    // The admin token acts as the user `admin` (and is listed, revoked and
+    // audited as its), including one made before users existed.
+    if let Some(admin) = db.get_user(ADMIN_USER).await? {
+        db.adopt_admin_tokens(admin.id).await?;
+    }
     if let Some(token) = &secrets.agent_token
         && !token.trim().is_empty()
     {
@@ -140,7 +162,45 @@ pub async fn bootstrap<D: Database>(db: &D, secrets: &StartSecrets) -> anyhow::R
                 .await?;
         }
     }
-    Ok(Bootstrap { admin_token })
+    Ok(Bootstrap {
+        admin_token,
+        admin_password,
+    })
+}
+
+/// The first user's name.
+pub const ADMIN_USER: &str = "admin";
+
+/// Makes the user `admin` when there are no users yet, with `password`
+/// (`KILN_ADMIN_PASSWORD`) or a new one.
+async fn admin_user<D: Database>(db: &D, password: Option<&str>) -> anyhow::Result<AdminPassword> {
+    if !db.list_users().await?.is_empty() {
+        return Ok(AdminPassword::Existing);
+    }
+    let (password, origin) = match password.filter(|p| !p.is_empty()) {
+        Some(given) => {
+            let checked = kiln_api::fields::Password::new(given)
+                .map_err(|why| anyhow::anyhow!("KILN_ADMIN_PASSWORD: {why}"))?;
+            (checked.into_inner(), AdminPassword::FromEnvironment)
+        }
+        None => {
+            // 20 characters of base64url: 120 bits.
+            let generated: String = kiln_crypto::new_token("").chars().take(20).collect();
+            (generated.clone(), AdminPassword::Generated(generated))
+        }
+    };
+    let hash = tokio::task::spawn_blocking(move || kiln_crypto::hash_password(&password)).await?;
+    let admin = kiln_store::NewUser {
+        name: ADMIN_USER.into(),
+        role: kiln_store::UserRole::Admin,
+        password_hash: Some(hash),
+    };
+    match db.create_user(&admin, Utc::now()).await {
+        Ok(_) => Ok(origin),
+        // Another server sharing the database made it first.
+        Err(kiln_store::StoreError::Conflict(_)) => Ok(AdminPassword::Existing),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The embedded agent's token: made on first start, kept in the data
@@ -205,7 +265,7 @@ pub async fn serve<D: Database>(
             result
         })
     });
-    let app = api::router(state);
+    let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let stop = shutdown.clone();
     let http = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -64,3 +64,45 @@ fn step(step: &StepRow) -> kiln_api::Step {
         finished_at: step.finished_at,
     }
 }
+
+pub fn user(user: &kiln_store::User) -> kiln_api::User {
+    kiln_api::User {
+        name: user.name.clone(),
+        role: user.role.to_string(),
+        disabled: user.disabled,
+        has_password: user.has_password,
+        created_at: user.created_at,
+    }
+}
+
+pub fn token(token: &kiln_store::UserToken) -> kiln_api::Token {
+    kiln_api::Token {
+        id: token.id.0,
+        name: token.name.clone(),
+        user: token.user.clone(),
+        created_at: token.created_at,
+        expires_at: token.expires_at,
+        last_used_at: token.last_used_at,
+        revoked_at: token.revoked_at,
+    }
+}
+
+pub fn member(member: &kiln_store::Member) -> kiln_api::Member {
+    kiln_api::Member {
+        user: member.user.clone(),
+        role: member.role.to_string(),
+        updated_at: member.updated_at,
+    }
+}
+
+pub fn audit_entry(entry: &kiln_store::AuditEntry) -> kiln_api::AuditEntry {
+    kiln_api::AuditEntry {
+        id: entry.id.0,
+        at: entry.at,
+        actor: entry.actor.clone(),
+        action: entry.action.clone(),
+        object: entry.object.clone(),
+        detail: entry.detail.clone(),
+        source: entry.source.clone(),
+    }
+}

@@ -525,7 +525,7 @@ async fn routes_and_methods_not_served_are_problems() {
         .problem(StatusCode::METHOD_NOT_ALLOWED);
     let unauthenticated = server
         .http
-        .get(format!("{}/api/v1/jobs", server.base))
+        .post(format!("{}/api/v1/jobs", server.base))
         .send()
         .await
         .unwrap();

@@ -3,10 +3,12 @@
 
 use chrono::{DateTime, Utc};
 use kiln_store::identity::TOUCH_INTERVAL;
-use kiln_store::sql::{self, TOKEN_LOOKUP_SELECT, USER_TOKEN_SELECT, or_missing};
+use kiln_store::sql::{
+    self, TOKEN_LOOKUP_SELECT, TOKEN_OWNER_SELECT, USER_TOKEN_SELECT, or_missing,
+};
 use kiln_store::values::{ms, token_kind_str};
 use kiln_store::{
-    NewUserToken, Result, StoreError, TokenId, TokenInfo, TokenKind, TokenLookup, TokenStore,
+    NewUserToken, Result, StoreError, TokenId, TokenInfo, TokenKind, TokenLookup, TokenStore, User,
     UserId, UserToken,
 };
 
@@ -98,6 +100,14 @@ impl TokenStore for SqliteStore {
                 .rows_affected();
         tx.commit().await?;
         Ok(revoked > 0)
+    }
+
+    async fn token_owner(&self, id: TokenId) -> Result<Option<User>> {
+        let row = sqlx::query(&format!("{TOKEN_OWNER_SELECT} WHERE t.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(sql::owner).transpose()
     }
 
     async fn adopt_admin_tokens(&self, user: UserId) -> Result<u64> {

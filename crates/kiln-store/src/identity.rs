@@ -120,6 +120,8 @@ pub struct User {
     pub name: String,
     pub role: UserRole,
     pub disabled: bool,
+    /// Whether it can sign in with a password (the hash is never read with it).
+    pub has_password: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

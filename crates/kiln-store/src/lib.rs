@@ -675,6 +675,9 @@ pub trait TokenStore {
         id: TokenId,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool>> + Send;
+    /// The user the token belongs to; `None` when there is no such token
+    /// or it belongs to no user (agents' tokens).
+    fn token_owner(&self, id: TokenId) -> impl Future<Output = Result<Option<User>>> + Send;
     /// Gives `user` the admin tokens that have no owner (made before users
     /// existed, or on first start before the user); how many it took.
     fn adopt_admin_tokens(&self, user: UserId) -> impl Future<Output = Result<u64>> + Send;

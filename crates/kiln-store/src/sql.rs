@@ -307,7 +307,8 @@ pub fn token(row: &impl StoreRow) -> Result<TokenInfo> {
 }
 
 /// The columns [`user`] reads.
-pub const USER_COLUMNS: &str = "id, name, role, disabled, created_at, updated_at";
+pub const USER_COLUMNS: &str =
+    "id, name, role, disabled, password_hash IS NOT NULL AS has_password, created_at, updated_at";
 
 pub fn user(row: &impl StoreRow) -> Result<User> {
     user_at(row, "")
@@ -321,6 +322,7 @@ fn user_at(row: &impl StoreRow, prefix: &str) -> Result<User> {
         name: row.text(&column("name"))?,
         role: name(&row.text(&column("role"))?)?,
         disabled: row.flag(&column("disabled"))?,
+        has_password: row.flag(&column("has_password"))?,
         created_at: time(row.int(&column("created_at"))?)?,
         updated_at: time(row.int(&column("updated_at"))?)?,
     })
@@ -330,8 +332,21 @@ fn user_at(row: &impl StoreRow, prefix: &str) -> Result<User> {
 macro_rules! owner_columns {
     () => {
         "u.id AS u_id, u.name AS u_name, u.role AS u_role, u.disabled AS u_disabled, \
+         u.password_hash IS NOT NULL AS u_has_password, \
          u.created_at AS u_created_at, u.updated_at AS u_updated_at"
     };
+}
+
+/// Selects a token's owner as [`owner`] reads it; callers append `WHERE t.id = …`.
+pub const TOKEN_OWNER_SELECT: &str = concat!(
+    "SELECT ",
+    owner_columns!(),
+    " FROM tokens t JOIN users u ON u.id = t.user_id"
+);
+
+/// A user selected with `owner_columns!` (`u_id`, `u_name`, …).
+pub fn owner(row: &impl StoreRow) -> Result<User> {
+    user_at(row, "u_")
 }
 
 /// Selects a user's tokens as [`user_token`] reads them; callers append `WHERE …`.
@@ -412,7 +427,11 @@ pub fn job_and_role_select(user: &str, name: &str) -> String {
 }
 
 pub fn job_and_role(row: &impl StoreRow) -> Result<(Job, Option<MemberRole>)> {
-    let role = row.opt_text("member_role")?.as_deref().map(name).transpose()?;
+    let role = row
+        .opt_text("member_role")?
+        .as_deref()
+        .map(name)
+        .transpose()?;
     Ok((job(row)?, role))
 }
 

@@ -27,10 +27,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use crate::queue::Retry;
 use crate::queue::cases::{self, Observed};
 use crate::{
-    Artifact, AuditFilter, Claim, Database, Event, Job, JobId, JobKind, JobSpec,
-    MemberRole, NewAuditEntry, NewRun, NewTask, NewUser, NewUserToken, Refusal, RunDetail,
-    RunFilter, RunId, Status, StepRow, StoreError, TaskHold, TaskId, TaskResult, TaskRow,
-    TokenKind, Undelivered, Upserted, User, UserChange, UserRole, Visibility,
+    Artifact, AuditFilter, Claim, Database, Event, Job, JobId, JobKind, JobSpec, MemberRole,
+    NewAuditEntry, NewRun, NewTask, NewUser, NewUserToken, Refusal, RunDetail, RunFilter, RunId,
+    Status, StepRow, StoreError, TaskHold, TaskId, TaskResult, TaskRow, TokenKind, Undelivered,
+    Upserted, User, UserChange, UserRole, Visibility,
 };
 
 /// One `#[tokio::test]` per case of the contract, in the module it is
@@ -282,7 +282,10 @@ pub async fn jobs<D: Database>(db: &D) {
     assert_eq!(updated.spec, git);
     assert_eq!((updated.created_at, updated.updated_at), (at(0), at(3)));
 
-    let (fresh, how) = db.upsert_job(&freestyle("jobs-b"), None, at(4)).await.unwrap();
+    let (fresh, how) = db
+        .upsert_job(&freestyle("jobs-b"), None, at(4))
+        .await
+        .unwrap();
     assert_eq!(how, Upserted::Created);
     assert_eq!(fresh.spec.name, "jobs-b");
 
@@ -2343,7 +2346,14 @@ pub async fn token_lookup_states<D: Database>(db: &D) {
     assert_eq!(db.adopt_admin_tokens(root.id).await.unwrap(), 0);
     let adopted = db.lookup_token("h-admin").await.unwrap().expect("admin");
     assert_eq!(adopted.user.map(|u| u.id), Some(root.id));
-    assert!(db.lookup_token("h-agent").await.unwrap().unwrap().user.is_none());
+    assert!(
+        db.lookup_token("h-agent")
+            .await
+            .unwrap()
+            .unwrap()
+            .user
+            .is_none()
+    );
     // A hash in use, or an unknown user, is refused.
     let taken = NewUserToken {
         hash: "h-agent",
@@ -2565,7 +2575,12 @@ pub async fn job_and_role<D: Database>(db: &D) {
     assert_eq!((found.id, role), (api.id, Some(MemberRole::Developer)));
     let (_, role) = db.job_and_role("api", None).await.unwrap().unwrap();
     assert_eq!(role, None, "no user, no role");
-    assert!(db.job_and_role("none", Some(bo.id)).await.unwrap().is_none());
+    assert!(
+        db.job_and_role("none", Some(bo.id))
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(
         db.member_roles(bo.id).await.unwrap(),
         [(api.id, MemberRole::Developer)]

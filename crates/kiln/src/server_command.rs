@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
-use kiln_server::{AdminToken, ServerConfig, StartSecrets};
+use kiln_server::{AdminPassword, AdminToken, ServerConfig, StartSecrets};
 use kiln_store::Database;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +43,7 @@ pub fn take_start_secrets() -> StartSecrets {
     };
     let secrets = StartSecrets {
         admin_token: take("KILN_ADMIN_TOKEN"),
+        admin_password: take("KILN_ADMIN_PASSWORD"),
         agent_token: take("KILN_AGENT_TOKEN"),
     };
     // Read by the command-line parser already; a password in it goes too.
@@ -214,6 +215,15 @@ async fn run_with<D: Database>(
                 .to_string()
         }
     });
+    match &bootstrap.admin_password {
+        AdminPassword::Generated(password) => lines.push(format!(
+            "web sign-in: user `admin`, password (shown once, keep it): {password}"
+        )),
+        AdminPassword::FromEnvironment => {
+            lines.push("web sign-in: user `admin`, the password in KILN_ADMIN_PASSWORD".into());
+        }
+        AdminPassword::Existing => {}
+    }
     if all_in_one {
         lines.push(format!(
             "try: KILN_SERVER={url} KILN_TOKEN=<admin token> kiln job list"

@@ -5,13 +5,14 @@
 //! commit that exists) is checked by the handlers and answered `422`.
 
 use kiln_api::fields::{
-    AttemptNumber, BranchName, CommitSha, Cursor, JobName, PageSize, PipelinePath, RepositoryUrl,
-    SecretName, SecretValue, StatusFilter, TokenName,
+    AttemptNumber, BranchName, CommitSha, Cursor, ExpiresIn, JobName, PageSize, Password,
+    PipelinePath, RepositoryUrl, SecretName, SecretValue, StatusFilter, TokenName, UserName,
 };
+use kiln_store::{ClosedSet, MemberRole, UserRole, Visibility};
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
-use utoipa::openapi::schema::{OneOfBuilder, Schema};
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{IntoParams, PartialSchema, ToSchema};
 
@@ -62,6 +63,10 @@ pub struct NewGitJob {
     pub pipeline_path: Option<PipelinePath>,
     /// Branch built when a trigger names none; `main` by default.
     pub default_branch: Option<BranchName>,
+    /// `private` (members only; the default for a new job) or `public`
+    /// (anyone may read its runs); unchanged when left out of a `PUT`.
+    #[schema(value_type = Option<VisibilityName>)]
+    pub visibility: Option<Choice<Visibility>>,
 }
 
 /// A new job whose pipeline is stored with it.
@@ -75,6 +80,10 @@ pub struct NewFreestyleJob {
     pub pipeline: String,
     /// The branch a run reports (and `when` matches) when a trigger names none.
     pub default_branch: Option<BranchName>,
+    /// `private` (members only; the default for a new job) or `public`
+    /// (anyone may read its runs); unchanged when left out of a `PUT`.
+    #[schema(value_type = Option<VisibilityName>)]
+    pub visibility: Option<Choice<Visibility>>,
 }
 
 /// A job built from a repository: its pipeline file is read at each run's
@@ -90,6 +99,10 @@ pub struct GitJob {
     pub pipeline_path: Option<PipelinePath>,
     /// Branch built when a trigger names none; `main` by default.
     pub default_branch: Option<BranchName>,
+    /// `private` (members only; the default for a new job) or `public`
+    /// (anyone may read its runs); unchanged when left out of a `PUT`.
+    #[schema(value_type = Option<VisibilityName>)]
+    pub visibility: Option<Choice<Visibility>>,
 }
 
 /// A job whose pipeline is stored with it.
@@ -104,6 +117,10 @@ pub struct FreestyleJob {
     pub pipeline: String,
     /// The branch a run reports (and `when` matches) when a trigger names none.
     pub default_branch: Option<BranchName>,
+    /// `private` (members only; the default for a new job) or `public`
+    /// (anyone may read its runs); unchanged when left out of a `PUT`.
+    #[schema(value_type = Option<VisibilityName>)]
+    pub visibility: Option<Choice<Visibility>>,
 }
 
 /// Reads a job body by its `kind`, so that an error names the kind's own
@@ -214,7 +231,7 @@ pub enum JobSource {
 }
 
 impl NewJob {
-    pub fn into_parts(self) -> (JobName, JobSource) {
+    pub fn into_parts(self) -> (JobName, JobSource, Option<Visibility>) {
         match self {
             NewJob::Git(job) => (
                 job.name,
@@ -223,6 +240,7 @@ impl NewJob {
                     pipeline_path: job.pipeline_path,
                     default_branch: job.default_branch,
                 },
+                job.visibility.map(Choice::get),
             ),
             NewJob::Freestyle(job) => (
                 job.name,
@@ -230,13 +248,14 @@ impl NewJob {
                     pipeline: job.pipeline,
                     default_branch: job.default_branch,
                 },
+                job.visibility.map(Choice::get),
             ),
         }
     }
 }
 
 impl JobDefinition {
-    pub fn into_parts(self) -> (Option<JobName>, JobSource) {
+    pub fn into_parts(self) -> (Option<JobName>, JobSource, Option<Visibility>) {
         match self {
             JobDefinition::Git(job) => (
                 job.name,
@@ -245,6 +264,7 @@ impl JobDefinition {
                     pipeline_path: job.pipeline_path,
                     default_branch: job.default_branch,
                 },
+                job.visibility.map(Choice::get),
             ),
             JobDefinition::Freestyle(job) => (
                 job.name,
@@ -252,6 +272,7 @@ impl JobDefinition {
                     pipeline: job.pipeline,
                     default_branch: job.default_branch,
                 },
+                job.visibility.map(Choice::get),
             ),
         }
     }
@@ -299,9 +320,175 @@ pub struct NewAgentToken {
 #[serde(deny_unknown_fields)]
 pub struct NewUserToken {
     pub name: TokenName,
-    /// Whether the token may create other tokens.
-    #[serde(default)]
-    pub admin: bool,
+    /// How long it works; forever when left out.
+    pub expires_in: Option<ExpiresIn>,
+    /// Admins: whose token it is; the caller's when left out.
+    pub user: Option<UserName>,
+}
+
+/// One of a closed set of names, as its schema's `enum` lists them; an
+/// unknown one is refused with the list.
+#[derive(Debug, Clone, Copy)]
+pub struct Choice<T>(pub T);
+
+impl<T> Choice<T> {
+    pub fn get(self) -> T {
+        self.0
+    }
+}
+
+impl<'de, T: ClosedSet> Deserialize<'de> for Choice<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Choice<T>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map(Choice).map_err(|_| {
+            let names: Vec<&str> = T::all().iter().map(|value| value.name()).collect();
+            D::Error::custom(format!(
+                "unknown {} `{text}`: expected one of {}",
+                T::WHAT,
+                names.join(", ")
+            ))
+        })
+    }
+}
+
+/// The `enum` schema of a [`Choice`].
+fn choice_schema<T: ClosedSet>(description: &str) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::String))
+        .enum_values(Some(T::all().iter().map(|value| value.name())))
+        .description(Some(description))
+        .into()
+}
+
+/// Declares a named schema for a [`Choice`] of `$set`.
+macro_rules! choice_schema {
+    ($name:ident, $set:ty, $description:literal) => {
+        pub struct $name;
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                choice_schema::<$set>($description)
+            }
+        }
+        impl ToSchema for $name {}
+    };
+}
+
+choice_schema!(
+    VisibilityName,
+    Visibility,
+    "`private`: members only; `public`: anyone reads its runs, logs and results."
+);
+choice_schema!(
+    UserRoleName,
+    UserRole,
+    "`admin`: everything, everywhere; `user`: what the roles of their jobs allow."
+);
+choice_schema!(
+    MemberRoleName,
+    MemberRole,
+    "`viewer`: read; `developer`: + trigger, cancel, rerun; `maintainer`: + change the job, its secrets and members."
+);
+
+/// Body of `POST /api/v1/users`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUserBody {
+    pub name: UserName,
+    /// `user` when left out.
+    #[schema(value_type = Option<UserRoleName>)]
+    pub role: Option<Choice<UserRole>>,
+    /// For signing in to the web UI; without one, the user only uses tokens.
+    pub password: Option<Password>,
+}
+
+/// Body of `PATCH /api/v1/users/{user}`: what is left out stays.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    #[schema(value_type = Option<UserRoleName>)]
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    pub role: Option<Choice<UserRole>>,
+    /// A disabled user's tokens and sessions stop working at once.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    pub disabled: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    pub password: Option<Password>,
+}
+
+/// Body of `PUT /api/v1/jobs/{job}/members/{user}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRoleBody {
+    #[schema(value_type = MemberRoleName)]
+    pub role: Choice<MemberRole>,
+}
+
+/// Body of `POST /login`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    pub username: String,
+    pub password: String,
+}
+
+/// `/api/v1/users/{user}`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct UserPath {
+    /// The user's name.
+    #[param(inline)]
+    pub user: UserName,
+}
+
+/// `/api/v1/tokens/{id}`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TokenPath {
+    /// The token's id, as `GET /tokens` lists it.
+    #[param(example = 1)]
+    pub id: i64,
+}
+
+/// `/api/v1/jobs/{job}/members/{user}`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct MemberPath {
+    /// The job's name.
+    #[param(inline)]
+    pub job: JobName,
+    /// The user's name.
+    #[param(inline)]
+    pub user: UserName,
+}
+
+/// `GET /api/v1/tokens?user=`
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(default)]
+pub struct TokenListQuery {
+    /// Admins: whose tokens to list; the caller's when left out.
+    #[param(inline)]
+    pub user: Option<UserName>,
+}
+
+/// `GET /api/v1/audit?actor=&action=&object=&cursor=&limit=`: newest first.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(default)]
+pub struct AuditQuery {
+    /// Only entries by this actor (a user's name).
+    pub actor: Option<String>,
+    /// Only entries of this action, e.g. `job.update`.
+    pub action: Option<String>,
+    /// Only entries whose object is this or under it, e.g. `job/app`.
+    pub object: Option<String>,
+    #[param(inline)]
+    pub cursor: Cursor,
+    #[param(inline)]
+    pub limit: PageSize,
 }
 
 /// `/api/v1/jobs/{job}…`
@@ -432,12 +619,14 @@ mod tests {
             pipeline_path: Some("ci/kiln.yml".into()),
             default_branch: Some("main".into()),
             pipeline: None,
+            visibility: Some("public".into()),
         };
-        let (name, source) = serde_json::from_value::<NewJob>(client_form(&git))
+        let (name, source, visibility) = serde_json::from_value::<NewJob>(client_form(&git))
             .unwrap()
             .into_parts();
         assert_eq!(name.as_str(), "app");
         assert!(matches!(source, JobSource::Git { .. }));
+        assert_eq!(visibility, Some(Visibility::Public));
         let freestyle = kiln_api::JobBody {
             name: None,
             kind: "freestyle".into(),
@@ -445,11 +634,14 @@ mod tests {
             pipeline_path: None,
             default_branch: None,
             pipeline: Some(EXAMPLE_PIPELINE.into()),
+            visibility: None,
         };
-        let (name, source) = serde_json::from_value::<JobDefinition>(client_form(&freestyle))
-            .unwrap()
-            .into_parts();
+        let (name, source, visibility) =
+            serde_json::from_value::<JobDefinition>(client_form(&freestyle))
+                .unwrap()
+                .into_parts();
         assert!(name.is_none());
+        assert!(visibility.is_none());
         assert!(matches!(source, JobSource::Freestyle { .. }));
 
         let trigger = kiln_api::TriggerBody {
@@ -492,6 +684,7 @@ mod tests {
             json!({"kind": "git", "repository": "/r"}),
             json!({"name": "a b", "kind": "git", "repository": "/r"}),
             json!({"name": "a", "kind": "git", "repository": "/r", "pipeline_path": "../x"}),
+            json!({"name": "a", "kind": "git", "repository": "/r", "visibility": "internal"}),
         ] {
             assert!(
                 serde_json::from_value::<NewJob>(body.clone()).is_err(),

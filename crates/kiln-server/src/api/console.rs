@@ -23,7 +23,7 @@ use super::bodies::{ConsoleQuery, TaskPath};
 use super::extract::{ApiPath, ApiQuery};
 use super::range::satisfiable;
 use super::results::{attempt_of, find_task};
-use crate::auth::User;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::results::console_key;
 use crate::state::AppState;
@@ -35,7 +35,7 @@ const PAGE: usize = 32;
 /// Bytes read from a moved log at a time.
 const BLOB_PIECE: u64 = 1024 * 1024;
 
-#[utoipa::path(operation_id = "get_console", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/console", tag = "results", security(("bearer" = [])),
+#[utoipa::path(operation_id = "get_console", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/console", tag = "results", security((), ("bearer" = []), ("session" = [])),
     params(TaskPath, ConsoleQuery,
         ("Range" = Option<String>, Header, description = "`bytes=START-[END]` or `bytes=-SUFFIX`, of what the same request without it answers; ignored with follow=true")),
     responses((status = 200, description = "The whole log", content_type = "text/plain", body = String),
@@ -45,13 +45,13 @@ const BLOB_PIECE: u64 = 1024 * 1024;
         (status = 416, description = "The `Range` is not one range within the log", body = kiln_api::Problem,
             headers(("Content-Range" = String, description = "`bytes */LENGTH`: the log's length")))))]
 pub async fn console<D: Database>(
-    _: User,
+    caller: Caller,
     State(state): State<AppState<D>>,
     ApiPath(path): ApiPath<TaskPath>,
     ApiQuery(query): ApiQuery<ConsoleQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let found = find_task(&state, path).await?;
+    let found = find_task(&state, &caller, path).await?;
     let attempt = attempt_of(&found, query.attempt)?;
     let first = if query.attempt.is_some() { attempt } else { 1 };
     let cursor = Cursor {

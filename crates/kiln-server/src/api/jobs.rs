@@ -3,18 +3,20 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
 use kiln_api::fields::JobName;
-use kiln_store::{Database, JobKind, JobSpec, Upserted};
+use kiln_store::{Database, JobKind, JobSpec, MemberRole, Upserted, Visibility};
 
 use super::bodies::{JobDefinition, JobPath, JobSource, NewJob};
 use super::extract::{ApiJson, ApiPath};
-use crate::auth::User;
+use crate::access::{self, Decision};
+use crate::audit::{self, job_object};
+use crate::auth::{Caller, SignedIn};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::views;
 
 /// The stored form of a job, with defaults filled in. The body's types
 /// checked its fields; what is left is the pipeline's validity.
-pub fn job_spec(name: &JobName, source: JobSource) -> ApiResult<JobSpec> {
+pub fn job_spec(name: &JobName, source: JobSource, visibility: Visibility) -> ApiResult<JobSpec> {
     match source {
         JobSource::Git {
             repository,
@@ -27,6 +29,7 @@ pub fn job_spec(name: &JobName, source: JobSource) -> ApiResult<JobSpec> {
             pipeline_path: Some(pipeline_path.map_or_else(|| ".kiln.yml".into(), String::from)),
             default_branch: Some(default_branch.map_or_else(|| "main".into(), String::from)),
             pipeline: None,
+            visibility,
         }),
         JobSource::Freestyle {
             pipeline,
@@ -45,74 +48,99 @@ pub fn job_spec(name: &JobName, source: JobSource) -> ApiResult<JobSpec> {
                 pipeline_path: None,
                 default_branch: default_branch.map(String::from),
                 pipeline: Some(pipeline),
+                visibility,
             })
         }
     }
 }
 
-pub async fn find_job<D: Database>(state: &AppState<D>, name: &str) -> ApiResult<kiln_store::Job> {
-    state
-        .db
-        .get_job(name)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("job `{name}` not found")))
-}
-
-#[utoipa::path(operation_id = "list_jobs", get, path = "/api/v1/jobs", tag = "jobs", security(("bearer" = [])),
+#[utoipa::path(operation_id = "list_jobs", get, path = "/api/v1/jobs", tag = "jobs", security((), ("bearer" = []), ("session" = [])),
     responses((status = 200, body = Vec<kiln_api::Job>)))]
 pub async fn list<D: Database>(
-    _: User,
+    caller: Caller,
     State(state): State<AppState<D>>,
 ) -> ApiResult<Json<Vec<kiln_api::Job>>> {
     let jobs = state.db.list_jobs().await?;
-    Ok(Json(jobs.iter().map(views::job).collect()))
+    let roles = match caller.identity().and_then(|identity| identity.user) {
+        Some(user) => state.db.member_roles(user).await?,
+        None => Vec::new(),
+    };
+    let role_of = |job: &kiln_store::Job| {
+        roles
+            .iter()
+            .find(|(id, _)| *id == job.id)
+            .map(|(_, role)| *role)
+    };
+    let readable = jobs.iter().filter(|job| {
+        let decision = access::decide(
+            caller.identity(),
+            job.spec.visibility,
+            role_of(job),
+            MemberRole::Viewer,
+        );
+        decision == Decision::Allowed
+    });
+    Ok(Json(readable.map(views::job).collect()))
 }
 
-#[utoipa::path(operation_id = "create_job", post, path = "/api/v1/jobs", tag = "jobs", security(("bearer" = [])), request_body = NewJob,
+#[utoipa::path(operation_id = "create_job", post, path = "/api/v1/jobs", tag = "jobs", security(("bearer" = []), ("session" = [])), request_body = NewJob,
     responses((status = 201, description = "Created", body = kiln_api::Job), (status = 409, description = "A job of that name exists", body = kiln_api::Problem),
         (status = 422, description = "The body does not fit its schema, or the freestyle pipeline is not valid (`errors` says where)", body = kiln_api::Problem)))]
 pub async fn create<D: Database>(
-    _: User,
+    SignedIn(caller): SignedIn,
     State(state): State<AppState<D>>,
     ApiJson(body): ApiJson<NewJob>,
 ) -> ApiResult<(StatusCode, Json<kiln_api::Job>)> {
-    let (name, source) = body.into_parts();
-    let spec = job_spec(&name, source)?;
-    let job = state
-        .db
-        .create_job(&spec, Utc::now())
-        .await
-        .map_err(|e| match e {
-            kiln_store::StoreError::Conflict(_) => ApiError::conflict(format!(
-                "job `{name}` exists; use PUT /api/v1/jobs/{name} to replace it"
-            )),
-            e => e.into(),
-        })?;
+    let (name, source, visibility) = body.into_parts();
+    let spec = job_spec(&name, source, visibility.unwrap_or(Visibility::Private))?;
+    let job = create_job(&state, &caller, &spec).await?;
     Ok((StatusCode::CREATED, Json(views::job(&job))))
 }
 
-#[utoipa::path(operation_id = "get_job", get, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = [])),
+/// Creates the job with `caller` as its creator and maintainer, and audits it.
+async fn create_job<D: Database>(
+    state: &AppState<D>,
+    caller: &crate::auth::Identity,
+    spec: &JobSpec,
+) -> ApiResult<kiln_store::Job> {
+    let name = &spec.name;
+    let job = state
+        .db
+        .create_job(spec, caller.user, Utc::now())
+        .await
+        .map_err(|e| match e {
+            kiln_store::StoreError::Conflict(_) => ApiError::conflict(format!(
+                "job `{name}` exists; use PUT /api/v1/jobs/{name} to replace it (as its maintainer)"
+            )),
+            e => e.into(),
+        })?;
+    audit::record(state, caller, "job.create", job_object(name), None).await;
+    Ok(job)
+}
+
+#[utoipa::path(operation_id = "get_job", get, path = "/api/v1/jobs/{job}", tag = "jobs", security((), ("bearer" = []), ("session" = [])),
     params(JobPath), responses((status = 200, body = kiln_api::Job), (status = 404, body = kiln_api::Problem)))]
 pub async fn show<D: Database>(
-    _: User,
+    caller: Caller,
     State(state): State<AppState<D>>,
     ApiPath(path): ApiPath<JobPath>,
 ) -> ApiResult<Json<kiln_api::Job>> {
-    Ok(Json(views::job(&find_job(&state, &path.job).await?)))
+    let job = access::job(&state, caller.identity(), &path.job, MemberRole::Viewer).await?;
+    Ok(Json(views::job(&job)))
 }
 
-#[utoipa::path(operation_id = "put_job", put, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = [])), request_body = JobDefinition,
+#[utoipa::path(operation_id = "put_job", put, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = []), ("session" = [])), request_body = JobDefinition,
     params(JobPath),
     responses((status = 201, description = "Created; `change` is `created`", body = kiln_api::Job),
         (status = 200, description = "Replaced; `change` is `updated` or `unchanged`", body = kiln_api::Job),
         (status = 422, description = "The body does not fit its schema, names another job, or the freestyle pipeline is not valid (`errors` says where)", body = kiln_api::Problem)))]
 pub async fn upsert<D: Database>(
-    _: User,
+    SignedIn(caller): SignedIn,
     State(state): State<AppState<D>>,
     ApiPath(JobPath { job: name }): ApiPath<JobPath>,
     ApiJson(body): ApiJson<JobDefinition>,
 ) -> ApiResult<(StatusCode, Json<kiln_api::Job>)> {
-    let (body_name, source) = body.into_parts();
+    let (body_name, source, visibility) = body.into_parts();
     if let Some(body_name) = body_name
         && body_name != name
     {
@@ -120,8 +148,27 @@ pub async fn upsert<D: Database>(
             "the body names job `{body_name}` but the URL names `{name}`"
         )));
     }
-    let spec = job_spec(&name, source)?;
-    let (job, change) = state.db.upsert_job(&spec, Utc::now()).await?;
+    // Replacing a job — its repository, its pipeline — is a maintainer's:
+    // a pipeline can print the secrets it is given.
+    let existing = match access::job(&state, Some(&caller), &name, MemberRole::Maintainer).await {
+        Ok(job) => Some(job),
+        Err(e) if e.status == StatusCode::NOT_FOUND => None,
+        Err(e) => return Err(e),
+    };
+    let visibility = visibility
+        .or(existing.as_ref().map(|job| job.spec.visibility))
+        .unwrap_or(Visibility::Private);
+    let spec = job_spec(&name, source, visibility)?;
+    let (job, change) = match existing {
+        None => (create_job(&state, &caller, &spec).await?, Upserted::Created),
+        Some(_) => {
+            let (job, change) = state.db.upsert_job(&spec, caller.user, Utc::now()).await?;
+            if change != Upserted::Unchanged {
+                audit::record(&state, &caller, "job.update", job_object(&name), None).await;
+            }
+            (job, change)
+        }
+    };
     let mut view = views::job(&job);
     let (status, change) = match change {
         Upserted::Created => (StatusCode::CREATED, "created"),
@@ -132,17 +179,18 @@ pub async fn upsert<D: Database>(
     Ok((status, Json(view)))
 }
 
-#[utoipa::path(operation_id = "delete_job", delete, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = [])),
+#[utoipa::path(operation_id = "delete_job", delete, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = []), ("session" = [])),
     params(JobPath), responses((status = 204, description = "Deleted, with its runs, logs, artifacts and secrets"), (status = 404, body = kiln_api::Problem)))]
 pub async fn delete<D: Database>(
-    _: User,
+    SignedIn(caller): SignedIn,
     State(state): State<AppState<D>>,
     ApiPath(JobPath { job: name }): ApiPath<JobPath>,
 ) -> ApiResult<StatusCode> {
-    let job = find_job(&state, &name).await?;
+    let job = access::job(&state, Some(&caller), &name, MemberRole::Maintainer).await?;
     if !state.db.delete_job(&name).await? {
-        return Err(ApiError::not_found(format!("job `{name}` not found")));
+        return Err(access::not_found(&name));
     }
+    audit::record(&state, &caller, "job.delete", job_object(&name), None).await;
     if let Err(e) = state
         .blobs
         .delete_prefix(&crate::trigger::job_blob_prefix(job.id))

@@ -6,15 +6,18 @@ pub mod bodies;
 mod console;
 pub mod extract;
 mod jobs;
+mod members;
 mod range;
 mod results;
 mod runs;
 mod secrets;
+mod session;
 mod system;
+mod users;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{MethodRouter, get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use kiln_store::Database;
 
 use crate::error::ApiError;
@@ -89,9 +92,31 @@ fn routes<D: Database>() -> Routes<D> {
         "/api/v1/jobs/{job}/secrets/{name}",
         put(secrets::put::<D>).delete(secrets::delete::<D>),
     )
+    .add("/api/v1/jobs/{job}/members", get(members::list::<D>))
+    .add(
+        "/api/v1/jobs/{job}/members/{user}",
+        put(members::put::<D>).delete(members::delete::<D>),
+    )
+    .add(
+        "/api/v1/users",
+        get(users::list::<D>).post(users::create::<D>),
+    )
+    .add(
+        "/api/v1/users/{user}",
+        get(users::show::<D>)
+            .patch(users::update::<D>)
+            .delete(users::delete::<D>),
+    )
+    .add(
+        "/api/v1/tokens",
+        get(users::list_tokens::<D>).post(users::create_token::<D>),
+    )
+    .add("/api/v1/tokens/{id}", delete(users::revoke_token::<D>))
     .add("/api/v1/agent-tokens", post(admin::create_agent_token::<D>))
-    .add("/api/v1/tokens", post(admin::create_user_token::<D>))
     .add("/api/v1/agents", get(admin::agents::<D>))
+    .add("/api/v1/audit", get(admin::audit_log::<D>))
+    .add("/login", post(session::login::<D>))
+    .add("/logout", post(session::logout::<D>))
 }
 
 pub fn router<D: Database>(state: AppState<D>) -> Router {

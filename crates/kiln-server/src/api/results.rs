@@ -6,15 +6,15 @@ use axum::response::{IntoResponse, Response};
 use kiln_api::fields::AttemptNumber;
 use kiln_api::url::segment;
 use kiln_blob::BlobError;
-use kiln_store::{Artifact, Database, JobId, TaskRow};
+use kiln_store::{Artifact, Database, JobId, MemberRole, TaskRow};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::bodies::{ArtifactPath, AttemptQuery, TaskPath};
 use super::extract::{ApiPath, ApiQuery};
 use super::range::{content_range, in_bytes, satisfiable};
-use crate::api::jobs::find_job;
-use crate::api::runs::find_run;
-use crate::auth::User;
+use crate::access;
+use crate::api::runs::find_run_of;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::results::artifact_key;
 use crate::state::AppState;
@@ -25,15 +25,17 @@ pub(super) struct Located {
     pub task: TaskRow,
 }
 
+/// The task, if `caller` may read its job.
 pub(super) async fn find_task<D: Database>(
     state: &AppState<D>,
+    caller: &Caller,
     TaskPath { job, number, task }: TaskPath,
 ) -> ApiResult<Located> {
-    let job = find_job(state, &job).await?;
+    let job = access::job(state, caller.identity(), &job, MemberRole::Viewer).await?;
     // One task, not the whole run: runs may hold thousands of tasks.
     let Some(task) = state.db.find_task(job.id, number, &task).await? else {
         // Which is missing, for the message; only on this error path.
-        find_run(state, &job.spec.name, number).await?;
+        find_run_of(state, &job, number).await?;
         return Err(ApiError::not_found(format!(
             "run {number} of job `{}` has no task `{task}`",
             job.spec.name
@@ -59,11 +61,11 @@ pub(super) fn attempt_of(found: &Located, asked: Option<AttemptNumber>) -> ApiRe
     }
 }
 
-#[utoipa::path(operation_id = "list_results", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results", tag = "results", security(("bearer" = [])),
+#[utoipa::path(operation_id = "list_results", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results", tag = "results", security((), ("bearer" = []), ("session" = [])),
     params(TaskPath, AttemptQuery),
     responses((status = 200, body = kiln_api::Results), (status = 404, body = kiln_api::Problem)))]
 pub async fn list<D: Database>(
-    _: User,
+    caller: Caller,
     State(state): State<AppState<D>>,
     ApiPath(path): ApiPath<TaskPath>,
     ApiQuery(query): ApiQuery<AttemptQuery>,
@@ -76,7 +78,7 @@ pub async fn list<D: Database>(
         path.number,
         segment(&path.task)
     );
-    let found = find_task(&state, path).await?;
+    let found = find_task(&state, &caller, path).await?;
     let attempt = attempt_of(&found, query.attempt)?;
     // Links to an attempt asked for by number stay with that attempt.
     let pinned = query
@@ -110,16 +112,16 @@ pub async fn list<D: Database>(
     }))
 }
 
-#[utoipa::path(operation_id = "get_junit", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/junit", tag = "results", security(("bearer" = [])),
+#[utoipa::path(operation_id = "get_junit", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/junit", tag = "results", security((), ("bearer" = []), ("session" = [])),
     params(TaskPath, AttemptQuery),
     responses((status = 200, description = "Suites, cases, failures and durations", body = Object), (status = 404, body = kiln_api::Problem)))]
 pub async fn junit<D: Database>(
-    _: User,
+    caller: Caller,
     State(state): State<AppState<D>>,
     ApiPath(path): ApiPath<TaskPath>,
     ApiQuery(query): ApiQuery<AttemptQuery>,
 ) -> ApiResult<Response> {
-    let found = find_task(&state, path).await?;
+    let found = find_task(&state, &caller, path).await?;
     let attempt = attempt_of(&found, query.attempt)?;
     let report = state
         .db
@@ -136,7 +138,7 @@ pub async fn junit<D: Database>(
     Ok(response)
 }
 
-#[utoipa::path(operation_id = "get_artifact", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/artifacts/{path}", tag = "results", security(("bearer" = [])),
+#[utoipa::path(operation_id = "get_artifact", get, path = "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results/artifacts/{path}", tag = "results", security((), ("bearer" = []), ("session" = [])),
     params(ArtifactPath, AttemptQuery,
         ("Range" = Option<String>, Header, description = "`bytes=START-[END]` or `bytes=-SUFFIX`: one range, e.g. to resume a download; a range in another unit is ignored")),
     responses((status = 200, description = "The file, with the content type of its extension", content_type = "*/*",
@@ -150,7 +152,7 @@ pub async fn junit<D: Database>(
         (status = 416, description = "The `Range` is in bytes but not one range within the file", body = kiln_api::Problem,
             headers(("Content-Range" = String, description = "`bytes */LENGTH`: the file's length")))))]
 pub async fn artifact<D: Database>(
-    _: User,
+    caller: Caller,
     State(state): State<AppState<D>>,
     ApiPath(ArtifactPath {
         job,
@@ -161,7 +163,7 @@ pub async fn artifact<D: Database>(
     ApiQuery(query): ApiQuery<AttemptQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let found = find_task(&state, TaskPath { job, number, task }).await?;
+    let found = find_task(&state, &caller, TaskPath { job, number, task }).await?;
     let attempt = attempt_of(&found, query.attempt)?;
     let artifacts = state.db.list_artifacts(found.task.id, attempt).await?;
     let artifact = artifacts

@@ -4,30 +4,31 @@ use axum::http::StatusCode;
 use chrono::Utc;
 use kiln_api::RunList;
 use kiln_pipeline::{Event, Status};
-use kiln_store::{Database, RunDetail, RunFilter};
+use kiln_store::{Database, MemberRole, RunDetail, RunFilter};
 
 use super::bodies::{JobPath, RunListQuery, RunPath, RunTrigger};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::api::jobs::find_job;
-use crate::auth::User;
+use crate::access;
+use crate::audit::{self, job_object};
+use crate::auth::{Caller, Identity, SignedIn};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::trigger::{Target, trigger as start_run};
 use crate::views;
 
-#[utoipa::path(operation_id = "trigger_run", post, path = "/api/v1/jobs/{job}/runs", tag = "runs", security(("bearer" = [])),
+#[utoipa::path(operation_id = "trigger_run", post, path = "/api/v1/jobs/{job}/runs", tag = "runs", security(("bearer" = []), ("session" = [])),
     request_body(content = Option<RunTrigger>, description = "Optional: without a body, or with `{}`, the job's default branch is built"),
     params(JobPath),
     responses((status = 201, description = "The run; status `error` with the reason when the pipeline is invalid, missing, or needs a secret that is not set", body = kiln_api::Run),
         (status = 404, body = kiln_api::Problem),
         (status = 422, description = "The body does not fit its schema, gives both `branch` and `sha`, names a commit that cannot be resolved, or a `sha` for a freestyle job", body = kiln_api::Problem)))]
 pub async fn trigger<D: Database>(
-    _: User,
+    SignedIn(caller): SignedIn,
     State(state): State<AppState<D>>,
     ApiPath(path): ApiPath<JobPath>,
     body: Option<ApiJson<RunTrigger>>,
 ) -> ApiResult<(StatusCode, Json<kiln_api::Run>)> {
-    let job = find_job(&state, &path.job).await?;
+    let job = access::job(&state, Some(&caller), &path.job, MemberRole::Developer).await?;
     let body = body.map(|ApiJson(b)| b).unwrap_or_default();
     let target = match (body.branch, body.sha) {
         (Some(_), Some(_)) => {
@@ -37,19 +38,20 @@ pub async fn trigger<D: Database>(
         (branch, None) => Target::Branch(branch.map(String::from)),
     };
     let detail = start_run(&state, &job, target, Event::Api).await?;
+    audit_run(&state, &caller, "run.trigger", &detail).await;
     Ok((StatusCode::CREATED, Json(views::run_detail(&detail))))
 }
 
-#[utoipa::path(operation_id = "list_runs", get, path = "/api/v1/jobs/{job}/runs", tag = "runs", security(("bearer" = [])),
+#[utoipa::path(operation_id = "list_runs", get, path = "/api/v1/jobs/{job}/runs", tag = "runs", security((), ("bearer" = []), ("session" = [])),
     params(JobPath, RunListQuery),
     responses((status = 200, body = RunList), (status = 404, body = kiln_api::Problem)))]
 pub async fn list<D: Database>(
-    _: User,
+    caller: Caller,
     State(state): State<AppState<D>>,
     ApiPath(path): ApiPath<JobPath>,
     ApiQuery(query): ApiQuery<RunListQuery>,
 ) -> ApiResult<Json<RunList>> {
-    let job = find_job(&state, &path.job).await?;
+    let job = access::job(&state, caller.identity(), &path.job, MemberRole::Viewer).await?;
     let status = query.status.0.map(parse_status).transpose()?;
     let limit = query.limit.get();
     let filter = RunFilter {
@@ -74,39 +76,61 @@ fn parse_status(text: &str) -> ApiResult<Status> {
         .map_err(|_| ApiError::internal(format!("`{text}` is in STATUSES but not a Status")))
 }
 
+/// The run, if `caller` may do what needs `need` on its job.
 pub async fn find_run<D: Database>(
     state: &AppState<D>,
+    caller: Option<&Identity>,
     job: &str,
     number: i64,
+    need: MemberRole,
 ) -> ApiResult<(kiln_store::Job, RunDetail)> {
-    let job = find_job(state, job).await?;
-    let run = state.db.get_run(job.id, number).await?.ok_or_else(|| {
-        ApiError::not_found(format!("run {number} of job `{}` not found", job.spec.name))
-    })?;
+    let job = access::job(state, caller, job, need).await?;
+    let run = find_run_of(state, &job, number).await?;
     Ok((job, run))
 }
 
-#[utoipa::path(operation_id = "get_run", get, path = "/api/v1/jobs/{job}/runs/{number}", tag = "runs", security(("bearer" = [])),
+/// Run `number` of a job the caller was allowed.
+pub async fn find_run_of<D: Database>(
+    state: &AppState<D>,
+    job: &kiln_store::Job,
+    number: i64,
+) -> ApiResult<RunDetail> {
+    state.db.get_run(job.id, number).await?.ok_or_else(|| {
+        ApiError::not_found(format!("run {number} of job `{}` not found", job.spec.name))
+    })
+}
+
+async fn audit_run<D: Database>(
+    state: &AppState<D>,
+    caller: &Identity,
+    action: &str,
+    run: &RunDetail,
+) {
+    let object = format!("{}/run/{}", job_object(&run.run.job), run.run.number);
+    audit::record(state, caller, action, object, None).await;
+}
+
+#[utoipa::path(operation_id = "get_run", get, path = "/api/v1/jobs/{job}/runs/{number}", tag = "runs", security((), ("bearer" = []), ("session" = [])),
     params(RunPath),
     responses((status = 200, body = kiln_api::Run), (status = 404, body = kiln_api::Problem)))]
 pub async fn show<D: Database>(
-    _: User,
+    caller: Caller,
     State(state): State<AppState<D>>,
     ApiPath(RunPath { job, number }): ApiPath<RunPath>,
 ) -> ApiResult<Json<kiln_api::Run>> {
-    let (_, run) = find_run(&state, &job, number).await?;
+    let (_, run) = find_run(&state, caller.identity(), &job, number, MemberRole::Viewer).await?;
     Ok(Json(views::run_detail(&run)))
 }
 
-#[utoipa::path(operation_id = "cancel_run", post, path = "/api/v1/jobs/{job}/runs/{number}/cancel", tag = "runs", security(("bearer" = [])),
+#[utoipa::path(operation_id = "cancel_run", post, path = "/api/v1/jobs/{job}/runs/{number}/cancel", tag = "runs", security(("bearer" = []), ("session" = [])),
     params(RunPath),
     responses((status = 200, body = kiln_api::Run), (status = 404, body = kiln_api::Problem), (status = 409, description = "The run has already ended", body = kiln_api::Problem)))]
 pub async fn cancel<D: Database>(
-    _: User,
+    SignedIn(caller): SignedIn,
     State(state): State<AppState<D>>,
     ApiPath(RunPath { job, number }): ApiPath<RunPath>,
 ) -> ApiResult<Json<kiln_api::Run>> {
-    let (job, run) = find_run(&state, &job, number).await?;
+    let (job, run) = find_run(&state, Some(&caller), &job, number, MemberRole::Developer).await?;
     if run.run.status.is_terminal() {
         return Err(ApiError::conflict(format!(
             "run {number} already ended {}",
@@ -115,21 +139,25 @@ pub async fn cancel<D: Database>(
     }
     let detail = state.db.cancel_run(job.id, number, Utc::now()).await?;
     state.work.notify_waiters();
+    audit_run(&state, &caller, "run.cancel", &detail).await;
     Ok(Json(views::run_detail(&detail)))
 }
 
-#[utoipa::path(operation_id = "rerun_run", post, path = "/api/v1/jobs/{job}/runs/{number}/rerun", tag = "runs", security(("bearer" = [])),
+#[utoipa::path(operation_id = "rerun_run", post, path = "/api/v1/jobs/{job}/runs/{number}/rerun", tag = "runs", security(("bearer" = []), ("session" = [])),
     params(RunPath),
     responses((status = 201, description = "A new run that repeats this one: the same commit, branch, event and pipeline text (not the job's pipeline now)", body = kiln_api::Run),
         (status = 404, body = kiln_api::Problem),
         (status = 409, description = "The run cannot be repeated: it was made before runs kept their pipeline and its job is freestyle, or it built a commit and its job is now freestyle", body = kiln_api::Problem)))]
 pub async fn rerun<D: Database>(
-    _: User,
+    SignedIn(caller): SignedIn,
     State(state): State<AppState<D>>,
     ApiPath(RunPath { job, number }): ApiPath<RunPath>,
 ) -> ApiResult<(StatusCode, Json<kiln_api::Run>)> {
-    let (job, run) = find_run(&state, &job, number).await?;
+    let (job, run) = find_run(&state, Some(&caller), &job, number, MemberRole::Developer).await?;
     let detail = crate::trigger::rerun(&state, &job, &run.run).await?;
+    let detail_of = format!("rerun of run {number}");
+    let object = format!("{}/run/{}", job_object(&detail.run.job), detail.run.number);
+    audit::record(&state, &caller, "run.rerun", object, Some(detail_of)).await;
     Ok((StatusCode::CREATED, Json(views::run_detail(&detail))))
 }
 

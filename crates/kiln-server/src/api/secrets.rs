@@ -2,44 +2,49 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
-use kiln_store::Database;
+use kiln_store::{Database, MemberRole};
 
 use super::bodies::{JobPath, SecretPath, SecretValueBody};
 use super::extract::{ApiJson, ApiPath};
-use crate::api::jobs::find_job;
-use crate::auth::User;
+use crate::access;
+use crate::audit::{self, job_object};
+use crate::auth::SignedIn;
 use crate::error::{ApiError, ApiResult};
 use crate::secrets::seal_secret;
 use crate::state::AppState;
 
-#[utoipa::path(operation_id = "put_secret", put, path = "/api/v1/jobs/{job}/secrets/{name}", tag = "secrets", security(("bearer" = [])), request_body = SecretValueBody,
+#[utoipa::path(operation_id = "put_secret", put, path = "/api/v1/jobs/{job}/secrets/{name}", tag = "secrets", security(("bearer" = []), ("session" = [])), request_body = SecretValueBody,
     params(SecretPath),
     responses((status = 204, description = "Stored, encrypted; the value can never be read back"), (status = 404, body = kiln_api::Problem)))]
 pub async fn put<D: Database>(
-    _: User,
+    SignedIn(caller): SignedIn,
     State(state): State<AppState<D>>,
     ApiPath(SecretPath { job, name }): ApiPath<SecretPath>,
     ApiJson(body): ApiJson<SecretValueBody>,
 ) -> ApiResult<StatusCode> {
-    let job = find_job(&state, &job).await?;
+    let job = access::job(&state, Some(&caller), &job, MemberRole::Maintainer).await?;
     let sealed = seal_secret(&state.key, &job, &name, body.value.as_str());
     state
         .db
         .put_secret(job.id, &name, &sealed, Utc::now())
         .await?;
+    let object = format!("{}/secret/{name}", job_object(&job.spec.name));
+    audit::record(&state, &caller, "secret.put", object, None).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(operation_id = "delete_secret", delete, path = "/api/v1/jobs/{job}/secrets/{name}", tag = "secrets", security(("bearer" = [])),
+#[utoipa::path(operation_id = "delete_secret", delete, path = "/api/v1/jobs/{job}/secrets/{name}", tag = "secrets", security(("bearer" = []), ("session" = [])),
     params(SecretPath),
     responses((status = 204, description = "Deleted"), (status = 404, body = kiln_api::Problem)))]
 pub async fn delete<D: Database>(
-    _: User,
+    SignedIn(caller): SignedIn,
     State(state): State<AppState<D>>,
     ApiPath(SecretPath { job, name }): ApiPath<SecretPath>,
 ) -> ApiResult<StatusCode> {
-    let job = find_job(&state, &job).await?;
+    let job = access::job(&state, Some(&caller), &job, MemberRole::Maintainer).await?;
     if state.db.delete_secret(job.id, &name).await? {
+        let object = format!("{}/secret/{name}", job_object(&job.spec.name));
+        audit::record(&state, &caller, "secret.delete", object, None).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(
@@ -49,15 +54,15 @@ pub async fn delete<D: Database>(
     }
 }
 
-#[utoipa::path(operation_id = "list_secrets", get, path = "/api/v1/jobs/{job}/secrets", tag = "secrets", security(("bearer" = [])),
+#[utoipa::path(operation_id = "list_secrets", get, path = "/api/v1/jobs/{job}/secrets", tag = "secrets", security(("bearer" = []), ("session" = [])),
     params(JobPath),
     responses((status = 200, description = "Names only: values are write-only", body = Vec<kiln_api::Secret>), (status = 404, body = kiln_api::Problem)))]
 pub async fn list<D: Database>(
-    _: User,
+    SignedIn(caller): SignedIn,
     State(state): State<AppState<D>>,
     ApiPath(path): ApiPath<JobPath>,
 ) -> ApiResult<Json<Vec<kiln_api::Secret>>> {
-    let job = find_job(&state, &path.job).await?;
+    let job = access::job(&state, Some(&caller), &path.job, MemberRole::Developer).await?;
     let secrets = state.db.list_secrets(job.id).await?;
     Ok(Json(
         secrets

@@ -16,7 +16,11 @@ use crate::state::AppState;
         super::runs::trigger, super::runs::list, super::runs::show, super::runs::cancel, super::runs::rerun,
         super::results::list, super::console::console, super::results::junit, super::results::artifact,
         super::secrets::put, super::secrets::delete, super::secrets::list,
-        super::admin::create_agent_token, super::admin::create_user_token, super::admin::agents,
+        super::members::list, super::members::put, super::members::delete,
+        super::users::list, super::users::create, super::users::show, super::users::update, super::users::delete,
+        super::users::list_tokens, super::users::create_token, super::users::revoke_token,
+        super::admin::create_agent_token, super::admin::agents, super::admin::audit_log,
+        super::session::login, super::session::logout,
     ),
     modifiers(&BearerAuth, &ExtractorResponses)
 )]
@@ -28,9 +32,17 @@ impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue};
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::auth::SESSION_COOKIE,
+                "The web UI's session, set by `POST /login`; requests that change something must come from the same origin",
+            ))),
         );
     }
 }

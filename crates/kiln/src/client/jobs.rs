@@ -53,6 +53,10 @@ pub struct JobCreateArgs {
     /// A local pipeline file to store on the server: a freestyle job.
     #[arg(long, value_name = "FILE")]
     pub pipeline_file: Option<PathBuf>,
+    /// Let anyone, signed in or not, read its runs, logs and results
+    /// (private jobs are seen by their members only).
+    #[arg(long)]
+    pub public: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -124,6 +128,7 @@ async fn job_show(args: &ClientArgs, name: &str) -> anyhow::Result<i32> {
     if let Some(branch) = &job.default_branch {
         field("default branch:", branch);
     }
+    field("visibility:", &job.visibility);
     field("created:", &local_time(job.created_at));
     field("updated:", &local_time(job.updated_at));
     if let Some(pipeline) = &job.pipeline {
@@ -138,7 +143,7 @@ async fn job_show(args: &ClientArgs, name: &str) -> anyhow::Result<i32> {
 
 async fn job_create(args: JobCreateArgs) -> anyhow::Result<i32> {
     let name = Some(args.name.clone());
-    let body = match &args.pipeline_file {
+    let mut body = match &args.pipeline_file {
         Some(path) => freestyle_body(name, read_jobs_text(path)?),
         None => git_body(
             name,
@@ -147,6 +152,9 @@ async fn job_create(args: JobCreateArgs) -> anyhow::Result<i32> {
             args.default_branch.clone(),
         ),
     };
+    if args.public {
+        body.visibility = Some("public".into());
+    }
     if let (Some(path), Some(pipeline)) = (&args.pipeline_file, &body.pipeline)
         && let Err(diagnostics) = kiln_pipeline::parse(&path.display().to_string(), pipeline)
     {
@@ -178,6 +186,7 @@ pub(super) fn git_body(
         pipeline_path,
         default_branch,
         pipeline: None,
+        visibility: None,
     }
 }
 
@@ -190,6 +199,7 @@ pub(super) fn freestyle_body(name: Option<String>, pipeline: String) -> JobBody 
         pipeline_path: None,
         default_branch: None,
         pipeline: Some(pipeline),
+        visibility: None,
     }
 }
 

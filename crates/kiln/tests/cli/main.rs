@@ -3,6 +3,7 @@
 //! (`scripts/setup-test-env.sh` provides both).
 
 mod access;
+mod access_matrix;
 mod agents;
 mod architecture;
 mod docs;

@@ -686,12 +686,20 @@ async fn status_codes_follow_the_contract() {
         StatusCode::FORBIDDEN
     );
 
-    // A non-admin user may use the API but not make tokens.
+    // A user who is not an admin may use the API but not make agent tokens.
+    let (status, _) = server
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/users",
+            json!({"name": "dev"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
     let (status, created) = server
         .send(
             reqwest::Method::POST,
             "/api/v1/tokens",
-            json!({"name": "dev", "admin": false}),
+            json!({"name": "laptop", "user": "dev"}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
