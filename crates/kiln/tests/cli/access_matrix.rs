@@ -767,3 +767,308 @@ async fn the_access_matrix_on_postgres() {
     let database = PgDatabase::new();
     walk(Server::start(Some(&database.url))).await;
 }
+
+/// Makes user `name` and a token for it; returns the token.
+async fn user_with_token(server: &Server, name: &str) -> String {
+    let (status, answer) = call(
+        server,
+        Method::POST,
+        "/api/v1/users",
+        Some(ADMIN),
+        Some(json!({"name": name})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let (status, made) = call(
+        server,
+        Method::POST,
+        "/api/v1/tokens",
+        Some(ADMIN),
+        Some(json!({"name": "t", "user": name})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    made["token"].as_str().unwrap().to_string()
+}
+
+/// A revocation made through one server is refused by another sharing the
+/// database on the very next request: no server caches tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_at_once_by_another_server() {
+    let database = PgDatabase::new();
+    let first = Server::start(Some(&database.url));
+    let second = Server::start(Some(&database.url));
+    let token = user_with_token(&first, "ada").await;
+    let (status, mine) = call(&second, Method::GET, "/api/v1/tokens", Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK, "{mine}");
+    let id = mine[0]["id"].as_i64().unwrap();
+    assert!(mine[0]["last_used_at"].is_string(), "use is noted: {mine}");
+
+    let (status, _) = call(
+        &first,
+        Method::DELETE,
+        &format!("/api/v1/tokens/{id}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "its owner revokes it");
+    let revoked_at = std::time::Instant::now();
+    let (status, answer) = call(&second, Method::GET, "/api/v1/jobs", Some(&token), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    assert!(
+        answer["detail"].as_str().unwrap().contains("revoked"),
+        "{answer}"
+    );
+    assert!(revoked_at.elapsed() < Duration::from_secs(1));
+
+    // Disabling the user stops its other tokens on every server too.
+    let other = call(
+        &first,
+        Method::POST,
+        "/api/v1/tokens",
+        Some(ADMIN),
+        Some(json!({"name": "second", "user": "ada"})),
+    )
+    .await
+    .1["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = call(&second, Method::GET, "/api/v1/jobs", Some(&other), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(
+        &first,
+        Method::PATCH,
+        "/api/v1/users/ada",
+        Some(ADMIN),
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, answer) = call(&second, Method::GET, "/api/v1/jobs", Some(&other), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("disabled"));
+}
+
+/// `echo $SECRET | base64` walks past the log's masking; only a maintainer
+/// may put it in a job's pipeline, and a job of one's own has no secrets
+/// of another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_developer_cannot_read_a_secret_back_through_the_pipeline() {
+    let server = Server::start(None);
+    let dev = user_with_token(&server, "dev").await;
+    server.freestyle("app", PIPELINE).await;
+    for (method, path, body) in [
+        (
+            Method::PUT,
+            "/api/v1/jobs/app/members/dev",
+            json!({"role": "developer"}),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/jobs/app/secrets/TOKEN",
+            json!({"value": SECRET}),
+        ),
+    ] {
+        let (status, answer) = call(&server, method, path, Some(ADMIN), Some(body)).await;
+        assert!(status.is_success(), "{answer}");
+    }
+    let before = server.json("/api/v1/jobs/app").await;
+
+    let (status, answer) = call(
+        &server,
+        Method::PUT,
+        "/api/v1/jobs/app",
+        Some(&dev),
+        Some(json!({"kind": "freestyle", "pipeline": EXFILTRATE})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("maintainer"));
+    assert_eq!(server.json("/api/v1/jobs/app").await, before, "unchanged");
+
+    // What the developer may do runs the maintainer's pipeline.
+    let (status, run) = call(
+        &server,
+        Method::POST,
+        "/api/v1/jobs/app/runs",
+        Some(&dev),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let number = run["number"].as_i64().unwrap();
+    assert_eq!(
+        server.wait_for_run("app", number).await["status"],
+        "success"
+    );
+    let console = server
+        .get(&format!(
+            "/api/v1/jobs/app/runs/{number}/tasks/build/results/console"
+        ))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let encoded = "aHVudGVyMi1idXQtbG9uZ2VyCg=="; // base64 of SECRET and a newline
+    assert!(
+        !console.contains(encoded) && !console.contains(SECRET),
+        "{console}"
+    );
+
+    // Its own job, with the same pipeline, is given no secret of `app`.
+    let (status, answer) = call(
+        &server,
+        Method::POST,
+        "/api/v1/jobs",
+        Some(&dev),
+        Some(json!({"name": "mine", "kind": "freestyle", "pipeline": EXFILTRATE})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let (_, run) = call(
+        &server,
+        Method::POST,
+        "/api/v1/jobs/mine/runs",
+        Some(&dev),
+        None,
+    )
+    .await;
+    assert_eq!(run["status"], "error", "{run}");
+    assert!(run["error"].as_str().unwrap().contains("TOKEN"), "{run}");
+}
+
+/// A public job is read by anyone, signed in or not — but not its secrets'
+/// names, and nothing is changed without a role; lists show only what the
+/// caller may read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_jobs_are_read_by_anyone_and_lists_show_only_readable_jobs() {
+    let server = Server::start(None);
+    let otto = user_with_token(&server, "otto").await;
+    server.freestyle("private-app", PIPELINE).await;
+    let (status, answer) = call(
+        &server,
+        Method::PUT,
+        "/api/v1/jobs/private-app/secrets/TOKEN",
+        Some(ADMIN),
+        Some(json!({"value": SECRET})),
+    )
+    .await;
+    assert!(status.is_success(), "{answer}");
+    let (status, answer) = call(
+        &server,
+        Method::POST,
+        "/api/v1/jobs",
+        Some(ADMIN),
+        Some(json!({"name": "open-app", "kind": "freestyle", "pipeline": "version: 1\ntasks:\n  build:\n    steps:\n      - run: echo open\n", "visibility": "public"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["visibility"], "public");
+    let (_, run) = call(
+        &server,
+        Method::POST,
+        "/api/v1/jobs/open-app/runs",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    let number = run["number"].as_i64().unwrap();
+    server.wait_for_run("open-app", number).await;
+
+    for token in [None, Some(otto.as_str())] {
+        let (status, jobs) = call(&server, Method::GET, "/api/v1/jobs", token, None).await;
+        assert_eq!(status, StatusCode::OK);
+        let names: Vec<&str> = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|job| job["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["open-app"], "{token:?}");
+        let console = server
+            .request(
+                Method::GET,
+                &format!("/api/v1/jobs/open-app/runs/{number}/tasks/build/results/console"),
+                token,
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(console.status(), StatusCode::OK);
+        assert!(console.text().await.unwrap().contains("open"));
+        let (status, _) = call(
+            &server,
+            Method::GET,
+            "/api/v1/jobs/open-app/secrets",
+            token,
+            None,
+        )
+        .await;
+        assert_eq!(
+            status,
+            if token.is_some() {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::UNAUTHORIZED
+            }
+        );
+        let (status, _) = call(
+            &server,
+            Method::POST,
+            "/api/v1/jobs/open-app/runs",
+            token,
+            None,
+        )
+        .await;
+        assert_ne!(status, StatusCode::CREATED);
+        let (status, _) = call(
+            &server,
+            Method::GET,
+            "/api/v1/jobs/private-app",
+            token,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let (_, runs) = call(
+        &server,
+        Method::GET,
+        "/api/v1/jobs/open-app/runs",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        runs["runs"].as_array().unwrap().len(),
+        1,
+        "no run was added"
+    );
+
+    // The admin sees both; the audit log says who made them.
+    let (_, jobs) = call(&server, Method::GET, "/api/v1/jobs", Some(ADMIN), None).await;
+    assert_eq!(jobs.as_array().unwrap().len(), 2);
+    let audit = server.json("/api/v1/audit?action=job.create").await;
+    let made: Vec<(&str, &str)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), e["object"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        made,
+        [("admin", "job/open-app"), ("admin", "job/private-app")]
+    );
+    let entry = &audit["entries"][0];
+    assert_eq!(entry["source"], "127.0.0.1", "{entry}");
+    let secrets = server
+        .json("/api/v1/audit?object=job/private-app/secret")
+        .await;
+    assert_eq!(secrets["entries"][0]["action"], "secret.put");
+    assert!(
+        !secrets.to_string().contains(SECRET),
+        "values never reach the log"
+    );
+}
