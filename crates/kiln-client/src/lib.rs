@@ -16,8 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use kiln_api::{
-    Agent, AgentTokenBody, Job, JobBody, Problem, Results, Run, RunList, Secret, SecretBody,
-    TokenCreated, TriggerBody,
+    Agent, AgentTokenBody, AuditList, Job, JobBody, Member, MemberBody, Problem, Results, Run,
+    RunList, Secret, SecretBody, Token, TokenBody, TokenCreated, TriggerBody, User, UserBody,
+    UserPatchBody,
 };
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
@@ -58,7 +59,7 @@ pub enum Error {
     Transport { url: String, source: reqwest::Error },
     #[error("the server refused the token (401): set --token or KILN_TOKEN")]
     Unauthorized,
-    #[error("the server refused this request (403): {detail}")]
+    #[error("the server refused this request (403 Forbidden): {detail}")]
     Forbidden { detail: String },
     /// Any other error status, with the server's problem document (or one
     /// made from the status when the body was not one).
@@ -224,10 +225,7 @@ impl Client {
         branch: Option<&str>,
         cursor: Option<&str>,
     ) -> Result<RunList> {
-        let query: Vec<(&str, &str)> = [("status", status), ("branch", branch), ("cursor", cursor)]
-            .into_iter()
-            .filter_map(|(key, value)| Some((key, value?)))
-            .collect();
+        let query = present(&[("status", status), ("branch", branch), ("cursor", cursor)]);
         self.get_json(&["jobs", job, "runs"], &query).await
     }
 
@@ -380,6 +378,96 @@ impl Client {
         self.get_json(&["agents"], &[]).await
     }
 
+    // ---- users ----
+
+    /// Every user (admins).
+    pub async fn list_users(&self) -> Result<Vec<User>> {
+        self.get_json(&["users"], &[]).await
+    }
+
+    /// `POST /users`: `body.name` names the new user (admins).
+    pub async fn create_user(&self, body: &UserBody) -> Result<User> {
+        self.send_json(Method::POST, &["users"], body).await
+    }
+
+    pub async fn get_user(&self, user: &str) -> Result<User> {
+        self.get_json(&["users", user], &[]).await
+    }
+
+    /// `PATCH /users/{user}`: changes the fields `body` holds, keeps the rest.
+    pub async fn update_user(&self, user: &str, body: &UserPatchBody) -> Result<User> {
+        self.send_json(Method::PATCH, &["users", user], body).await
+    }
+
+    pub async fn delete_user(&self, user: &str) -> Result<()> {
+        self.send_empty(Method::DELETE, &["users", user], None::<&()>)
+            .await
+    }
+
+    // ---- tokens ----
+
+    /// The caller's API tokens, or (admins) `user`'s; never their values.
+    pub async fn list_tokens(&self, user: Option<&str>) -> Result<Vec<Token>> {
+        self.get_json(&["tokens"], &present(&[("user", user)]))
+            .await
+    }
+
+    /// A new API token, for the caller or (admins) for `body.user`; its
+    /// value is shown only in this answer.
+    pub async fn create_token(&self, body: &TokenBody) -> Result<TokenCreated> {
+        self.send_json(Method::POST, &["tokens"], body).await
+    }
+
+    /// Revokes a token: it stops working at once, and stays listed.
+    pub async fn revoke_token(&self, id: i64) -> Result<()> {
+        self.send_empty(Method::DELETE, &["tokens", &id.to_string()], None::<&()>)
+            .await
+    }
+
+    // ---- members ----
+
+    /// The users with a role on a job.
+    pub async fn list_members(&self, job: &str) -> Result<Vec<Member>> {
+        self.get_json(&["jobs", job, "members"], &[]).await
+    }
+
+    /// Gives `user` the `role` (`viewer`, `developer` or `maintainer`) on a
+    /// job, replacing any role they had.
+    pub async fn set_member(&self, job: &str, user: &str, role: &str) -> Result<Member> {
+        let body = MemberBody {
+            role: role.to_string(),
+        };
+        self.send_json(Method::PUT, &["jobs", job, "members", user], &body)
+            .await
+    }
+
+    pub async fn remove_member(&self, job: &str, user: &str) -> Result<()> {
+        self.send_empty(Method::DELETE, &["jobs", job, "members", user], None::<&()>)
+            .await
+    }
+
+    // ---- audit ----
+
+    /// One page of the audit log, newest first (admins): at most `limit`
+    /// entries (the server's default when `None`) that match `filter`,
+    /// from `cursor` (the previous page's `next_cursor`) on.
+    pub async fn audit(
+        &self,
+        filter: &AuditFilter,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<AuditList> {
+        let limit = limit.map(|n| n.to_string());
+        let query = present(&[
+            ("actor", filter.actor.as_deref()),
+            ("action", filter.action.as_deref()),
+            ("object", filter.object.as_deref()),
+            ("cursor", cursor),
+            ("limit", limit.as_deref()),
+        ]);
+        self.get_json(&["audit"], &query).await
+    }
+
     // ---- plumbing ----
 
     /// `<base>/api/v1/<segments…>?<query>`, each segment percent-encoded.
@@ -526,6 +614,25 @@ impl Client {
             Error::Transport { url, source }
         }
     }
+}
+
+/// Which audit entries to list; `None` matches any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Who: a user's name.
+    pub actor: Option<String>,
+    /// What, e.g. `user.create`.
+    pub action: Option<String>,
+    /// Which, e.g. `job/app`.
+    pub object: Option<String>,
+}
+
+/// The query parameters that have a value.
+fn present<'a>(pairs: &[(&'a str, Option<&'a str>)]) -> Vec<(&'a str, &'a str)> {
+    pairs
+        .iter()
+        .filter_map(|&(key, value)| Some((key, value?)))
+        .collect()
 }
 
 /// The base URL for `server`: `http://` added when no scheme is given, the

@@ -11,11 +11,14 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use chrono::{TimeZone, Utc};
 use futures_util::StreamExt;
-use kiln_api::{Agent, Job, JobBody, Problem, Results, Run, RunList, Secret, TokenCreated};
-use kiln_client::{Client, Error};
+use kiln_api::{
+    Agent, AuditEntry, AuditList, Job, JobBody, Member, MemberBody, Problem, Results, Run, RunList,
+    Secret, Token, TokenBody, TokenCreated, User, UserBody, UserPatchBody,
+};
+use kiln_client::{AuditFilter, Client, Error};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -241,6 +244,88 @@ async fn console(
     }
 }
 
+fn user(name: &str, role: &str, has_password: bool) -> User {
+    User {
+        name: name.into(),
+        role: role.into(),
+        disabled: false,
+        has_password,
+        created_at: at(),
+    }
+}
+
+async fn create_user(axum::Json(body): axum::Json<UserBody>) -> Response {
+    let role = body.role.as_deref().unwrap_or("user");
+    let created = user(&body.name, role, body.password.is_some());
+    (StatusCode::CREATED, axum::Json(created)).into_response()
+}
+
+async fn update_user(
+    Path(name): Path<String>,
+    axum::Json(body): axum::Json<UserPatchBody>,
+) -> axum::Json<User> {
+    let mut updated = user(&name, body.role.as_deref().unwrap_or("user"), false);
+    updated.disabled = body.disabled.unwrap_or(false);
+    updated.has_password = body.password.is_some();
+    axum::Json(updated)
+}
+
+/// The caller's tokens, or those of `?user=`, named after whose they are.
+async fn list_tokens(
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> axum::Json<Vec<Token>> {
+    let owner = query.get("user").map_or("caller", String::as_str);
+    axum::Json(vec![Token {
+        id: 4,
+        name: format!("{owner}-laptop"),
+        user: owner.into(),
+        created_at: at(),
+        expires_at: None,
+        last_used_at: Some(at()),
+        revoked_at: None,
+    }])
+}
+
+async fn create_token(axum::Json(body): axum::Json<TokenBody>) -> Response {
+    let created = TokenCreated {
+        id: 5,
+        name: body.name,
+        token: "kiln_user_abc".into(),
+        expires_at: body.expires_in.map(|_| at()),
+    };
+    (StatusCode::CREATED, axum::Json(created)).into_response()
+}
+
+async fn put_member(
+    Path((_job, user)): Path<(String, String)>,
+    axum::Json(body): axum::Json<MemberBody>,
+) -> axum::Json<Member> {
+    axum::Json(Member {
+        user,
+        role: body.role,
+        updated_at: at(),
+    })
+}
+
+/// One entry made of the filters, and a cursor made of the one sent.
+async fn audit(
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> axum::Json<AuditList> {
+    let field = |key: &str| query.get(key).cloned().unwrap_or_default();
+    axum::Json(AuditList {
+        entries: vec![AuditEntry {
+            id: 1,
+            at: at(),
+            actor: field("actor"),
+            action: field("action"),
+            object: field("object"),
+            detail: None,
+            source: Some("127.0.0.1".into()),
+        }],
+        next_cursor: query.get("cursor").map(|c| format!("after-{c}")),
+    })
+}
+
 fn router(server: Server) -> Router {
     let api =
         Router::new()
@@ -342,7 +427,39 @@ fn router(server: Server) -> Router {
                         last_heartbeat: Some(at()),
                     }])
                 }),
-            );
+            )
+            .route(
+                "/users",
+                get(|| async { axum::Json(vec![user("admin", "admin", true)]) }).post(create_user),
+            )
+            .route(
+                "/users/{user}",
+                get(|Path(name): Path<String>| async move {
+                    axum::Json(user(&name, "user", false))
+                })
+                .patch(update_user)
+                .delete(|| async { StatusCode::NO_CONTENT }),
+            )
+            .route("/tokens", get(list_tokens).post(create_token))
+            .route(
+                "/tokens/{id}",
+                delete(|Path(_id): Path<i64>| async { StatusCode::NO_CONTENT }),
+            )
+            .route(
+                "/jobs/{job}/members",
+                get(|| async {
+                    axum::Json(vec![Member {
+                        user: "ada".into(),
+                        role: "maintainer".into(),
+                        updated_at: at(),
+                    }])
+                }),
+            )
+            .route(
+                "/jobs/{job}/members/{user}",
+                put(put_member).delete(|| async { StatusCode::NO_CONTENT }),
+            )
+            .route("/audit", get(audit));
     Router::new()
         .nest("/api/v1", api)
         .layer(middleware::from_fn_with_state(server.clone(), record))
@@ -508,6 +625,122 @@ async fn bearer_token_is_sent_and_bodies_round_trip() {
 }
 
 #[tokio::test]
+async fn users_tokens_members_and_the_audit_log() {
+    let (server, client) = client().await;
+    let seen_uri = || server.seen(|s| s.raw_uri.clone());
+    let seen_body = || server.seen(|s| s.body.clone());
+
+    assert_eq!(client.list_users().await.unwrap()[0].role, "admin");
+    assert_eq!(seen_uri(), "/api/v1/users");
+    let created = client
+        .create_user(&UserBody {
+            name: "ada".into(),
+            role: None,
+            password: Some("correct horse".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (created.name.as_str(), created.role.as_str()),
+        ("ada", "user")
+    );
+    assert!(created.has_password);
+    assert_eq!(
+        seen_body().unwrap(),
+        json!({"name": "ada", "password": "correct horse"})
+    );
+    assert_eq!(
+        client.get_user("ada lovelace").await.unwrap().name,
+        "ada lovelace"
+    );
+    assert_eq!(seen_uri(), "/api/v1/users/ada%20lovelace");
+    let updated = client
+        .update_user(
+            "ada",
+            &UserPatchBody {
+                role: Some("admin".into()),
+                disabled: Some(true),
+                password: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.role, "admin");
+    assert!(updated.disabled);
+    // Fields left out are not sent, so the server keeps them.
+    assert_eq!(
+        seen_body().unwrap(),
+        json!({"role": "admin", "disabled": true})
+    );
+    client.delete_user("ada").await.unwrap();
+    assert_eq!(seen_uri(), "/api/v1/users/ada");
+    let error = client.delete_user("..").await.unwrap_err();
+    assert!(matches!(error, Error::InvalidArgument(_)), "{error}");
+
+    let mine = client.list_tokens(None).await.unwrap();
+    assert_eq!(seen_uri(), "/api/v1/tokens");
+    assert_eq!(mine[0].user, "caller");
+    let adas = client.list_tokens(Some("ada&x")).await.unwrap();
+    assert_eq!(seen_uri(), "/api/v1/tokens?user=ada%26x");
+    assert_eq!(adas[0].user, "ada&x");
+    let token = client
+        .create_token(&TokenBody {
+            name: "ci".into(),
+            expires_in: Some("30d".into()),
+            user: Some("ada".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!((token.id, token.token.as_str()), (5, "kiln_user_abc"));
+    assert_eq!(token.expires_at, Some(at()));
+    assert_eq!(
+        seen_body().unwrap(),
+        json!({"name": "ci", "expires_in": "30d", "user": "ada"})
+    );
+    client.revoke_token(5).await.unwrap();
+    assert_eq!(seen_uri(), "/api/v1/tokens/5");
+
+    assert_eq!(client.list_members("my app").await.unwrap()[0].user, "ada");
+    assert_eq!(seen_uri(), "/api/v1/jobs/my%20app/members");
+    let member = client.set_member("app", "ada", "developer").await.unwrap();
+    assert_eq!(
+        (member.user.as_str(), member.role.as_str()),
+        ("ada", "developer")
+    );
+    assert_eq!(seen_uri(), "/api/v1/jobs/app/members/ada");
+    assert_eq!(seen_body().unwrap(), json!({"role": "developer"}));
+    client.remove_member("app", "ada").await.unwrap();
+    assert_eq!(seen_uri(), "/api/v1/jobs/app/members/ada");
+
+    let everything = client
+        .audit(&AuditFilter::default(), None, None)
+        .await
+        .unwrap();
+    assert_eq!(seen_uri(), "/api/v1/audit");
+    assert_eq!(everything.next_cursor, None);
+    let filter = AuditFilter {
+        actor: Some("admin".into()),
+        action: Some("user.create".into()),
+        object: Some("job/my app".into()),
+    };
+    let page = client.audit(&filter, Some("c7"), Some(20)).await.unwrap();
+    assert_eq!(
+        seen_uri(),
+        "/api/v1/audit?actor=admin&action=user.create&object=job%2Fmy+app&cursor=c7&limit=20"
+    );
+    let entry = &page.entries[0];
+    assert_eq!(
+        (
+            entry.actor.as_str(),
+            entry.action.as_str(),
+            entry.object.as_str()
+        ),
+        ("admin", "user.create", "job/my app")
+    );
+    assert_eq!(page.next_cursor.as_deref(), Some("after-c7"));
+}
+
+#[tokio::test]
 async fn console_ranges() {
     let (_server, client) = client().await;
     assert_eq!(
@@ -551,9 +784,9 @@ async fn error_statuses_map_to_errors_with_actionable_messages() {
     let error = client.get_job("forbidden").await.unwrap_err();
     assert!(matches!(error, Error::Forbidden { .. }), "{error:?}");
     assert_eq!(error.status(), Some(403));
-    assert!(
-        error.to_string().contains("this token may only read"),
-        "{error}"
+    assert_eq!(
+        error.to_string(),
+        "the server refused this request (403 Forbidden): this token may only read"
     );
 
     let error = client.get_job("nope").await.unwrap_err();

@@ -1,8 +1,10 @@
 //! The client commands (DESIGN.md §3): `kiln job`, `apply`, `trigger`,
-//! `runs`, `logs`, `cancel`, `secret`, `agents` and `agent-token`, which
-//! talk to a Kiln server's REST API through [`kiln_client`]. One module per
-//! resource holds its commands' arguments and handlers (`kiln secret set`:
-//! `secrets.rs`); `output` prints for all of them.
+//! `runs`, `logs`, `cancel`, `secret`, `agents`, `agent-token`, `user`,
+//! `token`, `member` and `audit`, which talk to a Kiln server's REST API
+//! through [`kiln_client`]. One module per resource holds its commands'
+//! arguments and handlers (`kiln secret set`: `secrets.rs`); `output`
+//! prints for all of them, and `input` reads secret values (never from the
+//! command line).
 //!
 //! Output is a table (or plain lines) for people and, with `--output json`,
 //! the API's JSON for scripts. Exit codes: 0 done, 1 the server refused or
@@ -10,11 +12,16 @@
 
 pub mod agents;
 pub mod apply;
+pub mod audit;
+mod input;
 pub mod jobs;
 pub mod logs;
+pub mod members;
 mod output;
 pub mod runs;
 pub mod secrets;
+pub mod tokens;
+pub mod users;
 
 use clap::{Subcommand, ValueEnum};
 use kiln_client::Client;
@@ -22,10 +29,14 @@ use kiln_client::Client;
 use crate::run_command::EXIT_SUCCESS;
 use agents::{AgentTokenCommand, AgentsArgs};
 use apply::ApplyArgs;
+use audit::AuditArgs;
 use jobs::JobCommand;
 use logs::LogsArgs;
+use members::MemberCommand;
 use runs::{CancelArgs, RunsArgs, TriggerArgs};
 use secrets::SecretCommand;
+use tokens::TokenCommand;
+use users::UserCommand;
 
 /// Exit code when the server refused a request or could not be reached.
 pub const EXIT_API_ERROR: i32 = 1;
@@ -53,6 +64,17 @@ pub enum ClientCommand {
     /// Make tokens for agents (admins).
     #[command(subcommand)]
     AgentToken(AgentTokenCommand),
+    /// Create, list, change and delete users (admins).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Make, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Set, list and remove users' roles on a job.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Show the audit log, newest first (admins).
+    Audit(AuditArgs),
 }
 
 /// Where the server is and how to talk to it; on every client command.
@@ -112,6 +134,10 @@ async fn dispatch(command: ClientCommand) -> anyhow::Result<i32> {
         ClientCommand::Secret(command) => secrets::run(command).await,
         ClientCommand::Agents(args) => agents::agents(&args.client).await,
         ClientCommand::AgentToken(command) => agents::agent_token(command).await,
+        ClientCommand::User(command) => users::run(command).await,
+        ClientCommand::Token(command) => tokens::run(command).await,
+        ClientCommand::Member(command) => members::run(command).await,
+        ClientCommand::Audit(args) => audit::audit(args).await,
     }
 }
 

@@ -5,6 +5,7 @@ use std::io::Write;
 
 use chrono::{DateTime, Utc};
 
+use super::Output;
 use crate::console::format_duration;
 use crate::run_command::EXIT_SUCCESS;
 
@@ -22,6 +23,16 @@ pub(super) fn emit_bytes(bytes: &[u8]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(bytes)?;
     out.flush()
+}
+
+/// `message` on stdout for people, saying what a command whose answer has
+/// no body (a `DELETE`) did; nothing for scripts, as there is no JSON to
+/// print. Done, as a command's exit code.
+pub(super) fn print_done(output: Output, message: &str) -> anyhow::Result<i32> {
+    if output == Output::Table {
+        emit(&format!("{message}\n"))?;
+    }
+    Ok(EXIT_SUCCESS)
 }
 
 /// The value as pretty JSON on stdout; done, as a command's exit code.
@@ -84,11 +95,29 @@ pub(super) fn ago(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
         60..3600 => format!("{}m ago", secs / 60),
         3600..86_400 => format!("{}h ago", secs / 3600),
         86_400..604_800 => format!("{}d ago", secs / 86_400),
-        _ => at
-            .with_timezone(&chrono::Local)
-            .format("%Y-%m-%d")
-            .to_string(),
+        _ => local_date(at),
     }
+}
+
+/// How long until a time to come, as [`ago`] says how long since one went:
+/// `in 5m`, `in 3h`, `in 2d`, then the date; [`ago`] once it has passed.
+pub(super) fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let secs = (at - now).num_seconds();
+    match secs {
+        ..0 => ago(at, now),
+        0..60 => format!("in {secs}s"),
+        60..3600 => format!("in {}m", secs / 60),
+        3600..86_400 => format!("in {}h", secs / 3600),
+        86_400..604_800 => format!("in {}d", secs / 86_400),
+        _ => local_date(at),
+    }
+}
+
+/// A day in the local time zone.
+fn local_date(at: DateTime<Utc>) -> String {
+    at.with_timezone(&chrono::Local)
+        .format("%Y-%m-%d")
+        .to_string()
 }
 
 /// A time in the local time zone, to the second.
@@ -118,5 +147,9 @@ mod tests {
         assert_eq!(after(chrono::TimeDelta::seconds(245)), "4m05s");
         assert_eq!(after(chrono::TimeDelta::seconds(7380)), "2h03m");
         assert_eq!(after(chrono::TimeDelta::seconds(-5)), "0.0s");
+        let hours = chrono::TimeDelta::hours;
+        assert_eq!(until(start + hours(23), start), "in 23h");
+        assert_eq!(until(start + hours(49), start), "in 2d");
+        assert_eq!(until(start - hours(3), start), "3h ago");
     }
 }

@@ -2,6 +2,7 @@
 //! repositories, the real Docker engine and real PostgreSQL
 //! (`scripts/setup-test-env.sh` provides both).
 
+mod access;
 mod access_matrix;
 mod agents;
 mod architecture;
