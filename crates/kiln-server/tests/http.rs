@@ -850,7 +850,10 @@ async fn a_session_cookie_works_from_this_site_only_until_sign_out() {
         .http
         .post(format!("{}/login", server.base))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(format!("username=ada&password={}", PASSWORD.replace(' ', "+")))
+        .body(format!(
+            "username=ada&password={}",
+            PASSWORD.replace(' ', "+")
+        ))
         .send()
         .await
         .unwrap();

@@ -1,7 +1,8 @@
 //! The server under load, over real HTTP on loopback, on SQLite and
 //! PostgreSQL: triggers per second (8 concurrent clients, freestyle job,
 //! nothing running the tasks), and `GET /jobs/{job}/runs` latency with
-//! 100 000 runs stored.
+//! 100 000 runs stored, read by a viewer of the private job (the access
+//! check's dearest path: the token's user, then the caller's role).
 //!
 //! `cargo bench -p kiln --bench server` (PostgreSQL from
 //! `scripts/setup-test-env.sh`; `KILN_BENCH_DATABASE_URL` to use another).
@@ -15,6 +16,7 @@ use kiln_store::{Database, TokenKind};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "kiln_bench_admin_token";
+const READER_TOKEN: &str = "kiln_bench_reader_token";
 const TRIGGERS: usize = 2_000;
 const CLIENTS: usize = 8;
 const STORED_RUNS: i64 = 100_000;
@@ -144,6 +146,35 @@ where
 
     let job = db.get_job("history").await.unwrap().unwrap();
     seed(job.id).await;
+    let reader = db
+        .create_user(
+            &kiln_store::NewUser {
+                name: "reader".into(),
+                role: kiln_store::UserRole::User,
+                password_hash: None,
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let reader_hash = kiln_crypto::hash_token(READER_TOKEN);
+    let reader_token = kiln_store::NewUserToken {
+        hash: &reader_hash,
+        name: "bench",
+        user: reader.id,
+        expires_at: None,
+    };
+    db.insert_user_token(&reader_token, Utc::now())
+        .await
+        .unwrap();
+    db.set_member(
+        job.id,
+        reader.id,
+        kiln_store::MemberRole::Viewer,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
     let mut report = Vec::new();
     for (label, query) in [
         ("first page", ""),
@@ -155,7 +186,12 @@ where
         let mut latencies = Vec::with_capacity(LIST_REQUESTS);
         for _ in 0..LIST_REQUESTS {
             let started = Instant::now();
-            let response = http.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+            let response = http
+                .get(&url)
+                .bearer_auth(READER_TOKEN)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(response.status(), reqwest::StatusCode::OK);
             let body = response.bytes().await.unwrap();
             latencies.push(started.elapsed());

@@ -431,8 +431,8 @@ fn the_client_docs_commands_do_what_they_say() {
             "created git job `app`",
         ),
         (
-            "kiln job create NAME --pipeline-file FILE",
-            "kiln job create slow --pipeline-file slow.yml".into(),
+            "kiln job create NAME --pipeline-file FILE [--public]",
+            "kiln job create slow --pipeline-file slow.yml --public".into(),
             "created freestyle job `slow`",
         ),
         ("kiln job list", "kiln job list".into(), "slow"),
@@ -478,6 +478,51 @@ fn the_client_docs_commands_do_what_they_say() {
             "kiln agent --server http://127.0.0.1:9090 --token kiln_agent_",
         ),
         (
+            "kiln user create NAME [--role admin|user] [--password-stdin]",
+            "printf 'a long password' | kiln user create ada --role user --password-stdin"
+                .into(),
+            "created user `ada`: user, enabled, with a password",
+        ),
+        ("kiln user list", "kiln user list".into(), "ada"),
+        (
+            "kiln user set NAME [--role R] [--disable | --enable] [--password-stdin]",
+            "kiln user set ada --disable".into(),
+            "updated user `ada`: user, disabled",
+        ),
+        (
+            "kiln token create NAME [--expires-in 30d] [--user U]",
+            "kiln token create laptop --expires-in 30d".into(),
+            "kiln_",
+        ),
+        ("kiln token list [--user U]", "kiln token list".into(), "laptop"),
+        (
+            "kiln token revoke ID",
+            // The id is the `laptop` token's, found below.
+            "kiln token revoke ID".into(),
+            "revoked token",
+        ),
+        (
+            "kiln member set JOB USER ROLE",
+            "kiln member set app ada developer".into(),
+            "`ada` is now developer of job `app`",
+        ),
+        ("kiln member list JOB", "kiln member list app".into(), "developer"),
+        (
+            "kiln member remove JOB USER",
+            "kiln member remove app ada".into(),
+            "removed `ada` from job `app`",
+        ),
+        (
+            "kiln user delete NAME",
+            "kiln user delete ada".into(),
+            "deleted user `ada`",
+        ),
+        (
+            "kiln audit [--actor A] [--action X] [--object O] [--limit N | --all]",
+            "kiln audit --actor admin --action user.create --object user/ada --limit 5".into(),
+            "user.create",
+        ),
+        (
             "kiln apply -f jobs.yml",
             "kiln apply -f jobs.yml".into(),
             "created",
@@ -520,7 +565,15 @@ fn the_client_docs_commands_do_what_they_say() {
             shell.run("kiln trigger slow");
             wait_until_running(&shell, "slow");
         }
-        let out = shell.run(line);
+        let line = if doc.starts_with("kiln token revoke") {
+            let tokens: serde_json::Value =
+                serde_json::from_str(&shell.run("kiln token list --output json")).unwrap();
+            let id = tokens.as_array().unwrap().iter().find(|t| t["name"] == "laptop");
+            line.replace("ID", &id.expect("the laptop token")["id"].to_string())
+        } else {
+            line.clone()
+        };
+        let out = shell.run(&line);
         assert!(out.contains(expected), "`{line}` ({doc}):\n{out}");
     }
     // Applying the same file again changes nothing.
