@@ -2214,6 +2214,8 @@ pub async fn update_user<D: Database>(db: &D) {
     };
     let changed = db.update_user("bob", &change, at(6)).await.unwrap();
     assert_eq!(changed.role, UserRole::Admin);
+    assert!(!changed.has_password);
+    assert!(!db.get_user("bob").await.unwrap().unwrap().has_password);
     assert_eq!(
         db.user_credentials("bob").await.unwrap().expect("bob").1,
         None
@@ -2383,6 +2385,13 @@ pub async fn revoke_token<D: Database>(db: &D) {
         expires_at: None,
     };
     let id = db.insert_user_token(&token, at(0)).await.unwrap();
+    let owner = db.token_owner(id).await.unwrap().expect("erin's");
+    assert_eq!((owner.id, owner.has_password), (erin.id, true));
+    let agent = db
+        .insert_token("h-agent", TokenKind::Agent, "builder", false, at(0))
+        .await
+        .unwrap();
+    assert_eq!(db.token_owner(agent).await.unwrap(), None, "no owner");
     assert!(db.revoke_token(id, at(1)).await.unwrap());
     assert!(
         !db.revoke_token(id, at(2)).await.unwrap(),
