@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use crate::support::GitRepo;
 
 pub const ADMIN: &str = "kiln_admin_test_token_0123456789";
+/// The password of the user `admin` (`KILN_ADMIN_PASSWORD`).
+pub const ADMIN_PASSWORD: &str = "admin-test-password-42";
 const POSTGRES: &str = "postgres://kiln:kiln@127.0.0.1:5432/kiln";
 
 pub struct Server {
@@ -73,6 +75,7 @@ impl Server {
         }
         command
             .env("KILN_ADMIN_TOKEN", ADMIN)
+            .env("KILN_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("KILN_AGENT_TOKEN", "kiln_agent_shared_test_token")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -544,7 +547,7 @@ fn startup_lines_name_the_database_and_the_admin_tokens_origin() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut printed = String::new();
-    while !printed.contains("admin token") {
+    while !printed.contains("web sign-in") {
         let line = lines
             .next()
             .expect("the server printed its start-up lines")
@@ -567,6 +570,13 @@ fn startup_lines_name_the_database_and_the_admin_tokens_origin() {
         printed.contains("admin token: the one in KILN_ADMIN_TOKEN"),
         "{printed}"
     );
+    // No KILN_ADMIN_PASSWORD: one is made and shown, this once.
+    let password = printed
+        .split("web sign-in: user `admin`, password (shown once, keep it): ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_else(|| panic!("no generated password: {printed}"));
+    assert_eq!(password.len(), 20, "{password}");
 }
 
 #[tokio::test]
@@ -1536,8 +1546,10 @@ async fn the_servers_secrets_leave_its_environment() {
     for env in environments {
         for name in [
             "KILN_ADMIN_TOKEN",
+            "KILN_ADMIN_PASSWORD",
             "KILN_AGENT_TOKEN",
             ADMIN,
+            ADMIN_PASSWORD,
             "kiln_agent_shared",
         ] {
             assert!(
@@ -1547,6 +1559,16 @@ async fn the_servers_secrets_leave_its_environment() {
         }
     }
     drop(silent);
+    // The password the environment gave signs `admin` in.
+    let signed_in = reqwest::Client::new()
+        .post(format!("{}/login", server.url))
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::OK);
+    let user: Value = signed_in.json().await.unwrap();
+    assert_eq!(user["role"], "admin");
 }
 
 /// Every process below `pid` (children, grandchildren, …).
