@@ -121,12 +121,13 @@ mod tests {
         let user = identity(false);
         let admin = identity(true);
         // (caller, role, visibility) → decisions for viewer, developer, maintainer needs.
-        let cases: [(
-            Option<&Identity>,
+        type Case<'a> = (
+            Option<&'a Identity>,
             Option<MemberRole>,
             Visibility,
             [Decision; 3],
-        ); 12] = [
+        );
+        let cases: [Case; 12] = [
             (None, None, Visibility::Private, [Hidden, Hidden, Hidden]),
             (None, None, Visibility::Public, [Allowed, SignIn, SignIn]),
             (

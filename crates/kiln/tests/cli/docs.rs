@@ -479,8 +479,7 @@ fn the_client_docs_commands_do_what_they_say() {
         ),
         (
             "kiln user create NAME [--role admin|user] [--password-stdin]",
-            "printf 'a long password' | kiln user create ada --role user --password-stdin"
-                .into(),
+            "printf 'a long password' | kiln user create ada --role user --password-stdin".into(),
             "created user `ada`: user, enabled, with a password",
         ),
         ("kiln user list", "kiln user list".into(), "ada"),
@@ -494,7 +493,11 @@ fn the_client_docs_commands_do_what_they_say() {
             "kiln token create laptop --expires-in 30d".into(),
             "kiln_",
         ),
-        ("kiln token list [--user U]", "kiln token list".into(), "laptop"),
+        (
+            "kiln token list [--user U]",
+            "kiln token list".into(),
+            "laptop",
+        ),
         (
             "kiln token revoke ID",
             // The id is the `laptop` token's, found below.
@@ -506,7 +509,11 @@ fn the_client_docs_commands_do_what_they_say() {
             "kiln member set app ada developer".into(),
             "`ada` is now developer of job `app`",
         ),
-        ("kiln member list JOB", "kiln member list app".into(), "developer"),
+        (
+            "kiln member list JOB",
+            "kiln member list app".into(),
+            "developer",
+        ),
         (
             "kiln member remove JOB USER",
             "kiln member remove app ada".into(),
@@ -568,7 +575,11 @@ fn the_client_docs_commands_do_what_they_say() {
         let line = if doc.starts_with("kiln token revoke") {
             let tokens: serde_json::Value =
                 serde_json::from_str(&shell.run("kiln token list --output json")).unwrap();
-            let id = tokens.as_array().unwrap().iter().find(|t| t["name"] == "laptop");
+            let id = tokens
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["name"] == "laptop");
             line.replace("ID", &id.expect("the laptop token")["id"].to_string())
         } else {
             line.clone()
