@@ -181,7 +181,8 @@ async fn token_owner<D: Database>(
 #[utoipa::path(operation_id = "list_tokens", get, path = "/api/v1/tokens", tag = "tokens", security(("bearer" = []), ("session" = [])),
     params(TokenListQuery),
     responses((status = 200, description = "The user's tokens, revoked ones too; never their values", body = Vec<kiln_api::Token>),
-        (status = 403, description = "Another user's, and not an admin", body = kiln_api::Problem)))]
+        (status = 403, description = "Another user's, and not an admin", body = kiln_api::Problem),
+        (status = 404, description = "No such user", body = kiln_api::Problem)))]
 pub async fn list_tokens<D: Database>(
     SignedIn(caller): SignedIn,
     State(state): State<AppState<D>>,
@@ -195,6 +196,7 @@ pub async fn list_tokens<D: Database>(
 #[utoipa::path(operation_id = "create_user_token", post, path = "/api/v1/tokens", tag = "tokens", security(("bearer" = []), ("session" = [])), request_body = NewUserToken,
     responses((status = 201, description = "The token, shown this once", body = TokenCreated),
         (status = 403, description = "For another user, and not an admin", body = kiln_api::Problem),
+        (status = 404, description = "No such user", body = kiln_api::Problem),
         (status = 409, description = "The user is disabled", body = kiln_api::Problem)))]
 pub async fn create_token<D: Database>(
     SignedIn(caller): SignedIn,
