@@ -9,6 +9,7 @@ use crate::state::AppState;
 
 /// Appends an entry for a change `who` made. The change is already
 /// committed, so a failure to write the entry is logged, not answered.
+/// (Runs are audited in their own transaction: see [`entry`].)
 pub async fn record<D: Database>(
     state: &AppState<D>,
     who: &Identity,
@@ -16,7 +17,24 @@ pub async fn record<D: Database>(
     object: impl Into<String>,
     detail: Option<String>,
 ) {
-    append(state, &who.name, who.source.clone(), action, object, detail).await;
+    write(state, entry(who, action, object, detail)).await;
+}
+
+/// The entry for a change `who` makes, for a store call that writes it in
+/// the change's own transaction (a run's creation).
+pub fn entry(
+    who: &Identity,
+    action: &str,
+    object: impl Into<String>,
+    detail: Option<String>,
+) -> NewAuditEntry {
+    NewAuditEntry {
+        actor: who.name.clone(),
+        action: action.to_string(),
+        object: object.into(),
+        detail,
+        source: who.source.clone(),
+    }
 }
 
 /// Appends an entry for an actor that is not (yet) an identity: a sign-in.
@@ -35,6 +53,10 @@ pub async fn append<D: Database>(
         detail,
         source,
     };
+    write(state, entry).await;
+}
+
+async fn write<D: Database>(state: &AppState<D>, entry: NewAuditEntry) {
     if let Err(e) = state.db.append_audit(&entry, Utc::now()).await {
         tracing::error!(
             "cannot write the audit entry {} {} by {}: {e}",

@@ -6,7 +6,9 @@
 
 use chrono::Utc;
 use kiln_pipeline::{Event, Pipeline};
-use kiln_store::{Database, Job, JobKind, NewRun, NewTask, Run, RunDetail, StoreError};
+use kiln_store::{
+    Database, Job, JobKind, NewAuditEntry, NewRun, NewTask, Run, RunDetail, StoreError,
+};
 
 use crate::state::AppState;
 
@@ -53,11 +55,14 @@ struct Source {
 
 /// A new run of the job's pipeline as it is now: a freestyle job's stored
 /// one, a git job's file at the commit `target` resolves to.
+/// `audit`, if given, is written with the run (its object gets the run's
+/// number).
 pub async fn trigger<D: Database>(
     state: &AppState<D>,
     job: &Job,
     target: Target,
     event: Event,
+    audit: Option<NewAuditEntry>,
 ) -> Result<RunDetail, TriggerError> {
     let source = match job.spec.kind {
         JobKind::Freestyle => {
@@ -96,7 +101,7 @@ pub async fn trigger<D: Database>(
             }
         }
     };
-    create(state, job, source, event).await
+    create(state, job, source, event, audit).await
 }
 
 /// A new run that repeats `run`: its commit, branch and event, and the
@@ -107,6 +112,7 @@ pub async fn rerun<D: Database>(
     state: &AppState<D>,
     job: &Job,
     run: &Run,
+    audit: Option<NewAuditEntry>,
 ) -> Result<RunDetail, TriggerError> {
     if run.sha.is_some() && job.spec.kind == JobKind::Freestyle {
         return Err(TriggerError::NotRepeatable(format!(
@@ -137,7 +143,7 @@ pub async fn rerun<D: Database>(
         sha: run.sha.clone(),
         pipeline,
     };
-    create(state, job, source, run.event).await
+    create(state, job, source, run.event, audit).await
 }
 
 /// A private repository's credentials: the job's GIT_USERNAME/GIT_PASSWORD.
@@ -188,6 +194,7 @@ async fn create<D: Database>(
     job: &Job,
     source: Source,
     event: Event,
+    audit: Option<NewAuditEntry>,
 ) -> Result<RunDetail, TriggerError> {
     let Source {
         branch,
@@ -213,6 +220,7 @@ async fn create<D: Database>(
         timeout,
         tasks,
         pipeline: pipeline.ok(),
+        audit,
     };
     let detail = state.db.create_run(job.id, run, Utc::now()).await?;
     state.work.notify_waiters();

@@ -420,6 +420,7 @@ async fn a_run_that_cannot_be_repeated_is_a_409_problem() {
         timeout: None,
         tasks: Vec::new(),
         pipeline: None,
+        audit: None,
     };
     let of_a_commit = NewRun {
         sha: Some("0123456789abcdef0123456789abcdef01234567".into()),

@@ -4,25 +4,15 @@ use chrono::{DateTime, Utc};
 use kiln_store::sql::{self, AUDIT_COLUMNS};
 use kiln_store::values::ms;
 use kiln_store::{AuditEntry, AuditFilter, AuditId, AuditStore, NewAuditEntry, Result};
+use sqlx::postgres::PgConnection;
 use sqlx::{Postgres, QueryBuilder};
 
 use crate::PostgresStore;
 
 impl AuditStore for PostgresStore {
     async fn append_audit(&self, entry: &NewAuditEntry, now: DateTime<Utc>) -> Result<AuditId> {
-        let id = sqlx::query_scalar(
-            "INSERT INTO audit (at, actor, action, object, detail, source) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(ms(now))
-        .bind(&entry.actor)
-        .bind(&entry.action)
-        .bind(&entry.object)
-        .bind(&entry.detail)
-        .bind(&entry.source)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(id)
+        let mut conn = self.pool.acquire().await?;
+        insert_audit(&mut conn, entry, now).await
     }
 
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
@@ -51,4 +41,25 @@ impl AuditStore for PostgresStore {
         let rows = query.build().fetch_all(&self.pool).await?;
         rows.iter().map(sql::audit_entry).collect()
     }
+}
+
+/// Appends `entry` in the caller's transaction (a change and its entry
+/// commit together).
+pub(crate) async fn insert_audit(
+    conn: &mut PgConnection,
+    entry: &NewAuditEntry,
+    now: DateTime<Utc>,
+) -> Result<AuditId> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO audit (at, actor, action, object, detail, source) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(ms(now))
+    .bind(&entry.actor)
+    .bind(&entry.action)
+    .bind(&entry.object)
+    .bind(&entry.detail)
+    .bind(&entry.source)
+    .fetch_one(&mut *conn)
+    .await?)
 }

@@ -7,8 +7,8 @@ use kiln_store::queue::{self, Stop};
 use kiln_store::sql::{self, RUN_SELECT, STEP_SELECT, TASK_SELECT};
 use kiln_store::values::{Corrupt, after, ms, status};
 use kiln_store::{
-    JobId, NewRun, Result, Run, RunDetail, RunFilter, RunId, RunStore, StepRow, StoreError, TaskId,
-    TaskRow,
+    JobId, NewAuditEntry, NewRun, Result, Run, RunDetail, RunFilter, RunId, RunStore, StepRow,
+    StoreError, TaskId, TaskRow,
 };
 use sqlx::postgres::PgConnection;
 use sqlx::{Postgres, QueryBuilder};
@@ -93,6 +93,14 @@ impl RunStore for PostgresStore {
             .bind(state.step_status().as_str())
             .execute(&mut *tx)
             .await?;
+        }
+        if let Some(entry) = &run.audit {
+            let object = format!("{}/run/{number}", entry.object);
+            let entry = NewAuditEntry {
+                object,
+                ..entry.clone()
+            };
+            crate::audit::insert_audit(&mut tx, &entry, now).await?;
         }
         let detail = run_detail(&mut tx, run_id)
             .await?

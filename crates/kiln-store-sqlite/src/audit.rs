@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use kiln_store::sql::{self, AUDIT_COLUMNS};
 use kiln_store::values::ms;
 use kiln_store::{AuditEntry, AuditFilter, AuditId, AuditStore, NewAuditEntry, Result};
+use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Sqlite};
 
 use crate::SqliteStore;
@@ -11,18 +12,7 @@ use crate::SqliteStore;
 impl AuditStore for SqliteStore {
     async fn append_audit(&self, entry: &NewAuditEntry, now: DateTime<Utc>) -> Result<AuditId> {
         let mut tx = self.write().await?;
-        let id = sqlx::query_scalar(
-            "INSERT INTO audit (at, actor, action, object, detail, source) \
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(ms(now))
-        .bind(&entry.actor)
-        .bind(&entry.action)
-        .bind(&entry.object)
-        .bind(&entry.detail)
-        .bind(&entry.source)
-        .fetch_one(&mut *tx)
-        .await?;
+        let id = insert_audit(&mut tx, entry, now).await?;
         tx.commit().await?;
         Ok(id)
     }
@@ -53,4 +43,25 @@ impl AuditStore for SqliteStore {
         let rows = query.build().fetch_all(&self.reader).await?;
         rows.iter().map(sql::audit_entry).collect()
     }
+}
+
+/// Appends `entry` in the caller's transaction (a change and its entry
+/// commit together).
+pub(crate) async fn insert_audit(
+    conn: &mut SqliteConnection,
+    entry: &NewAuditEntry,
+    now: DateTime<Utc>,
+) -> Result<AuditId> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO audit (at, actor, action, object, detail, source) \
+         VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(ms(now))
+    .bind(&entry.actor)
+    .bind(&entry.action)
+    .bind(&entry.object)
+    .bind(&entry.detail)
+    .bind(&entry.source)
+    .fetch_one(&mut *conn)
+    .await?)
 }

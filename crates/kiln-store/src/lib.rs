@@ -183,6 +183,9 @@ pub struct NewRun {
     /// rerun repeats this run even after the job's pipeline changed;
     /// `None` when there was none to read (e.g. a missing file).
     pub pipeline: Option<String>,
+    /// Who made the run, for the audit log, written in the run's own
+    /// transaction; `/run/{number}` is appended to its object.
+    pub audit: Option<NewAuditEntry>,
 }
 
 #[derive(Debug, Clone)]

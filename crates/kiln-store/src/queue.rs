@@ -581,6 +581,7 @@ mod tests {
             timeout: None,
             tasks,
             pipeline: None,
+            audit: None,
         };
         let ok = start_run(&run);
         assert_eq!((ok.status, ok.tasks.len()), (Status::Queued, 1));

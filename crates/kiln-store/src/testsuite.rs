@@ -48,7 +48,7 @@ macro_rules! testsuite {
             cancel, deadline, logs, artifacts_and_reports, list_runs, counts,
             queue_cases, duplicate_user, update_user, last_admin_stays, token_lookup_states,
             revoke_token, user_tokens_without_hashes, touch_token, members,
-            members_cascade, creator_is_maintainer, job_and_role, sessions_expire, audit_filters_and_paging,
+            members_cascade, creator_is_maintainer, job_and_role, runs_are_audited_with_their_number, sessions_expire, audit_filters_and_paging,
             failed_sign_ins);
         // Races between claimers: they take the store, and more threads.
         $crate::testsuite!(@owning $with; claims_are_exclusive, concurrent_workers);
@@ -104,6 +104,7 @@ pub fn new_run(tasks: Vec<NewTask>) -> NewRun {
         timeout: None,
         tasks,
         pipeline: None,
+        audit: None,
     }
 }
 
@@ -2569,6 +2570,37 @@ pub async fn creator_is_maintainer<D: Database>(db: &D) {
         other => panic!("job of unknown creator: expected NotFound, got {other:?}"),
     }
     assert!(db.get_job("ghost").await.unwrap().is_none());
+}
+
+pub async fn runs_are_audited_with_their_number<D: Database>(db: &D) {
+    let web = job(db, "web").await;
+    db.create_run(web.id, new_run(Vec::new()), at(1))
+        .await
+        .unwrap();
+    let mut run = new_run(Vec::new());
+    run.audit = Some(NewAuditEntry {
+        actor: "ada".into(),
+        action: "run.trigger".into(),
+        object: "job/web".into(),
+        detail: None,
+        source: Some("10.0.0.1".into()),
+    });
+    let made = db.create_run(web.id, run, at(2)).await.unwrap();
+    assert_eq!(made.run.number, 2);
+    let filter = AuditFilter {
+        limit: 10,
+        ..AuditFilter::default()
+    };
+    let entries = db.list_audit(&filter).await.unwrap();
+    let seen: Vec<_> = entries
+        .iter()
+        .map(|e| (e.actor.as_str(), e.object.as_str(), e.at))
+        .collect();
+    assert_eq!(
+        seen,
+        [("ada", "job/web/run/2", at(2))],
+        "one entry, with the run"
+    );
 }
 
 pub async fn job_and_role<D: Database>(db: &D) {

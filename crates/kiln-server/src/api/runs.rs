@@ -37,8 +37,8 @@ pub async fn trigger<D: Database>(
         (None, Some(sha)) => Target::Sha(sha.into()),
         (branch, None) => Target::Branch(branch.map(String::from)),
     };
-    let detail = start_run(&state, &job, target, Event::Api).await?;
-    audit_run(&state, &caller, "run.trigger", &detail).await;
+    let audit = audit::entry(&caller, "run.trigger", job_object(&job.spec.name), None);
+    let detail = start_run(&state, &job, target, Event::Api, Some(audit)).await?;
     Ok((StatusCode::CREATED, Json(views::run_detail(&detail))))
 }
 
@@ -100,14 +100,9 @@ pub async fn find_run_of<D: Database>(
     })
 }
 
-async fn audit_run<D: Database>(
-    state: &AppState<D>,
-    caller: &Identity,
-    action: &str,
-    run: &RunDetail,
-) {
+async fn audit_cancel<D: Database>(state: &AppState<D>, caller: &Identity, run: &RunDetail) {
     let object = format!("{}/run/{}", job_object(&run.run.job), run.run.number);
-    audit::record(state, caller, action, object, None).await;
+    audit::record(state, caller, "run.cancel", object, None).await;
 }
 
 #[utoipa::path(operation_id = "get_run", get, path = "/api/v1/jobs/{job}/runs/{number}", tag = "runs", security((), ("bearer" = []), ("session" = [])),
@@ -139,7 +134,7 @@ pub async fn cancel<D: Database>(
     }
     let detail = state.db.cancel_run(job.id, number, Utc::now()).await?;
     state.work.notify_waiters();
-    audit_run(&state, &caller, "run.cancel", &detail).await;
+    audit_cancel(&state, &caller, &detail).await;
     Ok(Json(views::run_detail(&detail)))
 }
 
@@ -154,10 +149,9 @@ pub async fn rerun<D: Database>(
     ApiPath(RunPath { job, number }): ApiPath<RunPath>,
 ) -> ApiResult<(StatusCode, Json<kiln_api::Run>)> {
     let (job, run) = find_run(&state, Some(&caller), &job, number, MemberRole::Developer).await?;
-    let detail = crate::trigger::rerun(&state, &job, &run.run).await?;
-    let detail_of = format!("rerun of run {number}");
-    let object = format!("{}/run/{}", job_object(&detail.run.job), detail.run.number);
-    audit::record(&state, &caller, "run.rerun", object, Some(detail_of)).await;
+    let detail = Some(format!("rerun of run {number}"));
+    let audit = audit::entry(&caller, "run.rerun", job_object(&job.spec.name), detail);
+    let detail = crate::trigger::rerun(&state, &job, &run.run, Some(audit)).await?;
     Ok((StatusCode::CREATED, Json(views::run_detail(&detail))))
 }
 
