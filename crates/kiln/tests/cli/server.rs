@@ -674,7 +674,16 @@ async fn status_codes_follow_the_contract() {
             .request(reqwest::Method::GET, "/api/v1/jobs", token)
             .send()
     };
-    let response = get(None).await.unwrap();
+    // Anyone may list jobs (public ones); changes need a token.
+    let listed = get(None).await.unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+    assert_eq!(listed.json::<Value>().await.unwrap(), json!([]));
+    let response = server
+        .request(reqwest::Method::POST, "/api/v1/jobs", None)
+        .json(&json!({"name": "x", "kind": "git", "repository": "/r"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         response.headers()["content-type"],
