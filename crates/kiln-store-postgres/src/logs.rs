@@ -1,7 +1,7 @@
 //! Tasks' logs, one per attempt, in chunks idempotent on (task, attempt, seq).
 
 use kiln_store::sql;
-use kiln_store::{LogStore, QueueStore, Result, TaskId};
+use kiln_store::{Holder, LogStore, QueueStore, Result, TaskId};
 
 use crate::PostgresStore;
 
@@ -9,7 +9,7 @@ impl LogStore for PostgresStore {
     async fn append_log(
         &self,
         task_id: TaskId,
-        holder: &str,
+        holder: &Holder<'_>,
         seq: i64,
         data: &[u8],
     ) -> Result<bool> {
@@ -19,13 +19,14 @@ impl LogStore for PostgresStore {
         let stored = sqlx::query(
             "INSERT INTO log_chunks (task_id, attempt, seq, data) \
              SELECT id, attempt, $2, $3 FROM tasks \
-              WHERE id = $1 AND status = 'running' AND lease_holder = $4 \
+              WHERE id = $1 AND status = 'running' AND lease_holder = $4 AND attempt = $5 \
              ON CONFLICT (task_id, attempt, seq) DO NOTHING",
         )
         .bind(task_id)
         .bind(seq)
         .bind(data)
-        .bind(holder)
+        .bind(holder.agent)
+        .bind(holder.attempt)
         .execute(&self.pool)
         .await?
         .rows_affected();

@@ -4,6 +4,7 @@
 //! locks and reads the rows they need and writes back what they decide.
 
 use chrono::{DateTime, Utc};
+use kiln_store::Holder;
 use kiln_store::queue::{self, AGENT_LOST, AfterEnd, Retry, Stop, TaskState};
 use kiln_store::sql::{
     self, HELD_SELECT, HOLD_SELECT, Held, STATE_SELECT, STEP_SELECT, TASK_COLUMNS,
@@ -117,31 +118,38 @@ impl QueueStore for PostgresStore {
     async fn renew_lease(
         &self,
         task_id: TaskId,
-        holder: &str,
+        holder: &Holder<'_>,
         until: DateTime<Utc>,
     ) -> Result<bool> {
         let renewed = sqlx::query(
             "UPDATE tasks SET lease_expires_at = $1 \
-             WHERE id = $2 AND lease_holder = $3 AND status = 'running'",
+             WHERE id = $2 AND lease_holder = $3 AND attempt = $4 AND status = 'running'",
         )
         .bind(ms(until))
         .bind(task_id)
-        .bind(holder)
+        .bind(holder.agent)
+        .bind(holder.attempt)
         .execute(&self.pool)
         .await?
         .rows_affected();
         Ok(renewed > 0)
     }
 
-    async fn update_step(&self, task_id: TaskId, holder: &str, step: &StepRow) -> Result<bool> {
+    async fn update_step(
+        &self,
+        task_id: TaskId,
+        holder: &Holder<'_>,
+        step: &StepRow,
+    ) -> Result<bool> {
         let mut tx = self.write().await?;
         // Shared lock: a concurrent finish waits for this step to be written.
         let held: Option<TaskId> = sqlx::query_scalar(
-            "SELECT id FROM tasks WHERE id = $1 AND lease_holder = $2 AND status = 'running' \
-             FOR SHARE",
+            "SELECT id FROM tasks WHERE id = $1 AND lease_holder = $2 AND attempt = $3 \
+             AND status = 'running' FOR SHARE",
         )
         .bind(task_id)
-        .bind(holder)
+        .bind(holder.agent)
+        .bind(holder.attempt)
         .fetch_optional(&mut *tx)
         .await?;
         if held.is_none() {
@@ -175,7 +183,7 @@ impl QueueStore for PostgresStore {
     async fn finish_task(
         &self,
         task_id: TaskId,
-        holder: &str,
+        holder: &Holder<'_>,
         result: &TaskResult,
     ) -> Result<Option<Status>> {
         if !result.status.is_terminal() {

@@ -4,6 +4,7 @@
 //! reads the rows they need and writes back what they decide.
 
 use chrono::{DateTime, Utc};
+use kiln_store::Holder;
 use kiln_store::queue::{self, AGENT_LOST, AfterEnd, Retry, Stop, TaskState};
 use kiln_store::sql::{self, HELD_SELECT, HOLD_SELECT, Held, STATE_SELECT};
 use kiln_store::values::{Corrupt, after, ms, status};
@@ -115,30 +116,36 @@ impl QueueStore for SqliteStore {
     async fn renew_lease(
         &self,
         task_id: TaskId,
-        holder: &str,
+        holder: &Holder<'_>,
         until: DateTime<Utc>,
     ) -> Result<bool> {
         // One statement commits on its own: no transaction round trips.
         let renewed = sqlx::query(
             "UPDATE tasks SET lease_expires_at = ? \
-             WHERE id = ? AND lease_holder = ? AND status = 'running'",
+             WHERE id = ? AND lease_holder = ? AND attempt = ? AND status = 'running'",
         )
         .bind(ms(until))
         .bind(task_id)
-        .bind(holder)
+        .bind(holder.agent)
+        .bind(holder.attempt)
         .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(renewed > 0)
     }
 
-    async fn update_step(&self, task_id: TaskId, holder: &str, step: &StepRow) -> Result<bool> {
+    async fn update_step(
+        &self,
+        task_id: TaskId,
+        holder: &Holder<'_>,
+        step: &StepRow,
+    ) -> Result<bool> {
         // One statement, holder check included: it runs alone on the one
         // writer, so nothing can come between the check and the write.
         let updated = sqlx::query(
             "UPDATE steps SET status = ?, exit_code = ?, started_at = ?, finished_at = ? \
              WHERE task_id = ? AND position = ? AND EXISTS (SELECT 1 FROM tasks \
-             WHERE id = ? AND status = 'running' AND lease_holder = ?)",
+             WHERE id = ? AND status = 'running' AND lease_holder = ? AND attempt = ?)",
         )
         .bind(step.status.as_str())
         .bind(step.exit_code)
@@ -147,7 +154,8 @@ impl QueueStore for SqliteStore {
         .bind(task_id)
         .bind(step.index)
         .bind(task_id)
-        .bind(holder)
+        .bind(holder.agent)
+        .bind(holder.attempt)
         .execute(&self.writer)
         .await?
         .rows_affected();
@@ -168,7 +176,7 @@ impl QueueStore for SqliteStore {
     async fn finish_task(
         &self,
         task_id: TaskId,
-        holder: &str,
+        holder: &Holder<'_>,
         result: &TaskResult,
     ) -> Result<Option<Status>> {
         if !result.status.is_terminal() {

@@ -336,9 +336,28 @@ pub struct TaskHold {
 }
 
 impl TaskHold {
-    /// Whether `agent` holds the task: it runs, under `agent`.
-    pub fn held_by(&self, agent: &str) -> bool {
-        self.status == Status::Running && self.agent.as_deref() == Some(agent)
+    /// Whether `holder` holds the task: it runs, under `holder`'s agent,
+    /// in `holder`'s attempt.
+    pub fn held_by(&self, holder: &Holder<'_>) -> bool {
+        self.status == Status::Running
+            && self.agent.as_deref() == Some(holder.agent)
+            && self.attempt == holder.attempt
+    }
+}
+
+/// Who may report on a task: the agent that holds its lease, for the
+/// attempt it was given. A report for an attempt that is no longer the
+/// task's current one (a late call of a lost attempt, after a retry on the
+/// same agent) is refused like one from another agent, and changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder<'a> {
+    pub agent: &'a str,
+    pub attempt: i64,
+}
+
+impl<'a> Holder<'a> {
+    pub fn new(agent: &'a str, attempt: i64) -> Holder<'a> {
+        Holder { agent, attempt }
     }
 }
 
@@ -543,13 +562,13 @@ pub trait QueueStore {
     fn renew_lease(
         &self,
         task_id: TaskId,
-        holder: &str,
+        holder: &Holder<'_>,
         until: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool>> + Send;
     fn update_step(
         &self,
         task_id: TaskId,
-        holder: &str,
+        holder: &Holder<'_>,
         step: &StepRow,
     ) -> impl Future<Output = Result<bool>> + Send;
     /// Records the end of a task (retrying it when `retry` allows), releases
@@ -559,7 +578,7 @@ pub trait QueueStore {
     fn finish_task(
         &self,
         task_id: TaskId,
-        holder: &str,
+        holder: &Holder<'_>,
         result: &TaskResult,
     ) -> impl Future<Output = Result<Option<Status>>> + Send;
     /// Ends tasks whose lease expired before `now` (retry, or `error` with
@@ -603,7 +622,7 @@ pub trait LogStore {
     fn append_log(
         &self,
         task_id: TaskId,
-        holder: &str,
+        holder: &Holder<'_>,
         seq: i64,
         data: &[u8],
     ) -> impl Future<Output = Result<bool>> + Send;

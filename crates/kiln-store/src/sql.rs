@@ -218,9 +218,12 @@ pub struct Held {
 }
 
 impl Held {
-    /// Whether `holder` holds the task: it runs under `holder`'s lease.
-    pub fn by(&self, holder: &str) -> bool {
-        self.status == Status::Running && self.lease_holder.as_deref() == Some(holder)
+    /// Whether `holder` holds the task: it runs under `holder`'s lease,
+    /// in `holder`'s attempt.
+    pub fn by(&self, holder: &crate::Holder<'_>) -> bool {
+        self.status == Status::Running
+            && self.lease_holder.as_deref() == Some(holder.agent)
+            && self.attempt == holder.attempt
     }
 
     /// Its attempt, as [`crate::queue::after_end`] needs it. A run past

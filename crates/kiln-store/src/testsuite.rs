@@ -27,10 +27,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use crate::queue::Retry;
 use crate::queue::cases::{self, Observed};
 use crate::{
-    Artifact, AuditFilter, Claim, Database, Event, Job, JobId, JobKind, JobSpec, MemberRole,
-    NewAuditEntry, NewRun, NewTask, NewUser, NewUserToken, Refusal, RunDetail, RunFilter, RunId,
-    Status, StepRow, StoreError, TaskHold, TaskId, TaskResult, TaskRow, TokenKind, Undelivered,
-    Upserted, User, UserChange, UserRole, Visibility,
+    Artifact, AuditFilter, Claim, Database, Event, Holder, Job, JobId, JobKind, JobSpec,
+    MemberRole, NewAuditEntry, NewRun, NewTask, NewUser, NewUserToken, Refusal, RunDetail,
+    RunFilter, RunId, Status, StepRow, StoreError, TaskHold, TaskId, TaskResult, TaskRow,
+    TokenKind, Undelivered, Upserted, User, UserChange, UserRole, Visibility,
 };
 
 /// One `#[tokio::test]` per case of the contract, in the module it is
@@ -44,7 +44,7 @@ macro_rules! testsuite {
             tokens, jobs, secrets, delete_job_cascades, run_numbering,
             invalid_pipeline_run, run_keeps_its_pipeline, needs_release_and_skip, skipped_at_creation,
             allow_failure, labels_and_order, unplaceable, fair_between_jobs, steps,
-            retry_on_failure, no_retry_when_pointless, lease_expiry, holder_checks, wide_run, undelivered,
+            retry_on_failure, stale_attempts_are_fenced, no_retry_when_pointless, lease_expiry, holder_checks, wide_run, undelivered,
             cancel, deadline, logs, artifacts_and_reports, list_runs, counts,
             queue_cases, duplicate_user, update_user, last_admin_stays, token_lookup_states,
             revoke_token, user_tokens_without_hashes, touch_token, members,
@@ -188,7 +188,7 @@ async fn finish<D: Database>(
 ) -> bool {
     db.finish_task(
         task.id,
-        holder,
+        &Holder::new(holder, task.attempt),
         &TaskResult {
             status,
             reason: None,
@@ -347,7 +347,11 @@ pub async fn delete_job_cascades<D: Database>(db: &D) {
     db.put_secret(job.id, "S", b"s", at(0)).await.unwrap();
     let detail = create(db, &job, new_run(tasks(PAIR)), at(0)).await;
     let a = claim_named(db, "agent", "a", at(1)).await;
-    assert!(db.append_log(a.id, "agent", 0, b"hello").await.unwrap());
+    assert!(
+        db.append_log(a.id, &Holder::new("agent", 1), 0, b"hello")
+            .await
+            .unwrap()
+    );
     db.add_artifact(a.id, 1, &artifact("out.txt"))
         .await
         .unwrap();
@@ -888,9 +892,13 @@ pub async fn steps<D: Database>(db: &D) {
         started_at: Some(at(1)),
         finished_at: Some(at(2)),
     };
-    assert!(db.update_step(build.id, "agent", &fetched).await.unwrap());
     assert!(
-        !db.update_step(build.id, "intruder", &fetched)
+        db.update_step(build.id, &Holder::new("agent", 1), &fetched)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !db.update_step(build.id, &Holder::new("intruder", 1), &fetched)
             .await
             .unwrap()
     );
@@ -902,13 +910,18 @@ pub async fn steps<D: Database>(db: &D) {
         started_at: Some(at(2)),
         finished_at: None,
     };
-    assert!(db.update_step(build.id, "agent", &compiling).await.unwrap());
+    assert!(
+        db.update_step(build.id, &Holder::new("agent", 1), &compiling)
+            .await
+            .unwrap()
+    );
     let missing = StepRow {
         index: 7,
         ..compiling.clone()
     };
     assert!(matches!(
-        db.update_step(build.id, "agent", &missing).await,
+        db.update_step(build.id, &Holder::new("agent", 1), &missing)
+            .await,
         Err(StoreError::NotFound(_))
     ));
     let now = db.get_task(build.id).await.unwrap().expect("task");
@@ -928,7 +941,9 @@ pub async fn steps<D: Database>(db: &D) {
     assert_eq!(ended.steps[1].finished_at, Some(at(5)));
     assert_eq!(ended.steps[2].status, Status::Skipped, "never ran");
     assert!(
-        !db.update_step(build.id, "agent", &fetched).await.unwrap(),
+        !db.update_step(build.id, &Holder::new("agent", 1), &fetched)
+            .await
+            .unwrap(),
         "not running any more"
     );
 }
@@ -941,13 +956,75 @@ tasks:
       - run: ./flaky.sh
 ";
 
+/// A retry on the same agent: the lost attempt's late calls change nothing.
+pub async fn stale_attempts_are_fenced<D: Database>(db: &D) {
+    let job = job(db, "fenced").await;
+    create(db, &job, new_run(tasks(RETRY)), at(0)).await;
+    let first = claim_named(db, "agent", "flaky", at(10)).await;
+    let old = Holder::new("agent", first.attempt);
+    assert!(db.append_log(first.id, &old, 0, b"one").await.unwrap());
+    // The lease runs out (the agent was cut off); the task is retried and
+    // the same agent, back, takes the new attempt.
+    db.expire(at(1000)).await.unwrap();
+    let second = claim_named(db, "agent", "flaky", at(1001)).await;
+    assert_eq!((second.id, second.attempt), (first.id, 2));
+    let new = Holder::new("agent", 2);
+    let step = StepRow {
+        index: 0,
+        name: "./flaky.sh".into(),
+        status: Status::Success,
+        exit_code: Some(0),
+        started_at: Some(at(1002)),
+        finished_at: Some(at(1003)),
+    };
+    // Everything the old attempt still sends is refused.
+    assert!(!db.append_log(first.id, &old, 1, b"late").await.unwrap());
+    assert!(!db.update_step(first.id, &old, &step).await.unwrap());
+    assert!(!db.renew_lease(first.id, &old, at(2000)).await.unwrap());
+    let success = TaskResult {
+        status: Status::Success,
+        reason: None,
+        retry: Retry::Allowed,
+        now: at(1004),
+    };
+    assert_eq!(
+        db.finish_task(first.id, &old, &success).await.unwrap(),
+        None
+    );
+    let holds = db.task_holds(&[first.id]).await.unwrap();
+    assert!(!holds[0].held_by(&old) && holds[0].held_by(&new));
+    assert_eq!(
+        db.read_log(first.id, 2, 0, usize::MAX).await.unwrap(),
+        [],
+        "nothing of the old attempt in the new one's log"
+    );
+    assert_eq!(
+        db.read_log(first.id, 1, 0, usize::MAX).await.unwrap(),
+        [(0, b"one".to_vec())],
+        "nor added to its own"
+    );
+    let task = db.get_task(first.id).await.unwrap().unwrap();
+    assert_eq!(
+        task.status,
+        Status::Running,
+        "the late finish changed nothing"
+    );
+    // The current attempt reports as usual.
+    assert!(db.append_log(first.id, &new, 0, b"two").await.unwrap());
+    assert!(db.update_step(first.id, &new, &step).await.unwrap());
+    assert_eq!(
+        db.finish_task(first.id, &new, &success).await.unwrap(),
+        Some(Status::Success)
+    );
+}
+
 pub async fn retry_on_failure<D: Database>(db: &D) {
     let job = job(db, "retry").await;
     create(db, &job, new_run(tasks(RETRY)), at(0)).await;
     let first = claim_named(db, "agent-1", "flaky", at(10)).await;
     assert_eq!(first.attempt, 1);
     assert!(
-        db.append_log(first.id, "agent-1", 0, b"attempt one")
+        db.append_log(first.id, &Holder::new("agent-1", 1), 0, b"attempt one")
             .await
             .unwrap()
     );
@@ -959,11 +1036,15 @@ pub async fn retry_on_failure<D: Database>(db: &D) {
         started_at: Some(at(10)),
         finished_at: Some(at(11)),
     };
-    assert!(db.update_step(first.id, "agent-1", &step).await.unwrap());
+    assert!(
+        db.update_step(first.id, &Holder::new("agent-1", 1), &step)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         db.finish_task(
             first.id,
-            "agent-1",
+            &Holder::new("agent-1", 1),
             &TaskResult {
                 status: Status::Failure,
                 reason: Some("exit code 1".into()),
@@ -1018,7 +1099,7 @@ pub async fn retry_on_failure<D: Database>(db: &D) {
     assert_eq!(second.attempt, 2);
     assert_eq!(second.agent.as_deref(), Some("agent-2"));
     assert!(
-        db.append_log(second.id, "agent-2", 0, b"attempt two")
+        db.append_log(second.id, &Holder::new("agent-2", 2), 0, b"attempt two")
             .await
             .unwrap()
     );
@@ -1060,7 +1141,7 @@ pub async fn no_retry_when_pointless<D: Database>(db: &D) {
     let ended = db
         .finish_task(
             first.id,
-            "agent-1",
+            &Holder::new("agent-1", 1),
             &TaskResult {
                 status: Status::Error,
                 reason: Some("task has no image".into()),
@@ -1083,8 +1164,16 @@ pub async fn lease_expiry<D: Database>(db: &D) {
     create(db, &job, new_run(tasks(RETRY)), at(0)).await;
     // Lease runs to at(60).
     let first = claim_named(db, "agent-1", "flaky", at(0)).await;
-    assert!(db.renew_lease(first.id, "agent-1", at(100)).await.unwrap());
-    assert!(!db.renew_lease(first.id, "agent-2", at(500)).await.unwrap());
+    assert!(
+        db.renew_lease(first.id, &Holder::new("agent-1", 1), at(100))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !db.renew_lease(first.id, &Holder::new("agent-2", 1), at(500))
+            .await
+            .unwrap()
+    );
     assert_eq!(
         db.get_task(first.id)
             .await
@@ -1108,7 +1197,11 @@ pub async fn lease_expiry<D: Database>(db: &D) {
         "{:?}",
         again.reason
     );
-    assert!(!db.renew_lease(first.id, "agent-1", at(200)).await.unwrap());
+    assert!(
+        !db.renew_lease(first.id, &Holder::new("agent-1", 1), at(200))
+            .await
+            .unwrap()
+    );
     assert!(!finish(db, &first, "agent-1", Status::Success, at(102)).await);
     assert!(
         db.expire(at(102)).await.unwrap().is_empty(),
@@ -1148,7 +1241,11 @@ pub async fn holder_checks<D: Database>(db: &D) {
     create(db, &job, new_run(tasks(PAIR)), at(0)).await;
     let b_id = task(&run(db, &job, 1).await, "b").id;
     // Not running: nobody holds it.
-    assert!(!db.renew_lease(b_id, "agent", at(10)).await.unwrap());
+    assert!(
+        !db.renew_lease(b_id, &Holder::new("agent", 1), at(10))
+            .await
+            .unwrap()
+    );
     let pending = TaskRow {
         id: b_id,
         ..claim_named(db, "agent", "a", at(1)).await
@@ -1167,11 +1264,15 @@ pub async fn holder_checks<D: Database>(db: &D) {
     assert_eq!(db.find_task(job.id, 1, "zzz").await.unwrap(), None);
     assert_eq!(db.find_task(job.id, 99, "a").await.unwrap(), None);
     assert!(!finish(db, &a, "someone-else", Status::Success, at(2)).await);
-    assert!(!db.renew_lease(a.id, "someone-else", at(10)).await.unwrap());
+    assert!(
+        !db.renew_lease(a.id, &Holder::new("someone-else", 1), at(10))
+            .await
+            .unwrap()
+    );
     assert!(matches!(
         db.finish_task(
             a.id,
-            "agent",
+            &Holder::new("agent", 1),
             &TaskResult {
                 status: Status::Running,
                 reason: None,
@@ -1209,15 +1310,27 @@ pub async fn holder_checks<D: Database>(db: &D) {
         ],
         "in id order, the unknown id left out"
     );
-    assert!(holds.iter().any(|h| h.id == a.id && h.held_by("agent")));
-    assert!(!holds.iter().any(|h| h.held_by("someone-else")));
+    assert!(
+        holds
+            .iter()
+            .any(|h| h.id == a.id && h.held_by(&Holder::new("agent", 1)))
+    );
+    assert!(
+        !holds
+            .iter()
+            .any(|h| h.held_by(&Holder::new("someone-else", 1)))
+    );
     assert_eq!(db.task_holds(&[]).await.unwrap(), []);
     assert!(finish(db, &a, "agent", Status::Success, at(3)).await);
     assert!(
         !finish(db, &a, "agent", Status::Success, at(4)).await,
         "finished twice"
     );
-    assert!(!db.renew_lease(a.id, "agent", at(10)).await.unwrap());
+    assert!(
+        !db.renew_lease(a.id, &Holder::new("agent", 1), at(10))
+            .await
+            .unwrap()
+    );
     assert!(
         !finish(
             db,
@@ -1258,7 +1371,7 @@ pub async fn wide_run<D: Database>(db: &D) {
     assert!(
         db.update_step(
             a.id,
-            "agent",
+            &Holder::new("agent", 1),
             &StepRow {
                 index: 0,
                 name: "step 1".into(),
@@ -1314,7 +1427,11 @@ pub async fn undelivered<D: Database>(db: &D) {
         started_at: Some(at(2)),
         finished_at: None,
     };
-    assert!(db.update_step(a, "agent", &started).await.unwrap());
+    assert!(
+        db.update_step(a, &Holder::new("agent", 1), &started)
+            .await
+            .unwrap()
+    );
 
     // Only the holder's tasks, only those named.
     assert_eq!(
@@ -1336,7 +1453,11 @@ pub async fn undelivered<D: Database>(db: &D) {
         (Status::Queued, 1, None)
     );
     assert_eq!((b_row.started_at, b_row.lease_expires_at), (None, None));
-    assert!(!db.renew_lease(b, "agent", at(3)).await.unwrap());
+    assert!(
+        !db.renew_lease(b, &Holder::new("agent", 1), at(3))
+            .await
+            .unwrap()
+    );
     // Spared by the list: the agent says it runs c.
     assert_eq!(
         db.requeue_undelivered("agent", Undelivered::AllBut(&[c]))
@@ -1417,7 +1538,9 @@ pub async fn cancel<D: Database>(db: &D) {
     assert_eq!(cancelling.run.status, Status::Running);
     assert_eq!(cancelling.run.finished_at, None);
     assert!(
-        db.renew_lease(a.id, "agent", at(100)).await.unwrap(),
+        db.renew_lease(a.id, &Holder::new("agent", 1), at(100))
+            .await
+            .unwrap(),
         "still held"
     );
     assert!(claim(db, "agent", at(13)).await.is_none());
@@ -1435,7 +1558,7 @@ pub async fn cancel<D: Database>(db: &D) {
     let ended = db
         .finish_task(
             flaky.id,
-            "agent",
+            &Holder::new("agent", 1),
             &TaskResult {
                 status: Status::Failure,
                 reason: None,
@@ -1463,7 +1586,11 @@ pub async fn deadline<D: Database>(db: &D) {
     let detail = create(db, &job, timed, at(0)).await;
     assert_eq!(detail.run.deadline, Some(at(600)));
     let a = claim_named(db, "agent", "a", at(1)).await;
-    assert!(db.renew_lease(a.id, "agent", at(5000)).await.unwrap());
+    assert!(
+        db.renew_lease(a.id, &Holder::new("agent", 1), at(5000))
+            .await
+            .unwrap()
+    );
     assert!(db.expire(at(599)).await.unwrap().is_empty());
     let mut touched = db.expire(at(601)).await.unwrap();
     touched.sort_unstable();
@@ -1495,7 +1622,11 @@ pub async fn deadline<D: Database>(db: &D) {
         !finish(db, &a, "agent", Status::Success, at(602)).await,
         "too late"
     );
-    assert!(!db.renew_lease(a.id, "agent", at(6000)).await.unwrap());
+    assert!(
+        !db.renew_lease(a.id, &Holder::new("agent", 1), at(6000))
+            .await
+            .unwrap()
+    );
     assert_eq!(run(db, &job, 1).await.run.status, Status::TimedOut);
     assert!(db.expire(at(10_000)).await.unwrap().is_empty(), "once only");
     assert!(claim(db, "agent", at(602)).await.is_none());
@@ -1521,7 +1652,7 @@ pub async fn logs<D: Database>(db: &D) {
         claim_named(db, "agent", name, at(1)).await;
     }
     let append = |task_id: TaskId, holder: &'static str, seq: i64, data: &'static [u8]| async move {
-        db.append_log(task_id, holder, seq, data)
+        db.append_log(task_id, &Holder::new(holder, 1), seq, data)
             .await
             .expect("append_log")
     };
@@ -1554,7 +1685,11 @@ pub async fn logs<D: Database>(db: &D) {
     assert_eq!(db.read_log(b, 1, 0, usize::MAX).await.unwrap().len(), 1);
     assert!(db.read_log(c, 1, 0, usize::MAX).await.unwrap().is_empty());
     let binary: Vec<u8> = (0..=255).collect();
-    assert!(db.append_log(a, "agent", 3, &binary).await.unwrap());
+    assert!(
+        db.append_log(a, &Holder::new("agent", 1), 3, &binary)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         db.read_log(a, 1, 3, usize::MAX).await.unwrap(),
         [(3, binary)]
@@ -1966,7 +2101,7 @@ tasks:
                             now: at(100),
                         };
                         assert!(
-                            db.finish_task(task.id, &holder, &result)
+                            db.finish_task(task.id, &Holder::new(&holder, task.attempt), &result)
                                 .await
                                 .expect("finish_task")
                                 .is_some(),
