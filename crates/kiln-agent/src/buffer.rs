@@ -13,6 +13,8 @@ use kiln_proto::v1::LogChunk;
 #[derive(Debug)]
 pub struct ChunkBuffer {
     task_id: i64,
+    /// The attempt of the task the output is of.
+    attempt: i64,
     max_chunk: usize,
     next_seq: i64,
     /// Sealed chunks the server has not acknowledged, in `seq` order. Shared,
@@ -24,9 +26,10 @@ pub struct ChunkBuffer {
 
 impl ChunkBuffer {
     /// A buffer whose chunks hold at most `max_chunk` bytes (at least one).
-    pub fn new(task_id: i64, max_chunk: usize) -> Self {
+    pub fn new(task_id: i64, attempt: i64, max_chunk: usize) -> Self {
         ChunkBuffer {
             task_id,
+            attempt,
             max_chunk: max_chunk.max(1),
             next_seq: 0,
             unacked: VecDeque::new(),
@@ -105,6 +108,7 @@ impl ChunkBuffer {
             .collect();
         Batch {
             task_id: self.task_id,
+            attempt: self.attempt,
             chunks,
         }
     }
@@ -138,6 +142,7 @@ impl ChunkBuffer {
 #[derive(Debug)]
 pub struct Batch {
     task_id: i64,
+    attempt: i64,
     chunks: Vec<(i64, Arc<Vec<u8>>)>,
 }
 
@@ -153,9 +158,10 @@ impl Batch {
     }
 
     pub fn into_chunks(self) -> impl Iterator<Item = LogChunk> + Send + 'static {
-        let task_id = self.task_id;
+        let (task_id, attempt) = (self.task_id, self.attempt);
         self.chunks.into_iter().map(move |(seq, data)| LogChunk {
             task_id,
+            attempt,
             seq,
             data: Arc::unwrap_or_clone(data),
         })
@@ -172,7 +178,7 @@ mod tests {
 
     #[test]
     fn small_writes_merge_until_sealed() {
-        let mut buffer = ChunkBuffer::new(7, 1024);
+        let mut buffer = ChunkBuffer::new(7, 1, 1024);
         buffer.write(b"a");
         buffer.write(b"b");
         assert!(!buffer.has_unacked());
@@ -188,7 +194,7 @@ mod tests {
 
     #[test]
     fn large_writes_split_at_the_limit() {
-        let mut buffer = ChunkBuffer::new(1, 4);
+        let mut buffer = ChunkBuffer::new(1, 1, 4);
         buffer.write(b"0123456789");
         buffer.seal();
         let data: Vec<Vec<u8>> = buffer.unacked().into_iter().map(|c| c.data).collect();
@@ -201,7 +207,7 @@ mod tests {
 
     #[test]
     fn ack_removes_and_resend_yields_the_rest_in_order() {
-        let mut buffer = ChunkBuffer::new(1, 1024);
+        let mut buffer = ChunkBuffer::new(1, 1, 1024);
         for text in ["one", "two", "three", "four"] {
             buffer.write(text.as_bytes());
             buffer.seal();
@@ -226,7 +232,7 @@ mod tests {
 
     #[test]
     fn batches_take_the_oldest_chunks_up_to_a_size() {
-        let mut buffer = ChunkBuffer::new(1, 4);
+        let mut buffer = ChunkBuffer::new(1, 1, 4);
         buffer.write(b"0123456789");
         buffer.seal();
         let seqs_of = |batch: Batch| -> Vec<i64> { batch.into_chunks().map(|c| c.seq).collect() };
@@ -248,7 +254,7 @@ mod tests {
 
     #[test]
     fn clearing_reports_what_it_freed() {
-        let mut buffer = ChunkBuffer::new(1, 4);
+        let mut buffer = ChunkBuffer::new(1, 1, 4);
         buffer.write(b"012345");
         assert_eq!(buffer.clear(), 6, "sealed and open bytes alike");
         assert!(buffer.is_empty());

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kiln_exec::{CancellationToken, Executor};
-use kiln_proto::v1::{HeartbeatRequest, ServerMessage, SessionRequest, server_message};
+use kiln_proto::v1::{
+    HeartbeatRequest, ServerMessage, SessionRequest, TaskAttempt, server_message,
+};
 use tokio::sync::{Notify, Semaphore, watch};
 use tonic::Code;
 
@@ -157,10 +159,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn task_ids(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self.tasks.borrow().keys().copied().collect();
-        ids.sort_unstable();
-        ids
+    /// The tasks in hand, with the attempt of each, by id.
+    fn running(&self) -> Vec<TaskAttempt> {
+        let mut running: Vec<TaskAttempt> = self
+            .tasks
+            .borrow()
+            .iter()
+            .map(|(&task_id, handle)| TaskAttempt {
+                task_id,
+                attempt: i64::from(handle.attempt),
+            })
+            .collect();
+        running.sort_unstable_by_key(|task| task.task_id);
+        running
     }
 
     fn task(&self, task_id: i64) -> Option<TaskHandle> {
@@ -234,7 +245,7 @@ async fn session_loop(
     loop {
         if shutdown.is_cancelled() && !shared.draining.swap(true, Ordering::SeqCst) {
             tracing::info!(
-                running = shared.task_ids().len(),
+                running = shared.running().len(),
                 "draining: taking no new work, finishing the running tasks"
             );
         }
@@ -251,7 +262,7 @@ async fn session_loop(
                 .unwrap_or(1.0),
             memory_bytes: memory_bytes(),
             executors: vec![config.executor.kind().to_string()],
-            running_task_ids: shared.task_ids(),
+            running: shared.running(),
             draining,
         };
         let mut client = shared.client.clone();
@@ -425,7 +436,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
         }
         last = tokio::time::Instant::now();
         let request = HeartbeatRequest {
-            task_ids: shared.task_ids(),
+            tasks: shared.running(),
             draining: shared.draining.load(Ordering::SeqCst),
         };
         let mut client = shared.client.clone();

@@ -63,6 +63,7 @@ pub(crate) async fn run_task(shared: Arc<Shared>, assignment: Assignment, handle
     let status = ended.status;
     let request = FinishTaskRequest {
         task_id,
+        attempt: i64::from(assignment.attempt),
         status: status.as_str().to_string(),
         reason: ended.reason.unwrap_or_default(),
         not_retryable: ended.misconfigured,
@@ -107,9 +108,10 @@ async fn execute(
         LOG_BUDGET,
         shared.config.log_held_peak.clone(),
     ));
+    let attempt = i64::from(assignment.attempt);
     let reporter = tokio::spawn(report_events(
         shared.client.clone(),
-        task_id,
+        (task_id, attempt),
         receiver,
         budget.clone(),
         handle.lost.clone(),
@@ -130,7 +132,7 @@ async fn execute(
             // output is: file names and reports may hold a secret too.
             let masker = Masker::for_task(&spec);
             let uploads = Uploads {
-                task_id,
+                task: (task_id, attempt),
                 outputs: &spec.outputs,
                 masker: &masker,
             };
@@ -276,7 +278,8 @@ async fn prepare(
 
 /// Where a task's kept files are, and how what leaves of them is masked.
 struct Uploads<'a> {
-    task_id: i64,
+    /// The task's id and the attempt the files are of.
+    task: (i64, i64),
     outputs: &'a Path,
     masker: &'a Masker,
 }
@@ -289,16 +292,15 @@ async fn upload_results(
     outcome: &kiln_exec::TaskOutcome,
     lost: &CancellationToken,
 ) -> Result<Vec<String>, Lost> {
-    let Uploads {
-        task_id, outputs, ..
-    } = *uploads;
+    let Uploads { task, outputs, .. } = *uploads;
+    let task_id = task.0;
     let mut notes = Vec::new();
     let artifacts = outputs.join("artifacts");
     for relative in &outcome.artifacts {
         let name = uploads.masker.mask_str(&relative.to_string_lossy());
         let path = artifacts.join(relative);
         let uploaded = retry(lost, "uploading an artifact", task_id, || {
-            upload_artifact(shared.client.clone(), task_id, path.clone(), name.clone())
+            upload_artifact(shared.client.clone(), task, path.clone(), name.clone())
         })
         .await?;
         if let Err(e) = uploaded {
@@ -312,7 +314,7 @@ async fn upload_results(
         let uploaded = retry(lost, "uploading a report", task_id, || {
             upload_report(
                 shared.client.clone(),
-                task_id,
+                task,
                 path.clone(),
                 name.clone(),
                 uploads.masker.clone(),
@@ -329,13 +331,14 @@ async fn upload_results(
 /// Streams one artifact file to the server.
 async fn upload_artifact(
     mut client: Client,
-    task_id: i64,
+    (task_id, attempt): (i64, i64),
     path: PathBuf,
     name: String,
 ) -> Result<(), tonic::Status> {
     let (pieces, read_error) = file_pieces(&path).await?;
     let chunks = pieces.map(move |(first, data)| ArtifactChunk {
         task_id,
+        attempt,
         path: if first { name.clone() } else { String::new() },
         data,
     });
@@ -349,7 +352,7 @@ async fn upload_artifact(
 /// task's output is, since test output in it may show a secret.
 async fn upload_report(
     mut client: Client,
-    task_id: i64,
+    (task_id, attempt): (i64, i64),
     path: PathBuf,
     name: String,
     masker: Masker,
@@ -357,6 +360,7 @@ async fn upload_report(
     let (pieces, read_error) = file_pieces(&path).await?;
     let chunks = masked(Box::pin(pieces), masker).map(move |(first, data)| ReportChunk {
         task_id,
+        attempt,
         kind: if first { "junit".into() } else { String::new() },
         path: if first { name.clone() } else { String::new() },
         data,
@@ -589,6 +593,7 @@ impl TaskEvents for ChannelEvents {
     fn step_started(&self, index: usize, name: &str) {
         let _ = self.sender.send(Report::Step(StepUpdate {
             task_id: 0,
+            attempt: 0,
             index: index as i64,
             name: name.to_string(),
             status: Status::Running.as_str().to_string(),
@@ -601,6 +606,7 @@ impl TaskEvents for ChannelEvents {
     fn step_finished(&self, index: usize, result: &StepResult) {
         let _ = self.sender.send(Report::Step(StepUpdate {
             task_id: 0,
+            attempt: 0,
             index: index as i64,
             name: result.name.clone(),
             status: result.status.as_str().to_string(),
@@ -621,13 +627,13 @@ type PendingStep = (i64, StepUpdate);
 /// `budget`.
 async fn report_events(
     client: Client,
-    task_id: i64,
+    (task_id, attempt): (i64, i64),
     mut events: mpsc::UnboundedReceiver<Report>,
     budget: Arc<LogBudget>,
     lost: CancellationToken,
 ) -> Result<(), Lost> {
     let _close = CloseOnDrop(budget.clone());
-    let mut buffer = ChunkBuffer::new(task_id, MAX_CHUNK);
+    let mut buffer = ChunkBuffer::new(task_id, attempt, MAX_CHUNK);
     let mut steps: VecDeque<PendingStep> = VecDeque::new();
     let mut closed = false;
     let mut backoff = Backoff::new();
@@ -639,6 +645,7 @@ async fn report_events(
                 buffer.seal();
                 let after = buffer.next_seq();
                 step.task_id = task_id;
+                step.attempt = attempt;
                 // A step that started and ended before either was sent needs
                 // one call, not two: the later update carries every field.
                 match steps.back_mut() {

@@ -408,7 +408,7 @@ async fn runs_a_freestyle_task_and_reports_everything() {
         assert_eq!(session.executors, vec!["process"]);
         assert!(session.cpus >= 1.0);
         assert!(!session.draining);
-        assert!(session.running_task_ids.is_empty());
+        assert!(session.running.is_empty());
     }
     let mut task = assignment(
         1,
@@ -543,7 +543,7 @@ async fn reconnects_and_resends_unacknowledged_chunks() {
                 .sessions
                 .iter()
                 .skip(1)
-                .any(|(s, _, _)| s.running_task_ids == vec![3]),
+                .any(|(s, _, _)| ids(&s.running) == vec![3]),
             "the new session names the running task"
         );
     }
@@ -586,7 +586,7 @@ async fn shutdown_drains_running_tasks_then_returns() {
             .sessions
             .iter()
             .find(|(s, _, _)| s.draining)
-            .map(|(s, _, _)| s.running_task_ids.clone());
+            .map(|(s, _, _)| ids(&s.running));
         assert_eq!(draining, Some(vec![4]));
     }
     drop(h.server);
@@ -608,7 +608,7 @@ async fn an_idle_agent_says_it_leaves_before_it_returns() {
         .sessions
         .iter()
         .find(|(s, _, _)| s.draining)
-        .map(|(s, _, _)| s.running_task_ids.clone());
+        .map(|(s, _, _)| ids(&s.running));
     assert_eq!(farewell, Some(vec![]));
     drop(h.server);
 }
@@ -685,7 +685,7 @@ async fn a_task_the_heartbeat_says_is_lost_stops_unreported() {
         .wait_for(
             "a heartbeat naming the task",
             Duration::from_secs(10),
-            |s| s.heartbeats.iter().any(|b| b.task_ids == vec![6]),
+            |s| s.heartbeats.iter().any(|b| ids(&b.tasks) == vec![6]),
         )
         .await;
     h.fake.state().lose = vec![6];
@@ -699,7 +699,7 @@ async fn a_task_the_heartbeat_says_is_lost_stops_unreported() {
                 s.heartbeats
                     .iter()
                     .skip(seen + 1)
-                    .any(|b| b.task_ids.is_empty())
+                    .any(|b| b.tasks.is_empty())
             },
         )
         .await;
@@ -833,4 +833,9 @@ async fn an_unknown_event_fails_the_task_saying_so() {
         finish.reason
     );
     assert!(!h.fake.log_text(9).contains("should not run\n"));
+}
+
+/// The task ids of what an agent says it runs.
+fn ids(running: &[kiln_proto::v1::TaskAttempt]) -> Vec<i64> {
+    running.iter().map(|task| task.task_id).collect()
 }

@@ -8,7 +8,7 @@ use chrono::Utc;
 use kiln_proto::v1::agent_client::AgentClient;
 use kiln_proto::v1::{
     ArtifactChunk, FinishTaskRequest, HeartbeatRequest, LogChunk, ReportChunk, ServerMessage,
-    SessionRequest, StepUpdate, server_message,
+    SessionRequest, StepUpdate, TaskAttempt, server_message,
 };
 use kiln_server::ServerConfig;
 use kiln_store::{TokenKind, TokenStore};
@@ -224,6 +224,7 @@ async fn assignment(stream: &mut Streaming<ServerMessage>) -> kiln_proto::v1::As
 async fn finish(client: &mut AgentClient<Channel>, agent: &str, task_id: i64, status: &str) {
     let request = FinishTaskRequest {
         task_id,
+        attempt: 1,
         status: status.into(),
         reason: String::new(),
         not_retryable: false,
@@ -385,6 +386,7 @@ async fn only_the_holder_may_report_and_logs_are_idempotent() {
     // Agent b is an agent too, but does not hold the task.
     let chunk = LogChunk {
         task_id: task.task_id,
+        attempt: 1,
         seq: 0,
         data: b"hello from a\n".to_vec(),
     };
@@ -403,6 +405,7 @@ async fn only_the_holder_may_report_and_logs_are_idempotent() {
     );
     let request = FinishTaskRequest {
         task_id: task.task_id,
+        attempt: 1,
         status: "success".into(),
         reason: String::new(),
         not_retryable: false,
@@ -416,6 +419,7 @@ async fn only_the_holder_may_report_and_logs_are_idempotent() {
     // Steps are recorded for the holder only, with known statuses only.
     let step = |status: &str| StepUpdate {
         task_id: task.task_id,
+        attempt: 1,
         index: 0,
         name: "step 1".into(),
         status: status.into(),
@@ -446,6 +450,7 @@ async fn only_the_holder_may_report_and_logs_are_idempotent() {
                     chunk.clone(),
                     LogChunk {
                         task_id: task.task_id,
+                        attempt: 1,
                         seq: 1,
                         data: b"second line\n".to_vec(),
                     },
@@ -515,7 +520,10 @@ async fn cancel_over_rest_is_pushed_within_a_second() {
     let answer = client
         .heartbeat(call(
             HeartbeatRequest {
-                task_ids: vec![task.task_id],
+                tasks: vec![TaskAttempt {
+                    task_id: task.task_id,
+                    attempt: 1,
+                }],
                 draining: false,
             },
             AGENT,
@@ -545,6 +553,7 @@ async fn artifacts_and_junit_reports_are_stored() {
         .enumerate()
         .map(|(i, piece)| ArtifactChunk {
             task_id: task.task_id,
+            attempt: 1,
             path: if i == 0 {
                 "out/data.bin".into()
             } else {
@@ -555,6 +564,7 @@ async fn artifacts_and_junit_reports_are_stored() {
         .collect();
     chunks.push(ArtifactChunk {
         task_id: task.task_id,
+        attempt: 1,
         path: "report.json".into(),
         data: b"{\"ok\":true}".to_vec(),
     });
@@ -567,6 +577,7 @@ async fn artifacts_and_junit_reports_are_stored() {
         .upload_artifact(call(
             futures_util::stream::iter(vec![ArtifactChunk {
                 task_id: task.task_id,
+                attempt: 1,
                 path: "../../x".into(),
                 data: b"x".to_vec(),
             }]),
@@ -674,6 +685,7 @@ fn report(
         .enumerate()
         .map(|(i, data)| ReportChunk {
             task_id,
+            attempt: 1,
             kind: if i == 0 {
                 "junit".into()
             } else {
@@ -706,7 +718,10 @@ async fn a_lease_not_renewed_expires_and_the_task_is_retried_then_lost() {
         let answer = client
             .heartbeat(call(
                 HeartbeatRequest {
-                    task_ids: vec![task.task_id],
+                    tasks: vec![TaskAttempt {
+                        task_id: task.task_id,
+                        attempt: 1,
+                    }],
                     draining: false,
                 },
                 AGENT,
@@ -727,7 +742,10 @@ async fn a_lease_not_renewed_expires_and_the_task_is_retried_then_lost() {
             labels: vec!["linux".into()],
             capacity: 1,
             draining: true,
-            running_task_ids: vec![task.task_id],
+            running: vec![TaskAttempt {
+                task_id: task.task_id,
+                attempt: 1,
+            }],
             ..Default::default()
         };
         client
@@ -748,7 +766,10 @@ async fn a_lease_not_renewed_expires_and_the_task_is_retried_then_lost() {
     let answer = client
         .heartbeat(call(
             HeartbeatRequest {
-                task_ids: vec![task.task_id],
+                tasks: vec![TaskAttempt {
+                    task_id: task.task_id,
+                    attempt: 1,
+                }],
                 draining: true,
             },
             AGENT,
@@ -762,6 +783,7 @@ async fn a_lease_not_renewed_expires_and_the_task_is_retried_then_lost() {
         .finish_task(call(
             FinishTaskRequest {
                 task_id: task.task_id,
+                attempt: 1,
                 status: "success".into(),
                 reason: String::new(),
                 not_retryable: false,

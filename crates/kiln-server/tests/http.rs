@@ -8,7 +8,9 @@ use std::time::Duration;
 use chrono::Utc;
 use kiln_pipeline::Event;
 use kiln_server::ServerConfig;
-use kiln_store::{Claim, JobStore, LogStore, NewRun, QueueStore, RunStore, TokenKind, TokenStore};
+use kiln_store::{
+    Claim, Holder, JobStore, LogStore, NewRun, QueueStore, RunStore, TokenKind, TokenStore,
+};
 use kiln_store_sqlite::SqliteStore;
 use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, HeaderMap};
 use reqwest::{Method, StatusCode};
@@ -491,7 +493,12 @@ async fn an_unsatisfiable_range_is_416_with_the_log_length() {
     assert!(
         server
             .db
-            .append_log(task.id, "tester", 0, b"hello world\n")
+            .append_log(
+                task.id,
+                &Holder::new("tester", task.attempt),
+                0,
+                b"hello world\n"
+            )
             .await
             .unwrap()
     );

@@ -4,8 +4,8 @@
 //!
 //! Every call needs `authorization: Bearer <agent token>`. Calls about a
 //! task also name the calling agent in `x-kiln-agent: <name>` (the name its
-//! session announced, which is the lease holder) and are refused unless
-//! that agent holds the task.
+//! session announced, which is the lease holder) and the attempt they are
+//! about, and are refused unless that agent holds the task in that attempt.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -21,7 +21,7 @@ use kiln_proto::v1::{
     ReportChunk, ServerMessage, SessionRequest, StepUpdate,
 };
 use kiln_store::{
-    Artifact, Database, JobId, Status, StepRow, StoreError, TaskHold, TaskId, TaskResult,
+    Artifact, Database, Holder, JobId, Status, StepRow, StoreError, TaskHold, TaskId, TaskResult,
     TokenKind, Undelivered,
 };
 use tokio::sync::mpsc;
@@ -91,8 +91,21 @@ fn store_status(e: StoreError) -> GrpcStatus {
     }
 }
 
-fn denied(agent: &str, task_id: TaskId) -> GrpcStatus {
-    GrpcStatus::permission_denied(format!("agent {agent} does not hold task {task_id}"))
+fn denied(holder: &Holder<'_>, task_id: TaskId) -> GrpcStatus {
+    GrpcStatus::permission_denied(format!(
+        "agent {} does not hold attempt {} of task {task_id}",
+        holder.agent, holder.attempt
+    ))
+}
+
+/// The holder a task call speaks for: its agent and the attempt it names.
+fn holder(agent: &str, attempt: i64) -> Result<Holder<'_>, GrpcStatus> {
+    if attempt < 1 {
+        return Err(GrpcStatus::invalid_argument(
+            "calls about a task must carry the attempt it was assigned as (1 or more)",
+        ));
+    }
+    Ok(Holder::new(agent, attempt))
 }
 
 fn millis(ms: Option<i64>) -> Option<DateTime<Utc>> {
@@ -174,8 +187,9 @@ impl<D: Database> AgentService<D> {
             })
     }
 
-    /// The task, if `agent` holds it (running, with `agent` as lease holder).
-    async fn held(&self, agent: &str, task_id: TaskId) -> Result<TaskHold, GrpcStatus> {
+    /// The task, if `holder` holds it (running, in that attempt, under
+    /// that agent's lease).
+    async fn held(&self, holder: &Holder<'_>, task_id: TaskId) -> Result<TaskHold, GrpcStatus> {
         let holds = self
             .state
             .db
@@ -183,8 +197,8 @@ impl<D: Database> AgentService<D> {
             .await
             .map_err(store_status)?;
         match holds.into_iter().next() {
-            Some(task) if task.held_by(agent) => Ok(task),
-            _ => Err(denied(agent, task_id)),
+            Some(task) if task.held_by(holder) => Ok(task),
+            _ => Err(denied(holder, task_id)),
         }
     }
 
@@ -302,11 +316,7 @@ impl<D: Database> Agent for AgentService<D> {
         // already left, or lost with a server that stopped) go back to the
         // queue now rather than when their lease runs out. Before the new
         // session is registered, so nothing sent on it can be taken back.
-        let still_running: Vec<TaskId> = hello
-            .running_task_ids
-            .iter()
-            .map(|&id| TaskId(id))
-            .collect();
+        let still_running: Vec<TaskId> = hello.running.iter().map(|t| TaskId(t.task_id)).collect();
         scheduler::requeue_undelivered(&self.state, &name, Undelivered::AllBut(&still_running))
             .await
             .map_err(store_status)?;
@@ -319,7 +329,12 @@ impl<D: Database> Agent for AgentService<D> {
             .await
             .map_err(store_status)?
             .into_iter()
-            .filter(|task| task.held_by(&name))
+            .filter(|task| {
+                hello.running.iter().any(|running| {
+                    running.task_id == task.id.0
+                        && task.held_by(&Holder::new(&name, running.attempt))
+                })
+            })
             .map(|task| (task.id, task.name))
             .collect();
         let announce = scheduler::registry::Announce {
@@ -375,11 +390,12 @@ impl<D: Database> Agent for AgentService<D> {
             Utc::now() + chrono::Duration::from_std(self.state.agents.lease).unwrap_or_default();
         let mut answer = HeartbeatResponse::default();
         let mut held = Vec::new();
-        for task_id in beat.task_ids.into_iter().map(TaskId) {
+        for task in beat.tasks {
+            let task_id = TaskId(task.task_id);
             if !self
                 .state
                 .db
-                .renew_lease(task_id, &agent, until)
+                .renew_lease(task_id, &holder(&agent, task.attempt)?, until)
                 .await
                 .map_err(store_status)?
             {
@@ -416,14 +432,15 @@ impl<D: Database> Agent for AgentService<D> {
                 ));
             }
             // The store checks the holder with each chunk.
+            let holder = holder(&agent, chunk.attempt)?;
             if !self
                 .state
                 .db
-                .append_log(TaskId(chunk.task_id), &agent, chunk.seq, &chunk.data)
+                .append_log(TaskId(chunk.task_id), &holder, chunk.seq, &chunk.data)
                 .await
                 .map_err(store_status)?
             {
-                return Err(denied(&agent, TaskId(chunk.task_id)));
+                return Err(denied(&holder, TaskId(chunk.task_id)));
             }
             let through = ack.stored_through.entry(chunk.task_id).or_insert(chunk.seq);
             *through = (*through).max(chunk.seq);
@@ -443,14 +460,15 @@ impl<D: Database> Agent for AgentService<D> {
             started_at: millis(update.started_at_ms),
             finished_at: millis(update.finished_at_ms),
         };
+        let holder = holder(&agent, update.attempt)?;
         if !self
             .state
             .db
-            .update_step(TaskId(update.task_id), &agent, &step)
+            .update_step(TaskId(update.task_id), &holder, &step)
             .await
             .map_err(store_status)?
         {
-            return Err(denied(&agent, TaskId(update.task_id)));
+            return Err(denied(&holder, TaskId(update.task_id)));
         }
         Ok(Response::new(Ack {}))
     }
@@ -486,7 +504,8 @@ impl<D: Database> Agent for AgentService<D> {
                     let place = match places.entry(task_id) {
                         Entry::Occupied(entry) => entry.into_mut(),
                         Entry::Vacant(entry) => {
-                            let task = self.held(&agent, task_id).await?;
+                            let holder = holder(&agent, chunk.attempt)?;
+                            let task = self.held(&holder, task_id).await?;
                             entry.insert(self.place(&task).await?)
                         }
                     };
@@ -542,7 +561,8 @@ impl<D: Database> Agent for AgentService<D> {
             .message()
             .await?
             .ok_or_else(|| GrpcStatus::invalid_argument("a report upload sent nothing"))?;
-        let task = self.held(&agent, TaskId(first.task_id)).await?;
+        let holder = holder(&agent, first.attempt)?;
+        let task = self.held(&holder, TaskId(first.task_id)).await?;
         if first.kind != "junit" {
             return Err(GrpcStatus::invalid_argument(format!(
                 "report kind `{}` is not known; only `junit` is",
@@ -613,7 +633,9 @@ impl<D: Database> Agent for AgentService<D> {
     ) -> Result<Response<Ack>, GrpcStatus> {
         let agent = self.agent_of(&request).await?;
         let finish = request.into_inner();
-        let task = self.held(&agent, TaskId(finish.task_id)).await?;
+        let task = self
+            .held(&holder(&agent, finish.attempt)?, TaskId(finish.task_id))
+            .await?;
         let status = parse_status(&finish.status)?;
         if !status.is_terminal() || status == Status::Skipped {
             return Err(GrpcStatus::invalid_argument(format!(
@@ -664,9 +686,10 @@ async fn record_finish<D: Database>(
     result: TaskResult,
     answer: tokio::sync::oneshot::Sender<Result<(), GrpcStatus>>,
 ) {
-    let committed = match state.db.finish_task(task.id, &agent, &result).await {
+    let holder = Holder::new(&agent, task.attempt);
+    let committed = match state.db.finish_task(task.id, &holder, &result).await {
         Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(denied(&agent, task.id)),
+        Ok(None) => Err(denied(&holder, task.id)),
         Err(e) => Err(store_status(e)),
     };
     if committed.is_err() {

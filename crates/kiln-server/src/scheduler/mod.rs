@@ -120,7 +120,8 @@ async fn send_task<D: Database>(state: &AppState<D>, agent: &Candidate, task: Ta
                 retry: kiln_store::queue::Retry::Pointless,
                 now: Utc::now(),
             };
-            if let Err(e) = state.db.finish_task(task.id, &agent.name, &result).await {
+            let holder = kiln_store::Holder::new(&agent.name, task.attempt);
+            if let Err(e) = state.db.finish_task(task.id, &holder, &result).await {
                 tracing::warn!("ending task {} failed: {e}", task.id);
             }
             state.work.notify_waiters();
