@@ -400,7 +400,7 @@ async fn only_the_holder_may_report_and_logs_are_idempotent() {
         .unwrap_err();
     assert_eq!(stolen.code(), Code::PermissionDenied);
     assert!(
-        stolen.message().contains("agent b does not hold task"),
+        stolen.message().contains("agent b does not hold attempt 1 of task"),
         "{stolen}"
     );
     let request = FinishTaskRequest {
@@ -870,4 +870,154 @@ async fn an_assignment_the_agent_never_read_goes_back_to_the_queue_at_once() {
     let run = server.finished_run("one").await;
     assert_eq!(run["status"], "success", "{run}");
     assert_eq!(run["tasks"][0]["agent"], "stayer", "{run}");
+}
+
+/// A task retried onto the agent that lost it: whatever the lost attempt
+/// still sends — output, a step, an artifact, a report, its end — is
+/// refused and changes nothing; the new attempt reports as usual.
+#[tokio::test]
+async fn a_stale_attempt_changes_nothing_after_a_retry_on_the_same_agent() {
+    let server = Harness::start(Duration::from_secs(1)).await;
+    server
+        .job(
+            "flaky",
+            "version: 1\ntasks:\n  build:\n    retry: 1\n    steps: [{run: 'true'}]\n",
+        )
+        .await;
+    let mut client = server.client().await;
+    let mut solo = session(&mut client, "solo", &["linux"]).await;
+    server.trigger("flaky").await;
+    let first = assignment(&mut solo).await;
+    assert_eq!(first.attempt, 1);
+    // No heartbeat: the lease runs out and the task comes back, to the
+    // same agent, as attempt 2.
+    let second = loop {
+        match next(&mut solo, Duration::from_secs(5)).await {
+            server_message::Kind::Assignment(a) => break a,
+            server_message::Kind::Cancel(_) => continue,
+        }
+    };
+    assert_eq!((second.task_id, second.attempt), (first.task_id, 2));
+    let task_id = first.task_id;
+    fn denied<T>(result: Result<tonic::Response<T>, tonic::Status>, what: &str) {
+        let status = result.map(|_| ()).unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status}");
+        assert!(status.message().contains("attempt 1"), "{what}: {status}");
+    }
+    let late_log = LogChunk {
+        task_id,
+        attempt: 1,
+        seq: 0,
+        data: b"late output of attempt 1\n".to_vec(),
+    };
+    denied(
+        client
+            .append_logs(call(
+                futures_util::stream::iter(vec![late_log]),
+                AGENT,
+                Some("solo"),
+            ))
+            .await,
+        "log",
+    );
+    let late_step = StepUpdate {
+        task_id,
+        attempt: 1,
+        index: 0,
+        name: "true".into(),
+        status: "failure".into(),
+        exit_code: Some(1),
+        started_at_ms: None,
+        finished_at_ms: None,
+    };
+    denied(
+        client
+            .update_step(call(late_step, AGENT, Some("solo")))
+            .await,
+        "step",
+    );
+    let late_artifact = ArtifactChunk {
+        task_id,
+        attempt: 1,
+        path: "stale.txt".into(),
+        data: b"from attempt 1".to_vec(),
+    };
+    denied(
+        client
+            .upload_artifact(call(
+                futures_util::stream::iter(vec![late_artifact]),
+                AGENT,
+                Some("solo"),
+            ))
+            .await,
+        "artifact",
+    );
+    let late_finish = FinishTaskRequest {
+        task_id,
+        attempt: 1,
+        status: "failure".into(),
+        reason: "late".into(),
+        not_retryable: false,
+    };
+    denied(
+        client
+            .finish_task(call(late_finish, AGENT, Some("solo")))
+            .await,
+        "finish",
+    );
+    // Nothing of it shows: the task runs its second attempt.
+    let run = server.json("/api/v1/jobs/flaky/runs/1").await;
+    assert_eq!(run["tasks"][0]["status"], "running", "{run}");
+    assert_eq!(run["tasks"][0]["attempt"], 2, "{run}");
+    let results = server
+        .json("/api/v1/jobs/flaky/runs/1/tasks/build/results")
+        .await;
+    assert!(!results.to_string().contains("stale.txt"), "{results}");
+
+    // The current attempt reports and ends the task.
+    let log = LogChunk {
+        task_id,
+        attempt: 2,
+        seq: 0,
+        data: b"attempt two\n".to_vec(),
+    };
+    client
+        .append_logs(call(
+            futures_util::stream::iter(vec![log]),
+            AGENT,
+            Some("solo"),
+        ))
+        .await
+        .unwrap();
+    let finish = FinishTaskRequest {
+        task_id,
+        attempt: 2,
+        status: "success".into(),
+        reason: String::new(),
+        not_retryable: false,
+    };
+    client
+        .finish_task(call(finish, AGENT, Some("solo")))
+        .await
+        .unwrap();
+    let run = server.finished_run("flaky").await;
+    assert_eq!(run["status"], "success", "{run}");
+    let console = server
+        .get("/api/v1/jobs/flaky/runs/1/tasks/build/results/console?attempt=2")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(console, "attempt two\n");
+    // A call with no attempt at all is refused outright.
+    let unnamed = FinishTaskRequest {
+        task_id,
+        status: "success".into(),
+        ..Default::default()
+    };
+    let status = client
+        .finish_task(call(unnamed, AGENT, Some("solo")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status}");
 }
