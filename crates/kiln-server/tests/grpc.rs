@@ -400,7 +400,9 @@ async fn only_the_holder_may_report_and_logs_are_idempotent() {
         .unwrap_err();
     assert_eq!(stolen.code(), Code::PermissionDenied);
     assert!(
-        stolen.message().contains("agent b does not hold attempt 1 of task"),
+        stolen
+            .message()
+            .contains("agent b does not hold attempt 1 of task"),
         "{stolen}"
     );
     let request = FinishTaskRequest {

@@ -11,6 +11,7 @@
 //! goes to the blob store for what is no longer in the database: a log is
 //! never missed or cut short while it moves.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -207,6 +208,8 @@ async fn blob_size<D>(state: &AppState<D>, key: &str) -> Result<u64, String> {
 /// The part of the console a `Range: bytes=…` header asks for: of one
 /// attempt's log, or of all of them one after another (`latest` is the
 /// task's latest attempt), as the same request without `Range` answers.
+/// Streamed a page at a time like the whole console: a range of a log of
+/// gigabytes costs the server no more memory than a page.
 async fn ranged<D: Database>(
     at: Cursor<D>,
     latest: i64,
@@ -226,24 +229,36 @@ async fn ranged<D: Database>(
     }
     let length = pieces.iter().map(Piece::len).sum();
     let (start, end) = satisfiable(range, length)?;
-    let mut part = Vec::with_capacity((end - start + 1) as usize);
+    // What of each piece the range covers, with inclusive offsets in it.
+    let mut parts = VecDeque::new();
     let mut offset = 0u64;
-    for piece in &pieces {
+    for piece in pieces {
         let piece_end = offset + piece.len();
         if piece_end > start && offset <= end {
-            // Inclusive offsets within the piece.
             let from = start.saturating_sub(offset);
             let to = (end + 1).min(piece_end) - offset - 1;
-            match piece {
-                Piece::Header(text) => {
-                    part.extend_from_slice(&text.as_bytes()[from as usize..=to as usize])
-                }
-                Piece::Log(attempt, _) => part.extend(log_range(&at, *attempt, from, to).await?),
-            }
+            parts.push_back((piece, from, to));
         }
         offset = piece_end;
     }
-    Ok(partial(part, start, end, length))
+    let reader = RangeReader {
+        at,
+        parts,
+        log: None,
+    };
+    let stream = futures_util::stream::unfold(reader, |mut reader| async move {
+        match reader.next().await {
+            Ok(Some(bytes)) => Some((Ok(bytes), reader)),
+            Ok(None) => None,
+            Err(e) => {
+                // Ends the response short: the client sees it incomplete.
+                reader.parts.clear();
+                reader.log = None;
+                Some((Err(std::io::Error::other(e)), reader))
+            }
+        }
+    });
+    Ok(partial(Body::from_stream(stream), start, end, length))
 }
 
 /// What a console is made of: attempts' logs and the lines between them.
@@ -273,57 +288,96 @@ async fn log_length<D: Database>(at: &Cursor<D>, attempt: i64) -> ApiResult<u64>
         .map_err(ApiError::internal)
 }
 
-/// Bytes `start..=end` of an attempt's log, from the chunks or, once they
-/// moved (even while they were read), from the blob store.
-async fn log_range<D: Database>(
-    at: &Cursor<D>,
-    attempt: i64,
-    start: u64,
-    end: u64,
-) -> ApiResult<Vec<u8>> {
-    if let Some(part) = chunk_range(at, attempt, start, end).await? {
-        return Ok(part);
-    }
-    let part = at
-        .state
-        .blobs
-        .get_range(&at.blob_key_of(attempt), start..end + 1)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(part.to_vec())
+/// Reads the parts of a range one page at a time.
+struct RangeReader<D> {
+    at: Cursor<D>,
+    /// Pieces still to send, with the inclusive offsets to send of each.
+    parts: VecDeque<(Piece, u64, u64)>,
+    /// Where in the attempt's log being sent the reader is.
+    log: Option<LogPosition>,
 }
 
-/// Bytes `start..=end` of the log held as chunks, read a page at a time;
-/// `None` if the chunks ran out before `end` (they moved).
-async fn chunk_range<D: Database>(
-    at: &Cursor<D>,
+struct LogPosition {
     attempt: i64,
-    start: u64,
-    end: u64,
-) -> ApiResult<Option<Vec<u8>>> {
-    let mut part = Vec::with_capacity((end - start + 1) as usize);
-    let (mut next, mut offset) = (0i64, 0u64);
-    while offset <= end {
-        let chunks = at
-            .state
-            .db
-            .read_log(at.task_id, attempt, next, PAGE)
-            .await?;
-        let Some(&(last, _)) = chunks.last() else {
-            return Ok(None);
-        };
-        next = last + 1;
-        for (_, data) in chunks {
-            let chunk_end = offset + data.len() as u64;
-            if chunk_end > start && offset <= end {
-                let from = start.saturating_sub(offset) as usize;
-                let to = ((end + 1).min(chunk_end) - offset) as usize;
-                part.extend_from_slice(&data[from..to]);
+    /// The next byte to send, and the last one (inclusive).
+    at: u64,
+    to: u64,
+    /// The next chunk to read, and the offset in the log where it starts.
+    next_seq: i64,
+    seq_offset: u64,
+    /// The chunks ran out before `to`: the log moved to the blob store.
+    in_blob: bool,
+}
+
+impl<D: Database> RangeReader<D> {
+    async fn next(&mut self) -> Result<Option<bytes::Bytes>, String> {
+        loop {
+            let Some(log) = &mut self.log else {
+                match self.parts.pop_front() {
+                    None => return Ok(None),
+                    Some((Piece::Header(text), from, to)) => {
+                        let part = &text.as_bytes()[from as usize..=to as usize];
+                        return Ok(Some(bytes::Bytes::copy_from_slice(part)));
+                    }
+                    Some((Piece::Log(attempt, _), from, to)) => {
+                        self.log = Some(LogPosition {
+                            attempt,
+                            at: from,
+                            to,
+                            next_seq: 0,
+                            seq_offset: 0,
+                            in_blob: false,
+                        });
+                        continue;
+                    }
+                }
+            };
+            if log.at > log.to {
+                self.log = None;
+                continue;
             }
-            offset = chunk_end;
+            if log.in_blob {
+                let end = (log.to + 1).min(log.at + BLOB_PIECE);
+                let key = self.at.blob_key_of(log.attempt);
+                let part = self
+                    .at
+                    .state
+                    .blobs
+                    .get_range(&key, log.at..end)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                log.at = end;
+                return Ok(Some(part));
+            }
+            let chunks = self
+                .at
+                .state
+                .db
+                .read_log(self.at.task_id, log.attempt, log.next_seq, PAGE)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(&(last, _)) = chunks.last() else {
+                // Moved (even while it was read): the rest is in the blob.
+                log.in_blob = true;
+                continue;
+            };
+            log.next_seq = last + 1;
+            let mut part = Vec::new();
+            for (_, data) in chunks {
+                let chunk_end = log.seq_offset + data.len() as u64;
+                if chunk_end > log.at && log.seq_offset <= log.to {
+                    let from = (log.at - log.seq_offset) as usize;
+                    let to = ((log.to + 1).min(chunk_end) - log.seq_offset) as usize;
+                    part.extend_from_slice(&data[from..to]);
+                    log.at = log.seq_offset + to as u64;
+                }
+                log.seq_offset = chunk_end;
+            }
+            if !part.is_empty() {
+                return Ok(Some(part.into()));
+            }
         }
     }
-    Ok(Some(part))
 }
 
 fn text_plain() -> HeaderValue {
@@ -331,10 +385,11 @@ fn text_plain() -> HeaderValue {
 }
 
 /// A `206` of bytes `start..=end` of a log of `length` bytes.
-fn partial(part: Vec<u8>, start: u64, end: u64, length: u64) -> Response {
+fn partial(part: Body, start: u64, end: u64, length: u64) -> Response {
     let mut response = (StatusCode::PARTIAL_CONTENT, part).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, text_plain());
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
     if let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{end}/{length}")) {
         headers.insert(header::CONTENT_RANGE, value);
     }
