@@ -115,6 +115,18 @@ impl QueueStore for PostgresStore {
         Ok(requeued)
     }
 
+    async fn end_leases(&self, agent: &str, now: DateTime<Utc>) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE tasks SET lease_expires_at = $1 \
+             WHERE lease_holder = $2 AND status = 'running'",
+        )
+        .bind(ms(now) - 1)
+        .bind(agent)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     async fn renew_lease(
         &self,
         task_id: TaskId,

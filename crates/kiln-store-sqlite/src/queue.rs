@@ -113,6 +113,19 @@ impl QueueStore for SqliteStore {
         Ok(requeued)
     }
 
+    async fn end_leases(&self, agent: &str, now: DateTime<Utc>) -> Result<u64> {
+        let ended = sqlx::query(
+            "UPDATE tasks SET lease_expires_at = ? \
+             WHERE lease_holder = ? AND status = 'running'",
+        )
+        .bind(ms(now) - 1)
+        .bind(agent)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(ended)
+    }
+
     async fn renew_lease(
         &self,
         task_id: TaskId,

@@ -4,12 +4,12 @@
 use chrono::{DateTime, Utc};
 use kiln_store::identity::TOUCH_INTERVAL;
 use kiln_store::sql::{
-    self, TOKEN_LOOKUP_SELECT, TOKEN_OWNER_SELECT, USER_TOKEN_SELECT, or_missing,
+    self, TOKEN_COLUMNS, TOKEN_LOOKUP_SELECT, TOKEN_OWNER_SELECT, USER_TOKEN_SELECT, or_missing,
 };
 use kiln_store::values::{ms, token_kind_str};
 use kiln_store::{
-    NewUserToken, Result, StoreError, TokenId, TokenInfo, TokenKind, TokenLookup, TokenStore, User,
-    UserId, UserToken,
+    NewAgentToken, NewUserToken, Result, StoreError, TokenId, TokenInfo, TokenKind, TokenLookup,
+    TokenStore, User, UserId, UserToken,
 };
 
 use crate::SqliteStore;
@@ -41,10 +41,12 @@ impl TokenStore for SqliteStore {
     }
 
     async fn find_token(&self, hash: &str) -> Result<Option<TokenInfo>> {
-        let row = sqlx::query("SELECT id, kind, name, is_admin FROM tokens WHERE hash = ?")
-            .bind(hash)
-            .fetch_optional(&self.reader)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.hash = ?"
+        ))
+        .bind(hash)
+        .fetch_optional(&self.reader)
+        .await?;
         row.as_ref().map(sql::token).transpose()
     }
 
@@ -100,6 +102,61 @@ impl TokenStore for SqliteStore {
                 .rows_affected();
         tx.commit().await?;
         Ok(revoked > 0)
+    }
+
+    async fn insert_agent_token(
+        &self,
+        token: &NewAgentToken<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<TokenId> {
+        let labels = token
+            .labels
+            .map(|labels| sql::json("labels", &labels))
+            .transpose()?;
+        let mut tx = self.write().await?;
+        let taken: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM tokens WHERE kind = 'agent' AND name = ? \
+             AND revoked_at IS NULL)",
+        )
+        .bind(token.name)
+        .fetch_one(&mut *tx)
+        .await?;
+        if taken {
+            return Err(StoreError::Conflict(format!(
+                "agent `{}` has a token already",
+                token.name
+            )));
+        }
+        let id: Option<TokenId> = sqlx::query_scalar(
+            "INSERT INTO tokens (hash, kind, name, is_admin, created_at, agent_labels, \
+             max_capacity) VALUES (?, 'agent', ?, 0, ?, ?, ?) \
+             ON CONFLICT (hash) DO NOTHING RETURNING id",
+        )
+        .bind(token.hash)
+        .bind(token.name)
+        .bind(ms(now))
+        .bind(labels)
+        .bind(token.max_capacity)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let id = id.ok_or_else(|| StoreError::Conflict("this token already exists".into()))?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn revoke_agent_tokens(&self, name: &str, now: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let revoked = sqlx::query(
+            "UPDATE tokens SET revoked_at = ? \
+             WHERE kind = 'agent' AND name = ? AND revoked_at IS NULL",
+        )
+        .bind(ms(now))
+        .bind(name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(revoked)
     }
 
     async fn token_owner(&self, id: TokenId) -> Result<Option<User>> {

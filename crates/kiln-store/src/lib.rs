@@ -395,7 +395,11 @@ pub struct Artifact {
 #[serde(rename_all = "snake_case")]
 pub enum TokenKind {
     User,
+    /// An agent's own: usable only under its name, within its grant.
     Agent,
+    /// A secret agents share only to register a new name, which gets its
+    /// own agent token (`KILN_AGENT_TOKEN`).
+    Registration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -404,6 +408,21 @@ pub struct TokenInfo {
     pub kind: TokenKind,
     pub name: String,
     pub is_admin: bool,
+    /// Agent tokens: the labels the agent may offer; `None`: any.
+    pub agent_labels: Option<Vec<String>>,
+    /// Agent tokens: the most tasks the agent may take at once; `None`:
+    /// the server's limit.
+    pub max_capacity: Option<i64>,
+}
+
+/// An agent token to store: bound to the agent's name and what it may
+/// announce.
+#[derive(Debug, Clone)]
+pub struct NewAgentToken<'a> {
+    pub hash: &'a str,
+    pub name: &'a str,
+    pub labels: Option<&'a [String]>,
+    pub max_capacity: Option<i64>,
 }
 
 /// Everything the server stores: one trait per concern, which each backend
@@ -558,6 +577,14 @@ pub trait QueueStore {
         holder: &str,
         which: Undelivered<'_>,
     ) -> impl Future<Output = Result<Vec<TaskId>>> + Send;
+    /// Ends the leases of every task `agent` holds at `now`, so the next
+    /// [`QueueStore::expire`] treats them as lost (retried or ended);
+    /// how many.
+    fn end_leases(
+        &self,
+        agent: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64>> + Send;
     /// Extends the lease; false when `holder` no longer holds the task.
     fn renew_lease(
         &self,
@@ -697,6 +724,19 @@ pub trait TokenStore {
         id: TokenId,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool>> + Send;
+    /// Stores an agent's token; `Conflict` when an unrevoked agent token
+    /// of that name exists (one agent, one name), or the hash is in use.
+    fn insert_agent_token(
+        &self,
+        token: &NewAgentToken<'_>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<TokenId>> + Send;
+    /// Revokes every token of the agent `name`; how many.
+    fn revoke_agent_tokens(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64>> + Send;
     /// The user the token belongs to; `None` when there is no such token
     /// or it belongs to no user (agents' tokens).
     fn token_owner(&self, id: TokenId) -> impl Future<Output = Result<Option<User>>> + Send;

@@ -300,12 +300,24 @@ pub fn artifact(row: &impl StoreRow) -> Result<Artifact> {
     })
 }
 
+/// The columns [`token`] reads, of `tokens t`.
+pub const TOKEN_COLUMNS: &str = "t.id, t.kind, t.name, t.is_admin, t.agent_labels, t.max_capacity";
+
 pub fn token(row: &impl StoreRow) -> Result<TokenInfo> {
+    let agent_labels =
+        match row.opt_text("agent_labels")? {
+            Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                crate::values::Corrupt(format!("a token's labels do not read: {e}"))
+            })?),
+            None => None,
+        };
     Ok(TokenInfo {
         id: TokenId(row.int("id")?),
         kind: token_kind(&row.text("kind")?)?,
         name: row.text("name")?,
         is_admin: row.flag("is_admin")?,
+        agent_labels,
+        max_capacity: row.opt_int("max_capacity")?,
     })
 }
 
@@ -371,7 +383,8 @@ pub fn user_token(row: &impl StoreRow) -> Result<UserToken> {
 /// Selects tokens with their owners as [`token_lookup`] reads them;
 /// callers append `WHERE t.hash = …`.
 pub const TOKEN_LOOKUP_SELECT: &str = concat!(
-    "SELECT t.id, t.kind, t.name, t.is_admin, t.expires_at, t.last_used_at, t.revoked_at, ",
+    "SELECT t.id, t.kind, t.name, t.is_admin, t.agent_labels, t.max_capacity, ",
+    "t.expires_at, t.last_used_at, t.revoked_at, ",
     owner_columns!(),
     " FROM tokens t LEFT JOIN users u ON u.id = t.user_id"
 );

@@ -44,7 +44,7 @@ macro_rules! testsuite {
             tokens, jobs, secrets, delete_job_cascades, run_numbering,
             invalid_pipeline_run, run_keeps_its_pipeline, needs_release_and_skip, skipped_at_creation,
             allow_failure, labels_and_order, unplaceable, fair_between_jobs, steps,
-            retry_on_failure, stale_attempts_are_fenced, no_retry_when_pointless, lease_expiry, holder_checks, wide_run, undelivered,
+            retry_on_failure, stale_attempts_are_fenced, agent_tokens_are_bound, ended_leases_are_lost, no_retry_when_pointless, lease_expiry, holder_checks, wide_run, undelivered,
             cancel, deadline, logs, artifacts_and_reports, list_runs, counts,
             queue_cases, duplicate_user, update_user, last_admin_stays, token_lookup_states,
             revoke_token, user_tokens_without_hashes, touch_token, members,
@@ -955,6 +955,65 @@ tasks:
     steps:
       - run: ./flaky.sh
 ";
+
+pub async fn agent_tokens_are_bound<D: Database>(db: &D) {
+    let labels = vec!["linux".to_string(), "gpu".to_string()];
+    let token = crate::NewAgentToken {
+        hash: "h-builder",
+        name: "builder",
+        labels: Some(&labels),
+        max_capacity: Some(4),
+    };
+    db.insert_agent_token(&token, at(0)).await.unwrap();
+    let found = db.lookup_token("h-builder").await.unwrap().unwrap();
+    assert_eq!(found.token.kind, TokenKind::Agent);
+    assert_eq!(found.token.name, "builder");
+    assert_eq!(found.token.agent_labels, Some(labels.clone()));
+    assert_eq!(found.token.max_capacity, Some(4));
+    // One agent, one live token.
+    let again = crate::NewAgentToken {
+        hash: "h-builder-2",
+        ..token.clone()
+    };
+    conflict(db.insert_agent_token(&again, at(1)).await, "second token");
+    assert_eq!(db.revoke_agent_tokens("builder", at(2)).await.unwrap(), 1);
+    let revoked = db.lookup_token("h-builder").await.unwrap().unwrap();
+    assert_eq!(revoked.refusal(at(3)), Some(Refusal::Revoked));
+    let unbounded = crate::NewAgentToken {
+        labels: None,
+        max_capacity: None,
+        ..again
+    };
+    db.insert_agent_token(&unbounded, at(4)).await.unwrap();
+    let found = db.lookup_token("h-builder-2").await.unwrap().unwrap();
+    assert_eq!(
+        (found.token.agent_labels, found.token.max_capacity),
+        (None, None)
+    );
+    // The registration kind reads back.
+    db.insert_token("h-shared", TokenKind::Registration, "shared", false, at(5))
+        .await
+        .unwrap();
+    let shared = db.find_token("h-shared").await.unwrap().unwrap();
+    assert_eq!(shared.kind, TokenKind::Registration);
+}
+
+/// An agent removed by an admin: its leases end, and the tasks are lost.
+pub async fn ended_leases_are_lost<D: Database>(db: &D) {
+    let job = job(db, "removed").await;
+    create(db, &job, new_run(tasks(RETRY)), at(0)).await;
+    let task = claim_named(db, "gone", "flaky", at(1)).await;
+    assert_eq!(db.end_leases("gone", at(2)).await.unwrap(), 1);
+    assert_eq!(db.end_leases("other", at(2)).await.unwrap(), 0);
+    let touched = db.expire(at(2)).await.unwrap();
+    assert_eq!(touched, [task.id]);
+    let again = db.get_task(task.id).await.unwrap().unwrap();
+    assert_eq!(
+        (again.status, again.attempt),
+        (Status::Queued, 2),
+        "retried"
+    );
+}
 
 /// A retry on the same agent: the lost attempt's late calls change nothing.
 pub async fn stale_attempts_are_fenced<D: Database>(db: &D) {

@@ -72,6 +72,7 @@ pub fn token_kind_str(kind: TokenKind) -> &'static str {
     match kind {
         TokenKind::User => "user",
         TokenKind::Agent => "agent",
+        TokenKind::Registration => "registration",
     }
 }
 
@@ -79,6 +80,7 @@ pub fn token_kind(text: &str) -> Result<TokenKind, Corrupt> {
     match text {
         "user" => Ok(TokenKind::User),
         "agent" => Ok(TokenKind::Agent),
+        "registration" => Ok(TokenKind::Registration),
         other => Err(Corrupt(format!("unknown token kind `{other}`"))),
     }
 }
