@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use kiln_exec::{CancellationToken, Executor};
 use kiln_proto::v1::{
-    HeartbeatRequest, ServerMessage, SessionRequest, TaskAttempt, server_message,
+    HeartbeatRequest, RegisterRequest, ServerMessage, SessionRequest, TaskAttempt, server_message,
 };
 use tokio::sync::{Notify, Semaphore, watch};
 use tonic::Code;
@@ -156,6 +156,8 @@ pub(crate) struct Shared {
     /// keep pace with it from the first task on.
     lease_changed: Notify,
     permits: Arc<Semaphore>,
+    /// Tells this process's sessions from another's under the same name.
+    instance: String,
 }
 
 impl Shared {
@@ -203,9 +205,17 @@ impl Drop for Registration {
 /// Runs the agent until `shutdown` is cancelled and the tasks in hand have
 /// finished and been reported. Losing the server never stops running tasks:
 /// the agent reconnects and resends what was not acknowledged.
-pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+pub async fn run_agent(
+    mut config: AgentConfig,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
     std::fs::create_dir_all(&config.work_dir)
         .map_err(|e| AgentError::WorkDir(config.work_dir.clone(), e))?;
+    match own_token(&config, &shutdown).await? {
+        Some(token) => config.token = token,
+        None if shutdown.is_cancelled() => return Ok(()),
+        None => {}
+    }
     let client = client::client(&config)?;
     let permits = Arc::new(Semaphore::new(config.capacity.max(1)));
     let shared = Arc::new(Shared {
@@ -216,6 +226,14 @@ pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Resu
         lease_seconds: AtomicU32::new(DEFAULT_LEASE_SECONDS),
         lease_changed: Notify::new(),
         permits,
+        instance: format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        ),
     });
     let stop_heartbeats = CancellationToken::new();
     let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), stop_heartbeats.clone()));
@@ -223,6 +241,87 @@ pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Resu
     stop_heartbeats.cancel();
     let _ = heartbeats.await;
     result
+}
+
+/// Where an agent keeps the token a registration gave it.
+pub const TOKEN_FILE: &str = "agent.token";
+
+/// The agent's own token: the one a registration gave it before (kept in
+/// its work dir), or one it registers for now with `config.token` (a
+/// registration token; kept owner-only). `None` when `config.token` is its
+/// own already, or the server could not say (the session then tells why).
+async fn own_token(
+    config: &AgentConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<String>, AgentError> {
+    let path = config.work_dir.join(TOKEN_FILE);
+    if let Ok(kept) = std::fs::read_to_string(&path)
+        && !kept.trim().is_empty()
+    {
+        return Ok(Some(kept.trim().to_string()));
+    }
+    let mut client = client::client(config)?;
+    let request = RegisterRequest {
+        name: config.name.clone(),
+        labels: config.labels.clone(),
+        capacity: config.capacity.max(1) as u32,
+    };
+    let mut backoff = backoff::Backoff::new();
+    loop {
+        let answer = tokio::select! {
+            answer = client.register(request.clone()) => answer,
+            _ = shutdown.cancelled() => return Ok(None),
+        };
+        match answer {
+            Ok(answer) => {
+                let token = answer.into_inner().token;
+                if token.is_empty() {
+                    return Ok(None);
+                }
+                write_private(&path, &token)
+                    .map_err(|e| AgentError::WorkDir(config.work_dir.clone(), e))?;
+                tracing::info!(name = %config.name, "registered; the agent's own token is in {}", path.display());
+                return Ok(Some(token));
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::Unauthenticated
+                        | Code::PermissionDenied
+                        | Code::InvalidArgument
+                        | Code::AlreadyExists
+                ) =>
+            {
+                return Err(AgentError::Refused(status.message().to_string()));
+            }
+            Err(status) if status.code() == Code::Unavailable => {
+                tracing::debug!("registering failed, retrying: {status}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = shutdown.cancelled() => return Ok(None),
+                }
+            }
+            // Something else answered (the HTTP port?): the session's
+            // checks say what.
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// Writes a new file only its owner can read, replacing `path` whole.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
 }
 
 /// Whether the last session attempt worked, so a change is logged once
@@ -264,6 +363,7 @@ async fn session_loop(
             executors: vec![config.executor.kind().to_string()],
             running: shared.running(),
             draining,
+            instance: shared.instance.clone(),
         };
         let mut client = shared.client.clone();
         let opened = tokio::select! {

@@ -114,6 +114,15 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + 
 impl Agent for Fake {
     type SessionStream = SessionStream;
 
+    /// The agent's token is its own already: nothing to register.
+    async fn register(
+        &self,
+        request: Request<kiln_proto::v1::RegisterRequest>,
+    ) -> Result<Response<kiln_proto::v1::RegisterResponse>, Status> {
+        self.check(&request)?;
+        Ok(Response::new(kiln_proto::v1::RegisterResponse::default()))
+    }
+
     async fn session(
         &self,
         request: Request<SessionRequest>,

@@ -107,6 +107,7 @@ pub async fn app_state<D: Database>(db: D, config: &ServerConfig) -> anyhow::Res
         runs: Arc::default(),
         report_lock: Arc::default(),
         max_report_size: config.max_report_size,
+        agent_tokens: Arc::default(),
     })
 }
 
@@ -156,9 +157,10 @@ pub async fn bootstrap<D: Database>(db: &D, secrets: &StartSecrets) -> anyhow::R
     if let Some(token) = &secrets.agent_token
         && !token.trim().is_empty()
     {
+        // Shared by agents only to register their own names.
         let hash = kiln_crypto::hash_token(token.trim());
         if db.find_token(&hash).await?.is_none() {
-            db.insert_token(&hash, TokenKind::Agent, "shared", false, Utc::now())
+            db.insert_token(&hash, TokenKind::Registration, "shared", false, Utc::now())
                 .await?;
         }
     }
@@ -203,24 +205,45 @@ async fn admin_user<D: Database>(db: &D, password: Option<&str>) -> anyhow::Resu
     }
 }
 
-/// The embedded agent's token: made on first start, kept in the data
-/// directory (owner-only), and known to the database only by its hash.
-pub async fn embedded_agent_token<D: Database>(db: &D, data_dir: &Path) -> anyhow::Result<String> {
+/// The embedded agent's token, its own as any agent's (bound to `name`):
+/// made on first start, kept in the data directory (owner-only), and known
+/// to the database only by its hash. A token kept for another name (the
+/// agent was renamed, or it predates per-agent tokens) is revoked and
+/// replaced.
+pub async fn embedded_agent_token<D: Database>(
+    db: &D,
+    data_dir: &Path,
+    name: &str,
+) -> anyhow::Result<String> {
     let path = data_dir.join("embedded-agent.token");
-    let token = match std::fs::read_to_string(&path) {
-        Ok(token) if !token.trim().is_empty() => token.trim().to_string(),
-        _ => {
-            let token = kiln_crypto::new_token("kiln_agent_");
-            write_private(&path, &token)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            token
+    if let Ok(kept) = std::fs::read_to_string(&path) {
+        let kept = kept.trim().to_string();
+        match db.lookup_token(&kiln_crypto::hash_token(&kept)).await? {
+            Some(found)
+                if found.token.kind == TokenKind::Agent
+                    && found.token.name == name
+                    && found.revoked_at.is_none() =>
+            {
+                return Ok(kept);
+            }
+            Some(found) => {
+                db.revoke_token(found.token.id, Utc::now()).await?;
+            }
+            None => {}
         }
-    };
-    let hash = kiln_crypto::hash_token(&token);
-    if db.find_token(&hash).await?.is_none() {
-        db.insert_token(&hash, TokenKind::Agent, "embedded", false, Utc::now())
-            .await?;
     }
+    // Whatever else was the embedded agent's name goes with it.
+    db.revoke_agent_tokens(name, Utc::now()).await?;
+    let token = kiln_crypto::new_token("kiln_agent_");
+    let hash = kiln_crypto::hash_token(&token);
+    let new = kiln_store::NewAgentToken {
+        hash: &hash,
+        name,
+        labels: None,
+        max_capacity: None,
+    };
+    db.insert_agent_token(&new, Utc::now()).await?;
+    write_private(&path, &token).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(token)
 }
 

@@ -43,19 +43,24 @@ impl Harness {
         let db = SqliteStore::open(&dir.path().join("kiln.db"))
             .await
             .unwrap();
-        for (token, kind, name, admin) in [
-            (ADMIN, TokenKind::User, "admin", true),
-            (AGENT, TokenKind::Agent, "agents", false),
-        ] {
-            db.insert_token(
-                &kiln_crypto::hash_token(token),
-                kind,
+        db.insert_token(
+            &kiln_crypto::hash_token(ADMIN),
+            TokenKind::User,
+            "admin",
+            true,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        for name in AGENTS {
+            let hash = kiln_crypto::hash_token(&agent_token(name));
+            let token = kiln_store::NewAgentToken {
+                hash: &hash,
                 name,
-                admin,
-                Utc::now(),
-            )
-            .await
-            .unwrap();
+                labels: None,
+                max_capacity: None,
+            };
+            db.insert_agent_token(&token, Utc::now()).await.unwrap();
         }
         let config = ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -162,8 +167,36 @@ impl Harness {
     }
 }
 
-/// A request carrying the agent token and, for task calls, the agent's name.
+/// The token of agent `name` (each agent of these tests has its own).
+fn agent_token(name: &str) -> String {
+    format!("{AGENT}-{name}")
+}
+
+/// Agents these tests run, each with its own token.
+const AGENTS: &[&str] = &[
+    "a",
+    "a1",
+    "b",
+    "docker-box",
+    "dup",
+    "first",
+    "gpu-box",
+    "leaver",
+    "plain",
+    "process-box",
+    "second",
+    "solo",
+    "stayer",
+    "x",
+];
+
+/// A request carrying a token and the agent's name; `AGENT` stands for the
+/// named agent's own token.
 fn call<T>(message: T, token: &str, agent: Option<&str>) -> Request<T> {
+    let token = match agent {
+        Some(name) if token == AGENT => agent_token(name),
+        _ => token.to_string(),
+    };
     let mut request = Request::new(message);
     request
         .metadata_mut()
@@ -198,7 +231,7 @@ async fn session_with(
         ..Default::default()
     };
     client
-        .session(call(hello, AGENT, None))
+        .session(call(hello, AGENT, Some(name)))
         .await
         .unwrap()
         .into_inner()
@@ -367,11 +400,20 @@ async fn tokens_are_checked() {
     assert_eq!(unknown.code(), Code::Unauthenticated);
     let missing = client.session(Request::new(hello)).await.unwrap_err();
     assert_eq!(missing.code(), Code::Unauthenticated);
-    let heartbeat = client
-        .heartbeat(call(HeartbeatRequest::default(), AGENT, None))
-        .await
-        .unwrap_err();
-    assert_eq!(heartbeat.code(), Code::InvalidArgument, "{heartbeat}");
+    // An agent's token is its own: a session or a call under another
+    // agent's name is refused.
+    let impostor = SessionRequest {
+        name: "a".into(),
+        capacity: 1,
+        ..Default::default()
+    };
+    let as_b = call(impostor, &agent_token("b"), None);
+    let refused = client.session(as_b).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+    assert!(refused.message().contains("agent `b`'s"), "{refused}");
+    let as_a = call(HeartbeatRequest::default(), &agent_token("b"), Some("a"));
+    let heartbeat = client.heartbeat(as_a).await.unwrap_err();
+    assert_eq!(heartbeat.code(), Code::PermissionDenied, "{heartbeat}");
 }
 
 #[tokio::test]
@@ -751,7 +793,7 @@ async fn a_lease_not_renewed_expires_and_the_task_is_retried_then_lost() {
             ..Default::default()
         };
         client
-            .session(call(hello, AGENT, None))
+            .session(call(hello, AGENT, Some("first")))
             .await
             .unwrap()
             .into_inner()
@@ -858,7 +900,7 @@ async fn an_assignment_the_agent_never_read_goes_back_to_the_queue_at_once() {
         ..Default::default()
     };
     let _farewell = client
-        .session(call(hello, AGENT, None))
+        .session(call(hello, AGENT, Some("leaver")))
         .await
         .unwrap()
         .into_inner();

@@ -170,7 +170,9 @@ async fn run_with<D: Database>(
     } = launch;
     let bootstrap = kiln_server::bootstrap(&db, &secrets).await?;
     let agent_token = match &embedded {
-        Some(_) => Some(kiln_server::embedded_agent_token(&db, &config.data_dir).await?),
+        Some(embedded) => {
+            Some(kiln_server::embedded_agent_token(&db, &config.data_dir, embedded.name).await?)
+        }
         None => None,
     };
     let blobs = match &config.blob_url {

@@ -18,7 +18,7 @@ use futures_util::Stream;
 use kiln_proto::v1::agent_server::{Agent, AgentServer};
 use kiln_proto::v1::{
     Ack, ArtifactChunk, FinishTaskRequest, HeartbeatRequest, HeartbeatResponse, LogAck, LogChunk,
-    ReportChunk, ServerMessage, SessionRequest, StepUpdate,
+    RegisterRequest, RegisterResponse, ReportChunk, ServerMessage, SessionRequest, StepUpdate,
 };
 use kiln_store::{
     Artifact, Database, Holder, JobId, Status, StepRow, StoreError, TaskHold, TaskId, TaskResult,
@@ -49,7 +49,6 @@ pub async fn serve<D: Database>(
     let service = AgentService {
         state,
         shutdown: shutdown.clone(),
-        verified: std::sync::Mutex::new(HashMap::new()),
     };
     // No Nagle: assignments and cancels are small and must not wait.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -70,15 +69,90 @@ struct AgentService<D> {
     state: AppState<D>,
     /// Ends open session streams, so a graceful shutdown does not wait for agents.
     shutdown: CancellationToken,
-    /// Hashes of agent tokens found valid, and when: an agent makes several
-    /// calls per task, and each would otherwise be a database read.
-    verified: std::sync::Mutex<HashMap<String, Instant>>,
+}
+
+/// The agent a call is from, as its token says.
+#[derive(Debug, Clone)]
+pub struct AgentCaller {
+    /// The agent's name: the only one it may use.
+    pub name: String,
+    pub kind: TokenKind,
+    /// The labels it may offer; `None`: any.
+    pub labels: Option<Vec<String>>,
+    /// The most tasks it may take at once; `None`: [`MAX_CAPACITY`].
+    pub max_capacity: Option<i64>,
+}
+
+/// The most tasks one agent may take at once, whatever it announces, when
+/// its token says no less.
+pub const MAX_CAPACITY: i64 = 64;
+
+/// Agent tokens found valid, and when: an agent makes several calls per
+/// task, and each would otherwise be a database read. Revoking an agent on
+/// this server forgets its tokens at once; another server sharing the
+/// database trusts them for [`VERIFIED_FOR`] at most.
+#[derive(Default)]
+pub struct VerifiedTokens(std::sync::Mutex<HashMap<String, (Instant, AgentCaller)>>);
+
+impl VerifiedTokens {
+    fn get(&self, hash: &str) -> Option<AgentCaller> {
+        let verified = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        verified
+            .get(hash)
+            .filter(|(at, _)| at.elapsed() < VERIFIED_FOR)
+            .map(|(_, caller)| caller.clone())
+    }
+
+    fn insert(&self, hash: String, caller: AgentCaller) {
+        let mut verified = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        verified.retain(|_, (at, _)| at.elapsed() < VERIFIED_FOR);
+        verified.insert(hash, (Instant::now(), caller));
+    }
+
+    /// Forgets the tokens of agent `name` (it was revoked).
+    pub fn forget(&self, name: &str) {
+        let mut verified = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        verified.retain(|_, (_, caller)| caller.name != name);
+    }
 }
 
 /// How long a verified agent token is trusted without asking the database
-/// again. Tokens cannot be revoked yet; when they can, this bounds how long
-/// a revoked token keeps working on a server that did not revoke it.
+/// again.
 const VERIFIED_FOR: Duration = Duration::from_secs(10);
+
+fn registration_only() -> GrpcStatus {
+    GrpcStatus::permission_denied(
+        "a registration token only registers: call Register, then use the agent's own token",
+    )
+}
+
+/// Refuses labels or a capacity beyond what the agent's token grants.
+fn check_grant(caller: &AgentCaller, labels: &[String], capacity: u32) -> Result<(), GrpcStatus> {
+    if let Some(granted) = &caller.labels {
+        let extra: Vec<&str> = labels
+            .iter()
+            .filter(|label| !granted.contains(label))
+            .map(String::as_str)
+            .collect();
+        if !extra.is_empty() {
+            return Err(GrpcStatus::permission_denied(format!(
+                "agent `{}` may not offer the labels {extra:?}: its token grants {granted:?}",
+                caller.name
+            )));
+        }
+    }
+    let most = caller
+        .max_capacity
+        .unwrap_or(MAX_CAPACITY)
+        .min(MAX_CAPACITY);
+    if i64::from(capacity) > most {
+        return Err(GrpcStatus::permission_denied(format!(
+            "agent `{}` may take at most {most} tasks at once, not {capacity}",
+            caller.name
+        )));
+    }
+    Ok(())
+}
 
 fn store_status(e: StoreError) -> GrpcStatus {
     match e {
@@ -127,8 +201,9 @@ struct Place {
 }
 
 impl<D: Database> AgentService<D> {
-    /// Checks `authorization: Bearer <agent token>`.
-    async fn authenticate<T>(&self, request: &Request<T>) -> Result<(), GrpcStatus> {
+    /// Checks `authorization: Bearer <token>`: an agent's or a
+    /// registration token, not revoked.
+    async fn authenticate<T>(&self, request: &Request<T>) -> Result<AgentCaller, GrpcStatus> {
         let token = request
             .metadata()
             .get("authorization")
@@ -143,48 +218,59 @@ impl<D: Database> AgentService<D> {
                 GrpcStatus::unauthenticated("calls need `authorization: Bearer <agent token>`")
             })?;
         let hash = kiln_crypto::hash_token(token);
-        {
-            let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-            if verified
-                .get(&hash)
-                .is_some_and(|at| at.elapsed() < VERIFIED_FOR)
-            {
-                return Ok(());
-            }
+        if let Some(caller) = self.state.agent_tokens.get(&hash) {
+            return Ok(caller);
         }
-        let info = self
+        let found = self
             .state
             .db
-            .find_token(&hash)
+            .lookup_token(&hash)
             .await
             .map_err(store_status)?
-            .ok_or_else(|| GrpcStatus::unauthenticated("unknown or revoked token"))?;
-        if info.kind != TokenKind::Agent {
+            .ok_or_else(|| GrpcStatus::unauthenticated("unknown token"))?;
+        if found.revoked_at.is_some() {
+            return Err(GrpcStatus::unauthenticated(format!(
+                "the token of agent `{}` was revoked",
+                found.token.name
+            )));
+        }
+        if found.token.kind == TokenKind::User {
             return Err(GrpcStatus::permission_denied(
                 "a user token cannot act as an agent; create an agent token",
             ));
         }
-        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        verified.retain(|_, at| at.elapsed() < VERIFIED_FOR);
-        verified.insert(hash, Instant::now());
-        Ok(())
+        let caller = AgentCaller {
+            name: found.token.name,
+            kind: found.token.kind,
+            labels: found.token.agent_labels,
+            max_capacity: found.token.max_capacity,
+        };
+        self.state.agent_tokens.insert(hash, caller.clone());
+        Ok(caller)
     }
 
-    /// Authenticates a task call and returns the agent it names.
+    /// Authenticates a call of an agent's own (not a registration) and
+    /// returns its name; an `x-kiln-agent` naming another agent is refused.
     async fn agent_of<T>(&self, request: &Request<T>) -> Result<String, GrpcStatus> {
-        self.authenticate(request).await?;
-        request
+        let caller = self.authenticate(request).await?;
+        if caller.kind != TokenKind::Agent {
+            return Err(registration_only());
+        }
+        let named = request
             .metadata()
             .get(AGENT_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
-            .filter(|name| !name.is_empty())
-            .map(str::to_string)
-            .ok_or_else(|| {
-                GrpcStatus::invalid_argument(format!(
-                    "task calls need `{AGENT_HEADER}: <agent name>` metadata"
-                ))
-            })
+            .filter(|name| !name.is_empty());
+        if let Some(named) = named
+            && named != caller.name
+        {
+            return Err(GrpcStatus::permission_denied(format!(
+                "this token is agent `{}`'s; it cannot call as `{named}`",
+                caller.name
+            )));
+        }
+        Ok(caller.name)
     }
 
     /// The task, if `holder` holds it (running, in that attempt, under
@@ -301,17 +387,22 @@ impl<D: Database> Agent for AgentService<D> {
         &self,
         request: Request<SessionRequest>,
     ) -> Result<Response<Self::SessionStream>, GrpcStatus> {
-        self.authenticate(&request).await?;
+        let caller = self.authenticate(&request).await?;
+        if caller.kind != TokenKind::Agent {
+            return Err(registration_only());
+        }
         let hello = request.into_inner();
-        let name = hello.name.trim().to_string();
-        if name.is_empty() {
-            return Err(GrpcStatus::invalid_argument(
-                "the session needs an agent name",
-            ));
+        let name = caller.name.clone();
+        if hello.name.trim() != name {
+            return Err(GrpcStatus::permission_denied(format!(
+                "this token is agent `{name}`'s; it cannot open a session as `{}`",
+                hello.name.trim()
+            )));
         }
         if hello.capacity == 0 {
             return Err(GrpcStatus::invalid_argument("capacity must be at least 1"));
         }
+        check_grant(&caller, &hello.labels, hello.capacity)?;
         // Assignments that never reached it (sent into a session it had
         // already left, or lost with a server that stopped) go back to the
         // queue now rather than when their lease runs out. Before the new
@@ -348,6 +439,7 @@ impl<D: Database> Agent for AgentService<D> {
             },
             memory_bytes: hello.memory_bytes,
             draining: hello.draining,
+            instance: hello.instance,
         };
         tracing::info!(
             "agent {name} connected: labels {:?}, capacity {}, executors {:?}",
@@ -356,7 +448,11 @@ impl<D: Database> Agent for AgentService<D> {
             announce.executors
         );
         let (sender, receiver) = mpsc::channel(SESSION_BUFFER);
-        let (session, stranded) = self.state.agents.connect(&name, announce, running, sender);
+        let (session, stranded) = self
+            .state
+            .agents
+            .connect(&name, announce, running, sender)
+            .map_err(GrpcStatus::already_exists)?;
         // Sent to the session this one replaced after the look above.
         scheduler::requeue_undelivered(&self.state, &name, Undelivered::These(&stranded))
             .await
@@ -378,6 +474,69 @@ impl<D: Database> Agent for AgentService<D> {
             },
         );
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, GrpcStatus> {
+        let caller = self.authenticate(&request).await?;
+        let asked = request.into_inner();
+        let name = asked.name.trim().to_string();
+        if caller.kind == TokenKind::Agent {
+            // An agent with its own token: nothing to register.
+            if caller.name != name {
+                return Err(GrpcStatus::permission_denied(format!(
+                    "this token is agent `{}`'s; it cannot register `{name}`",
+                    caller.name
+                )));
+            }
+            return Ok(Response::new(RegisterResponse::default()));
+        }
+        if kiln_api::fields::TokenName::new(name.clone()).is_err() {
+            return Err(GrpcStatus::invalid_argument(format!(
+                "`{name}` is not a valid agent name: letters, digits, `-`, `_` and `.`"
+            )));
+        }
+        let capacity = i64::from(asked.capacity.max(1));
+        if capacity > MAX_CAPACITY {
+            return Err(GrpcStatus::invalid_argument(format!(
+                "an agent may take at most {MAX_CAPACITY} tasks at once, not {capacity}"
+            )));
+        }
+        let token = kiln_crypto::new_token("kiln_agent_");
+        let hash = kiln_crypto::hash_token(&token);
+        let new = kiln_store::NewAgentToken {
+            hash: &hash,
+            name: &name,
+            labels: Some(&asked.labels),
+            max_capacity: Some(capacity),
+        };
+        match self.state.db.insert_agent_token(&new, Utc::now()).await {
+            Ok(_) => {}
+            Err(StoreError::Conflict(_)) => {
+                return Err(GrpcStatus::already_exists(format!(
+                    "agent `{name}` is registered already: it uses the token kept in its work \
+                     directory; to start over, an admin removes it (DELETE /api/v1/agents/{name})"
+                )));
+            }
+            Err(e) => return Err(store_status(e)),
+        }
+        tracing::info!(
+            "agent {name} registered, labels {:?}, capacity {capacity}",
+            asked.labels
+        );
+        let detail = Some(format!("labels {:?}, capacity {capacity}", asked.labels));
+        crate::audit::append(
+            &self.state,
+            &format!("agent:{name}"),
+            None,
+            "agent.register",
+            format!("agent/{name}"),
+            detail,
+        )
+        .await;
+        Ok(Response::new(RegisterResponse { token }))
     }
 
     async fn heartbeat(

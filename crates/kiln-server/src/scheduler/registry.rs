@@ -34,6 +34,8 @@ pub struct Announce {
     /// 0 when the agent did not say.
     pub memory_bytes: u64,
     pub draining: bool,
+    /// Which process of the agent this is (see `SessionRequest.instance`).
+    pub instance: String,
 }
 
 impl Announce {
@@ -128,17 +130,28 @@ impl Registry {
     }
 
     /// Registers a session, replacing (and so ending the stream of) any
-    /// earlier session of the same name. Returns the session's number and
-    /// the tasks the replaced session was given that are not in `running`
-    /// (what the agent says it runs): they never reached it.
+    /// earlier session of the same agent process. Returns the session's
+    /// number and the tasks the replaced session was given that are not in
+    /// `running` (what the agent says it runs): they never reached it.
+    /// Refused (with why) while another process holds a live session under
+    /// the name: two agents cannot share one.
     pub fn connect(
         &self,
         name: &str,
         announce: Announce,
         running: Vec<(TaskId, String)>,
         sender: SessionSender,
-    ) -> (u64, Vec<TaskId>) {
+    ) -> Result<(u64, Vec<TaskId>), String> {
         let mut inner = self.lock();
+        if let Some(live) = inner.connected.get(name)
+            && live.announce.instance != announce.instance
+            && !live.sender.is_closed()
+        {
+            return Err(format!(
+                "agent `{name}` is connected already, from another process: two agents \
+                 cannot share a name (give this one its own with --name)"
+            ));
+        }
         inner.next_session += 1;
         let session = inner.next_session;
         inner.gone.remove(name);
@@ -171,7 +184,7 @@ impl Registry {
         );
         drop(inner);
         self.changed.notify_one();
-        let stranded = replaced
+        let stranded: Vec<TaskId> = replaced
             .map(|old| {
                 old.running
                     .into_keys()
@@ -179,7 +192,15 @@ impl Registry {
                     .collect()
             })
             .unwrap_or_default();
-        (session, stranded)
+        Ok((session, stranded))
+    }
+
+    /// Ends the session of agent `name`, if it has one (an admin removed
+    /// the agent): dropping its sender ends its stream.
+    pub fn remove(&self, name: &str) -> bool {
+        let removed = self.lock().connected.remove(name).is_some();
+        self.changed.notify_one();
+        removed
     }
 
     /// Forgets a session when its stream ends, unless a newer one replaced it.
