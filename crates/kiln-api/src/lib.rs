@@ -167,8 +167,14 @@ pub struct Secret {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentTokenBody {
-    /// A name to recognise the token by, e.g. the agent's host.
+    /// The agent's name: the only one the token may be used under.
     pub name: String,
+    /// The labels the agent may offer; any when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// The most tasks the agent may take at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_capacity: Option<i64>,
 }
 
 /// A newly made token: the only time its value is shown.

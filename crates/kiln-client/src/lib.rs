@@ -367,11 +367,8 @@ impl Client {
     // ---- agents ----
 
     /// A new per-agent token; its value is shown only in this answer.
-    pub async fn create_agent_token(&self, name: &str) -> Result<TokenCreated> {
-        let body = AgentTokenBody {
-            name: name.to_string(),
-        };
-        self.send_json(Method::POST, &["agent-tokens"], &body).await
+    pub async fn create_agent_token(&self, body: &AgentTokenBody) -> Result<TokenCreated> {
+        self.send_json(Method::POST, &["agent-tokens"], body).await
     }
 
     pub async fn list_agents(&self) -> Result<Vec<Agent>> {

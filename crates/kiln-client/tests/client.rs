@@ -619,7 +619,12 @@ async fn bearer_token_is_sent_and_bodies_round_trip() {
     );
     client.delete_secret("app", "CRATES_TOKEN").await.unwrap();
 
-    let token = client.create_agent_token("builder-1").await.unwrap();
+    let body = kiln_api::AgentTokenBody {
+        name: "builder-1".into(),
+        labels: Some(vec!["linux".into()]),
+        max_capacity: Some(4),
+    };
+    let token = client.create_agent_token(&body).await.unwrap();
     assert_eq!(token.token, "kiln_agent_abc");
     assert_eq!(client.list_agents().await.unwrap()[0].labels, ["linux"]);
 }

@@ -1065,3 +1065,181 @@ async fn a_stale_attempt_changes_nothing_after_a_retry_on_the_same_agent() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status}");
 }
+
+/// Agent `a`, holding its own token, tries everything against agent `b`'s
+/// task and beyond its own grant; then an admin removes it. Every attempt
+/// is refused and changes nothing the API shows.
+#[tokio::test]
+async fn a_hostile_agent_is_refused_everything_and_changes_nothing() {
+    let server = Harness::start(Duration::from_secs(15)).await;
+    server.job("victim", ONE_TASK).await;
+    let mut client = server.client().await;
+    let mut b = session(&mut client, "b", &["linux"]).await;
+    server.trigger("victim").await;
+    let task = assignment(&mut b).await;
+    let task_id = task.task_id;
+    let before = server.json("/api/v1/jobs/victim/runs/1").await;
+
+    fn refused<T>(result: Result<tonic::Response<T>, tonic::Status>, what: &str) {
+        let status = result.map(|_| ()).unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status}");
+    }
+    // With its own token, as itself, about b's task.
+    let log = LogChunk {
+        task_id,
+        attempt: 1,
+        seq: 0,
+        data: b"injected\n".to_vec(),
+    };
+    refused(
+        client
+            .append_logs(call(
+                futures_util::stream::iter(vec![log]),
+                AGENT,
+                Some("a"),
+            ))
+            .await,
+        "logs",
+    );
+    let step = StepUpdate {
+        task_id,
+        attempt: 1,
+        index: 0,
+        name: "true".into(),
+        status: "failure".into(),
+        ..Default::default()
+    };
+    refused(
+        client.update_step(call(step, AGENT, Some("a"))).await,
+        "step",
+    );
+    let artifact = ArtifactChunk {
+        task_id,
+        attempt: 1,
+        path: "planted.txt".into(),
+        data: b"x".to_vec(),
+    };
+    refused(
+        client
+            .upload_artifact(call(
+                futures_util::stream::iter(vec![artifact]),
+                AGENT,
+                Some("a"),
+            ))
+            .await,
+        "artifact",
+    );
+    let finish = FinishTaskRequest {
+        task_id,
+        attempt: 1,
+        status: "success".into(),
+        ..Default::default()
+    };
+    refused(
+        client
+            .finish_task(call(finish.clone(), AGENT, Some("a")))
+            .await,
+        "finish",
+    );
+    // With its own token, claiming to be b.
+    refused(
+        client
+            .finish_task(call(finish, &agent_token("a"), Some("b")))
+            .await,
+        "finish as b",
+    );
+    let as_b = SessionRequest {
+        name: "b".into(),
+        capacity: 1,
+        ..Default::default()
+    };
+    refused(
+        client.session(call(as_b, &agent_token("a"), None)).await,
+        "session as b",
+    );
+    // Nothing of it shows.
+    assert_eq!(server.json("/api/v1/jobs/victim/runs/1").await, before);
+    let console = server
+        .get("/api/v1/jobs/victim/runs/1/tasks/build/results/console")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!console.contains("injected"), "{console}");
+
+    // Beyond its grant: labels and capacity the admin did not give.
+    let made: Value = server
+        .http
+        .post(format!("{}/api/v1/agent-tokens", server.base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "limited", "labels": ["linux"], "max_capacity": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let limited = made["token"].as_str().unwrap().to_string();
+    for (labels, capacity, what) in [
+        (vec!["linux", "gpu"], 1, "gpu"),
+        (vec!["linux"], 1000, "at most 1"),
+    ] {
+        let hello = SessionRequest {
+            name: "limited".into(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            capacity,
+            ..Default::default()
+        };
+        let status = client
+            .session(call(hello, &limited, None))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+        assert!(status.message().contains(what), "{status}");
+    }
+    // Within it, it connects.
+    let hello = SessionRequest {
+        name: "limited".into(),
+        labels: vec!["linux".into()],
+        capacity: 1,
+        ..Default::default()
+    };
+    client.session(call(hello, &limited, None)).await.unwrap();
+
+    // An admin removes b: its token stops working at once, its session
+    // ends, and its task goes back to the queue.
+    let removed = server
+        .http
+        .delete(format!("{}/api/v1/agents/b", server.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), reqwest::StatusCode::NO_CONTENT);
+    let ended = tokio::time::timeout(Duration::from_secs(5), b.message())
+        .await
+        .expect("the stream ends");
+    assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");
+    let beat = HeartbeatRequest {
+        tasks: vec![TaskAttempt {
+            task_id,
+            attempt: 1,
+        }],
+        draining: false,
+    };
+    let status = client
+        .heartbeat(call(beat, AGENT, Some("b")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status}");
+    assert!(status.message().contains("revoked"), "{status}");
+    let run = server.json("/api/v1/jobs/victim/runs/1").await;
+    assert_eq!(run["tasks"][0]["status"], "error", "{run}");
+    assert!(
+        run["tasks"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("agent lost"),
+        "{run}"
+    );
+}

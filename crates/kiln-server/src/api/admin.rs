@@ -5,36 +5,52 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
 use kiln_api::TokenCreated;
-use kiln_store::{AuditFilter, Database, TokenKind};
+use kiln_store::{AuditFilter, Database};
 
-use super::bodies::{AuditQuery, NewAgentToken};
-use super::extract::{ApiJson, ApiQuery};
+use super::bodies::{AgentPath, AuditQuery, NewAgentToken};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::audit;
 use crate::auth::Admin;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::views;
 
 #[utoipa::path(operation_id = "create_agent_token", post, path = "/api/v1/agent-tokens", tag = "admin", security(("bearer" = []), ("session" = [])), request_body = NewAgentToken,
-    responses((status = 201, description = "The token, shown this once", body = TokenCreated)))]
+    responses((status = 201, description = "The token, shown this once: only the agent of that name may use it, within its labels and capacity", body = TokenCreated),
+        (status = 409, description = "The agent has a token already", body = kiln_api::Problem)))]
 pub async fn create_agent_token<D: Database>(
     Admin(caller): Admin,
     State(state): State<AppState<D>>,
     ApiJson(body): ApiJson<NewAgentToken>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
     let token = kiln_crypto::new_token("kiln_agent_");
+    let hash = kiln_crypto::hash_token(&token);
+    let labels: Option<Vec<String>> = body
+        .labels
+        .map(|labels| labels.into_iter().map(String::from).collect());
+    let new = kiln_store::NewAgentToken {
+        hash: &hash,
+        name: &body.name,
+        labels: labels.as_deref(),
+        max_capacity: body.max_capacity.map(|capacity| capacity.0),
+    };
     let id = state
         .db
-        .insert_token(
-            &kiln_crypto::hash_token(&token),
-            TokenKind::Agent,
-            &body.name,
-            false,
-            Utc::now(),
-        )
-        .await?;
-    let object = format!("agent-token/{id}");
-    let detail = Some(format!("name {}", body.name));
+        .insert_agent_token(&new, Utc::now())
+        .await
+        .map_err(|e| match e {
+            kiln_store::StoreError::Conflict(_) => ApiError::conflict(format!(
+                "agent `{}` has a token already; remove the agent first \
+                 (DELETE /api/v1/agents/{})",
+                body.name, body.name
+            )),
+            e => e.into(),
+        })?;
+    let object = format!("agent/{}", body.name);
+    let detail = Some(format!(
+        "token {id}, labels {labels:?}, capacity {:?}",
+        new.max_capacity
+    ));
     audit::record(&state, &caller, "agent_token.create", object, detail).await;
     Ok((
         StatusCode::CREATED,
@@ -54,6 +70,37 @@ pub async fn agents<D: Database>(
     State(state): State<AppState<D>>,
 ) -> ApiResult<Json<Vec<kiln_api::Agent>>> {
     Ok(Json(state.metrics.agents()))
+}
+
+#[utoipa::path(operation_id = "delete_agent", delete, path = "/api/v1/agents/{agent}", tag = "admin", security(("bearer" = []), ("session" = [])),
+    params(AgentPath),
+    responses((status = 204, description = "Its tokens are revoked, its session (on this server) ended, and the tasks it ran go back to the queue (or end, `agent lost`)"),
+        (status = 404, description = "No agent of that name has a token", body = kiln_api::Problem)))]
+pub async fn delete_agent<D: Database>(
+    Admin(caller): Admin,
+    State(state): State<AppState<D>>,
+    ApiPath(AgentPath { agent }): ApiPath<AgentPath>,
+) -> ApiResult<StatusCode> {
+    let now = Utc::now();
+    let revoked = state.db.revoke_agent_tokens(&agent, now).await?;
+    if revoked == 0 {
+        return Err(ApiError::not_found(format!("agent `{agent}` has no token")));
+    }
+    state.agent_tokens.forget(&agent);
+    state.agents.remove(&agent);
+    // Its tasks are lost now, not when their leases would have run out.
+    state.db.end_leases(&agent, now).await?;
+    state.db.expire(now).await?;
+    state.work.notify_waiters();
+    audit::record(
+        &state,
+        &caller,
+        "agent.delete",
+        format!("agent/{agent}"),
+        None,
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(operation_id = "list_audit", get, path = "/api/v1/audit", tag = "admin", security(("bearer" = []), ("session" = [])),

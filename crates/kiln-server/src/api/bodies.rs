@@ -311,8 +311,52 @@ pub struct SecretValueBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAgentToken {
-    /// A name to recognise the token by, e.g. the agent's host.
+    /// The agent's name: the only one the token may be used under.
     pub name: TokenName,
+    /// The labels the agent may offer; any when left out.
+    pub labels: Option<Vec<TokenName>>,
+    /// The most tasks the agent may take at once (1 to 64); 64 when left out.
+    pub max_capacity: Option<AgentCapacity>,
+}
+
+/// How many tasks an agent may take at once.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentCapacity(pub i64);
+
+impl PartialSchema for AgentCapacity {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::Integer))
+            .minimum(Some(1))
+            .maximum(Some(crate::grpc::MAX_CAPACITY))
+            .description(Some("The most tasks the agent may take at once."))
+            .into()
+    }
+}
+
+impl ToSchema for AgentCapacity {}
+
+impl<'de> Deserialize<'de> for AgentCapacity {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<AgentCapacity, D::Error> {
+        let most = crate::grpc::MAX_CAPACITY;
+        let value = i64::deserialize(deserializer)?;
+        if (1..=most).contains(&value) {
+            Ok(AgentCapacity(value))
+        } else {
+            Err(D::Error::custom(format!(
+                "`max_capacity` must be 1 to {most}, not {value}"
+            )))
+        }
+    }
+}
+
+/// `/api/v1/agents/{agent}`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct AgentPath {
+    /// The agent's name.
+    #[param(inline)]
+    pub agent: TokenName,
 }
 
 /// Body of `POST /api/v1/tokens`.
@@ -669,6 +713,8 @@ mod tests {
         serde_json::from_value::<SecretValueBody>(client_form(&secret)).unwrap();
         let token = kiln_api::AgentTokenBody {
             name: "host-1".into(),
+            labels: Some(vec!["linux".into()]),
+            max_capacity: Some(2),
         };
         serde_json::from_value::<NewAgentToken>(client_form(&token)).unwrap();
     }

@@ -114,6 +114,7 @@ fn routes<D: Database>() -> Routes<D> {
     .add("/api/v1/tokens/{id}", delete(users::revoke_token::<D>))
     .add("/api/v1/agent-tokens", post(admin::create_agent_token::<D>))
     .add("/api/v1/agents", get(admin::agents::<D>))
+    .add("/api/v1/agents/{agent}", delete(admin::delete_agent::<D>))
     .add("/api/v1/audit", get(admin::audit_log::<D>))
     .add("/login", post(session::login::<D>))
     .add("/logout", post(session::logout::<D>))

@@ -19,7 +19,7 @@ use crate::state::AppState;
         super::members::list, super::members::put, super::members::delete,
         super::users::list, super::users::create, super::users::show, super::users::update, super::users::delete,
         super::users::list_tokens, super::users::create_token, super::users::revoke_token,
-        super::admin::create_agent_token, super::admin::agents, super::admin::audit_log,
+        super::admin::create_agent_token, super::admin::agents, super::admin::delete_agent, super::admin::audit_log,
         super::session::login, super::session::logout,
     ),
     modifiers(&BearerAuth, &ExtractorResponses)

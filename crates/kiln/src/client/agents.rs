@@ -17,8 +17,14 @@ pub struct AgentsArgs {
 pub enum AgentTokenCommand {
     /// Make a token an agent connects with; it is shown this once.
     Create {
-        /// A name to recognise the token by: the agent's name is a good one.
+        /// The agent's name: the only one the token works under.
         name: String,
+        /// The labels the agent may offer (comma-separated); any when left out.
+        #[arg(long, value_delimiter = ',')]
+        labels: Option<Vec<String>>,
+        /// The most tasks the agent may take at once (1 to 64).
+        #[arg(long)]
+        capacity: Option<i64>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -57,13 +63,28 @@ pub(super) async fn agents(args: &ClientArgs) -> anyhow::Result<i32> {
 
 pub(super) async fn agent_token(command: AgentTokenCommand) -> anyhow::Result<i32> {
     match command {
-        AgentTokenCommand::Create { name, client } => agent_token_create(&client, &name).await,
+        AgentTokenCommand::Create {
+            name,
+            labels,
+            capacity,
+            client,
+        } => {
+            let body = kiln_api::AgentTokenBody {
+                name,
+                labels,
+                max_capacity: capacity,
+            };
+            agent_token_create(&client, &body).await
+        }
     }
 }
 
-async fn agent_token_create(args: &ClientArgs, name: &str) -> anyhow::Result<i32> {
+async fn agent_token_create(
+    args: &ClientArgs,
+    body: &kiln_api::AgentTokenBody,
+) -> anyhow::Result<i32> {
     let client = connect(args)?;
-    let created = client.create_agent_token(name).await?;
+    let created = client.create_agent_token(body).await?;
     if args.output == Output::Json {
         return print_json(&created);
     }

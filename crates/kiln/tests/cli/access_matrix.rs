@@ -104,6 +104,8 @@ enum Prepare {
     DoomedUser,
     /// A fresh token of `target`, whose id is the path's `{id}`.
     TargetToken,
+    /// The agent `doomed-agent`, with a token.
+    DoomedAgent,
 }
 
 struct Route {
@@ -353,6 +355,14 @@ fn routes() -> Vec<Route> {
             Nothing,
         ),
         route(Method::GET, "/api/v1/agents", Admin, 200, None, Nothing),
+        route(
+            Method::DELETE,
+            "/api/v1/agents/{agent}",
+            Admin,
+            204,
+            None,
+            DoomedAgent,
+        ),
         route(Method::GET, "/api/v1/audit", Admin, 200, None, Nothing),
     ]
 }
@@ -478,6 +488,19 @@ impl Fixture {
                         Method::POST,
                         "/api/v1/users",
                         Some(json!({"name": "doomed-user"})),
+                    )
+                    .await;
+                assert!(
+                    status == StatusCode::CREATED || status == StatusCode::CONFLICT,
+                    "{answer}"
+                );
+            }
+            Prepare::DoomedAgent => {
+                let (status, answer) = self
+                    .admin(
+                        Method::POST,
+                        "/api/v1/agent-tokens",
+                        Some(json!({"name": "doomed-agent"})),
                     )
                     .await;
                 assert!(
@@ -716,7 +739,8 @@ async fn walk(server: Server) {
                         "target"
                     },
                 )
-                .replace("{id}", id.as_deref().unwrap_or("0"));
+                .replace("{id}", id.as_deref().unwrap_or("0"))
+                .replace("{agent}", "doomed-agent");
             let want = expected(who, route);
             let before = fixture.snapshot().await;
             let (status, answer) = call(
