@@ -473,8 +473,8 @@ fn the_client_docs_commands_do_what_they_say() {
         ),
         ("kiln agents", "kiln agents".into(), "server"),
         (
-            "kiln agent-token create NAME",
-            "kiln agent-token create build-2".into(),
+            "kiln agent-token create NAME [--labels a,b] [--capacity N]",
+            "kiln agent-token create build-2 --labels linux,amd64 --capacity 2".into(),
             "kiln agent --server http://127.0.0.1:9090 --token kiln_agent_",
         ),
         (
