@@ -1243,3 +1243,24 @@ async fn a_hostile_agent_is_refused_everything_and_changes_nothing() {
         "{run}"
     );
 }
+
+#[tokio::test]
+async fn a_heartbeat_listing_more_tasks_than_an_agent_can_run_is_refused() {
+    let server = Harness::start(Duration::from_secs(15)).await;
+    let mut client = server.client().await;
+    let beat = HeartbeatRequest {
+        tasks: (1..=65)
+            .map(|task_id| TaskAttempt {
+                task_id,
+                attempt: 1,
+            })
+            .collect(),
+        draining: false,
+    };
+    let status = client
+        .heartbeat(call(beat, AGENT, Some("a")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status}");
+    assert!(status.message().contains("at most 64"), "{status}");
+}

@@ -126,6 +126,17 @@ fn registration_only() -> GrpcStatus {
     )
 }
 
+/// Refuses a list of running tasks longer than any agent may run: each is
+/// a database call, so the list is bounded.
+fn check_task_list(length: usize) -> Result<(), GrpcStatus> {
+    if length as i64 > MAX_CAPACITY {
+        return Err(GrpcStatus::invalid_argument(format!(
+            "{length} tasks listed; an agent runs at most {MAX_CAPACITY}"
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses labels or a capacity beyond what the agent's token grants.
 fn check_grant(caller: &AgentCaller, labels: &[String], capacity: u32) -> Result<(), GrpcStatus> {
     if let Some(granted) = &caller.labels {
@@ -403,6 +414,7 @@ impl<D: Database> Agent for AgentService<D> {
             return Err(GrpcStatus::invalid_argument("capacity must be at least 1"));
         }
         check_grant(&caller, &hello.labels, hello.capacity)?;
+        check_task_list(hello.running.len())?;
         // Assignments that never reached it (sent into a session it had
         // already left, or lost with a server that stopped) go back to the
         // queue now rather than when their lease runs out. Before the new
@@ -545,6 +557,7 @@ impl<D: Database> Agent for AgentService<D> {
     ) -> Result<Response<HeartbeatResponse>, GrpcStatus> {
         let agent = self.agent_of(&request).await?;
         let beat = request.into_inner();
+        check_task_list(beat.tasks.len())?;
         let until =
             Utc::now() + chrono::Duration::from_std(self.state.agents.lease).unwrap_or_default();
         let mut answer = HeartbeatResponse::default();
