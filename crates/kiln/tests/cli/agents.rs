@@ -18,7 +18,7 @@ const AGENT_TOKEN: &str = "kiln_agent_shared_test_token";
 pub(crate) struct Agent {
     child: Child,
     pub(crate) output: Arc<Mutex<String>>,
-    _work_dir: tempfile::TempDir,
+    work_dir: Option<tempfile::TempDir>,
 }
 
 impl Agent {
@@ -35,6 +35,19 @@ impl Agent {
         executor: &str,
     ) -> Agent {
         let work_dir = tempfile::tempdir().unwrap();
+        Agent::start_in(server, name, labels, capacity, executor, work_dir)
+    }
+
+    /// [`Agent::start_with`] in a work directory an earlier run of the
+    /// agent left (with the token its registration gave it).
+    pub(crate) fn start_in(
+        server: &Server,
+        name: &str,
+        labels: &str,
+        capacity: u32,
+        executor: &str,
+        work_dir: tempfile::TempDir,
+    ) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args([
                 "agent",
@@ -81,8 +94,15 @@ impl Agent {
         Agent {
             child,
             output,
-            _work_dir: work_dir,
+            work_dir: Some(work_dir),
         }
+    }
+
+    /// SIGKILL; returns the work directory, to start the agent again in.
+    pub(crate) fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.work_dir.take().expect("the work directory")
     }
 
     fn signal(&self, signal: &str) {

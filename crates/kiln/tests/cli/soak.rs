@@ -207,7 +207,7 @@ fn kill_loop(
         }
         let i = rng.below(AGENTS as u64) as usize;
         let name = format!("soak-{}", i + 1);
-        drop(agents[i].take()); // SIGKILL, then reaped
+        let work_dir = agents[i].take().map(Agent::kill); // SIGKILL, then reaped
         let n = kills.fetch_add(1, Ordering::SeqCst) + 1;
         let pause = rng.millis(0, 2_500);
         eprintln!(
@@ -216,7 +216,11 @@ fn kill_loop(
         );
         // The restart happens even once told to stop: every agent comes back.
         std::thread::sleep(pause);
-        agents[i] = Some(Agent::start(&server, &name, "linux", CAPACITY));
+        // In its work directory, where its own token is.
+        let work_dir = work_dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+        agents[i] = Some(Agent::start_in(
+            &server, &name, "linux", CAPACITY, "process", work_dir,
+        ));
     }
     agents
 }
