@@ -505,7 +505,7 @@ mod tests {
         forms.push((upper.clone().into_bytes(), upper.into_bytes()));
         forms.push((lower.clone().into_bytes(), lower.into_bytes()));
         let json = serde_json::to_string(&serde_json::json!({ "k": secret })).unwrap();
-        let escaped = json["{\"k\":\"".len()..json.len() - 2].as_bytes().to_vec();
+        let escaped = json.as_bytes()["{\"k\":\"".len()..json.len() - 2].to_vec();
         forms.push((json.into_bytes(), escaped));
         forms
     }
