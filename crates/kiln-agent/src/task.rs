@@ -201,7 +201,8 @@ async fn prepare(
             LogStream::System,
             format!(
                 "--- fetching {} at {}\n",
-                assignment.repository, assignment.sha
+                kiln_git::redact_url(&assignment.repository),
+                assignment.sha
             )
             .as_bytes(),
         );

@@ -421,7 +421,7 @@ async fn runs_a_freestyle_task_and_reports_everything() {
     }
     let mut task = assignment(
         1,
-        "echo hello from $KILN_AGENT\necho token=$API_TOKEN\necho built > out.txt\necho '<testsuite name=\"s\" tests=\"0\"/>' > report.xml",
+        "echo hello from $KILN_AGENT\necho token=$API_TOKEN\necho built > out.txt\necho \"<testsuite name=\\\"$API_TOKEN $(printf %s $API_TOKEN | base64)\\\" tests=\\\"0\\\"/>\" > report.xml",
         "    secrets: [API_TOKEN]\n    artifacts:\n      paths: [out.txt]\n    reports:\n      junit: [report.xml]\n",
     );
     task.secrets = vec![Secret {
@@ -470,12 +470,41 @@ async fn runs_a_freestyle_task_and_reports_everything() {
         assert_eq!(state.reports.len(), 1);
         assert_eq!(state.reports[0].kind, "junit");
         assert_eq!(state.reports[0].path, "report.xml");
+        // The report is masked as the log is, encoded forms included.
+        let report = String::from_utf8_lossy(&state.reports[0].data);
+        assert!(report.contains("name=\"*** ***\""), "report: {report}");
     }
     h.shutdown.cancel();
     let ended = tokio::time::timeout(Duration::from_secs(10), h.agent)
         .await
         .expect("the agent exits when idle and shut down");
     assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+    drop(h.server);
+}
+
+#[tokio::test]
+async fn a_repository_password_is_never_shown() {
+    let h = start().await;
+    let mut task = assignment(9, "true", "");
+    // Nothing listens there: the fetch fails, after saying what it fetches.
+    task.repository = "http://deploy:pa55-w0rd@127.0.0.1:9/app.git".into();
+    task.sha = "0123456789abcdef0123456789abcdef01234567".into();
+    h.fake.send(server_message::Kind::Assignment(task));
+    h.fake
+        .wait_for("the end of the task", Duration::from_secs(60), |s| {
+            !s.finished.is_empty()
+        })
+        .await;
+    let (finish, _) = h.fake.finish_of(9).expect("task 9 finished");
+    let log = h.fake.log_text(9);
+    assert!(
+        log.contains("--- fetching http://***@127.0.0.1:9/app.git at 0123456"),
+        "log: {log}"
+    );
+    for shown in [&log, &finish.reason] {
+        assert!(!shown.contains("pa55-w0rd"), "{shown}");
+    }
+    h.shutdown.cancel();
     drop(h.server);
 }
 

@@ -324,23 +324,35 @@ impl PartialSchema for SecretName {
 }
 
 checked_string! {
-    /// A secret's value: never empty, at most [`SecretValue::MAX_CHARS`]
-    /// characters (Unicode scalar values, as JSON Schema counts them).
+    /// A secret's value: [`SecretValue::MIN_CHARS`] to
+    /// [`SecretValue::MAX_CHARS`] characters (Unicode scalar values, as JSON
+    /// Schema counts them).
     SecretValue
 }
 
 impl SecretValue {
+    /// Task output is masked wherever a value appears: a shorter one would
+    /// mask every occurrence of a few common characters, and be guessed.
+    pub const MIN_CHARS: usize = 4;
     pub const MAX_CHARS: usize = 64 * 1024;
 
     fn check(value: &str) -> Result<(), String> {
         // Bytes bound characters from above: count only when it matters.
-        if value.is_empty()
-            || (value.len() > SecretValue::MAX_CHARS
-                && value.chars().count() > SecretValue::MAX_CHARS)
-        {
+        let too_short = value.len() < SecretValue::MIN_CHARS
+            || (value.len() < 4 * SecretValue::MIN_CHARS
+                && value.chars().count() < SecretValue::MIN_CHARS);
+        let too_long =
+            value.len() > SecretValue::MAX_CHARS && value.chars().count() > SecretValue::MAX_CHARS;
+        if too_short || too_long {
             Err(format!(
-                "a secret's value must be 1 to {} characters",
-                SecretValue::MAX_CHARS
+                "a secret's value must be {} to {} characters{}",
+                SecretValue::MIN_CHARS,
+                SecretValue::MAX_CHARS,
+                if too_short {
+                    ": task output is masked wherever the value appears, and a shorter one would hide common text"
+                } else {
+                    ""
+                }
             ))
         } else {
             Ok(())
@@ -352,7 +364,7 @@ impl PartialSchema for SecretValue {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
             .schema_type(SchemaType::Type(Type::String))
-            .min_length(Some(1))
+            .min_length(Some(SecretValue::MIN_CHARS))
             .max_length(Some(SecretValue::MAX_CHARS))
             .description(Some("The value; it can never be read back."))
             .into()

@@ -158,10 +158,18 @@ fn rules_by_example() {
 #[test]
 fn secret_values_are_counted_in_characters() {
     assert!(SecretValue::new("").is_err());
+    // Three characters of six bytes are still too short; four of one byte
+    // are enough.
+    let short = SecretValue::new("ééé").unwrap_err().to_string();
+    assert!(
+        short.contains("4 to 65536") && short.contains("masked"),
+        "{short}"
+    );
+    assert!(SecretValue::new("abcd").is_ok());
     assert!(SecretValue::new("é".repeat(SecretValue::MAX_CHARS)).is_ok());
     assert!(SecretValue::new("x".repeat(SecretValue::MAX_CHARS + 1)).is_err());
     let schema = serde_json::to_value(SecretValue::schema()).unwrap();
-    assert_eq!(schema["minLength"], 1);
+    assert_eq!(schema["minLength"], SecretValue::MIN_CHARS);
     assert_eq!(schema["maxLength"], SecretValue::MAX_CHARS);
 }
 

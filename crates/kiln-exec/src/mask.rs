@@ -1,56 +1,99 @@
 //! Masking of secret values in task output.
 //!
+//! A secret leaks in more forms than its own bytes: tools print it base64-,
+//! percent- or JSON-encoded. [`Masker`] replaces each of those forms too,
+//! all found in one pass by an Aho-Corasick automaton built once per task.
+//!
 //! Output arrives in arbitrary chunks, so a secret may be split across two
 //! writes. [`Masker`] holds back the shortest tail that could still grow into
-//! a secret and releases it once the next chunk (or the end) shows it cannot.
+//! a masked form (never more than the longest form less one byte) and
+//! releases it once the next chunk (or the end) shows it cannot.
 //! [`MaskedEvents`], which every executor writes its log through, also keeps
 //! that log in order and in lines.
 
 use std::sync::{Arc, Mutex};
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 
 use crate::{LogStream, StepResult, TaskEvents};
 
 /// What a secret value is replaced with.
 pub const MASK: &[u8] = b"***";
 
-/// A streaming replacer of secret values by [`MASK`].
+/// Forms derived from a value — its lines, its encodings — are masked only
+/// from this many characters: a line such as `}`, or the one base64
+/// character of a one-byte value, would mask that character everywhere. It
+/// matches the shortest value the API and `kiln run` accept
+/// (`kiln_api::fields::SecretValue`); a shorter value stored before that
+/// rule is still masked as it is.
+const SHORTEST_DERIVED: usize = 4;
+
+/// A streaming replacer of secret values, and of their encoded forms, by
+/// [`MASK`].
 ///
 /// A secret that itself contains `*` may still be recognisable next to a mask
 /// (`a**` before `*`); values are assumed not to be made of mask characters.
 #[derive(Debug, Clone)]
 pub struct Masker {
-    /// Longest first, so that overlapping values mask as much as possible.
-    secrets: Vec<Vec<u8>>,
+    patterns: Option<Patterns>,
     pending: Vec<u8>,
+}
+
+/// Every form of every secret; shared by the clones of one task's masker.
+#[derive(Debug, Clone)]
+struct Patterns {
+    /// Leftmost-longest, so that overlapping forms mask as much as possible
+    /// and the result does not depend on where the output was cut.
+    automaton: Arc<AhoCorasick>,
+    /// The same forms, sorted, to find a tail that may grow into one.
+    sorted: Arc<Vec<Vec<u8>>>,
 }
 
 impl Masker {
     /// Masks each non-empty value and, for multi-line values, each of their
-    /// lines too, since tools often print such values one line at a time.
+    /// lines too, since tools often print such values one line at a time;
+    /// each in every form [`encoded_forms`] lists.
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut secrets: Vec<Vec<u8>> = Vec::new();
+        let mut forms: Vec<Vec<u8>> = Vec::new();
         for value in values {
-            let mut push = |candidate: &str| {
-                if !candidate.is_empty() && !secrets.iter().any(|s| s == candidate.as_bytes()) {
-                    secrets.push(candidate.as_bytes().to_vec());
-                }
-            };
-            push(value);
+            if value.is_empty() {
+                continue;
+            }
+            if value.chars().count() < SHORTEST_DERIVED {
+                forms.push(value.as_bytes().to_vec());
+                continue;
+            }
+            forms.extend(encoded_forms(value));
             if value.contains('\n') {
                 for line in value.lines().map(|l| l.trim_end_matches('\r')) {
-                    push(line);
+                    if line.chars().count() >= SHORTEST_DERIVED {
+                        forms.extend(encoded_forms(line));
+                    }
                 }
             }
         }
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        forms.retain(|form| !form.is_empty());
+        forms.sort_unstable();
+        forms.dedup();
+        let patterns = (!forms.is_empty()).then(|| Patterns {
+            automaton: Arc::new(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&forms)
+                    .expect("a few secrets' forms fit any automaton"),
+            ),
+            sorted: Arc::new(forms),
+        });
         Masker {
-            secrets,
+            patterns,
             pending: Vec::new(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.secrets.is_empty()
+        self.patterns.is_none()
     }
 
     /// The values of the secrets `spec` carries, for masking Kiln's own
@@ -61,60 +104,135 @@ impl Masker {
 
     /// Masks `chunk` and returns what can be shown now.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
-        if self.secrets.is_empty() {
+        let Some(patterns) = &self.patterns else {
             return chunk.to_vec();
-        }
+        };
         let mut input = std::mem::take(&mut self.pending);
         input.extend_from_slice(chunk);
         let mut out = Vec::with_capacity(input.len());
-        let used = self.mask_into(&input, &mut out, false);
+        let used = patterns.mask_into(&input, &mut out, false);
         self.pending = input[used..].to_vec();
         out
     }
 
-    /// Releases what was held back; call once the stream has ended.
+    /// Releases what was held back, masked; call once the stream has ended.
     pub fn finish(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.pending)
+        let pending = std::mem::take(&mut self.pending);
+        match &self.patterns {
+            Some(patterns) => {
+                let mut out = Vec::with_capacity(pending.len());
+                patterns.mask_into(&pending, &mut out, true);
+                out
+            }
+            None => pending,
+        }
     }
 
     /// `text` masked as a whole, e.g. a note or a file name known at once;
     /// what this masker holds back from [`Masker::push`] is left alone.
     pub fn mask_str(&self, text: &str) -> String {
-        if self.secrets.is_empty() {
+        let Some(patterns) = &self.patterns else {
             return text.to_string();
-        }
+        };
         let mut out = Vec::with_capacity(text.len());
-        self.mask_into(text.as_bytes(), &mut out, true);
-        // Only whole values are replaced, and they are valid UTF-8 like the
-        // text around them.
+        patterns.mask_into(text.as_bytes(), &mut out, true);
+        // Every form is whole UTF-8 (the values are strings, the encodings
+        // ASCII), so replacing one keeps the text valid.
         String::from_utf8_lossy(&out).into_owned()
     }
+}
 
-    /// Appends `input` to `out` with secrets replaced; returns how much of
-    /// `input` was used. Unless `complete`, a tail that may be the start of
-    /// a secret is left unused.
+impl Patterns {
+    /// Appends `input` to `out` with every form replaced; returns how much
+    /// of `input` was used. Unless `complete`, a tail that may be the start
+    /// of a form is left unused.
     fn mask_into(&self, input: &[u8], out: &mut Vec<u8>, complete: bool) -> usize {
+        // Every match that starts before `open` is final: what follows
+        // cannot make it longer, nor an earlier one appear.
+        let open = if complete {
+            input.len()
+        } else {
+            self.open_tail(input)
+        };
         let mut at = 0;
-        while at < input.len() {
-            let rest = &input[at..];
-            if let Some(secret) = self.secrets.iter().find(|s| rest.starts_with(s)) {
-                out.extend_from_slice(MASK);
-                at += secret.len();
-            } else if !complete
-                && self
-                    .secrets
-                    .iter()
-                    .any(|s| s.len() > rest.len() && s.starts_with(rest))
-            {
-                // The chunk ends inside what may be a secret: wait for more.
+        for found in self.automaton.find_iter(input) {
+            if found.start() >= open {
                 break;
-            } else {
-                out.push(input[at]);
-                at += 1;
+            }
+            out.extend_from_slice(&input[at..found.start()]);
+            out.extend_from_slice(MASK);
+            at = found.end();
+        }
+        let used = at.max(open);
+        out.extend_from_slice(&input[at..used]);
+        used
+    }
+
+    /// Where the shortest tail of `input` starts that is a proper prefix of
+    /// some form: the length of `input` if none is.
+    fn open_tail(&self, input: &[u8]) -> usize {
+        let longest = self.automaton.max_pattern_len();
+        // A tail as long as the longest form is a prefix of none.
+        let first = input.len().saturating_sub(longest - 1);
+        (first..input.len())
+            .find(|&start| {
+                let tail = &input[start..];
+                let next = self.sorted.partition_point(|form| form.as_slice() < tail);
+                self.sorted
+                    .get(next)
+                    .is_some_and(|form| form.len() > tail.len() && form.starts_with(tail))
+            })
+            .unwrap_or(input.len())
+    }
+}
+
+/// The forms in which `value` is masked: its bytes; base64 with the standard
+/// and URL-safe alphabets, whole (padded and not) and as the characters that
+/// depend on its bytes alone when it sits at offset 0, 1 or 2 of a longer
+/// encoded stream; percent-encoded (RFC 3986 unreserved characters kept,
+/// upper- and lower-case hex); and JSON-escaped as inside a string.
+pub fn encoded_forms(value: &str) -> Vec<Vec<u8>> {
+    let bytes = value.as_bytes();
+    let mut forms = vec![bytes.to_vec()];
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        forms.push(engine.encode(bytes).into_bytes());
+    }
+    for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+        for offset in 0..3 {
+            let mut stream = vec![0; offset];
+            stream.extend_from_slice(bytes);
+            let encoded = engine.encode(&stream).into_bytes();
+            // Character i holds bits 6i..6i+6 of the stream; the value's
+            // bits are 8*offset..8*(offset+len).
+            let first = (8 * offset).div_ceil(6);
+            let end = 8 * (offset + bytes.len()) / 6;
+            if first < end {
+                forms.push(encoded[first..end].to_vec());
             }
         }
-        at
     }
+    forms.push(percent_encoded(bytes, b"0123456789ABCDEF"));
+    forms.push(percent_encoded(bytes, b"0123456789abcdef"));
+    let json = serde_json::to_string(value).expect("a string always serializes");
+    forms.push(json.as_bytes()[1..json.len() - 1].to_vec());
+    forms
+}
+
+/// `bytes` as `urlencode` writes them: unreserved characters as they are.
+fn percent_encoded(bytes: &[u8], hex: &[u8; 16]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() * 3);
+    for &byte in bytes {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte);
+        } else {
+            out.extend_from_slice(&[
+                b'%',
+                hex[usize::from(byte >> 4)],
+                hex[usize::from(byte & 15)],
+            ]);
+        }
+    }
+    out
 }
 
 /// A [`TaskEvents`] sink that masks output before passing it on, and keeps
@@ -228,7 +346,10 @@ mod tests {
     use super::*;
 
     fn mask_chunks(secrets: &[&str], chunks: &[&[u8]]) -> Vec<u8> {
-        let mut masker = Masker::new(secrets.iter().copied());
+        through(Masker::new(secrets.iter().copied()), chunks)
+    }
+
+    fn through(mut masker: Masker, chunks: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for chunk in chunks {
             out.extend(masker.push(chunk));
@@ -316,28 +437,145 @@ mod tests {
         assert_eq!(mask_chunks(&[key], &[b"x AAAABBBB y"]), b"x *** y");
     }
 
-    proptest::proptest! {
-        #[test]
-        fn masked_output_never_contains_a_secret(
-            secret in "[a-zA-Z0-9=+/_-]{1,24}",
-            noise in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..16), 0..8),
-            cuts in proptest::collection::vec(0usize..64, 0..8),
-        ) {
-            // Interleave the secret with noise, then cut the stream at arbitrary points.
-            let mut stream = Vec::new();
-            for part in &noise {
-                stream.extend_from_slice(part);
-                stream.extend_from_slice(secret.as_bytes());
+    #[test]
+    fn masks_encoded_forms() {
+        let masker = Masker::new(["hunter2?"]);
+        for (shown, masked) in [
+            // base64 of the value alone, padded and not, both alphabets.
+            ("aHVudGVyMj8=", "***"),
+            ("aHVudGVyMj8", "***"),
+            ("aHVudGVyMj8 x", "*** x"),
+            // `Authorization: Basic` of `user:hunter2?`, the value at offset 2.
+            ("dXNlcjpodW50ZXIyPw==", "dXNlcjp***w=="),
+            ("hunter2%3F", "***"),
+            ("hunter2%3f", "***"),
+            ("{\"pw\":\"hunter2?\"}", "{\"pw\":\"***\"}"),
+        ] {
+            assert_eq!(masker.mask_str(shown), masked, "{shown}");
+        }
+        let quoted = Masker::new(["a\"b\\c\nd"]);
+        assert_eq!(quoted.mask_str(r#"{"k":"a\"b\\c\nd"}"#), r#"{"k":"***"}"#);
+        assert_eq!(
+            Masker::new(["/x+y?"]).mask_str("L3greT8 -_x-y_w"),
+            "*** -_x-y_w"
+        );
+    }
+
+    #[test]
+    fn short_values_mask_only_themselves() {
+        // Stored before values had to be 4 characters: "YQ" (base64 of "a")
+        // and the lines of a short value are left alone.
+        let masker = Masker::new(["a", "}\nkey-line\n}"]);
+        assert_eq!(masker.mask_str("YQ== a }"), "YQ== *** }");
+        assert_eq!(masker.mask_str("{ key-line }"), "{ *** }");
+    }
+
+    /// Each form a secret may be shown in, embedded in `before`/`after`
+    /// bytes, and the part of it that depends on the secret alone: what the
+    /// masked output must never contain.
+    fn shown_forms(secret: &str, before: &[u8], after: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+        let bytes = secret.as_bytes();
+        let mut forms = vec![(bytes.to_vec(), bytes.to_vec())];
+        for engine in [&STANDARD, &URL_SAFE] {
+            for offset in 0..3 {
+                // The secret at `offset` of a longer encoded stream, written
+                // by the encoder rather than derived as the masker does.
+                let prefix = &before[..offset.min(before.len())];
+                let mut stream = prefix.to_vec();
+                stream.extend_from_slice(bytes);
+                stream.extend_from_slice(after);
+                let encoded = engine.encode(&stream).into_bytes();
+                let first = (8 * prefix.len()).div_ceil(6);
+                let end = 8 * (prefix.len() + bytes.len()) / 6;
+                forms.push((encoded.clone(), encoded[first..end].to_vec()));
             }
+        }
+        let mut upper = String::new();
+        let mut lower = String::new();
+        for &b in bytes {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                upper.push(char::from(b));
+                lower.push(char::from(b));
+            } else {
+                upper.push_str(&format!("%{b:02X}"));
+                lower.push_str(&format!("%{b:02x}"));
+            }
+        }
+        forms.push((upper.clone().into_bytes(), upper.into_bytes()));
+        forms.push((lower.clone().into_bytes(), lower.into_bytes()));
+        let json = serde_json::to_string(&serde_json::json!({ "k": secret })).unwrap();
+        let escaped = json.as_bytes()["{\"k\":\"".len()..json.len() - 2].to_vec();
+        forms.push((json.into_bytes(), escaped));
+        forms
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    fn check_every_form(
+        secret: &str,
+        before: &[u8],
+        after: &[u8],
+        cuts: &[usize],
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        // Built once: the automaton is what takes time in a debug build.
+        let masker = Masker::new([secret]);
+        for (form, inner) in shown_forms(secret, before, after) {
+            let mut stream = before.to_vec();
+            stream.extend_from_slice(&form);
+            stream.extend_from_slice(after);
+            // Every cut into two chunks…
+            for cut in 0..=stream.len() {
+                let out = through(masker.clone(), &[&stream[..cut], &stream[cut..]]);
+                proptest::prop_assert!(
+                    !contains(&out, &inner),
+                    "{:?} leaked cut at {cut}: {:?}",
+                    String::from_utf8_lossy(&inner),
+                    String::from_utf8_lossy(&out)
+                );
+            }
+            // …and into many.
             let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
             points.sort_unstable();
             let mut chunks = Vec::new();
             let mut last = 0;
-            for p in points { chunks.push(&stream[last..p]); last = p; }
+            for p in points {
+                chunks.push(&stream[last..p]);
+                last = p;
+            }
             chunks.push(&stream[last..]);
-            let out = mask_chunks(&[&secret], &chunks);
-            let found = out.windows(secret.len()).any(|w| w == secret.as_bytes());
-            proptest::prop_assert!(!found, "secret leaked: {:?}", String::from_utf8_lossy(&out));
+            let out = through(masker.clone(), &chunks);
+            proptest::prop_assert!(
+                !contains(&out, &inner),
+                "leaked: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_form_of_a_printable_secret_survives_any_cut(
+            secret in "[ -)+-~]{4,20}",
+            before in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+            after in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+            cuts in proptest::collection::vec(0usize..128, 0..8),
+        ) {
+            check_every_form(&secret, &before, &after, &cuts)?;
+        }
+
+        #[test]
+        fn no_form_of_an_arbitrary_secret_survives_any_cut(
+            // Any characters but the mask's own (see `Masker`).
+            secret in "[^*]{4,12}",
+            before in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+            after in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+            cuts in proptest::collection::vec(0usize..128, 0..8),
+        ) {
+            check_every_form(&secret, &before, &after, &cuts)?;
         }
 
         #[test]

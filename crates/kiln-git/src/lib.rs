@@ -904,8 +904,9 @@ pub fn check_url(url: &str) -> Result<()> {
     bad("supported are file://, http://, https://, git:// and absolute or ./relative paths")
 }
 
-/// `user:password@` removed from a URL.
-fn redact_url(url: &str) -> String {
+/// A repository URL as it may be shown — in a log, a console, an error —
+/// with any `user:password@` replaced by `***@`.
+pub fn redact_url(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {
         let authority_end = rest.find('/').unwrap_or(rest.len());
         if let Some(at) = rest[..authority_end].rfind('@') {

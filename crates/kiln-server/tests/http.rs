@@ -286,14 +286,14 @@ async fn unknown_and_invalid_fields_are_422_problems() {
         (
             Method::PUT,
             "/api/v1/jobs/app/secrets/TOKEN",
-            json!({"value": ""}),
-            "1 to 65536",
+            json!({"value": "abc"}),
+            "4 to 65536",
         ),
         (
             Method::PUT,
             "/api/v1/jobs/app/secrets/TOKEN",
             json!({"value": "x".repeat(65537)}),
-            "1 to 65536",
+            "4 to 65536",
         ),
         (
             Method::POST,

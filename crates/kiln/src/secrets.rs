@@ -26,7 +26,9 @@ pub fn collect(
             };
             let name = checked_name(name.trim())
                 .with_context(|| format!("{}:{}", file.display(), number + 1))?;
-            secrets.insert(name, unquote(value.trim()).to_string());
+            let value = checked_value(&name, unquote(value.trim()))
+                .with_context(|| format!("{}:{}", file.display(), number + 1))?;
+            secrets.insert(name, value);
         }
     }
     for flag in flags {
@@ -39,7 +41,9 @@ pub fn collect(
                 (flag.as_str(), value)
             }
         };
-        secrets.insert(checked_name(name)?, value);
+        let name = checked_name(name)?;
+        let value = checked_value(&name, &value)?;
+        secrets.insert(name, value);
     }
     Ok(secrets)
 }
@@ -56,6 +60,15 @@ fn checked_name(name: &str) -> anyhow::Result<String> {
         );
     }
     Ok(name.to_string())
+}
+
+/// The server's rule for a value, so that a pipeline that runs locally can
+/// have its secrets set on the server as they are.
+fn checked_value(name: &str, value: &str) -> anyhow::Result<String> {
+    match kiln_api::fields::SecretValue::new(value) {
+        Ok(_) => Ok(value.to_string()),
+        Err(reason) => bail!("secret `{name}`: {reason}"),
+    }
 }
 
 fn unquote(value: &str) -> &str {
@@ -78,14 +91,34 @@ mod tests {
     fn flags_and_files() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("secrets.env");
-        std::fs::write(&file, "# comment\nA=1\nexport B=\"two words\"\n\nC='x=y'\n").unwrap();
+        std::fs::write(
+            &file,
+            "# comment\nA=1234\nexport B=\"two words\"\n\nC='x=y+z'\n",
+        )
+        .unwrap();
         let secrets = collect(&["A=override".to_string()], &[&file]).unwrap();
         assert_eq!(secrets["A"], "override");
         assert_eq!(secrets["B"], "two words");
-        assert_eq!(secrets["C"], "x=y");
+        assert_eq!(secrets["C"], "x=y+z");
         assert!(collect(&["1BAD=x".to_string()], &[] as &[&Path]).is_err());
         std::fs::write(&file, "novalue\n").unwrap();
         let err = collect(&[], &[&file]).unwrap_err().to_string();
         assert!(err.contains(":1: expected NAME=VALUE"), "{err}");
+    }
+
+    #[test]
+    fn values_shorter_than_the_server_takes_are_refused() {
+        let err = collect(&["PIN=123".to_string()], &[] as &[&Path])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("secret `PIN`") && err.contains("4 to 65536") && err.contains("masked"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secrets.env");
+        std::fs::write(&file, "OK=long-enough\nPIN='12'\n").unwrap();
+        let err = format!("{:#}", collect(&[], &[&file]).unwrap_err());
+        assert!(err.contains(":2") && err.contains("4 to 65536"), "{err}");
     }
 }

@@ -470,7 +470,7 @@ impl Fixture {
                 self.admin_ok(
                     Method::PUT,
                     "/api/v1/jobs/app/secrets/DOOMED",
-                    Some(json!({"value": "x"})),
+                    Some(json!({"value": "doomed-value"})),
                 )
                 .await;
             }
