@@ -709,7 +709,9 @@ mod tests {
             );
         }
 
-        let secret = kiln_api::SecretBody { value: "s".into() };
+        let secret = kiln_api::SecretBody {
+            value: "s3cret".into(),
+        };
         serde_json::from_value::<SecretValueBody>(client_form(&secret)).unwrap();
         let token = kiln_api::AgentTokenBody {
             name: "host-1".into(),
