@@ -25,6 +25,8 @@ pub struct AppState<D> {
     pub report_lock: Arc<tokio::sync::Mutex<()>>,
     /// The largest report file an agent may upload, in bytes.
     pub max_report_size: u64,
+    /// The server terminates TLS itself: session cookies get `Secure`.
+    pub tls: bool,
 }
 
 impl<D: Clone> Clone for AppState<D> {
@@ -40,6 +42,7 @@ impl<D: Clone> Clone for AppState<D> {
             runs: self.runs.clone(),
             report_lock: self.report_lock.clone(),
             max_report_size: self.max_report_size,
+            tls: self.tls,
         }
     }
 }
