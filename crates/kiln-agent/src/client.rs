@@ -167,7 +167,12 @@ mod tests {
         for host in ["127.0.0.1", "127.8.9.10", "[::1]", "localhost", "LOCALHOST"] {
             assert!(is_loopback(host), "{host}");
         }
-        for host in ["10.255.255.1", "[::2]", "localhost.example.com", "example.com"] {
+        for host in [
+            "10.255.255.1",
+            "[::2]",
+            "localhost.example.com",
+            "example.com",
+        ] {
             assert!(!is_loopback(host), "{host}");
         }
     }

@@ -146,7 +146,11 @@ impl Client {
 
     /// [`Client::new`], trusting for an `https://` server the PEM
     /// certificates in `ca_cert` (a private CA) besides the system's roots.
-    pub fn with_ca_cert(server: &str, token: Option<&str>, ca_cert: Option<&[u8]>) -> Result<Client> {
+    pub fn with_ca_cert(
+        server: &str,
+        token: Option<&str>,
+        ca_cert: Option<&[u8]>,
+    ) -> Result<Client> {
         let base = normalize_server(server)?;
         let mut headers = HeaderMap::new();
         if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {

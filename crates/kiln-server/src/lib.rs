@@ -297,12 +297,7 @@ pub async fn serve_with_tls<D: Database>(
             let scheduler =
                 tokio::spawn(scheduler::run_dispatcher(state.clone(), shutdown.clone()));
             let local = grpc_local.map(|listener| {
-                tokio::spawn(grpc::serve(
-                    state.clone(),
-                    listener,
-                    None,
-                    shutdown.clone(),
-                ))
+                tokio::spawn(grpc::serve(state.clone(), listener, None, shutdown.clone()))
             });
             let result = grpc::serve(state, listener, grpc_tls, shutdown.clone()).await;
             let _ = scheduler.await;

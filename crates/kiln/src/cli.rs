@@ -176,7 +176,12 @@ pub struct TlsArgs {
     pub tls_key: Option<PathBuf>,
     /// PEM CA certificate(s): agents must present a client certificate
     /// signed by one to use the gRPC port.
-    #[arg(long, env = "KILN_CLIENT_CA", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "KILN_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub client_ca: Option<PathBuf>,
 }
 

@@ -172,7 +172,10 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
     let ca_cert = match &args.ca_cert {
         Some(path) => Some(std::fs::read(path).with_context(|| {
-            format!("cannot read the CA certificate (--ca-cert) {}", path.display())
+            format!(
+                "cannot read the CA certificate (--ca-cert) {}",
+                path.display()
+            )
         })?),
         None => None,
     };
