@@ -7,7 +7,7 @@ use kiln_proto::v1::agent_client::AgentClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
 use crate::{AgentConfig, AgentError};
@@ -34,8 +34,32 @@ impl Interceptor for Auth {
 /// away, so a restart of the server never needs a new client.
 pub(crate) fn client(config: &AgentConfig) -> Result<Client, AgentError> {
     check_scheme(&config.server)?;
-    let endpoint = Endpoint::from_shared(config.server.clone())
-        .map_err(|e| AgentError::InvalidServer(config.server.clone(), e.to_string()))?
+    let invalid = |why: String| AgentError::InvalidServer(config.server.clone(), why);
+    let mut endpoint =
+        Endpoint::from_shared(config.server.clone()).map_err(|e| invalid(e.to_string()))?;
+    if endpoint.uri().scheme_str() == Some("https") {
+        let mut tls = ClientTlsConfig::new();
+        tls = match &config.ca_cert {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
+            None => tls.with_native_roots(),
+        };
+        if let Some((cert, key)) = &config.client_identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| invalid(format!("TLS: {}", innermost(&e))))?;
+    } else if !config.insecure
+        && let Some(host) = endpoint.uri().host()
+        && !is_loopback(host)
+    {
+        return Err(invalid(format!(
+            "refusing to send the agent token in clear text to `{host}`, which is not a \
+             loopback address: use `https://` (the server's --tls-cert), or pass --insecure \
+             to send it over a network you trust"
+        )));
+    }
+    let endpoint = endpoint
         .connect_timeout(config.connect_timeout)
         .tcp_keepalive(Some(Duration::from_secs(30)))
         // HTTP/2 pings notice a server that vanished without closing the
@@ -76,6 +100,26 @@ fn check_scheme(server: &str) -> Result<(), AgentError> {
     }
 }
 
+/// Whether `host` (of a URL: IPv6 in brackets) is this machine: 127.0.0.0/8,
+/// `::1` or `localhost`. Names are not resolved: one that resolves to
+/// loopback today may not tomorrow.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The last cause of `error`, which says what is wrong with a file.
+fn innermost(error: &dyn std::error::Error) -> String {
+    let mut error = error;
+    while let Some(source) = error.source() {
+        error = source;
+    }
+    error.to_string()
+}
+
 /// Whether a failed call about a task means the task is no longer ours.
 pub(crate) fn is_lost(status: &Status) -> bool {
     matches!(status.code(), Code::PermissionDenied | Code::NotFound)
@@ -111,5 +155,25 @@ pub(crate) fn describe(status: &Status) -> String {
         Some(error) => format!("{}: {error}", status.message()),
         None if status.message().is_empty() => format!("{:?}", status.code()),
         None => status.message().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn loopback_is_this_machine_only() {
+        for host in ["127.0.0.1", "127.8.9.10", "[::1]", "localhost", "LOCALHOST"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "10.255.255.1",
+            "[::2]",
+            "localhost.example.com",
+            "example.com",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+        }
     }
 }

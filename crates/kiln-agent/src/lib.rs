@@ -95,6 +95,12 @@ pub struct AgentConfig {
     /// the agent's queue and chunk buffer); kept up to date as the agent
     /// runs, for tests and diagnostics. It stays near [`LOG_BUDGET`].
     pub log_held_peak: Arc<AtomicUsize>,
+    /// PEM roots trusted for an `https://` server instead of the system's.
+    pub ca_cert: Option<Vec<u8>>,
+    /// PEM certificate and key presented to a server that asks for one.
+    pub client_identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// Send the token over `http://` to an address that is not loopback.
+    pub insecure: bool,
 }
 
 impl AgentConfig {
@@ -117,6 +123,9 @@ impl AgentConfig {
             base_env: Vec::new(),
             on_link: None,
             log_held_peak: Arc::new(AtomicUsize::new(0)),
+            ca_cert: None,
+            client_identity: None,
+            insecure: false,
         }
     }
 }

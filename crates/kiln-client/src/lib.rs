@@ -141,6 +141,16 @@ impl Client {
     /// A client for the server at `server` (`http://` is assumed when no
     /// scheme is given), sending `token` as a bearer token when there is one.
     pub fn new(server: &str, token: Option<&str>) -> Result<Client> {
+        Client::with_ca_cert(server, token, None)
+    }
+
+    /// [`Client::new`], trusting for an `https://` server the PEM
+    /// certificates in `ca_cert` (a private CA) besides the system's roots.
+    pub fn with_ca_cert(
+        server: &str,
+        token: Option<&str>,
+        ca_cert: Option<&[u8]>,
+    ) -> Result<Client> {
         let base = normalize_server(server)?;
         let mut headers = HeaderMap::new();
         if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
@@ -156,7 +166,14 @@ impl Client {
         // reqwest is built without a crypto provider (its default one needs
         // aws-lc-rs, hence cmake); `Err` only means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = ca_cert {
+            let roots = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                Error::InvalidArgument(format!("the CA certificate is not PEM: {}", innermost(&e)))
+            })?;
+            builder = builder.tls_certs_merge(roots);
+        }
+        let http = builder
             .default_headers(headers)
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))

@@ -18,6 +18,7 @@ pub mod scheduler;
 mod secrets;
 pub mod state;
 pub mod sweeper;
+mod tls;
 pub mod trigger;
 mod views;
 
@@ -27,11 +28,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use chrono::Utc;
 use kiln_store::{Database, TokenKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
+pub use crate::tls::{TlsError, TlsFiles};
 
 /// Where the server keeps what is not in the database.
 pub struct ServerConfig {
@@ -108,6 +111,8 @@ pub async fn app_state<D: Database>(db: D, config: &ServerConfig) -> anyhow::Res
         report_lock: Arc::default(),
         max_report_size: config.max_report_size,
         agent_tokens: Arc::default(),
+        // Set by `serve_with_tls`, which knows.
+        tls: false,
     })
 }
 
@@ -273,14 +278,56 @@ pub async fn serve<D: Database>(
     grpc_listener: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let listeners = Listeners {
+        http: listener,
+        grpc: grpc_listener,
+        grpc_local: None,
+    };
+    serve_with_tls(state, listeners, None, shutdown).await
+}
+
+/// Where [`serve_with_tls`] listens.
+pub struct Listeners {
+    pub http: tokio::net::TcpListener,
+    pub grpc: Option<tokio::net::TcpListener>,
+    /// A loopback port for the agent inside this process, plain text even
+    /// when the others are TLS: the server's certificate names the host
+    /// agents reach, not 127.0.0.1, and the token never leaves the machine.
+    pub grpc_local: Option<tokio::net::TcpListener>,
+}
+
+/// [`serve`], with the API and the agents' port over TLS only when `tls` is
+/// given (and session cookies then `Secure`).
+pub async fn serve_with_tls<D: Database>(
+    mut state: AppState<D>,
+    listeners: Listeners,
+    tls: Option<TlsFiles>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    // Checked before anything is served: bad files fail the start.
+    let http_tls = tls.as_ref().map(TlsFiles::http_config).transpose()?;
+    state.tls = tls.is_some();
     let sweeper = tokio::spawn(sweeper::run_sweeper(state.clone(), shutdown.clone()));
+    let Listeners {
+        http: listener,
+        grpc: grpc_listener,
+        grpc_local,
+    } = listeners;
     let grpc = grpc_listener.map(|listener| {
         let (state, shutdown) = (state.clone(), shutdown.clone());
+        let grpc_tls = tls.as_ref().map(TlsFiles::grpc_config);
         tokio::spawn(async move {
             let scheduler =
                 tokio::spawn(scheduler::run_dispatcher(state.clone(), shutdown.clone()));
-            let result = grpc::serve(state, listener, shutdown.clone()).await;
+            let local = grpc_local.map(|listener| {
+                tokio::spawn(grpc::serve(state.clone(), listener, None, shutdown.clone()))
+            });
+            let result = grpc::serve(state, listener, grpc_tls, shutdown.clone()).await;
             let _ = scheduler.await;
+            let result = match local {
+                Some(local) => result.and(local.await?),
+                None => result,
+            };
             if let Err(e) = &result {
                 tracing::error!("the gRPC server failed: {e}");
             }
@@ -290,9 +337,20 @@ pub async fn serve<D: Database>(
     });
     let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let stop = shutdown.clone();
-    let http = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
+    let http = match http_tls {
+        // `tap_io` for its side effect: axum gives `ConnectInfo<SocketAddr>`
+        // to any listener wrapped in it, which keeps handlers' peer address.
+        Some(config) => {
+            axum::serve(tls::TlsListener::new(listener, config).tap_io(|_| {}), app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        }
+    };
     shutdown.cancel();
     let _ = sweeper.await;
     let grpc = match grpc {

@@ -27,6 +27,8 @@ pub struct AppState<D> {
     pub max_report_size: u64,
     /// Agent tokens this process verified lately.
     pub agent_tokens: Arc<crate::grpc::VerifiedTokens>,
+    /// The server terminates TLS itself: session cookies get `Secure`.
+    pub tls: bool,
 }
 
 impl<D: Clone> Clone for AppState<D> {
@@ -43,6 +45,7 @@ impl<D: Clone> Clone for AppState<D> {
             report_lock: self.report_lock.clone(),
             max_report_size: self.max_report_size,
             agent_tokens: self.agent_tokens.clone(),
+            tls: self.tls,
         }
     }
 }

@@ -4,6 +4,8 @@
 //!
 //! `cargo bench -p kiln --bench agents` — uses `target/release/kiln`
 //! (`scripts/bench.sh` builds it first; built here if missing).
+//! `KILN_BENCH_TLS=1` runs the same over TLS (`--tls-cert`, the agents on
+//! `https://` with `--ca-cert`), with certificates made at start.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -42,7 +44,9 @@ impl Drop for Guard {
 
 fn kiln_binary() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let binary = root.join("target/release/kiln");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let binary = target.join("release/kiln");
     if !binary.exists() {
         let status = Command::new(env!("CARGO"))
             .args(["build", "--release", "-p", "kiln"])
@@ -59,21 +63,52 @@ struct Server {
     url: String,
     grpc: String,
     http: reqwest::Client,
+    /// The CA of the server's certificate, when it serves TLS.
+    ca: Option<PathBuf>,
+}
+
+/// Under `KILN_BENCH_TLS=1`: a CA and a server certificate for 127.0.0.1
+/// signed by it, written to `dir` as `ca.pem`, `server.pem`, `server.key`.
+fn tls_files(dir: &std::path::Path) -> Option<PathBuf> {
+    std::env::var_os("KILN_BENCH_TLS")?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    Some(dir.join("ca.pem"))
 }
 
 impl Server {
     fn start(binary: &PathBuf) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(binary)
+        let ca = tls_files(dir.path());
+        let mut command = Command::new(binary);
+        if ca.is_some() {
+            command
+                .arg("server")
+                .arg("--tls-cert")
+                .arg(dir.path().join("server.pem"))
+                .arg("--tls-key")
+                .arg(dir.path().join("server.key"));
+        } else {
+            command.arg("server");
+        }
+        let mut child = command
             .args([
-                "server",
                 "--listen",
                 "127.0.0.1:0",
                 "--grpc-listen",
                 "127.0.0.1:0",
                 "--data-dir",
             ])
-            .arg(dir.path())
+            .arg(dir.path().join("data"))
             .env("KILN_ADMIN_TOKEN", ADMIN)
             .env("KILN_AGENT_TOKEN", AGENT_TOKEN)
             .stdout(Stdio::piped())
@@ -104,19 +139,34 @@ impl Server {
                 (_, value) => grpc = value,
             }
         }
+        let http = match &ca {
+            Some(ca) => {
+                let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+                reqwest::Client::builder()
+                    .tls_certs_only([ca])
+                    .build()
+                    .unwrap()
+            }
+            None => reqwest::Client::new(),
+        };
         Server {
             guard,
             url,
             grpc,
-            http: reqwest::Client::new(),
+            http,
+            ca,
         }
     }
 
     fn agent(&self, binary: &PathBuf, name: &str) -> Guard {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command.arg("agent");
+        if let Some(ca) = &self.ca {
+            command.arg("--ca-cert").arg(ca);
+        }
+        let mut child = command
             .args([
-                "agent",
                 "--server",
                 &self.grpc,
                 "--token",
@@ -292,6 +342,9 @@ async fn main() {
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let binary = kiln_binary();
+    if std::env::var_os("KILN_BENCH_TLS").is_some() {
+        println!("over TLS (KILN_BENCH_TLS)");
+    }
     if selected("rss") || selected("dispatch") || selected("ingest") {
         single_agent_sections(&binary).await;
     }

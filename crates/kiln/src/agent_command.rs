@@ -29,6 +29,16 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
     );
     config.labels = args.labels.clone();
     config.capacity = args.capacity.max(1);
+    config.insecure = args.insecure;
+    if let Some(ca) = &args.ca_cert {
+        config.ca_cert = Some(read_pem(ca, "CA certificate (--ca-cert)")?);
+    }
+    if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+        config.client_identity = Some((
+            read_pem(cert, "client certificate (--client-cert)")?,
+            read_pem(key, "client key (--client-key)")?,
+        ));
+    }
 
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
@@ -44,6 +54,10 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
     });
     run_agent(config, shutdown).await?;
     Ok(0)
+}
+
+fn read_pem(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
 }
 
 /// Creates the agent's work directory and returns its absolute path.

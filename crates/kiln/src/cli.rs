@@ -159,6 +159,30 @@ pub struct ServerArgs {
     pub worker_capacity: usize,
     #[command(flatten)]
     pub build_cache: BuildCacheArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// The server's own TLS: with a certificate, the API and the agents' port
+/// speak TLS only.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain of the server (leaf first): serves the API and
+    /// the agents' gRPC port over TLS only.
+    #[arg(long, env = "KILN_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "KILN_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): agents must present a client certificate
+    /// signed by one to use the gRPC port.
+    #[arg(
+        long,
+        env = "KILN_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -181,6 +205,8 @@ pub struct UpArgs {
     pub grpc_listen: std::net::SocketAddr,
     #[command(flatten)]
     pub build_cache: BuildCacheArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// How many images built from tasks' Dockerfiles an agent keeps.
@@ -233,6 +259,20 @@ pub struct AgentArgs {
     pub work_dir: PathBuf,
     #[command(flatten)]
     pub build_cache: BuildCacheArgs,
+    /// PEM CA certificate(s) trusted for an `https://` server instead of
+    /// the system's roots (a private CA, a self-signed certificate).
+    #[arg(long, env = "KILN_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate, for a server started with --client-ca.
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// Send the token over `http://` to an address that is not loopback
+    /// (refused otherwise): only on a network you trust.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[cfg(test)]

@@ -5,12 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
-use kiln_server::{AdminPassword, AdminToken, ServerConfig, StartSecrets};
+use kiln_server::{AdminPassword, AdminToken, Listeners, ServerConfig, StartSecrets, TlsFiles};
 use kiln_store::Database;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent_command::{agent_config, pick_executor, prepare_work_dir};
-use crate::cli::{BuildCacheArgs, ExecutorKind, ServerArgs, UpArgs};
+use crate::cli::{BuildCacheArgs, ExecutorKind, ServerArgs, TlsArgs, UpArgs};
 
 /// Lease of a claimed task in `kiln up`: how long a silent agent keeps it.
 const LEASE: Duration = Duration::from_secs(15);
@@ -71,6 +71,7 @@ pub async fn server(args: ServerArgs, secrets: StartSecrets) -> anyhow::Result<i
         embedded,
         all_in_one: false,
         secrets,
+        tls: read_tls(&args.tls)?,
     };
     start(config, args.database_url.as_deref(), launch).await
 }
@@ -95,6 +96,7 @@ pub async fn up(args: UpArgs, secrets: StartSecrets) -> anyhow::Result<i32> {
         embedded: Some(embedded),
         all_in_one: true,
         secrets,
+        tls: read_tls(&args.tls)?,
     };
     start(config, None, launch).await
 }
@@ -106,6 +108,26 @@ struct Launch {
     /// `kiln up` (which says more on its first start) rather than `kiln server`.
     all_in_one: bool,
     secrets: StartSecrets,
+    tls: Option<TlsFiles>,
+}
+
+/// The files `--tls-cert`, `--tls-key` and `--client-ca` name, read now so
+/// that a wrong path fails the start rather than the first connection.
+fn read_tls(args: &TlsArgs) -> anyhow::Result<Option<TlsFiles>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+    };
+    Ok(Some(TlsFiles {
+        cert: read(cert, "TLS certificate (--tls-cert)")?,
+        key: read(key, "TLS key (--tls-key)")?,
+        client_ca: match &args.client_ca {
+            Some(ca) => Some(read(ca, "client CA (--client-ca)")?),
+            None => None,
+        },
+    }))
 }
 
 async fn start(
@@ -167,7 +189,9 @@ async fn run_with<D: Database>(
         embedded,
         all_in_one,
         secrets,
+        tls,
     } = launch;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let bootstrap = kiln_server::bootstrap(&db, &secrets).await?;
     let agent_token = match &embedded {
         Some(embedded) => {
@@ -189,7 +213,7 @@ async fn run_with<D: Database>(
             )
         })?;
     let address: SocketAddr = listener.local_addr()?;
-    let url = format!("http://{address}");
+    let url = format!("{scheme}://{address}");
     let grpc_listener = tokio::net::TcpListener::bind(grpc_listen)
         .await
         .with_context(|| {
@@ -198,7 +222,21 @@ async fn run_with<D: Database>(
             )
         })?;
     let grpc_address = grpc_listener.local_addr()?;
-    let grpc_url = format!("http://{grpc_address}");
+    let grpc_url = format!("{scheme}://{grpc_address}");
+    // Under TLS the embedded agent gets a plain port of its own on loopback
+    // (see `Listeners::grpc_local`); otherwise it uses the agents' port.
+    let grpc_local = match (&embedded, &tls) {
+        (Some(_), Some(_)) => Some(
+            tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .context("cannot listen on loopback for the embedded agent")?,
+        ),
+        _ => None,
+    };
+    let embedded_address = match &grpc_local {
+        Some(local) => local.local_addr()?,
+        None => loopback(grpc_address),
+    };
     let mut lines = vec![
         format!(
             "kiln {} listening on {url}",
@@ -259,7 +297,7 @@ async fn run_with<D: Database>(
             )
             .await?;
             let mut agent = agent_config(
-                format!("http://{}", loopback(grpc_address)),
+                format!("http://{embedded_address}"),
                 token,
                 embedded.name.to_string(),
                 executor,
@@ -290,7 +328,12 @@ async fn run_with<D: Database>(
         crate::signals::notice("exiting now");
         std::process::exit(EXIT_INTERRUPTED);
     });
-    kiln_server::serve(state, listener, Some(grpc_listener), shutdown.clone()).await?;
+    let listeners = Listeners {
+        http: listener,
+        grpc: Some(grpc_listener),
+        grpc_local,
+    };
+    kiln_server::serve_with_tls(state, listeners, tls, shutdown.clone()).await?;
     // The server stopped on its own (a listener failed): stop the agent too.
     drain.cancel();
     if let Some(agent) = agent {

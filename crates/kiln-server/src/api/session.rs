@@ -57,12 +57,13 @@ fn refuse_foreign_origin(headers: &HeaderMap) -> ApiResult<()> {
     Ok(())
 }
 
-/// `Secure` when the client reached the server over TLS (as a TLS-ending
-/// proxy says).
-fn cookie(value: &str, max_age: i64, headers: &HeaderMap) -> HeaderValue {
-    let secure = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+/// `Secure` when the client reached the server over TLS: the server's own
+/// (`tls`), or a TLS-ending proxy's, as it says.
+fn cookie(value: &str, max_age: i64, headers: &HeaderMap, tls: bool) -> HeaderValue {
+    let secure = tls
+        || headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
     let text = format!(
         "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{}",
         if secure { "; Secure" } else { "" }
@@ -158,7 +159,12 @@ pub async fn login<D: Database>(
     let mut response = Json(views::user(&user)).into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        cookie(&value, SESSION_LIFETIME.num_seconds(), &parts.headers),
+        cookie(
+            &value,
+            SESSION_LIFETIME.num_seconds(),
+            &parts.headers,
+            state.tls,
+        ),
     );
     Ok(response)
 }
@@ -191,7 +197,7 @@ pub async fn logout<D: Database>(
         }
         response
             .headers_mut()
-            .insert(header::SET_COOKIE, cookie("", 0, &parts.headers));
+            .insert(header::SET_COOKIE, cookie("", 0, &parts.headers, state.tls));
     }
     Ok(response)
 }

@@ -44,6 +44,7 @@ const UPLOAD_BUFFER: usize = 8;
 pub async fn serve<D: Database>(
     state: AppState<D>,
     listener: tokio::net::TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let service = AgentService {
@@ -53,7 +54,11 @@ pub async fn serve<D: Database>(
     // No Nagle: assignments and cancels are small and must not wait.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = shutdown.clone();
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let result = builder
         // Finds agents that vanished without closing their connection, so
         // their session ends and they stop being offered work.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))

@@ -23,6 +23,7 @@ pub mod secrets;
 pub mod tokens;
 pub mod users;
 
+use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use kiln_client::Client;
 
@@ -91,6 +92,10 @@ pub struct ClientArgs {
     /// API token, sent as a bearer token.
     #[arg(long, env = "KILN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// PEM CA certificate(s) trusted for an `https://` server besides the
+    /// system's roots (a private CA, a self-signed certificate).
+    #[arg(long, env = "KILN_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// `table` for people, `json` for the API's JSON.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -165,7 +170,20 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 
 /// A client for the server `args` name.
 fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
-    Ok(Client::new(&args.server, args.token.as_deref())?)
+    let ca_cert = match &args.ca_cert {
+        Some(path) => Some(std::fs::read(path).with_context(|| {
+            format!(
+                "cannot read the CA certificate (--ca-cert) {}",
+                path.display()
+            )
+        })?),
+        None => None,
+    };
+    Ok(Client::with_ca_cert(
+        &args.server,
+        args.token.as_deref(),
+        ca_cert.as_deref(),
+    )?)
 }
 
 #[cfg(test)]

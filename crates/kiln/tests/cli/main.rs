@@ -14,4 +14,5 @@ mod run_logs;
 mod server;
 mod soak;
 mod support;
+mod tls;
 mod up;
