@@ -113,6 +113,7 @@ pub async fn app_state<D: Database>(db: D, config: &ServerConfig) -> anyhow::Res
         agent_tokens: Arc::default(),
         // Set by `serve_with_tls`, which knows.
         tls: false,
+        embedded_agent: None,
     })
 }
 

@@ -29,6 +29,9 @@ pub struct AppState<D> {
     pub agent_tokens: Arc<crate::grpc::VerifiedTokens>,
     /// The server terminates TLS itself: session cookies get `Secure`.
     pub tls: bool,
+    /// The name of the agent this process runs itself, if any: it cannot
+    /// be removed while the server runs.
+    pub embedded_agent: Option<Arc<str>>,
 }
 
 impl<D: Clone> Clone for AppState<D> {
@@ -46,6 +49,7 @@ impl<D: Clone> Clone for AppState<D> {
             max_report_size: self.max_report_size,
             agent_tokens: self.agent_tokens.clone(),
             tls: self.tls,
+            embedded_agent: self.embedded_agent.clone(),
         }
     }
 }

@@ -203,7 +203,8 @@ async fn run_with<D: Database>(
         Some(url) => url.clone(),
         None => config.data_dir.join("blobs").display().to_string(),
     };
-    let state = kiln_server::app_state(db, &config).await?;
+    let mut state = kiln_server::app_state(db, &config).await?;
+    state.embedded_agent = embedded.as_ref().map(|embedded| embedded.name.into());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {

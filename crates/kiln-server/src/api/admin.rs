@@ -75,12 +75,19 @@ pub async fn agents<D: Database>(
 #[utoipa::path(operation_id = "delete_agent", delete, path = "/api/v1/agents/{agent}", tag = "admin", security(("bearer" = []), ("session" = [])),
     params(AgentPath),
     responses((status = 204, description = "Its tokens are revoked, its session (on this server) ended, and the tasks it ran go back to the queue (or end, `agent lost`)"),
-        (status = 404, description = "No agent of that name has a token", body = kiln_api::Problem)))]
+        (status = 404, description = "No agent of that name has a token", body = kiln_api::Problem),
+        (status = 409, description = "The server's own embedded agent", body = kiln_api::Problem)))]
 pub async fn delete_agent<D: Database>(
     Admin(caller): Admin,
     State(state): State<AppState<D>>,
     ApiPath(AgentPath { agent }): ApiPath<AgentPath>,
 ) -> ApiResult<StatusCode> {
+    if state.embedded_agent.as_deref() == Some(agent.as_str()) {
+        return Err(ApiError::conflict(format!(
+            "`{agent}` is this server's own embedded agent; it stops with the server \
+             (start the server without --worker to run without it)"
+        )));
+    }
     let now = Utc::now();
     let revoked = state.db.revoke_agent_tokens(&agent, now).await?;
     if revoked == 0 {

@@ -339,7 +339,17 @@ impl ToSchema for AgentCapacity {}
 impl<'de> Deserialize<'de> for AgentCapacity {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<AgentCapacity, D::Error> {
         let most = crate::grpc::MAX_CAPACITY;
-        let value = i64::deserialize(deserializer)?;
+        // JSON Schema's integers include `48.0`: any number without a fraction.
+        let number = serde_json::Number::deserialize(deserializer)?;
+        let value = match (number.as_i64(), number.as_f64()) {
+            (Some(value), _) => value,
+            (None, Some(value)) if value.fract() == 0.0 && value.abs() < 1e15 => value as i64,
+            _ => {
+                return Err(D::Error::custom(format!(
+                    "`max_capacity` must be a whole number, not {number}"
+                )));
+            }
+        };
         if (1..=most).contains(&value) {
             Ok(AgentCapacity(value))
         } else {
@@ -719,6 +729,16 @@ mod tests {
             max_capacity: Some(2),
         };
         serde_json::from_value::<NewAgentToken>(client_form(&token)).unwrap();
+    }
+
+    #[test]
+    fn agent_capacities_are_whole_numbers_in_range() {
+        let read = |value: Value| serde_json::from_value::<AgentCapacity>(value).map(|c| c.0);
+        assert_eq!(read(json!(48)).unwrap(), 48);
+        assert_eq!(read(json!(48.0)).unwrap(), 48, "JSON Schema's integers");
+        for refused in [json!(0), json!(65), json!(1.5), json!("2"), json!(-1)] {
+            assert!(read(refused.clone()).is_err(), "{refused}");
+        }
     }
 
     #[test]

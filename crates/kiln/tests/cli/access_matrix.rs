@@ -1096,3 +1096,37 @@ async fn public_jobs_are_read_by_anyone_and_lists_show_only_readable_jobs() {
         "values never reach the log"
     );
 }
+
+/// The server's own embedded agent cannot be removed from under it (it
+/// would stop the server); an unknown agent is not found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_agent_cannot_be_removed() {
+    let server = Server::start(None);
+    let (status, answer) = call(
+        &server,
+        Method::DELETE,
+        "/api/v1/agents/server",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("embedded"));
+    let (status, _) = call(
+        &server,
+        Method::DELETE,
+        "/api/v1/agents/nobody",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // It still runs tasks.
+    let number = server
+        .freestyle("still", "version: 1\ntasks:\n  t:\n    steps: [echo ok]\n")
+        .await;
+    assert_eq!(
+        server.wait_for_run("still", number).await["status"],
+        "success"
+    );
+}
