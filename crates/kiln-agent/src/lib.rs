@@ -101,7 +101,15 @@ pub struct AgentConfig {
     pub client_identity: Option<(Vec<u8>, Vec<u8>)>,
     /// Send the token over `http://` to an address that is not loopback.
     pub insecure: bool,
+    /// Reach the server through this process's memory instead of `server`:
+    /// the agent inside a server, which then needs no port anyone else on
+    /// the machine could connect to.
+    pub in_process: Option<InProcessDial>,
 }
+
+/// Hands the server one end of a new in-memory connection (the server's
+/// [`tokio::io::DuplexStream`] incoming side); the agent keeps the other.
+pub type InProcessDial = tokio::sync::mpsc::Sender<tokio::io::DuplexStream>;
 
 impl AgentConfig {
     pub fn new(
@@ -126,6 +134,7 @@ impl AgentConfig {
             ca_cert: None,
             client_identity: None,
             insecure: false,
+            in_process: None,
         }
     }
 }

@@ -282,7 +282,7 @@ pub async fn serve<D: Database>(
     let listeners = Listeners {
         http: listener,
         grpc: grpc_listener,
-        grpc_local: None,
+        in_process: None,
     };
     serve_with_tls(state, listeners, None, shutdown).await
 }
@@ -291,10 +291,9 @@ pub async fn serve<D: Database>(
 pub struct Listeners {
     pub http: tokio::net::TcpListener,
     pub grpc: Option<tokio::net::TcpListener>,
-    /// A loopback port for the agent inside this process, plain text even
-    /// when the others are TLS: the server's certificate names the host
-    /// agents reach, not 127.0.0.1, and the token never leaves the machine.
-    pub grpc_local: Option<tokio::net::TcpListener>,
+    /// Connections from the agent inside this process (`kiln up`), which
+    /// needs no port, certificate or client certificate of its own.
+    pub in_process: Option<tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>>,
 }
 
 /// [`serve`], with the API and the agents' port over TLS only when `tls` is
@@ -312,7 +311,7 @@ pub async fn serve_with_tls<D: Database>(
     let Listeners {
         http: listener,
         grpc: grpc_listener,
-        grpc_local,
+        in_process,
     } = listeners;
     let grpc = grpc_listener.map(|listener| {
         let (state, shutdown) = (state.clone(), shutdown.clone());
@@ -320,8 +319,12 @@ pub async fn serve_with_tls<D: Database>(
         tokio::spawn(async move {
             let scheduler =
                 tokio::spawn(scheduler::run_dispatcher(state.clone(), shutdown.clone()));
-            let local = grpc_local.map(|listener| {
-                tokio::spawn(grpc::serve(state.clone(), listener, None, shutdown.clone()))
+            let local = in_process.map(|connections| {
+                tokio::spawn(grpc::serve_in_process(
+                    state.clone(),
+                    connections,
+                    shutdown.clone(),
+                ))
             });
             let result = grpc::serve(state, listener, grpc_tls, shutdown.clone()).await;
             let _ = scheduler.await;

@@ -1,7 +1,7 @@
 //! `kiln server` and `kiln up`: pick the database backend, bootstrap tokens,
 //! and serve until Ctrl-C or SIGTERM.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -224,19 +224,14 @@ async fn run_with<D: Database>(
         })?;
     let grpc_address = grpc_listener.local_addr()?;
     let grpc_url = format!("{scheme}://{grpc_address}");
-    // Under TLS the embedded agent gets a plain port of its own on loopback
-    // (see `Listeners::grpc_local`); otherwise it uses the agents' port.
-    let grpc_local = match (&embedded, &tls) {
-        (Some(_), Some(_)) => Some(
-            tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .await
-                .context("cannot listen on loopback for the embedded agent")?,
-        ),
-        _ => None,
-    };
-    let embedded_address = match &grpc_local {
-        Some(local) => local.local_addr()?,
-        None => loopback(grpc_address),
+    // The embedded agent reaches this server through memory: no port for
+    // anyone else on the machine, and no certificate to present under TLS.
+    let (dial, in_process) = match &embedded {
+        Some(_) => {
+            let (dial, connections) = tokio::sync::mpsc::channel(4);
+            (Some(dial), Some(connections))
+        }
+        None => (None, None),
     };
     let mut lines = vec![
         format!(
@@ -298,7 +293,7 @@ async fn run_with<D: Database>(
             )
             .await?;
             let mut agent = agent_config(
-                format!("http://{embedded_address}"),
+                format!("{scheme}://{grpc_address}"),
                 token,
                 embedded.name.to_string(),
                 executor,
@@ -306,6 +301,7 @@ async fn run_with<D: Database>(
             );
             agent.labels = embedded.labels;
             agent.capacity = embedded.capacity.max(1);
+            agent.in_process = dial;
             let (drain, shutdown) = (drain.clone(), shutdown.clone());
             Some(tokio::spawn(async move {
                 if let Err(e) = kiln_agent::run_agent(agent, drain).await {
@@ -332,7 +328,7 @@ async fn run_with<D: Database>(
     let listeners = Listeners {
         http: listener,
         grpc: Some(grpc_listener),
-        grpc_local,
+        in_process,
     };
     kiln_server::serve_with_tls(state, listeners, tls, shutdown.clone()).await?;
     // The server stopped on its own (a listener failed): stop the agent too.
@@ -341,13 +337,4 @@ async fn run_with<D: Database>(
         let _ = agent.await;
     }
     Ok(0)
-}
-
-/// Where an agent in this process reaches a listener bound to `address`.
-fn loopback(address: SocketAddr) -> SocketAddr {
-    if address.ip().is_unspecified() {
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), address.port())
-    } else {
-        address
-    }
 }

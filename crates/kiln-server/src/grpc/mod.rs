@@ -26,6 +26,7 @@ use kiln_store::{
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
 use crate::state::AppState;
@@ -47,12 +48,42 @@ pub async fn serve<D: Database>(
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // No Nagle: assignments and cancels are small and must not wait.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    serve_incoming(state, incoming, tls, shutdown).await
+}
+
+/// Serves the agent inside this process over the in-memory connections it
+/// dials (see `kiln_agent::InProcessDial`): no port, so nobody else on the
+/// machine can reach what only that agent should.
+pub async fn serve_in_process<D: Database>(
+    state: AppState<D>,
+    connections: mpsc::Receiver<tokio::io::DuplexStream>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let incoming = futures_util::stream::unfold(connections, |mut connections| async move {
+        let connection = connections.recv().await?;
+        Some((Ok::<_, std::io::Error>(InProcess(connection)), connections))
+    });
+    serve_incoming(state, Box::pin(incoming), None, shutdown).await
+}
+
+async fn serve_incoming<D, I, IO>(
+    state: AppState<D>,
+    incoming: I,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    D: Database,
+    I: Stream<Item = Result<IO, std::io::Error>> + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+{
     let service = AgentService {
         state,
         shutdown: shutdown.clone(),
     };
-    // No Nagle: assignments and cancels are small and must not wait.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = shutdown.clone();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
@@ -68,6 +99,49 @@ pub async fn serve<D: Database>(
         .await;
     shutdown.cancel();
     result.map_err(Into::into)
+}
+
+/// The server's end of an in-memory connection.
+struct InProcess(tokio::io::DuplexStream);
+
+impl Connected for InProcess {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl tokio::io::AsyncRead for InProcess {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for InProcess {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 struct AgentService<D> {

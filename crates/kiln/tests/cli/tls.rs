@@ -67,7 +67,9 @@ struct TlsServer {
 }
 
 impl TlsServer {
-    fn start(certs: &Certs, client_ca: bool) -> TlsServer {
+    /// `client_ca`: agents must present a certificate; `worker`: with its
+    /// own (embedded) agent.
+    fn start(certs: &Certs, client_ca: bool, worker: bool) -> TlsServer {
         let data_dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
         command
@@ -80,6 +82,9 @@ impl TlsServer {
             .arg(certs.path("server.key"));
         if client_ca {
             command.arg("--client-ca").arg(certs.path("ca.pem"));
+        }
+        if worker {
+            command.args(["--worker", "--worker-executor", "process"]);
         }
         let mut child = command
             .env("KILN_ADMIN_TOKEN", ADMIN)
@@ -240,7 +245,7 @@ fn os(path: &Path) -> &std::ffi::OsStr {
 #[tokio::test]
 async fn agent_over_tls_runs_a_task_and_the_cli_talks_https() {
     let certs = Certs::new();
-    let server = TlsServer::start(&certs, false);
+    let server = TlsServer::start(&certs, false, false);
     let ca = certs.path("ca.pem");
     let mut agent = Agent::start(&server.grpc, &[os("--ca-cert".as_ref()), os(&ca)]);
     agent.wait_for("connected to", Duration::from_secs(30));
@@ -282,7 +287,7 @@ async fn agent_over_tls_runs_a_task_and_the_cli_talks_https() {
 #[tokio::test]
 async fn plain_text_cannot_talk_to_the_tls_ports() {
     let certs = Certs::new();
-    let server = TlsServer::start(&certs, false);
+    let server = TlsServer::start(&certs, false, false);
     let plain = |url: &str| url.replacen("https://", "http://", 1);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let answer = reqwest::Client::new()
@@ -303,7 +308,7 @@ async fn plain_text_cannot_talk_to_the_tls_ports() {
 #[tokio::test]
 async fn client_ca_refuses_agents_without_a_certificate() {
     let certs = Certs::new();
-    let server = TlsServer::start(&certs, true);
+    let server = TlsServer::start(&certs, true, false);
     let ca = certs.path("ca.pem");
     let mut anonymous = Agent::start(&server.grpc, &[os("--ca-cert".as_ref()), os(&ca)]);
     let output = anonymous.wait_for("cannot reach", Duration::from_secs(30));
@@ -325,6 +330,44 @@ async fn client_ca_refuses_agents_without_a_certificate() {
     agent.wait_for("connected to", Duration::from_secs(30));
     let run = server.run_job("mtls").await;
     assert_eq!(run["status"], "success", "{run:#}");
+}
+
+/// The agent inside the server reaches it through memory: it needs no
+/// client certificate under `--client-ca`, and the server opens no port
+/// besides its two (one the certificate check would not guard).
+#[tokio::test]
+async fn the_embedded_agent_needs_no_port_of_its_own() {
+    let certs = Certs::new();
+    let server = TlsServer::start(&certs, true, true);
+    let run = server.run_job("embedded").await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(listening_ports(server.child.id()).len(), 2);
+}
+
+/// The TCP ports process `pid` listens on.
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?.strip_prefix("socket:[")?;
+            Some(target.trim_end_matches(']').to_string())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            const LISTEN: &str = "0A";
+            if fields.len() > 9 && fields[3] == LISTEN && sockets.iter().any(|s| s == fields[9]) {
+                let port = fields[1].rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports
 }
 
 #[test]
