@@ -163,7 +163,7 @@ async fn wait_status(
     }
 }
 
-async fn wait_task_status(
+pub(crate) async fn wait_task_status(
     server: &Server,
     job: &str,
     run: i64,
