@@ -704,6 +704,14 @@ async fn report_events(
                 lost.cancel();
                 return Err(Lost);
             }
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                // The task went past a limit of the server's (its log
+                // size), which ended the task and says so in its log:
+                // sending more is pointless, and so is running on.
+                tracing::warn!(task_id, "the server ended the task: {}", status.message());
+                lost.cancel();
+                return Err(Lost);
+            }
             Err(status) if !is_retriable(&status) => {
                 tracing::warn!(task_id, "the server refused the task's output: {status}");
                 budget.release(buffer.clear());

@@ -80,6 +80,7 @@ impl Harness {
             blob_url: None,
             agent_lease: Duration::from_secs(15),
             max_report_size: kiln_server::DEFAULT_MAX_REPORT_SIZE,
+            limits: kiln_server::Limits::default(),
         };
         let state = kiln_server::app_state(db.clone(), &config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
