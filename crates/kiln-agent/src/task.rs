@@ -305,6 +305,13 @@ async fn upload_results(
         })
         .await?;
         if let Err(e) = uploaded {
+            if e.code() == tonic::Code::ResourceExhausted {
+                // Past the server's artifact limits: it ended the task and
+                // said so in its log; the rest would be refused.
+                tracing::warn!(task_id, "the server ended the task: {}", e.message());
+                lost.cancel();
+                return Err(Lost);
+            }
             notes.push(format!("artifact `{name}` was not kept: {}", e.message()));
         }
     }

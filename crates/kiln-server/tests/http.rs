@@ -1058,3 +1058,17 @@ async fn bad_identity_input_is_refused_and_changes_nothing() {
     let members = server.get("/api/v1/jobs/app/members").await;
     assert_eq!(members.body, json!([]), "no member was set");
 }
+
+/// An artifact's `expires_at` (from `artifacts: expire-in`) is in the
+/// document, optional like the expiry itself.
+#[test]
+fn artifacts_document_their_expiry() {
+    let document = serde_json::to_value(kiln_server::api::ApiDoc::openapi()).unwrap();
+    let artifact = &document["components"]["schemas"]["Artifact"];
+    assert!(
+        artifact["properties"]["expires_at"].is_object(),
+        "{artifact:#}"
+    );
+    let required = artifact["required"].as_array().unwrap();
+    assert!(!required.contains(&json!("expires_at")), "{artifact:#}");
+}

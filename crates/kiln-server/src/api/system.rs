@@ -157,7 +157,7 @@ pub async fn healthz<D: Database>(State(state): State<AppState<D>>) -> Response 
 #[utoipa::path(operation_id = "metrics", get, path = "/metrics", tag = "system",
     responses(
         (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
-        (status = 401, description = "The server has a metrics token and the request did not carry it")))]
+        (status = 401, description = "The server has a metrics token (KILN_METRICS_TOKEN) and the request did not carry it", body = kiln_api::Problem, content_type = "application/problem+json")))]
 #[allow(dead_code)]
 fn metrics_doc() {}
 
