@@ -305,6 +305,13 @@ async fn upload_results(
         })
         .await?;
         if let Err(e) = uploaded {
+            if e.code() == tonic::Code::ResourceExhausted {
+                // Past the server's artifact limits: it ended the task and
+                // said so in its log; the rest would be refused.
+                tracing::warn!(task_id, "the server ended the task: {}", e.message());
+                lost.cancel();
+                return Err(Lost);
+            }
             notes.push(format!("artifact `{name}` was not kept: {}", e.message()));
         }
     }
@@ -701,6 +708,14 @@ async fn report_events(
         match ship(&client, task_id, &mut buffer, &mut steps, &budget).await {
             Ok(()) => backoff.reset(),
             Err(status) if is_lost(&status) => {
+                lost.cancel();
+                return Err(Lost);
+            }
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                // The task went past a limit of the server's (its log
+                // size), which ended the task and says so in its log:
+                // sending more is pointless, and so is running on.
+                tracing::warn!(task_id, "the server ended the task: {}", status.message());
                 lost.cancel();
                 return Err(Lost);
             }

@@ -150,6 +150,11 @@ pub struct Artifact {
     /// Where to download it: a path to append to the server's address, each
     /// segment percent-encoded (UTF-8), so it is used as it is.
     pub url: String,
+    /// When the file's `artifacts: expire-in` runs out (counted from its
+    /// upload), after which the server may delete it; `null` when the
+    /// pipeline gave none (the server's retention still applies).
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

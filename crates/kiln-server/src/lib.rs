@@ -49,10 +49,54 @@ pub struct ServerConfig {
     /// ([`DEFAULT_MAX_REPORT_SIZE`]); a bigger one is refused, and the
     /// task's console says so.
     pub max_report_size: u64,
+    /// What one task may leave: log and artifact bytes.
+    pub limits: Limits,
 }
 
 /// 64 MiB: a JUnit file of several hundred thousand test cases.
 pub const DEFAULT_MAX_REPORT_SIZE: u64 = 64 * 1024 * 1024;
+
+/// Bytes one task attempt may store, each enforced by the server as the
+/// bytes arrive (agents cannot raise them), so one runaway task cannot fill
+/// the database or the blob store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `--max-log-bytes`: its console; past it the task fails.
+    pub max_log_bytes: u64,
+    /// `--max-artifact-bytes`: all its artifact files together.
+    pub max_artifact_bytes: u64,
+    /// `--max-artifact-file-bytes`: any one artifact file.
+    pub max_artifact_file_bytes: u64,
+}
+
+/// 64 MiB of console: far more than a person reads, small enough that
+/// thousands of tasks fit a database.
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 64 << 20;
+/// 1 GiB of artifacts per task.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+/// 512 MiB per artifact file.
+pub const DEFAULT_MAX_ARTIFACT_FILE_BYTES: u64 = 512 << 20;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+            max_artifact_file_bytes: DEFAULT_MAX_ARTIFACT_FILE_BYTES,
+        }
+    }
+}
+
+/// `bytes` as people write sizes: `64 MiB`, `512 KiB`, or `1000 bytes`
+/// when no unit divides it.
+pub fn human_bytes(bytes: u64) -> String {
+    for (unit, scale) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes >= scale && bytes.is_multiple_of(scale) {
+            return format!("{} {unit}", bytes / scale);
+        }
+    }
+    format!("{bytes} bytes")
+}
 
 /// What a server's start found or made, for its start-up lines.
 pub struct Bootstrap {
@@ -110,6 +154,8 @@ pub async fn app_state<D: Database>(db: D, config: &ServerConfig) -> anyhow::Res
         runs: Arc::default(),
         report_lock: Arc::default(),
         max_report_size: config.max_report_size,
+        limits: config.limits,
+        metrics_token: None,
         agent_tokens: Arc::default(),
         // Set by `serve_with_tls`, which knows.
         tls: false,
@@ -128,6 +174,9 @@ pub struct StartSecrets {
     pub admin_password: Option<String>,
     /// `KILN_AGENT_TOKEN`: a token agents may share.
     pub agent_token: Option<String>,
+    /// `KILN_METRICS_TOKEN`: when set, `/metrics` answers only
+    /// `Authorization: Bearer <it>`.
+    pub metrics_token: Option<String>,
 }
 
 /// On first start, makes the admin token (`secrets.admin_token`, or a new

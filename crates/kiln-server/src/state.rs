@@ -25,6 +25,10 @@ pub struct AppState<D> {
     pub report_lock: Arc<tokio::sync::Mutex<()>>,
     /// The largest report file an agent may upload, in bytes.
     pub max_report_size: u64,
+    /// What one task may store (log and artifact bytes).
+    pub limits: crate::Limits,
+    /// The bearer token `/metrics` asks for (its hash), if any.
+    pub metrics_token: Option<Arc<str>>,
     /// Agent tokens this process verified lately.
     pub agent_tokens: Arc<crate::grpc::VerifiedTokens>,
     /// The server terminates TLS itself: session cookies get `Secure`.
@@ -32,6 +36,13 @@ pub struct AppState<D> {
     /// The name of the agent this process runs itself, if any: it cannot
     /// be removed while the server runs.
     pub embedded_agent: Option<Arc<str>>,
+}
+
+impl<D> AppState<D> {
+    /// Makes `/metrics` answer only `Authorization: Bearer <token>`.
+    pub fn require_metrics_token(&mut self, token: &str) {
+        self.metrics_token = Some(kiln_crypto::hash_token(token.trim()).into());
+    }
 }
 
 impl<D: Clone> Clone for AppState<D> {
@@ -47,6 +58,8 @@ impl<D: Clone> Clone for AppState<D> {
             runs: self.runs.clone(),
             report_lock: self.report_lock.clone(),
             max_report_size: self.max_report_size,
+            limits: self.limits,
+            metrics_token: self.metrics_token.clone(),
             agent_tokens: self.agent_tokens.clone(),
             tls: self.tls,
             embedded_agent: self.embedded_agent.clone(),

@@ -68,6 +68,7 @@ impl Harness {
             blob_url: None,
             agent_lease: lease,
             max_report_size: REPORT_LIMIT,
+            limits: kiln_server::Limits::default(),
         };
         let state = kiln_server::app_state(db, &config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

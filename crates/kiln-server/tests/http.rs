@@ -80,6 +80,7 @@ impl Harness {
             blob_url: None,
             agent_lease: Duration::from_secs(15),
             max_report_size: kiln_server::DEFAULT_MAX_REPORT_SIZE,
+            limits: kiln_server::Limits::default(),
         };
         let state = kiln_server::app_state(db.clone(), &config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1056,4 +1057,18 @@ async fn bad_identity_input_is_refused_and_changes_nothing() {
     assert_eq!(tokens.body, json!([]), "no token was made");
     let members = server.get("/api/v1/jobs/app/members").await;
     assert_eq!(members.body, json!([]), "no member was set");
+}
+
+/// An artifact's `expires_at` (from `artifacts: expire-in`) is in the
+/// document, optional like the expiry itself.
+#[test]
+fn artifacts_document_their_expiry() {
+    let document = serde_json::to_value(kiln_server::api::ApiDoc::openapi()).unwrap();
+    let artifact = &document["components"]["schemas"]["Artifact"];
+    assert!(
+        artifact["properties"]["expires_at"].is_object(),
+        "{artifact:#}"
+    );
+    let required = artifact["required"].as_array().unwrap();
+    assert!(!required.contains(&json!("expires_at")), "{artifact:#}");
 }

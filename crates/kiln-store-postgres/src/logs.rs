@@ -1,7 +1,7 @@
 //! Tasks' logs, one per attempt, in chunks idempotent on (task, attempt, seq).
 
 use kiln_store::sql;
-use kiln_store::{Holder, LogStore, QueueStore, Result, TaskId};
+use kiln_store::{Holder, LogAppend, LogStore, QueueStore, Result, TaskId};
 
 use crate::PostgresStore;
 
@@ -13,9 +13,25 @@ impl LogStore for PostgresStore {
         seq: i64,
         data: &[u8],
     ) -> Result<bool> {
-        // The holder check in the same statement: no round trip for it. A
-        // lease moving away concurrently is no different from one moving
-        // just after the chunk was stored.
+        let outcome = self
+            .append_log_within(task_id, holder, seq, data, u64::MAX)
+            .await?;
+        Ok(outcome != LogAppend::NotHeld)
+    }
+
+    async fn append_log_within(
+        &self,
+        task_id: TaskId,
+        holder: &Holder<'_>,
+        seq: i64,
+        data: &[u8],
+        limit: u64,
+    ) -> Result<LogAppend> {
+        // The holder check is in the insert; a lease moving away
+        // concurrently is no different from one moving just after. The
+        // count's row lock orders appends of one attempt from any server, so
+        // two of them cannot both slip under the limit.
+        let mut tx = self.pool.begin().await?;
         let stored = sqlx::query(
             "INSERT INTO log_chunks (task_id, attempt, seq, data) \
              SELECT id, attempt, $2, $3 FROM tasks \
@@ -27,15 +43,65 @@ impl LogStore for PostgresStore {
         .bind(data)
         .bind(holder.agent)
         .bind(holder.attempt)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
-        if stored > 0 {
-            return Ok(true);
+        if stored == 0 {
+            drop(tx);
+            // Nothing written: not held, or the chunk was stored before.
+            let holds = self.task_holds(&[task_id]).await?;
+            return Ok(if holds.first().is_some_and(|task| task.held_by(holder)) {
+                LogAppend::Stored
+            } else {
+                LogAppend::NotHeld
+            });
         }
-        // Nothing written: not held, or the chunk was stored before.
-        let holds = self.task_holds(&[task_id]).await?;
-        Ok(holds.first().is_some_and(|task| task.held_by(holder)))
+        let length = i64::try_from(data.len()).unwrap_or(i64::MAX);
+        let total: i64 = sqlx::query_scalar(
+            "INSERT INTO log_sizes (task_id, attempt, bytes) VALUES ($1, $2, $3) \
+             ON CONFLICT (task_id, attempt) DO UPDATE SET bytes = log_sizes.bytes + excluded.bytes \
+             RETURNING bytes",
+        )
+        .bind(task_id)
+        .bind(holder.attempt)
+        .bind(length)
+        .fetch_one(&mut *tx)
+        .await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        if total <= limit {
+            tx.commit().await?;
+            return Ok(LogAppend::Stored);
+        }
+        let before = total - length;
+        let kept = (limit - before).clamp(0, length);
+        if kept == 0 {
+            sqlx::query("DELETE FROM log_chunks WHERE task_id = $1 AND attempt = $2 AND seq = $3")
+                .bind(task_id)
+                .bind(holder.attempt)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query(
+                "UPDATE log_chunks SET data = $4 WHERE task_id = $1 AND attempt = $2 AND seq = $3",
+            )
+            .bind(task_id)
+            .bind(holder.attempt)
+            .bind(seq)
+            .bind(&data[..kept as usize])
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE log_sizes SET bytes = $3 WHERE task_id = $1 AND attempt = $2")
+            .bind(task_id)
+            .bind(holder.attempt)
+            .bind(before + kept)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(LogAppend::OverLimit {
+            kept: kept as usize,
+        })
     }
 
     async fn read_log(

@@ -393,6 +393,16 @@ impl QueueStore for PostgresStore {
     async fn run_counts(&self) -> Result<Vec<(Status, i64)>> {
         self.counts("runs").await
     }
+
+    async fn queue_depth(&self) -> Result<i64> {
+        // `tasks_claim` leads with the status: this reads the queued
+        // entries of the index only.
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE status = 'queued'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
 }
 
 impl PostgresStore {

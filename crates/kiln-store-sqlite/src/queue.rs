@@ -366,6 +366,16 @@ impl QueueStore for SqliteStore {
     async fn run_counts(&self) -> Result<Vec<(Status, i64)>> {
         self.counts("runs").await
     }
+
+    async fn queue_depth(&self) -> Result<i64> {
+        // `tasks_claim` leads with the status: this reads the queued
+        // entries of the index only.
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE status = 'queued'")
+                .fetch_one(&self.reader)
+                .await?,
+        )
+    }
 }
 
 impl SqliteStore {

@@ -2,6 +2,7 @@
 //! and reports.
 
 use kiln_store::sql::{self, or_missing};
+use kiln_store::values::ms;
 use kiln_store::{Artifact, Result, ResultStore, TaskId};
 
 use crate::SqliteStore;
@@ -11,10 +12,11 @@ impl ResultStore for SqliteStore {
         let mut tx = self.write().await?;
         // Uploading the same path again (an agent retrying) replaces it.
         let result = sqlx::query(
-            "INSERT INTO artifacts (task_id, attempt, path, size, content_type, blob_key) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (task_id, attempt, path) DO UPDATE SET \
+            "INSERT INTO artifacts \
+             (task_id, attempt, path, size, content_type, blob_key, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (task_id, attempt, path) DO UPDATE SET \
              size = excluded.size, content_type = excluded.content_type, \
-             blob_key = excluded.blob_key",
+             blob_key = excluded.blob_key, expires_at = excluded.expires_at",
         )
         .bind(task_id)
         .bind(attempt)
@@ -22,6 +24,7 @@ impl ResultStore for SqliteStore {
         .bind(artifact.size)
         .bind(&artifact.content_type)
         .bind(&artifact.blob_key)
+        .bind(artifact.expires_at.map(ms))
         .execute(&mut *tx)
         .await;
         or_missing(result, || format!("task {task_id}"))?;
@@ -31,7 +34,7 @@ impl ResultStore for SqliteStore {
 
     async fn list_artifacts(&self, task_id: TaskId, attempt: i64) -> Result<Vec<Artifact>> {
         let rows = sqlx::query(
-            "SELECT path, size, content_type, blob_key FROM artifacts \
+            "SELECT path, size, content_type, blob_key, expires_at FROM artifacts \
              WHERE task_id = ? AND attempt = ? ORDER BY path",
         )
         .bind(task_id)

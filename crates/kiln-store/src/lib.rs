@@ -389,6 +389,24 @@ pub struct Artifact {
     pub content_type: String,
     /// Key in the blob store.
     pub blob_key: String,
+    /// When the pipeline's `artifacts: expire-in` runs out for this file
+    /// (counted from its upload); `None`: only the server's retention
+    /// applies. Kept for the retention curator.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What became of a log chunk offered under a size limit
+/// ([`LogStore::append_log_within`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogAppend {
+    /// Stored, or stored before under the same `seq`.
+    Stored,
+    /// The holder does not hold the task: nothing was stored.
+    NotHeld,
+    /// The chunk would take the attempt's log past the limit: only its
+    /// first `kept` bytes were stored.
+    OverLimit { kept: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -638,6 +656,9 @@ pub trait QueueStore {
     -> impl Future<Output = Result<Vec<TaskHold>>> + Send;
     /// Count of tasks per status, for metrics.
     fn task_counts(&self) -> impl Future<Output = Result<Vec<(Status, i64)>>> + Send;
+    /// Tasks waiting for an agent: one count over the claim index, cheap
+    /// enough for every metrics scrape.
+    fn queue_depth(&self) -> impl Future<Output = Result<i64>> + Send;
     fn run_counts(&self) -> impl Future<Output = Result<Vec<(Status, i64)>>> + Send;
 }
 
@@ -653,6 +674,18 @@ pub trait LogStore {
         seq: i64,
         data: &[u8],
     ) -> impl Future<Output = Result<bool>> + Send;
+    /// [`LogStore::append_log`] that keeps the attempt's log at `limit`
+    /// bytes at most, counted in the database (so the limit holds across
+    /// restarts and servers): a chunk that would cross it is cut to what
+    /// fits (possibly nothing), atomically with the count.
+    fn append_log_within(
+        &self,
+        task_id: TaskId,
+        holder: &Holder<'_>,
+        seq: i64,
+        data: &[u8],
+        limit: u64,
+    ) -> impl Future<Output = Result<LogAppend>> + Send;
     /// Up to `limit` chunks of `attempt`'s log with `seq >= from`, in order.
     fn read_log(
         &self,

@@ -297,6 +297,7 @@ pub fn artifact(row: &impl StoreRow) -> Result<Artifact> {
         size: row.int("size")?,
         content_type: row.text("content_type")?,
         blob_key: row.text("blob_key")?,
+        expires_at: opt_time(row.opt_int("expires_at")?)?,
     })
 }
 

@@ -27,7 +27,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use crate::queue::Retry;
 use crate::queue::cases::{self, Observed};
 use crate::{
-    Artifact, AuditFilter, Claim, Database, Event, Holder, Job, JobId, JobKind, JobSpec,
+    Artifact, AuditFilter, Claim, Database, Event, Holder, Job, JobId, JobKind, JobSpec, LogAppend,
     MemberRole, NewAuditEntry, NewRun, NewTask, NewUser, NewUserToken, Refusal, RunDetail,
     RunFilter, RunId, Status, StepRow, StoreError, TaskHold, TaskId, TaskResult, TaskRow,
     TokenKind, Undelivered, Upserted, User, UserChange, UserRole, Visibility,
@@ -45,7 +45,7 @@ macro_rules! testsuite {
             invalid_pipeline_run, run_keeps_its_pipeline, needs_release_and_skip, skipped_at_creation,
             allow_failure, labels_and_order, unplaceable, fair_between_jobs, steps,
             retry_on_failure, stale_attempts_are_fenced, agent_tokens_are_bound, ended_leases_are_lost, no_retry_when_pointless, lease_expiry, holder_checks, wide_run, undelivered,
-            cancel, deadline, logs, artifacts_and_reports, list_runs, counts,
+            cancel, deadline, logs, log_limit, artifacts_and_reports, artifact_expiry, list_runs, counts,
             queue_cases, duplicate_user, update_user, last_admin_stays, token_lookup_states,
             revoke_token, user_tokens_without_hashes, touch_token, members,
             members_cascade, creator_is_maintainer, job_and_role, runs_are_audited_with_their_number, sessions_expire, audit_filters_and_paging,
@@ -1780,7 +1780,99 @@ fn artifact(path: &str) -> Artifact {
         size: 42,
         content_type: "text/plain".into(),
         blob_key: format!("blobs/{path}"),
+        expires_at: None,
     }
+}
+
+/// The log limit is counted in the store: a chunk crossing it is cut to
+/// what fits, later ones keep nothing, a chunk sent again is not counted
+/// twice, and the count is per attempt.
+pub async fn log_limit<D: Database>(db: &D) {
+    let job = job(db, "log-limit").await;
+    let detail = create(db, &job, new_run(tasks(WIDE)), at(0)).await;
+    let (a, b) = (task(&detail, "a").id, task(&detail, "b").id);
+    for name in ["a", "b"] {
+        claim_named(db, "agent", name, at(1)).await;
+    }
+    let holder = Holder::new("agent", 1);
+    let within = |task_id: TaskId, seq: i64, data: &'static [u8], limit: u64| async move {
+        db.append_log_within(task_id, &holder, seq, data, limit)
+            .await
+            .expect("append_log_within")
+    };
+    assert_eq!(within(a, 0, b"0123", 10).await, LogAppend::Stored);
+    assert_eq!(
+        within(a, 0, b"0123", 10).await,
+        LogAppend::Stored,
+        "a chunk sent again is stored once"
+    );
+    assert_eq!(within(a, 1, b"4567", 10).await, LogAppend::Stored);
+    assert_eq!(
+        within(a, 2, b"89abcdef", 10).await,
+        LogAppend::OverLimit { kept: 2 }
+    );
+    assert_eq!(
+        within(a, 3, b"more", 10).await,
+        LogAppend::OverLimit { kept: 0 }
+    );
+    let log: Vec<u8> = db
+        .read_log(a, 1, 0, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, data)| data)
+        .collect();
+    assert_eq!(
+        log, b"0123456789",
+        "what came before the limit, and no more"
+    );
+    assert_eq!(db.log_size(a, 1).await.unwrap(), 10);
+    // A note past the limit goes in with no limit.
+    assert_eq!(
+        within(a, 1 << 40, b"limit reached", u64::MAX).await,
+        LogAppend::Stored
+    );
+    assert_eq!(db.log_size(a, 1).await.unwrap(), 23);
+    assert_eq!(
+        within(b, 0, b"0123456789", 10).await,
+        LogAppend::Stored,
+        "each task counts its own"
+    );
+    assert_eq!(
+        db.append_log_within(b, &Holder::new("other", 1), 1, b"x", 10)
+            .await
+            .unwrap(),
+        LogAppend::NotHeld
+    );
+    assert!(
+        db.append_log(b, &holder, 1, b"no limit").await.unwrap(),
+        "append_log has none"
+    );
+}
+
+/// An artifact keeps the instant its `expire-in` runs out, replaced with
+/// the file.
+pub async fn artifact_expiry<D: Database>(db: &D) {
+    let job = job(db, "expiry").await;
+    let detail = create(db, &job, new_run(tasks(PAIR)), at(0)).await;
+    let a = task(&detail, "a").id;
+    let expiring = Artifact {
+        expires_at: Some(at(3600)),
+        ..artifact("dist/app")
+    };
+    db.add_artifact(a, 1, &expiring).await.unwrap();
+    db.add_artifact(a, 1, &artifact("kept")).await.unwrap();
+    let listed = db.list_artifacts(a, 1).await.unwrap();
+    assert_eq!(listed, [expiring.clone(), artifact("kept")]);
+    let renewed = Artifact {
+        expires_at: Some(at(7200)),
+        ..expiring
+    };
+    db.add_artifact(a, 1, &renewed).await.unwrap();
+    assert_eq!(
+        db.list_artifacts(a, 1).await.unwrap()[0].expires_at,
+        Some(at(7200))
+    );
 }
 
 pub async fn artifacts_and_reports<D: Database>(db: &D) {
@@ -1942,6 +2034,11 @@ pub async fn counts<D: Database>(db: &D) {
     let tasks_after = db.task_counts().await.unwrap();
     let runs_after = db.run_counts().await.unwrap();
     assert_eq!(count(&tasks_after, Status::Queued), 2);
+    assert_eq!(
+        db.queue_depth().await.unwrap(),
+        2,
+        "the queue, counted alone"
+    );
     assert_eq!(
         count(&tasks_after, Status::Pending) - count(&tasks_before, Status::Pending),
         2

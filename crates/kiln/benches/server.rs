@@ -104,6 +104,7 @@ where
         blob_url: None,
         agent_lease: kiln_server::grpc::DEFAULT_LEASE,
         max_report_size: kiln_server::DEFAULT_MAX_REPORT_SIZE,
+        limits: kiln_server::Limits::default(),
     };
     let state = kiln_server::app_state(db.clone(), &config).await.unwrap();
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();

@@ -161,6 +161,36 @@ pub struct ServerArgs {
     pub build_cache: BuildCacheArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What one task may store on the server; a task that goes past a limit
+/// fails, and its console says which.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// The most console output one task attempt keeps, e.g. `64MiB`: the
+    /// log keeps what came before, says the limit was reached, and the task
+    /// fails.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub max_log_bytes: u64,
+    /// The most artifact bytes one task attempt keeps, all files together,
+    /// e.g. `1GiB`; past it the upload stops and the task fails.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    pub max_artifact_bytes: u64,
+    /// The largest single artifact file a task may keep, e.g. `512MiB`.
+    #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+    pub max_artifact_file_bytes: u64,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> kiln_server::Limits {
+        kiln_server::Limits {
+            max_log_bytes: self.max_log_bytes,
+            max_artifact_bytes: self.max_artifact_bytes,
+            max_artifact_file_bytes: self.max_artifact_file_bytes,
+        }
+    }
 }
 
 /// The server's own TLS: with a certificate, the API and the agents' port
@@ -207,6 +237,8 @@ pub struct UpArgs {
     pub build_cache: BuildCacheArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// How many images built from tasks' Dockerfiles an agent keeps.
@@ -277,7 +309,7 @@ pub struct AgentArgs {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     /// The defaults `--help` states are the executor's.
     #[test]
@@ -342,6 +374,21 @@ mod tests {
             .to_string();
         assert_eq!(kiln_server::DEFAULT_MAX_REPORT_SIZE, 64 << 20);
         assert!(help.contains("[default: 64MiB]"), "{help}");
+    }
+
+    /// The defaults of the limits' flags are the server's.
+    #[test]
+    fn limit_defaults_are_the_servers() {
+        let cli = super::Cli::try_parse_from(["kiln", "server"]).unwrap();
+        let super::Command::Server(args) = cli.command else {
+            panic!("not the server command");
+        };
+        assert_eq!(args.limits.limits(), kiln_server::Limits::default());
+        let cli = super::Cli::try_parse_from(["kiln", "up", "--max-log-bytes", "1KiB"]).unwrap();
+        let super::Command::Up(args) = cli.command else {
+            panic!("not the up command");
+        };
+        assert_eq!(args.limits.max_log_bytes, 1024);
     }
 
     /// `--help` describes every argument of every command, positional ones

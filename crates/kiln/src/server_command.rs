@@ -45,6 +45,7 @@ pub fn take_start_secrets() -> StartSecrets {
         admin_token: take("KILN_ADMIN_TOKEN"),
         admin_password: take("KILN_ADMIN_PASSWORD"),
         agent_token: take("KILN_AGENT_TOKEN"),
+        metrics_token: take("KILN_METRICS_TOKEN").filter(|token| !token.trim().is_empty()),
     };
     // Read by the command-line parser already; a password in it goes too.
     take("KILN_DATABASE_URL");
@@ -65,6 +66,7 @@ pub async fn server(args: ServerArgs, secrets: StartSecrets) -> anyhow::Result<i
         blob_url: args.blob_url.clone(),
         agent_lease: args.agent_lease,
         max_report_size: args.max_report_size,
+        limits: args.limits.limits(),
     };
     let launch = Launch {
         grpc_listen: args.grpc_listen,
@@ -90,6 +92,7 @@ pub async fn up(args: UpArgs, secrets: StartSecrets) -> anyhow::Result<i32> {
         blob_url: None,
         agent_lease: LEASE,
         max_report_size: kiln_server::DEFAULT_MAX_REPORT_SIZE,
+        limits: args.limits.limits(),
     };
     let launch = Launch {
         grpc_listen: args.grpc_listen,
@@ -205,6 +208,9 @@ async fn run_with<D: Database>(
     };
     let mut state = kiln_server::app_state(db, &config).await?;
     state.embedded_agent = embedded.as_ref().map(|embedded| embedded.name.into());
+    if let Some(token) = &secrets.metrics_token {
+        state.require_metrics_token(token);
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {

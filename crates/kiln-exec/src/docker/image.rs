@@ -268,6 +268,17 @@ fn plan_build(
                 build.dockerfile
             )
         })?;
+    // Both are read from the checkout only. A symlink on the way out of it
+    // (a Dockerfile linked to /etc/passwd, a context linked to /) would
+    // send a file of the agent's machine to the engine, and through the
+    // build's errors into the task's log.
+    let checkout = source
+        .root
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve the task's checkout: {e}"))?;
+    inside_checkout(&checkout, &context, "build context", &build.context)?;
+    let dockerfile_disk =
+        inside_checkout(&checkout, &dockerfile_path, "dockerfile", &build.dockerfile)?;
     let files: Vec<(PathBuf, PathBuf)> = source
         .files
         .iter()
@@ -283,7 +294,6 @@ fn plan_build(
         .ok()
         .filter(|inside| files.iter().any(|(_, name)| name == inside))
         .map(Path::to_path_buf);
-    let dockerfile_disk = source.root.join(&dockerfile_path);
     let dockerfile_content = fs::read(&dockerfile_disk)
         .map_err(|e| format!("cannot read dockerfile {}: {e}", build.dockerfile))?;
 
@@ -312,6 +322,31 @@ fn plan_build(
         outside_dockerfile,
         tag: format!("{repository}:{hex}"),
     })
+}
+
+/// Where `relative` (in the checkout at `checkout`, itself resolved)
+/// leads once its symlinks are followed; an error when that is outside the
+/// checkout. A path that does not exist is left to fail where it is read.
+fn inside_checkout(
+    checkout: &Path,
+    relative: &Path,
+    what: &str,
+    named: &str,
+) -> Result<PathBuf, String> {
+    let path = checkout.join(relative);
+    let resolved = match path.canonicalize() {
+        Ok(resolved) => resolved,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(path),
+        Err(e) => return Err(format!("cannot resolve {what} `{named}`: {e}")),
+    };
+    if !resolved.starts_with(checkout) {
+        return Err(format!(
+            "{what} `{named}` leads through a symlink to {}, outside the repository's \
+             checkout: it is not read from the agent's machine",
+            resolved.display()
+        ));
+    }
+    Ok(resolved)
 }
 
 /// `a/./b/` → `a/b`, `.` → empty; `None` for paths leaving the repository.

@@ -107,6 +107,7 @@ pub async fn list<D: Database>(
                 path: a.path,
                 size: a.size,
                 content_type: a.content_type,
+                expires_at: a.expires_at,
             })
             .collect(),
     }))

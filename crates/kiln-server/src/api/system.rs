@@ -152,13 +152,41 @@ pub async fn healthz<D: Database>(State(state): State<AppState<D>>) -> Response 
     }
 }
 
-/// Prometheus metrics; needs no token.
+/// Prometheus metrics; needs no token unless the server was started with
+/// `KILN_METRICS_TOKEN`, then `Authorization: Bearer <that token>`.
 #[utoipa::path(operation_id = "metrics", get, path = "/metrics", tag = "system",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 401, description = "The server has a metrics token (KILN_METRICS_TOKEN) and the request did not carry it", body = kiln_api::Problem, content_type = "application/problem+json")))]
 #[allow(dead_code)]
 fn metrics_doc() {}
 
-pub async fn metrics<D: Database>(State(state): State<AppState<D>>) -> Response {
+pub async fn metrics<D: Database>(
+    State(state): State<AppState<D>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(expected) = &state.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(|token| kiln_crypto::hash_token(token.trim()));
+        // Hashes are compared, so the time taken says nothing of the token.
+        if given.as_deref() != Some(&**expected) {
+            return crate::error::ApiError::unauthorized(
+                "this server's /metrics needs `Authorization: Bearer <token>` with the token it \
+                 was started with (KILN_METRICS_TOKEN)",
+            )
+            .with_header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"kiln-metrics\""),
+            )
+            .into_response();
+        }
+    }
     match crate::metrics::render(&state).await {
         Ok(text) => {
             let mut response = text.into_response();

@@ -21,8 +21,8 @@ use kiln_proto::v1::{
     RegisterRequest, RegisterResponse, ReportChunk, ServerMessage, SessionRequest, StepUpdate,
 };
 use kiln_store::{
-    Artifact, Database, Holder, JobId, Status, StepRow, StoreError, TaskHold, TaskId, TaskResult,
-    TokenKind, Undelivered,
+    Artifact, Database, Holder, JobId, LogAppend, Status, StepRow, StoreError, TaskHold, TaskId,
+    TaskResult, TokenKind, Undelivered,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,10 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 const SESSION_BUFFER: usize = 256;
 /// Pieces of an artifact in flight to the blob store, per upload.
 const UPLOAD_BUFFER: usize = 8;
+/// The `seq` of the note a limit leaves at the end of a log: past any
+/// chunk an agent sends, so it stays last, and one `seq` so however many
+/// calls cross the limit at once, the note is stored once.
+pub const LIMIT_NOTE_SEQ: i64 = 1 << 62;
 
 /// Serves the `Agent` service on `listener` until `shutdown`.
 pub async fn serve<D: Database>(
@@ -281,13 +285,14 @@ fn parse_status(text: &str) -> Result<Status, GrpcStatus> {
         .map_err(|e: kiln_pipeline::UnknownName| GrpcStatus::invalid_argument(e.to_string()))
 }
 
-/// Where a task's results go in the blob store.
 /// Where a held task's uploads go: its job, its run's number and the
 /// attempt the agent runs.
 struct Place {
     job_id: JobId,
     run: i64,
     attempt: i64,
+    /// The task's `artifacts: expire-in`.
+    expire_in: Option<Duration>,
 }
 
 impl<D: Database> AgentService<D> {
@@ -387,7 +392,85 @@ impl<D: Database> AgentService<D> {
             job_id: both.1.id,
             run: both.0.number,
             attempt: task.attempt,
+            expire_in: None,
         })
+    }
+
+    /// What one task attempt may go on storing, or why it may not.
+    fn over_artifact_limit(&self, file: &FileUpload) -> Option<(&'static str, String)> {
+        let limits = &self.state.limits;
+        if file.received > limits.max_artifact_file_bytes {
+            return Some((
+                "max-artifact-file-bytes",
+                format!(
+                    "artifact `{}` is over the limit of {} per file (--max-artifact-file-bytes); \
+                     it was not kept and the task failed",
+                    file.path,
+                    crate::human_bytes(limits.max_artifact_file_bytes)
+                ),
+            ));
+        }
+        if file.kept_before + file.received > limits.max_artifact_bytes {
+            return Some((
+                "max-artifact-bytes",
+                format!(
+                    "artifact `{}` takes the task's artifacts over the limit of {} per task \
+                     (--max-artifact-bytes); it was not kept and the task failed",
+                    file.path,
+                    crate::human_bytes(limits.max_artifact_bytes)
+                ),
+            ));
+        }
+        None
+    }
+
+    /// Ends the attempt `holder` holds `failure` for going past `limit`
+    /// (its flag's name): the log says why at its end, and the agent is
+    /// answered `RESOURCE_EXHAUSTED`, on which it stops the task. The
+    /// server does it rather than trusting the agent to.
+    async fn end_over_limit(
+        &self,
+        holder: &Holder<'_>,
+        task_id: TaskId,
+        limit: &'static str,
+        message: String,
+        new_line: bool,
+    ) -> GrpcStatus {
+        let note = format!("{}kiln: {message}\n", if new_line { "\n" } else { "" });
+        if let Err(e) = self
+            .state
+            .db
+            .append_log_within(task_id, holder, LIMIT_NOTE_SEQ, note.as_bytes(), u64::MAX)
+            .await
+        {
+            tracing::warn!("task {task_id}: noting the {limit} limit in its log: {e}");
+        }
+        // Another call may have ended it first: then there is nothing left to do.
+        if let Ok(task) = self.held(holder, task_id).await
+            && let Ok(place) = self.place(&task).await
+        {
+            tracing::info!("task {task_id}: {message}");
+            let result = TaskResult {
+                status: Status::Failure,
+                reason: Some(message.clone()),
+                // The same task would print or keep as much again.
+                retry: kiln_store::queue::Retry::Pointless,
+                now: Utc::now(),
+            };
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            tokio::spawn(record_finish(
+                self.state.clone(),
+                holder.agent.to_string(),
+                task,
+                place,
+                result,
+                answer,
+            ));
+            if let Ok(Ok(())) = answered.await {
+                self.state.metrics.limit_hit(limit);
+            }
+        }
+        GrpcStatus::resource_exhausted(message)
     }
 }
 
@@ -416,6 +499,12 @@ struct FileUpload {
     key: String,
     sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
     upload: tokio::task::JoinHandle<Result<u64, kiln_blob::BlobError>>,
+    /// Bytes of the file received so far.
+    received: u64,
+    /// Bytes of the attempt's other artifacts, kept before this file.
+    kept_before: u64,
+    /// When the file expires (the task's `artifacts: expire-in`).
+    expires_at: Option<DateTime<Utc>>,
 }
 
 impl FileUpload {
@@ -439,6 +528,9 @@ impl FileUpload {
             key,
             sender,
             upload,
+            received: 0,
+            kept_before: 0,
+            expires_at: None,
         }
     }
 
@@ -682,16 +774,32 @@ impl<D: Database> Agent for AgentService<D> {
                     "log sequence numbers start at 0",
                 ));
             }
-            // The store checks the holder with each chunk.
+            // The store checks the holder with each chunk, and counts the
+            // attempt's bytes against the limit.
             let holder = holder(&agent, chunk.attempt)?;
-            if !self
+            let task_id = TaskId(chunk.task_id);
+            let limit = self.state.limits.max_log_bytes;
+            match self
                 .state
                 .db
-                .append_log(TaskId(chunk.task_id), &holder, chunk.seq, &chunk.data)
+                .append_log_within(task_id, &holder, chunk.seq, &chunk.data, limit)
                 .await
                 .map_err(store_status)?
             {
-                return Err(denied(&holder, TaskId(chunk.task_id)));
+                LogAppend::Stored => {}
+                LogAppend::NotHeld => return Err(denied(&holder, task_id)),
+                LogAppend::OverLimit { kept } => {
+                    // The note starts a line of its own.
+                    let mid_line = kept > 0 && chunk.data[kept - 1] != b'\n';
+                    let message = format!(
+                        "log limit of {} reached; the rest of this task's output was dropped \
+                         (--max-log-bytes)",
+                        crate::human_bytes(limit)
+                    );
+                    return Err(self
+                        .end_over_limit(&holder, task_id, "max-log-bytes", message, mid_line)
+                        .await);
+                }
             }
             let through = ack.stored_through.entry(chunk.task_id).or_insert(chunk.seq);
             *through = (*through).max(chunk.seq);
@@ -757,7 +865,16 @@ impl<D: Database> Agent for AgentService<D> {
                         Entry::Vacant(entry) => {
                             let holder = holder(&agent, chunk.attempt)?;
                             let task = self.held(&holder, task_id).await?;
-                            entry.insert(self.place(&task).await?)
+                            let mut place = self.place(&task).await?;
+                            place.expire_in = self
+                                .state
+                                .db
+                                .get_task(task_id)
+                                .await
+                                .map_err(store_status)?
+                                .and_then(|row| row.spec.artifacts.expire_in)
+                                .map(|expire_in| expire_in.as_std());
+                            entry.insert(place)
                         }
                     };
                     let key = results::artifact_key(
@@ -768,13 +885,44 @@ impl<D: Database> Agent for AgentService<D> {
                         &chunk.path,
                     )
                     .map_err(GrpcStatus::invalid_argument)?;
-                    current = Some(FileUpload::start(
+                    // What the attempt kept before, this file's earlier
+                    // upload aside (it is replaced), counts towards the
+                    // task's limit.
+                    let kept_before: u64 = self
+                        .state
+                        .db
+                        .list_artifacts(task_id, place.attempt)
+                        .await
+                        .map_err(store_status)?
+                        .iter()
+                        .filter(|artifact| artifact.path != chunk.path)
+                        .map(|artifact| u64::try_from(artifact.size).unwrap_or(0))
+                        .sum();
+                    let mut file = FileUpload::start(
                         self.state.blobs.clone(),
                         task_id,
                         place.attempt,
                         chunk.path.clone(),
                         key,
-                    ));
+                    );
+                    file.kept_before = kept_before;
+                    file.expires_at = place.expire_in.map(|expire_in| {
+                        Utc::now() + chrono::Duration::from_std(expire_in).unwrap_or_default()
+                    });
+                    current = Some(file);
+                }
+                if let Some(file) = &mut current {
+                    file.received += chunk.data.len() as u64;
+                    if let Some(message) = self.over_artifact_limit(file) {
+                        let (task_id, attempt) = (file.task_id, file.attempt);
+                        if let Some(file) = current.take() {
+                            file.abort().await;
+                        }
+                        let holder = holder(&agent, attempt)?;
+                        return Err(self
+                            .end_over_limit(&holder, task_id, message.0, message.1, true)
+                            .await);
+                    }
                 }
                 if !chunk.data.is_empty()
                     && let Some(file) = &current
@@ -949,6 +1097,7 @@ async fn record_finish<D: Database>(
     }
     tracing::info!("agent {agent} finished task {} {}", task.id, result.status);
     state.metrics.task_finished(task.started_at, result.now);
+    state.metrics.task_ended(result.status);
     // Out of the registry before the agent hears back: until then the
     // dispatcher would take the ended task for one to stop, and tell the
     // agent so after its next assignment was due.
@@ -966,11 +1115,12 @@ async fn record_finish<D: Database>(
 
 impl<D: Database> AgentService<D> {
     async fn store_artifact(&self, file: FileUpload) -> Result<(), GrpcStatus> {
-        let (task_id, attempt, path, key) = (
+        let (task_id, attempt, path, key, expires_at) = (
             file.task_id,
             file.attempt,
             file.path.clone(),
             file.key.clone(),
+            file.expires_at,
         );
         let size = file.finish().await?;
         let artifact = Artifact {
@@ -978,6 +1128,7 @@ impl<D: Database> AgentService<D> {
             path,
             size: size as i64,
             blob_key: key,
+            expires_at,
         };
         self.state
             .db

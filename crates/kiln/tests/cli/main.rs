@@ -9,6 +9,7 @@ mod architecture;
 mod docs;
 mod downloads;
 mod hostile;
+mod limits;
 mod reruns;
 mod run;
 mod run_logs;

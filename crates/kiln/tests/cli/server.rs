@@ -56,6 +56,33 @@ impl Server {
         grpc_listen: &str,
         agent_lease: &str,
     ) -> Server {
+        Server::launch_with(
+            data_dir,
+            database,
+            worker,
+            grpc_listen,
+            agent_lease,
+            &[],
+            &[],
+        )
+    }
+
+    /// A server for remote agents only, with more arguments and
+    /// environment variables.
+    pub fn start_for_agents_with(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let data_dir = tempfile::tempdir().unwrap();
+        Server::launch_with(data_dir, None, false, "127.0.0.1:0", "3s", args, env)
+    }
+
+    fn launch_with(
+        data_dir: tempfile::TempDir,
+        database: Option<&str>,
+        worker: bool,
+        grpc_listen: &str,
+        agent_lease: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
         command
             .args([
@@ -73,6 +100,7 @@ impl Server {
             // Agents' tests kill agents: a short lease finds that out quickly.
             command.args(["--agent-lease", agent_lease]);
         }
+        command.args(args).envs(env.iter().copied());
         command
             .env("KILN_ADMIN_TOKEN", ADMIN)
             .env("KILN_ADMIN_PASSWORD", ADMIN_PASSWORD)
