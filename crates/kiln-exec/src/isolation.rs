@@ -155,9 +155,11 @@ impl TaskUsers {
     /// Fails when the `kiln-task` group is missing or a uid of the range
     /// belongs to an account.
     pub fn new(range: UidRange, lock_dir: &Path) -> Result<TaskUsers, IsolationError> {
-        let groups = fs::read_to_string("/etc/group").map_err(io_error("cannot read", "/etc/group".as_ref()))?;
+        let groups = fs::read_to_string("/etc/group")
+            .map_err(io_error("cannot read", "/etc/group".as_ref()))?;
         let gid = find_gid(&groups, TASK_GROUP).ok_or(IsolationError::NoTaskGroup)?;
-        let passwd = fs::read_to_string("/etc/passwd").map_err(io_error("cannot read", "/etc/passwd".as_ref()))?;
+        let passwd = fs::read_to_string("/etc/passwd")
+            .map_err(io_error("cannot read", "/etc/passwd".as_ref()))?;
         if let Some((user, uid)) = accounts(&passwd).find(|(_, uid)| range.contains(*uid)) {
             return Err(IsolationError::RangeTaken {
                 uid,
@@ -198,8 +200,12 @@ impl TaskUsers {
                 .open(&path)
                 .map_err(io_error("cannot open", &path))?;
             // SAFETY: flock on a descriptor this function owns.
-            let locked =
-                unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) };
+            let locked = unsafe {
+                libc::flock(
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    libc::LOCK_EX | libc::LOCK_NB,
+                )
+            };
             if locked == 0 {
                 kill_user_processes(uid);
                 return Ok(TaskUser {
@@ -481,15 +487,19 @@ pub unsafe fn join_cgroup(procs: &std::ffi::CStr) -> io::Result<()> {
     Ok(())
 }
 
-/// Drops root for `uid`:`gid` with no supplementary groups, as
+/// Drops root for `uid`:`gid` with no supplementary groups and umask
+/// `022`, as
 /// `CommandExt::uid`/`gid` would; done in `pre_exec` instead so that the
 /// step joins its cgroup first (only root may move it there).
 ///
 /// # Safety
 /// Same as [`std::os::unix::process::CommandExt::pre_exec`]'s closures.
 pub unsafe fn become_user(uid: u32, gid: u32) -> io::Result<()> {
-    // SAFETY: setgroups, setgid and setuid are async-signal-safe.
+    // SAFETY: setgroups, setgid, setuid and umask are async-signal-safe.
     unsafe {
+        // The usual mask, whatever the agent's own is (a server keeps its
+        // files private with 077): the workspace itself is `0700`.
+        libc::umask(0o022);
         if libc::setgroups(0, std::ptr::null()) != 0
             || libc::setgid(gid) != 0
             || libc::setuid(uid) != 0
@@ -696,7 +706,11 @@ mod tests {
             command.pre_exec(move || join_cgroup(&procs));
         }
         let output = command.output().unwrap();
-        let sleeper: i32 = String::from_utf8(output.stdout).unwrap().trim().parse().unwrap();
+        let sleeper: i32 = String::from_utf8(output.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert_eq!(task.pids(), [sleeper]);
         let path = task.path().to_path_buf();
         drop(task);

@@ -20,9 +20,8 @@ const EXIT_INTERRUPTED: i32 = 130;
 pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
     let token = match (&args.token, &args.token_file) {
         (_, Some(file)) => {
-            let token = std::fs::read_to_string(file).with_context(|| {
-                format!("cannot read the agent token file {}", file.display())
-            })?;
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the agent token file {}", file.display()))?;
             token.trim().to_string()
         }
         (Some(token), None) => token.clone(),
@@ -245,7 +244,11 @@ fn process_executor(
         }
     };
     if let Some(users) = &users {
-        tracing::info!("task uids {} with group {}", users.range(), kiln_exec::isolation::TASK_GROUP);
+        tracing::info!(
+            "task uids {} with group {}",
+            users.range(),
+            kiln_exec::isolation::TASK_GROUP
+        );
     }
     Ok(ProcessExecutor {
         inherit_env: false,

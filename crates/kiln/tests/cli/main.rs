@@ -8,6 +8,7 @@ mod agents;
 mod architecture;
 mod docs;
 mod downloads;
+mod isolation;
 mod reruns;
 mod run;
 mod run_logs;
