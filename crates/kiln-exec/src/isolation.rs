@@ -699,7 +699,7 @@ mod tests {
         let procs = task.procs_file().to_owned();
         let mut command = std::process::Command::new("sh");
         command
-            .args(["-c", "setsid sleep 1000 & echo $!"])
+            .args(["-c", "setsid sleep 1000 > /dev/null 2>&1 & echo $!"])
             .stdout(std::process::Stdio::piped());
         // SAFETY: join_cgroup is async-signal-safe.
         unsafe {
