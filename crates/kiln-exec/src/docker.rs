@@ -343,8 +343,15 @@ fn random_id() -> String {
 /// Why a task with neither `image` nor `build` cannot run in a container.
 const NO_IMAGE: &str = "task has no `image` or `build`; the docker executor needs one";
 
-/// The engine's own bridge network, used by tasks that have no services.
-const DEFAULT_NETWORK: &str = "bridge";
+/// The network of every task without services: one bridge, made by the
+/// first task that needs it and kept, with traffic between its containers
+/// off, so a task cannot reach another task's container (the engine's
+/// default `bridge` lets it). A network per task isolates as well but costs
+/// its creation and removal on every task (docs/agents.md, Isolation).
+pub const TASKS_NETWORK: &str = "kiln-tasks";
+/// The bridge driver's option that stops containers on one bridge from
+/// talking to each other.
+const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
 
 fn env_strings(pairs: &[(String, String)]) -> Vec<String> {
     pairs.iter().map(|(k, v)| format!("{k}={v}")).collect()
@@ -461,9 +468,11 @@ impl DockerExecutor {
         labels.insert(INSTANCE_LABEL.into(), names.instance.clone());
 
         let network = if spec.services.is_empty() {
-            // Nothing to reach by alias, so the engine's default bridge will
-            // do: creating and removing a private network costs ~0.3 s a task.
-            DEFAULT_NETWORK.to_string()
+            // Nothing to reach by alias: the shared network without
+            // inter-container traffic, rather than a private network that
+            // costs ~0.4 s a task to create and remove.
+            phase(self.tasks_network(), deadline, cancel).await?;
+            TASKS_NETWORK.to_string()
         } else {
             let network = names.network();
             teardown.network(&network);
@@ -539,6 +548,65 @@ impl DockerExecutor {
                 Err(e) => tracing::warn!("pruning the build cache: {e}"),
             }
         })
+    }
+
+    /// Makes [`TASKS_NETWORK`] unless it is there; one made by someone else
+    /// with inter-container traffic on is refused, not used.
+    async fn tasks_network(&self) -> Result<(), String> {
+        let refuse = || {
+            format!(
+                "the Docker network {TASKS_NETWORK} lets its containers reach each other \
+                 ({ICC_OPTION} is not false), so tasks could reach each other's: remove it \
+                 (`docker network rm {TASKS_NETWORK}`) and Kiln makes it again"
+            )
+        };
+        match self.docker.inspect_network(TASKS_NETWORK, None).await {
+            Ok(network) => {
+                let icc = network.options.as_ref().and_then(|o| o.get(ICC_OPTION));
+                return if icc.map(String::as_str) == Some("false") {
+                    Ok(())
+                } else {
+                    Err(refuse())
+                };
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => {
+                return Err(format!(
+                    "inspecting the network {TASKS_NETWORK}: {}",
+                    engine_message(&e)
+                ));
+            }
+        }
+        let request = NetworkCreateRequest {
+            name: TASKS_NETWORK.to_string(),
+            driver: Some("bridge".into()),
+            options: Some(HashMap::from([(
+                ICC_OPTION.to_string(),
+                "false".to_string(),
+            )])),
+            // Not a task's label: the sweeps of leftovers never remove it.
+            labels: Some(HashMap::from([(
+                "kiln.shared".to_string(),
+                "tasks".to_string(),
+            )])),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => {
+                tracing::info!("created the Docker network {TASKS_NETWORK}");
+                Ok(())
+            }
+            // Another task or agent made it a moment ago: check it is ours.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Box::pin(self.tasks_network()).await,
+            Err(e) => Err(format!(
+                "creating the network {TASKS_NETWORK}: {}",
+                engine_message(&e)
+            )),
+        }
     }
 
     async fn create_network(
