@@ -471,8 +471,7 @@ impl DockerExecutor {
             // Nothing to reach by alias: the shared network without
             // inter-container traffic, rather than a private network that
             // costs ~0.4 s a task to create and remove.
-            phase(self.tasks_network(), deadline, cancel).await?;
-            TASKS_NETWORK.to_string()
+            phase(self.tasks_network(), deadline, cancel).await?
         } else {
             let network = names.network();
             teardown.network(&network);
@@ -550,34 +549,46 @@ impl DockerExecutor {
         })
     }
 
-    /// Makes [`TASKS_NETWORK`] unless it is there; one made by someone else
-    /// with inter-container traffic on is refused, not used.
-    async fn tasks_network(&self) -> Result<(), String> {
-        let refuse = || {
-            format!(
-                "the Docker network {TASKS_NETWORK} lets its containers reach each other \
-                 ({ICC_OPTION} is not false), so tasks could reach each other's: remove it \
-                 (`docker network rm {TASKS_NETWORK}`) and Kiln makes it again"
-            )
-        };
-        match self.docker.inspect_network(TASKS_NETWORK, None).await {
-            Ok(network) => {
-                let icc = network.options.as_ref().and_then(|o| o.get(ICC_OPTION));
-                return if icc.map(String::as_str) == Some("false") {
-                    Ok(())
-                } else {
-                    Err(refuse())
-                };
+    /// The id of [`TASKS_NETWORK`], made unless it is there. One made by
+    /// someone else with inter-container traffic on is refused, not used.
+    /// The engine does not keep network names unique under concurrent
+    /// creation: tasks of this process make it one at a time, and when
+    /// agents raced, the oldest is used and the others removed.
+    async fn tasks_network(&self) -> Result<String, String> {
+        static MAKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one_at_a_time = MAKING.lock().await;
+        let filters = HashMap::from([("name", vec![TASKS_NETWORK])]);
+        let options = bollard::query_parameters::ListNetworksOptionsBuilder::new()
+            .filters(&filters)
+            .build();
+        let mut found: Vec<_> = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| format!("listing the networks: {}", engine_message(&e)))?
+            .into_iter()
+            // The name filter matches parts of names too.
+            .filter(|n| n.name.as_deref() == Some(TASKS_NETWORK))
+            .collect();
+        found.sort_by_key(|n| n.created.as_ref().map(|c| c.to_string()));
+        if let Some(oldest) = found.first() {
+            for extra in &found[1..] {
+                if let Some(id) = &extra.id {
+                    let _ = self.docker.remove_network(id).await;
+                }
             }
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {}
-            Err(e) => {
+            let icc = oldest.options.as_ref().and_then(|o| o.get(ICC_OPTION));
+            if icc.map(String::as_str) != Some("false") {
                 return Err(format!(
-                    "inspecting the network {TASKS_NETWORK}: {}",
-                    engine_message(&e)
+                    "the Docker network {TASKS_NETWORK} lets its containers reach each other \
+                     ({ICC_OPTION} is not false), so tasks could reach each other's: remove it \
+                     (`docker network rm {TASKS_NETWORK}`) and Kiln makes it again"
                 ));
             }
+            return oldest
+                .id
+                .clone()
+                .ok_or_else(|| format!("the engine lists {TASKS_NETWORK} without an id"));
         }
         let request = NetworkCreateRequest {
             name: TASKS_NETWORK.to_string(),
@@ -593,20 +604,14 @@ impl DockerExecutor {
             )])),
             ..Default::default()
         };
-        match self.docker.create_network(request).await {
-            Ok(_) => {
-                tracing::info!("created the Docker network {TASKS_NETWORK}");
-                Ok(())
-            }
-            // Another task or agent made it a moment ago: check it is ours.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Box::pin(self.tasks_network()).await,
-            Err(e) => Err(format!(
+        let made = self.docker.create_network(request).await.map_err(|e| {
+            format!(
                 "creating the network {TASKS_NETWORK}: {}",
                 engine_message(&e)
-            )),
-        }
+            )
+        })?;
+        tracing::info!("created the Docker network {TASKS_NETWORK}");
+        Ok(made.id)
     }
 
     async fn create_network(
