@@ -199,7 +199,20 @@ ensure_tools() {
   fi
 }
 
+# The group of the users an agent running as root gives its tasks on the
+# process executor (docs/agents.md, Isolation); the agent refuses to start
+# without it.
+ensure_task_group() {
+  if getent group kiln-task >/dev/null; then
+    log "group kiln-task present"
+    return
+  fi
+  log "creating the group kiln-task"
+  as_root groupadd --system kiln-task
+}
+
 ensure_tools
+ensure_task_group
 ensure_docker
 ensure_busybox_image
 ensure_postgres

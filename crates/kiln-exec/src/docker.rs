@@ -343,8 +343,15 @@ fn random_id() -> String {
 /// Why a task with neither `image` nor `build` cannot run in a container.
 const NO_IMAGE: &str = "task has no `image` or `build`; the docker executor needs one";
 
-/// The engine's own bridge network, used by tasks that have no services.
-const DEFAULT_NETWORK: &str = "bridge";
+/// The network of every task without services: one bridge, made by the
+/// first task that needs it and kept, with traffic between its containers
+/// off, so a task cannot reach another task's container (the engine's
+/// default `bridge` lets it). A network per task isolates as well but costs
+/// its creation and removal on every task (docs/agents.md, Isolation).
+pub const TASKS_NETWORK: &str = "kiln-tasks";
+/// The bridge driver's option that stops containers on one bridge from
+/// talking to each other.
+const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
 
 fn env_strings(pairs: &[(String, String)]) -> Vec<String> {
     pairs.iter().map(|(k, v)| format!("{k}={v}")).collect()
@@ -461,9 +468,10 @@ impl DockerExecutor {
         labels.insert(INSTANCE_LABEL.into(), names.instance.clone());
 
         let network = if spec.services.is_empty() {
-            // Nothing to reach by alias, so the engine's default bridge will
-            // do: creating and removing a private network costs ~0.3 s a task.
-            DEFAULT_NETWORK.to_string()
+            // Nothing to reach by alias: the shared network without
+            // inter-container traffic, rather than a private network that
+            // costs ~0.4 s a task to create and remove.
+            phase(self.tasks_network(), deadline, cancel).await?
         } else {
             let network = names.network();
             teardown.network(&network);
@@ -539,6 +547,71 @@ impl DockerExecutor {
                 Err(e) => tracing::warn!("pruning the build cache: {e}"),
             }
         })
+    }
+
+    /// The id of [`TASKS_NETWORK`], made unless it is there. One made by
+    /// someone else with inter-container traffic on is refused, not used.
+    /// The engine does not keep network names unique under concurrent
+    /// creation: tasks of this process make it one at a time, and when
+    /// agents raced, the oldest is used and the others removed.
+    async fn tasks_network(&self) -> Result<String, String> {
+        static MAKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one_at_a_time = MAKING.lock().await;
+        let filters = HashMap::from([("name", vec![TASKS_NETWORK])]);
+        let options = bollard::query_parameters::ListNetworksOptionsBuilder::new()
+            .filters(&filters)
+            .build();
+        let mut found: Vec<_> = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| format!("listing the networks: {}", engine_message(&e)))?
+            .into_iter()
+            // The name filter matches parts of names too.
+            .filter(|n| n.name.as_deref() == Some(TASKS_NETWORK))
+            .collect();
+        found.sort_by_key(|n| n.created.as_ref().map(|c| c.to_string()));
+        if let Some(oldest) = found.first() {
+            for extra in &found[1..] {
+                if let Some(id) = &extra.id {
+                    let _ = self.docker.remove_network(id).await;
+                }
+            }
+            let icc = oldest.options.as_ref().and_then(|o| o.get(ICC_OPTION));
+            if icc.map(String::as_str) != Some("false") {
+                return Err(format!(
+                    "the Docker network {TASKS_NETWORK} lets its containers reach each other \
+                     ({ICC_OPTION} is not false), so tasks could reach each other's: remove it \
+                     (`docker network rm {TASKS_NETWORK}`) and Kiln makes it again"
+                ));
+            }
+            return oldest
+                .id
+                .clone()
+                .ok_or_else(|| format!("the engine lists {TASKS_NETWORK} without an id"));
+        }
+        let request = NetworkCreateRequest {
+            name: TASKS_NETWORK.to_string(),
+            driver: Some("bridge".into()),
+            options: Some(HashMap::from([(
+                ICC_OPTION.to_string(),
+                "false".to_string(),
+            )])),
+            // Not a task's label: the sweeps of leftovers never remove it.
+            labels: Some(HashMap::from([(
+                "kiln.shared".to_string(),
+                "tasks".to_string(),
+            )])),
+            ..Default::default()
+        };
+        let made = self.docker.create_network(request).await.map_err(|e| {
+            format!(
+                "creating the network {TASKS_NETWORK}: {}",
+                engine_message(&e)
+            )
+        })?;
+        tracing::info!("created the Docker network {TASKS_NETWORK}");
+        Ok(made.id)
     }
 
     async fn create_network(

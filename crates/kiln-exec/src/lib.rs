@@ -7,6 +7,7 @@
 
 pub mod context;
 pub mod docker;
+pub mod isolation;
 pub mod mask;
 pub mod process;
 pub mod workspace;

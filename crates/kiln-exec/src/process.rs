@@ -11,6 +11,7 @@ use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
+use crate::isolation::{Isolation, TaskCgroup, TaskUser};
 use crate::mask::MaskedEvents;
 use crate::workspace::{collect_each, collect_outputs};
 use crate::{
@@ -33,6 +34,9 @@ pub struct ProcessExecutor {
     pub inherit_env: bool,
     /// Where task workspaces are made; the system temp dir by default.
     pub work_root: Option<PathBuf>,
+    /// Task users and cgroups, as an agent running as root has them; none
+    /// for `kiln run`, whose steps run as the user who started it.
+    pub isolation: Isolation,
 }
 
 impl Default for ProcessExecutor {
@@ -40,6 +44,7 @@ impl Default for ProcessExecutor {
         ProcessExecutor {
             inherit_env: true,
             work_root: None,
+            isolation: Isolation::default(),
         }
     }
 }
@@ -104,8 +109,21 @@ impl ProcessExecutor {
                 return outcome;
             }
         };
+        let confinement = match self.confine(workspace.path()).await {
+            Ok(confinement) => confinement,
+            Err(message) => {
+                remove_workspace(workspace).await;
+                return TaskOutcome::error(spec, message);
+            }
+        };
+        let jail = confinement.jail();
         let groups = ProcessGroups::default();
-        let env = step_environment(spec);
+        let mut env = step_environment(spec);
+        if confinement.user.is_some() {
+            // The agent's HOME is not the task user's to write in.
+            env.push(("HOME".into(), workspace.path().display().to_string()));
+            env.push(("USER".into(), crate::isolation::TASK_GROUP.into()));
+        }
         let steps = drive_steps(spec, events, deadline, cancel, |_, step| {
             Box::pin(run_step(
                 &step.run,
@@ -113,12 +131,15 @@ impl ProcessExecutor {
                 &env,
                 self.inherit_env,
                 &groups,
+                &jail,
                 events,
             ))
         })
         .await;
-        // Background jobs a step left behind end with the task.
+        // Background jobs a step left behind end with the task, before
+        // its outputs are read (nothing may change them any more).
         groups.kill_all();
+        let user = confinement.end().await;
 
         let mut outcome = TaskOutcome {
             status: steps.status,
@@ -134,8 +155,34 @@ impl ProcessExecutor {
             collect(spec, workspace.path(), events, &mut outcome).await;
         }
         remove_workspace(workspace).await;
+        if let Some(user) = user {
+            // Frees the uid after clearing what the task left in /tmp.
+            let _ = tokio::task::spawn_blocking(move || drop(user)).await;
+        }
         outcome.finished_at = Utc::now();
         outcome
+    }
+
+    /// A uid and a cgroup for one task, as this executor's isolation has
+    /// them; the workspace becomes the task user's.
+    async fn confine(&self, workspace: &Path) -> Result<Confinement, String> {
+        let user = match &self.isolation.users {
+            Some(users) => {
+                let user = users.claim().map_err(|e| e.to_string())?;
+                let dir = workspace.to_path_buf();
+                let user = tokio::task::spawn_blocking(move || user.take_over(&dir).map(|()| user))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("cannot give the workspace to the task user: {e}"))?;
+                Some(user)
+            }
+            None => None,
+        };
+        let cgroup = match &self.isolation.cgroups {
+            Some(cgroups) => Some(cgroups.create().map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Ok(Confinement { user, cgroup })
     }
 
     /// Copies the source tree into a fresh directory. `Err(Ok(msg))` is a
@@ -167,12 +214,55 @@ impl ProcessExecutor {
     }
 }
 
+/// The uid and cgroup one task's steps run in, while it runs.
+struct Confinement {
+    user: Option<TaskUser>,
+    cgroup: Option<TaskCgroup>,
+}
+
+impl Confinement {
+    fn jail(&self) -> Jail {
+        Jail {
+            procs: self.cgroup.as_ref().map(|c| c.procs_file().to_owned()),
+            user: self.user.as_ref().map(|u| (u.uid, u.gid)),
+        }
+    }
+
+    /// Kills whatever of the task still runs (its cgroup, else its uid) and
+    /// removes the cgroup; returns the uid, still claimed.
+    async fn end(self) -> Option<TaskUser> {
+        let Confinement { user, cgroup } = self;
+        tokio::task::spawn_blocking(move || {
+            match (cgroup, &user) {
+                // Dropping the cgroup kills what is in it and removes it.
+                (Some(cgroup), _) => drop(cgroup),
+                (None, Some(user)) => user.kill_processes(),
+                (None, None) => {}
+            }
+            user
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+/// What a step's process does between `fork` and `exec`, prepared before
+/// the fork (nothing may be allocated after it).
+struct Jail {
+    /// `cgroup.procs` of the task's cgroup.
+    procs: Option<std::ffi::CString>,
+    /// uid and gid of the task user.
+    user: Option<(u32, u32)>,
+}
+
 async fn run_step(
     script: &str,
     workspace: &Path,
     env: &[(String, String)],
     inherit_env: bool,
     groups: &ProcessGroups,
+    jail: &Jail,
     events: &MaskedEvents,
 ) -> StepExit {
     let mut command = Command::new("sh");
@@ -185,16 +275,28 @@ async fn run_step(
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .process_group(0);
+    let (procs, user) = (jail.procs.clone(), jail.user);
     // SAFETY: the closure runs in the child between fork and exec, where
-    // only async-signal-safe calls are allowed: dup2 is one, and nothing is
-    // allocated (an OS error is stored inline).
+    // only async-signal-safe calls are allowed: dup2, open, write, close,
+    // setgroups, setgid and setuid are, and nothing is allocated (the
+    // cgroup's path was made before the fork; an OS error is stored inline).
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             // stderr becomes a second descriptor of the stdout pipe: one
             // pipe keeps the order in which the script wrote to either, as a
             // terminal would, where two pipes would be read apart.
             if libc::dup2(1, 2) == -1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The cgroup first: only root may move a process into it, and
+            // once in, nothing the step starts can leave it.
+            if let Some(procs) = &procs {
+                crate::isolation::join_cgroup(procs)?;
+            }
+            // `CommandExt::uid`/`gid` would switch before any pre_exec
+            // closure runs, too early for the cgroup: the same calls here.
+            if let Some((uid, gid)) = user {
+                crate::isolation::become_user(uid, gid)?;
             }
             Ok(())
         });

@@ -158,6 +158,8 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 2, requires = "worker")]
     pub worker_capacity: usize,
     #[command(flatten)]
+    pub isolation: EmbeddedIsolationArgs,
+    #[command(flatten)]
     pub build_cache: BuildCacheArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -229,6 +231,8 @@ pub struct UpArgs {
     /// Tasks the embedded agent runs at once.
     #[arg(long, default_value_t = 2)]
     pub capacity: usize,
+    #[command(flatten)]
+    pub isolation: EmbeddedIsolationArgs,
     /// Address agents connect to over gRPC: the embedded one, and any
     /// other started with `kiln agent --server http://ADDR`.
     #[arg(long, default_value = "127.0.0.1:9090")]
@@ -239,6 +243,21 @@ pub struct UpArgs {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// How the agent in a server's process keeps tasks from the server.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct EmbeddedIsolationArgs {
+    /// Let the in-process agent run tasks on the process executor even
+    /// where they cannot be given users of their own (the server is not
+    /// root): its steps can then read the data directory (key, database)
+    /// and the server's environment. Only for a machine and jobs you trust.
+    #[arg(long)]
+    pub allow_unisolated_tasks: bool,
+    /// Uids given to running tasks when the server runs as root, FIRST-LAST
+    /// (see `kiln agent --task-uids`).
+    #[arg(long, value_name = "FIRST-LAST", default_value_t = kiln_exec::isolation::UidRange::DEFAULT)]
+    pub task_uids: kiln_exec::isolation::UidRange,
 }
 
 /// How many images built from tasks' Dockerfiles an agent keeps.
@@ -271,9 +290,26 @@ pub struct AgentArgs {
     /// API's address that clients use (`KILN_SERVER`, port 8080).
     #[arg(long, env = "KILN_SERVER_GRPC", value_name = "URL")]
     pub server: String,
-    /// Agent token: the server's shared `KILN_AGENT_TOKEN` or a per-agent one.
-    #[arg(long, env = "KILN_AGENT_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// Agent token: the server's shared `KILN_AGENT_TOKEN` or a per-agent
+    /// one. Prefer --token-file or the environment: a token given here is
+    /// wiped from the process's command line at start, but shows there
+    /// until then.
+    #[arg(
+        long,
+        env = "KILN_AGENT_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file",
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// File holding the agent token (surrounding whitespace ignored).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Uids given to running tasks when the agent runs as root, FIRST-LAST:
+    /// each running task has one of its own (with the `kiln-task` group's
+    /// gid), claimed machine-wide so agents never share one.
+    #[arg(long, value_name = "FIRST-LAST", default_value_t = kiln_exec::isolation::UidRange::DEFAULT)]
+    pub task_uids: kiln_exec::isolation::UidRange,
     /// Labels for `runs-on`, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "linux")]
     pub labels: Vec<String>,

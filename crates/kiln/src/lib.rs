@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod console;
 pub mod local;
+pub mod process_memory;
 pub mod repo;
 pub mod reports;
 pub mod run_command;

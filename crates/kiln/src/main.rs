@@ -10,8 +10,12 @@ fn main() {
     let cli = Cli::parse();
     // Before any thread starts: a server takes its secrets out of the
     // environment (see `take_start_secrets`).
-    let secrets = match cli.command {
+    let secrets = match &cli.command {
         Command::Up(_) | Command::Server(_) => kiln::server_command::take_start_secrets(),
+        Command::Agent(args) => {
+            kiln::agent_command::hide_token(args);
+            Default::default()
+        }
         _ => Default::default(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -9,8 +9,10 @@ use kiln_server::{AdminPassword, AdminToken, Listeners, ServerConfig, StartSecre
 use kiln_store::Database;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent_command::{agent_config, pick_executor, prepare_work_dir};
-use crate::cli::{BuildCacheArgs, ExecutorKind, ServerArgs, TlsArgs, UpArgs};
+use crate::agent_command::{ProcessIsolation, agent_config, pick_executor, prepare_work_dir};
+use crate::cli::{
+    BuildCacheArgs, EmbeddedIsolationArgs, ExecutorKind, ServerArgs, TlsArgs, UpArgs,
+};
 
 /// Lease of a claimed task in `kiln up`: how long a silent agent keeps it.
 const LEASE: Duration = Duration::from_secs(15);
@@ -26,6 +28,7 @@ struct Embedded {
     capacity: usize,
     executor: Option<ExecutorKind>,
     build_cache: BuildCacheArgs,
+    isolation: EmbeddedIsolationArgs,
 }
 
 /// The secrets a server reads from its environment, taken out of it so
@@ -59,6 +62,7 @@ pub async fn server(args: ServerArgs, secrets: StartSecrets) -> anyhow::Result<i
         capacity: args.worker_capacity,
         executor: args.worker_executor,
         build_cache: args.build_cache,
+        isolation: args.isolation,
     });
     let config = ServerConfig {
         listen: args.listen,
@@ -85,6 +89,7 @@ pub async fn up(args: UpArgs, secrets: StartSecrets) -> anyhow::Result<i32> {
         capacity: args.capacity,
         executor: args.executor,
         build_cache: args.build_cache,
+        isolation: args.isolation,
     };
     let config = ServerConfig {
         listen: args.listen,
@@ -152,6 +157,7 @@ async fn start(
             config.data_dir.display()
         )
     })?;
+    keep_data_dir_private(&config.data_dir)?;
     match database_url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             let db = kiln_store_postgres::PostgresStore::connect(url)
@@ -172,6 +178,33 @@ async fn start(
             run_with(db, config, &database, launch).await
         }
     }
+}
+
+/// Makes what the server writes its own (umask `077`: the SQLite database,
+/// its journal, blobs, git mirrors) and takes others' access away from what
+/// an older version left in the data directory. The embedded agent's work
+/// directory is its own business (see `agent_command::process_executor`).
+fn keep_data_dir_private(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: umask has no preconditions; it is process-wide and atomic.
+    unsafe { libc::umask(0o077) };
+    let entries = std::fs::read_dir(data_dir)
+        .with_context(|| format!("cannot list the data directory {}", data_dir.display()))?;
+    for entry in entries.flatten() {
+        if entry.file_name() == "work" {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if !meta.file_type().is_symlink() && mode & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & !0o077))
+                .with_context(|| format!("cannot make {} private", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Host, port and database of a PostgreSQL URL, without its credentials.
@@ -291,11 +324,20 @@ async fn run_with<D: Database>(
     let agent = match (embedded, agent_token) {
         (Some(embedded), Some(token)) => {
             let work_dir = prepare_work_dir(&config.data_dir.join("work"))?;
+            // Tasks must not reach the server's files or environment: the
+            // process executor refuses to run them as the server's user
+            // unless told to.
+            let isolation = ProcessIsolation {
+                task_uids: embedded.isolation.task_uids,
+                also_open: vec![config.data_dir.clone()],
+                allow_unisolated: embedded.isolation.allow_unisolated_tasks,
+            };
             let executor = pick_executor(
                 embedded.executor,
                 &work_dir,
                 embedded.name,
                 &embedded.build_cache,
+                &isolation,
             )
             .await?;
             let mut agent = agent_config(

@@ -814,3 +814,75 @@ async fn a_build_prunes_images_unused_for_longer_than_the_age() {
     assert_eq!(repo.tags().await, sorted(&[&used, &new]));
     assert_no_objects(TEST_LABEL, &repo.id).await;
 }
+
+/// Tasks without services share one network on which containers cannot
+/// talk to each other: a task cannot reach another's server (on the
+/// engine's default bridge it could).
+#[tokio::test]
+async fn a_task_cannot_reach_another_tasks_container() {
+    let fixture = Fixture::new(&[]);
+    let serve = "mkdir -p /www && echo secret-page > /www/index.html && httpd -f -p 8080 -h /www & sleep 60";
+    let (server_spec, server_id) = docker_spec(&fixture, &format!("serve-{}", unique()), &[serve]);
+    let executor = executor().await;
+    let cancel = CancellationToken::new();
+    let serving = executor.run(&server_spec, Recorder::new(), cancel.clone());
+    let find_address = async {
+        let filter = format!("label={TEST_LABEL}={server_id}");
+        let started = Instant::now();
+        loop {
+            let ids = docker(&["ps", "-q", "--filter", &filter]).await;
+            if let Some(id) = ids.lines().next() {
+                let address = docker(&[
+                    "inspect",
+                    "-f",
+                    "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                    id,
+                ])
+                .await;
+                let address = address.trim().to_string();
+                if !address.is_empty() {
+                    return address;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the server task never started"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let probe = async {
+        let address = find_address.await;
+        // Give httpd a moment to listen, then try for a few seconds.
+        let script = format!(
+            "sleep 1; if wget -q -T 3 -O- http://{address}:8080/; then echo REACHED; else echo 'could not reach'; fi"
+        );
+        let (spec, _) = docker_spec(&fixture, &format!("probe-{}", unique()), &[&script]);
+        let (outcome, recorder) = run(&spec).await;
+        cancel.cancel();
+        (outcome, recorder)
+    };
+    let (served, (outcome, recorder)) = tokio::join!(serving, probe);
+    assert_eq!(served.status, Status::Cancelled, "{served:?}");
+    assert_eq!(
+        outcome.status,
+        Status::Success,
+        "{outcome:?}\n{}",
+        recorder.all_text()
+    );
+    let text = recorder.text();
+    assert!(
+        text.contains("could not reach") && !text.contains("secret-page"),
+        "a task reached another task's container:\n{}",
+        recorder.all_text()
+    );
+    let options = docker(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{index .Options \"com.docker.network.bridge.enable_icc\"}}",
+        kiln_exec::docker::TASKS_NETWORK,
+    ])
+    .await;
+    assert_eq!(options.trim(), "false");
+}

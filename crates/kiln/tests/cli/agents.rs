@@ -98,6 +98,16 @@ impl Agent {
         }
     }
 
+    /// The agent's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The agent's work directory (its `--work-dir`).
+    pub(crate) fn work_dir(&self) -> &std::path::Path {
+        self.work_dir.as_ref().expect("the work directory").path()
+    }
+
     /// SIGKILL; returns the work directory, to start the agent again in.
     pub(crate) fn kill(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();

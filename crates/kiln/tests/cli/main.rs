@@ -9,6 +9,7 @@ mod architecture;
 mod docs;
 mod downloads;
 mod hostile;
+mod isolation;
 mod limits;
 mod reruns;
 mod run;

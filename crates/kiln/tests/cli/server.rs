@@ -1315,10 +1315,17 @@ async fn a_big_console_moves_to_the_blob_store_and_reads_the_same_everywhere() {
 async fn every_attempt_keeps_its_log_report_and_artifacts() {
     let server = Server::start(None);
     let counter = tempfile::tempdir().unwrap();
+    // Each attempt runs as a task user of its own: the directory is theirs
+    // to write, and a rename replaces what an earlier attempt's user wrote.
+    std::fs::set_permissions(
+        counter.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let count = counter.path().join("count");
     let count = count.display();
     let pipeline = format!(
-        "version: 1\ntasks:\n  flaky:\n    retry: 2\n    steps:\n      - run: |\n          n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}\n          echo \"attempt-$n says hi\"\n          echo \"<testsuite name='s' tests='1'><testcase name='case-$n'/></testsuite>\" > report.xml\n          echo $n > out.txt\n          sleep 1\n          [ $n -ge 3 ]\n    artifacts: {{ paths: [out.txt] }}\n    reports: {{ junit: [report.xml] }}\n"
+        "version: 1\ntasks:\n  flaky:\n    retry: 2\n    steps:\n      - run: |\n          n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}.new; mv -f {count}.new {count}\n          echo \"attempt-$n says hi\"\n          echo \"<testsuite name='s' tests='1'><testcase name='case-$n'/></testsuite>\" > report.xml\n          echo $n > out.txt\n          sleep 1\n          [ $n -ge 3 ]\n    artifacts: {{ paths: [out.txt] }}\n    reports: {{ junit: [report.xml] }}\n"
     );
     server.freestyle("flaky", &pipeline).await;
     let task = "/api/v1/jobs/flaky/runs/1/tasks/flaky";
