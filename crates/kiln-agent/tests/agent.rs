@@ -314,6 +314,7 @@ fn config(address: SocketAddr, work_dir: &std::path::Path) -> AgentConfig {
     let executor = Arc::new(ProcessExecutor {
         inherit_env: true,
         work_root: Some(work_dir.to_path_buf()),
+        isolation: Default::default(),
     });
     let mut config = AgentConfig::new(
         format!("http://{address}"),

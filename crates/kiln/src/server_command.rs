@@ -309,7 +309,9 @@ async fn run_with<D: Database>(
                 format!(
                     "  KILN_SERVER={url} KILN_TOKEN=<admin token> kiln agent-token create NAME"
                 ),
-                format!("  kiln agent --server {grpc_url} --token <the token printed> --name NAME"),
+                format!(
+                    "  KILN_AGENT_TOKEN=<the token printed> kiln agent --server {grpc_url} --name NAME"
+                ),
             ]);
         }
     }

@@ -36,7 +36,7 @@ pub(super) async fn agents(args: &ClientArgs) -> anyhow::Result<i32> {
         return print_json(&agents);
     }
     if agents.is_empty() {
-        emit("no agents: start one with `kiln agent --server … --token …`\n")?;
+        emit("no agents: start one with `KILN_AGENT_TOKEN=… kiln agent --server …`\n")?;
         return Ok(EXIT_SUCCESS);
     }
     let now = Utc::now();
@@ -91,8 +91,9 @@ async fn agent_token_create(
     let host = client.server_host();
     emit(&format!(
         "agent token `{}` (shown once, keep it): {}\n\
-         start an agent with it (the server's gRPC address: its --grpc-listen, port 9090 by default):\n  \
-         kiln agent --server http://{host}:9090 --token {} --name {}\n",
+         start an agent with it, from the environment (or --token-file), never the command line \
+         (the server's gRPC address: its --grpc-listen, port 9090 by default):\n  \
+         KILN_AGENT_TOKEN={} kiln agent --server http://{host}:9090 --name {}\n",
         created.name, created.token, created.token, created.name
     ))?;
     Ok(EXIT_SUCCESS)

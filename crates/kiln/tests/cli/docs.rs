@@ -366,7 +366,9 @@ fn the_readme_server_quick_start_works_as_written() {
                 "{printed}"
             );
             assert!(
-                printed.contains("kiln agent --server http://127.0.0.1:9090 --token"),
+                printed.contains(
+                    "KILN_AGENT_TOKEN=<the token printed> kiln agent --server http://127.0.0.1:9090"
+                ),
                 "{printed}"
             );
             let token = printed_after(&printed, "admin token (shown once, keep it): ");
@@ -475,7 +477,7 @@ fn the_client_docs_commands_do_what_they_say() {
         (
             "kiln agent-token create NAME [--labels a,b] [--capacity N]",
             "kiln agent-token create build-2 --labels linux,amd64 --capacity 2".into(),
-            "kiln agent --server http://127.0.0.1:9090 --token kiln_agent_",
+            "KILN_AGENT_TOKEN=kiln_agent_",
         ),
         (
             "kiln user create NAME [--role admin|user] [--password-stdin]",
