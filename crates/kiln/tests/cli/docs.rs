@@ -167,9 +167,20 @@ impl Shell {
     /// and waits until it prints `ready`; returns what it printed so far.
     fn start(&mut self, line: &str, ready: &str) -> String {
         // `exec`: the signal that ends it at the end reaches the command,
-        // not a shell that would leave it behind.
+        // not a shell that would leave it behind. Variables set for the
+        // command (`K=V kiln …`) go before it, where `exec` keeps them.
+        let filled = self.fill(line);
+        let words: Vec<&str> = filled.split(' ').collect();
+        let assignments = words
+            .iter()
+            .take_while(|word| {
+                word.split_once('=')
+                    .is_some_and(|(key, _)| is_variable(key))
+            })
+            .count();
+        let (set, command) = words.split_at(assignments);
         let mut child = self
-            .command(&format!("exec {line}"))
+            .command(&format!("{} exec {}", set.join(" "), command.join(" ")))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -192,6 +203,13 @@ impl Shell {
         }
         seen
     }
+}
+
+/// Whether `key` names a shell variable, as in `KEY=value command`.
+fn is_variable(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl Drop for Shell {
@@ -389,7 +407,7 @@ fn the_readme_server_quick_start_works_as_written() {
             let token = printed_after(&out, "(shown once, keep it): ");
             assert!(token.starts_with("kiln_agent_"), "{out}");
             shell.values.insert("<the agent token>".into(), token);
-        } else if line.starts_with("kiln agent ") {
+        } else if line.starts_with("KILN_AGENT_TOKEN=") && line.contains(" kiln agent ") {
             let printed = shell.start(&line, "connected");
             assert!(printed.contains("agent build-2 connected to"), "{printed}");
         } else if line == "kiln agents" {
