@@ -86,15 +86,16 @@ impl PostgresStore {
     /// dropped transaction is rolled back only when the pool gets to it,
     /// and until then its row locks make claimers skip those rows.
     async fn write(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
-        Ok(self.pool.begin().await?)
+        kiln_store::sql::begin(&self.pool, None).await
     }
 
     /// A read transaction: one consistent snapshot for multi-query reads.
     async fn read(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
-        Ok(self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await?)
+        kiln_store::sql::begin(
+            &self.pool,
+            Some("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+        )
+        .await
     }
 }
 

@@ -31,7 +31,7 @@ impl LogStore for PostgresStore {
         // concurrently is no different from one moving just after. The
         // count's row lock orders appends of one attempt from any server, so
         // two of them cannot both slip under the limit.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let stored = sqlx::query(
             "INSERT INTO log_chunks (task_id, attempt, seq, data) \
              SELECT id, attempt, $2, $3 FROM tasks \

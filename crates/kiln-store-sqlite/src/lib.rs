@@ -106,11 +106,11 @@ impl SqliteStore {
     }
 
     async fn write(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        kiln_store::sql::begin(&self.writer, Some("BEGIN IMMEDIATE")).await
     }
 
     /// A read transaction: one consistent snapshot for multi-query reads.
     async fn read(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
-        Ok(self.reader.begin().await?)
+        kiln_store::sql::begin(&self.reader, None).await
     }
 }

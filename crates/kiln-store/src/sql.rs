@@ -26,6 +26,34 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
+/// Begins a transaction on `pool` — with `statement` such as `BEGIN
+/// IMMEDIATE`, else the plain `BEGIN` — in a task of its own.
+///
+/// sqlx counts a BEGIN as the connection's transaction only once the call
+/// has returned. A caller dropped while it is under way (a gRPC call whose
+/// agent was killed) would hand the connection back to the pool inside a
+/// transaction nobody ends: every later transaction on it then fails
+/// ("begin_with at non-zero transaction depth") and its single statements
+/// never commit — on SQLite's one writer, the whole server stops. Begun in
+/// its own task, the call always completes; a transaction nobody takes any
+/// more is dropped there, which rolls it back.
+pub async fn begin<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    statement: Option<&'static str>,
+) -> Result<sqlx::Transaction<'static, DB>> {
+    let pool = pool.clone();
+    let begun = tokio::spawn(async move {
+        match statement {
+            Some(statement) => pool.begin_with(statement).await,
+            None => pool.begin().await,
+        }
+    });
+    match begun.await {
+        Ok(transaction) => Ok(transaction?),
+        Err(task) => Err(StoreError::backend(task)),
+    }
+}
+
 /// `NotFound(what)` when `result` failed on a foreign key — the job or
 /// task a new row belongs to does not exist; any other error as it is.
 pub fn or_missing<T>(

@@ -45,7 +45,7 @@ macro_rules! testsuite {
             invalid_pipeline_run, run_keeps_its_pipeline, needs_release_and_skip, skipped_at_creation,
             allow_failure, labels_and_order, unplaceable, fair_between_jobs, steps,
             retry_on_failure, stale_attempts_are_fenced, agent_tokens_are_bound, ended_leases_are_lost, no_retry_when_pointless, lease_expiry, holder_checks, wide_run, undelivered,
-            cancel, deadline, logs, log_limit, artifacts_and_reports, artifact_expiry, list_runs, counts,
+            cancel, deadline, logs, log_limit, dropped_calls_leave_nothing_open, artifacts_and_reports, artifact_expiry, list_runs, counts,
             queue_cases, duplicate_user, update_user, last_admin_stays, token_lookup_states,
             revoke_token, user_tokens_without_hashes, touch_token, members,
             members_cascade, creator_is_maintainer, job_and_role, runs_are_audited_with_their_number, sessions_expire, audit_filters_and_paging,
@@ -1787,6 +1787,31 @@ fn artifact(path: &str) -> Artifact {
 /// The log limit is counted in the store: a chunk crossing it is cut to
 /// what fits, later ones keep nothing, a chunk sent again is not counted
 /// twice, and the count is per attempt.
+/// Calls dropped part-way — their caller went away, as a gRPC call does
+/// when its agent is killed — leave no transaction open: later calls still
+/// write, and readers see what they wrote.
+pub async fn dropped_calls_leave_nothing_open<D: Database>(db: &D) {
+    let job = job(db, "dropped").await;
+    let detail = create(db, &job, new_run(tasks(WIDE)), at(0)).await;
+    let a = task(&detail, "a").id;
+    claim_named(db, "agent", "a", at(1)).await;
+    let holder = Holder::new("agent", 1);
+    for seq in 0..300u64 {
+        // Dropped wherever it stands after 0–299 µs.
+        let call = db.append_log_within(a, &holder, seq as i64, b"x", u64::MAX);
+        let _ = tokio::time::timeout(std::time::Duration::from_micros(seq * 7 % 300), call).await;
+    }
+    let last = db
+        .append_log_within(a, &holder, 1000, b"last\n", u64::MAX)
+        .await
+        .expect("a call after dropped ones");
+    assert_eq!(last, LogAppend::Stored);
+    let log = db.read_log(a, 1, 1000, 10).await.unwrap();
+    assert_eq!(log, vec![(1000, b"last\n".to_vec())], "readers see it");
+    let claimed = claim_named(db, "agent", "b", at(2)).await;
+    assert_eq!(claimed.name, "b", "claims still work");
+}
+
 pub async fn log_limit<D: Database>(db: &D) {
     let job = job(db, "log-limit").await;
     let detail = create(db, &job, new_run(tasks(WIDE)), at(0)).await;
