@@ -19,6 +19,9 @@ else
     kiln="$top/target/release/kiln"
 fi
 work=$(mktemp -d)
+# Without Docker, tasks run under uids of their own that must pass through
+# the data directory's parents (docs/agents.md, Isolation).
+chmod 711 "$work"
 mkdir "$work/repo"
 cp -r examples/demo/. "$work/repo"
 git -C "$work/repo" init -q -b main

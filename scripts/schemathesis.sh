@@ -40,6 +40,9 @@ if ! schemathesis --version >/dev/null 2>&1; then
 fi
 
 work=$(mktemp -d)
+# The server's own agent runs tasks under uids of their own, which must be
+# able to pass through the data directory's parents (docs/agents.md).
+chmod 711 "$work"
 server=""
 cleanup() {
   if [ -n "$server" ] && kill -0 "$server" 2>/dev/null; then

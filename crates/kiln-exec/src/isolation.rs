@@ -71,7 +71,7 @@ pub enum IsolationError {
     Exhausted(usize),
     #[error(
         "task users cannot reach the work directory: {0} is not searchable by others \
-         (`chmod o+x` it, or pick a --work-dir whose parents are)"
+         (`chmod o+x` it, or pick a --work-dir, or the server's --data-dir, whose parents are)"
     )]
     Unreachable(PathBuf),
     #[error("no writable cgroup v2 hierarchy: {0}")]
