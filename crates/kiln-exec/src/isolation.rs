@@ -148,6 +148,10 @@ pub struct TaskUsers {
     /// Where the next claim starts looking, so uids rotate rather than the
     /// first one being reused at once.
     next: AtomicU32,
+    /// Whether a claimed uid's processes are looked for (in all of /proc)
+    /// and killed when it is taken and freed: needed only where tasks get
+    /// no cgroup, which otherwise holds every process of the task.
+    sweep_processes: bool,
 }
 
 impl TaskUsers {
@@ -176,7 +180,17 @@ impl TaskUsers {
             gid,
             lock_dir: lock_dir.to_path_buf(),
             next: AtomicU32::new(0),
+            sweep_processes: true,
         })
+    }
+
+    /// For tasks that each get a cgroup: a task's processes cannot leave
+    /// it, and an agent that starts kills what dead agents' cgroups held,
+    /// so a uid's processes need no search through /proc (a few ms per
+    /// task on a busy machine).
+    pub fn confined_by_cgroups(mut self) -> TaskUsers {
+        self.sweep_processes = false;
+        self
     }
 
     pub fn range(&self) -> UidRange {
@@ -207,10 +221,13 @@ impl TaskUsers {
                 )
             };
             if locked == 0 {
-                kill_user_processes(uid);
+                if self.sweep_processes {
+                    kill_user_processes(uid);
+                }
                 return Ok(TaskUser {
                     uid,
                     gid: self.gid,
+                    sweep_processes: self.sweep_processes,
                     _claim: file,
                 });
             }
@@ -226,6 +243,8 @@ impl TaskUsers {
 pub struct TaskUser {
     pub uid: u32,
     pub gid: u32,
+    /// See [`TaskUsers::confined_by_cgroups`].
+    sweep_processes: bool,
     /// The locked file; closing it frees the uid.
     _claim: File,
 }
@@ -246,7 +265,9 @@ impl TaskUser {
 
 impl Drop for TaskUser {
     fn drop(&mut self) {
-        kill_user_processes(self.uid);
+        if self.sweep_processes {
+            kill_user_processes(self.uid);
+        }
         // The next task with this uid must not find this one's files.
         for shared in ["/tmp", "/var/tmp", "/dev/shm"] {
             let Ok(entries) = fs::read_dir(shared) else {
@@ -671,6 +692,7 @@ mod tests {
             gid: 65534,
             lock_dir: locks.path().to_path_buf(),
             next: AtomicU32::new(0),
+            sweep_processes: true,
         };
         let a = users.claim().unwrap();
         let b = users.claim().unwrap();

@@ -243,6 +243,10 @@ fn process_executor(
             None
         }
     };
+    let users = match (users, &cgroups) {
+        (Some(users), Some(_)) => Some(users.confined_by_cgroups()),
+        (users, _) => users,
+    };
     if let Some(users) = &users {
         tracing::info!(
             "task uids {} with group {}",
