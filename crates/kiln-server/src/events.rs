@@ -22,7 +22,7 @@
 //! [`EventHub::publish`]. Sequence numbers are this server's: each server
 //! numbers the changes it sends.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -230,8 +230,9 @@ pub struct EventHub {
     ring: Mutex<Ring>,
     sender: broadcast::Sender<Arc<Published>>,
     pub settings: EventSettings,
-    /// Runs to read again, and the refresher's wake-up.
-    touched: Mutex<HashSet<RunId>>,
+    /// Runs to read again (with all their tasks, or just the run's row),
+    /// and the refresher's wake-up.
+    touched: Mutex<HashMap<RunId, Depth>>,
     refresh: Notify,
     known: Mutex<HashMap<RunId, Known>>,
     places: Mutex<HashMap<TaskId, Place>>,
@@ -476,10 +477,46 @@ impl EventHub {
         }));
     }
 
-    /// Marks a run to be read again by the refresher.
+    /// Marks a run to be read again by the refresher, for its status (and
+    /// its tasks' when some wait on others: their release or skip).
     pub fn touch(&self, run_id: RunId) {
-        lock(&self.touched).insert(run_id);
+        self.touch_as(run_id, Depth::Run);
+    }
+
+    /// Marks a run to be read again whole: its tasks changed in ways this
+    /// server did not publish (expired, ended by a deadline).
+    pub fn touch_all(&self, run_id: RunId) {
+        self.touch_as(run_id, Depth::Tasks);
+    }
+
+    fn touch_as(&self, run_id: RunId, depth: Depth) {
+        let mut touched = lock(&self.touched);
+        let entry = touched.entry(run_id).or_insert(depth);
+        *entry = (*entry).max(depth);
+        drop(touched);
         self.refresh.notify_one();
+    }
+
+    /// A run's row read again: publishes its status if it moved on.
+    fn run_row(&self, run: &Run) {
+        let moved = {
+            let mut known = lock(&self.known);
+            let moved = match known.get_mut(&run.id) {
+                Some(seen) if rank(run.status) > rank(seen.status) => {
+                    seen.status = run.status;
+                    true
+                }
+                Some(_) => false,
+                None => true,
+            };
+            if run.status.is_terminal() {
+                known.remove(&run.id);
+            }
+            moved
+        };
+        if moved {
+            self.publish(Change::Run(run_change(run)));
+        }
     }
 
     fn note_task(&self, run_id: RunId, task: &str, attempt: i64, status: Status) {
@@ -489,6 +526,15 @@ impl EventHub {
             *before = (*before).max(now);
         }
     }
+}
+
+/// How much of a touched run the refresher reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Depth {
+    /// The run's row; its tasks too if some still wait on others.
+    Run,
+    /// The run and all its tasks.
+    Tasks,
 }
 
 /// What [`EventHub::task_ended`] publishes: what the end's caller holds.
@@ -553,9 +599,9 @@ pub async fn run_refresher<D: Database>(state: AppState<D>, shutdown: Cancellati
             _ = tokio::time::sleep(REFRESH_EVERY) => {}
             _ = shutdown.cancelled() => break,
         }
-        let runs: Vec<RunId> = lock(&hub.touched).drain().collect();
-        for run_id in runs {
-            if let Err(e) = refresh(&state, run_id).await {
+        let runs: Vec<(RunId, Depth)> = lock(&hub.touched).drain().collect();
+        for (run_id, depth) in runs {
+            if let Err(e) = refresh(&state, run_id, depth).await {
                 tracing::warn!("reading run {run_id} for its events failed: {e}");
             }
         }
@@ -563,12 +609,28 @@ pub async fn run_refresher<D: Database>(state: AppState<D>, shutdown: Cancellati
     hub.stopped.cancel();
 }
 
-async fn refresh<D: Database>(state: &AppState<D>, run_id: RunId) -> kiln_store::Result<()> {
-    let seen = lock(&state.events.known)
-        .get(&run_id)
-        .map(|k| (k.job_id, k.number));
+/// Reads a touched run again and publishes what moved. Its tasks are read
+/// (a query that grows with the run) only when something but this
+/// server's own publishing may have changed them: tasks waiting on others
+/// (released or skipped by an end), or a `Depth::Tasks` touch; a wide run
+/// of independent tasks costs one row per round.
+async fn refresh<D: Database>(
+    state: &AppState<D>,
+    run_id: RunId,
+    depth: Depth,
+) -> kiln_store::Result<()> {
+    let seen = lock(&state.events.known).get(&run_id).map(|k| {
+        let waiting = k.tasks.values().any(|(_, rank)| *rank == 0);
+        (k.job_id, k.number, waiting)
+    });
     let (job_id, number) = match seen {
-        Some(seen) => seen,
+        Some((_, _, false)) if depth == Depth::Run => {
+            if let Some(run) = state.db.get_run_by_id(run_id).await? {
+                state.events.run_row(&run);
+            }
+            return Ok(());
+        }
+        Some((job_id, number, _)) => (job_id, number),
         None => match state.db.get_run_by_id(run_id).await? {
             Some(run) => (run.job_id, run.number),
             None => return Ok(()),
@@ -589,7 +651,7 @@ pub async fn touch_tasks<D: Database>(state: &AppState<D>, tasks: &[TaskId]) {
     match state.db.task_holds(tasks).await {
         Ok(holds) => {
             for hold in holds {
-                state.events.touch(hold.run_id);
+                state.events.touch_all(hold.run_id);
             }
         }
         Err(e) => tracing::warn!("finding the runs of expired tasks failed: {e}"),

@@ -9,7 +9,7 @@
 //! `Last-Event-ID` gets what it missed while it is still kept; otherwise,
 //! and when it falls too far behind, it gets `event: reset` and reloads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,7 +93,7 @@ pub async fn stream<D: Database>(
         pending: HashMap::new(),
         skip_through: 0,
         reset: None,
-        ready: Vec::new(),
+        ready: VecDeque::new(),
         last_flush: None,
         ends_at: query
             .timeout
@@ -114,7 +114,7 @@ pub async fn stream<D: Database>(
         connection.done = true;
     }
     let events = futures_util::stream::unfold(connection, |mut connection| async move {
-        let event = connection.next().await?;
+        let event = connection.next_event().await?;
         Some((Ok::<_, Infallible>(event), connection))
     });
     let stopped = hub.stopped.clone();
@@ -142,7 +142,7 @@ struct Connection<D> {
     skip_through: u64,
     /// A reset to send first, and why.
     reset: Option<&'static str>,
-    ready: Vec<SseEvent>,
+    ready: VecDeque<SseEvent>,
     last_flush: Option<Instant>,
     ends_at: Option<Instant>,
     done: bool,
@@ -151,10 +151,10 @@ struct Connection<D> {
 }
 
 impl<D: Database> Connection<D> {
-    async fn next(&mut self) -> Option<SseEvent> {
+    async fn next_event(&mut self) -> Option<SseEvent> {
         loop {
-            if !self.ready.is_empty() {
-                return Some(self.ready.remove(0));
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
             }
             if self.done {
                 return None;
@@ -234,7 +234,7 @@ impl<D: Database> Connection<D> {
             self.skip_through = latest;
             self.pending.clear();
             let data = serde_json::json!({ "reason": reason }).to_string();
-            self.ready.push(
+            self.ready.push_back(
                 SseEvent::default()
                     .event("reset")
                     .id(latest.to_string())
@@ -263,7 +263,7 @@ impl<D: Database> Connection<D> {
             return;
         }
         match serde_json::to_string(&visible) {
-            Ok(data) => self.ready.push(
+            Ok(data) => self.ready.push_back(
                 SseEvent::default()
                     .event("changes")
                     .id(newest.to_string())

@@ -125,7 +125,7 @@ async fn send_task<D: Database>(state: &AppState<D>, agent: &Candidate, task: Ta
                 tracing::warn!("ending task {} failed: {e}", task.id);
             }
             // Its run may be gone: what is left of it is read again.
-            state.events.touch(task.run_id);
+            state.events.touch_all(task.run_id);
             state.work.notify_waiters();
             return true;
         }
