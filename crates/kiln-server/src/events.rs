@@ -343,10 +343,10 @@ impl EventHub {
                     }
                     for task in &detail.tasks {
                         let now = (task.attempt, rank(task.status));
-                        let newer = match seen.tasks.get(&task.name) {
-                            Some(before) => now > *before,
-                            None => true,
-                        };
+                        let newer = seen
+                            .tasks
+                            .get(&task.name)
+                            .is_none_or(|before| now > *before);
                         if newer {
                             seen.tasks.insert(task.name.clone(), now);
                             changes.push(Change::Task(task_change(run, task)));

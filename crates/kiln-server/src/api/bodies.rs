@@ -641,7 +641,7 @@ pub struct ConsoleQuery {
     pub attempt: Option<AttemptNumber>,
 }
 
-/// `GET /api/v1/events?job=&run=&timeout=`
+/// `GET /api/v1/events?job=&run=&timeout=&after=`
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(default)]
@@ -657,6 +657,10 @@ pub struct EventsQuery {
     /// lasts until the client leaves.
     #[param(maximum = 86400, example = 0)]
     pub timeout: Option<u32>,
+    /// As `Last-Event-ID` (which wins when both are given), for a page
+    /// that knows the id its content is as of: a browser's `EventSource`
+    /// sends the header only when it reconnects.
+    pub after: Option<u64>,
 }
 
 /// `GET …/results`, `…/results/junit`, `…/results/artifacts/{path}`:

@@ -62,7 +62,7 @@ pub async fn stream<D: Database>(
                     ApiError::unprocessable("Last-Event-ID must be the `id` of a message received")
                 })?,
         ),
-        None => None,
+        None => query.after,
     };
     if query.run.is_some() && query.job.is_none() {
         return Err(ApiError::unprocessable(

@@ -294,7 +294,7 @@ async fn assignment<D: Database>(
         attempt: task.attempt.max(1) as u32,
         git_credentials,
     };
-    Ok((assignment, both.clone()))
+    Ok((assignment, both))
 }
 
 /// The run and the job a task belongs to; `None` when either is gone.
