@@ -205,7 +205,10 @@ pub enum Presented {
 impl Presented {
     /// What [`Caller`] read from these headers (a token before a cookie).
     pub fn of(headers: &HeaderMap) -> Presented {
-        if let Some(token) = headers.get(header::AUTHORIZATION).and_then(|v| bearer(v).ok()) {
+        if let Some(token) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| bearer(v).ok())
+        {
             return Presented::Token(token.to_string());
         }
         match session_cookie(headers) {

@@ -254,7 +254,9 @@ impl EventHub {
         // restarted are above any its previous life gave: a client that
         // resumes with an old one is told to reload, not given the wrong
         // changes.
-        let first = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(1).max(1);
+        let first = u64::try_from(Utc::now().timestamp_micros())
+            .unwrap_or(1)
+            .max(1);
         EventHub {
             ring: Mutex::new(Ring {
                 next: first,
@@ -301,12 +303,7 @@ impl EventHub {
                 if after + 1 < oldest {
                     (Vec::new(), true)
                 } else {
-                    let replay = ring
-                        .kept
-                        .iter()
-                        .filter(|p| p.id > after)
-                        .cloned()
-                        .collect();
+                    let replay = ring.kept.iter().filter(|p| p.id > after).cloned().collect();
                     (replay, false)
                 }
             }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::StreamExt;
 use kiln_proto::v1::agent_client::AgentClient;
-use kiln_proto::v1::{FinishTaskRequest, ServerMessage, SessionRequest, StepUpdate, server_message};
+use kiln_proto::v1::{
+    FinishTaskRequest, ServerMessage, SessionRequest, StepUpdate, server_message,
+};
 use kiln_server::ServerConfig;
 use kiln_server::events::{Change, EventHub, EventSettings, TaskChange};
 use kiln_store::{Status, TokenKind, TokenStore};
@@ -23,8 +25,7 @@ use tonic::{Request, Streaming};
 const ADMIN: &str = "kiln_admin_events_test_token";
 const AGENT_TOKEN: &str = "kiln_agent_events_test_token";
 const AGENT: &str = "events-agent";
-const ONE_TASK: &str =
-    "version: 1\ntasks:\n  build:\n    steps: [{run: 'true'}, {run: 'true'}]\n";
+const ONE_TASK: &str = "version: 1\ntasks:\n  build:\n    steps: [{run: 'true'}, {run: 'true'}]\n";
 
 /// How the tests run the streams: keep-alives and access checks quicker
 /// than a person would need, so nothing waits 15 seconds.
@@ -164,9 +165,7 @@ impl Harness {
 
     /// Opens `/api/v1/events` (with `query`) as `token` (anonymous without).
     async fn open(&self, query: &str, token: Option<&str>, last_id: Option<u64>) -> Reader {
-        let mut request = self
-            .http
-            .get(format!("{}/api/v1/events{query}", self.base));
+        let mut request = self.http.get(format!("{}/api/v1/events{query}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -176,7 +175,8 @@ impl Harness {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 200, "{query}");
         assert_eq!(
-            response.headers()["content-type"], "text/event-stream",
+            response.headers()["content-type"],
+            "text/event-stream",
             "{query}"
         );
         Reader::spawn(response)
@@ -190,11 +190,7 @@ impl Harness {
             executors: vec!["process".into()],
             ..Default::default()
         };
-        let stream = client
-            .session(call(hello))
-            .await
-            .unwrap()
-            .into_inner();
+        let stream = client.session(call(hello)).await.unwrap().into_inner();
         (client, stream)
     }
 }
@@ -318,7 +314,11 @@ impl Reader {
             }
         })
         .await;
-        assert!(ended.is_ok(), "the stream did not end; read: {:#?}", self.seen);
+        assert!(
+            ended.is_ok(),
+            "the stream did not end; read: {:#?}",
+            self.seen
+        );
     }
 
     fn changes(&self) -> Vec<Change> {
@@ -589,14 +589,18 @@ async fn a_resume_with_last_event_id_gets_what_was_missed_once() {
             .all(|m| m.id.unwrap() > last)
     );
 
-    // `timeout=0` only replays.
-    let mut replay = server.open("?timeout=0", Some(ADMIN), Some(last)).await;
+    // `timeout=0` only replays; `after` is the header's stand-in.
+    let mut replay = server
+        .open(&format!("?timeout=0&after={last}"), Some(ADMIN), None)
+        .await;
     replay.to_the_end(WITHIN).await;
     assert_eq!(run_statuses(&replay.changes(), "app", 3), [Status::Queued]);
 
     // An id older than what is kept means: reload.
     for _ in 0..kiln_server::events::RING_SIZE {
-        server.events.publish(task_change("app", 9, "noise", Status::Queued));
+        server
+            .events
+            .publish(task_change("app", 9, "noise", Status::Queued));
     }
     let mut stale = server.open("?timeout=1", Some(ADMIN), Some(last)).await;
     stale.to_the_end(WITHIN).await;

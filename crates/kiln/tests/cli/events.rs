@@ -30,7 +30,12 @@ async fn read_until(
         let left = within.saturating_sub(started.elapsed());
         let chunk = tokio::time::timeout(left, body.next())
             .await
-            .unwrap_or_else(|_| panic!("not seen in {within:?}; last changes: {:?}", all.iter().rev().take(5).collect::<Vec<_>>()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "not seen in {within:?}; last changes: {:?}",
+                    all.iter().rev().take(5).collect::<Vec<_>>()
+                )
+            })
             .expect("the stream ended")
             .unwrap();
         buffer.push_str(&String::from_utf8_lossy(&chunk));
