@@ -307,7 +307,7 @@ impl Reader {
     }
 
     /// Reads until the server ends the stream.
-    async fn to_the_end(&mut self, within: Duration) {
+    async fn until_it_ends(&mut self, within: Duration) {
         let ended = tokio::time::timeout(within, async {
             while let Some(message) = self.messages.recv().await {
                 self.seen.push(message);
@@ -550,7 +550,7 @@ async fn a_revoked_token_ends_its_stream() {
     server.job("open", "public").await;
     tokio::time::sleep(SETTINGS.access_for).await;
     server.trigger("open").await;
-    stream.to_the_end(WITHIN).await;
+    stream.until_it_ends(WITHIN).await;
     assert!(stream.changes().is_empty(), "{:?}", stream.changes());
 }
 
@@ -571,7 +571,7 @@ async fn a_resume_with_last_event_id_gets_what_was_missed_once() {
     server.trigger("app").await;
 
     let mut resumed = server.open("?timeout=2", Some(ADMIN), Some(last)).await;
-    resumed.to_the_end(WITHIN).await;
+    resumed.until_it_ends(WITHIN).await;
     let changes = resumed.changes();
     let runs: Vec<i64> = changes
         .iter()
@@ -593,7 +593,7 @@ async fn a_resume_with_last_event_id_gets_what_was_missed_once() {
     let mut replay = server
         .open(&format!("?timeout=0&after={last}"), Some(ADMIN), None)
         .await;
-    replay.to_the_end(WITHIN).await;
+    replay.until_it_ends(WITHIN).await;
     assert_eq!(run_statuses(&replay.changes(), "app", 3), [Status::Queued]);
 
     // An id older than what is kept means: reload.
@@ -603,7 +603,7 @@ async fn a_resume_with_last_event_id_gets_what_was_missed_once() {
             .publish(task_change("app", 9, "noise", Status::Queued));
     }
     let mut stale = server.open("?timeout=1", Some(ADMIN), Some(last)).await;
-    stale.to_the_end(WITHIN).await;
+    stale.until_it_ends(WITHIN).await;
     let resets = stale.messages_of("reset");
     assert_eq!(resets.len(), 1, "{:#?}", stale.seen);
     assert_eq!(resets[0].id, Some(server.events.latest()));

@@ -139,8 +139,16 @@ async fn events_follow_a_wide_run_live_at_a_few_messages_a_second() {
         changes.len(),
         messages.len()
     );
-    // Four at 250 ms apart, and one more for delivery's jitter.
-    assert!(busiest <= 5, "{busiest} messages in one second");
+    // One message per 250 ms at most, as the server sends them (the first
+    // at once); as they arrive here, delivery's jitter on a busy machine
+    // may bring one more into a second.
+    let most = 2 + (span.as_millis() / 250) as usize;
+    assert!(
+        messages.len() <= most,
+        "{} messages > {most}",
+        messages.len()
+    );
+    assert!(busiest <= 6, "{busiest} messages in one second");
 
     // An open stream does not hold up a graceful stop.
     let open = server
