@@ -33,9 +33,40 @@ use crate::state::AppState;
 /// The header a reconnecting `EventSource` sends.
 const LAST_EVENT_ID: &str = "last-event-id";
 
+/// The largest id a client may name: the document's `int64`.
+const MAX_ID: u64 = i64::MAX as u64;
+
 /// Distinct runs, tasks and steps one message may carry; a client whose
 /// backlog is wider is told to reload instead.
 const MAX_BATCH: usize = crate::events::RING_SIZE;
+
+/// One message of the stream, as an `EventSource` hands it over: the
+/// document's schema of each event (the stream itself is SSE text).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+// Only its schema is used: axum's `Sse` writes the messages.
+#[allow(dead_code)]
+pub struct StreamEvent {
+    event: StreamEventName,
+    /// The newest change's id: what to resume after (`Last-Event-ID`).
+    #[schema(pattern = "^[0-9]+$", example = "1764777600000000")]
+    id: String,
+    /// JSON. `changes`: an array of changes, each an object with `kind`
+    /// (`run`, `task` or `step`) and its fields (docs/server.md);
+    /// `reset`: `{"reason": "…"}`.
+    #[schema(
+        example = r#"[{"kind":"run","job":"app","number":1,"status":"running","branch":"main","sha":null,"event":"api","created_at":"2026-12-03T16:00:00Z","started_at":"2026-12-03T16:00:01Z","finished_at":null}]"#
+    )]
+    data: String,
+}
+
+/// What a message says: changes, or reload.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum StreamEventName {
+    Changes,
+    Reset,
+}
 
 #[utoipa::path(operation_id = "stream_events", get, path = "/api/v1/events", tag = "events", security((), ("bearer" = []), ("session" = [])),
     params(EventsQuery,
@@ -44,7 +75,7 @@ const MAX_BATCH: usize = crate::events::RING_SIZE;
         `event: changes` carries a JSON array of changes (each with `kind`: `run`, `task` or `step`), the latest of each only, at most a few messages a second; \
         `event: reset` says changes were missed (resume too old, or the client fell behind): reload, then go on reading. \
         An idle stream gets a comment every 15 seconds. See docs/server.md.",
-            content_type = "text/event-stream", body = String),
+            content_type = "text/event-stream", body = StreamEvent),
         (status = 404, description = "`job` does not exist, or the caller may not read it", body = kiln_api::Problem)))]
 pub async fn stream<D: Database>(
     caller: Caller,
@@ -58,12 +89,18 @@ pub async fn stream<D: Database>(
                 .to_str()
                 .ok()
                 .and_then(|text| text.trim().parse::<u64>().ok())
+                .filter(|id| *id <= MAX_ID)
                 .ok_or_else(|| {
                     ApiError::unprocessable("Last-Event-ID must be the `id` of a message received")
                 })?,
         ),
         None => query.after,
     };
+    if after.is_some_and(|id| id > MAX_ID) {
+        return Err(ApiError::unprocessable(
+            "`after` must be the `id` of a message received",
+        ));
+    }
     if query.run.is_some() && query.job.is_none() {
         return Err(ApiError::unprocessable(
             "`run` is a run number within a job: give `job` with it",
