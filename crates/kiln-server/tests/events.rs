@@ -535,6 +535,72 @@ async fn a_private_job_is_seen_by_admins_and_members_only_and_a_public_one_by_an
 }
 
 #[tokio::test]
+async fn a_members_session_sees_its_private_job_until_it_signs_out() {
+    let server = Harness::start().await;
+    server.job("team", "private").await;
+    server
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": "ada", "password": "correct horse battery"})),
+        )
+        .await;
+    server
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/jobs/team/members/ada",
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    let signed_in = server
+        .http
+        .post(format!("{}/login", server.base))
+        .json(&json!({"username": "ada", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 200);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    // As a browser's `EventSource` opens it: the cookie, no token.
+    let response = server
+        .http
+        .get(format!("{}/api/v1/events", server.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = Reader::spawn(response);
+    server.trigger("team").await;
+    stream
+        .until(WITHIN, |c| run_statuses(c, "team", 1) == [Status::Queued])
+        .await;
+
+    // Signing out ends the session, and the stream with it at its next
+    // message.
+    let host = server.base.trim_start_matches("http://").to_string();
+    let signed_out = server
+        .http
+        .post(format!("{}/logout", server.base))
+        .header("cookie", &cookie)
+        .header("origin", format!("http://{host}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_out.status(), 204);
+    tokio::time::sleep(SETTINGS.access_for).await;
+    server.trigger("team").await;
+    stream.until_it_ends(WITHIN).await;
+    assert!(run_statuses(&stream.changes(), "team", 2).is_empty());
+}
+
+#[tokio::test]
 async fn a_revoked_token_ends_its_stream() {
     let server = Harness::start().await;
     let (token, id) = server.outsider("rex").await;
