@@ -9,7 +9,7 @@
 # KILN_SCHEMATHESIS_EXAMPLES (examples per operation, default 200) and
 # KILN_SCHEMATHESIS_SEED (default fixed, so CI is repeatable) tune the run.
 #
-# No operation and no check is excluded. Three things need saying:
+# No operation and no check is excluded. Four things need saying:
 # - scripts/schemathesis.toml lets positive_data_acceptance accept 422 from
 #   the operations whose answer depends on more than the request's shape: a
 #   freestyle pipeline's validity (create_job, put_job) and whether a commit
@@ -20,6 +20,8 @@
 # - `follow=true` on the console streams until the task ends; the tasks
 #   this run makes (the seeded pipeline's `echo`) end at once, so it stays
 #   in, under a request timeout that turns a hang into a failure.
+# - stream_events (`GET /api/v1/events`) lasts until the client leaves;
+#   scripts/schemathesis.toml gives it `timeout=0`, which ends it at once.
 # - revoke_token is called with an id no token has, so the run does not
 #   revoke its own admin token (scripts/schemathesis.toml says why).
 set -euo pipefail

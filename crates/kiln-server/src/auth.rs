@@ -191,6 +191,59 @@ async fn by_token<D: Database>(
     }
 }
 
+/// The credential a request carried, kept by a response that lasts (the
+/// event stream) to check it again: a token revoked or a session ended
+/// while it is open ends it within moments, as a new request would be
+/// refused.
+#[derive(Clone)]
+pub enum Presented {
+    Nobody,
+    Token(String),
+    Session(String),
+}
+
+impl Presented {
+    /// What [`Caller`] read from these headers (a token before a cookie).
+    pub fn of(headers: &HeaderMap) -> Presented {
+        if let Some(token) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| bearer(v).ok())
+        {
+            return Presented::Token(token.to_string());
+        }
+        match session_cookie(headers) {
+            Some(cookie) => Presented::Session(cookie.to_string()),
+            None => Presented::Nobody,
+        }
+    }
+
+    /// Who the credential stands for now; `None` for nobody, or a session
+    /// that ended; an error for a token that is no longer good.
+    pub async fn check<D: Database>(
+        &self,
+        state: &AppState<D>,
+        source: Option<String>,
+    ) -> Result<Option<Identity>, ApiError> {
+        match self {
+            Presented::Nobody => Ok(None),
+            Presented::Token(token) => by_token(state, token, source).await.map(Some),
+            Presented::Session(cookie) => {
+                let hash = kiln_crypto::hash_token(cookie);
+                let session = state.db.find_session(&hash, Utc::now()).await?;
+                Ok(session
+                    .filter(|session| !session.user.disabled)
+                    .map(|session| Identity {
+                        user: Some(session.user.id),
+                        admin: session.user.role == UserRole::Admin,
+                        name: session.user.name,
+                        via: Credential::Session,
+                        source,
+                    }))
+            }
+        }
+    }
+}
+
 /// Hashes a password off the async threads: argon2id takes tens of
 /// milliseconds of CPU on purpose.
 pub async fn hash_password(password: String) -> Result<String, ApiError> {

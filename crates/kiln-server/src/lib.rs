@@ -10,6 +10,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod grpc;
 pub mod metrics;
 pub mod results;
@@ -160,6 +161,7 @@ pub async fn app_state<D: Database>(db: D, config: &ServerConfig) -> anyhow::Res
         // Set by `serve_with_tls`, which knows.
         tls: false,
         embedded_agent: None,
+        events: Arc::default(),
     })
 }
 
@@ -357,6 +359,7 @@ pub async fn serve_with_tls<D: Database>(
     let http_tls = tls.as_ref().map(TlsFiles::http_config).transpose()?;
     state.tls = tls.is_some();
     let sweeper = tokio::spawn(sweeper::run_sweeper(state.clone(), shutdown.clone()));
+    let refresher = tokio::spawn(events::run_refresher(state.clone(), shutdown.clone()));
     let Listeners {
         http: listener,
         grpc: grpc_listener,
@@ -406,6 +409,7 @@ pub async fn serve_with_tls<D: Database>(
     };
     shutdown.cancel();
     let _ = sweeper.await;
+    let _ = refresher.await;
     let grpc = match grpc {
         Some(grpc) => grpc.await?,
         None => Ok(()),

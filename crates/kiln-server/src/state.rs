@@ -36,6 +36,8 @@ pub struct AppState<D> {
     /// The name of the agent this process runs itself, if any: it cannot
     /// be removed while the server runs.
     pub embedded_agent: Option<Arc<str>>,
+    /// The change feed of `GET /api/v1/events`.
+    pub events: Arc<crate::events::EventHub>,
 }
 
 impl<D> AppState<D> {
@@ -63,6 +65,7 @@ impl<D: Clone> Clone for AppState<D> {
             agent_tokens: self.agent_tokens.clone(),
             tls: self.tls,
             embedded_agent: self.embedded_agent.clone(),
+            events: self.events.clone(),
         }
     }
 }

@@ -25,7 +25,10 @@ pub async fn run_sweeper<D: Database>(state: AppState<D>, shutdown: Cancellation
     }
     loop {
         match state.db.expire(Utc::now()).await {
-            Ok(touched) if !touched.is_empty() => state.work.notify_waiters(),
+            Ok(touched) if !touched.is_empty() => {
+                state.work.notify_waiters();
+                crate::events::touch_tasks(&state, &touched).await;
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!("expiring leases failed: {e}"),
         }

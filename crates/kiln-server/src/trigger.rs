@@ -224,6 +224,7 @@ async fn create<D: Database>(
     };
     let detail = state.db.create_run(job.id, run, Utc::now()).await?;
     state.work.notify_waiters();
+    state.events.run_detail(&detail);
     state.metrics.run_created();
     Ok(detail)
 }

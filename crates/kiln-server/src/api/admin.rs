@@ -97,8 +97,9 @@ pub async fn delete_agent<D: Database>(
     state.agents.remove(&agent);
     // Its tasks are lost now, not when their leases would have run out.
     state.db.end_leases(&agent, now).await?;
-    state.db.expire(now).await?;
+    let ended = state.db.expire(now).await?;
     state.work.notify_waiters();
+    crate::events::touch_tasks(&state, &ended).await;
     audit::record(
         &state,
         &caller,

@@ -641,6 +641,28 @@ pub struct ConsoleQuery {
     pub attempt: Option<AttemptNumber>,
 }
 
+/// `GET /api/v1/events?job=&run=&timeout=&after=`
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(default)]
+pub struct EventsQuery {
+    /// Only the changes of this job (it must exist and be readable).
+    #[param(inline)]
+    pub job: Option<JobName>,
+    /// Only the changes of this run of `job` (which it needs).
+    #[param(example = 1)]
+    pub run: Option<i64>,
+    /// Seconds after which the server ends the stream; `0` sends what a
+    /// resume (`Last-Event-ID`) replays and ends. Without it the stream
+    /// lasts until the client leaves.
+    #[param(maximum = 86400, example = 0)]
+    pub timeout: Option<u32>,
+    /// As `Last-Event-ID` (which wins when both are given), for a page
+    /// that knows the id its content is as of: a browser's `EventSource`
+    /// sends the header only when it reconnects.
+    pub after: Option<u64>,
+}
+
 /// `GET …/results`, `…/results/junit`, `…/results/artifacts/{path}`:
 /// `?attempt=`
 #[derive(Debug, Default, Deserialize, IntoParams)]

@@ -4,6 +4,7 @@
 mod admin;
 pub mod bodies;
 mod console;
+mod events;
 pub mod extract;
 mod jobs;
 mod members;
@@ -51,6 +52,7 @@ fn routes<D: Database>() -> Routes<D> {
     .add("/healthz", get(system::healthz::<D>))
     .add("/metrics", get(system::metrics::<D>))
     .add("/api/openapi.json", get(system::openapi))
+    .add("/api/v1/events", get(events::stream::<D>))
     .add("/api/v1/jobs", get(jobs::list::<D>).post(jobs::create::<D>))
     .add(
         "/api/v1/jobs/{job}",

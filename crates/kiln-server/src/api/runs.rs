@@ -134,6 +134,7 @@ pub async fn cancel<D: Database>(
     }
     let detail = state.db.cancel_run(job.id, number, Utc::now()).await?;
     state.work.notify_waiters();
+    state.events.run_detail(&detail);
     audit_cancel(&state, &caller, &detail).await;
     Ok(Json(views::run_detail(&detail)))
 }

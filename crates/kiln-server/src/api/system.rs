@@ -11,7 +11,7 @@ use crate::state::AppState;
 #[openapi(
     info(title = "Kiln", description = "The Kiln CI server's REST API. Errors are application/problem+json (RFC 9457)."),
     paths(
-        healthz_doc, metrics_doc, openapi,
+        healthz_doc, metrics_doc, openapi, super::events::stream,
         super::jobs::list, super::jobs::create, super::jobs::show, super::jobs::upsert, super::jobs::delete,
         super::runs::trigger, super::runs::list, super::runs::show, super::runs::cancel, super::runs::rerun,
         super::results::list, super::console::console, super::results::junit, super::results::artifact,

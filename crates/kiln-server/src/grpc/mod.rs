@@ -289,6 +289,9 @@ fn parse_status(text: &str) -> Result<Status, GrpcStatus> {
 /// attempt the agent runs.
 struct Place {
     job_id: JobId,
+    /// The job's name and the run's id, for the task's events.
+    job: String,
+    run_id: kiln_store::RunId,
     run: i64,
     attempt: i64,
     /// The task's `artifacts: expire-in`.
@@ -390,6 +393,8 @@ impl<D: Database> AgentService<D> {
             .ok_or_else(|| GrpcStatus::not_found("the task's run or job is gone"))?;
         Ok(Place {
             job_id: both.1.id,
+            job: both.0.job.clone(),
+            run_id: both.0.id,
             run: both.0.number,
             attempt: task.attempt,
             expire_in: None,
@@ -820,14 +825,18 @@ impl<D: Database> Agent for AgentService<D> {
             finished_at: millis(update.finished_at_ms),
         };
         let holder = holder(&agent, update.attempt)?;
+        let task_id = TaskId(update.task_id);
         if !self
             .state
             .db
-            .update_step(TaskId(update.task_id), &holder, &step)
+            .update_step(task_id, &holder, &step)
             .await
             .map_err(store_status)?
         {
-            return Err(denied(&holder, TaskId(update.task_id)));
+            return Err(denied(&holder, task_id));
+        }
+        if !self.state.events.step(task_id, &step) {
+            crate::events::step_of_unknown_task(&self.state, task_id, step);
         }
         Ok(Response::new(Ack {}))
     }
@@ -1087,7 +1096,21 @@ async fn record_finish<D: Database>(
 ) {
     let holder = Holder::new(&agent, task.attempt);
     let committed = match state.db.finish_task(task.id, &holder, &result).await {
-        Ok(Some(_)) => Ok(()),
+        Ok(Some(now)) => {
+            state.events.task_ended(crate::events::TaskEnd {
+                job: &place.job,
+                run_id: place.run_id,
+                run: place.run,
+                task_id: task.id,
+                task: &task.name,
+                attempt: task.attempt,
+                status: now,
+                reason: result.reason.as_deref(),
+                started_at: task.started_at,
+                at: result.now,
+            });
+            Ok(())
+        }
         Ok(None) => Err(denied(&holder, task.id)),
         Err(e) => Err(store_status(e)),
     };

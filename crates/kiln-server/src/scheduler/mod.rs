@@ -106,8 +106,8 @@ async fn send_task<D: Database>(state: &AppState<D>, agent: &Candidate, task: Ta
         give_back(state, agent, task.id).await;
         return false;
     }
-    let assignment = match assignment(state, &task).await {
-        Ok(assignment) => assignment,
+    let (assignment, both) = match assignment(state, &task).await {
+        Ok(made) => made,
         Err(reason) => {
             // The task cannot run anywhere (a missing secret, a deleted
             // job): end it rather than let every agent fail it in turn.
@@ -124,6 +124,8 @@ async fn send_task<D: Database>(state: &AppState<D>, agent: &Candidate, task: Ta
             if let Err(e) = state.db.finish_task(task.id, &holder, &result).await {
                 tracing::warn!("ending task {} failed: {e}", task.id);
             }
+            // Its run may be gone: what is left of it is read again.
+            state.events.touch_all(task.run_id);
             state.work.notify_waiters();
             return true;
         }
@@ -139,6 +141,7 @@ async fn send_task<D: Database>(state: &AppState<D>, agent: &Candidate, task: Ta
                 task.name,
                 agent.name
             );
+            state.events.task_started(&both.0, &task);
             true
         }
         Err(e) => {
@@ -221,11 +224,11 @@ async fn note_unplaceable<D: Database>(state: &AppState<D>, settled: bool) {
     }
 }
 
-/// Everything an agent needs to run `task`.
+/// Everything an agent needs to run `task`, and the task's run and job.
 async fn assignment<D: Database>(
     state: &AppState<D>,
     task: &TaskRow,
-) -> Result<Assignment, String> {
+) -> Result<(Assignment, RunAndJob), String> {
     let both = run_and_job(state, task.run_id)
         .await
         .map_err(|e| e.to_string())?
@@ -277,7 +280,7 @@ async fn assignment<D: Database>(
             job.spec.name
         ));
     }
-    Ok(Assignment {
+    let assignment = Assignment {
         task_id: task.id.0,
         task: Some((&task.spec).into()),
         job: job.spec.name.clone(),
@@ -290,7 +293,8 @@ async fn assignment<D: Database>(
         lease_seconds: state.agents.lease.as_secs().max(1) as u32,
         attempt: task.attempt.max(1) as u32,
         git_credentials,
-    })
+    };
+    Ok((assignment, both))
 }
 
 /// The run and the job a task belongs to; `None` when either is gone.

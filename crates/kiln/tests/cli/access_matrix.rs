@@ -142,6 +142,9 @@ fn routes() -> Vec<Route> {
     use Prepare::*;
     use Role::{Developer, Maintainer, Viewer};
     vec![
+        // The changes of the jobs the caller may read: anyone may open it
+        // (the filtering is tests/events.rs's); `?timeout=0` below ends it.
+        route(Method::GET, "/api/v1/events", Anyone, 200, None, Nothing),
         route(Method::GET, "/api/v1/jobs", Anyone, 200, None, Nothing),
         route(
             Method::POST,
@@ -741,6 +744,12 @@ async fn walk(server: Server) {
                 )
                 .replace("{id}", id.as_deref().unwrap_or("0"))
                 .replace("{agent}", "doomed-agent");
+            // The event stream lasts until the client leaves, unless told.
+            let path = if route.path == "/api/v1/events" {
+                format!("{path}?timeout=0")
+            } else {
+                path
+            };
             let want = expected(who, route);
             let before = fixture.snapshot().await;
             let (status, answer) = call(

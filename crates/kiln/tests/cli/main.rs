@@ -8,6 +8,7 @@ mod agents;
 mod architecture;
 mod docs;
 mod downloads;
+mod events;
 mod hostile;
 mod isolation;
 mod limits;
