@@ -18,4 +18,5 @@ mod server;
 mod soak;
 mod support;
 mod tls;
+mod ui;
 mod up;

@@ -1,0 +1,429 @@
+//! The web UI in a real browser: Debian's `chromium`, driven over
+//! WebDriver by Debian's `chromedriver` (scripts/setup-test-env.sh
+//! installs both), against a real `kiln server` whose worker runs the
+//! tasks. Each test saves a screenshot of every page it visits under
+//! `$CARGO_TARGET_TMPDIR/ui-screenshots/<test>/`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::server::Server;
+
+/// A headless chromium behind its own chromedriver.
+struct Browser {
+    client: Client,
+    driver: Child,
+    shots: PathBuf,
+    base: String,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Browser {
+    /// Starts chromedriver on a free port and a headless chromium in it,
+    /// pointed at `server`; screenshots go to a directory named `test`.
+    async fn start(server: &Server, test: &str) -> Browser {
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver must be installed (scripts/setup-test-env.sh installs chromium-driver)");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "chromedriver did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                // Root in CI: chromium's sandbox needs a user namespace.
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1280,1000"]
+            }),
+        );
+        // chromedriver is on loopback: plain HTTP, no TLS stack needed.
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = ClientBuilder::new(connector)
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("chromium must start under chromedriver");
+        let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("ui-screenshots")
+            .join(test);
+        let _ = std::fs::remove_dir_all(&shots);
+        std::fs::create_dir_all(&shots).unwrap();
+        Browser {
+            client,
+            driver,
+            shots,
+            base: server.url.clone(),
+        }
+    }
+
+    async fn goto(&self, path: &str) {
+        self.client
+            .goto(&format!("{}{path}", self.base))
+            .await
+            .unwrap();
+    }
+
+    /// The path (and query and fragment) the browser shows.
+    async fn here(&self) -> String {
+        let url = self.client.current_url().await.unwrap();
+        let mut path = url.path().to_string();
+        if let Some(query) = url.query() {
+            path = format!("{path}?{query}");
+        }
+        if let Some(fragment) = url.fragment() {
+            path = format!("{path}#{fragment}");
+        }
+        path
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn has(&self, css: &str) -> bool {
+        !self
+            .client
+            .find_all(Locator::Css(css))
+            .await
+            .unwrap()
+            .is_empty()
+    }
+
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no `{css}` to click: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
+    async fn title(&self) -> String {
+        self.client.title().await.unwrap()
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn sign_in(&self, user: &str, password: &str) {
+        self.client
+            .find(Locator::Css("#username"))
+            .await
+            .unwrap()
+            .send_keys(user)
+            .await
+            .unwrap();
+        self.client
+            .find(Locator::Css("#password"))
+            .await
+            .unwrap()
+            .send_keys(password)
+            .await
+            .unwrap();
+        self.click("form button[type=submit]").await;
+    }
+
+    /// Reloads the page until `css`'s text is `want` (live updates come
+    /// later; for now a person reloads).
+    async fn reload_until(&self, css: &str, want: &str) {
+        let started = Instant::now();
+        loop {
+            if self.has(css).await && self.text(css).await == want {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "`{css}` never read `{want}` on {}",
+                self.here().await
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            self.client.refresh().await.unwrap();
+        }
+    }
+}
+
+const PASSWORD: &str = "a-long-test-password";
+
+/// A user with a password and a role on `job`, made by the admin.
+async fn member(server: &Server, user: &str, job: &str, role: &str) {
+    let (status, body) = server
+        .send(
+            Method::POST,
+            "/api/v1/users",
+            json!({"name": user, "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server
+        .send(
+            Method::PUT,
+            &format!("/api/v1/jobs/{job}/members/{user}"),
+            json!({"role": role}),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+}
+
+async fn job(server: &Server, name: &str, pipeline: &str, visibility: &str) {
+    let (status, body) = server
+        .send(
+            Method::PUT,
+            &format!("/api/v1/jobs/{name}"),
+            json!({"kind": "freestyle", "pipeline": pipeline, "visibility": visibility}),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+}
+
+const COLOURED: &str = r#"
+version: 1
+tasks:
+  build:
+    steps:
+      - name: colours
+        run: |
+          echo plain line
+          printf '\033[31mred\033[0m\n'
+          seq 1 30
+  test:
+    needs: [build]
+    steps:
+      - run: echo tested
+"#;
+
+#[tokio::test]
+async fn a_developer_signs_in_triggers_a_run_and_reads_its_coloured_log() {
+    let server = Server::start(None);
+    job(&server, "app", COLOURED, "private").await;
+    member(&server, "dev", "app", "developer").await;
+    let browser = Browser::start(&server, "developer").await;
+
+    // A private page sends an anonymous visitor to sign in, and back.
+    browser.goto("/jobs/app").await;
+    assert_eq!(browser.here().await, "/login?next=%2Fjobs%2Fapp");
+    assert_eq!(browser.title().await, "Sign in · Kiln");
+    browser.screenshot("login").await;
+    browser.sign_in("dev", "not-the-password").await;
+    assert!(
+        browser.text("#login-error").await.contains("wrong user name or password"),
+        "a failed sign-in says so in the form"
+    );
+    browser.screenshot("login-failed").await;
+    browser.client.find(Locator::Css("#password")).await.unwrap().clear().await.unwrap();
+    browser
+        .client
+        .find(Locator::Css("#password"))
+        .await
+        .unwrap()
+        .send_keys(PASSWORD)
+        .await
+        .unwrap();
+    browser.click("form button[type=submit]").await;
+    assert_eq!(browser.here().await, "/jobs/app");
+    assert_eq!(browser.title().await, "Job app · Kiln");
+    assert!(browser.text("header.top .who").await.contains("dev"));
+    browser.screenshot("job").await;
+
+    // The trigger button makes a run and opens it.
+    browser.click("#trigger").await;
+    assert_eq!(browser.here().await, "/jobs/app/runs/1");
+    browser.reload_until("#run-status", "success").await;
+    assert_eq!(browser.title().await, "Run #1 of app · Kiln");
+    let boxes = browser.client.find_all(Locator::Css("svg.graph a")).await.unwrap();
+    assert_eq!(boxes.len(), 2, "one box per task in the graph");
+    assert_eq!(
+        browser.client.find_all(Locator::Css("svg.graph path.edge")).await.unwrap().len(),
+        1,
+        "test needs build: one edge"
+    );
+    browser.screenshot("run").await;
+
+    // The task page shows the log, coloured on the server.
+    browser.click("table.tasks a[href$='/tasks/build']").await;
+    assert_eq!(browser.here().await, "/jobs/app/runs/1/tasks/build");
+    assert_eq!(browser.title().await, "build · run #1 of app · Kiln");
+    assert_eq!(browser.text(".log #L2 span.f1").await, "red");
+    assert_eq!(browser.text(".log #L1 .t").await, "plain line");
+    let raw = browser
+        .client
+        .find(Locator::Css("#raw-log"))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(raw.contains("/results/console"), "{raw}");
+    browser.screenshot("task").await;
+
+    // A line number links to its line.
+    browser.click(".log #L20 > a").await;
+    assert_eq!(browser.here().await, "/jobs/app/runs/1/tasks/build#L20");
+    let target = browser
+        .client
+        .execute("return document.querySelector(':target').id", vec![])
+        .await
+        .unwrap();
+    assert_eq!(target, Value::String("L20".into()));
+    assert_eq!(browser.text(".log #L20 .t").await, "18");
+
+    // The dashboard lists the run; at phone width it still fits.
+    browser.goto("/").await;
+    assert_eq!(browser.title().await, "Recent runs · Kiln");
+    assert!(browser.has("a[href='/jobs/app/runs/1']").await);
+    browser.client.set_window_size(360, 800).await.unwrap();
+    let overflow = browser
+        .client
+        .execute(
+            "return document.documentElement.scrollWidth > window.innerWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(overflow, Value::Bool(false), "the page scrolls sideways at 360 px");
+    browser.screenshot("dashboard-phone").await;
+    browser.client.set_window_size(1280, 1000).await.unwrap();
+
+    // Signing out ends the session.
+    browser.click("header.top .who button").await;
+    assert_eq!(browser.here().await, "/login");
+    browser.goto("/jobs/app").await;
+    assert!(browser.here().await.starts_with("/login?next="));
+}
+
+#[tokio::test]
+async fn a_viewer_cannot_trigger_and_anonymous_visitors_read_only_public_jobs() {
+    let server = Server::start(None);
+    job(&server, "open", COLOURED, "public").await;
+    job(&server, "secret", COLOURED, "private").await;
+    member(&server, "vic", "secret", "viewer").await;
+    let (status, run) = server
+        .send(Method::POST, "/api/v1/jobs/open/runs", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let run = server.wait_for_run("open", 1).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+
+    let browser = Browser::start(&server, "viewer").await;
+    // Anyone reads a public job's run and its log.
+    browser.goto("/jobs/open/runs/1").await;
+    assert_eq!(browser.here().await, "/jobs/open/runs/1");
+    assert_eq!(browser.text("#run-status").await, "success");
+    assert!(!browser.has("#rerun").await, "anonymous visitors act on nothing");
+    browser.screenshot("public-run").await;
+    browser.goto("/jobs/open/runs/1/tasks/build").await;
+    assert_eq!(browser.text(".log #L2 span.f1").await, "red");
+    // …and its badge; a private job has none.
+    browser.goto("/jobs/open").await;
+    assert!(browser.has("img[src^='/jobs/open/badge.svg']").await);
+    let badge = server.request(Method::GET, "/jobs/open/badge.svg", None).send().await.unwrap();
+    assert_eq!(badge.status(), StatusCode::OK);
+    assert_eq!(badge.headers()["content-type"], "image/svg+xml; charset=utf-8");
+    assert!(badge.text().await.unwrap().contains(">success</text>"));
+    let hidden = server.request(Method::GET, "/jobs/secret/badge.svg", None).send().await.unwrap();
+    assert_eq!(hidden.status(), StatusCode::NOT_FOUND);
+
+    // A private job sends the anonymous visitor to sign in.
+    browser.goto("/jobs/secret").await;
+    assert_eq!(browser.here().await, "/login?next=%2Fjobs%2Fsecret");
+    browser.sign_in("vic", PASSWORD).await;
+    assert_eq!(browser.here().await, "/jobs/secret");
+    assert!(!browser.has("#trigger").await, "a viewer has no trigger button");
+    browser.screenshot("viewer-job").await;
+
+    // Posting the trigger form anyway (with the session's own form
+    // token, from the sign-out form) is refused, and makes no run.
+    browser
+        .client
+        .execute(
+            "const form = document.createElement('form');
+             form.method = 'post';
+             form.action = '/jobs/secret/trigger';
+             const token = document.createElement('input');
+             token.name = 'csrf';
+             token.value = document.querySelector('input[name=csrf]').value;
+             form.append(token);
+             document.body.append(form);
+             form.submit();",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while browser.here().await != "/jobs/secret/trigger" {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(browser.text("h1").await, "Not allowed");
+    assert!(browser.text("p.error").await.contains("developer"));
+    browser.screenshot("viewer-refused").await;
+    let runs = server.json("/api/v1/jobs/secret/runs").await;
+    assert_eq!(runs["runs"], json!([]), "the refused post made no run");
+
+    // A form without the session's token is refused too, even same-origin.
+    browser.goto("/jobs/open").await;
+    browser
+        .client
+        .execute(
+            "const form = document.createElement('form');
+             form.method = 'post';
+             form.action = '/jobs/open/runs/1/rerun';
+             document.body.append(form);
+             form.submit();",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while browser.here().await != "/jobs/open/runs/1/rerun" {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(browser.text("p.error").await.contains("out of date"));
+    let runs = server.json("/api/v1/jobs/open/runs").await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1);
+
+    // Admin pages are for admins.
+    browser.goto("/agents").await;
+    assert_eq!(browser.text("h1").await, "Not allowed");
+}
