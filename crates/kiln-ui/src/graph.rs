@@ -46,8 +46,8 @@ fn depths(nodes: &[Node]) -> Vec<usize> {
         i: usize,
         nodes: &[Node],
         by_base: &HashMap<&str, Vec<usize>>,
-        depth: &mut Vec<Option<usize>>,
-        visiting: &mut Vec<bool>,
+        depth: &mut [Option<usize>],
+        visiting: &mut [bool],
     ) -> usize {
         if let Some(d) = depth[i] {
             return d;

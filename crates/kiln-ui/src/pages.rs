@@ -112,7 +112,7 @@ pub fn login(viewer: &Viewer, next: &str, error: Option<&str>, username: &str) -
             div.login {
                 h1 { "Sign in to Kiln" }
                 @if let Some(error) = error {
-                    p.error role="alert" #login-error { (error) }
+                    p.error #login-error role="alert" { (error) }
                 }
                 form method="post" action=(action) {
                     label for="username" { "User name" }

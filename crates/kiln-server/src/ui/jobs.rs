@@ -163,7 +163,7 @@ pub async fn trigger<D: Database>(
         } else {
             let checked = kiln_api::fields::BranchName::new(branch)
                 .map_err(|why| ApiError::unprocessable(format!("branch: {why}")))?;
-            Target::Branch(Some(checked.to_string()))
+            Target::Branch(Some(String::from(checked)))
         };
         let audit = audit::entry(caller, "run.trigger", job_object(&job.spec.name), None);
         let detail = start_run(&state, &job, target, Event::Manual, Some(audit)).await?;
