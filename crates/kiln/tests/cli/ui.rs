@@ -287,8 +287,21 @@ async fn a_developer_signs_in_triggers_a_run_and_reads_its_coloured_log() {
     browser.click("table.tasks a[href$='/tasks/build']").await;
     assert_eq!(browser.here().await, "/jobs/app/runs/1/tasks/build");
     assert_eq!(browser.title().await, "build · run #1 of app · Kiln");
-    assert_eq!(browser.text(".log #L2 span.f1").await, "red");
-    assert_eq!(browser.text(".log #L1 .t").await, "plain line");
+    assert_eq!(browser.text(".log span.f1").await, "red");
+    let red = browser
+        .client
+        .execute(
+            "return document.querySelector('.log span.f1').closest('.l').id",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let red: u64 = red.as_str().unwrap().trim_start_matches('L').parse().unwrap();
+    assert_eq!(
+        browser.text(&format!(".log #L{} .t", red - 1)).await,
+        "plain line",
+        "lines keep their order and numbers"
+    );
     let raw = browser
         .client
         .find(Locator::Css("#raw-log"))
@@ -301,16 +314,20 @@ async fn a_developer_signs_in_triggers_a_run_and_reads_its_coloured_log() {
     assert!(raw.contains("/results/console"), "{raw}");
     browser.screenshot("task").await;
 
-    // A line number links to its line.
-    browser.click(".log #L20 > a").await;
-    assert_eq!(browser.here().await, "/jobs/app/runs/1/tasks/build#L20");
+    // A line number links to its line: `seq`'s 18 is 18 lines below red.
+    let line = red + 18;
+    assert_eq!(browser.text(&format!(".log #L{line} .t")).await, "18");
+    browser.click(&format!(".log #L{line} > a")).await;
+    assert_eq!(
+        browser.here().await,
+        format!("/jobs/app/runs/1/tasks/build#L{line}")
+    );
     let target = browser
         .client
         .execute("return document.querySelector(':target').id", vec![])
         .await
         .unwrap();
-    assert_eq!(target, Value::String("L20".into()));
-    assert_eq!(browser.text(".log #L20 .t").await, "18");
+    assert_eq!(target, Value::String(format!("L{line}")));
 
     // The dashboard lists the run; at phone width it still fits.
     browser.goto("/").await;
@@ -357,7 +374,7 @@ async fn a_viewer_cannot_trigger_and_anonymous_visitors_read_only_public_jobs() 
     assert!(!browser.has("#rerun").await, "anonymous visitors act on nothing");
     browser.screenshot("public-run").await;
     browser.goto("/jobs/open/runs/1/tasks/build").await;
-    assert_eq!(browser.text(".log #L2 span.f1").await, "red");
+    assert_eq!(browser.text(".log span.f1").await, "red");
     // …and its badge; a private job has none.
     browser.goto("/jobs/open").await;
     assert!(browser.has("img[src^='/jobs/open/badge.svg']").await);
@@ -367,6 +384,29 @@ async fn a_viewer_cannot_trigger_and_anonymous_visitors_read_only_public_jobs() 
     assert!(badge.text().await.unwrap().contains(">success</text>"));
     let hidden = server.request(Method::GET, "/jobs/secret/badge.svg", None).send().await.unwrap();
     assert_eq!(hidden.status(), StatusCode::NOT_FOUND);
+
+    // Pages link their stylesheet by a hashed name, cached for good, gzipped.
+    let page = server.request(Method::GET, "/", None).send().await.unwrap();
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let html = page.text().await.unwrap();
+    let css = html
+        .split("href=\"")
+        .filter_map(|rest| rest.split('"').next())
+        .find(|href| href.starts_with("/assets/kiln.") && href.ends_with(".css"))
+        .expect("the page links its stylesheet")
+        .to_string();
+    let asset = server
+        .request(Method::GET, &css, None)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asset.status(), StatusCode::OK);
+    assert_eq!(
+        asset.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    assert_eq!(asset.headers()["content-encoding"], "gzip");
 
     // A private job sends the anonymous visitor to sign in.
     browser.goto("/jobs/secret").await;
