@@ -149,8 +149,15 @@ impl AnsiRenderer {
                 }
                 line.len()
             }
-            // A two-byte sequence (charset, keypad mode…).
-            _ => start + 2,
+            // ESC, intermediates 0x20–0x2F, a final byte: a charset
+            // (`ESC ( B`), a keypad mode (`ESC =`)…
+            _ => {
+                let mut j = start + 1;
+                while j < line.len() && (0x20..=0x2f).contains(&line[j]) {
+                    j += 1;
+                }
+                (j + 1).min(line.len())
+            }
         }
     }
 
@@ -373,7 +380,7 @@ mod tests {
                 assert!(tag.starts_with("<span"), "unexpected tag {tag}");
                 depth += 1;
             }
-            assert!(depth >= 0 && depth <= 1, "spans nest: {html}");
+            assert!((0..=1).contains(&depth), "spans nest: {html}");
             rest = &rest[end + 1..];
         }
         assert_eq!(depth, 0, "a span is left open: {html}");

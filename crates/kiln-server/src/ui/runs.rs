@@ -35,7 +35,7 @@ pub async fn dashboard<D: Database>(
             };
             runs.extend(state.db.list_runs(job.id, &filter).await?);
         }
-        runs.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        runs.sort_by_key(|run| std::cmp::Reverse(run.created_at));
         runs.truncate(DASHBOARD_RUNS);
         Ok::<_, ApiError>(runs)
     }
