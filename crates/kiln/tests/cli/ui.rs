@@ -112,6 +112,31 @@ impl Browser {
         path
     }
 
+    /// Waits until the browser shows `want` (a click that submits a form
+    /// returns before the next page is there); returns what it shows.
+    async fn arrive(&self, want: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        loop {
+            let here = self.here().await;
+            if want(&here) {
+                // The new page's document, not the old one's, is loaded.
+                let ready = self
+                    .client
+                    .execute("return document.readyState", vec![])
+                    .await
+                    .unwrap();
+                if ready == Value::String("complete".into()) {
+                    return here;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the browser stayed at {here}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn text(&self, css: &str) -> String {
         self.client
             .find(Locator::Css(css))
@@ -249,6 +274,8 @@ async fn a_developer_signs_in_triggers_a_run_and_reads_its_coloured_log() {
     assert_eq!(browser.title().await, "Sign in · Kiln");
     browser.screenshot("login").await;
     browser.sign_in("dev", "not-the-password").await;
+    browser.arrive(|here| here == "/login?next=%2Fjobs%2Fapp").await;
+    browser.client.wait().for_element(Locator::Css("#login-error")).await.unwrap();
     assert!(
         browser.text("#login-error").await.contains("wrong user name or password"),
         "a failed sign-in says so in the form"
@@ -264,14 +291,14 @@ async fn a_developer_signs_in_triggers_a_run_and_reads_its_coloured_log() {
         .await
         .unwrap();
     browser.click("form button[type=submit]").await;
-    assert_eq!(browser.here().await, "/jobs/app");
+    browser.arrive(|here| here == "/jobs/app").await;
     assert_eq!(browser.title().await, "Job app · Kiln");
     assert!(browser.text("header.top .who").await.contains("dev"));
     browser.screenshot("job").await;
 
     // The trigger button makes a run and opens it.
     browser.click("#trigger").await;
-    assert_eq!(browser.here().await, "/jobs/app/runs/1");
+    browser.arrive(|here| here == "/jobs/app/runs/1").await;
     browser.reload_until("#run-status", "success").await;
     assert_eq!(browser.title().await, "Run #1 of app · Kiln");
     let boxes = browser.client.find_all(Locator::Css("svg.graph a")).await.unwrap();
@@ -285,7 +312,9 @@ async fn a_developer_signs_in_triggers_a_run_and_reads_its_coloured_log() {
 
     // The task page shows the log, coloured on the server.
     browser.click("table.tasks a[href$='/tasks/build']").await;
-    assert_eq!(browser.here().await, "/jobs/app/runs/1/tasks/build");
+    browser
+        .arrive(|here| here == "/jobs/app/runs/1/tasks/build")
+        .await;
     assert_eq!(browser.title().await, "build · run #1 of app · Kiln");
     assert_eq!(browser.text(".log span.f1").await, "red");
     let red = browser
@@ -348,7 +377,7 @@ async fn a_developer_signs_in_triggers_a_run_and_reads_its_coloured_log() {
 
     // Signing out ends the session.
     browser.click("header.top .who button").await;
-    assert_eq!(browser.here().await, "/login");
+    browser.arrive(|here| here == "/login").await;
     browser.goto("/jobs/app").await;
     assert!(browser.here().await.starts_with("/login?next="));
 }
@@ -412,7 +441,7 @@ async fn a_viewer_cannot_trigger_and_anonymous_visitors_read_only_public_jobs() 
     browser.goto("/jobs/secret").await;
     assert_eq!(browser.here().await, "/login?next=%2Fjobs%2Fsecret");
     browser.sign_in("vic", PASSWORD).await;
-    assert_eq!(browser.here().await, "/jobs/secret");
+    browser.arrive(|here| here == "/jobs/secret").await;
     assert!(!browser.has("#trigger").await, "a viewer has no trigger button");
     browser.screenshot("viewer-job").await;
 
@@ -434,11 +463,7 @@ async fn a_viewer_cannot_trigger_and_anonymous_visitors_read_only_public_jobs() 
         )
         .await
         .unwrap();
-    let started = Instant::now();
-    while browser.here().await != "/jobs/secret/trigger" {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    browser.arrive(|here| here == "/jobs/secret/trigger").await;
     assert_eq!(browser.text("h1").await, "Not allowed");
     assert!(browser.text("p.error").await.contains("developer"));
     browser.screenshot("viewer-refused").await;
@@ -459,11 +484,7 @@ async fn a_viewer_cannot_trigger_and_anonymous_visitors_read_only_public_jobs() 
         )
         .await
         .unwrap();
-    let started = Instant::now();
-    while browser.here().await != "/jobs/open/runs/1/rerun" {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    browser.arrive(|here| here == "/jobs/open/runs/1/rerun").await;
     assert!(browser.text("p.error").await.contains("out of date"));
     let runs = server.json("/api/v1/jobs/open/runs").await;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 1);
