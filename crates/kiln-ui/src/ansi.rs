@@ -332,7 +332,9 @@ mod tests {
         );
         assert_eq!(
             render(&[b"\x1b[38;5;208mo\x1b[48;2;1;2;3mx"]),
-            ["<span style=\"color:#ff8700;\">o</span><span style=\"color:#ff8700;background:#010203;\">x</span>"]
+            [
+                "<span style=\"color:#ff8700;\">o</span><span style=\"color:#ff8700;background:#010203;\">x</span>"
+            ]
         );
     }
 
@@ -360,7 +362,10 @@ mod tests {
         );
         assert_eq!(render(&[b"10%\r50%\r100%"]), ["100%"]);
         assert_eq!(render(&[b"windows\r"]), ["windows"]);
-        assert_eq!(render(&[b"bad \xff\xfe utf8"]), ["bad \u{fffd}\u{fffd} utf8"]);
+        assert_eq!(
+            render(&[b"bad \xff\xfe utf8"]),
+            ["bad \u{fffd}\u{fffd} utf8"]
+        );
         assert_eq!(render(&[b"cut \x1b[3"]), ["cut "]);
     }
 

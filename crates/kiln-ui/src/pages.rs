@@ -642,7 +642,12 @@ mod tests {
 
     #[test]
     fn every_page_says_where_you_are_and_escapes_names() {
-        let login = login(&Viewer::anonymous(Utc::now()), "/jobs/x", Some("wrong <pw>"), "a\"b");
+        let login = login(
+            &Viewer::anonymous(Utc::now()),
+            "/jobs/x",
+            Some("wrong <pw>"),
+            "a\"b",
+        );
         assert!(login.contains("<title>Sign in · Kiln</title>"));
         assert!(login.contains("wrong &lt;pw&gt;"));
         assert!(login.contains("value=\"a&quot;b\""));

@@ -2,8 +2,8 @@
 //! the trigger form's `POST /jobs/{job}/trigger`, and the badge.
 
 use axum::Form;
-use axum::extract::{Path, Query, State};
 use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use kiln_pipeline::Event;
@@ -57,8 +57,8 @@ pub(super) async fn job_and_power<D: Database>(
         .job_and_role(name, user)
         .await?
         .ok_or_else(|| access::not_found(name))?;
-    let power =
-        access::power(identity, job.spec.visibility, role).ok_or_else(|| access::not_found(name))?;
+    let power = access::power(identity, job.spec.visibility, role)
+        .ok_or_else(|| access::not_found(name))?;
     Ok((job, power))
 }
 

@@ -140,11 +140,9 @@ impl Visitor {
         let Some(identity) = &self.identity else {
             return Err(self.sign_in());
         };
-        let good = self
-            .viewer
-            .csrf
-            .as_deref()
-            .is_some_and(|expected| kiln_crypto::constant_time_eq(expected.as_bytes(), token.as_bytes()));
+        let good = self.viewer.csrf.as_deref().is_some_and(|expected| {
+            kiln_crypto::constant_time_eq(expected.as_bytes(), token.as_bytes())
+        });
         if !good {
             return Err(self.refuse(ApiError::forbidden(
                 "this form is out of date or was not sent from this server's page: \
@@ -189,7 +187,10 @@ pub fn html_response(status: StatusCode, html: String, gzip: bool) -> Response {
     if compressed {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
-    headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding, Cookie"));
+    headers.insert(
+        header::VARY,
+        HeaderValue::from_static("Accept-Encoding, Cookie"),
+    );
     headers.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-cache"),

@@ -65,7 +65,11 @@ pub async fn login_page<D: Database>(
 
 /// `POST /login` from the form: signed in, on to `next`; refused, the
 /// form again with why (and the name typed, not the password).
-pub async fn sign_in_form<D: Database>(state: &AppState<D>, parts: Parts, body: axum::body::Body) -> Response {
+pub async fn sign_in_form<D: Database>(
+    state: &AppState<D>,
+    parts: Parts,
+    body: axum::body::Body,
+) -> Response {
     let viewer = Viewer::anonymous(Utc::now());
     let gzip = false;
     let next = safe_next(
@@ -102,15 +106,24 @@ pub async fn sign_in_form<D: Database>(state: &AppState<D>, parts: Parts, body: 
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::safe_next;
 
     #[test]
     fn next_stays_on_this_server() {
-        assert_eq!(safe_next("/jobs/app?status=failure"), "/jobs/app?status=failure");
-        for foreign in ["//evil.example", "/\\evil.example", "https://evil.example", "", "jobs", "/a\nb"] {
+        assert_eq!(
+            safe_next("/jobs/app?status=failure"),
+            "/jobs/app?status=failure"
+        );
+        for foreign in [
+            "//evil.example",
+            "/\\evil.example",
+            "https://evil.example",
+            "",
+            "jobs",
+            "/a\nb",
+        ] {
             assert_eq!(safe_next(foreign), "/", "{foreign:?}");
         }
     }

@@ -49,11 +49,10 @@ async fn page<D: Database>(
                 "run {number} of job `{name}` has no task `{task_name}`"
             ))
         })?;
-    let run = state
-        .db
-        .get_run_by_id(task.run_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("run {number} of job `{name}` not found")))?;
+    let run =
+        state.db.get_run_by_id(task.run_id).await?.ok_or_else(|| {
+            ApiError::not_found(format!("run {number} of job `{name}` not found"))
+        })?;
     let tail = match task.started_at {
         Some(_) => Some(log_tail(state, job.id, number, &task).await?),
         None => None,

@@ -274,14 +274,31 @@ async fn a_developer_signs_in_triggers_a_run_and_reads_its_coloured_log() {
     assert_eq!(browser.title().await, "Sign in · Kiln");
     browser.screenshot("login").await;
     browser.sign_in("dev", "not-the-password").await;
-    browser.arrive(|here| here == "/login?next=%2Fjobs%2Fapp").await;
-    browser.client.wait().for_element(Locator::Css("#login-error")).await.unwrap();
+    browser
+        .arrive(|here| here == "/login?next=%2Fjobs%2Fapp")
+        .await;
+    browser
+        .client
+        .wait()
+        .for_element(Locator::Css("#login-error"))
+        .await
+        .unwrap();
     assert!(
-        browser.text("#login-error").await.contains("wrong user name or password"),
+        browser
+            .text("#login-error")
+            .await
+            .contains("wrong user name or password"),
         "a failed sign-in says so in the form"
     );
     browser.screenshot("login-failed").await;
-    browser.client.find(Locator::Css("#password")).await.unwrap().clear().await.unwrap();
+    browser
+        .client
+        .find(Locator::Css("#password"))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
     browser
         .client
         .find(Locator::Css("#password"))
@@ -301,10 +318,19 @@ async fn a_developer_signs_in_triggers_a_run_and_reads_its_coloured_log() {
     browser.arrive(|here| here == "/jobs/app/runs/1").await;
     browser.reload_until("#run-status", "success").await;
     assert_eq!(browser.title().await, "Run #1 of app · Kiln");
-    let boxes = browser.client.find_all(Locator::Css("svg.graph a")).await.unwrap();
+    let boxes = browser
+        .client
+        .find_all(Locator::Css("svg.graph a"))
+        .await
+        .unwrap();
     assert_eq!(boxes.len(), 2, "one box per task in the graph");
     assert_eq!(
-        browser.client.find_all(Locator::Css("svg.graph path.edge")).await.unwrap().len(),
+        browser
+            .client
+            .find_all(Locator::Css("svg.graph path.edge"))
+            .await
+            .unwrap()
+            .len(),
         1,
         "test needs build: one edge"
     );
@@ -325,7 +351,12 @@ async fn a_developer_signs_in_triggers_a_run_and_reads_its_coloured_log() {
         )
         .await
         .unwrap();
-    let red: u64 = red.as_str().unwrap().trim_start_matches('L').parse().unwrap();
+    let red: u64 = red
+        .as_str()
+        .unwrap()
+        .trim_start_matches('L')
+        .parse()
+        .unwrap();
     assert_eq!(
         browser.text(&format!(".log #L{} .t", red - 1)).await,
         "plain line",
@@ -371,7 +402,11 @@ async fn a_developer_signs_in_triggers_a_run_and_reads_its_coloured_log() {
         )
         .await
         .unwrap();
-    assert_eq!(overflow, Value::Bool(false), "the page scrolls sideways at 360 px");
+    assert_eq!(
+        overflow,
+        Value::Bool(false),
+        "the page scrolls sideways at 360 px"
+    );
     browser.screenshot("dashboard-phone").await;
     browser.client.set_window_size(1280, 1000).await.unwrap();
 
@@ -400,18 +435,32 @@ async fn a_viewer_cannot_trigger_and_anonymous_visitors_read_only_public_jobs() 
     browser.goto("/jobs/open/runs/1").await;
     assert_eq!(browser.here().await, "/jobs/open/runs/1");
     assert_eq!(browser.text("#run-status").await, "success");
-    assert!(!browser.has("#rerun").await, "anonymous visitors act on nothing");
+    assert!(
+        !browser.has("#rerun").await,
+        "anonymous visitors act on nothing"
+    );
     browser.screenshot("public-run").await;
     browser.goto("/jobs/open/runs/1/tasks/build").await;
     assert_eq!(browser.text(".log span.f1").await, "red");
     // …and its badge; a private job has none.
     browser.goto("/jobs/open").await;
     assert!(browser.has("img[src^='/jobs/open/badge.svg']").await);
-    let badge = server.request(Method::GET, "/jobs/open/badge.svg", None).send().await.unwrap();
+    let badge = server
+        .request(Method::GET, "/jobs/open/badge.svg", None)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(badge.status(), StatusCode::OK);
-    assert_eq!(badge.headers()["content-type"], "image/svg+xml; charset=utf-8");
+    assert_eq!(
+        badge.headers()["content-type"],
+        "image/svg+xml; charset=utf-8"
+    );
     assert!(badge.text().await.unwrap().contains(">success</text>"));
-    let hidden = server.request(Method::GET, "/jobs/secret/badge.svg", None).send().await.unwrap();
+    let hidden = server
+        .request(Method::GET, "/jobs/secret/badge.svg", None)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(hidden.status(), StatusCode::NOT_FOUND);
 
     // Pages link their stylesheet by a hashed name, cached for good, gzipped.
@@ -442,7 +491,10 @@ async fn a_viewer_cannot_trigger_and_anonymous_visitors_read_only_public_jobs() 
     assert_eq!(browser.here().await, "/login?next=%2Fjobs%2Fsecret");
     browser.sign_in("vic", PASSWORD).await;
     browser.arrive(|here| here == "/jobs/secret").await;
-    assert!(!browser.has("#trigger").await, "a viewer has no trigger button");
+    assert!(
+        !browser.has("#trigger").await,
+        "a viewer has no trigger button"
+    );
     browser.screenshot("viewer-job").await;
 
     // Posting the trigger form anyway (with the session's own form
@@ -484,7 +536,9 @@ async fn a_viewer_cannot_trigger_and_anonymous_visitors_read_only_public_jobs() 
         )
         .await
         .unwrap();
-    browser.arrive(|here| here == "/jobs/open/runs/1/rerun").await;
+    browser
+        .arrive(|here| here == "/jobs/open/runs/1/rerun")
+        .await;
     assert!(browser.text("p.error").await.contains("out of date"));
     let runs = server.json("/api/v1/jobs/open/runs").await;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 1);
