@@ -153,7 +153,7 @@ pub async fn trigger<D: Database>(
 ) -> Response {
     let caller = match visitor.form_author(&form.csrf) {
         Ok(caller) => caller,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let started = async {
         let job = access::job(&state, Some(caller), &name, MemberRole::Developer).await?;

@@ -38,7 +38,7 @@ use crate::state::AppState;
 pub fn router<D: Database>() -> Router<AppState<D>> {
     Router::new()
         .route("/", get(runs::dashboard::<D>))
-        .route("/login", get(session::login_page::<D>))
+        .route("/login", get(session::login_page))
         .route("/jobs", get(jobs::list::<D>))
         .route("/jobs/{job}", get(jobs::show::<D>))
         .route("/jobs/{job}/trigger", post(jobs::trigger::<D>))
@@ -136,18 +136,18 @@ impl Visitor {
 
     /// The signed-in user who posted a form with `token`, if it is their
     /// session's form token.
-    pub fn form_author(&self, token: &str) -> Result<&Identity, Response> {
+    pub fn form_author(&self, token: &str) -> Result<&Identity, Box<Response>> {
         let Some(identity) = &self.identity else {
-            return Err(self.sign_in());
+            return Err(Box::new(self.sign_in()));
         };
         let good = self.viewer.csrf.as_deref().is_some_and(|expected| {
             kiln_crypto::constant_time_eq(expected.as_bytes(), token.as_bytes())
         });
         if !good {
-            return Err(self.refuse(ApiError::forbidden(
+            return Err(Box::new(self.refuse(ApiError::forbidden(
                 "this form is out of date or was not sent from this server's page: \
                  reload the page and try again",
-            )));
+            ))));
         }
         Ok(identity)
     }

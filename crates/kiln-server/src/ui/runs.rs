@@ -118,7 +118,7 @@ pub async fn cancel<D: Database>(
 ) -> Response {
     let caller = match visitor.form_author(&form.csrf) {
         Ok(caller) => caller,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let done = async {
         let job = access::job(&state, Some(caller), &name, MemberRole::Developer).await?;
@@ -151,7 +151,7 @@ pub async fn rerun<D: Database>(
 ) -> Response {
     let caller = match visitor.form_author(&form.csrf) {
         Ok(caller) => caller,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let done = async {
         let job = access::job(&state, Some(caller), &name, MemberRole::Developer).await?;

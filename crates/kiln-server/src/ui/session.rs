@@ -49,7 +49,7 @@ pub fn is_browser_form(headers: &HeaderMap) -> bool {
 }
 
 /// `GET /login`: the form, or straight on for a signed-in visitor.
-pub async fn login_page<D: Database>(
+pub async fn login_page(
     visitor: Visitor,
     query: Result<Query<NextQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
