@@ -261,6 +261,15 @@ tasks:
       - run: echo tested
 "#;
 
+/// About 600 KB of output: more than the database keeps of a finished log.
+const BIG: &str = r#"
+version: 1
+tasks:
+  count:
+    steps:
+      - run: seq 1 100000
+"#;
+
 #[tokio::test]
 async fn a_developer_signs_in_triggers_a_run_and_reads_its_coloured_log() {
     let server = Server::start(None);
@@ -542,6 +551,32 @@ async fn a_viewer_cannot_trigger_and_anonymous_visitors_read_only_public_jobs() 
     assert!(browser.text("p.error").await.contains("out of date"));
     let runs = server.json("/api/v1/jobs/open/runs").await;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 1);
+
+    // A log too big to stay in the database opens on its tail: the last
+    // 1 000 lines, read from the end of the stored file.
+    job(&server, "big", BIG, "public").await;
+    let (status, run) = server
+        .send(Method::POST, "/api/v1/jobs/big/runs", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let run = server.wait_for_run("big", 1).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    browser.goto("/jobs/big/runs/1/tasks/count").await;
+    let lines = browser
+        .client
+        .find_all(Locator::Css(".log .l"))
+        .await
+        .unwrap();
+    assert_eq!(lines.len(), 1000);
+    assert_eq!(browser.text(".log .l:last-child .t").await, "100000");
+    assert_eq!(browser.text(".log .l:first-child .t").await, "99001");
+    assert!(
+        browser
+            .text("#log-title + p")
+            .await
+            .contains("numbered from the first line shown")
+    );
+    browser.screenshot("big-log").await;
 
     // Admin pages are for admins.
     browser.goto("/agents").await;
