@@ -14,7 +14,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::server::Server;
+use crate::server::{ADMIN_PASSWORD, Server};
 
 /// A headless chromium behind its own chromedriver.
 struct Browser {
@@ -268,6 +268,15 @@ tasks:
   count:
     steps:
       - run: seq 1 100000
+"#;
+
+/// A run that waits long enough to be cancelled.
+const SLOW: &str = r#"
+version: 1
+tasks:
+  wait:
+    steps:
+      - run: sleep 60
 "#;
 
 #[tokio::test]
@@ -581,4 +590,30 @@ async fn a_viewer_cannot_trigger_and_anonymous_visitors_read_only_public_jobs() 
     // Admin pages are for admins.
     browser.goto("/agents").await;
     assert_eq!(browser.text("h1").await, "Not allowed");
+}
+
+#[tokio::test]
+async fn an_admin_sees_the_agents_and_cancels_a_run_with_the_button() {
+    let server = Server::start(None);
+    let browser = Browser::start(&server, "admin").await;
+    browser.goto("/agents").await;
+    browser.arrive(|here| here == "/login?next=%2Fagents").await;
+    browser.sign_in("admin", ADMIN_PASSWORD).await;
+    browser.arrive(|here| here == "/agents").await;
+    assert_eq!(browser.title().await, "Agents · Kiln");
+    browser.text("#queued").await.parse::<i64>().unwrap();
+    browser.screenshot("agents").await;
+
+    // The cancel button stops a running run.
+    job(&server, "slow", SLOW, "private").await;
+    browser.goto("/jobs/slow").await;
+    browser.click("#trigger").await;
+    browser.arrive(|here| here == "/jobs/slow/runs/1").await;
+    browser.click("#cancel").await;
+    browser.reload_until("#run-status", "cancelled").await;
+    assert!(
+        !browser.has("#cancel").await,
+        "an ended run has no cancel button"
+    );
+    browser.screenshot("cancelled").await;
 }
