@@ -116,11 +116,12 @@ pub fn login(viewer: &Viewer, next: &str, error: Option<&str>, username: &str) -
                 }
                 form method="post" action=(action) {
                     label for="username" { "User name" }
+                    // After a failed try the name is kept: the password is next.
                     input #username type="text" name="username" value=(username)
-                        autocomplete="username" required autofocus;
+                        autocomplete="username" required autofocus[username.is_empty()];
                     label for="password" { "Password" }
                     input #password type="password" name="password"
-                        autocomplete="current-password" required;
+                        autocomplete="current-password" required autofocus[!username.is_empty()];
                     button.primary type="submit" { "Sign in" }
                 }
             }
