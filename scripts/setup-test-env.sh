@@ -94,6 +94,17 @@ ensure_schemathesis() {
   python3 -m pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5' >&2
 }
 
+# The web UI's browser tests drive Debian's chromium through Debian's
+# chromedriver (WebDriver).
+ensure_chromium() {
+  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    log "chromium and chromedriver present"
+    return
+  fi
+  log "installing chromium and chromium-driver"
+  apt_install chromium chromium-driver
+}
+
 file_is_static() { ! ldd "$1" >/dev/null 2>&1; }
 
 # PostgreSQL on 127.0.0.1:5432 with role `kiln` (password `kiln`) and
@@ -212,6 +223,7 @@ ensure_task_group() {
 }
 
 ensure_tools
+ensure_chromium
 ensure_task_group
 ensure_docker
 ensure_busybox_image

@@ -21,6 +21,7 @@ pub mod state;
 pub mod sweeper;
 mod tls;
 pub mod trigger;
+mod ui;
 mod views;
 
 use std::net::SocketAddr;

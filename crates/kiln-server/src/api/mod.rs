@@ -12,7 +12,7 @@ mod range;
 mod results;
 mod runs;
 mod secrets;
-mod session;
+pub(crate) mod session;
 mod system;
 mod users;
 
@@ -125,6 +125,8 @@ fn routes<D: Database>() -> Routes<D> {
 pub fn router<D: Database>(state: AppState<D>) -> Router {
     routes::<D>()
         .router
+        // The web UI's pages (not in the OpenAPI document: they answer HTML).
+        .merge(crate::ui::router::<D>())
         .fallback(|| async {
             ApiError::not_found("no such route; the API is described at /api/openapi.json")
         })

@@ -50,7 +50,7 @@ impl<S: Send + Sync> FromRequest<S> for SignInBody {
 /// A sign-in posted from another site's page is refused: it would sign the
 /// browser in as someone else (login forgery). Clients that send no
 /// `Origin` (scripts) are not browsers and pass.
-fn refuse_foreign_origin(headers: &HeaderMap) -> ApiResult<()> {
+pub(crate) fn refuse_foreign_origin(headers: &HeaderMap) -> ApiResult<()> {
     if headers.contains_key(header::ORIGIN) {
         crate::auth::check_same_origin(&axum::http::Method::POST, headers)?;
     }
@@ -83,10 +83,27 @@ pub async fn login<D: Database>(
     request: Request,
 ) -> ApiResult<Response> {
     let (parts, body) = request.into_parts();
+    // A browser's form gets a page back (crate::ui), a script JSON.
+    if crate::ui::session::is_browser_form(&parts.headers) {
+        return Ok(crate::ui::session::sign_in_form(&state, parts, body).await);
+    }
     refuse_foreign_origin(&parts.headers)?;
-    let source = source_of(&parts);
-    let SignInBody(SignIn { username, password }) =
+    let SignInBody(body) =
         SignInBody::from_request(Request::from_parts(parts.clone(), body), &()).await?;
+    let (user, cookie) = sign_in(&state, &parts, body).await?;
+    let mut response = Json(views::user(&user)).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(response)
+}
+
+/// Checks a name and password (slowed down after repeated failures) and
+/// starts a session: the user, and the `Set-Cookie` value of the session.
+pub(crate) async fn sign_in<D: Database>(
+    state: &AppState<D>,
+    parts: &axum::http::request::Parts,
+    SignIn { username, password }: SignIn,
+) -> ApiResult<(kiln_store::User, HeaderValue)> {
+    let source = source_of(parts);
     // What the log keeps of a name that may be anything a client sent.
     let username: String = username.chars().take(64).collect();
     let object = format!("user/{username}");
@@ -103,7 +120,7 @@ pub async fn login<D: Database>(
             > 0
     {
         audit::append(
-            &state,
+            state,
             &username,
             source,
             "user.sign_in_throttled",
@@ -129,7 +146,7 @@ pub async fn login<D: Database>(
         _ => {
             state.db.record_failed_sign_in(&username, now).await?;
             audit::append(
-                &state,
+                state,
                 &username,
                 source,
                 "user.sign_in_failed",
@@ -155,18 +172,14 @@ pub async fn login<D: Database>(
         .db
         .create_session(&hash, user.id, now + SESSION_LIFETIME, now)
         .await?;
-    audit::append(&state, &user.name, source, "user.sign_in", object, None).await;
-    let mut response = Json(views::user(&user)).into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        cookie(
-            &value,
-            SESSION_LIFETIME.num_seconds(),
-            &parts.headers,
-            state.tls,
-        ),
+    audit::append(state, &user.name, source, "user.sign_in", object, None).await;
+    let cookie = cookie(
+        &value,
+        SESSION_LIFETIME.num_seconds(),
+        &parts.headers,
+        state.tls,
     );
-    Ok(response)
+    Ok((user, cookie))
 }
 
 #[utoipa::path(operation_id = "sign_out", post, path = "/logout", tag = "session",
@@ -177,7 +190,12 @@ pub async fn logout<D: Database>(
     request: Request,
 ) -> ApiResult<Response> {
     let (parts, _) = request.into_parts();
-    let mut response = StatusCode::NO_CONTENT.into_response();
+    // The sign-out button of a page goes back to the sign-in form.
+    let mut response = if crate::ui::session::is_browser_form(&parts.headers) {
+        axum::response::Redirect::to("/login").into_response()
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    };
     if let Some(value) = session_cookie(&parts.headers) {
         crate::auth::check_same_origin(&parts.method, &parts.headers)?;
         let hash = kiln_crypto::hash_token(value);

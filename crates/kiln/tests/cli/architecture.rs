@@ -178,6 +178,18 @@ fn the_crate_graph_keeps_the_architectures_invariants() {
         "the client reaches the server only over HTTP",
     );
     graph.assert_never(
+        "kiln-ui",
+        &[
+            "kiln-server",
+            "kiln-store",
+            "axum",
+            "tokio",
+            "sqlx",
+            "reqwest",
+        ],
+        "the UI crate renders values to text: no I/O, no HTTP (kiln-server's controllers do that)",
+    );
+    graph.assert_never(
         "kiln-exec",
         &[
             "kiln-server",

@@ -19,4 +19,5 @@ mod server;
 mod soak;
 mod support;
 mod tls;
+mod ui;
 mod up;

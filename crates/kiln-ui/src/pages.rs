@@ -1,0 +1,701 @@
+//! The pages of DESIGN.md §7, each a function from what it shows to HTML.
+//! Every page has the same frame ([`layout`]): a skip link, the top bar
+//! (who is signed in, sign-out), and a `<title>` that says where you are.
+
+use chrono::{DateTime, Utc};
+use kiln_api::{Agent, Artifact, Job, Run, Task};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use crate::graph;
+use crate::log::Tail;
+use crate::time::{elapsed, exact, relative};
+use crate::{Viewer, assets, job_href, run_href, segment, task_href};
+
+/// Statuses after which nothing more happens to a run or task.
+pub fn is_terminal(status: &str) -> bool {
+    matches!(
+        status,
+        "success" | "failure" | "cancelled" | "timed_out" | "skipped" | "error"
+    )
+}
+
+fn layout(viewer: &Viewer, title: &str, body: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="color-scheme" content="light dark";
+                title { (title) " · Kiln" }
+                link rel="stylesheet" href=(assets::stylesheet());
+                script type="module" src=(assets::script()) {}
+            }
+            body {
+                a.skip href="#main" { "Skip to content" }
+                header.top {
+                    a.brand href="/" { "Kiln" }
+                    nav aria-label="Main" {
+                        a href="/" { "Runs" }
+                        a href="/jobs" { "Jobs" }
+                        @if viewer.admin { a href="/agents" { "Agents" } }
+                    }
+                    div.who {
+                        @if let Some(user) = &viewer.user {
+                            span { "Signed in as " strong { (user) } }
+                            form.inline method="post" action="/logout" {
+                                (csrf_field(viewer))
+                                button type="submit" { "Sign out" }
+                            }
+                        } @else {
+                            a href="/login" { "Sign in" }
+                        }
+                    }
+                }
+                main #main tabindex="-1" { (body) }
+            }
+        }
+    }
+    .into_string()
+}
+
+fn csrf_field(viewer: &Viewer) -> Markup {
+    html! {
+        @if let Some(token) = &viewer.csrf {
+            input type="hidden" name="csrf" value=(token);
+        }
+    }
+}
+
+/// A status as a word in a coloured pill.
+pub fn status(status: &str) -> Markup {
+    html! { span class=(format!("status s-{status}")) { (status.replace('_', " ")) } }
+}
+
+/// A time, relative, with the exact time on hover.
+fn when(at: DateTime<Utc>, now: DateTime<Utc>) -> Markup {
+    html! {
+        time datetime=(at.to_rfc3339()) title=(exact(at)) data-relative {
+            (relative(at, now))
+        }
+    }
+}
+
+fn maybe_when(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Markup {
+    match at {
+        Some(at) => when(at, now),
+        None => html! { span.muted { "—" } },
+    }
+}
+
+fn short_sha(sha: &Option<String>) -> Markup {
+    match sha {
+        Some(sha) => html! { code title=(sha) { (sha.chars().take(8).collect::<String>()) } },
+        None => html! { span.muted { "—" } },
+    }
+}
+
+fn optional(text: &Option<String>) -> Markup {
+    match text {
+        Some(text) => html! { (text) },
+        None => html! { span.muted { "—" } },
+    }
+}
+
+/// The sign-in form. `next` is where to go once signed in.
+pub fn login(viewer: &Viewer, next: &str, error: Option<&str>, username: &str) -> String {
+    let action = format!("/login?next={}", segment(next));
+    layout(
+        viewer,
+        "Sign in",
+        html! {
+            div.login {
+                h1 { "Sign in to Kiln" }
+                @if let Some(error) = error {
+                    p.error #login-error role="alert" { (error) }
+                }
+                form method="post" action=(action) {
+                    label for="username" { "User name" }
+                    // After a failed try the name is kept: the password is next.
+                    input #username type="text" name="username" value=(username)
+                        autocomplete="username" required autofocus[username.is_empty()];
+                    label for="password" { "Password" }
+                    input #password type="password" name="password"
+                        autocomplete="current-password" required autofocus[!username.is_empty()];
+                    button.primary type="submit" { "Sign in" }
+                }
+            }
+        },
+    )
+}
+
+fn runs_table(viewer: &Viewer, runs: &[Run], with_job: bool) -> Markup {
+    html! {
+        div.scroll {
+            table.runs {
+                thead {
+                    tr {
+                        th { "Status" }
+                        @if with_job { th { "Job" } }
+                        th.num { "Run" }
+                        th { "Branch" }
+                        th.hide-narrow { "Commit" }
+                        th.hide-narrow { "Trigger" }
+                        th { "Started" }
+                        th.num { "Duration" }
+                    }
+                }
+                tbody {
+                    @for run in runs {
+                        tr {
+                            td { (status(&run.status)) }
+                            @if with_job { td { a href=(job_href(&run.job)) { (run.job) } } }
+                            td.num { a href=(run_href(&run.job, run.number)) { "#" (run.number) } }
+                            td { (optional(&run.branch)) }
+                            td.hide-narrow { (short_sha(&run.sha)) }
+                            td.hide-narrow { (run.event) }
+                            td { (when(run.created_at, viewer.now)) }
+                            td.num { (optional(&elapsed(run.started_at, run.finished_at, viewer.now))) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `/`: recent runs of the jobs the viewer may see.
+pub fn dashboard(viewer: &Viewer, runs: &[Run]) -> String {
+    layout(
+        viewer,
+        "Recent runs",
+        html! {
+            h1 { "Recent runs" }
+            @if runs.is_empty() {
+                p.note {
+                    "No runs to show yet."
+                    @if viewer.user.is_none() { " " a href="/login" { "Sign in" } " to see private jobs." }
+                }
+            } @else {
+                (runs_table(viewer, runs, true))
+            }
+        },
+    )
+}
+
+/// A job and its latest run, for `/jobs`.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub job: Job,
+    pub last: Option<Run>,
+}
+
+/// `/jobs`: the jobs the viewer may see.
+pub fn jobs(viewer: &Viewer, rows: &[JobRow]) -> String {
+    layout(
+        viewer,
+        "Jobs",
+        html! {
+            h1 { "Jobs" }
+            @if rows.is_empty() {
+                p.note { "No jobs to show." }
+            } @else {
+                div.scroll {
+                    table {
+                        thead { tr { th { "Job" } th { "Latest run" } th.hide-narrow { "Kind" } th.hide-narrow { "Visibility" } th { "When" } } }
+                        tbody {
+                            @for row in rows {
+                                tr {
+                                    td { a href=(job_href(&row.job.name)) { (row.job.name) } }
+                                    @if let Some(run) = &row.last {
+                                        td { (status(&run.status)) " " a href=(run_href(&run.job, run.number)) { "#" (run.number) } }
+                                    } @else {
+                                        td { span.muted { "no runs" } }
+                                    }
+                                    td.hide-narrow { (row.job.kind) }
+                                    td.hide-narrow { (row.job.visibility) }
+                                    td { (maybe_when(row.last.as_ref().map(|r| r.created_at), viewer.now)) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// What `/jobs/{job}` shows.
+#[derive(Debug, Clone)]
+pub struct JobPage {
+    pub job: Job,
+    pub runs: Vec<Run>,
+    /// The filters in force.
+    pub status: Option<String>,
+    pub branch: String,
+    /// Whether this page is not the newest one.
+    pub paged: bool,
+    /// The `before` of the next (older) page, if there is one.
+    pub older: Option<i64>,
+    /// The viewer may trigger runs.
+    pub can_trigger: bool,
+}
+
+fn filter_query(status: &Option<String>, branch: &str) -> String {
+    let mut query = String::new();
+    if let Some(status) = status {
+        query.push_str(&format!("&status={}", segment(status)));
+    }
+    if !branch.is_empty() {
+        query.push_str(&format!("&branch={}", segment(branch)));
+    }
+    query
+}
+
+/// `/jobs/{job}`: its runs, filters, paging, trigger button and badge.
+pub fn job(viewer: &Viewer, page: &JobPage) -> String {
+    let job = &page.job;
+    let href = job_href(&job.name);
+    let default_branch = job.default_branch.clone().unwrap_or_else(|| "main".into());
+    layout(
+        viewer,
+        &format!("Job {}", job.name),
+        html! {
+            p.crumbs { a href="/jobs" { "Jobs" } " / " }
+            h1 { "Job " (job.name) }
+            dl.facts {
+                dt { "Kind" } dd { (job.kind) }
+                @if let Some(repository) = &job.repository { dt { "Repository" } dd { code { (repository) } } }
+                dt { "Default branch" } dd { (default_branch) }
+                dt { "Visibility" } dd { (job.visibility) }
+            }
+            @if page.can_trigger {
+                form.inline.actions #trigger-form method="post" action=(format!("{href}/trigger")) {
+                    (csrf_field(viewer))
+                    div {
+                        label for="branch" { "Branch" }
+                        input #branch type="text" name="branch" placeholder=(default_branch);
+                    }
+                    button.primary #trigger type="submit" { "Trigger run" }
+                }
+            }
+            @if job.visibility == "public" {
+                @let badge = format!("{href}/badge.svg?branch={}", segment(&default_branch));
+                p { img src=(badge) alt=(format!("Status of {} on {default_branch}", job.name)); }
+            }
+            h2 { "Runs" }
+            form.inline method="get" action=(href) {
+                div {
+                    label for="status" { "Status" }
+                    select #status name="status" {
+                        option value="" selected[page.status.is_none()] { "any" }
+                        @for name in kiln_api::STATUSES {
+                            option value=(name) selected[page.status.as_deref() == Some(name)] { (name) }
+                        }
+                    }
+                }
+                div {
+                    label for="branch-filter" { "Branch" }
+                    input #branch-filter type="text" name="branch" value=(page.branch);
+                }
+                button type="submit" { "Filter" }
+            }
+            @if page.runs.is_empty() {
+                p.note { "No runs match." }
+            } @else {
+                (runs_table(viewer, &page.runs, false))
+            }
+            nav.pager aria-label="Pages" {
+                @if page.paged {
+                    a href=(format!("{href}?{}", filter_query(&page.status, &page.branch).trim_start_matches('&'))) { "← Newest" }
+                }
+                @if let Some(before) = page.older {
+                    a href=(format!("{href}?before={before}{}", filter_query(&page.status, &page.branch))) { "Older runs →" }
+                }
+            }
+        },
+    )
+}
+
+/// What `/jobs/{job}/runs/{n}` shows.
+#[derive(Debug, Clone)]
+pub struct RunPage {
+    /// The run with its tasks.
+    pub run: Run,
+    pub graph: Vec<graph::Node>,
+    /// The viewer may cancel and rerun.
+    pub can_act: bool,
+}
+
+/// `/jobs/{job}/runs/{n}`: the graph, the tasks, cancel and rerun.
+pub fn run(viewer: &Viewer, page: &RunPage) -> String {
+    let run = &page.run;
+    let href = run_href(&run.job, run.number);
+    let tasks: &[Task] = run.tasks.as_deref().unwrap_or(&[]);
+    layout(
+        viewer,
+        &format!("Run #{} of {}", run.number, run.job),
+        html! {
+            p.crumbs { a href="/jobs" { "Jobs" } " / " a href=(job_href(&run.job)) { (run.job) } " / " }
+            h1 { "Run #" (run.number) " " span #run-status { (status(&run.status)) } }
+            dl.facts {
+                dt { "Branch" } dd { (optional(&run.branch)) }
+                dt { "Commit" } dd { (short_sha(&run.sha)) }
+                dt { "Trigger" } dd { (run.event) }
+                dt { "Created" } dd { (when(run.created_at, viewer.now)) }
+                dt { "Duration" } dd { (optional(&elapsed(run.started_at, run.finished_at, viewer.now))) }
+            }
+            @if let Some(error) = &run.error {
+                pre.error { (error) }
+            }
+            @if page.can_act {
+                div.actions {
+                    @if !is_terminal(&run.status) {
+                        form.inline method="post" action=(format!("{href}/cancel")) {
+                            (csrf_field(viewer))
+                            button.danger #cancel type="submit" { "Cancel run" }
+                        }
+                    }
+                    form.inline method="post" action=(format!("{href}/rerun")) {
+                        (csrf_field(viewer))
+                        button #rerun type="submit" { "Rerun" }
+                    }
+                }
+            }
+            @if !tasks.is_empty() {
+                h2 { "Graph" }
+                div.scroll { (graph::svg(&page.graph)) }
+                h2 { "Tasks" }
+                div.scroll {
+                    table.tasks {
+                        thead { tr { th { "Task" } th { "Status" } th { "Steps" } th.hide-narrow { "Agent" } th.num.hide-narrow { "Attempt" } th { "Started" } th.num { "Duration" } } }
+                        tbody {
+                            @for task in tasks {
+                                tr {
+                                    td { a href=(task_href(&run.job, run.number, &task.name)) { (task.name) } }
+                                    td { (status(&task.status))
+                                        @if let Some(reason) = &task.reason { br; small.muted { (reason) } } }
+                                    td {
+                                        @for step in &task.steps {
+                                            span title=(format!("{}: {}", step.name, step.status)) { (step.name) " " (status(&step.status)) } " "
+                                        }
+                                    }
+                                    td.hide-narrow { (optional(&task.agent)) }
+                                    td.num.hide-narrow { (task.attempt) }
+                                    td { (maybe_when(task.started_at, viewer.now)) }
+                                    td.num { (optional(&elapsed(task.started_at, task.finished_at, viewer.now))) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// What `/jobs/{job}/runs/{n}/tasks/{task}` shows.
+#[derive(Debug, Clone)]
+pub struct TaskPage {
+    /// The run (without its tasks).
+    pub run: Run,
+    pub task: Task,
+    /// The log's tail; `None` before the task started.
+    pub tail: Option<Tail>,
+    /// The whole log, as text.
+    pub raw_href: String,
+    pub report: Option<kiln_junit::Report>,
+    pub artifacts: Vec<Artifact>,
+}
+
+/// Failures shown at most, and slowest tests.
+const FAILURES_SHOWN: usize = 50;
+const SLOWEST_SHOWN: usize = 10;
+
+fn human_size(bytes: i64) -> String {
+    let bytes = bytes.max(0) as f64;
+    for (unit, scale) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes >= scale as f64 {
+            return format!("{:.1} {unit}", bytes / scale as f64);
+        }
+    }
+    format!("{bytes} B")
+}
+
+fn report_section(report: &kiln_junit::Report) -> Markup {
+    let mut failures = Vec::new();
+    let mut all = Vec::new();
+    for suite in &report.suites {
+        for case in &suite.cases {
+            if matches!(
+                case.status,
+                kiln_junit::Status::Failed | kiln_junit::Status::Error
+            ) {
+                failures.push((suite, case));
+            }
+            all.push((suite, case));
+        }
+    }
+    all.sort_by(|a, b| b.1.time_seconds.total_cmp(&a.1.time_seconds));
+    html! {
+        p #report-counts {
+            strong { (report.tests) } " tests: "
+            span class=(if report.failures + report.errors > 0 { "status s-failure" } else { "status s-success" }) {
+                (report.failures) " failed"
+            }
+            " · " (report.errors) " errors · " (report.skipped) " skipped · "
+            (format!("{:.2}", report.time_seconds)) " s"
+        }
+        @if !failures.is_empty() {
+            h3 { "Failures" }
+            ul {
+                @for (suite, case) in failures.iter().take(FAILURES_SHOWN) {
+                    li {
+                        code { (suite.name) " › " (case.classname) "." (case.name) }
+                        @if let Some(message) = &case.message { ": " (message) }
+                    }
+                }
+            }
+            @if failures.len() > FAILURES_SHOWN {
+                p.muted { "and " (failures.len() - FAILURES_SHOWN) " more" }
+            }
+        }
+        @if !all.is_empty() {
+            h3 { "Slowest tests" }
+            div.scroll {
+                table {
+                    thead { tr { th { "Test" } th.num { "Time" } } }
+                    tbody {
+                        @for (suite, case) in all.iter().take(SLOWEST_SHOWN) {
+                            tr { td { code { (suite.name) " › " (case.name) } } td.num { (format!("{:.3} s", case.time_seconds)) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `/jobs/{job}/runs/{n}/tasks/{task}`: the log's tail, rendered here,
+/// the test report and the artifacts.
+pub fn task(viewer: &Viewer, page: &TaskPage) -> String {
+    let run = &page.run;
+    let task = &page.task;
+    layout(
+        viewer,
+        &format!("{} · run #{} of {}", task.name, run.number, run.job),
+        html! {
+            p.crumbs {
+                a href="/jobs" { "Jobs" } " / "
+                a href=(job_href(&run.job)) { (run.job) } " / "
+                a href=(run_href(&run.job, run.number)) { "run #" (run.number) } " / "
+            }
+            h1 { "Task " (task.name) " " span #task-status { (status(&task.status)) } }
+            dl.facts {
+                dt { "Agent" } dd { (optional(&task.agent)) }
+                dt { "Attempt" } dd { (task.attempt) }
+                dt { "Started" } dd { (maybe_when(task.started_at, viewer.now)) }
+                dt { "Duration" } dd { (optional(&elapsed(task.started_at, task.finished_at, viewer.now))) }
+                @if let Some(reason) = &task.reason { dt { "Why" } dd { (reason) } }
+            }
+            @if !task.steps.is_empty() {
+                h2 { "Steps" }
+                ol.steps {
+                    @for step in &task.steps {
+                        li {
+                            (status(&step.status)) " " strong { (step.name) }
+                            @if let Some(code) = step.exit_code { span.muted { "exit " (code) } }
+                            span.muted { (optional(&elapsed(step.started_at, step.finished_at, viewer.now))) }
+                        }
+                    }
+                }
+            }
+            h2 #log-title { "Log" }
+            @match &page.tail {
+                None => p.note { "The task has not started: no log yet." },
+                Some(tail) => {
+                    p.muted {
+                        @if tail.from_start && tail.hidden_lines == 0 {
+                            "The whole log: " (tail.lines.len()) " lines. "
+                        } @else if tail.from_start {
+                            "The last " (tail.lines.len()) " lines of the log. "
+                        } @else {
+                            "The last " (tail.lines.len()) " lines of the log's last "
+                            (human_size((tail.length - tail.window_start) as i64))
+                            " (of " (human_size(tail.length as i64)) "), numbered from the first line shown. "
+                        }
+                        a #raw-log href=(page.raw_href) { "Download the raw log" }
+                    }
+                    @if tail.lines.is_empty() {
+                        p.note { "The log is empty." }
+                    } @else {
+                        div.log role="log" aria-labelledby="log-title" {
+                            @for line in &tail.lines {
+                                div.l id=(format!("L{}", line.number)) {
+                                    a href=(format!("#L{}", line.number)) { (line.number) }
+                                    span.t { (PreEscaped(&line.html)) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Test report" }
+            @match &page.report {
+                None => p.muted { "No test report." },
+                Some(report) => (report_section(report)),
+            }
+            h2 { "Artifacts" }
+            @if page.artifacts.is_empty() {
+                p.muted { "No artifacts." }
+            } @else {
+                div.scroll {
+                    table #artifacts {
+                        thead { tr { th { "File" } th.num { "Size" } } }
+                        tbody {
+                            @for artifact in &page.artifacts {
+                                tr {
+                                    td { a href=(artifact.url) download { (artifact.path) } }
+                                    td.num { (human_size(artifact.size)) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// `/agents`: the agents connected to this server, and the queue.
+pub fn agents(viewer: &Viewer, agents: &[Agent], queued: i64) -> String {
+    layout(
+        viewer,
+        "Agents",
+        html! {
+            h1 { "Agents" }
+            p { strong #queued { (queued) } " tasks wait for an agent." }
+            @if agents.is_empty() {
+                p.note { "No agent is connected to this server." }
+            } @else {
+                div.scroll {
+                    table {
+                        thead { tr { th { "Agent" } th { "State" } th { "Labels" } th { "Running" } th { "Last heartbeat" } } }
+                        tbody {
+                            @for agent in agents {
+                                tr {
+                                    td { (agent.name) }
+                                    td { (agent.state) }
+                                    td { @for label in &agent.labels { code { (label) } " " } }
+                                    td { @for task in &agent.running_tasks { code { (task) } " " } }
+                                    td { (maybe_when(agent.last_heartbeat, viewer.now)) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// A page that says why the request was refused or failed.
+pub fn problem(viewer: &Viewer, status: u16, title: &str, detail: &str) -> String {
+    layout(
+        viewer,
+        title,
+        html! {
+            h1 { (title) }
+            p.error role="alert" { (detail) }
+            p.muted { "HTTP " (status) " · " a href="/" { "Recent runs" } }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn viewer() -> Viewer {
+        Viewer {
+            user: Some("ada".into()),
+            admin: false,
+            csrf: Some("t0k3n".into()),
+            now: Utc::now(),
+        }
+    }
+
+    fn run(status: &str) -> Run {
+        Run {
+            job: "app".into(),
+            number: 7,
+            status: status.into(),
+            branch: Some("main".into()),
+            sha: Some("0123456789abcdef".into()),
+            event: "api".into(),
+            error: None,
+            created_at: Utc::now(),
+            started_at: Some(Utc::now()),
+            finished_at: None,
+            tasks: Some(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn every_page_says_where_you_are_and_escapes_names() {
+        let login = login(
+            &Viewer::anonymous(Utc::now()),
+            "/jobs/x",
+            Some("wrong <pw>"),
+            "a\"b",
+        );
+        assert!(login.contains("<title>Sign in · Kiln</title>"));
+        assert!(login.contains("wrong &lt;pw&gt;"));
+        assert!(login.contains("value=\"a&quot;b\""));
+        assert!(login.contains("action=\"/login?next=%2Fjobs%2Fx\""));
+        let page = RunPage {
+            run: run("running"),
+            graph: Vec::new(),
+            can_act: true,
+        };
+        let html = super::run(&viewer(), &page);
+        assert!(html.contains("<title>Run #7 of app · Kiln</title>"));
+        assert!(html.contains("name=\"csrf\" value=\"t0k3n\""));
+        assert!(html.contains("id=\"cancel\""));
+        let dashboard = dashboard(&viewer(), &[run("success")]);
+        assert!(dashboard.contains("href=\"/jobs/app/runs/7\""));
+        assert!(dashboard.contains("title=\"0123456789abcdef\""));
+        assert!(dashboard.contains("status s-success"));
+    }
+
+    #[test]
+    fn the_trigger_button_is_there_only_for_those_who_may() {
+        let job = Job {
+            name: "app".into(),
+            kind: "freestyle".into(),
+            repository: None,
+            pipeline_path: None,
+            default_branch: None,
+            pipeline: None,
+            visibility: "public".into(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            change: None,
+        };
+        let mut page = JobPage {
+            job,
+            runs: vec![run("success")],
+            status: None,
+            branch: String::new(),
+            paged: false,
+            older: Some(7),
+            can_trigger: true,
+        };
+        assert!(super::job(&viewer(), &page).contains("id=\"trigger\""));
+        page.can_trigger = false;
+        let html = super::job(&viewer(), &page);
+        assert!(!html.contains("id=\"trigger\""));
+        assert!(html.contains("/jobs/app/badge.svg?branch=main"));
+        assert!(html.contains("href=\"/jobs/app?before=7\""));
+    }
+}
