@@ -49,6 +49,12 @@ pub fn is_browser_form(headers: &HeaderMap) -> bool {
 }
 
 /// `GET /login`: the form, or straight on for a signed-in visitor.
+/// The one page in the API's document: `/login` serves both, and a client
+/// asking which methods it takes should find them all there.
+#[utoipa::path(operation_id = "sign_in_page", get, path = "/login", tag = "session",
+    params(("next" = Option<String>, Query, description = "Where to go once signed in: a path on this server (anything else leads to `/`)")),
+    responses((status = 200, description = "The sign-in form, an HTML page", content_type = "text/html", body = String),
+        (status = 303, description = "Already signed in: on to `next`", headers(("Location" = String)))))]
 pub async fn login_page(
     visitor: Visitor,
     query: Result<Query<NextQuery>, axum::extract::rejection::QueryRejection>,
