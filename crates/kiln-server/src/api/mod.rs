@@ -10,7 +10,7 @@ mod jobs;
 mod members;
 mod range;
 mod results;
-mod runs;
+pub(crate) mod runs;
 mod secrets;
 pub(crate) mod session;
 mod system;

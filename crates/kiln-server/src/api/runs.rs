@@ -100,9 +100,28 @@ pub async fn find_run_of<D: Database>(
     })
 }
 
-async fn audit_cancel<D: Database>(state: &AppState<D>, caller: &Identity, run: &RunDetail) {
-    let object = format!("{}/run/{}", job_object(&run.run.job), run.run.number);
+/// Cancels `run` of `job` for `caller` — what the API's cancel and the
+/// run page's share: refused once the run has ended; agents told, the live
+/// feed and the audit log updated.
+pub(crate) async fn cancel_run<D: Database>(
+    state: &AppState<D>,
+    caller: &Identity,
+    job: &kiln_store::Job,
+    run: &RunDetail,
+) -> ApiResult<RunDetail> {
+    let number = run.run.number;
+    if run.run.status.is_terminal() {
+        return Err(ApiError::conflict(format!(
+            "run {number} already ended {}",
+            run.run.status
+        )));
+    }
+    let detail = state.db.cancel_run(job.id, number, Utc::now()).await?;
+    state.work.notify_waiters();
+    state.events.run_detail(&detail);
+    let object = format!("{}/run/{number}", job_object(&job.spec.name));
     audit::record(state, caller, "run.cancel", object, None).await;
+    Ok(detail)
 }
 
 #[utoipa::path(operation_id = "get_run", get, path = "/api/v1/jobs/{job}/runs/{number}", tag = "runs", security((), ("bearer" = []), ("session" = [])),
@@ -126,16 +145,7 @@ pub async fn cancel<D: Database>(
     ApiPath(RunPath { job, number }): ApiPath<RunPath>,
 ) -> ApiResult<Json<kiln_api::Run>> {
     let (job, run) = find_run(&state, Some(&caller), &job, number, MemberRole::Developer).await?;
-    if run.run.status.is_terminal() {
-        return Err(ApiError::conflict(format!(
-            "run {number} already ended {}",
-            run.run.status
-        )));
-    }
-    let detail = state.db.cancel_run(job.id, number, Utc::now()).await?;
-    state.work.notify_waiters();
-    state.events.run_detail(&detail);
-    audit_cancel(&state, &caller, &detail).await;
+    let detail = cancel_run(&state, &caller, &job, &run).await?;
     Ok(Json(views::run_detail(&detail)))
 }
 

@@ -1097,6 +1097,10 @@ async fn record_finish<D: Database>(
     let holder = Holder::new(&agent, task.attempt);
     let committed = match state.db.finish_task(task.id, &holder, &result).await {
         Ok(Some(now)) => {
+            // Out of the registry at once: until then the dispatcher would
+            // take the ended task for one to stop, and tell the agent so
+            // after its next assignment was due.
+            state.agents.release(&agent, task.id);
             state.events.task_ended(crate::events::TaskEnd {
                 job: &place.job,
                 run_id: place.run_id,
@@ -1121,10 +1125,6 @@ async fn record_finish<D: Database>(
     tracing::info!("agent {agent} finished task {} {}", task.id, result.status);
     state.metrics.task_finished(task.started_at, result.now);
     state.metrics.task_ended(result.status);
-    // Out of the registry before the agent hears back: until then the
-    // dispatcher would take the ended task for one to stop, and tell the
-    // agent so after its next assignment was due.
-    state.agents.release(&agent, task.id);
     let _ = answer.send(committed);
     state.work.notify_waiters();
     // Every attempt keeps its own log: the one that ended is filed, whether

@@ -331,7 +331,19 @@ async fn push_cancels<D: Database>(state: &AppState<D>) {
             return;
         }
     };
+    // A task its agent finished between the two reads is out of the
+    // registry by now (it leaves right after its end is committed): the
+    // agent is not running it, so there is nothing to tell it.
+    let still: std::collections::HashSet<_> = state
+        .agents
+        .running_tasks()
+        .into_iter()
+        .map(|r| (r.agent, r.task_id))
+        .collect();
     for running in running {
+        if !still.contains(&(running.agent.clone(), running.task_id)) {
+            continue;
+        }
         let hold = holds.iter().find(|h| h.id == running.task_id);
         let reason = match hold {
             Some(task) if task.status != Status::Running => {

@@ -123,16 +123,7 @@ pub async fn cancel<D: Database>(
     let done = async {
         let job = access::job(&state, Some(caller), &name, MemberRole::Developer).await?;
         let run = find(&state, &job, number).await?;
-        if run.run.status.is_terminal() {
-            return Err(ApiError::conflict(format!(
-                "run {number} already ended {}",
-                run.run.status
-            )));
-        }
-        state.db.cancel_run(job.id, number, Utc::now()).await?;
-        state.work.notify_waiters();
-        let object = format!("{}/run/{number}", job_object(&job.spec.name));
-        audit::record(&state, caller, "run.cancel", object, None).await;
+        crate::api::runs::cancel_run(&state, caller, &job, &run).await?;
         Ok::<_, ApiError>(())
     }
     .await;
