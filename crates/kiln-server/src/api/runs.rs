@@ -160,10 +160,21 @@ pub async fn rerun<D: Database>(
     ApiPath(RunPath { job, number }): ApiPath<RunPath>,
 ) -> ApiResult<(StatusCode, Json<kiln_api::Run>)> {
     let (job, run) = find_run(&state, Some(&caller), &job, number, MemberRole::Developer).await?;
-    let detail = Some(format!("rerun of run {number}"));
-    let audit = audit::entry(&caller, "run.rerun", job_object(&job.spec.name), detail);
-    let detail = crate::trigger::rerun(&state, &job, &run.run, Some(audit)).await?;
+    let detail = rerun_run(&state, &caller, &job, &run).await?;
     Ok((StatusCode::CREATED, Json(views::run_detail(&detail))))
+}
+
+/// A new run repeating `run`, audited as `caller`'s: what the API's rerun
+/// and the run page's share.
+pub(crate) async fn rerun_run<D: Database>(
+    state: &AppState<D>,
+    caller: &Identity,
+    job: &kiln_store::Job,
+    run: &RunDetail,
+) -> ApiResult<RunDetail> {
+    let detail = Some(format!("rerun of run {}", run.run.number));
+    let audit = audit::entry(caller, "run.rerun", job_object(&job.spec.name), detail);
+    Ok(crate::trigger::rerun(state, job, &run.run, Some(audit)).await?)
 }
 
 #[cfg(test)]

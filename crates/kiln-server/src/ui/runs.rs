@@ -12,7 +12,6 @@ use serde::Deserialize;
 use super::Visitor;
 use super::jobs::{job_and_power, readable};
 use crate::access;
-use crate::audit::{self, job_object};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::views;
@@ -147,9 +146,7 @@ pub async fn rerun<D: Database>(
     let done = async {
         let job = access::job(&state, Some(caller), &name, MemberRole::Developer).await?;
         let run = find(&state, &job, number).await?;
-        let detail = Some(format!("rerun of run {number}"));
-        let audit = audit::entry(caller, "run.rerun", job_object(&job.spec.name), detail);
-        Ok::<_, ApiError>(crate::trigger::rerun(&state, &job, &run.run, Some(audit)).await?)
+        crate::api::runs::rerun_run(&state, caller, &job, &run).await
     }
     .await;
     match done {
