@@ -198,7 +198,18 @@ impl Browser {
     async fn reload_until(&self, css: &str, want: &str) {
         let started = Instant::now();
         loop {
-            if self.has(css).await && self.text(css).await == want {
+            // One script reads the element, so a page that is replaced
+            // between finding and reading it cannot fail the test.
+            let now = self
+                .client
+                .execute(
+                    "const e = document.querySelector(arguments[0]); return e ? e.innerText : null",
+                    vec![Value::String(css.into())],
+                )
+                .await
+                // A page in the middle of navigating has nothing to read yet.
+                .unwrap_or(Value::Null);
+            if now == Value::String(want.into()) {
                 return;
             }
             assert!(
