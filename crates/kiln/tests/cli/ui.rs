@@ -17,11 +17,11 @@ use serde_json::{Value, json};
 use crate::server::{ADMIN_PASSWORD, Server};
 
 /// A headless chromium behind its own chromedriver.
-struct Browser {
-    client: Client,
+pub(crate) struct Browser {
+    pub(crate) client: Client,
     driver: Child,
     shots: PathBuf,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Drop for Browser {
@@ -34,7 +34,7 @@ impl Drop for Browser {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -45,7 +45,7 @@ fn free_port() -> u16 {
 impl Browser {
     /// Starts chromedriver on a free port and a headless chromium in it,
     /// pointed at `server`; screenshots go to a directory named `test`.
-    async fn start(server: &Server, test: &str) -> Browser {
+    pub(crate) async fn start(server: &Server, test: &str) -> Browser {
         let port = free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -92,7 +92,7 @@ impl Browser {
         }
     }
 
-    async fn goto(&self, path: &str) {
+    pub(crate) async fn goto(&self, path: &str) {
         self.client
             .goto(&format!("{}{path}", self.base))
             .await
@@ -100,7 +100,7 @@ impl Browser {
     }
 
     /// The path (and query and fragment) the browser shows.
-    async fn here(&self) -> String {
+    pub(crate) async fn here(&self) -> String {
         let url = self.client.current_url().await.unwrap();
         let mut path = url.path().to_string();
         if let Some(query) = url.query() {
@@ -114,7 +114,7 @@ impl Browser {
 
     /// Waits until the browser shows `want` (a click that submits a form
     /// returns before the next page is there); returns what it shows.
-    async fn arrive(&self, want: impl Fn(&str) -> bool) -> String {
+    pub(crate) async fn arrive(&self, want: impl Fn(&str) -> bool) -> String {
         let started = Instant::now();
         loop {
             let here = self.here().await;
@@ -137,7 +137,7 @@ impl Browser {
         }
     }
 
-    async fn text(&self, css: &str) -> String {
+    pub(crate) async fn text(&self, css: &str) -> String {
         self.client
             .find(Locator::Css(css))
             .await
@@ -147,7 +147,7 @@ impl Browser {
             .unwrap()
     }
 
-    async fn has(&self, css: &str) -> bool {
+    pub(crate) async fn has(&self, css: &str) -> bool {
         !self
             .client
             .find_all(Locator::Css(css))
@@ -156,7 +156,7 @@ impl Browser {
             .is_empty()
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         self.client
             .find(Locator::Css(css))
             .await
@@ -166,16 +166,16 @@ impl Browser {
             .unwrap();
     }
 
-    async fn title(&self) -> String {
+    pub(crate) async fn title(&self) -> String {
         self.client.title().await.unwrap()
     }
 
-    async fn screenshot(&self, name: &str) {
+    pub(crate) async fn screenshot(&self, name: &str) {
         let png = self.client.screenshot().await.unwrap();
         std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
     }
 
-    async fn sign_in(&self, user: &str, password: &str) {
+    pub(crate) async fn sign_in(&self, user: &str, password: &str) {
         self.client
             .find(Locator::Css("#username"))
             .await
@@ -195,7 +195,7 @@ impl Browser {
 
     /// Reloads the page until `css`'s text is `want` (live updates come
     /// later; for now a person reloads).
-    async fn reload_until(&self, css: &str, want: &str) {
+    pub(crate) async fn reload_until(&self, css: &str, want: &str) {
         let started = Instant::now();
         loop {
             // One script reads the element, so a page that is replaced
@@ -223,10 +223,10 @@ impl Browser {
     }
 }
 
-const PASSWORD: &str = "a-long-test-password";
+pub(crate) const PASSWORD: &str = "a-long-test-password";
 
 /// A user with a password and a role on `job`, made by the admin.
-async fn member(server: &Server, user: &str, job: &str, role: &str) {
+pub(crate) async fn member(server: &Server, user: &str, job: &str, role: &str) {
     let (status, body) = server
         .send(
             Method::POST,
@@ -245,7 +245,7 @@ async fn member(server: &Server, user: &str, job: &str, role: &str) {
     assert!(status.is_success(), "{body}");
 }
 
-async fn job(server: &Server, name: &str, pipeline: &str, visibility: &str) {
+pub(crate) async fn job(server: &Server, name: &str, pipeline: &str, visibility: &str) {
     let (status, body) = server
         .send(
             Method::PUT,
