@@ -3,7 +3,8 @@
 # test image, copies the sample pipeline of examples/demo into a fresh git
 # repository, starts `kiln up` (server + embedded agent + SQLite) beside it,
 # registers the repository as a job with its secret, triggers a run and
-# follows it to the end, then stops the server.
+# follows it to the end, prints the run page's address, and stops the
+# server when Enter is pressed.
 #
 #   scripts/demo.sh            the above
 #   scripts/demo.sh --offline  the same pipeline with `kiln run`, no server
@@ -54,7 +55,14 @@ status=0
 "$kiln" trigger demo -f || status=$?
 "$kiln" runs demo
 "$kiln" logs demo 1 'test[shard=1]'
+password=$(sed -n 's/.*web sign-in: user `admin`, password (shown once, keep it): //p' "$work/up.log")
 echo
+echo "the run in the browser: $KILN_SERVER/jobs/demo/runs/1"
+echo "  sign in as admin, password $password"
+# The server stays up while someone looks at the page: until Enter (or the
+# end of the input, so a script or a test that gives none is not held up).
+echo "press Enter to stop the server"
+read -r _ || true
 echo "the server's data is in $work/data; to look around again:"
 echo "  $kiln up --data-dir $work/data    # then KILN_SERVER=<its URL> KILN_TOKEN=$KILN_TOKEN $kiln runs demo"
 exit "$status"

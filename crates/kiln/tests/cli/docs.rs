@@ -318,25 +318,72 @@ fn the_readme_pipeline_is_valid() {
 }
 
 /// `scripts/demo.sh`: the main job, to green, with the secret masked and
-/// the `deploy` task skipped by its `when`.
+/// the `deploy` task skipped by its `when`; the run's page, at the address
+/// it prints, opens with the password it prints while it waits for Enter.
 #[test]
 fn the_readme_demo_runs_to_green() {
     let block = &readme_blocks("Run it")[0];
     let lines: Vec<String> = block.lines.iter().filter_map(|l| command_of(l)).collect();
     assert_eq!(lines, ["scripts/demo.sh"]);
-    let output = Command::new("bash")
+    let mut demo = Command::new("bash")
         .arg(workspace().join(&lines[0]))
         .current_dir(workspace())
         // The binary under test, not a release build of its own.
         .env("KILN_BIN", env!("CARGO_BIN_EXE_kiln"))
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let printed = read_lines(&mut demo);
+    let mut text = String::new();
+    while !text.contains("press Enter") {
+        match printed.recv_timeout(Duration::from_secs(600)) {
+            Ok(line) => text.push_str(&(line + "\n")),
+            Err(_) => panic!("the demo never offered its page:\n{text}"),
+        }
+    }
+    let page = printed_after(&text, "the run in the browser: ");
+    let password = printed_after(&text, "sign in as admin, password ");
+    let jar = tempfile::NamedTempFile::new().unwrap();
+    let jar = jar.path().to_str().unwrap();
+    let origin = page.split("/jobs/").next().unwrap();
+    let signed_in = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-c", jar])
+        .args([
+            "-H",
+            &format!("Origin: {origin}"),
+            "-H",
+            "Accept: text/html",
+        ])
+        .args(["--data-urlencode", "username=admin"])
+        .args(["--data-urlencode", &format!("password={password}")])
+        .arg(format!("{origin}/login"))
         .output()
         .unwrap();
-    let text = describe(&output);
-    assert!(output.status.success(), "{text}");
+    assert_eq!(String::from_utf8_lossy(&signed_in.stdout), "303");
+    let html = Command::new("curl")
+        .args(["-sS", "--fail", "-b", jar, &page])
+        .output()
+        .unwrap();
+    let html = String::from_utf8_lossy(&html.stdout);
+    assert!(html.contains("<title>Run #1 of demo"), "{html}");
+    assert!(
+        html.contains("s-success"),
+        "the page shows the run green:\n{html}"
+    );
+
+    use std::io::Write;
+    demo.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let status = demo.wait().unwrap();
+    while let Ok(line) = printed.recv_timeout(Duration::from_millis(500)) {
+        text.push_str(&(line + "\n"));
+    }
+    assert!(status.success(), "{text}");
     assert!(text.contains("run #1: success"), "{text}");
     assert!(text.contains("deploy"), "{text}");
     assert!(text.contains("skipped"), "{text}");
+    assert!(text.contains("to look around again"), "{text}");
     assert!(
         !text.contains("s3cr3t-demo-value"),
         "the secret leaked:\n{text}"
