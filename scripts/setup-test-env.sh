@@ -222,6 +222,22 @@ ensure_task_group() {
   as_root groupadd --system kiln-task
 }
 
+# GitHub's published webhook payloads and REST description, which the
+# forge tests feed to the server and check status requests against.
+KILN_NPM_FIXTURES=${KILN_NPM_FIXTURES:-/opt/kiln-test/npm}
+ensure_forge_fixtures() {
+  if [ -f "$KILN_NPM_FIXTURES/node_modules/@octokit/webhooks-examples/api.github.com/index.json" ] \
+    && [ -f "$KILN_NPM_FIXTURES/node_modules/@octokit/openapi/generated/api.github.com.json" ]; then
+    log "GitHub webhook examples and OpenAPI description present"
+    return
+  fi
+  command -v npm >/dev/null 2>&1 || { log "installing npm"; apt_install npm; }
+  log "installing @octokit/webhooks-examples and @octokit/openapi into $KILN_NPM_FIXTURES"
+  as_root mkdir -p "$KILN_NPM_FIXTURES"
+  as_root npm install --silent --no-audit --no-fund --prefix "$KILN_NPM_FIXTURES" \
+    @octokit/webhooks-examples@7.6.1 @octokit/openapi@23.0.2 >&2
+}
+
 ensure_tools
 ensure_chromium
 ensure_task_group
@@ -230,3 +246,4 @@ ensure_busybox_image
 ensure_postgres
 ensure_openapi_validator
 ensure_schemathesis
+ensure_forge_fixtures

@@ -190,6 +190,18 @@ fn the_crate_graph_keeps_the_architectures_invariants() {
         "the UI crate renders values to text: no I/O, no HTTP (kiln-server's controllers do that)",
     );
     graph.assert_never(
+        "kiln-forge",
+        &[
+            "kiln-server",
+            "kiln-store",
+            "axum",
+            "tokio",
+            "sqlx",
+            "reqwest",
+        ],
+        "the forge crate knows each forge's contract; the server receives, stores and sends",
+    );
+    graph.assert_never(
         "kiln-exec",
         &[
             "kiln-server",
