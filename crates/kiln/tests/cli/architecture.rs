@@ -91,6 +91,11 @@ impl Graph {
     }
 
     fn assert_never(&self, krate: &str, forbidden: &[&str], why: &str) {
+        // A renamed crate must not make its rule pass by checking nothing.
+        assert!(
+            self.direct.contains_key(krate),
+            "no crate `{krate}` in the workspace"
+        );
         let all = self.all(krate);
         let found: Vec<&&str> = forbidden.iter().filter(|f| all.contains(**f)).collect();
         assert!(found.is_empty(), "{krate} depends on {found:?}: {why}");
