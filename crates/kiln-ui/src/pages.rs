@@ -268,6 +268,7 @@ pub fn job(viewer: &Viewer, page: &JobPage) -> String {
         html! {
             p.crumbs { a href="/jobs" { "Jobs" } " / " }
             h1 { "Job " (job.name) }
+            @if viewer.user.is_some() { p.settings-link { a #job-settings href=(crate::settings::settings_href(&job.name)) { "Settings" } } }
             dl.facts {
                 dt { "Kind" } dd { (job.kind) }
                 @if let Some(repository) = &job.repository { dt { "Repository" } dd { code { (repository) } } }
