@@ -9,10 +9,12 @@
 //! gets the page again, with why, and what was typed — never a secret's
 //! value or a password, which no page ever holds.
 
+use chrono::{DateTime, Utc};
 use kiln_api::{AuditEntry, Job, Member, Secret, Token, TokenCreated, User};
 use maud::{Markup, html};
 
 use crate::pages::{csrf_field, layout, maybe_when, optional, when};
+use crate::time::exact;
 use crate::{Viewer, job_href, segment};
 
 /// The sentence a `?done=` code stands for. Codes, not sentences, travel
@@ -32,6 +34,19 @@ pub fn notice(done: &str) -> Option<&'static str> {
         "user-deleted" => "The user is deleted, with its tokens and sessions.",
         _ => return None,
     })
+}
+
+/// A time to come (a token's expiry), as "in 7 days", the exact time on
+/// hover. Not marked `data-relative`: the page's script counts only back.
+fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> Markup {
+    let seconds = (at - now).num_seconds();
+    let text = match seconds {
+        ..=0 => "passed".to_string(),
+        1..=3599 => format!("in {} min", (seconds + 59) / 60),
+        3600..=86_399 => format!("in {} h", seconds / 3600),
+        _ => format!("in {} days", seconds / 86_400),
+    };
+    html! { time datetime=(at.to_rfc3339()) title=(exact(at)) { (text) } }
 }
 
 /// The page of `job`'s settings.
@@ -101,7 +116,7 @@ const MEMBER_ROLES: [&str; 3] = ["viewer", "developer", "maintainer"];
 fn error_for(error: &Option<FormError>, section: Section) -> Markup {
     html! {
         @if let Some(error) = error.as_ref().filter(|e| e.section == section) {
-            div.error.form-error role="alert" {
+            div.error.form-error {
                 p { (error.message) }
                 @if !error.details.is_empty() {
                     ul { @for detail in &error.details { li { code { (detail) } } } }
@@ -306,6 +321,14 @@ pub fn job_settings(viewer: &Viewer, page: &JobSettings) -> String {
             p.crumbs { a href="/jobs" { "Jobs" } " / " a href=(job_href(&job.name)) { (job.name) } " / " }
             h1 { "Settings of " (job.name) }
             (notice_line(page.notice))
+            @if let Some(error) = &page.error {
+                @let anchor = match error.section { Section::Job => "#job", Section::Secrets => "#secrets", Section::Members => "#members" };
+                // The form may be far down the page: say so at the top too.
+                p.error #form-problem role="alert" {
+                    "Not saved: " (error.message) " "
+                    a href=(anchor) { "To the form" }
+                }
+            }
             h2 #job { "Job" }
             @if page.can_edit {
                 (error_for(&page.error, Section::Job))
@@ -383,7 +406,7 @@ pub fn tokens(viewer: &Viewer, page: &TokensPage) -> String {
                                     td { (maybe_when(token.last_used_at, viewer.now)) }
                                     td {
                                         @match token.expires_at {
-                                            Some(at) => (when(at, viewer.now)),
+                                            Some(at) => (until(at, viewer.now)),
                                             None => span.muted { "never" },
                                         }
                                     }
@@ -444,7 +467,7 @@ pub fn token_created(viewer: &Viewer, created: &TokenCreated) -> String {
                 dt { "Expires" }
                 dd {
                     @match created.expires_at {
-                        Some(at) => (when(at, viewer.now)),
+                        Some(at) => (until(at, viewer.now)),
                         None => "never",
                     }
                 }
@@ -732,7 +755,13 @@ mod tests {
         });
         let html = job_settings(&viewer(), &page);
         assert!(html.contains("value=\"BAD NAME\""));
-        let error = html.find("not a valid secret name").unwrap();
+        let error = html.rfind("not a valid secret name").unwrap();
+        let summary = html.find("id=\"form-problem\"").unwrap();
+        assert!(
+            summary < html.find("id=\"job\"").unwrap(),
+            "said at the top too"
+        );
+        assert!(html[summary..].contains("href=\"#secrets\""));
         let form = html.find("id=\"secret-form\"").unwrap();
         let secrets = html.find("id=\"secrets\"").unwrap();
         assert!(
@@ -771,6 +800,19 @@ mod tests {
             "a revoked token has no revoke button"
         );
         assert!(html.contains("<option value=\"30d\" selected"));
+    }
+
+    #[test]
+    fn expiries_count_forward() {
+        let now = Utc::now();
+        let week = until(now + chrono::TimeDelta::days(7), now).into_string();
+        assert!(week.contains(">in 7 days<"), "{week}");
+        assert!(
+            !week.contains("data-relative"),
+            "the script would count it back"
+        );
+        let gone = until(now - chrono::TimeDelta::hours(1), now).into_string();
+        assert!(gone.contains(">passed<"), "{gone}");
     }
 
     #[test]
