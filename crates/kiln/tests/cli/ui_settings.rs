@@ -57,6 +57,27 @@ async fn source(browser: &Browser) -> String {
     browser.client.source().await.unwrap()
 }
 
+/// Asserts the page fits a 360 px wide phone without scrolling sideways
+/// (wide tables scroll inside themselves), with a screenshot `name`.
+async fn fits_a_phone(browser: &Browser, name: &str) {
+    browser.client.set_window_size(360, 800).await.unwrap();
+    let overflow = browser
+        .client
+        .execute(
+            "return document.documentElement.scrollWidth > window.innerWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser.screenshot(name).await;
+    browser.client.set_window_size(1280, 1000).await.unwrap();
+    assert_eq!(
+        overflow,
+        Value::Bool(false),
+        "{name} scrolls sideways at 360 px"
+    );
+}
+
 async fn sign_out(browser: &Browser) {
     browser.click("header.top .who button").await;
     browser.arrive(|here| here == "/login").await;
@@ -101,6 +122,7 @@ async fn an_admin_makes_a_user_and_a_token_that_works_until_revoked() {
         .unwrap();
     assert_eq!(signed_in.status(), StatusCode::OK, "carol signs in");
     browser.screenshot("users").await;
+    fits_a_phone(&browser, "users-phone").await;
 
     // A name the API refuses: the form again, with why and the name typed,
     // never the password.
@@ -351,6 +373,7 @@ async fn a_maintainer_sets_a_secret_and_a_member_and_a_viewer_only_reads() {
     assert_eq!(stored["default_branch"], "trunk");
     assert_eq!(stored["pipeline"], PIPELINE);
     browser.screenshot("settings-saved").await;
+    fits_a_phone(&browser, "settings-phone").await;
 
     // A form without the session's token is refused, even from this page.
     post_form(
