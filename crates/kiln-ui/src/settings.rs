@@ -60,6 +60,7 @@ pub enum Section {
     Job,
     Secrets,
     Members,
+    Delete,
 }
 
 /// Why a form was refused: a sentence, and the located errors of a
@@ -310,6 +311,25 @@ fn members_section(viewer: &Viewer, page: &JobSettings) -> Markup {
     }
 }
 
+fn delete_section(viewer: &Viewer, page: &JobSettings) -> Markup {
+    let name = &page.job.name;
+    html! {
+        h2 #delete { "Delete the job" }
+        p.muted { "Its runs, logs, artifacts, secrets and members go with it, for good." }
+        (error_for(&page.error, Section::Delete))
+        // Typing the name stands in for a confirmation dialog, which
+        // would need a script.
+        form.inline #delete-form method="post" action=(format!("{}/delete", settings_href(name))) {
+            (csrf_field(viewer))
+            div {
+                label for="delete-confirm" { "Type " code { (name) } " to confirm" }
+                input #delete-confirm type="text" name="confirm" required autocomplete="off" spellcheck="false";
+            }
+            button.danger #delete-job type="submit" { "Delete job" }
+        }
+    }
+}
+
 /// `/jobs/{job}/settings`: the job, its secrets' names and its members;
 /// forms for its maintainers.
 pub fn job_settings(viewer: &Viewer, page: &JobSettings) -> String {
@@ -322,7 +342,7 @@ pub fn job_settings(viewer: &Viewer, page: &JobSettings) -> String {
             h1 { "Settings of " (job.name) }
             (notice_line(page.notice))
             @if let Some(error) = &page.error {
-                @let anchor = match error.section { Section::Job => "#job", Section::Secrets => "#secrets", Section::Members => "#members" };
+                @let anchor = match error.section { Section::Job => "#job", Section::Secrets => "#secrets", Section::Members => "#members", Section::Delete => "#delete" };
                 // The form may be far down the page: say so at the top too.
                 p.error #form-problem role="alert" {
                     "Not saved: " (error.message) " "
@@ -339,6 +359,7 @@ pub fn job_settings(viewer: &Viewer, page: &JobSettings) -> String {
             }
             (secrets_section(viewer, page))
             (members_section(viewer, page))
+            @if page.can_edit { (delete_section(viewer, page)) }
         },
     )
 }
@@ -736,6 +757,7 @@ mod tests {
         assert!(html.contains("action=\"/jobs/app/settings/members/bob/delete\""));
         assert!(html.contains("value=\"file:///srv/app\""));
         assert!(html.contains("name=\"csrf\" value=\"t0k3n\""));
+        assert!(html.contains("action=\"/jobs/app/settings/delete\""));
         let mut read_only = settings(false);
         read_only.secrets = None;
         let html = job_settings(&viewer(), &read_only);

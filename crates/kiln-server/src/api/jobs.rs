@@ -199,11 +199,22 @@ pub async fn delete<D: Database>(
     State(state): State<AppState<D>>,
     ApiPath(JobPath { job: name }): ApiPath<JobPath>,
 ) -> ApiResult<StatusCode> {
-    let job = access::job(&state, Some(&caller), &name, MemberRole::Maintainer).await?;
-    if !state.db.delete_job(&name).await? {
-        return Err(access::not_found(&name));
+    delete_job(&state, &caller, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes job `name` with its runs, logs, artifacts and secrets, for
+/// `caller`, its maintainer: what the API and the job's settings page share.
+pub(crate) async fn delete_job<D: Database>(
+    state: &AppState<D>,
+    caller: &crate::auth::Identity,
+    name: &str,
+) -> ApiResult<()> {
+    let job = access::job(state, Some(caller), name, MemberRole::Maintainer).await?;
+    if !state.db.delete_job(name).await? {
+        return Err(access::not_found(name));
     }
-    audit::record(&state, &caller, "job.delete", job_object(&name), None).await;
+    audit::record(state, caller, "job.delete", job_object(name), None).await;
     if let Err(e) = state
         .blobs
         .delete_prefix(&crate::trigger::job_blob_prefix(job.id))
@@ -211,5 +222,5 @@ pub async fn delete<D: Database>(
     {
         tracing::warn!("job {name} deleted, but not all of its logs and artifacts: {e}");
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }

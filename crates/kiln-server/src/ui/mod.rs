@@ -59,6 +59,10 @@ pub fn router<D: Database>() -> Router<AppState<D>> {
             get(settings::show::<D>).post(settings::update_job::<D>),
         )
         .route(
+            "/jobs/{job}/settings/delete",
+            post(settings::delete_job::<D>),
+        )
+        .route(
             "/jobs/{job}/settings/secrets",
             post(settings::put_secret::<D>),
         )

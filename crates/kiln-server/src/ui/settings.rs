@@ -386,6 +386,39 @@ pub async fn remove_member<D: Database>(
     }
 }
 
+/// The job-deletion form: the job's name, typed to confirm.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct DeleteJobForm {
+    csrf: String,
+    confirm: String,
+}
+
+/// `POST /jobs/{job}/settings/delete`: the job deleted, as the API's
+/// `DELETE` does, once its name was typed; then on to `/jobs`.
+pub async fn delete_job<D: Database>(
+    visitor: Visitor,
+    State(state): State<AppState<D>>,
+    Path(name): Path<String>,
+    Form(form): Form<DeleteJobForm>,
+) -> Response {
+    let caller = match visitor.form_author(&form.csrf) {
+        Ok(caller) => caller,
+        Err(refused) => return *refused,
+    };
+    let deleted = if form.confirm.trim() == name {
+        jobs::delete_job(&state, caller, &name).await
+    } else {
+        Err(ApiError::unprocessable(format!(
+            "type the job's name, `{name}`, to delete it"
+        )))
+    };
+    match deleted {
+        Ok(()) => Redirect::to("/jobs").into_response(),
+        Err(e) => refused(&visitor, &state, caller, &name, Section::Delete, e, |_| {}).await,
+    }
+}
+
 const TOKENS: &str = "/settings/tokens";
 
 /// The tokens page for `identity`.

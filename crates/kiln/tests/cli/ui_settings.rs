@@ -224,6 +224,32 @@ async fn an_admin_makes_a_user_and_a_token_that_works_until_revoked() {
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     browser.screenshot("token-revoked").await;
 
+    // Deleting a job takes typing its name.
+    job(&server, "old", PIPELINE, "private").await;
+    browser.goto("/jobs/old/settings").await;
+    fill(&browser, "#delete-confirm", "not-old").await;
+    browser.click("#delete-job").await;
+    browser
+        .arrive(|here| here == "/jobs/old/settings/delete")
+        .await;
+    assert!(
+        browser
+            .text(".form-error")
+            .await
+            .contains("type the job's name")
+    );
+    assert_eq!(
+        server.get("/api/v1/jobs/old").await.status(),
+        StatusCode::OK
+    );
+    fill(&browser, "#delete-confirm", "old").await;
+    browser.click("#delete-job").await;
+    browser.arrive(|here| here == "/jobs").await;
+    assert_eq!(
+        server.get("/api/v1/jobs/old").await.status(),
+        StatusCode::NOT_FOUND
+    );
+
     // A form posted without the session's form token changes nothing.
     post_form(
         &browser,
@@ -249,6 +275,7 @@ async fn an_admin_makes_a_user_and_a_token_that_works_until_revoked() {
         "user.create",
         "token.create",
         "token.revoke",
+        "job.delete",
         "user.sign_in",
     ] {
         assert!(log.contains(action), "{action} in {log}");
@@ -256,7 +283,7 @@ async fn an_admin_makes_a_user_and_a_token_that_works_until_revoked() {
     let first = browser
         .text("#audit-log tbody tr:first-child td:nth-child(3)")
         .await;
-    assert_eq!(first, "token.revoke", "newest first");
+    assert_eq!(first, "job.delete", "newest first");
     browser.screenshot("audit").await;
     fill(&browser, "#action", "user.create").await;
     browser.click("#audit-filter button").await;
