@@ -15,6 +15,7 @@ pub mod badge;
 pub mod graph;
 pub mod log;
 pub mod pages;
+pub mod settings;
 pub mod time;
 
 pub use maud::Markup;

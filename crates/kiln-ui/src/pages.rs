@@ -19,7 +19,7 @@ pub fn is_terminal(status: &str) -> bool {
     )
 }
 
-fn layout(viewer: &Viewer, title: &str, body: Markup) -> String {
+pub(crate) fn layout(viewer: &Viewer, title: &str, body: Markup) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -38,11 +38,16 @@ fn layout(viewer: &Viewer, title: &str, body: Markup) -> String {
                     nav aria-label="Main" {
                         a href="/" { "Runs" }
                         a href="/jobs" { "Jobs" }
-                        @if viewer.admin { a href="/agents" { "Agents" } }
+                        @if viewer.admin {
+                            a href="/agents" { "Agents" }
+                            a href="/admin/users" { "Users" }
+                            a href="/admin/audit" { "Audit" }
+                        }
                     }
                     div.who {
                         @if let Some(user) = &viewer.user {
                             span { "Signed in as " strong { (user) } }
+                            a href="/settings/tokens" { "Your tokens" }
                             form.inline method="post" action="/logout" {
                                 (csrf_field(viewer))
                                 button type="submit" { "Sign out" }
@@ -59,7 +64,7 @@ fn layout(viewer: &Viewer, title: &str, body: Markup) -> String {
     .into_string()
 }
 
-fn csrf_field(viewer: &Viewer) -> Markup {
+pub(crate) fn csrf_field(viewer: &Viewer) -> Markup {
     html! {
         @if let Some(token) = &viewer.csrf {
             input type="hidden" name="csrf" value=(token);
@@ -73,7 +78,7 @@ pub fn status(status: &str) -> Markup {
 }
 
 /// A time, relative, with the exact time on hover.
-fn when(at: DateTime<Utc>, now: DateTime<Utc>) -> Markup {
+pub(crate) fn when(at: DateTime<Utc>, now: DateTime<Utc>) -> Markup {
     html! {
         time datetime=(at.to_rfc3339()) title=(exact(at)) data-relative {
             (relative(at, now))
@@ -81,7 +86,7 @@ fn when(at: DateTime<Utc>, now: DateTime<Utc>) -> Markup {
     }
 }
 
-fn maybe_when(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Markup {
+pub(crate) fn maybe_when(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Markup {
     match at {
         Some(at) => when(at, now),
         None => html! { span.muted { "—" } },
@@ -95,7 +100,7 @@ fn short_sha(sha: &Option<String>) -> Markup {
     }
 }
 
-fn optional(text: &Option<String>) -> Markup {
+pub(crate) fn optional(text: &Option<String>) -> Markup {
     match text {
         Some(text) => html! { (text) },
         None => html! { span.muted { "—" } },
@@ -263,6 +268,7 @@ pub fn job(viewer: &Viewer, page: &JobPage) -> String {
         html! {
             p.crumbs { a href="/jobs" { "Jobs" } " / " }
             h1 { "Job " (job.name) }
+            @if viewer.user.is_some() { p.settings-link { a #job-settings href=(crate::settings::settings_href(&job.name)) { "Settings" } } }
             dl.facts {
                 dt { "Kind" } dd { (job.kind) }
                 @if let Some(repository) = &job.repository { dt { "Repository" } dd { code { (repository) } } }

@@ -10,7 +10,7 @@ use kiln_store::{AuditFilter, Database};
 use super::bodies::{AgentPath, AuditQuery, NewAgentToken};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::audit;
-use crate::auth::Admin;
+use crate::auth::{Admin, Identity};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::views;
@@ -115,10 +115,23 @@ pub async fn delete_agent<D: Database>(
     params(AuditQuery),
     responses((status = 200, description = "Newest first", body = kiln_api::AuditList)))]
 pub async fn audit_log<D: Database>(
-    _: Admin,
+    Admin(caller): Admin,
     State(state): State<AppState<D>>,
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<kiln_api::AuditList>> {
+    Ok(Json(audit_page(&state, &caller, query).await?))
+}
+
+/// A page of the audit log, newest first, for `caller`, an admin: what
+/// the API and the audit page share.
+pub(crate) async fn audit_page<D: Database>(
+    state: &AppState<D>,
+    caller: &Identity,
+    query: AuditQuery,
+) -> ApiResult<kiln_api::AuditList> {
+    if !caller.admin {
+        return Err(ApiError::forbidden("the audit log is for admins"));
+    }
     let filter = AuditFilter {
         actor: query.actor.filter(|a| !a.is_empty()),
         action: query.action.filter(|a| !a.is_empty()),
@@ -130,8 +143,8 @@ pub async fn audit_log<D: Database>(
     let next_cursor = (entries.len() as i64 == filter.page_size())
         .then(|| entries.last().map(|e| e.id.0.to_string()))
         .flatten();
-    Ok(Json(kiln_api::AuditList {
+    Ok(kiln_api::AuditList {
         entries: entries.iter().map(views::audit_entry).collect(),
         next_cursor,
-    }))
+    })
 }

@@ -148,27 +148,7 @@ pub async fn upsert<D: Database>(
             "the body names job `{body_name}` but the URL names `{name}`"
         )));
     }
-    // Replacing a job — its repository, its pipeline — is a maintainer's:
-    // a pipeline can print the secrets it is given.
-    let existing = match access::job(&state, Some(&caller), &name, MemberRole::Maintainer).await {
-        Ok(job) => Some(job),
-        Err(e) if e.status == StatusCode::NOT_FOUND => None,
-        Err(e) => return Err(e),
-    };
-    let visibility = visibility
-        .or(existing.as_ref().map(|job| job.spec.visibility))
-        .unwrap_or(Visibility::Private);
-    let spec = job_spec(&name, source, visibility)?;
-    let (job, change) = match existing {
-        None => (create_job(&state, &caller, &spec).await?, Upserted::Created),
-        Some(_) => {
-            let (job, change) = state.db.upsert_job(&spec, caller.user, Utc::now()).await?;
-            if change != Upserted::Unchanged {
-                audit::record(&state, &caller, "job.update", job_object(&name), None).await;
-            }
-            (job, change)
-        }
-    };
+    let (job, change) = upsert_job(&state, &caller, &name, source, visibility).await?;
     let mut view = views::job(&job);
     let (status, change) = match change {
         Upserted::Created => (StatusCode::CREATED, "created"),
@@ -179,6 +159,39 @@ pub async fn upsert<D: Database>(
     Ok((status, Json(view)))
 }
 
+/// Creates job `name`, or replaces it for `caller`, its maintainer, with
+/// `source` (and `visibility`, or the job's own when `None`): what the
+/// API's `PUT` and the job's settings page share.
+pub(crate) async fn upsert_job<D: Database>(
+    state: &AppState<D>,
+    caller: &crate::auth::Identity,
+    name: &JobName,
+    source: JobSource,
+    visibility: Option<Visibility>,
+) -> ApiResult<(kiln_store::Job, Upserted)> {
+    // Replacing a job — its repository, its pipeline — is a maintainer's:
+    // a pipeline can print the secrets it is given.
+    let existing = match access::job(state, Some(caller), name, MemberRole::Maintainer).await {
+        Ok(job) => Some(job),
+        Err(e) if e.status == StatusCode::NOT_FOUND => None,
+        Err(e) => return Err(e),
+    };
+    let visibility = visibility
+        .or(existing.as_ref().map(|job| job.spec.visibility))
+        .unwrap_or(Visibility::Private);
+    let spec = job_spec(name, source, visibility)?;
+    Ok(match existing {
+        None => (create_job(state, caller, &spec).await?, Upserted::Created),
+        Some(_) => {
+            let (job, change) = state.db.upsert_job(&spec, caller.user, Utc::now()).await?;
+            if change != Upserted::Unchanged {
+                audit::record(state, caller, "job.update", job_object(name), None).await;
+            }
+            (job, change)
+        }
+    })
+}
+
 #[utoipa::path(operation_id = "delete_job", delete, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = []), ("session" = [])),
     params(JobPath), responses((status = 204, description = "Deleted, with its runs, logs, artifacts and secrets"), (status = 404, body = kiln_api::Problem)))]
 pub async fn delete<D: Database>(
@@ -186,11 +199,22 @@ pub async fn delete<D: Database>(
     State(state): State<AppState<D>>,
     ApiPath(JobPath { job: name }): ApiPath<JobPath>,
 ) -> ApiResult<StatusCode> {
-    let job = access::job(&state, Some(&caller), &name, MemberRole::Maintainer).await?;
-    if !state.db.delete_job(&name).await? {
-        return Err(access::not_found(&name));
+    delete_job(&state, &caller, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes job `name` with its runs, logs, artifacts and secrets, for
+/// `caller`, its maintainer: what the API and the job's settings page share.
+pub(crate) async fn delete_job<D: Database>(
+    state: &AppState<D>,
+    caller: &crate::auth::Identity,
+    name: &str,
+) -> ApiResult<()> {
+    let job = access::job(state, Some(caller), name, MemberRole::Maintainer).await?;
+    if !state.db.delete_job(name).await? {
+        return Err(access::not_found(name));
     }
-    audit::record(&state, &caller, "job.delete", job_object(&name), None).await;
+    audit::record(state, caller, "job.delete", job_object(name), None).await;
     if let Err(e) = state
         .blobs
         .delete_prefix(&crate::trigger::job_blob_prefix(job.id))
@@ -198,5 +222,5 @@ pub async fn delete<D: Database>(
     {
         tracing::warn!("job {name} deleted, but not all of its logs and artifacts: {e}");
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }

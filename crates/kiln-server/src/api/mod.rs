@@ -1,20 +1,20 @@
 //! The HTTP layer: routes, and the controllers behind them. Controllers
 //! translate between HTTP and the store; rules live elsewhere.
 
-mod admin;
+pub(crate) mod admin;
 pub mod bodies;
 mod console;
 mod events;
 pub mod extract;
-mod jobs;
-mod members;
+pub(crate) mod jobs;
+pub(crate) mod members;
 mod range;
 mod results;
 pub(crate) mod runs;
-mod secrets;
+pub(crate) mod secrets;
 pub(crate) mod session;
 mod system;
-mod users;
+pub(crate) mod users;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

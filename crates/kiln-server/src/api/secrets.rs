@@ -4,11 +4,13 @@ use axum::http::StatusCode;
 use chrono::Utc;
 use kiln_store::{Database, MemberRole};
 
+use kiln_api::fields::{SecretName, SecretValue};
+
 use super::bodies::{JobPath, SecretPath, SecretValueBody};
 use super::extract::{ApiJson, ApiPath};
 use crate::access;
 use crate::audit::{self, job_object};
-use crate::auth::SignedIn;
+use crate::auth::{Identity, SignedIn};
 use crate::error::{ApiError, ApiResult};
 use crate::secrets::seal_secret;
 use crate::state::AppState;
@@ -22,15 +24,28 @@ pub async fn put<D: Database>(
     ApiPath(SecretPath { job, name }): ApiPath<SecretPath>,
     ApiJson(body): ApiJson<SecretValueBody>,
 ) -> ApiResult<StatusCode> {
-    let job = access::job(&state, Some(&caller), &job, MemberRole::Maintainer).await?;
-    let sealed = seal_secret(&state.key, &job, &name, body.value.as_str());
+    put_secret(&state, &caller, &job, &name, &body.value).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stores (or replaces) secret `name` of job `job` for `caller`, a
+/// maintainer: what the API and the job's settings page share.
+pub(crate) async fn put_secret<D: Database>(
+    state: &AppState<D>,
+    caller: &Identity,
+    job: &str,
+    name: &SecretName,
+    value: &SecretValue,
+) -> ApiResult<()> {
+    let job = access::job(state, Some(caller), job, MemberRole::Maintainer).await?;
+    let sealed = seal_secret(&state.key, &job, name, value.as_str());
     state
         .db
-        .put_secret(job.id, &name, &sealed, Utc::now())
+        .put_secret(job.id, name, &sealed, Utc::now())
         .await?;
     let object = format!("{}/secret/{name}", job_object(&job.spec.name));
-    audit::record(&state, &caller, "secret.put", object, None).await;
-    Ok(StatusCode::NO_CONTENT)
+    audit::record(state, caller, "secret.put", object, None).await;
+    Ok(())
 }
 
 #[utoipa::path(operation_id = "delete_secret", delete, path = "/api/v1/jobs/{job}/secrets/{name}", tag = "secrets", security(("bearer" = []), ("session" = [])),
@@ -41,11 +56,22 @@ pub async fn delete<D: Database>(
     State(state): State<AppState<D>>,
     ApiPath(SecretPath { job, name }): ApiPath<SecretPath>,
 ) -> ApiResult<StatusCode> {
-    let job = access::job(&state, Some(&caller), &job, MemberRole::Maintainer).await?;
-    if state.db.delete_secret(job.id, &name).await? {
+    delete_secret(&state, &caller, &job, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes secret `name` of job `job` for `caller`, a maintainer.
+pub(crate) async fn delete_secret<D: Database>(
+    state: &AppState<D>,
+    caller: &Identity,
+    job: &str,
+    name: &str,
+) -> ApiResult<()> {
+    let job = access::job(state, Some(caller), job, MemberRole::Maintainer).await?;
+    if state.db.delete_secret(job.id, name).await? {
         let object = format!("{}/secret/{name}", job_object(&job.spec.name));
-        audit::record(&state, &caller, "secret.delete", object, None).await;
-        Ok(StatusCode::NO_CONTENT)
+        audit::record(state, caller, "secret.delete", object, None).await;
+        Ok(())
     } else {
         Err(ApiError::not_found(format!(
             "job `{}` has no secret `{name}`",
@@ -62,15 +88,22 @@ pub async fn list<D: Database>(
     State(state): State<AppState<D>>,
     ApiPath(path): ApiPath<JobPath>,
 ) -> ApiResult<Json<Vec<kiln_api::Secret>>> {
-    let job = access::job(&state, Some(&caller), &path.job, MemberRole::Developer).await?;
+    Ok(Json(list_secrets(&state, &caller, &path.job).await?))
+}
+
+/// The names of job `job`'s secrets, for `caller`, a developer.
+pub(crate) async fn list_secrets<D: Database>(
+    state: &AppState<D>,
+    caller: &Identity,
+    job: &str,
+) -> ApiResult<Vec<kiln_api::Secret>> {
+    let job = access::job(state, Some(caller), job, MemberRole::Developer).await?;
     let secrets = state.db.list_secrets(job.id).await?;
-    Ok(Json(
-        secrets
-            .into_iter()
-            .map(|s| kiln_api::Secret {
-                name: s.name,
-                updated_at: s.updated_at,
-            })
-            .collect(),
-    ))
+    Ok(secrets
+        .into_iter()
+        .map(|s| kiln_api::Secret {
+            name: s.name,
+            updated_at: s.updated_at,
+        })
+        .collect())
 }

@@ -31,11 +31,31 @@ async fn find_user<D: Database>(state: &AppState<D>, name: &str) -> ApiResult<ki
 #[utoipa::path(operation_id = "list_users", get, path = "/api/v1/users", tag = "users", security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = Vec<kiln_api::User>), (status = 403, description = "Not an admin", body = kiln_api::Problem)))]
 pub async fn list<D: Database>(
-    _: Admin,
+    Admin(caller): Admin,
     State(state): State<AppState<D>>,
 ) -> ApiResult<Json<Vec<kiln_api::User>>> {
+    Ok(Json(list_users(&state, &caller).await?))
+}
+
+/// Refuses a caller who is not an admin. The API's routes for admins
+/// refuse them earlier (the `Admin` extractor); the web UI's pages share
+/// the functions below, which check again so the rule holds for both.
+pub(crate) fn require_admin(caller: &Identity) -> ApiResult<()> {
+    if caller.admin {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("only admins may manage users"))
+    }
+}
+
+/// Every user, for `caller`, an admin.
+pub(crate) async fn list_users<D: Database>(
+    state: &AppState<D>,
+    caller: &Identity,
+) -> ApiResult<Vec<kiln_api::User>> {
+    require_admin(caller)?;
     let users = state.db.list_users().await?;
-    Ok(Json(users.iter().map(views::user).collect()))
+    Ok(users.iter().map(views::user).collect())
 }
 
 #[utoipa::path(operation_id = "create_user", post, path = "/api/v1/users", tag = "users", security(("bearer" = []), ("session" = [])), request_body = NewUserBody,
@@ -46,6 +66,18 @@ pub async fn create<D: Database>(
     State(state): State<AppState<D>>,
     ApiJson(body): ApiJson<NewUserBody>,
 ) -> ApiResult<(StatusCode, Json<kiln_api::User>)> {
+    let user = create_user(&state, &caller, body).await?;
+    Ok((StatusCode::CREATED, Json(views::user(&user))))
+}
+
+/// Makes a user, for `caller`, an admin: what the API and the users page
+/// share.
+pub(crate) async fn create_user<D: Database>(
+    state: &AppState<D>,
+    caller: &Identity,
+    body: NewUserBody,
+) -> ApiResult<kiln_store::User> {
+    require_admin(caller)?;
     let password_hash = match body.password {
         Some(password) => Some(hash_password(password.into_inner()).await?),
         None => None,
@@ -58,14 +90,14 @@ pub async fn create<D: Database>(
     let user = state.db.create_user(&new, Utc::now()).await?;
     let detail = format!("role {}", user.role);
     audit::record(
-        &state,
-        &caller,
+        state,
+        caller,
         "user.create",
         user_object(&user.name),
         Some(detail),
     )
     .await;
-    Ok((StatusCode::CREATED, Json(views::user(&user))))
+    Ok(user)
 }
 
 /// Refuses a non-admin acting on another user.
@@ -103,7 +135,20 @@ pub async fn update<D: Database>(
     ApiPath(UserPath { user }): ApiPath<UserPath>,
     ApiJson(body): ApiJson<UserPatch>,
 ) -> ApiResult<Json<kiln_api::User>> {
-    self_or_admin(&caller, &user)?;
+    Ok(Json(views::user(
+        &update_user(&state, &caller, &user, body).await?,
+    )))
+}
+
+/// Changes what `body` gives of `user`, for `caller` (an admin, or the
+/// user changing its own password): what the API and the users page share.
+pub(crate) async fn update_user<D: Database>(
+    state: &AppState<D>,
+    caller: &Identity,
+    user: &str,
+    body: UserPatch,
+) -> ApiResult<kiln_store::User> {
+    self_or_admin(caller, user)?;
     if !caller.admin && (body.role.is_some() || body.disabled.is_some()) {
         return Err(ApiError::forbidden(
             "only admins may change a role or disable a user",
@@ -118,7 +163,7 @@ pub async fn update<D: Database>(
         disabled: body.disabled,
         password_hash,
     };
-    let updated = state.db.update_user(&user, &change, Utc::now()).await?;
+    let updated = state.db.update_user(user, &change, Utc::now()).await?;
     // A new password or a disabled user signs every browser out.
     if change.password_hash.is_some() || updated.disabled {
         state.db.delete_user_sessions(updated.id).await?;
@@ -134,8 +179,8 @@ pub async fn update<D: Database>(
         changed.push("password".to_string());
     }
     let detail = Some(changed.join(", ")).filter(|d| !d.is_empty());
-    audit::record(&state, &caller, "user.update", user_object(&user), detail).await;
-    Ok(Json(views::user(&updated)))
+    audit::record(state, caller, "user.update", user_object(user), detail).await;
+    Ok(updated)
 }
 
 #[utoipa::path(operation_id = "delete_user", delete, path = "/api/v1/users/{user}", tag = "users", security(("bearer" = []), ("session" = [])),
@@ -148,11 +193,23 @@ pub async fn delete<D: Database>(
     State(state): State<AppState<D>>,
     ApiPath(UserPath { user }): ApiPath<UserPath>,
 ) -> ApiResult<StatusCode> {
-    if !state.db.delete_user(&user).await? {
+    delete_user(&state, &caller, &user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes `user` (its tokens, sessions and memberships), for `caller`,
+/// an admin.
+pub(crate) async fn delete_user<D: Database>(
+    state: &AppState<D>,
+    caller: &Identity,
+    user: &str,
+) -> ApiResult<()> {
+    require_admin(caller)?;
+    if !state.db.delete_user(user).await? {
         return Err(ApiError::not_found(format!("user `{user}` not found")));
     }
-    audit::record(&state, &caller, "user.delete", user_object(&user), None).await;
-    Ok(StatusCode::NO_CONTENT)
+    audit::record(state, caller, "user.delete", user_object(user), None).await;
+    Ok(())
 }
 
 /// The user whose tokens a request is about: `asked` (admins only) or the caller.
@@ -188,9 +245,20 @@ pub async fn list_tokens<D: Database>(
     State(state): State<AppState<D>>,
     ApiQuery(query): ApiQuery<TokenListQuery>,
 ) -> ApiResult<Json<Vec<kiln_api::Token>>> {
-    let owner = token_owner(&state, &caller, query.user.as_deref()).await?;
+    Ok(Json(
+        list_user_tokens(&state, &caller, query.user.as_deref()).await?,
+    ))
+}
+
+/// The tokens of `asked` (admins only) or of `caller`, revoked ones too.
+pub(crate) async fn list_user_tokens<D: Database>(
+    state: &AppState<D>,
+    caller: &Identity,
+    asked: Option<&str>,
+) -> ApiResult<Vec<kiln_api::Token>> {
+    let owner = token_owner(state, caller, asked).await?;
     let tokens = state.db.list_user_tokens(owner.id).await?;
-    Ok(Json(tokens.iter().map(views::token).collect()))
+    Ok(tokens.iter().map(views::token).collect())
 }
 
 #[utoipa::path(operation_id = "create_user_token", post, path = "/api/v1/tokens", tag = "tokens", security(("bearer" = []), ("session" = [])), request_body = NewUserToken,
@@ -203,7 +271,20 @@ pub async fn create_token<D: Database>(
     State(state): State<AppState<D>>,
     ApiJson(body): ApiJson<NewUserToken>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
-    let owner = token_owner(&state, &caller, body.user.as_deref()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(create_user_token(&state, &caller, body).await?),
+    ))
+}
+
+/// Makes a token for `body.user` (admins only) or `caller`: what the API
+/// and the tokens page share. Its value is in the answer, and nowhere else.
+pub(crate) async fn create_user_token<D: Database>(
+    state: &AppState<D>,
+    caller: &Identity,
+    body: NewUserToken,
+) -> ApiResult<TokenCreated> {
+    let owner = token_owner(state, caller, body.user.as_deref()).await?;
     if owner.disabled {
         return Err(ApiError::conflict(format!(
             "user `{}` is disabled: enable it before making it a token",
@@ -225,16 +306,13 @@ pub async fn create_token<D: Database>(
     let id = state.db.insert_user_token(&new, now).await?;
     let object = format!("{}/token/{id}", user_object(&owner.name));
     let detail = Some(format!("name {}", body.name));
-    audit::record(&state, &caller, "token.create", object, detail).await;
-    Ok((
-        StatusCode::CREATED,
-        Json(TokenCreated {
-            id: id.0,
-            name: body.name.into(),
-            token,
-            expires_at,
-        }),
-    ))
+    audit::record(state, caller, "token.create", object, detail).await;
+    Ok(TokenCreated {
+        id: id.0,
+        name: body.name.into(),
+        token,
+        expires_at,
+    })
 }
 
 #[utoipa::path(operation_id = "revoke_token", delete, path = "/api/v1/tokens/{id}", tag = "tokens", security(("bearer" = []), ("session" = [])),
@@ -246,6 +324,17 @@ pub async fn revoke_token<D: Database>(
     State(state): State<AppState<D>>,
     ApiPath(TokenPath { id }): ApiPath<TokenPath>,
 ) -> ApiResult<StatusCode> {
+    revoke_user_token(&state, &caller, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes token `id`, for its owner or an admin (anyone else is told
+/// it does not exist).
+pub(crate) async fn revoke_user_token<D: Database>(
+    state: &AppState<D>,
+    caller: &Identity,
+    id: i64,
+) -> ApiResult<()> {
     let id = TokenId(id);
     let owner = state.db.token_owner(id).await?;
     let allowed = match &owner {
@@ -261,6 +350,6 @@ pub async fn revoke_token<D: Database>(
         Some(owner) => format!("{}/token/{id}", user_object(&owner.name)),
         None => format!("token/{id}"),
     };
-    audit::record(&state, &caller, "token.revoke", object, None).await;
-    Ok(StatusCode::NO_CONTENT)
+    audit::record(state, caller, "token.revoke", object, None).await;
+    Ok(())
 }

@@ -13,11 +13,13 @@
 //! - Pages are `no-cache` and private; assets are immutable under a name
 //!   that holds their hash. Both are gzipped for clients that accept it.
 
+mod admin;
 mod agents;
 mod assets;
 mod jobs;
 mod runs;
 pub mod session;
+mod settings;
 mod tasks;
 
 use axum::Router;
@@ -51,6 +53,46 @@ pub fn router<D: Database>() -> Router<AppState<D>> {
             get(tasks::show::<D>),
         )
         .route("/agents", get(agents::list::<D>))
+        // Settings and admin pages (ui/settings.rs, ui/admin.rs).
+        .route(
+            "/jobs/{job}/settings",
+            get(settings::show::<D>).post(settings::update_job::<D>),
+        )
+        .route(
+            "/jobs/{job}/settings/delete",
+            post(settings::delete_job::<D>),
+        )
+        .route(
+            "/jobs/{job}/settings/secrets",
+            post(settings::put_secret::<D>),
+        )
+        .route(
+            "/jobs/{job}/settings/secrets/{name}/delete",
+            post(settings::delete_secret::<D>),
+        )
+        .route(
+            "/jobs/{job}/settings/members",
+            post(settings::put_member::<D>),
+        )
+        .route(
+            "/jobs/{job}/settings/members/{user}/delete",
+            post(settings::remove_member::<D>),
+        )
+        .route(
+            "/settings/tokens",
+            get(settings::tokens::<D>).post(settings::create_token::<D>),
+        )
+        .route(
+            "/settings/tokens/{id}/revoke",
+            post(settings::revoke_token::<D>),
+        )
+        .route(
+            "/admin/users",
+            get(admin::users::<D>).post(admin::create_user::<D>),
+        )
+        .route("/admin/users/{user}", post(admin::update_user::<D>))
+        .route("/admin/users/{user}/delete", post(admin::delete_user::<D>))
+        .route("/admin/audit", get(admin::audit::<D>))
         .route("/assets/{file}", get(assets::serve))
 }
 
