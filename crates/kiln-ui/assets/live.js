@@ -1,0 +1,189 @@
+// Live pages: the dashboard, a job's page and a run's page follow the
+// change feed (GET /api/v1/events, server-sent events) and refresh the
+// parts of the page that change, without reloading it.
+//
+// The server renders every part marked `data-live` (by id); its
+// `data-live` value is the feed to follow, starting after the last change
+// the page was rendered with, so nothing between rendering and subscribing
+// is lost. When changes come, the page fetches its own address again (so
+// filters and paging hold: the server decides what the page shows), at
+// most once per GAP, and merges each marked part into the page: nodes that
+// did not change are kept, so focus, selection, scroll position and open
+// <details> stay where they were. Without this script, or with the feed
+// down, the page is what the server rendered, and a reload refreshes it.
+
+const GAP = 300; // ms between two refreshes at most
+const BACKOFF_FIRST = 1000;
+const BACKOFF_MOST = 30000;
+
+const regions = Array.from(document.querySelectorAll("[id][data-live]"));
+
+if (regions.length > 0 && "EventSource" in window) {
+  follow(new URL(regions[0].dataset.live, location.href));
+}
+
+// The key that matches an old node with its new self when rows are added
+// or moved: its id, or its `data-key`.
+function keyOf(node) {
+  if (node.nodeType !== Node.ELEMENT_NODE) return null;
+  return node.id || node.getAttribute("data-key") || null;
+}
+
+function sameKind(a, b) {
+  return a.nodeType === b.nodeType && a.nodeName === b.nodeName && keyOf(a) === keyOf(b);
+}
+
+function syncAttributes(from, to) {
+  for (const { name } of Array.from(from.attributes)) {
+    // A <details> the reader opened or closed stays so.
+    if (name === "open" && from.nodeName === "DETAILS") continue;
+    if (!to.hasAttribute(name)) from.removeAttribute(name);
+  }
+  for (const { name, value } of Array.from(to.attributes)) {
+    if (name === "open" && from.nodeName === "DETAILS") continue;
+    if (from.getAttribute(name) !== value) from.setAttribute(name, value);
+  }
+}
+
+// Makes `from` (in the page) look like `to` (freshly fetched), changing
+// only what differs.
+function morph(from, to) {
+  if (from.nodeType === Node.TEXT_NODE || from.nodeType === Node.COMMENT_NODE) {
+    if (from.nodeValue !== to.nodeValue) from.nodeValue = to.nodeValue;
+    return;
+  }
+  syncAttributes(from, to);
+  const keyed = new Map();
+  for (const child of from.childNodes) {
+    const key = keyOf(child);
+    if (key) keyed.set(key, child);
+  }
+  let cursor = from.firstChild;
+  for (const want of Array.from(to.childNodes)) {
+    const key = keyOf(want);
+    let match = null;
+    if (key) {
+      match = keyed.get(key) || null;
+      if (match && !sameKind(match, want)) match = null;
+      if (match) keyed.delete(key);
+    } else if (cursor && sameKind(cursor, want)) {
+      match = cursor;
+    }
+    if (match === null) {
+      from.insertBefore(document.importNode(want, true), cursor);
+      continue;
+    }
+    if (match === cursor) {
+      cursor = cursor.nextSibling;
+    } else {
+      from.insertBefore(match, cursor);
+    }
+    morph(match, want);
+  }
+  while (cursor) {
+    const next = cursor.nextSibling;
+    from.removeChild(cursor);
+    cursor = next;
+  }
+}
+
+let fetching = false;
+let wanted = false;
+let lastFetch = 0;
+let timer = null;
+
+// Asks for a refresh; refreshes come at most once per GAP, and changes
+// that arrive during one are taken by the next.
+function refreshSoon() {
+  wanted = true;
+  if (fetching || timer !== null) return;
+  const wait = Math.max(0, lastFetch + GAP - Date.now());
+  timer = setTimeout(refresh, wait);
+}
+
+async function refresh() {
+  timer = null;
+  if (!wanted) return;
+  wanted = false;
+  fetching = true;
+  lastFetch = Date.now();
+  try {
+    const response = await fetch(location.href, {
+      headers: { Accept: "text/html" },
+      credentials: "same-origin",
+      cache: "no-store",
+    });
+    // Signed out, or the page is gone: keep what is shown; a reload
+    // tells the reader why.
+    if (response.ok && !response.redirected) {
+      const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+      for (const region of regions) {
+        const next = fresh.getElementById(region.id);
+        if (next) morph(region, next);
+      }
+      const title = fresh.querySelector("title");
+      if (title && title.textContent !== document.title) document.title = title.textContent;
+      document.dispatchEvent(new CustomEvent("kiln:refreshed"));
+    }
+  } catch (_) {
+    // The server is away: the feed's reconnection will ask again.
+  } finally {
+    fetching = false;
+    if (wanted) refreshSoon();
+  }
+}
+
+// Whether a change concerns this page: a paged job page (`?before=N`)
+// shows runs older than N only, so newer runs do not touch it.
+function concerns(change) {
+  const before = Number(new URLSearchParams(location.search).get("before"));
+  if (before > 0 && change.job !== undefined) {
+    const number = change.kind === "run" ? change.number : change.run;
+    if (number >= before) return false;
+  }
+  return true;
+}
+
+function follow(feed) {
+  let lastId = feed.searchParams.get("after");
+  let backoff = BACKOFF_FIRST;
+  let source = null;
+
+  const open = () => {
+    if (lastId !== null) feed.searchParams.set("after", lastId);
+    source = new EventSource(feed.href, { withCredentials: true });
+    source.addEventListener("open", () => {
+      backoff = BACKOFF_FIRST;
+    });
+    source.addEventListener("changes", (message) => {
+      lastId = message.lastEventId || lastId;
+      let changes;
+      try {
+        changes = JSON.parse(message.data);
+      } catch (_) {
+        changes = null;
+      }
+      if (!Array.isArray(changes) || changes.some(concerns)) refreshSoon();
+    });
+    // Changes were missed (the server restarted, or this page fell too
+    // far behind): read the page again.
+    source.addEventListener("reset", (message) => {
+      lastId = message.lastEventId || lastId;
+      refreshSoon();
+    });
+    source.addEventListener("error", () => {
+      // The browser retries by itself (with Last-Event-ID) while the
+      // source is CONNECTING; once it gave up (an error status, a proxy
+      // that answered something else), try again later, backing off.
+      if (source.readyState !== EventSource.CLOSED) return;
+      const wait = backoff;
+      backoff = Math.min(backoff * 2, BACKOFF_MOST);
+      setTimeout(() => {
+        open();
+        // What changed while it was closed is replayed from `after` if the
+        // server still keeps it, else the feed says reset.
+      }, wait);
+    });
+  };
+  open();
+}
