@@ -58,8 +58,20 @@ function morph(from, to) {
     const key = keyOf(child);
     if (key) keyed.set(key, child);
   }
+  const kept = new Set();
+  for (const child of to.childNodes) {
+    const key = keyOf(child);
+    if (key) kept.add(key);
+  }
   let cursor = from.firstChild;
   for (const want of Array.from(to.childNodes)) {
+    // Nodes that are gone are removed first, so the ones after them are
+    // matched where they stand: moving a node would take its focus away.
+    while (cursor && keyOf(cursor) && !kept.has(keyOf(cursor))) {
+      const gone = cursor;
+      cursor = cursor.nextSibling;
+      from.removeChild(gone);
+    }
     const key = keyOf(want);
     let match = null;
     if (key) {

@@ -407,12 +407,12 @@ pub fn run(viewer: &Viewer, page: &RunPage) -> String {
                 @if page.can_act {
                     div.actions {
                         @if !is_terminal(&run.status) {
-                            form.inline method="post" action=(format!("{href}/cancel")) {
+                            form.inline #cancel-form method="post" action=(format!("{href}/cancel")) {
                                 (csrf_field(viewer))
                                 button.danger #cancel type="submit" { "Cancel run" }
                             }
                         }
-                        form.inline method="post" action=(format!("{href}/rerun")) {
+                        form.inline #rerun-form method="post" action=(format!("{href}/rerun")) {
                             (csrf_field(viewer))
                             button #rerun type="submit" { "Rerun" }
                         }
