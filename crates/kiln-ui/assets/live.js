@@ -17,9 +17,45 @@ const BACKOFF_FIRST = 1000;
 const BACKOFF_MOST = 30000;
 
 const regions = Array.from(document.querySelectorAll("[id][data-live]"));
+// The feed; closed when the page says it will change no more (a run that
+// ended renders no `data-live`).
+let source = null;
+let stopped = false;
 
 if (regions.length > 0 && "EventSource" in window) {
   follow(new URL(regions[0].dataset.live, location.href));
+}
+
+// Durations of what still runs count on between refreshes, as the server
+// writes them (`4s`, `2m 05s`, `1h 02m`), on the server's clock: each
+// live part says when it was rendered (`data-now`).
+function duration(seconds) {
+  seconds = Math.max(0, seconds);
+  const two = (n) => String(n).padStart(2, "0");
+  if (seconds < 60) return `${seconds}s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)}m ${two(seconds % 60)}s`;
+  return `${Math.floor(seconds / 3600)}h ${two(Math.floor((seconds % 3600) / 60))}m`;
+}
+
+let skew = 0;
+function measureSkew() {
+  const rendered = Date.parse(regions[0]?.dataset.now ?? "");
+  if (!Number.isNaN(rendered)) skew = rendered - Date.now();
+}
+
+function tick() {
+  const now = Date.now() + skew;
+  for (const element of document.querySelectorAll("[data-since]")) {
+    const since = Date.parse(element.dataset.since);
+    if (Number.isNaN(since)) continue;
+    const text = duration(Math.floor((now - since) / 1000));
+    if (element.textContent !== text) element.textContent = text;
+  }
+}
+
+if (regions.length > 0) {
+  measureSkew();
+  setInterval(tick, 1000);
 }
 
 // The key that matches an old node with its new self when rows are added
@@ -133,6 +169,11 @@ async function refresh() {
         const next = fresh.getElementById(region.id);
         if (next) morph(region, next);
       }
+      measureSkew();
+      if (!regions.some((region) => region.hasAttribute("data-live"))) {
+        stopped = true;
+        if (source) source.close();
+      }
       const title = fresh.querySelector("title");
       if (title && title.textContent !== document.title) document.title = title.textContent;
       document.dispatchEvent(new CustomEvent("kiln:refreshed"));
@@ -159,15 +200,16 @@ function concerns(change) {
 function follow(feed) {
   let lastId = feed.searchParams.get("after");
   let backoff = BACKOFF_FIRST;
-  let source = null;
 
   const open = () => {
+    if (stopped) return;
     if (lastId !== null) feed.searchParams.set("after", lastId);
-    source = new EventSource(feed.href, { withCredentials: true });
-    source.addEventListener("open", () => {
+    const mine = new EventSource(feed.href, { withCredentials: true });
+    source = mine;
+    mine.addEventListener("open", () => {
       backoff = BACKOFF_FIRST;
     });
-    source.addEventListener("changes", (message) => {
+    mine.addEventListener("changes", (message) => {
       lastId = message.lastEventId || lastId;
       let changes;
       try {
@@ -179,22 +221,20 @@ function follow(feed) {
     });
     // Changes were missed (the server restarted, or this page fell too
     // far behind): read the page again.
-    source.addEventListener("reset", (message) => {
+    mine.addEventListener("reset", (message) => {
       lastId = message.lastEventId || lastId;
       refreshSoon();
     });
-    source.addEventListener("error", () => {
+    mine.addEventListener("error", () => {
       // The browser retries by itself (with Last-Event-ID) while the
       // source is CONNECTING; once it gave up (an error status, a proxy
       // that answered something else), try again later, backing off.
-      if (source.readyState !== EventSource.CLOSED) return;
+      // What changed meanwhile is replayed from `after` if the server
+      // still keeps it, else the feed says reset.
+      if (mine.readyState !== EventSource.CLOSED || source !== mine) return;
       const wait = backoff;
       backoff = Math.min(backoff * 2, BACKOFF_MOST);
-      setTimeout(() => {
-        open();
-        // What changed while it was closed is replayed from `after` if the
-        // server still keeps it, else the feed says reset.
-      }, wait);
+      setTimeout(open, wait);
     });
   };
   open();

@@ -157,7 +157,7 @@ fn runs_table(viewer: &Viewer, runs: &[Run], with_job: bool) -> Markup {
                             td.hide-narrow { (short_sha(&run.sha)) }
                             td.hide-narrow { (run.event) }
                             td { (when(run.created_at, viewer.now)) }
-                            td.num { (optional(&elapsed(run.started_at, run.finished_at, viewer.now))) }
+                            td.num { (lasting(run.started_at, run.finished_at, viewer.now)) }
                         }
                     }
                 }
@@ -187,6 +187,21 @@ fn live_script() -> Markup {
     html! { script type="module" src=(assets::live_script()) {} }
 }
 
+/// How long something took, or has taken so far; while it lasts, marked
+/// with when it started, so live.js counts on between refreshes.
+fn lasting(
+    started: Option<DateTime<Utc>>,
+    finished: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Markup {
+    match (started, finished) {
+        (Some(since), None) => html! {
+            span data-since=(since.to_rfc3339()) { (optional(&elapsed(started, None, now))) }
+        },
+        _ => optional(&elapsed(started, finished, now)),
+    }
+}
+
 /// What `/` shows.
 #[derive(Debug, Clone)]
 pub struct Dashboard {
@@ -207,7 +222,7 @@ pub fn dashboard(viewer: &Viewer, page: &Dashboard) -> String {
         "Recent runs",
         html! {
             h1 { "Recent runs" }
-            div #live-runs data-live=(events_href(page.events_after, None, None)) {
+            div #live-runs data-live=(events_href(page.events_after, None, None)) data-now=(viewer.now.to_rfc3339()) {
                 @if page.runs.is_empty() {
                     p.note {
                         "No runs to show yet."
@@ -349,7 +364,7 @@ pub fn job(viewer: &Viewer, page: &JobPage) -> String {
             }
             // The runs and the pager follow the feed; the forms above are
             // left alone, so what the reader types in them stays.
-            div #live-runs data-live=(events_href(page.events_after, Some(&job.name), None)) {
+            div #live-runs data-live=(events_href(page.events_after, Some(&job.name), None)) data-now=(viewer.now.to_rfc3339()) {
                 @if page.runs.is_empty() {
                     p.note { "No runs match." }
                 } @else {
@@ -392,14 +407,17 @@ pub fn run(viewer: &Viewer, page: &RunPage) -> String {
         html! {
             p.crumbs { a href="/jobs" { "Jobs" } " / " a href=(job_href(&run.job)) { (run.job) } " / " }
             // Everything below the crumbs follows the run's changes.
-            div #live-run data-live=(events_href(page.events_after, Some(&run.job), Some(run.number))) {
+            // An ended run changes no more: its page follows no feed.
+            @let live = (!is_terminal(&run.status))
+                .then(|| events_href(page.events_after, Some(&run.job), Some(run.number)));
+            div #live-run data-live=[live] data-now=(viewer.now.to_rfc3339()) {
                 h1 { "Run #" (run.number) " " span #run-status { (status(&run.status)) } }
                 dl.facts {
                     dt { "Branch" } dd { (optional(&run.branch)) }
                     dt { "Commit" } dd { (short_sha(&run.sha)) }
                     dt { "Trigger" } dd { (run.event) }
                     dt { "Created" } dd { (when(run.created_at, viewer.now)) }
-                    dt { "Duration" } dd { (optional(&elapsed(run.started_at, run.finished_at, viewer.now))) }
+                    dt { "Duration" } dd { (lasting(run.started_at, run.finished_at, viewer.now)) }
                 }
                 @if let Some(error) = &run.error {
                     pre.error { (error) }
@@ -439,7 +457,7 @@ pub fn run(viewer: &Viewer, page: &RunPage) -> String {
                                         td.hide-narrow { (optional(&task.agent)) }
                                         td.num.hide-narrow { (task.attempt) }
                                         td { (maybe_when(task.started_at, viewer.now)) }
-                                        td.num { (optional(&elapsed(task.started_at, task.finished_at, viewer.now))) }
+                                        td.num { (lasting(task.started_at, task.finished_at, viewer.now)) }
                                     }
                                 }
                             }
@@ -723,6 +741,24 @@ mod tests {
         assert!(html.contains("id=\"cancel\""));
         assert!(html.contains("data-live=\"/api/v1/events?after=41&amp;job=app&amp;run=7\""));
         assert!(html.contains(assets::live_script()));
+        assert!(
+            html.contains("data-since=\""),
+            "a running run's duration counts on"
+        );
+        let ended = super::run(
+            &viewer(),
+            &RunPage {
+                run: Run {
+                    finished_at: Some(Utc::now()),
+                    ..run("success")
+                },
+                ..page
+            },
+        );
+        assert!(
+            !ended.contains("data-live=") && !ended.contains("data-since="),
+            "an ended run's page follows no feed"
+        );
         let dashboard = dashboard(
             &viewer(),
             &Dashboard {

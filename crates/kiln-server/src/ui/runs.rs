@@ -101,6 +101,7 @@ fn graph(detail: &RunDetail, now: chrono::DateTime<Utc>) -> Vec<kiln_ui::graph::
             needs: task.spec.needs.clone(),
             status: task.status.to_string(),
             duration: kiln_ui::time::elapsed(task.started_at, task.finished_at, now),
+            running_since: task.started_at.filter(|_| task.finished_at.is_none()),
             href: kiln_ui::task_href(&detail.run.job, detail.run.number, &task.name),
         })
         .collect()
