@@ -320,3 +320,81 @@ async fn the_dashboard_and_the_job_page_show_new_runs_without_reloading() {
     assert!(browser.has("tr[data-key=\"run-app-1\"]").await);
     assert!(still_marked(&browser).await);
 }
+
+/// The `data-live` feed a page names, unescaped.
+fn feed_of(html: &str) -> String {
+    html.split("data-live=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no data-live on the page: {html}"))
+        .replace("&amp;", "&")
+}
+
+#[tokio::test]
+async fn the_dashboard_pages_back_and_its_feed_starts_where_the_page_was_read() {
+    // No worker: the runs stay queued, and nothing else changes meanwhile.
+    let server = Server::start_for_agents(tempfile::tempdir().unwrap(), "127.0.0.1:0");
+    job(&server, "app", QUICK, "private").await;
+    job(&server, "other", QUICK, "private").await;
+    for n in 1..=55 {
+        trigger(&server, if n % 5 == 0 { "other" } else { "app" }).await;
+    }
+    let first = server.get("/").await.text().await.unwrap();
+    assert_eq!(
+        first.matches("data-key=\"run-").count(),
+        50,
+        "the dashboard shows 50 runs"
+    );
+    let top = first.find("data-key=\"run-other-11\"").unwrap();
+    assert!(
+        top < first.find("data-key=\"run-app-44\"").unwrap(),
+        "newest first, across jobs"
+    );
+    let older = first
+        .split("href=\"/?before=")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("an Older runs link");
+    let second = server
+        .get(&format!("/?before={older}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = second
+        .split("data-key=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "run-other-1",
+            "run-app-4",
+            "run-app-3",
+            "run-app-2",
+            "run-app-1"
+        ],
+        "the second page holds the 5 oldest"
+    );
+    assert!(second.contains("← Newest"));
+
+    // The feed the page names replays what happened after it was read, and
+    // only that: a run made since is not missed between page and feed.
+    let feed = feed_of(&first);
+    let made = trigger(&server, "app").await;
+    let replay = server
+        .get(&format!("{feed}&timeout=0"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        replay.contains(&format!("\"number\":{made}")),
+        "the run made after the page is in its feed: {replay}"
+    );
+    assert!(
+        !replay.contains("\"number\":44,"),
+        "what the page already showed is not sent again: {replay}"
+    );
+}
