@@ -144,7 +144,8 @@ let timer = null;
 // that arrive during one are taken by the next.
 function refreshSoon() {
   wanted = true;
-  if (fetching || timer !== null) return;
+  // A page in a background tab catches up once, when it is looked at.
+  if (document.hidden || fetching || timer !== null) return;
   const wait = Math.max(0, lastFetch + GAP - Date.now());
   timer = setTimeout(refresh, wait);
 }
@@ -185,6 +186,10 @@ async function refresh() {
     if (wanted) refreshSoon();
   }
 }
+
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden && wanted) refreshSoon();
+});
 
 // Whether a change concerns this page: a paged job page (`?before=N`)
 // shows runs older than N only, so newer runs do not touch it.
