@@ -22,10 +22,6 @@ const regions = Array.from(document.querySelectorAll("[id][data-live]"));
 let source = null;
 let stopped = false;
 
-if (regions.length > 0 && "EventSource" in window) {
-  follow(new URL(regions[0].dataset.live, location.href));
-}
-
 // Durations of what still runs count on between refreshes, as the server
 // writes them (`4s`, `2m 05s`, `1h 02m`), on the server's clock: each
 // live part says when it was rendered (`data-now`).
@@ -187,8 +183,27 @@ async function refresh() {
   }
 }
 
+// A background tab lets go of its feed: a browser opens at most six
+// HTTP/1.1 connections to one server, and a feed holds one for as long
+// as it is open, so tabs left open would keep other pages from loading.
+// Shown again, it resumes after the last change it saw (which refreshes
+// it if anything changed meanwhile).
+const HIDDEN_GRACE = 10000; // ms before a hidden tab closes its feed
+let hiddenTimer = null;
+let resume = null;
 document.addEventListener("visibilitychange", () => {
-  if (!document.hidden && wanted) refreshSoon();
+  clearTimeout(hiddenTimer);
+  if (document.hidden) {
+    hiddenTimer = setTimeout(() => {
+      if (source && !stopped) {
+        source.close();
+        source = null;
+      }
+    }, HIDDEN_GRACE);
+    return;
+  }
+  if (source === null && resume) resume();
+  if (wanted) refreshSoon();
 });
 
 // Whether a change concerns this page: a paged job page (`?before=N`)
@@ -239,8 +254,17 @@ function follow(feed) {
       if (mine.readyState !== EventSource.CLOSED || source !== mine) return;
       const wait = backoff;
       backoff = Math.min(backoff * 2, BACKOFF_MOST);
-      setTimeout(open, wait);
+      setTimeout(() => {
+        if (source === mine) open();
+      }, wait);
     });
   };
+  resume = open;
   open();
+}
+
+if (regions.length > 0 && "EventSource" in window) {
+  follow(new URL(regions[0].dataset.live, location.href));
+  // Opened in a background tab: it need not hold a connection until shown.
+  if (document.hidden) document.dispatchEvent(new Event("visibilitychange"));
 }
