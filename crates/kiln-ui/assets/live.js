@@ -65,14 +65,19 @@ function sameKind(a, b) {
   return a.nodeType === b.nodeType && a.nodeName === b.nodeName && keyOf(a) === keyOf(b);
 }
 
+// Attributes the page sets itself, which the server's copy never has.
+function ours(element, name) {
+  // A <details> the reader opened or closed stays so.
+  return (name === "open" && element.nodeName === "DETAILS") || name === "data-arrived";
+}
+
 function syncAttributes(from, to) {
   for (const { name } of Array.from(from.attributes)) {
-    // A <details> the reader opened or closed stays so.
-    if (name === "open" && from.nodeName === "DETAILS") continue;
+    if (ours(from, name)) continue;
     if (!to.hasAttribute(name)) from.removeAttribute(name);
   }
   for (const { name, value } of Array.from(to.attributes)) {
-    if (name === "open" && from.nodeName === "DETAILS") continue;
+    if (ours(from, name)) continue;
     if (from.getAttribute(name) !== value) from.setAttribute(name, value);
   }
 }
@@ -114,7 +119,10 @@ function morph(from, to) {
       match = cursor;
     }
     if (match === null) {
-      from.insertBefore(document.importNode(want, true), cursor);
+      const added = document.importNode(want, true);
+      // A row that just arrived is marked for a moment (kiln.css).
+      if (added.nodeName === "TR") added.setAttribute("data-arrived", "");
+      from.insertBefore(added, cursor);
       continue;
     }
     if (match === cursor) {

@@ -411,7 +411,7 @@ pub fn run(viewer: &Viewer, page: &RunPage) -> String {
             @let live = (!is_terminal(&run.status))
                 .then(|| events_href(page.events_after, Some(&run.job), Some(run.number)));
             div #live-run data-live=[live] data-now=(viewer.now.to_rfc3339()) {
-                h1 { "Run #" (run.number) " " span #run-status { (status(&run.status)) } }
+                h1 { "Run #" (run.number) " " span #run-status aria-live="polite" { (status(&run.status)) } }
                 dl.facts {
                     dt { "Branch" } dd { (optional(&run.branch)) }
                     dt { "Commit" } dd { (short_sha(&run.sha)) }
