@@ -398,3 +398,111 @@ async fn the_dashboard_pages_back_and_its_feed_starts_where_the_page_was_read() 
         "what the page already showed is not sent again: {replay}"
     );
 }
+
+/// A `kiln server` on a fixed port, so one that restarts is at the same
+/// address for a page left open.
+struct FixedServer {
+    child: std::process::Child,
+}
+
+impl FixedServer {
+    fn start(data_dir: &std::path::Path, port: u16) -> FixedServer {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--grpc-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("KILN_ADMIN_TOKEN", crate::server::ADMIN)
+            .env("KILN_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("the server ended before listening")
+                .unwrap();
+            if line.contains("listening on") {
+                break;
+            }
+        }
+        // Keep reading, so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        FixedServer { child }
+    }
+
+    /// SIGTERM, and waits for the end: open streams are ended, not cut.
+    fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for FixedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_live_page_rides_out_a_server_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let port = crate::ui::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    // reqwest is built without a default TLS provider; plain HTTP still needs one chosen.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let api = |method: Method, path: &str| {
+        http.request(method, format!("{base}{path}"))
+            .bearer_auth(crate::server::ADMIN)
+    };
+    let first = FixedServer::start(data.path(), port);
+    let created = api(Method::PUT, "/api/v1/jobs/app")
+        .json(&json!({"kind": "freestyle", "pipeline": QUICK, "visibility": "public"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success());
+    let made = api(Method::POST, "/api/v1/jobs/app/runs")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), StatusCode::CREATED);
+
+    // The browser needs a server to start against; it reads the other.
+    let other = Server::start_for_agents(tempfile::tempdir().unwrap(), "127.0.0.1:0");
+    let browser = Browser::start(&other, "live-restart").await;
+    browser.client.goto(&format!("{base}/")).await.unwrap();
+    assert!(browser.has("tr[data-key=\"run-app-1\"]").await);
+    mark(&browser).await;
+
+    // The server goes away and comes back (same data, same address); the
+    // page, left open, picks up a run made after.
+    first.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _second = FixedServer::start(data.path(), port);
+    let made = api(Method::POST, "/api/v1/jobs/app/runs")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), StatusCode::CREATED);
+    wait_until(
+        &browser,
+        "return document.querySelector('#live-runs tbody tr').dataset.key === 'run-app-2'",
+        "the run made after the restart on the open dashboard",
+    )
+    .await;
+    browser.screenshot("after-restart").await;
+    assert!(
+        still_marked(&browser).await,
+        "the page caught up without being loaded again"
+    );
+}
