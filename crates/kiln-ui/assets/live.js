@@ -215,8 +215,10 @@ document.addEventListener("visibilitychange", () => {
 });
 
 // Whether a change concerns this page: a paged job page (`?before=N`)
-// shows runs older than N only, so newer runs do not touch it.
+// shows runs older than run N only, so newer runs do not touch it. (The
+// dashboard's `before` is a run's id, not a number: it takes them all.)
 function concerns(change) {
+  if (!location.pathname.startsWith("/jobs/")) return true;
   const before = Number(new URLSearchParams(location.search).get("before"));
   if (before > 0 && change.job !== undefined) {
     const number = change.kind === "run" ? change.number : change.run;
