@@ -7,8 +7,8 @@ use kiln_store::queue::{self, Stop};
 use kiln_store::sql::{self, RUN_SELECT, STEP_SELECT, TASK_SELECT};
 use kiln_store::values::{Corrupt, after, ms, status};
 use kiln_store::{
-    JobId, NewAuditEntry, NewRun, Result, Run, RunDetail, RunFilter, RunId, RunStore, StepRow,
-    StoreError, TaskId, TaskRow,
+    JobId, LatestRuns, NewAuditEntry, NewRun, Result, Run, RunDetail, RunFilter, RunId, RunScope,
+    RunStore, StepRow, StoreError, TaskId, TaskRow,
 };
 use sqlx::postgres::PgConnection;
 use sqlx::{Postgres, QueryBuilder};
@@ -157,6 +157,32 @@ impl RunStore for PostgresStore {
         query
             .push(" ORDER BY r.number DESC LIMIT ")
             .push_bind(filter.page_size());
+        let rows = query.build().fetch_all(&self.pool).await?;
+        rows.iter().map(sql::run).collect()
+    }
+
+    async fn latest_runs(&self, scope: RunScope, page: LatestRuns) -> Result<Vec<Run>> {
+        // Newest first by id, which grows with every run made: the primary
+        // key's order, so the first page reads no more rows than it shows
+        // when most runs are readable.
+        let mut query = QueryBuilder::<Postgres>::new(RUN_SELECT);
+        query.push(" WHERE TRUE");
+        if let RunScope::Readable { user } = scope {
+            query.push(" AND (j.visibility = 'public'");
+            if let Some(user) = user {
+                query
+                    .push(" OR r.job_id IN (SELECT job_id FROM members WHERE user_id = ")
+                    .push_bind(user)
+                    .push(")");
+            }
+            query.push(")");
+        }
+        if let Some(before) = page.before {
+            query.push(" AND r.id < ").push_bind(before);
+        }
+        query
+            .push(" ORDER BY r.id DESC LIMIT ")
+            .push_bind(kiln_store::page_size(page.limit));
         let rows = query.build().fetch_all(&self.pool).await?;
         rows.iter().map(sql::run).collect()
     }

@@ -269,6 +269,26 @@ impl RunFilter {
     }
 }
 
+/// Whose runs [`RunStore::latest_runs`] lists: the jobs a viewer may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunScope {
+    /// Every job's (an admin's view).
+    All,
+    /// Public jobs', and those of the jobs `user` is a member of (`None`:
+    /// an anonymous visitor, public jobs only).
+    Readable { user: Option<UserId> },
+}
+
+/// A page of [`RunStore::latest_runs`]: newest first, across jobs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LatestRuns {
+    /// Runs made before the run of this id only (keyset paging: the `id`
+    /// of the last run of the previous page).
+    pub before: Option<RunId>,
+    /// At most this many runs; 0 or less means 50 ([`page_size`]).
+    pub limit: i64,
+}
+
 /// How many rows a page of a list holds at most: `limit`, or 50 when it
 /// is 0 or less (a filter's default).
 pub fn page_size(limit: i64) -> i64 {
@@ -558,6 +578,13 @@ pub trait RunStore {
         &self,
         job_id: JobId,
         filter: &RunFilter,
+    ) -> impl Future<Output = Result<Vec<Run>>> + Send;
+    /// The newest runs of the jobs in `scope`, newest (highest id) first,
+    /// in one query: the dashboard's list, whatever the number of jobs.
+    fn latest_runs(
+        &self,
+        scope: RunScope,
+        page: LatestRuns,
     ) -> impl Future<Output = Result<Vec<Run>>> + Send;
     /// Ends pending and queued tasks `cancelled` and flags running ones; the
     /// run is `cancelled` once no task runs. `Conflict` if already finished.

@@ -27,10 +27,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use crate::queue::Retry;
 use crate::queue::cases::{self, Observed};
 use crate::{
-    Artifact, AuditFilter, Claim, Database, Event, Holder, Job, JobId, JobKind, JobSpec, LogAppend,
-    MemberRole, NewAuditEntry, NewRun, NewTask, NewUser, NewUserToken, Refusal, RunDetail,
-    RunFilter, RunId, Status, StepRow, StoreError, TaskHold, TaskId, TaskResult, TaskRow,
-    TokenKind, Undelivered, Upserted, User, UserChange, UserRole, Visibility,
+    Artifact, AuditFilter, Claim, Database, Event, Holder, Job, JobId, JobKind, JobSpec,
+    LatestRuns, LogAppend, MemberRole, NewAuditEntry, NewRun, NewTask, NewUser, NewUserToken,
+    Refusal, RunDetail, RunFilter, RunId, RunScope, Status, StepRow, StoreError, TaskHold, TaskId,
+    TaskResult, TaskRow, TokenKind, Undelivered, Upserted, User, UserChange, UserRole, Visibility,
 };
 
 /// One `#[tokio::test]` per case of the contract, in the module it is
@@ -45,7 +45,7 @@ macro_rules! testsuite {
             invalid_pipeline_run, run_keeps_its_pipeline, needs_release_and_skip, skipped_at_creation,
             allow_failure, labels_and_order, unplaceable, fair_between_jobs, steps,
             retry_on_failure, stale_attempts_are_fenced, agent_tokens_are_bound, ended_leases_are_lost, no_retry_when_pointless, lease_expiry, holder_checks, wide_run, undelivered,
-            cancel, deadline, logs, log_limit, dropped_calls_leave_nothing_open, artifacts_and_reports, artifact_expiry, list_runs, counts,
+            cancel, deadline, logs, log_limit, dropped_calls_leave_nothing_open, artifacts_and_reports, artifact_expiry, list_runs, latest_runs, counts,
             queue_cases, duplicate_user, update_user, last_admin_stays, token_lookup_states,
             revoke_token, user_tokens_without_hashes, touch_token, members,
             members_cascade, creator_is_maintainer, job_and_role, runs_are_audited_with_their_number, sessions_expire, audit_filters_and_paging,
@@ -2035,6 +2035,79 @@ pub async fn list_runs<D: Database>(db: &D) {
             .unwrap()
             .is_empty(),
         "no such job"
+    );
+}
+
+/// The dashboard's list: the newest runs across the jobs a viewer may
+/// read, in pages.
+pub async fn latest_runs<D: Database>(db: &D) {
+    let open = db
+        .create_job(
+            &JobSpec {
+                visibility: Visibility::Public,
+                ..freestyle("open")
+            },
+            None,
+            at(0),
+        )
+        .await
+        .unwrap();
+    let mine = job(db, "mine").await;
+    let hidden = job(db, "hidden").await;
+    let ivy = user(db, "ivy", UserRole::User).await;
+    db.set_member(mine.id, ivy.id, MemberRole::Viewer, at(0))
+        .await
+        .unwrap();
+    // Made in turn across the three jobs: 3 runs each.
+    for n in 0..9 {
+        let job = [&open, &mine, &hidden][n % 3];
+        create(db, job, new_run(tasks(PAIR)), at(n as i64)).await;
+    }
+    let seen = |scope, before, limit| async move {
+        db.latest_runs(scope, LatestRuns { before, limit })
+            .await
+            .expect("latest_runs")
+            .into_iter()
+            .map(|r| (r.job, r.number, r.id))
+            .collect::<Vec<_>>()
+    };
+    let names = |runs: &[(String, i64, RunId)]| {
+        runs.iter()
+            .map(|(job, number, _)| format!("{job}#{number}"))
+            .collect::<Vec<_>>()
+    };
+    let all = seen(RunScope::All, None, 0).await;
+    assert_eq!(
+        names(&all),
+        [
+            "hidden#3", "mine#3", "open#3", "hidden#2", "mine#2", "open#2", "hidden#1", "mine#1",
+            "open#1"
+        ],
+        "an admin sees every job's runs, newest first"
+    );
+    let member = RunScope::Readable { user: Some(ivy.id) };
+    let first = seen(member, None, 4).await;
+    assert_eq!(names(&first), ["mine#3", "open#3", "mine#2", "open#2"]);
+    let next = seen(member, Some(first[3].2), 4).await;
+    assert_eq!(
+        names(&next),
+        ["mine#1", "open#1"],
+        "the next page follows on"
+    );
+    assert!(seen(member, Some(next[1].2), 4).await.is_empty());
+    let anonymous = seen(RunScope::Readable { user: None }, None, 0).await;
+    assert_eq!(names(&anonymous), ["open#3", "open#2", "open#1"]);
+    let listed = db.latest_runs(RunScope::All, LatestRuns::default()).await;
+    assert_eq!(
+        listed.unwrap()[0],
+        run(db, &hidden, 3).await.run,
+        "the list shows what get reads"
+    );
+    // A member no more sees the job's runs.
+    db.remove_member(mine.id, ivy.id).await.unwrap();
+    assert_eq!(
+        names(&seen(member, None, 0).await),
+        ["open#3", "open#2", "open#1"]
     );
 }
 

@@ -20,7 +20,9 @@ pub struct Asset {
 /// The directory assets are served from.
 pub const PREFIX: &str = "/assets/";
 
-const FILES: [(&str, &str, &str, &[u8]); 2] = [
+type File = (&'static str, &'static str, &'static str, &'static [u8]);
+
+const FILES: &[File] = &[
     (
         "kiln",
         "css",
@@ -32,6 +34,12 @@ const FILES: [(&str, &str, &str, &[u8]); 2] = [
         "js",
         "text/javascript; charset=utf-8",
         include_bytes!("../assets/kiln.js"),
+    ),
+    (
+        "live",
+        "js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/live.js"),
     ),
 ];
 
@@ -70,6 +78,15 @@ pub fn script() -> &'static str {
     &all()[1].path
 }
 
+/// Where the live pages' script is served: it follows the change feed
+/// and refreshes the parts of a page marked `data-live`.
+pub fn live_script() -> &'static str {
+    all()
+        .iter()
+        .find(|asset| asset.path.starts_with("/assets/live."))
+        .map_or("", |asset| &asset.path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +104,7 @@ mod tests {
             .unwrap();
         assert_eq!(back, css.body);
         assert!(find("/assets/kiln.css").is_none());
+        assert!(live_script().starts_with("/assets/live.") && live_script().ends_with(".js"));
+        assert!(find(live_script()).is_some());
     }
 }

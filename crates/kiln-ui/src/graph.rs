@@ -18,6 +18,8 @@ pub struct Node {
     pub needs: Vec<String>,
     pub status: String,
     pub duration: Option<String>,
+    /// When it started, while it runs: live.js counts its duration on.
+    pub running_since: Option<chrono::DateTime<chrono::Utc>>,
     pub href: String,
 }
 
@@ -143,7 +145,14 @@ pub fn svg(nodes: &[Node]) -> Markup {
                         text.name x=(x + 10) y=(y + 20) { (truncate(&node.name)) }
                         text.meta x=(x + 10) y=(y + 38) {
                             (node.status)
-                            @if let Some(duration) = &node.duration { " · " (duration) }
+                            @if let Some(duration) = &node.duration {
+                                " · "
+                                @if let Some(since) = node.running_since {
+                                    tspan data-since=(since.to_rfc3339()) { (duration) }
+                                } @else {
+                                    (duration)
+                                }
+                            }
                         }
                     }
                 }
@@ -163,6 +172,7 @@ mod tests {
             needs: needs.iter().map(|n| n.to_string()).collect(),
             status: "success".into(),
             duration: Some("1s".into()),
+            running_since: None,
             href: format!("/t/{name}"),
         }
     }

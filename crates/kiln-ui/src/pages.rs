@@ -152,7 +152,9 @@ fn runs_table(viewer: &Viewer, runs: &[Run], with_job: bool) -> Markup {
                 }
                 tbody {
                     @for run in runs {
-                        tr {
+                        // The key keeps a row (and a focused link in it)
+                        // when live updates add rows above it.
+                        tr data-key=(format!("run-{}-{}", run.job, run.number)) {
                             td { (status(&run.status)) }
                             @if with_job { td { a href=(job_href(&run.job)) { (run.job) } } }
                             td.num { a href=(run_href(&run.job, run.number)) { "#" (run.number) } }
@@ -160,7 +162,7 @@ fn runs_table(viewer: &Viewer, runs: &[Run], with_job: bool) -> Markup {
                             td.hide-narrow { (short_sha(&run.sha)) }
                             td.hide-narrow { (run.event) }
                             td { (when(run.created_at, viewer.now)) }
-                            td.num { (optional(&elapsed(run.started_at, run.finished_at, viewer.now))) }
+                            td.num { (lasting(run.started_at, run.finished_at, viewer.now)) }
                         }
                     }
                 }
@@ -169,21 +171,79 @@ fn runs_table(viewer: &Viewer, runs: &[Run], with_job: bool) -> Markup {
     }
 }
 
-/// `/`: recent runs of the jobs the viewer may see.
-pub fn dashboard(viewer: &Viewer, runs: &[Run]) -> String {
+/// Where a live page follows the change feed from: `GET /api/v1/events`
+/// after change `after` (the newest one when the page was read, so none
+/// is missed), for one job or one run of it, or every readable job.
+pub fn events_href(after: u64, job: Option<&str>, run: Option<i64>) -> String {
+    let mut href = format!("/api/v1/events?after={after}");
+    if let Some(job) = job {
+        href.push_str(&format!("&job={}", segment(job)));
+        if let Some(run) = run {
+            href.push_str(&format!("&run={run}"));
+        }
+    }
+    href
+}
+
+/// The script that keeps the parts marked `data-live` current
+/// (`assets/live.js`); a page works the same without it, as of when it
+/// was read.
+fn live_script() -> Markup {
+    html! { script type="module" src=(assets::live_script()) {} }
+}
+
+/// How long something took, or has taken so far; while it lasts, marked
+/// with when it started, so live.js counts on between refreshes.
+fn lasting(
+    started: Option<DateTime<Utc>>,
+    finished: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Markup {
+    match (started, finished) {
+        (Some(since), None) => html! {
+            span data-since=(since.to_rfc3339()) { (optional(&elapsed(started, None, now))) }
+        },
+        _ => optional(&elapsed(started, finished, now)),
+    }
+}
+
+/// What `/` shows.
+#[derive(Debug, Clone)]
+pub struct Dashboard {
+    /// Newest first.
+    pub runs: Vec<Run>,
+    /// Whether this page is not the newest one.
+    pub paged: bool,
+    /// The `before` of the next (older) page, if there is one.
+    pub older: Option<i64>,
+    /// The change feed's newest change when the runs were read.
+    pub events_after: u64,
+}
+
+/// `/`: recent runs of the jobs the viewer may see, live.
+pub fn dashboard(viewer: &Viewer, page: &Dashboard) -> String {
     layout(
         viewer,
         "Recent runs",
         html! {
             h1 { "Recent runs" }
-            @if runs.is_empty() {
-                p.note {
-                    "No runs to show yet."
-                    @if viewer.user.is_none() { " " a href="/login" { "Sign in" } " to see private jobs." }
+            div #live-runs data-live=(events_href(page.events_after, None, None)) data-now=(viewer.now.to_rfc3339()) {
+                @if page.runs.is_empty() {
+                    p.note {
+                        "No runs to show yet."
+                        @if viewer.user.is_none() { " " a href="/login" { "Sign in" } " to see private jobs." }
+                    }
+                } @else {
+                    (runs_table(viewer, &page.runs, true))
                 }
-            } @else {
-                (runs_table(viewer, runs, true))
+                nav.pager aria-label="Pages" {
+                    @if page.paged { a href="/" { "← Newest" } }
+                    @if let Some(before) = page.older {
+                        a href=(format!("/?before={before}")) { "Older runs →" }
+                    }
+                }
             }
+            (live_script())
         },
     )
 }
@@ -244,6 +304,8 @@ pub struct JobPage {
     pub older: Option<i64>,
     /// The viewer may trigger runs.
     pub can_trigger: bool,
+    /// The change feed's newest change when the runs were read.
+    pub events_after: u64,
 }
 
 fn filter_query(status: &Option<String>, branch: &str) -> String {
@@ -306,19 +368,24 @@ pub fn job(viewer: &Viewer, page: &JobPage) -> String {
                 }
                 button type="submit" { "Filter" }
             }
-            @if page.runs.is_empty() {
-                p.note { "No runs match." }
-            } @else {
-                (runs_table(viewer, &page.runs, false))
-            }
-            nav.pager aria-label="Pages" {
-                @if page.paged {
-                    a href=(format!("{href}?{}", filter_query(&page.status, &page.branch).trim_start_matches('&'))) { "← Newest" }
+            // The runs and the pager follow the feed; the forms above are
+            // left alone, so what the reader types in them stays.
+            div #live-runs data-live=(events_href(page.events_after, Some(&job.name), None)) data-now=(viewer.now.to_rfc3339()) {
+                @if page.runs.is_empty() {
+                    p.note { "No runs match." }
+                } @else {
+                    (runs_table(viewer, &page.runs, false))
                 }
-                @if let Some(before) = page.older {
-                    a href=(format!("{href}?before={before}{}", filter_query(&page.status, &page.branch))) { "Older runs →" }
+                nav.pager aria-label="Pages" {
+                    @if page.paged {
+                        a href=(format!("{href}?{}", filter_query(&page.status, &page.branch).trim_start_matches('&'))) { "← Newest" }
+                    }
+                    @if let Some(before) = page.older {
+                        a href=(format!("{href}?before={before}{}", filter_query(&page.status, &page.branch))) { "Older runs →" }
+                    }
                 }
             }
+            (live_script())
         },
     )
 }
@@ -331,6 +398,8 @@ pub struct RunPage {
     pub graph: Vec<graph::Node>,
     /// The viewer may cancel and rerun.
     pub can_act: bool,
+    /// The change feed's newest change when the run was read.
+    pub events_after: u64,
 }
 
 /// `/jobs/{job}/runs/{n}`: the graph, the tasks, cancel and rerun.
@@ -343,59 +412,66 @@ pub fn run(viewer: &Viewer, page: &RunPage) -> String {
         &format!("Run #{} of {}", run.number, run.job),
         html! {
             p.crumbs { a href="/jobs" { "Jobs" } " / " a href=(job_href(&run.job)) { (run.job) } " / " }
-            h1 { "Run #" (run.number) " " span #run-status { (status(&run.status)) } }
-            dl.facts {
-                dt { "Branch" } dd { (optional(&run.branch)) }
-                dt { "Commit" } dd { (short_sha(&run.sha)) }
-                dt { "Trigger" } dd { (run.event) }
-                dt { "Created" } dd { (when(run.created_at, viewer.now)) }
-                dt { "Duration" } dd { (optional(&elapsed(run.started_at, run.finished_at, viewer.now))) }
-            }
-            @if let Some(error) = &run.error {
-                pre.error { (error) }
-            }
-            @if page.can_act {
-                div.actions {
-                    @if !is_terminal(&run.status) {
-                        form.inline method="post" action=(format!("{href}/cancel")) {
+            // Everything below the crumbs follows the run's changes.
+            // An ended run changes no more: its page follows no feed.
+            @let live = (!is_terminal(&run.status))
+                .then(|| events_href(page.events_after, Some(&run.job), Some(run.number)));
+            div #live-run data-live=[live] data-now=(viewer.now.to_rfc3339()) {
+                h1 { "Run #" (run.number) " " span #run-status aria-live="polite" { (status(&run.status)) } }
+                dl.facts {
+                    dt { "Branch" } dd { (optional(&run.branch)) }
+                    dt { "Commit" } dd { (short_sha(&run.sha)) }
+                    dt { "Trigger" } dd { (run.event) }
+                    dt { "Created" } dd { (when(run.created_at, viewer.now)) }
+                    dt { "Duration" } dd { (lasting(run.started_at, run.finished_at, viewer.now)) }
+                }
+                @if let Some(error) = &run.error {
+                    pre.error { (error) }
+                }
+                @if page.can_act {
+                    div.actions {
+                        @if !is_terminal(&run.status) {
+                            form.inline #cancel-form method="post" action=(format!("{href}/cancel")) {
+                                (csrf_field(viewer))
+                                button.danger #cancel type="submit" { "Cancel run" }
+                            }
+                        }
+                        form.inline #rerun-form method="post" action=(format!("{href}/rerun")) {
                             (csrf_field(viewer))
-                            button.danger #cancel type="submit" { "Cancel run" }
+                            button #rerun type="submit" { "Rerun" }
                         }
                     }
-                    form.inline method="post" action=(format!("{href}/rerun")) {
-                        (csrf_field(viewer))
-                        button #rerun type="submit" { "Rerun" }
-                    }
                 }
-            }
-            @if !tasks.is_empty() {
-                h2 { "Graph" }
-                div.scroll { (graph::svg(&page.graph)) }
-                h2 { "Tasks" }
-                div.scroll {
-                    table.tasks {
-                        thead { tr { th { "Task" } th { "Status" } th { "Steps" } th.hide-narrow { "Agent" } th.num.hide-narrow { "Attempt" } th { "Started" } th.num { "Duration" } } }
-                        tbody {
-                            @for task in tasks {
-                                tr {
-                                    td { a href=(task_href(&run.job, run.number, &task.name)) { (task.name) } }
-                                    td { (status(&task.status))
-                                        @if let Some(reason) = &task.reason { br; small.muted { (reason) } } }
-                                    td {
-                                        @for step in &task.steps {
-                                            span title=(format!("{}: {}", step.name, step.status)) { (step.name) " " (status(&step.status)) } " "
+                @if !tasks.is_empty() {
+                    h2 { "Graph" }
+                    div.scroll { (graph::svg(&page.graph)) }
+                    h2 { "Tasks" }
+                    div.scroll {
+                        table.tasks {
+                            thead { tr { th { "Task" } th { "Status" } th { "Steps" } th.hide-narrow { "Agent" } th.num.hide-narrow { "Attempt" } th { "Started" } th.num { "Duration" } } }
+                            tbody {
+                                @for task in tasks {
+                                    tr data-key=(format!("task-{}", task.name)) {
+                                        td { a href=(task_href(&run.job, run.number, &task.name)) { (task.name) } }
+                                        td { (status(&task.status))
+                                            @if let Some(reason) = &task.reason { br; small.muted { (reason) } } }
+                                        td {
+                                            @for step in &task.steps {
+                                                span title=(format!("{}: {}", step.name, step.status)) { (step.name) " " (status(&step.status)) } " "
+                                            }
                                         }
+                                        td.hide-narrow { (optional(&task.agent)) }
+                                        td.num.hide-narrow { (task.attempt) }
+                                        td { (maybe_when(task.started_at, viewer.now)) }
+                                        td.num { (lasting(task.started_at, task.finished_at, viewer.now)) }
                                     }
-                                    td.hide-narrow { (optional(&task.agent)) }
-                                    td.num.hide-narrow { (task.attempt) }
-                                    td { (maybe_when(task.started_at, viewer.now)) }
-                                    td.num { (optional(&elapsed(task.started_at, task.finished_at, viewer.now))) }
                                 }
                             }
                         }
                     }
                 }
             }
+            (live_script())
         },
     )
 }
@@ -663,12 +739,43 @@ mod tests {
             run: run("running"),
             graph: Vec::new(),
             can_act: true,
+            events_after: 41,
         };
         let html = super::run(&viewer(), &page);
         assert!(html.contains("<title>Run #7 of app · Kiln</title>"));
         assert!(html.contains("name=\"csrf\" value=\"t0k3n\""));
         assert!(html.contains("id=\"cancel\""));
-        let dashboard = dashboard(&viewer(), &[run("success")]);
+        assert!(html.contains("data-live=\"/api/v1/events?after=41&amp;job=app&amp;run=7\""));
+        assert!(html.contains(assets::live_script()));
+        assert!(
+            html.contains("data-since=\""),
+            "a running run's duration counts on"
+        );
+        let ended = super::run(
+            &viewer(),
+            &RunPage {
+                run: Run {
+                    finished_at: Some(Utc::now()),
+                    ..run("success")
+                },
+                ..page
+            },
+        );
+        assert!(
+            !ended.contains("data-live=") && !ended.contains("data-since="),
+            "an ended run's page follows no feed"
+        );
+        let dashboard = dashboard(
+            &viewer(),
+            &Dashboard {
+                runs: vec![run("success")],
+                paged: false,
+                older: Some(12),
+                events_after: 0,
+            },
+        );
+        assert!(dashboard.contains("data-live=\"/api/v1/events?after=0\""));
+        assert!(dashboard.contains("href=\"/?before=12\""));
         assert!(dashboard.contains("href=\"/jobs/app/runs/7\""));
         assert!(dashboard.contains("title=\"0123456789abcdef\""));
         assert!(dashboard.contains("status s-success"));
@@ -696,6 +803,7 @@ mod tests {
             paged: false,
             older: Some(7),
             can_trigger: true,
+            events_after: 3,
         };
         assert!(super::job(&viewer(), &page).contains("id=\"trigger\""));
         page.can_trigger = false;
@@ -703,5 +811,7 @@ mod tests {
         assert!(!html.contains("id=\"trigger\""));
         assert!(html.contains("/jobs/app/badge.svg?branch=main"));
         assert!(html.contains("href=\"/jobs/app?before=7\""));
+        assert!(html.contains("data-live=\"/api/v1/events?after=3&amp;job=app\""));
+        assert!(html.contains("data-key=\"run-app-7\""));
     }
 }

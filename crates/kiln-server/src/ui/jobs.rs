@@ -109,6 +109,8 @@ pub async fn show<D: Database>(
     };
     let status = query.status.parse::<kiln_pipeline::Status>().ok();
     let before = query.before.parse::<i64>().ok();
+    // Read before the runs: a change made meanwhile is sent to the page.
+    let events_after = state.events.latest();
     let filter = RunFilter {
         status,
         branch: Some(query.branch.clone()).filter(|b| !b.is_empty()),
@@ -130,6 +132,7 @@ pub async fn show<D: Database>(
         paged: before.is_some(),
         older,
         can_trigger: visitor.identity.is_some() && power >= MemberRole::Developer,
+        events_after,
     };
     visitor.page(StatusCode::OK, kiln_ui::pages::job(&visitor.viewer, &page))
 }

@@ -1,54 +1,83 @@
 //! `/` (recent runs), `/jobs/{job}/runs/{n}` (a run: graph, tasks), and
-//! the cancel and rerun forms.
+//! the cancel and rerun forms. The two pages are live: they name the
+//! change feed's newest change when they were read, which `live.js`
+//! follows from.
 
 use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::Utc;
-use kiln_store::{Database, MemberRole, RunDetail, RunFilter};
+use kiln_store::{Database, LatestRuns, MemberRole, RunDetail, RunId, RunScope};
 use serde::Deserialize;
 
 use super::Visitor;
-use super::jobs::{job_and_power, readable};
+use super::jobs::job_and_power;
 use crate::access;
+use crate::auth::Identity;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::views;
 
-/// Runs the dashboard shows, and how many of each job's it looks at.
-const DASHBOARD_RUNS: usize = 50;
-const PER_JOB: i64 = 20;
+/// Runs the dashboard shows at a time.
+const DASHBOARD_RUNS: i64 = 50;
 
-/// `GET /`: the latest runs of every job the visitor may read, newest first.
+/// `?before=` of the dashboard: the id of the last run of the page before.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct DashboardQuery {
+    before: String,
+}
+
+/// The runs `identity` may read: all for an admin, else public jobs' and
+/// those of the jobs it is a member of.
+fn scope(identity: Option<&Identity>) -> RunScope {
+    match identity {
+        Some(identity) if identity.admin => RunScope::All,
+        Some(identity) => RunScope::Readable {
+            user: identity.user,
+        },
+        None => RunScope::Readable { user: None },
+    }
+}
+
+/// `GET /`: the latest runs of every job the visitor may read, newest
+/// first, in one query whatever the number of jobs.
 pub async fn dashboard<D: Database>(
     visitor: Visitor,
     State(state): State<AppState<D>>,
+    query: Result<Query<DashboardQuery>, QueryRejection>,
 ) -> Response {
-    let runs = async {
-        let mut runs = Vec::new();
-        for (job, _) in readable(&state, visitor.identity.as_ref()).await? {
-            let filter = RunFilter {
-                limit: PER_JOB,
-                ..RunFilter::default()
-            };
-            runs.extend(state.db.list_runs(job.id, &filter).await?);
-        }
-        runs.sort_by_key(|run| std::cmp::Reverse(run.created_at));
-        runs.truncate(DASHBOARD_RUNS);
-        Ok::<_, ApiError>(runs)
-    }
-    .await;
-    match runs {
-        Ok(runs) => {
-            let runs: Vec<kiln_api::Run> = runs.iter().map(views::run).collect();
-            visitor.page(
-                StatusCode::OK,
-                kiln_ui::pages::dashboard(&visitor.viewer, &runs),
-            )
-        }
-        Err(e) => visitor.refuse(e),
-    }
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let before = query.before.parse::<i64>().ok().map(RunId);
+    // Read before the runs: a change made meanwhile is sent to the page.
+    let events_after = state.events.latest();
+    let page = LatestRuns {
+        before,
+        limit: DASHBOARD_RUNS,
+    };
+    let runs = match state
+        .db
+        .latest_runs(scope(visitor.identity.as_ref()), page)
+        .await
+    {
+        Ok(runs) => runs,
+        Err(e) => return visitor.refuse(e.into()),
+    };
+    let older = (runs.len() as i64 == DASHBOARD_RUNS)
+        .then(|| runs.last().map(|r| r.id.0))
+        .flatten();
+    let page = kiln_ui::pages::Dashboard {
+        runs: runs.iter().map(views::run).collect(),
+        paged: before.is_some(),
+        older,
+        events_after,
+    };
+    visitor.page(
+        StatusCode::OK,
+        kiln_ui::pages::dashboard(&visitor.viewer, &page),
+    )
 }
 
 async fn find<D: Database>(
@@ -72,6 +101,7 @@ fn graph(detail: &RunDetail, now: chrono::DateTime<Utc>) -> Vec<kiln_ui::graph::
             needs: task.spec.needs.clone(),
             status: task.status.to_string(),
             duration: kiln_ui::time::elapsed(task.started_at, task.finished_at, now),
+            running_since: task.started_at.filter(|_| task.finished_at.is_none()),
             href: kiln_ui::task_href(&detail.run.job, detail.run.number, &task.name),
         })
         .collect()
@@ -83,6 +113,8 @@ pub async fn show<D: Database>(
     State(state): State<AppState<D>>,
     Path((name, number)): Path<(String, i64)>,
 ) -> Response {
+    // Read before the run: a change made meanwhile is sent to the page.
+    let events_after = state.events.latest();
     let found = async {
         let (job, power) = job_and_power(&state, visitor.identity.as_ref(), &name).await?;
         let detail = find(&state, &job, number).await?;
@@ -97,6 +129,7 @@ pub async fn show<D: Database>(
         run: views::run_detail(&detail),
         graph: graph(&detail, visitor.viewer.now),
         can_act: visitor.identity.is_some() && power >= MemberRole::Developer,
+        events_after,
     };
     visitor.page(StatusCode::OK, kiln_ui::pages::run(&visitor.viewer, &page))
 }

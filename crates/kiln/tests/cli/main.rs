@@ -20,5 +20,6 @@ mod soak;
 mod support;
 mod tls;
 mod ui;
+mod ui_live;
 mod ui_settings;
 mod up;
