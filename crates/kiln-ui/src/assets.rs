@@ -20,7 +20,7 @@ pub struct Asset {
 /// The directory assets are served from.
 pub const PREFIX: &str = "/assets/";
 
-const FILES: [(&str, &str, &str, &[u8]); 2] = [
+const FILES: [(&str, &str, &str, &[u8]); 3] = [
     (
         "kiln",
         "css",
@@ -32,6 +32,12 @@ const FILES: [(&str, &str, &str, &[u8]); 2] = [
         "js",
         "text/javascript; charset=utf-8",
         include_bytes!("../assets/kiln.js"),
+    ),
+    (
+        "log",
+        "js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/log.js"),
     ),
 ];
 
@@ -68,6 +74,11 @@ pub fn stylesheet() -> &'static str {
 /// Where the script is served.
 pub fn script() -> &'static str {
     &all()[1].path
+}
+
+/// Where the task page's log view script is served.
+pub fn log_script() -> &'static str {
+    &all()[2].path
 }
 
 #[cfg(test)]
