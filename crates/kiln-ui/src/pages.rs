@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use kiln_api::{Agent, Artifact, Job, Run, Task};
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{DOCTYPE, Markup, html};
 
 use crate::graph;
 use crate::log::LogView;

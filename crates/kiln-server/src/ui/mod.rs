@@ -50,6 +50,14 @@ pub fn router<D: Database>() -> Router<AppState<D>> {
             "/jobs/{job}/runs/{number}/tasks/{task}",
             get(tasks::show::<D>),
         )
+        .route(
+            "/jobs/{job}/runs/{number}/tasks/{task}/log",
+            get(tasks::window::<D>),
+        )
+        .route(
+            "/jobs/{job}/runs/{number}/tasks/{task}/log/search",
+            get(tasks::search::<D>),
+        )
         .route("/agents", get(agents::list::<D>))
         .route("/assets/{file}", get(assets::serve))
 }
