@@ -381,6 +381,8 @@ pub struct LogView {
     pub window_href: String,
     /// The task may still write to the log: the page follows it.
     pub live: bool,
+    /// The last line has no newline yet: a running task may add to it.
+    pub unfinished: bool,
 }
 
 /// A step as a section of the log.

@@ -532,7 +532,8 @@ pub fn task(viewer: &Viewer, page: &TaskPage) -> String {
                         a #raw-log href=(page.raw_href) { "Download the raw log" }
                     }
                     div #log-view data-window=(log.window_href) data-total=(log.total_lines)
-                        data-live=(if log.live { "1" } else { "0" }) {
+                        data-live=(if log.live { "1" } else { "0" })
+                        data-unfinished=(if log.unfinished { "1" } else { "0" }) {
                         @if log.sections.iter().any(|s| s.first_line.is_some()) {
                             nav.log-steps aria-label="Steps in the log" {
                                 @for section in &log.sections {

@@ -169,6 +169,7 @@ fn view(
         sections,
         window_href: format!("{}/log", kiln_ui::task_href(name, number, task_name)),
         live: !task.status.is_terminal(),
+        unfinished: log.index.ends_unfinished(),
     }
 }
 
