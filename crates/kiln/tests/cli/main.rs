@@ -20,4 +20,5 @@ mod soak;
 mod support;
 mod tls;
 mod ui;
+mod ui_log;
 mod up;
