@@ -71,9 +71,28 @@ function start() {
     state.total = answer.total;
     state.live = answer.live;
     state.unfinished = answer.unfinished;
+    heads(answer);
     const template = document.createElement("template");
     template.innerHTML = answer.html;
     return { answer, fragment: template.content };
+  }
+
+  // Steps' heads and the task's status say what the server says now.
+  function heads(answer) {
+    for (const section of answer.sections || []) {
+      const head = box.querySelector(`.l.sh[data-s="${section.number}"] .sm`);
+      if (head) {
+        const status = head.querySelector(".status");
+        status.className = `status s-${section.status}`;
+        status.textContent = section.status.replace("_", " ");
+        head.querySelector(".dur").textContent = section.duration || "";
+      }
+    }
+    const task = document.querySelector("#task-status .status");
+    if (task && answer.status) {
+      task.className = `status s-${answer.status}`;
+      task.textContent = answer.status.replace("_", " ");
+    }
   }
 
   function fold(line) {

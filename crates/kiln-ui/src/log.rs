@@ -428,8 +428,7 @@ pub fn lines_html(lines: &[LogLine], view: &LogView) -> maud::Markup {
                 @if let Some(step) = head {
                     span.sm {
                         span class=(format!("status s-{}", step.status)) { (step.status.replace('_', " ")) }
-                        @if let Some(duration) = &step.duration { " " (duration) }
-                        " "
+                        " " span.dur { (step.duration.as_deref().unwrap_or("")) } " "
                         button.fold type="button" aria-expanded="true" data-fold=(step.number)
                             aria-label=(format!("Fold step {}", step.name)) hidden { "Fold" }
                     }

@@ -256,7 +256,16 @@ async fn window_json<D: Database>(
     let mut view = view(visitor, &task, &log, name, number, task_name);
     let html = kiln_ui::log::lines_html(&lines, &view).into_string();
     view.lines = lines;
+    // A running task's steps change as lines come: the page updates their
+    // heads from these.
+    let sections: Vec<serde_json::Value> = view
+        .sections
+        .iter()
+        .map(|s| json!({"number": s.number, "status": s.status, "duration": s.duration}))
+        .collect();
     Ok(json!({
+        "status": views::task(&task).status,
+        "sections": sections,
         "first": view.lines.first().map(|l| l.number),
         "last": view.lines.last().map(|l| l.number),
         "total": total,

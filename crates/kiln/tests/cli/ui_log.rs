@@ -313,6 +313,9 @@ async fn a_running_tasks_log_grows_on_the_page_and_its_steps_are_sections() {
     let ticks: Vec<String> = serde_json::from_value(ticks).unwrap();
     let want: Vec<String> = (1..=40).map(|i| format!("tick {i}")).collect();
     assert_eq!(ticks, want);
+    // The step's head and the task's status caught up without a reload.
+    assert_eq!(browser.text("#L3.sh .sm .status").await, "success");
+    assert_eq!(browser.text("#task-status").await, "success");
     // Each step heads its section, in the order of the steps.
     let heads = eval(
         &browser,
