@@ -39,10 +39,15 @@ pub fn index_key(key: &str) -> String {
     format!("{key}.index")
 }
 
+/// A log of the database as far as one reader got, which the next reader
+/// waits for and goes on from.
+type SharedDatabaseLog = Arc<tokio::sync::Mutex<DatabaseLog>>;
+
 /// The line indexes this process keeps in memory.
 #[derive(Default)]
 pub struct LogIndexes {
-    database: Mutex<HashMap<(TaskId, i64), Arc<tokio::sync::Mutex<DatabaseLog>>>>,
+    /// By task and attempt.
+    database: Mutex<HashMap<(TaskId, i64), SharedDatabaseLog>>,
     blobs: Mutex<HashMap<String, Arc<LineIndex>>>,
 }
 
@@ -99,7 +104,12 @@ pub async fn open<D: Database>(
         return open_in_database(state, task_id, attempt, in_database).await;
     }
     let key = console_key(job_id, run, task_id, attempt);
-    let cached = state.log_indexes.blobs.lock().ok().and_then(|m| m.get(&key).cloned());
+    let cached = state
+        .log_indexes
+        .blobs
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&key).cloned());
     if let Some(index) = cached {
         return Ok(OpenLog {
             index,
@@ -154,7 +164,11 @@ pub async fn open<D: Database>(
 /// The index of the log at blob `key`, read whole as a stream.
 async fn index_blob<D: Database>(state: &AppState<D>, key: &str) -> ApiResult<LineIndex> {
     use futures_util::StreamExt;
-    let mut stream = state.blobs.get_stream(key).await.map_err(ApiError::internal)?;
+    let mut stream = state
+        .blobs
+        .get_stream(key)
+        .await
+        .map_err(ApiError::internal)?;
     let mut index = LineIndex::new();
     while let Some(bytes) = stream.next().await {
         index.feed(&bytes.map_err(ApiError::internal)?);

@@ -269,7 +269,10 @@ impl LineIndex {
         };
         let (at, sizes) = lines.next().ok_or(IndexError::Malformed(2))?;
         let fields: Vec<&str> = sizes.split(' ').collect();
-        if fields.len() != 6 || fields[0] != "length" || fields[2] != "lines" || fields[4] != "partial"
+        if fields.len() != 6
+            || fields[0] != "length"
+            || fields[2] != "lines"
+            || fields[4] != "partial"
         {
             return Err(IndexError::Malformed(at + 1));
         }
@@ -296,14 +299,18 @@ impl LineIndex {
                     let number_ = number(fields.next(), at)?;
                     let line = number(fields.next(), at)?;
                     index.steps.push(StepMark {
-                        number: u32::try_from(number_).map_err(|_| IndexError::Malformed(at + 1))?,
+                        number: u32::try_from(number_)
+                            .map_err(|_| IndexError::Malformed(at + 1))?,
                         line,
                     });
                 }
                 _ => return Err(IndexError::Malformed(at + 1)),
             }
         }
-        let ordered = index.checkpoints.first().is_some_and(|c| c.offset == 0 && c.line == 1)
+        let ordered = index
+            .checkpoints
+            .first()
+            .is_some_and(|c| c.offset == 0 && c.line == 1)
             && index
                 .checkpoints
                 .windows(2)
@@ -526,7 +533,11 @@ mod tests {
         let index = LineIndex::of(&log);
         let lines = window(&log, &index.checkpoints()[0], 1, 3, true);
         // 5 bytes of escape, 10 of text and 5 of escape past the limit.
-        assert!(lines[0].html.ends_with(" 20 more bytes in the raw log</span>"));
+        assert!(
+            lines[0]
+                .html
+                .ends_with(" 20 more bytes in the raw log</span>")
+        );
         assert_eq!(lines[1].html, "<span class=\"f4\">next</span>");
     }
 
@@ -543,7 +554,10 @@ mod tests {
             IndexError::Version("9".into())
         );
         assert!(LineIndex::from_text("hello").is_err());
-        assert!(LineIndex::from_text("kiln-log-index 1\nlength 1 lines 1 partial 0\nc 5 1 0\n").is_err());
+        assert!(
+            LineIndex::from_text("kiln-log-index 1\nlength 1 lines 1 partial 0\nc 5 1 0\n")
+                .is_err()
+        );
     }
 
     /// A log made of these pieces: text, newlines and escapes cut anywhere.

@@ -151,12 +151,19 @@ fn view(
         .map(|(k, step)| {
             let number = k as u32 + 1;
             let first = marks.iter().find(|m| m.number == number).map(|m| m.line);
-            let end = marks.iter().find(|m| m.number == number + 1).map(|m| m.line);
+            let end = marks
+                .iter()
+                .find(|m| m.number == number + 1)
+                .map(|m| m.line);
             Section {
                 number,
                 name: step.name.clone(),
                 status: step.status.clone(),
-                duration: kiln_ui::time::elapsed(step.started_at, step.finished_at, visitor.viewer.now),
+                duration: kiln_ui::time::elapsed(
+                    step.started_at,
+                    step.finished_at,
+                    visitor.viewer.now,
+                ),
                 first_line: first,
                 end_line: end,
             }
@@ -213,7 +220,16 @@ pub async fn window<D: Database>(
     Path((name, number, task_name)): Path<(String, i64, String)>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match window_json(&state, &visitor, &name, number, &task_name, query.as_deref()).await {
+    match window_json(
+        &state,
+        &visitor,
+        &name,
+        number,
+        &task_name,
+        query.as_deref(),
+    )
+    .await
+    {
         Ok(body) => no_store(Json(body).into_response()),
         Err(e) => e.into_response(),
     }
@@ -282,7 +298,16 @@ pub async fn search<D: Database>(
     Path((name, number, task_name)): Path<(String, i64, String)>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match search_json(&state, &visitor, &name, number, &task_name, query.as_deref()).await {
+    match search_json(
+        &state,
+        &visitor,
+        &name,
+        number,
+        &task_name,
+        query.as_deref(),
+    )
+    .await
+    {
         Ok(body) => no_store(Json(body).into_response()),
         Err(e) => e.into_response(),
     }
@@ -303,7 +328,9 @@ async fn search_json<D: Database>(
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
     if needle.is_empty() {
-        return Err(ApiError::bad_request("`q`, the text to search for, is empty"));
+        return Err(ApiError::bad_request(
+            "`q`, the text to search for, is empty",
+        ));
     }
     if needle.len() > MAX_NEEDLE {
         return Err(ApiError::bad_request(format!(

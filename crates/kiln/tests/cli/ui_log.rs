@@ -43,7 +43,11 @@ tasks:
 async fn run_to_end(server: &Server, name: &str, pipeline: &str) {
     job(server, name, pipeline, "public").await;
     let (status, run) = server
-        .send(Method::POST, &format!("/api/v1/jobs/{name}/runs"), json!({}))
+        .send(
+            Method::POST,
+            &format!("/api/v1/jobs/{name}/runs"),
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{run}");
     let run = server.wait_for_run(name, 1).await;
@@ -68,7 +72,11 @@ async fn held(browser: &Browser) -> (u64, u64, u64) {
 }
 
 /// Waits until `check` holds of what the page holds.
-async fn until(browser: &Browser, what: &str, check: impl Fn((u64, u64, u64)) -> bool) -> (u64, u64, u64) {
+async fn until(
+    browser: &Browser,
+    what: &str,
+    check: impl Fn((u64, u64, u64)) -> bool,
+) -> (u64, u64, u64) {
     let started = Instant::now();
     loop {
         let now = held(browser).await;
@@ -114,7 +122,10 @@ async fn a_long_log_opens_on_its_tail_and_any_line_pages_and_searches_within_bou
     // Before any script: the server's page holds the tail, numbered as in
     // the whole log.
     let html = server.get(page).await.text().await.unwrap();
-    assert!(html.contains("id=\"L200001\""), "the last line is in the page");
+    assert!(
+        html.contains("id=\"L200001\""),
+        "the last line is in the page"
+    );
     assert!(html.contains("Lines 199002–200001 of 200001"));
 
     let browser = Browser::start(&server, "long-log").await;
@@ -149,7 +160,11 @@ async fn a_long_log_opens_on_its_tail_and_any_line_pages_and_searches_within_bou
     })
     .await;
     assert_eq!(line_text(&browser, 150_000).await, "149999");
-    let marked = eval(&browser, "return document.getElementById('L150000').classList.contains('target')").await;
+    let marked = eval(
+        &browser,
+        "return document.getElementById('L150000').classList.contains('target')",
+    )
+    .await;
     assert_eq!(marked, Value::Bool(true), "the linked line is marked");
     browser.screenshot("line-150000").await;
 
@@ -180,10 +195,18 @@ async fn a_long_log_opens_on_its_tail_and_any_line_pages_and_searches_within_bou
         .await
         .unwrap();
     browser.click("#log-next").await;
-    until(&browser, "search jumps forward", |(_, f, l)| f <= 200_000 && 200_000 <= l).await;
+    until(&browser, "search jumps forward", |(_, f, l)| {
+        f <= 200_000 && 200_000 <= l
+    })
+    .await;
     let started = Instant::now();
-    while eval(&browser, "return !!document.querySelector('#L200000.hit')").await != Value::Bool(true) {
-        assert!(started.elapsed() < Duration::from_secs(20), "the match is not marked");
+    while eval(&browser, "return !!document.querySelector('#L200000.hit')").await
+        != Value::Bool(true)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the match is not marked"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(browser.text("#log-found").await, "Line 200000");
@@ -191,7 +214,10 @@ async fn a_long_log_opens_on_its_tail_and_any_line_pages_and_searches_within_bou
     query.clear().await.unwrap();
     query.send_keys("123456").await.unwrap();
     browser.click("#log-prev").await;
-    until(&browser, "search jumps back", |(_, f, l)| f <= 123_457 && 123_457 <= l).await;
+    until(&browser, "search jumps back", |(_, f, l)| {
+        f <= 123_457 && 123_457 <= l
+    })
+    .await;
     assert_eq!(line_text(&browser, 123_457).await, "123456");
     assert!(held(&browser).await.0 <= BOUND);
     browser.screenshot("search").await;
@@ -202,7 +228,11 @@ async fn a_long_log_opens_on_its_tail_and_any_line_pages_and_searches_within_bou
     assert!(browser.text("#L1.sh .sm").await.contains("success"));
     browser.click("#L1 button.fold").await;
     let hidden = eval(&browser, "return document.getElementById('L2').hidden").await;
-    assert_eq!(hidden, Value::Bool(true), "folding the step hides its lines");
+    assert_eq!(
+        hidden,
+        Value::Bool(true),
+        "folding the step hides its lines"
+    );
     browser.screenshot("folded").await;
 }
 
@@ -212,7 +242,12 @@ async fn the_window_and_search_routes_answer_lines_of_the_whole_log_and_refuse_b
     run_to_end(&server, "long", LONG).await;
     let log = "/jobs/long/runs/1/tasks/count/log";
 
-    let window: Value = server.get(&format!("{log}?from=150000&to=150002")).await.json().await.unwrap();
+    let window: Value = server
+        .get(&format!("{log}?from=150000&to=150002"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(window["first"], 150_000);
     assert_eq!(window["last"], 150_002);
     assert_eq!(window["total"], 200_001);
@@ -227,27 +262,60 @@ async fn the_window_and_search_routes_answer_lines_of_the_whole_log_and_refuse_b
     assert_eq!(indexes.len(), 1, "{indexes:?}");
     // A log kept before indexes existed opens too: its index is made again.
     std::fs::remove_file(&indexes[0]).unwrap();
-    let window: Value = server.get(&format!("{log}?line=100000")).await.json().await.unwrap();
+    let window: Value = server
+        .get(&format!("{log}?line=100000"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(window["first"], 99_500);
     assert_eq!(window["last"], 100_499);
     assert!(indexes[0].exists(), "the index is kept again");
 
-    let found: Value = server.get(&format!("{log}/search?q=77777&line=1")).await.json().await.unwrap();
+    let found: Value = server
+        .get(&format!("{log}/search?q=77777&line=1"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(found["line"], 77_778);
-    let found: Value = server.get(&format!("{log}/search?q=77777&line=77778")).await.json().await.unwrap();
+    let found: Value = server
+        .get(&format!("{log}/search?q=77777&line=77778"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(found["line"], 177_778, "the next match after the first");
-    let found: Value = server.get(&format!("{log}/search?q=77777&back=1")).await.json().await.unwrap();
+    let found: Value = server
+        .get(&format!("{log}/search?q=77777&back=1"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(found["line"], 177_778, "backwards from the end");
-    let found: Value = server.get(&format!("{log}/search?q=STEP%201")).await.json().await.unwrap();
+    let found: Value = server
+        .get(&format!("{log}/search?q=STEP%201"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(found["line"], 1, "case does not matter");
-    let found: Value = server.get(&format!("{log}/search?q=nowhere")).await.json().await.unwrap();
+    let found: Value = server
+        .get(&format!("{log}/search?q=nowhere"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(found["line"], Value::Null);
 
     for bad in ["?from=0", "?from=x", "?line=-3", "?from=10&to=5"] {
         let response = server.get(&format!("{log}{bad}")).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
         let body = response.text().await.unwrap();
-        assert!(body.contains("line number") || body.contains("before"), "{bad}: {body}");
+        assert!(
+            body.contains("line number") || body.contains("before"),
+            "{bad}: {body}"
+        );
     }
     let response = server.get(&format!("{log}/search?q=")).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
@@ -278,10 +346,16 @@ async fn a_running_tasks_log_grows_on_the_page_and_its_steps_are_sections() {
             .json()
             .await
             .unwrap_or(Value::Null);
-        if window["html"].as_str().is_some_and(|h| h.contains("tick 2<")) {
+        if window["html"]
+            .as_str()
+            .is_some_and(|h| h.contains("tick 2<"))
+        {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "the task never ticked");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the task never ticked"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let browser = Browser::start(&server, "live-log").await;
@@ -289,7 +363,10 @@ async fn a_running_tasks_log_grows_on_the_page_and_its_steps_are_sections() {
     assert!(browser.text("#log-follow").await.contains("Following"));
     let (_, _, at_open) = held(&browser).await;
     // Without reloading, later ticks arrive, numbered on.
-    let (_, first, last) = until(&browser, "new lines arrive", |(_, _, last)| last >= at_open + 10).await;
+    let (_, first, last) = until(&browser, "new lines arrive", |(_, _, last)| {
+        last >= at_open + 10
+    })
+    .await;
     assert_eq!(first, 1);
     let ticks = eval(
         &browser,
@@ -302,7 +379,10 @@ async fn a_running_tasks_log_grows_on_the_page_and_its_steps_are_sections() {
     // The run ends on the page too, with every tick once.
     let started = Instant::now();
     while !browser.text("#log-follow").await.contains("ended") {
-        assert!(started.elapsed() < Duration::from_secs(60), "the page never saw the end");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the page never saw the end"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let ticks = eval(
