@@ -72,6 +72,8 @@ enum Place {
         task_id: TaskId,
         attempt: i64,
         chunks: Vec<(i64, u64)>,
+        /// Where the log goes when its task ends.
+        key: String,
     },
     Blob {
         key: String,
@@ -101,7 +103,11 @@ pub async fn open<D: Database>(
 ) -> ApiResult<OpenLog> {
     let in_database = state.db.log_size(task_id, attempt).await?;
     if in_database > 0 {
-        return open_in_database(state, task_id, attempt, in_database).await;
+        let key = console_key(job_id, run, task_id, attempt);
+        if let Some(log) = open_in_database(state, task_id, attempt, in_database, key).await? {
+            return Ok(log);
+        }
+        // It moved to the blob store while it was read.
     }
     let key = console_key(job_id, run, task_id, attempt);
     let cached = state
@@ -181,7 +187,8 @@ async fn open_in_database<D: Database>(
     task_id: TaskId,
     attempt: i64,
     size: u64,
-) -> ApiResult<OpenLog> {
+    key: String,
+) -> ApiResult<Option<OpenLog>> {
     let entry = {
         let mut logs = state
             .log_indexes
@@ -214,14 +221,19 @@ async fn open_in_database<D: Database>(
             *log = DatabaseLog::default();
         }
     }
-    Ok(OpenLog {
+    if log.index.length() < size && state.db.log_size(task_id, attempt).await? == 0 {
+        *log = DatabaseLog::default();
+        return Ok(None);
+    }
+    Ok(Some(OpenLog {
         index: Arc::new(log.index.clone()),
         place: Place::Database {
             task_id,
             attempt,
             chunks: log.chunks.clone(),
+            key,
         },
-    })
+    }))
 }
 
 async fn read_new_chunks<D: Database>(
@@ -269,6 +281,7 @@ impl OpenLog {
                 task_id,
                 attempt,
                 chunks,
+                key,
             } => {
                 let first = chunks
                     .partition_point(|&(_, offset)| offset <= range.start)
@@ -297,6 +310,17 @@ impl OpenLog {
                         }
                     }
                     seq = last + 1;
+                }
+                if (out.len() as u64) < end - range.start {
+                    // The task ended and its log moved to the blob store
+                    // while this was read: it is whole there, before its
+                    // chunks go.
+                    return Ok(state
+                        .blobs
+                        .get_range(key, range.start..end)
+                        .await
+                        .map_err(ApiError::internal)?
+                        .to_vec());
                 }
                 Ok(out)
             }

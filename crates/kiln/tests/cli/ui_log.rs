@@ -248,7 +248,7 @@ async fn the_window_and_search_routes_answer_lines_of_the_whole_log_and_refuse_b
         .json()
         .await
         .unwrap();
-    assert_eq!(window["first"], 150_000);
+    assert_eq!(window["first"], 150_000, "{}", window["total"]);
     assert_eq!(window["last"], 150_002);
     assert_eq!(window["total"], 200_001);
     assert_eq!(window["live"], false);
