@@ -227,13 +227,25 @@ async fn a_long_log_opens_on_its_tail_and_any_line_pages_and_searches_within_bou
     until(&browser, "#L1 opens the start", |(_, f, _)| f == 1).await;
     assert!(browser.text("#L1.sh .sm").await.contains("success"));
     browser.click("#L1 button.fold").await;
-    let hidden = eval(&browser, "return document.getElementById('L2').hidden").await;
+    let shown = eval(
+        &browser,
+        "return [getComputedStyle(document.getElementById('L2')).display, \
+                 getComputedStyle(document.getElementById('L1')).display]",
+    )
+    .await;
     assert_eq!(
-        hidden,
-        Value::Bool(true),
-        "folding the step hides its lines"
+        shown,
+        json!(["none", "flex"]),
+        "folding the step hides its lines, not its head"
     );
     browser.screenshot("folded").await;
+    browser.click("#L1 button.fold").await;
+    let shown = eval(
+        &browser,
+        "return getComputedStyle(document.getElementById('L2')).display",
+    )
+    .await;
+    assert_eq!(shown, "flex", "unfolding shows them again");
 }
 
 #[tokio::test]
