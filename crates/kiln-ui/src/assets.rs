@@ -76,9 +76,13 @@ pub fn script() -> &'static str {
     &all()[1].path
 }
 
-/// Where the task page's log view script is served.
+/// Where the task page's log view script is served (found by its name,
+/// not its place in the list, which other assets may join).
 pub fn log_script() -> &'static str {
-    &all()[2].path
+    all()
+        .iter()
+        .find(|asset| asset.path.starts_with("/assets/log.") && asset.path.ends_with(".js"))
+        .map_or("", |asset| asset.path.as_str())
 }
 
 #[cfg(test)]
@@ -98,5 +102,11 @@ mod tests {
             .unwrap();
         assert_eq!(back, css.body);
         assert!(find("/assets/kiln.css").is_none());
+        let log = find(log_script()).unwrap();
+        assert!(
+            std::str::from_utf8(log.body)
+                .unwrap()
+                .contains("MAX_LINES = 3000")
+        );
     }
 }
