@@ -560,6 +560,35 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_steps_first_line_heads_its_section_with_status_and_duration() {
+        let log = b"--- step 1: build\n<b>\n--- step 2: test\nok\n";
+        let index = LineIndex::of(log);
+        let lines = window(log, &index.checkpoints()[0], 1, 10, true);
+        let section = |number: u32, first: u64, end: Option<u64>| Section {
+            number,
+            name: ["build", "test"][number as usize - 1].into(),
+            status: "success".into(),
+            duration: Some("3s".into()),
+            first_line: Some(first),
+            end_line: end,
+        };
+        let view = LogView {
+            sections: vec![section(1, 1, Some(3)), section(2, 3, None)],
+            ..LogView::default()
+        };
+        let html = lines_html(&lines, &view).into_string();
+        assert!(
+            html.starts_with("<div class=\"l sh\" id=\"L1\" data-s=\"1\"><a href=\"#L1\">1</a>")
+        );
+        assert!(html.contains("<div class=\"l\" id=\"L2\" data-s=\"1\"><a href=\"#L2\">2</a><span class=\"t\">&lt;b&gt;</span></div>"));
+        assert!(html.contains("id=\"L3\" data-s=\"2\""));
+        assert!(html.contains(
+            "<span class=\"status s-success\">success</span> <span class=\"dur\">3s</span>"
+        ));
+        assert!(html.contains("aria-label=\"Fold step test\""));
+    }
+
     /// A log made of these pieces: text, newlines and escapes cut anywhere.
     fn pieces() -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec(
