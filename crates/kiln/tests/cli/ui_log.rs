@@ -28,7 +28,7 @@ tasks:
         run: seq 1 200000
 "#;
 
-/// A task that prints a line every 0.2 s for a few seconds.
+/// A task that prints a line every 0.2 s for 14 s.
 const DRIP: &str = r#"
 version: 1
 tasks:
@@ -37,7 +37,7 @@ tasks:
       - name: warm up
         run: echo warming
       - name: drip
-        run: for i in $(seq 1 40); do echo "tick $i"; sleep 0.2; done
+        run: for i in $(seq 1 70); do echo "tick $i"; sleep 0.2; done
 "#;
 
 async fn run_to_end(server: &Server, name: &str, pipeline: &str) {
@@ -388,6 +388,44 @@ async fn a_running_tasks_log_grows_on_the_page_and_its_steps_are_sections() {
     assert!(ticks.as_u64().unwrap() >= 12, "{ticks}");
     assert!(last > at_open);
     browser.screenshot("following").await;
+
+    // Scrolled up, the viewer stays where they are as lines come; at the
+    // bottom, the page scrolls with them.
+    until(
+        &browser,
+        "the page grows taller than the window",
+        |(_, _, last)| last >= 35,
+    )
+    .await;
+    eval(&browser, "window.scrollTo(0, 0)").await;
+    let (_, _, before) = held(&browser).await;
+    until(&browser, "lines come while scrolled up", |(_, _, last)| {
+        last >= before + 3
+    })
+    .await;
+    assert_eq!(eval(&browser, "return window.scrollY").await, json!(0));
+    eval(
+        &browser,
+        "window.scrollTo(0, document.documentElement.scrollHeight)",
+    )
+    .await;
+    let (_, _, before) = held(&browser).await;
+    until(
+        &browser,
+        "lines come while at the bottom",
+        |(_, _, last)| last >= before + 3,
+    )
+    .await;
+    let at_bottom = eval(
+        &browser,
+        "return window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 40",
+    )
+    .await;
+    assert_eq!(
+        at_bottom,
+        Value::Bool(true),
+        "the page follows the new lines"
+    );
     // The run ends on the page too, with every tick once.
     let started = Instant::now();
     while !browser.text("#log-follow").await.contains("ended") {
@@ -403,7 +441,7 @@ async fn a_running_tasks_log_grows_on_the_page_and_its_steps_are_sections() {
     )
     .await;
     let ticks: Vec<String> = serde_json::from_value(ticks).unwrap();
-    let want: Vec<String> = (1..=40).map(|i| format!("tick {i}")).collect();
+    let want: Vec<String> = (1..=70).map(|i| format!("tick {i}")).collect();
     assert_eq!(ticks, want);
     // The step's head and the task's status caught up without a reload.
     assert_eq!(browser.text("#L3.sh .sm .status").await, "success");
