@@ -58,7 +58,6 @@ struct DatabaseLog {
     index: LineIndex,
     /// `(seq, offset)` of every chunk read, in order.
     chunks: Vec<(i64, u64)>,
-    next_seq: i64,
 }
 
 /// A log opened for reading: its index as of now, and where it lives.
@@ -243,15 +242,19 @@ async fn read_new_chunks<D: Database>(
     log: &mut DatabaseLog,
 ) -> ApiResult<()> {
     loop {
-        let chunks = state
-            .db
-            .read_log(task_id, attempt, log.next_seq, PAGE)
-            .await?;
-        let Some(&(last, _)) = chunks.last() else {
+        // An agent picks the numbers: the last may be `i64::MAX`, read
+        // again by `from` then, and left out as read.
+        let read = log.chunks.last().map(|&(seq, _)| seq);
+        let from = read.map_or(0, |seq| seq.saturating_add(1));
+        let chunks = state.db.read_log(task_id, attempt, from, PAGE).await?;
+        let new: Vec<(i64, Vec<u8>)> = chunks
+            .into_iter()
+            .filter(|(seq, _)| read.is_none_or(|read| *seq > read))
+            .collect();
+        if new.is_empty() {
             return Ok(());
-        };
-        log.next_seq = last + 1;
-        for (seq, data) in chunks {
+        }
+        for (seq, data) in new {
             log.chunks.push((seq, log.index.length()));
             log.index.feed(&data);
         }
@@ -308,6 +311,9 @@ impl OpenLog {
                         if offset >= end {
                             break 'pages;
                         }
+                    }
+                    if last == i64::MAX {
+                        break;
                     }
                     seq = last + 1;
                 }
