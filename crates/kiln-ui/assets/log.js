@@ -249,6 +249,13 @@ function start() {
   query.addEventListener("input", () => {
     state.match = null;
   });
+  // Enter finds the next match (the form's submit); Shift+Enter the one before.
+  query.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && event.shiftKey) {
+      event.preventDefault();
+      search(true);
+    }
+  });
   document.getElementById("log-search").addEventListener("submit", (event) => {
     event.preventDefault();
     search(false);
