@@ -12,6 +12,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod grpc;
+pub mod logs;
 pub mod metrics;
 pub mod results;
 mod run_cache;
@@ -163,6 +164,7 @@ pub async fn app_state<D: Database>(db: D, config: &ServerConfig) -> anyhow::Res
         tls: false,
         embedded_agent: None,
         events: Arc::default(),
+        log_indexes: Arc::default(),
     })
 }
 

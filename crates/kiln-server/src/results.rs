@@ -107,24 +107,40 @@ pub async fn finalize_console<D: Database>(
     if size <= CONSOLE_KEPT_IN_DATABASE {
         return Ok(());
     }
-    // Streamed a page at a time: a log may be far bigger than memory.
+    // Streamed a page at a time: a log may be far bigger than memory. Its
+    // line index is made on the way and kept next to it, so the task page
+    // opens any window of it without reading it from the start.
     let db = state.db.clone();
+    let indexer = crate::logs::Indexer::default();
+    let feeder = indexer.clone();
     let pages = futures_util::stream::try_unfold(0i64, move |next| {
         let db = db.clone();
+        let feeder = feeder.clone();
         async move {
             let chunks = db.read_log(task_id, attempt, next, MOVE_PAGE).await?;
             let Some(&(last, _)) = chunks.last() else {
                 return Ok::<_, kiln_store::StoreError>(None);
             };
             let page: Vec<u8> = chunks.into_iter().flat_map(|(_, data)| data).collect();
+            feeder.feed(&page);
             Ok(Some((bytes::Bytes::from(page), last + 1)))
         }
     });
+    let key = console_key(job_id, run, task_id, attempt);
     state
         .blobs
-        .put_stream(&console_key(job_id, run, task_id, attempt), pages)
+        .put_stream(&key, pages)
         .await
         .map_err(|e| format!("storing the console log: {e}"))?;
+    // Without its index the log still opens: the first view makes one.
+    if let Some(text) = indexer.text()
+        && let Err(e) = state
+            .blobs
+            .put(&crate::logs::index_key(&key), text.into_bytes())
+            .await
+    {
+        tracing::warn!(key, error = %e, "could not keep a log's line index");
+    }
     // Readers look in the database first and in the blob store when the
     // database has nothing, so the log is readable throughout.
     state

@@ -38,6 +38,8 @@ pub struct AppState<D> {
     pub embedded_agent: Option<Arc<str>>,
     /// The change feed of `GET /api/v1/events`.
     pub events: Arc<crate::events::EventHub>,
+    /// Line indexes of logs, for the task page's log view.
+    pub log_indexes: Arc<crate::logs::LogIndexes>,
 }
 
 impl<D> AppState<D> {
@@ -66,6 +68,7 @@ impl<D: Clone> Clone for AppState<D> {
             tls: self.tls,
             embedded_agent: self.embedded_agent.clone(),
             events: self.events.clone(),
+            log_indexes: self.log_indexes.clone(),
         }
     }
 }

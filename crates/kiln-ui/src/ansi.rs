@@ -85,6 +85,81 @@ impl AnsiRenderer {
         out.push_str(&html);
     }
 
+    /// Applies the escape sequences of `line` (without its newline) as
+    /// [`AnsiRenderer::line`] would, without writing anything: how the
+    /// line index and a window's lines before the ones shown carry the
+    /// style at memory speed (only escapes are looked at).
+    pub fn advance(&mut self, line: &[u8]) {
+        let mut i = 0;
+        while let Some(found) = memchr::memchr(0x1b, &line[i..]) {
+            i = self.escape(line, i + found);
+            if i >= line.len() {
+                break;
+            }
+        }
+    }
+
+    /// The style in force, as a short token (`0` for none) that
+    /// [`AnsiRenderer::from_state`] reads back: what a checkpoint of the
+    /// line index keeps.
+    pub fn state(&self) -> String {
+        let style = self.style;
+        if style == Style::default() {
+            return "0".to_string();
+        }
+        let mut bytes = Vec::with_capacity(9);
+        for color in [style.fg, style.bg] {
+            bytes.extend_from_slice(&match color {
+                Color::Default => [0, 0, 0, 0],
+                Color::Index(n) => [1, n, 0, 0],
+                Color::Rgb(r, g, b) => [2, r, g, b],
+            });
+        }
+        bytes.push(
+            u8::from(style.bold)
+                | u8::from(style.dim) << 1
+                | u8::from(style.italic) << 2
+                | u8::from(style.underline) << 3,
+        );
+        let mut token = String::with_capacity(18);
+        for byte in bytes {
+            let _ = write!(token, "{byte:02x}");
+        }
+        token
+    }
+
+    /// A renderer in the style a [`AnsiRenderer::state`] token names;
+    /// `None` for a token it did not write.
+    pub fn from_state(token: &str) -> Option<AnsiRenderer> {
+        if token == "0" {
+            return Some(AnsiRenderer::new());
+        }
+        if token.len() != 18 || !token.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; 9];
+        for (k, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&token[2 * k..2 * k + 2], 16).ok()?;
+        }
+        let color = |b: &[u8]| match b[0] {
+            0 => Some(Color::Default),
+            1 => Some(Color::Index(b[1])),
+            2 => Some(Color::Rgb(b[1], b[2], b[3])),
+            _ => None,
+        };
+        let flags = bytes[8];
+        Some(AnsiRenderer {
+            style: Style {
+                fg: color(&bytes[0..4])?,
+                bg: color(&bytes[4..8])?,
+                bold: flags & 1 != 0,
+                dim: flags & 2 != 0,
+                italic: flags & 4 != 0,
+                underline: flags & 8 != 0,
+            },
+        })
+    }
+
     /// Whether a style other than the default is in force (for tests and
     /// for callers that want to know a log ends coloured).
     pub fn is_styled(&self) -> bool {
@@ -425,6 +500,27 @@ mod tests {
             let mut out = String::new();
             AnsiRenderer::new().line(&line, &mut out);
             without_spans(&out);
+        }
+
+        /// Advancing over a line leaves the style rendering it would, and
+        /// the style survives its token.
+        #[test]
+        fn advance_and_state_agree_with_rendering(lines in prop::collection::vec(prop::collection::vec(prop_oneof![
+            Just(b"\x1b[".to_vec()), Just(b"31".to_vec()), Just(b";".to_vec()), Just(b"m".to_vec()),
+            Just(b"1;4;2;3".to_vec()), Just(b"38;5;".to_vec()), Just(b"48;2;".to_vec()), Just(b"7".to_vec()),
+            Just(b"\x1b]".to_vec()), Just(b"\x07".to_vec()), Just(b"\x1b(".to_vec()), Just(b"0".to_vec()),
+            Just(b"\r".to_vec()), Just(b"x".to_vec()), any::<u8>().prop_map(|b| vec![b]),
+        ], 0..30), 1..6)) {
+            let mut rendering = AnsiRenderer::new();
+            let mut advancing = AnsiRenderer::new();
+            for line in &lines {
+                let line = line.concat();
+                rendering.line(&line, &mut String::new());
+                advancing.advance(&line);
+                prop_assert_eq!(rendering.style, advancing.style);
+                let back = AnsiRenderer::from_state(&advancing.state()).unwrap();
+                prop_assert_eq!(back.style, advancing.style);
+            }
         }
 
         /// Printable text without escapes comes back as it was.

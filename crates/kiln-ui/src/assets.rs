@@ -41,6 +41,12 @@ const FILES: &[File] = &[
         "text/javascript; charset=utf-8",
         include_bytes!("../assets/live.js"),
     ),
+    (
+        "log",
+        "js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/log.js"),
+    ),
 ];
 
 static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
@@ -87,6 +93,15 @@ pub fn live_script() -> &'static str {
         .map_or("", |asset| &asset.path)
 }
 
+/// Where the task page's log view script is served (found by its name,
+/// not its place in the list, which other assets may join).
+pub fn log_script() -> &'static str {
+    all()
+        .iter()
+        .find(|asset| asset.path.starts_with("/assets/log.") && asset.path.ends_with(".js"))
+        .map_or("", |asset| asset.path.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +121,11 @@ mod tests {
         assert!(find("/assets/kiln.css").is_none());
         assert!(live_script().starts_with("/assets/live.") && live_script().ends_with(".js"));
         assert!(find(live_script()).is_some());
+        let log = find(log_script()).unwrap();
+        assert!(
+            std::str::from_utf8(log.body)
+                .unwrap()
+                .contains("MAX_LINES = 3000")
+        );
     }
 }

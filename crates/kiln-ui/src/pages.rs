@@ -4,10 +4,10 @@
 
 use chrono::{DateTime, Utc};
 use kiln_api::{Agent, Artifact, Job, Run, Task};
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{DOCTYPE, Markup, html};
 
 use crate::graph;
-use crate::log::Tail;
+use crate::log::LogView;
 use crate::time::{elapsed, exact, relative};
 use crate::{Viewer, assets, job_href, run_href, segment, task_href};
 
@@ -482,8 +482,9 @@ pub struct TaskPage {
     /// The run (without its tasks).
     pub run: Run,
     pub task: Task,
-    /// The log's tail; `None` before the task started.
-    pub tail: Option<Tail>,
+    /// The log's tail, which the page opens on; `None` before the task
+    /// started.
+    pub log: Option<LogView>,
     /// The whole log, as text.
     pub raw_href: String,
     pub report: Option<kiln_junit::Report>,
@@ -593,33 +594,63 @@ pub fn task(viewer: &Viewer, page: &TaskPage) -> String {
                 }
             }
             h2 #log-title { "Log" }
-            @match &page.tail {
+            @match &page.log {
                 None => p.note { "The task has not started: no log yet." },
-                Some(tail) => {
-                    p.muted {
-                        @if tail.from_start && tail.hidden_lines == 0 {
-                            "The whole log: " (tail.lines.len()) " lines. "
-                        } @else if tail.from_start {
-                            "The last " (tail.lines.len()) " lines of the log. "
-                        } @else {
-                            "The last " (tail.lines.len()) " lines of the log's last "
-                            (human_size((tail.length - tail.window_start) as i64))
-                            " (of " (human_size(tail.length as i64)) "), numbered from the first line shown. "
+                Some(log) => {
+                    @let first = log.lines.first().map_or(0, |l| l.number);
+                    @let last = log.lines.last().map_or(0, |l| l.number);
+                    p.muted #log-where {
+                        span #log-range {
+                            @if log.lines.is_empty() {
+                                "The log is empty."
+                            } @else if first == 1 && last == log.total_lines {
+                                "The whole log: " (log.total_lines) " lines."
+                            } @else {
+                                "Lines " (first) "–" (last) " of " (log.total_lines)
+                                " (" (human_size(log.length as i64)) "), numbered as in the whole log."
+                            }
                         }
+                        " "
                         a #raw-log href=(page.raw_href) { "Download the raw log" }
                     }
-                    @if tail.lines.is_empty() {
-                        p.note { "The log is empty." }
-                    } @else {
-                        div.log role="log" aria-labelledby="log-title" {
-                            @for line in &tail.lines {
-                                div.l id=(format!("L{}", line.number)) {
-                                    a href=(format!("#L{}", line.number)) { (line.number) }
-                                    span.t { (PreEscaped(&line.html)) }
+                    div #log-view data-window=(log.window_href) data-total=(log.total_lines)
+                        data-live=(if log.live { "1" } else { "0" })
+                        data-unfinished=(if log.unfinished { "1" } else { "0" }) {
+                        @if log.sections.iter().any(|s| s.first_line.is_some()) {
+                            nav.log-steps aria-label="Steps in the log" {
+                                @for section in &log.sections {
+                                    @if let Some(line) = section.first_line {
+                                        a href=(format!("#L{line}")) {
+                                            (section.name)
+                                            span.muted {
+                                                " " (section.status.replace('_', " "))
+                                                @if let Some(duration) = &section.duration { " · " (duration) }
+                                            }
+                                        }
+                                    }
                                 }
                             }
                         }
+                        div.log-tools #log-tools hidden {
+                            button #log-older type="button" { "Earlier lines" }
+                            form #log-search role="search" {
+                                label for="log-q" { "Search the log" }
+                                input #log-q type="search" name="q" autocomplete="off";
+                                button #log-next type="submit" { "Next" }
+                                button #log-prev type="button" { "Previous" }
+                                span #log-found role="status" aria-live="polite" {}
+                            }
+                        }
+                        div.log role="log" aria-labelledby="log-title" tabindex="0" {
+                            (crate::log::lines_html(&log.lines, log))
+                        }
+                        div.log-tools #log-tools-end hidden {
+                            button #log-newer type="button" { "Later lines" }
+                            button #log-end type="button" { "Last lines" }
+                            span #log-follow role="status" aria-live="polite" {}
+                        }
                     }
+                    script type="module" src=(assets::log_script()) {}
                 }
             }
             h2 { "Test report" }

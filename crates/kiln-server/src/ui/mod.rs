@@ -52,6 +52,14 @@ pub fn router<D: Database>() -> Router<AppState<D>> {
             "/jobs/{job}/runs/{number}/tasks/{task}",
             get(tasks::show::<D>),
         )
+        .route(
+            "/jobs/{job}/runs/{number}/tasks/{task}/log",
+            get(tasks::window::<D>),
+        )
+        .route(
+            "/jobs/{job}/runs/{number}/tasks/{task}/log/search",
+            get(tasks::search::<D>),
+        )
         .route("/agents", get(agents::list::<D>))
         // Settings and admin pages (ui/settings.rs, ui/admin.rs).
         .route(

@@ -21,5 +21,6 @@ mod support;
 mod tls;
 mod ui;
 mod ui_live;
+mod ui_log;
 mod ui_settings;
 mod up;
