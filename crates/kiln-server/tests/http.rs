@@ -424,6 +424,9 @@ async fn a_run_that_cannot_be_repeated_is_a_409_problem() {
         tasks: Vec::new(),
         pipeline: None,
         audit: None,
+        trigger: kiln_store::RunTrigger::default(),
+        pull_request: None,
+        queued_trigger: None,
     };
     let of_a_commit = NewRun {
         sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
