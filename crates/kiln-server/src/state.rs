@@ -38,6 +38,8 @@ pub struct AppState<D> {
     pub embedded_agent: Option<Arc<str>>,
     /// The change feed of `GET /api/v1/events`.
     pub events: Arc<crate::events::EventHub>,
+    /// Woken when a webhook queued triggers (`crate::webhooks`).
+    pub hooks: Arc<Notify>,
 }
 
 impl<D> AppState<D> {
@@ -66,6 +68,7 @@ impl<D: Clone> Clone for AppState<D> {
             tls: self.tls,
             embedded_agent: self.embedded_agent.clone(),
             events: self.events.clone(),
+            hooks: self.hooks.clone(),
         }
     }
 }

@@ -187,6 +187,8 @@ pub(super) fn git_body(
         default_branch,
         pipeline: None,
         visibility: None,
+        forge: None,
+        fork_prs: None,
     }
 }
 
@@ -200,6 +202,8 @@ pub(super) fn freestyle_body(name: Option<String>, pipeline: String) -> JobBody 
         default_branch: None,
         pipeline: Some(pipeline),
         visibility: None,
+        forge: None,
+        fork_prs: None,
     }
 }
 
