@@ -114,7 +114,7 @@ pub struct Run {
     pub finished_at: Option<DateTime<Utc>>,
     /// What made the run, and who.
     #[serde(default)]
-    pub trigger: RunTrigger,
+    pub trigger: TriggeredBy,
     /// The pull request a `pull_request` run builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_request: Option<PullRequest>,
@@ -126,15 +126,15 @@ pub struct Run {
 /// What made a run: `api`, `webhook`, `cron`, `poll` or `rerun`, and who
 /// (the API's caller, the forge's sender).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct RunTrigger {
+pub struct TriggeredBy {
     #[schema(example = "webhook")]
     pub kind: String,
     pub user: Option<String>,
 }
 
-impl Default for RunTrigger {
+impl Default for TriggeredBy {
     fn default() -> Self {
-        RunTrigger {
+        TriggeredBy {
             kind: "api".into(),
             user: None,
         }

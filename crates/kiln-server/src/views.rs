@@ -34,7 +34,7 @@ pub fn run(run: &kiln_store::Run) -> kiln_api::Run {
         created_at: run.created_at,
         started_at: run.started_at,
         finished_at: run.finished_at,
-        trigger: kiln_api::RunTrigger {
+        trigger: kiln_api::TriggeredBy {
             kind: run.trigger.kind.to_string(),
             user: run.trigger.user.clone(),
         },

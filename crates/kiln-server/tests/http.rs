@@ -1,7 +1,11 @@
 //! The REST API's answers to requests it refuses, and its description of
 //! them: an in-process server on a random port, on SQLite, driven over HTTP.
 //! Every refusal is `application/problem+json`, including the ones the
-//! framework would have answered in plain text.
+//! framework would have answered in plain text. `hooks` drives forges'
+//! webhooks through the same server.
+
+#[path = "http/hooks.rs"]
+mod hooks;
 
 use std::time::Duration;
 
