@@ -387,6 +387,7 @@ mod tests {
                 sha: None,
                 event: Event::Manual,
                 agent: "local".into(),
+                pull_request: None,
             },
             source: Arc::new(SourceTree {
                 root: dir.clone(),

@@ -163,6 +163,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             sha: repo.sha.clone(),
             event: Event::Manual,
             agent: "local".into(),
+            pull_request: None,
         },
         source: Arc::new(source),
         run_dir: run_dir.clone(),
