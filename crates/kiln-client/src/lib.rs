@@ -16,9 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use kiln_api::{
-    Agent, AgentTokenBody, AuditList, Forge, ForgeBody, Job, JobBody, Member, MemberBody, Problem, Results, Run,
-    RunList, Secret, SecretBody, Token, TokenBody, TokenCreated, TriggerBody, User, UserBody,
-    UserPatchBody,
+    Agent, AgentTokenBody, AuditList, Forge, ForgeBody, Job, JobBody, Member, MemberBody, Problem,
+    Results, Run, RunList, Secret, SecretBody, Token, TokenBody, TokenCreated, TriggerBody, User,
+    UserBody, UserPatchBody,
 };
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};

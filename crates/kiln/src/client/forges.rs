@@ -66,7 +66,9 @@ pub(super) async fn run(command: ForgeCommand) -> anyhow::Result<i32> {
             if token_file.as_deref() == Some(Path::new("-"))
                 && webhook_secret_file.as_deref() == Some(Path::new("-"))
             {
-                bail!("standard input can hold the token or the webhook secret, not both: give one of them as a file");
+                bail!(
+                    "standard input can hold the token or the webhook secret, not both: give one of them as a file"
+                );
             }
             let body = ForgeBody {
                 kind,
@@ -151,7 +153,14 @@ async fn forge_list(args: &ClientArgs) -> anyhow::Result<i32> {
         })
         .collect();
     emit(&table(
-        &["NAME", "KIND", "API URL", "TOKEN", "WEBHOOK SECRET", "UPDATED"],
+        &[
+            "NAME",
+            "KIND",
+            "API URL",
+            "TOKEN",
+            "WEBHOOK SECRET",
+            "UPDATED",
+        ],
         rows,
     ))?;
     Ok(EXIT_SUCCESS)

@@ -535,8 +535,10 @@ impl Fixture {
                 self.admin_ok(
                     Method::PUT,
                     "/api/v1/forges/doomed-forge",
-                    Some(json!({"kind": "github", "api_url": "https://api.github.com",
-                        "webhook_secret": "doomed-secret"})),
+                    Some(
+                        json!({"kind": "github", "api_url": "https://api.github.com",
+                        "webhook_secret": "doomed-secret"}),
+                    ),
                 )
                 .await;
             }
@@ -823,7 +825,9 @@ async fn walk(server: Server) {
             .body("{}");
         let status = request.send().await.unwrap().status();
         if status != StatusCode::UNAUTHORIZED {
-            failures.push(format!("{who:?} POST /hooks/doomed-forge unsigned: got {status}"));
+            failures.push(format!(
+                "{who:?} POST /hooks/doomed-forge unsigned: got {status}"
+            ));
         }
     }
     assert!(

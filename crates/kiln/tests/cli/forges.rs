@@ -31,7 +31,12 @@ fn kiln(server: &Server, args: &[&str], stdin: &str) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     let text = format!(
         "{}{}",
@@ -99,15 +104,38 @@ async fn signed_pushes_and_pull_requests_run_their_commits_to_the_end() {
     let secret_path = secret_file.path().to_str().unwrap();
     let set = kiln(
         &server,
-        &["forge", "set", "hub", "--kind", "github", "--api-url", "https://api.github.com",
-          "--webhook-secret-file", secret_path, "--token-file", "-"],
+        &[
+            "forge",
+            "set",
+            "hub",
+            "--kind",
+            "github",
+            "--api-url",
+            "https://api.github.com",
+            "--webhook-secret-file",
+            secret_path,
+            "--token-file",
+            "-",
+        ],
         "a-token\n",
     );
     assert!(set.contains("created forge `hub` (github)"), "{set}");
     let listed = kiln(&server, &["forge", "list"], "");
     assert!(listed.contains("hub") && listed.contains("yes"), "{listed}");
     let url = repo.url();
-    kiln(&server, &["job", "create", "app", "--repository", &url, "--forge", "hub"], "");
+    kiln(
+        &server,
+        &[
+            "job",
+            "create",
+            "app",
+            "--repository",
+            &url,
+            "--forge",
+            "hub",
+        ],
+        "",
+    );
 
     let push = json!({
         "ref": "refs/heads/main", "before": "0000000000000000000000000000000000000000",
@@ -122,7 +150,9 @@ async fn signed_pushes_and_pull_requests_run_their_commits_to_the_end() {
     assert_eq!(run["trigger"], json!({"kind": "webhook", "user": "ada"}));
     let log = log_of(&server, 1).await;
     assert!(
-        log.contains(&format!("event=push branch=main sha={main} pr=none head=none base=none")),
+        log.contains(&format!(
+            "event=push branch=main sha={main} pr=none head=none base=none"
+        )),
         "{log}"
     );
 
