@@ -64,20 +64,26 @@ impl Answer {
 
 impl Harness {
     async fn start() -> Harness {
+        Harness::start_in(tempfile::tempdir().unwrap()).await
+    }
+
+    /// A server on the database (and key) in `dir`, made there if new.
+    async fn start_in(dir: tempfile::TempDir) -> Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = tempfile::tempdir().unwrap();
         let db = SqliteStore::open(&dir.path().join("kiln.db"))
             .await
             .unwrap();
-        db.insert_token(
-            &kiln_crypto::hash_token(ADMIN),
-            TokenKind::User,
-            "admin",
-            true,
-            Utc::now(),
-        )
-        .await
-        .unwrap();
+        if !db.has_admin_token().await.unwrap() {
+            db.insert_token(
+                &kiln_crypto::hash_token(ADMIN),
+                TokenKind::User,
+                "admin",
+                true,
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        }
         let config = ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().to_path_buf(),

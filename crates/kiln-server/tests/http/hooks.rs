@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kiln_store::{
-    ForgeStore, JobStore, PullRequest, Run, RunFilter, RunStore, Status, TriggerKind,
+    ForgeStore, JobStore, NewQueuedTrigger, PullRequest, Run, RunFilter, RunStore, Status,
+    TriggerKind,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -52,6 +53,13 @@ fn github_signature(body: &[u8]) -> String {
 }
 
 impl Harness {
+    /// Stops this server and starts another on its database.
+    async fn restart(mut self) -> Harness {
+        self.shutdown.cancel();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        Harness::start_in(dir).await
+    }
+
     async fn forge(&self, name: &str, kind: &str, secret: Option<&str>) {
         let mut body = json!({"kind": kind, "api_url": "https://forge.example.com/api"});
         if let Some(secret) = secret {
@@ -399,6 +407,66 @@ async fn a_redelivery_starts_no_second_run() {
     server.github("hub", "push", "d-2", body).await;
     server.settled().await;
     assert_eq!(server.runs_of("app").await.len(), 2);
+    // The audit log says which forge started each run, and who made the forge.
+    let audit = server.get("/api/v1/audit?action=run.trigger").await;
+    let actors: Vec<&str> = audit.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(actors, ["forge/hub", "forge/hub"], "{}", audit.body);
+    let made = server.get("/api/v1/audit?action=forge.create").await;
+    assert_eq!(
+        made.body["entries"][0]["object"], "forge/hub",
+        "{}",
+        made.body
+    );
+}
+
+/// A trigger the intake stored but no run was made for (the server
+/// stopped in between) is made into its run when a server starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_left_by_a_stopped_server_runs_at_the_next_start() {
+    let server = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, main, _) = repository(dir.path());
+    server.forge("hub", "github", Some(SECRET)).await;
+    server.hooked_job("app", &url, "hub", "approve").await;
+    let job = server.db.get_job("app").await.unwrap().unwrap();
+    server.shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // What the intake stores, committed just before the server stopped.
+    let run = kiln_server::webhooks::QueuedRun {
+        forge: "hub".into(),
+        event: kiln_store::Event::Push,
+        sha: main.clone(),
+        branch: Some("main".into()),
+        tag: None,
+        before: None,
+        sender: Some("ada".into()),
+        pull_request: None,
+        head_ref: None,
+    };
+    let left = NewQueuedTrigger {
+        job_id: job.id,
+        delivery: "d-left".into(),
+        trigger: serde_json::to_string(&run).unwrap(),
+    };
+    server
+        .db
+        .queue_triggers(&[left], chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(server.runs_of("app").await.is_empty());
+
+    let again = server.restart().await;
+    again.settled().await;
+    let runs = again.runs_of("app").await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].sha.as_deref(), Some(main.as_str()));
+    assert_eq!(runs[0].status, Status::Queued, "{:?}", runs[0].error);
+    assert_eq!(runs[0].trigger.user.as_deref(), Some("ada"));
 }
 
 /// GitLab (its token header) and Gitea (its signature, and GitHub's
