@@ -251,6 +251,7 @@ async fn prepare(
                 base_branch: pr.base_branch.clone(),
             }
         }),
+        tag: non_empty(&assignment.tag),
     };
     let secrets = assignment
         .secrets

@@ -118,6 +118,9 @@ pub struct Run {
     /// The pull request a `pull_request` run builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_request: Option<PullRequest>,
+    /// The tag a `tag` run builds (it has no branch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
     /// Present on `GET /jobs/{job}/runs/{n}`; omitted in listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<Vec<Task>>,

@@ -82,6 +82,7 @@ fn run(job: &str, number: i64, status: &str) -> Run {
         finished_at: None,
         trigger: Default::default(),
         pull_request: None,
+        tag: None,
         tasks: None,
     }
 }

@@ -20,6 +20,8 @@ pub struct RunContext {
     pub agent: String,
     /// The pull request a `pull_request` run builds.
     pub pull_request: Option<PullRequestContext>,
+    /// The tag a `tag` run builds.
+    pub tag: Option<String>,
 }
 
 /// What a pull request's tasks see of it (`KILN_PR_*`).
@@ -63,6 +65,9 @@ pub fn task_spec(
         env.push(("KILN_PR_NUMBER".into(), pr.number.to_string()));
         env.push(("KILN_PR_HEAD_BRANCH".into(), pr.head_branch.clone()));
         env.push(("KILN_PR_BASE_BRANCH".into(), pr.base_branch.clone()));
+    }
+    if let Some(tag) = &context.tag {
+        env.push(("KILN_TAG".into(), tag.clone()));
     }
     for (key, value) in task.env.iter().chain(extra_env) {
         env.retain(|(k, _)| k != key);

@@ -62,6 +62,7 @@ struct Source {
 struct MadeBy {
     trigger: RunTrigger,
     pull_request: Option<PullRequest>,
+    tag: Option<String>,
     queued: Option<QueuedTriggerId>,
 }
 
@@ -85,6 +86,8 @@ pub struct FromForge {
     /// The forge's sender.
     pub user: Option<String>,
     pub pull_request: Option<PullRequest>,
+    /// A tag run's tag.
+    pub tag: Option<String>,
     /// The base repository's ref that holds a pull request's head commit
     /// (`refs/pull/7/head`), fetched first.
     pub fetch_ref: Option<String>,
@@ -160,6 +163,7 @@ pub async fn trigger_from_forge<D: Database>(
     let made_by = MadeBy {
         trigger: RunTrigger::new(TriggerKind::Webhook, from.user.clone()),
         pull_request: from.pull_request.clone(),
+        tag: from.tag.clone(),
         queued: Some(from.queued),
     };
     let (sha, pipeline) = match job.spec.kind {
@@ -255,6 +259,7 @@ pub async fn rerun<D: Database>(
         pipeline,
         made_by: MadeBy {
             pull_request: run.pull_request.clone(),
+            tag: run.tag.clone(),
             ..MadeBy::audited(TriggerKind::Rerun, audit.as_ref())
         },
     };
@@ -339,6 +344,7 @@ async fn create<D: Database>(
         audit,
         trigger: made_by.trigger,
         pull_request: made_by.pull_request,
+        tag: made_by.tag,
         queued_trigger: made_by.queued,
     };
     let detail = state.db.create_run(job.id, run, Utc::now()).await?;

@@ -46,6 +46,7 @@ pub fn run(run: &kiln_store::Run) -> kiln_api::Run {
             base_branch: pr.base_branch.clone(),
             from_fork: pr.from_fork,
         }),
+        tag: run.tag.clone(),
         tasks: None,
     }
 }

@@ -278,6 +278,7 @@ async fn make_run<D: Database>(
         event: run.event,
         user: run.sender,
         pull_request: run.pull_request,
+        tag: run.tag,
         fetch_ref: run.head_ref,
         queued: queued.id,
     };

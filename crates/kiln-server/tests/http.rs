@@ -436,6 +436,7 @@ async fn a_run_that_cannot_be_repeated_is_a_409_problem() {
         audit: None,
         trigger: kiln_store::RunTrigger::default(),
         pull_request: None,
+        tag: None,
         queued_trigger: None,
     };
     let of_a_commit = NewRun {

@@ -21,6 +21,8 @@ CREATE INDEX jobs_by_forge ON jobs (forge) WHERE forge IS NOT NULL;
 ALTER TABLE runs ADD COLUMN trigger_kind TEXT NOT NULL DEFAULT 'api';
 ALTER TABLE runs ADD COLUMN trigger_user TEXT;
 ALTER TABLE runs ADD COLUMN pull_request TEXT;
+-- A tag run's tag (its run has no branch): the task's KILN_TAG.
+ALTER TABLE runs ADD COLUMN tag TEXT;
 
 -- A webhook's triggers, one per matching job, stored before the hook is
 -- answered; a worker makes each run and marks it done in the run's own

@@ -47,8 +47,8 @@ impl RunStore for PostgresStore {
             .transpose()?;
         let run_id: RunId = sqlx::query_scalar(
             "INSERT INTO runs (job_id, number, status, branch, sha, event, error, created_at, \
-             finished_at, deadline, pipeline, trigger_kind, trigger_user, pull_request) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+             finished_at, deadline, pipeline, trigger_kind, trigger_user, pull_request, tag) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
         )
         .bind(job_id)
         .bind(number)
@@ -64,6 +64,7 @@ impl RunStore for PostgresStore {
         .bind(run.trigger.kind.as_str())
         .bind(&run.trigger.user)
         .bind(pull_request)
+        .bind(&run.tag)
         .fetch_one(&mut *tx)
         .await?;
         if let Some(queued) = run.queued_trigger

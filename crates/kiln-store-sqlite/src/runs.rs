@@ -46,8 +46,8 @@ impl RunStore for SqliteStore {
             .transpose()?;
         let run_id: RunId = sqlx::query_scalar(
             "INSERT INTO runs (job_id, number, status, branch, sha, event, error, created_at, \
-             finished_at, deadline, pipeline, trigger_kind, trigger_user, pull_request) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             finished_at, deadline, pipeline, trigger_kind, trigger_user, pull_request, tag) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(job_id)
         .bind(number)
@@ -63,6 +63,7 @@ impl RunStore for SqliteStore {
         .bind(run.trigger.kind.as_str())
         .bind(&run.trigger.user)
         .bind(pull_request)
+        .bind(&run.tag)
         .fetch_one(&mut *tx)
         .await?;
         if let Some(queued) = run.queued_trigger

@@ -204,6 +204,8 @@ pub struct NewRun {
     pub trigger: RunTrigger,
     /// The pull request it builds, for `pull_request` runs.
     pub pull_request: Option<PullRequest>,
+    /// The tag a `tag` run builds.
+    pub tag: Option<String>,
     /// The webhook's trigger this run is made for: marked done in the
     /// run's transaction, which fails with `Conflict` (making nothing)
     /// when it was done already, so two workers never make two runs.
@@ -235,6 +237,7 @@ pub struct Run {
     pub deadline: Option<DateTime<Utc>>,
     pub trigger: RunTrigger,
     pub pull_request: Option<PullRequest>,
+    pub tag: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -584,6 +584,7 @@ mod tests {
             audit: None,
             trigger: crate::RunTrigger::default(),
             pull_request: None,
+            tag: None,
             queued_trigger: None,
         };
         let ok = start_run(&run);

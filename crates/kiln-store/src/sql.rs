@@ -150,7 +150,7 @@ pub fn job(row: &impl StoreRow) -> Result<Job> {
 /// Selects runs as [`run`] reads them; callers append `WHERE …`.
 pub const RUN_SELECT: &str = "SELECT r.id, r.job_id, j.name AS job, r.number, r.status, \
      r.branch, r.sha, r.event, r.error, r.created_at, r.started_at, r.finished_at, r.deadline, \
-     r.trigger_kind, r.trigger_user, r.pull_request FROM runs r JOIN jobs j ON j.id = r.job_id";
+     r.trigger_kind, r.trigger_user, r.pull_request, r.tag FROM runs r JOIN jobs j ON j.id = r.job_id";
 
 pub fn run(row: &impl StoreRow) -> Result<Run> {
     Ok(Run {
@@ -178,6 +178,7 @@ pub fn run(row: &impl StoreRow) -> Result<Run> {
                     .map_err(|e| crate::values::Corrupt(format!("run pull request: {e}")))
             })
             .transpose()?,
+        tag: row.opt_text("tag")?,
     })
 }
 

@@ -108,6 +108,7 @@ pub fn new_run(tasks: Vec<NewTask>) -> NewRun {
         audit: None,
         trigger: RunTrigger::default(),
         pull_request: None,
+        tag: None,
         queued_trigger: None,
     }
 }
@@ -3294,7 +3295,13 @@ pub async fn queued_triggers<D: Database>(db: &D) {
     // Runs made without a trigger read as made through the API.
     let plain = create(db, &b, new_run(tasks(PAIR)), at(7)).await;
     assert_eq!(plain.run.trigger, RunTrigger::new(TriggerKind::Api, None));
-    assert_eq!(plain.run.pull_request, None);
+    assert_eq!((plain.run.pull_request, plain.run.tag), (None, None));
+    let mut tagged = new_run(tasks(PAIR));
+    tagged.event = Event::Tag;
+    tagged.branch = None;
+    tagged.tag = Some("v1.0.0".into());
+    let tagged = create(db, &b, tagged, at(8)).await;
+    assert_eq!(tagged.run.tag.as_deref(), Some("v1.0.0"));
     // A deleted job takes its queued triggers with it.
     db.delete_job("hooked-a").await.unwrap();
     assert!(db.pending_triggers(10).await.unwrap().is_empty());

@@ -639,6 +639,7 @@ mod tests {
             finished_at: None,
             trigger: Default::default(),
             pull_request: None,
+            tag: None,
             tasks: Some(Vec::new()),
         }
     }

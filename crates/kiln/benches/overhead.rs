@@ -74,6 +74,7 @@ async fn per_task_through_kiln(
             event: Event::Manual,
             agent: "local".into(),
             pull_request: None,
+            tag: None,
         },
         source: Arc::new(SourceTree::scan(source.path()).unwrap()),
         run_dir: run_dir.path().to_path_buf(),

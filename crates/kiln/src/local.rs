@@ -388,6 +388,7 @@ mod tests {
                 event: Event::Manual,
                 agent: "local".into(),
                 pull_request: None,
+                tag: None,
             },
             source: Arc::new(SourceTree {
                 root: dir.clone(),

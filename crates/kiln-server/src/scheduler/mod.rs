@@ -298,6 +298,7 @@ async fn assignment<D: Database>(
             head_branch: pr.head_branch.clone(),
             base_branch: pr.base_branch.clone(),
         }),
+        tag: run.tag.clone().unwrap_or_default(),
     };
     Ok((assignment, both))
 }

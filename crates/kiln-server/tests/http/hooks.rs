@@ -601,15 +601,20 @@ async fn gitlab_and_gitea_deliveries_are_read_by_the_urls_forge() {
         Some(1),
     );
     assert_eq!(merged, [merge_request.clone(), merge_request]);
-    let tags: Vec<(String, Option<String>)> = server
+    let tags: Vec<(String, Option<String>, Option<String>)> = server
         .runs_of("example")
         .await
         .iter()
-        .map(|r| (r.event.to_string(), r.sha.clone()))
+        .map(|r| (r.event.to_string(), r.tag.clone(), r.sha.clone()))
         .collect();
     // At the tag's commit, not the annotated tag's own object.
     let commit = "da1560886d4f094c3e6c9ef40349f7d38b5d27d7";
-    assert_eq!(tags, [("tag".to_string(), Some(commit.to_string()))]);
+    let tag = (
+        "tag".to_string(),
+        Some("v1.0.0".to_string()),
+        Some(commit.to_string()),
+    );
+    assert_eq!(tags, [tag]);
     let tea: Vec<(String, Option<String>)> = server
         .runs_of("webhooks")
         .await

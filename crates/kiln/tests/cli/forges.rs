@@ -17,7 +17,7 @@ const PIPELINE: &str = r#"version: 1
 tasks:
   show:
     steps:
-      - run: echo "event=$KILN_EVENT branch=$KILN_BRANCH sha=$KILN_COMMIT_SHA pr=${KILN_PR_NUMBER:-none} head=${KILN_PR_HEAD_BRANCH:-none} base=${KILN_PR_BASE_BRANCH:-none}"
+      - run: echo "event=$KILN_EVENT branch=$KILN_BRANCH sha=$KILN_COMMIT_SHA pr=${KILN_PR_NUMBER:-none} head=${KILN_PR_HEAD_BRANCH:-none} base=${KILN_PR_BASE_BRANCH:-none} tag=${KILN_TAG:-none}"
 "#;
 
 fn kiln(server: &Server, args: &[&str], stdin: &str) -> String {
@@ -151,7 +151,7 @@ async fn signed_pushes_and_pull_requests_run_their_commits_to_the_end() {
     let log = log_of(&server, 1).await;
     assert!(
         log.contains(&format!(
-            "event=push branch=main sha={main} pr=none head=none base=none"
+            "event=push branch=main sha={main} pr=none head=none base=none tag=none"
         )),
         "{log}"
     );
@@ -179,7 +179,7 @@ async fn signed_pushes_and_pull_requests_run_their_commits_to_the_end() {
     let log = log_of(&server, 2).await;
     assert!(
         log.contains(&format!(
-            "event=pull_request branch=main sha={head} pr=7 head=feature base=main"
+            "event=pull_request branch=main sha={head} pr=7 head=feature base=main tag=none"
         )),
         "{log}"
     );
@@ -196,4 +196,28 @@ async fn signed_pushes_and_pull_requests_run_their_commits_to_the_end() {
     assert_eq!(rerun["pull_request"]["number"], 7);
     let runs = server.json("/api/v1/jobs/app/runs").await;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 3);
+
+    // A tag pushed: a run of its commit, with no branch, that knows its tag.
+    repo.git(&["tag", "v1.0"]);
+    let tag = json!({
+        "ref": "refs/tags/v1.0", "before": "0000000000000000000000000000000000000000",
+        "after": main, "head_commit": {"id": main},
+        "repository": repository(&url), "sender": {"login": "ada"},
+    });
+    let answer = deliver(&server, "push", "tag-1", &tag).await;
+    assert_eq!(answer["queued"], json!(["app"]), "{answer}");
+    run_made(&server, 4).await;
+    let run = server.wait_for_run("app", 4).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(
+        (&run["event"], &run["branch"], &run["tag"]),
+        (&json!("tag"), &Value::Null, &json!("v1.0"))
+    );
+    let log = log_of(&server, 4).await;
+    assert!(
+        log.contains(&format!(
+            "event=tag branch= sha={main} pr=none head=none base=none tag=v1.0"
+        )),
+        "{log}"
+    );
 }
