@@ -1,8 +1,9 @@
 //! Turning a trigger into a run: find the commit, read and validate the
 //! pipeline at that commit, check secrets, and store the run with its tasks
 //! (and the pipeline's text, which a rerun repeats) in one transaction.
-//! Used by the API now, and by cron and webhooks later: its errors say what
-//! went wrong, and each caller decides how to tell it.
+//! Used by the API and by forges' webhooks (`crate::webhooks`), and by cron
+//! later: its errors say what went wrong, and each caller decides how to
+//! tell it.
 
 use chrono::Utc;
 use kiln_pipeline::{Event, Pipeline};
