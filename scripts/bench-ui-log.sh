@@ -18,16 +18,18 @@
 #   (median of 5), and a search that scans the whole log backwards to its
 #   first line.
 #
-# Usage: scripts/bench-ui-log.sh   (KILN=path/to/kiln to use another binary;
-# by default it builds target/debug/kiln with cargo)
+#   scripts/bench-ui-log.sh                 builds target/release/kiln
+#   KILN_BIN=path/to/kiln scripts/bench-ui-log.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SIZES_MB=${SIZES_MB:-"1 100 1024"}
 TARGET=${CARGO_TARGET_DIR:-target}
-if [ -z "${KILN:-}" ]; then
-  cargo build -q -p kiln
-  KILN="$TARGET/debug/kiln"
+if [ -n "${KILN_BIN:-}" ]; then
+  KILN=$KILN_BIN
+else
+  cargo build --release -q -p kiln
+  KILN="$TARGET/release/kiln"
 fi
 TOKEN=kiln_bench_admin_token_0123456789
 work=$(mktemp -d)

@@ -10,3 +10,7 @@ cargo build --release -p kiln
 cargo bench -p kiln --bench agents
 cargo bench -p kiln-store-sqlite --bench claims
 cargo bench -p kiln-store-postgres --bench claims
+# The web UI in a real browser: a log view of 1 MB to 1 GB, and the
+# dashboard with 10 000 runs (both use target/release/kiln).
+bash scripts/bench-ui-log.sh
+bash scripts/bench-ui-dashboard.sh

@@ -244,6 +244,14 @@ async fn prepare(
         sha: non_empty(&assignment.sha),
         event,
         agent: config.name.clone(),
+        pull_request: assignment.pull_request.as_ref().map(|pr| {
+            kiln_exec::context::PullRequestContext {
+                number: pr.number,
+                head_branch: pr.head_branch.clone(),
+                base_branch: pr.base_branch.clone(),
+            }
+        }),
+        tag: non_empty(&assignment.tag),
     };
     let secrets = assignment
         .secrets

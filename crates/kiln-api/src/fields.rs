@@ -683,3 +683,68 @@ impl PartialSchema for AttemptNumber {
 }
 
 impl ToSchema for AttemptNumber {}
+
+checked_string! {
+    /// A forge's name: it appears in the webhook's URL (`/hooks/{forge}`)
+    /// and in jobs' `forge`.
+    ForgeName
+}
+
+impl ForgeName {
+    pub const PATTERN: &str = PLAIN_NAME_PATTERN;
+
+    fn check(name: &str) -> Result<(), String> {
+        check_plain_name("forge", name)
+    }
+}
+
+impl PartialSchema for ForgeName {
+    fn schema() -> RefOr<Schema> {
+        string_schema(
+            ForgeName::PATTERN,
+            "Letters, digits, `-`, `_` and `.`, starting with a letter or digit; at most 64 characters.",
+            "github",
+        )
+        .into()
+    }
+}
+
+checked_string! {
+    /// A forge's API: an `http(s)://` URL (GitHub Enterprise, a
+    /// self-hosted GitLab or Gitea, or a stand-in).
+    ApiUrl
+}
+
+impl ApiUrl {
+    pub const PATTERN: &str = r"^[hH][tT][tT][pP][sS]?://[^\x00-\x20]+$";
+
+    fn check(url: &str) -> Result<(), String> {
+        let lower = url.to_ascii_lowercase();
+        let rest = lower
+            .strip_prefix("https://")
+            .or_else(|| lower.strip_prefix("http://"));
+        match rest {
+            Some(rest)
+                if !rest.is_empty() && !url.chars().any(|c| c <= ' ') && url.len() <= 2048 =>
+            {
+                Ok(())
+            }
+            _ => Err(format!(
+                "`{url}` is not an API URL: give the forge's `http://` or `https://` API address, \
+                 e.g. https://api.github.com"
+            )),
+        }
+    }
+}
+
+impl PartialSchema for ApiUrl {
+    fn schema() -> RefOr<Schema> {
+        string_schema(
+            ApiUrl::PATTERN,
+            "The forge's API address, `http://` or `https://`.",
+            "https://api.github.com",
+        )
+        .max_length(Some(2048))
+        .into()
+    }
+}

@@ -48,6 +48,13 @@ pub struct JobBody {
     /// private for a new job, unchanged for an existing one, when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub visibility: Option<String>,
+    /// Git jobs: the forge whose webhooks trigger it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forge: Option<String>,
+    /// Git jobs: `approve` (the default), `run` or `ignore`: what a pull
+    /// request from a fork does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork_prs: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -61,11 +68,22 @@ pub struct Job {
     /// `private` or `public`.
     #[schema(example = "private")]
     pub visibility: String,
+    /// The forge whose webhooks trigger it, if any.
+    #[serde(default)]
+    pub forge: Option<String>,
+    /// What a pull request from a fork does: `approve`, `run` or `ignore`.
+    #[serde(default = "approve")]
+    #[schema(example = "approve")]
+    pub fork_prs: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// On `PUT` only: `created`, `updated` or `unchanged`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<String>,
+}
+
+fn approve() -> String {
+    "approve".into()
 }
 
 /// Body of `POST /jobs/{job}/runs`: a branch or a commit, or neither for the
@@ -94,9 +112,49 @@ pub struct Run {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// What made the run, and who.
+    #[serde(default)]
+    pub trigger: TriggeredBy,
+    /// The pull request a `pull_request` run builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<PullRequest>,
+    /// The tag a `tag` run builds (it has no branch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
     /// Present on `GET /jobs/{job}/runs/{n}`; omitted in listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<Vec<Task>>,
+}
+
+/// What made a run: `api`, `webhook`, `cron`, `poll` or `rerun`, and who
+/// (the API's caller, the forge's sender).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TriggeredBy {
+    #[schema(example = "webhook")]
+    pub kind: String,
+    pub user: Option<String>,
+}
+
+impl Default for TriggeredBy {
+    fn default() -> Self {
+        TriggeredBy {
+            kind: "api".into(),
+            user: None,
+        }
+    }
+}
+
+/// The pull (or merge) request a run builds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PullRequest {
+    pub number: i64,
+    pub title: String,
+    pub author: Option<String>,
+    pub head_branch: String,
+    pub base_branch: String,
+    /// The head is in another repository than the base (or the forge did
+    /// not say it is not).
+    pub from_fork: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -155,6 +213,52 @@ pub struct Artifact {
     /// pipeline gave none (the server's retention still applies).
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Body of `PUT /forges/{forge}`. `token` and `webhook_secret` are
+/// write-only: left out, the stored ones stay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForgeBody {
+    /// `github`, `gitlab` or `gitea` (Forgejo is `gitea`).
+    #[schema(example = "github")]
+    pub kind: String,
+    /// The forge's API address (GitHub: `https://api.github.com`).
+    #[schema(example = "https://api.github.com")]
+    pub api_url: String,
+    /// An access token for commit statuses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The secret the forge signs its webhooks with; without one, every
+    /// delivery is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
+}
+
+/// A forge, without its token and secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Forge {
+    pub name: String,
+    #[schema(example = "github")]
+    pub kind: String,
+    pub api_url: String,
+    pub has_token: bool,
+    pub has_webhook_secret: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// On `PUT` only: `created`, `updated` or `unchanged`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+}
+
+/// The answer to a webhook delivery: what it started, or why nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HookAnswer {
+    /// What Kiln made of the delivery, for the forge's delivery log.
+    pub message: String,
+    /// The jobs a run was queued for.
+    #[serde(default)]
+    pub queued: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -16,9 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use kiln_api::{
-    Agent, AgentTokenBody, AuditList, Job, JobBody, Member, MemberBody, Problem, Results, Run,
-    RunList, Secret, SecretBody, Token, TokenBody, TokenCreated, TriggerBody, User, UserBody,
-    UserPatchBody,
+    Agent, AgentTokenBody, AuditList, Forge, ForgeBody, Job, JobBody, Member, MemberBody, Problem,
+    Results, Run, RunList, Secret, SecretBody, Token, TokenBody, TokenCreated, TriggerBody, User,
+    UserBody, UserPatchBody,
 };
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
@@ -379,6 +379,24 @@ impl Client {
     /// The names of a job's secrets (values are write-only).
     pub async fn list_secrets(&self, job: &str) -> Result<Vec<Secret>> {
         self.get_json(&["jobs", job, "secrets"], &[]).await
+    }
+
+    // ---- forges ----
+
+    /// Creates or replaces a forge (admins); a token or secret left out
+    /// of `body` is kept.
+    pub async fn put_forge(&self, name: &str, body: &ForgeBody) -> Result<Forge> {
+        self.send_json(Method::PUT, &["forges", name], body).await
+    }
+
+    /// The forges, without their tokens and secrets (admins).
+    pub async fn list_forges(&self) -> Result<Vec<Forge>> {
+        self.get_json(&["forges"], &[]).await
+    }
+
+    pub async fn delete_forge(&self, name: &str) -> Result<()> {
+        self.send_empty(Method::DELETE, &["forges", name], None::<&()>)
+            .await
     }
 
     // ---- agents ----

@@ -60,6 +60,8 @@ fn job(name: &str, body: &JobBody, change: Option<&str>) -> Job {
         default_branch: body.default_branch.clone(),
         pipeline: body.pipeline.clone(),
         visibility: body.visibility.clone().unwrap_or_else(|| "private".into()),
+        forge: body.forge.clone(),
+        fork_prs: body.fork_prs.clone().unwrap_or_else(|| "approve".into()),
         created_at: at(),
         updated_at: at(),
         change: change.map(str::to_string),
@@ -78,6 +80,9 @@ fn run(job: &str, number: i64, status: &str) -> Run {
         created_at: at(),
         started_at: None,
         finished_at: None,
+        trigger: Default::default(),
+        pull_request: None,
+        tag: None,
         tasks: None,
     }
 }
@@ -538,6 +543,8 @@ async fn bearer_token_is_sent_and_bodies_round_trip() {
         default_branch: Some("trunk".into()),
         pipeline: None,
         visibility: None,
+        forge: None,
+        fork_prs: None,
     };
     let created = client.put_job("app", &body).await.unwrap();
     assert_eq!(created.change.as_deref(), Some("created"));
@@ -558,6 +565,8 @@ async fn bearer_token_is_sent_and_bodies_round_trip() {
             pipeline_path: None,
             default_branch: None,
             visibility: None,
+            forge: None,
+            fork_prs: None,
         })
         .await
         .unwrap();

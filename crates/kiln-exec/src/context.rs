@@ -18,6 +18,18 @@ pub struct RunContext {
     pub event: Event,
     /// Name of whoever runs the task (`local` under `kiln run`).
     pub agent: String,
+    /// The pull request a `pull_request` run builds.
+    pub pull_request: Option<PullRequestContext>,
+    /// The tag a `tag` run builds.
+    pub tag: Option<String>,
+}
+
+/// What a pull request's tasks see of it (`KILN_PR_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequestContext {
+    pub number: i64,
+    pub head_branch: String,
+    pub base_branch: String,
 }
 
 /// Builds the executor's view of a task: `CI`/`KILN_*` first, then the
@@ -49,6 +61,14 @@ pub fn task_spec(
         ),
         ("KILN_EVENT".into(), context.event.to_string()),
     ];
+    if let Some(pr) = &context.pull_request {
+        env.push(("KILN_PR_NUMBER".into(), pr.number.to_string()));
+        env.push(("KILN_PR_HEAD_BRANCH".into(), pr.head_branch.clone()));
+        env.push(("KILN_PR_BASE_BRANCH".into(), pr.base_branch.clone()));
+    }
+    if let Some(tag) = &context.tag {
+        env.push(("KILN_TAG".into(), tag.clone()));
+    }
     for (key, value) in task.env.iter().chain(extra_env) {
         env.retain(|(k, _)| k != key);
         env.push((key.clone(), value.clone()));

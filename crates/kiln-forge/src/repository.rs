@@ -19,8 +19,13 @@ pub fn same_repository(job_repository: &str, repository: &Repository) -> bool {
     if is_full_name(wanted) {
         return trim_path(wanted).eq_ignore_ascii_case(trim_path(&repository.full_name));
     }
+    // A URL that is no forge's (a `file://` URL, a path) matches only
+    // itself, as the event gives it.
     let Some(wanted) = location(wanted) else {
-        return false;
+        return repository
+            .urls
+            .iter()
+            .any(|url| trim_path(url.trim()) == trim_path(wanted));
     };
     repository
         .urls
@@ -140,6 +145,19 @@ mod tests {
         ] {
             assert!(!same_repository(written, &hello()), "{written}");
         }
+    }
+
+    #[test]
+    fn a_local_url_matches_only_itself() {
+        let local = Repository {
+            id: None,
+            full_name: "team/app".into(),
+            urls: vec!["file:///srv/git/app.git".into()],
+        };
+        assert!(same_repository("file:///srv/git/app.git", &local));
+        assert!(same_repository("file:///srv/git/app", &local));
+        assert!(!same_repository("file:///srv/git/other.git", &local));
+        assert!(!same_repository("/srv/git/app.git", &local));
     }
 
     #[test]

@@ -300,6 +300,54 @@ impl GitCache {
         Ok(Some(content))
     }
 
+    /// Fetches `reference`, a full ref name other than a branch or tag
+    /// (a pull request's `refs/pull/7/head`, a merge request's
+    /// `refs/merge-requests/7/head`), into the mirror, and returns the
+    /// commit it names. Its commit can then be resolved and read like any
+    /// other, though no branch or tag holds it (a fork's commits reach the
+    /// base repository only through such a ref).
+    pub async fn fetch_ref(
+        &self,
+        url: &str,
+        reference: &str,
+        auth: Option<&Credentials>,
+    ) -> Result<String> {
+        let remote = Remote::new(url, auth)?;
+        let name = reference
+            .strip_prefix("refs/")
+            .ok_or_else(|| GitError::InvalidBranch {
+                name: reference.to_owned(),
+                reason: "not a full ref name (`refs/…`)",
+            })?;
+        let name = check_branch(name)?;
+        let local = format!("refs/kiln/fetched/{name}");
+        let mirror = self.mirror_path(url);
+        let lock = self.lock_for(&mirror);
+        let _guard = lock.lock().await;
+        self.ensure_mirror(&remote, &mirror).await?;
+        self.git(&remote, Some(&mirror))
+            .args(["fetch", "--quiet", "--no-tags", "--"])
+            .arg(remote.url)
+            .arg(format!("+refs/{name}:{local}"))
+            .run("fetch")
+            .await?;
+        let out = self
+            .git(&remote, Some(&mirror))
+            .args(["rev-parse", "--verify", "--quiet"])
+            .arg(format!("{local}^{{commit}}"))
+            .run("rev-parse")
+            .await?;
+        let sha = String::from_utf8_lossy(&out).trim().to_owned();
+        if is_full_sha(&sha) {
+            Ok(sha)
+        } else {
+            Err(GitError::BranchNotFound {
+                branch: reference.to_owned(),
+                url: remote.display(),
+            })
+        }
+    }
+
     async fn resolve_branch(&self, remote: &Remote<'_>, name: &str) -> Result<String> {
         let name = check_branch(name)?;
         let full = format!("refs/heads/{name}");

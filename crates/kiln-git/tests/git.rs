@@ -718,3 +718,39 @@ async fn checkout_puts_exactly_one_commit_without_git_state() {
         .unwrap_err();
     assert!(matches!(err, GitError::InvalidUrl { .. }), "{err}");
 }
+
+/// A pull request's head that only `refs/pull/N/head` holds (a fork's
+/// commit, on a forge) is fetched by that ref, and can then be read.
+#[tokio::test]
+async fn a_pull_requests_ref_brings_its_commit() {
+    let repo = Repo::new();
+    git(&repo.work, &["update-ref", "refs/pull/3/head", &repo.c3]);
+    git(&repo.work, &["branch", "-q", "-D", "feature"]);
+    let (_dir, cache) = cache();
+    let url = repo.file_url();
+    let head = cache
+        .fetch_ref(&url, "refs/pull/3/head", None)
+        .await
+        .unwrap();
+    assert_eq!(head, repo.c3);
+    let file = cache
+        .read_file(&url, &repo.c3, "feature.txt")
+        .await
+        .unwrap();
+    assert_eq!(file.as_deref(), Some(&b"feature\n"[..]));
+
+    for bad in [
+        "pull/3/head",
+        "refs/../heads/main",
+        "refs/pull/3/head:x",
+        "-refs/x",
+    ] {
+        let error = cache.fetch_ref(&url, bad, None).await.unwrap_err();
+        assert!(
+            error.to_string().contains(bad.trim_start_matches("refs/")),
+            "{bad}: {error}"
+        );
+    }
+    let missing = cache.fetch_ref(&url, "refs/pull/4/head", None).await;
+    assert!(missing.is_err(), "{missing:?}");
+}

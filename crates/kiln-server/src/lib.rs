@@ -24,6 +24,7 @@ mod tls;
 pub mod trigger;
 mod ui;
 mod views;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -165,6 +166,7 @@ pub async fn app_state<D: Database>(db: D, config: &ServerConfig) -> anyhow::Res
         embedded_agent: None,
         events: Arc::default(),
         log_indexes: Arc::default(),
+        hooks: Arc::default(),
     })
 }
 
@@ -363,6 +365,7 @@ pub async fn serve_with_tls<D: Database>(
     state.tls = tls.is_some();
     let sweeper = tokio::spawn(sweeper::run_sweeper(state.clone(), shutdown.clone()));
     let refresher = tokio::spawn(events::run_refresher(state.clone(), shutdown.clone()));
+    let hooks = tokio::spawn(webhooks::run_worker(state.clone(), shutdown.clone()));
     let Listeners {
         http: listener,
         grpc: grpc_listener,
@@ -413,6 +416,7 @@ pub async fn serve_with_tls<D: Database>(
     shutdown.cancel();
     let _ = sweeper.await;
     let _ = refresher.await;
+    let _ = hooks.await;
     let grpc = match grpc {
         Some(grpc) => grpc.await?,
         None => Ok(()),

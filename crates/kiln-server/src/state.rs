@@ -40,6 +40,8 @@ pub struct AppState<D> {
     pub events: Arc<crate::events::EventHub>,
     /// Line indexes of logs, for the task page's log view.
     pub log_indexes: Arc<crate::logs::LogIndexes>,
+    /// Woken when a webhook queued triggers (`crate::webhooks`).
+    pub hooks: Arc<Notify>,
 }
 
 impl<D> AppState<D> {
@@ -69,6 +71,7 @@ impl<D: Clone> Clone for AppState<D> {
             embedded_agent: self.embedded_agent.clone(),
             events: self.events.clone(),
             log_indexes: self.log_indexes.clone(),
+            hooks: self.hooks.clone(),
         }
     }
 }

@@ -1,13 +1,15 @@
 //! Turning a trigger into a run: find the commit, read and validate the
 //! pipeline at that commit, check secrets, and store the run with its tasks
 //! (and the pipeline's text, which a rerun repeats) in one transaction.
-//! Used by the API now, and by cron and webhooks later: its errors say what
-//! went wrong, and each caller decides how to tell it.
+//! Used by the API and by forges' webhooks (`crate::webhooks`), and by cron
+//! later: its errors say what went wrong, and each caller decides how to
+//! tell it.
 
 use chrono::Utc;
 use kiln_pipeline::{Event, Pipeline};
 use kiln_store::{
-    Database, Job, JobKind, NewAuditEntry, NewRun, NewTask, Run, RunDetail, StoreError,
+    Database, Job, JobKind, NewAuditEntry, NewRun, NewTask, PullRequest, QueuedTriggerId, Run,
+    RunDetail, RunTrigger, StoreError, TriggerKind,
 };
 
 use crate::state::AppState;
@@ -51,6 +53,47 @@ struct Source {
     sha: Option<String>,
     /// The pipeline file's text, or why there is none.
     pipeline: Result<String, String>,
+    /// What made the run, its pull request, and the webhook's queued
+    /// trigger it is made for.
+    made_by: MadeBy,
+}
+
+/// What made a run, beyond its commit and event.
+#[derive(Default)]
+struct MadeBy {
+    trigger: RunTrigger,
+    pull_request: Option<PullRequest>,
+    tag: Option<String>,
+    queued: Option<QueuedTriggerId>,
+}
+
+impl MadeBy {
+    /// A run made by whoever `audit` names (the API's caller, or a rerun's).
+    fn audited(kind: TriggerKind, audit: Option<&NewAuditEntry>) -> MadeBy {
+        MadeBy {
+            trigger: RunTrigger::new(kind, audit.map(|entry| entry.actor.clone())),
+            ..MadeBy::default()
+        }
+    }
+}
+
+/// A run a forge's webhook asked for (`crate::webhooks` reads it from the
+/// queued trigger).
+pub struct FromForge {
+    /// The commit the forge named.
+    pub sha: String,
+    pub branch: Option<String>,
+    pub event: Event,
+    /// The forge's sender.
+    pub user: Option<String>,
+    pub pull_request: Option<PullRequest>,
+    /// A tag run's tag.
+    pub tag: Option<String>,
+    /// The base repository's ref that holds a pull request's head commit
+    /// (`refs/pull/7/head`), fetched first.
+    pub fetch_ref: Option<String>,
+    /// Marked done in the run's own transaction.
+    pub queued: QueuedTriggerId,
 }
 
 /// A new run of the job's pipeline as it is now: a freestyle job's stored
@@ -74,6 +117,7 @@ pub async fn trigger<D: Database>(
                 branch,
                 sha: None,
                 pipeline: Ok(job.spec.pipeline.clone().unwrap_or_default()),
+                made_by: MadeBy::audited(TriggerKind::Api, audit.as_ref()),
             }
         }
         JobKind::Git => {
@@ -98,10 +142,82 @@ pub async fn trigger<D: Database>(
                 branch,
                 sha: Some(sha),
                 pipeline,
+                made_by: MadeBy::audited(TriggerKind::Api, audit.as_ref()),
             }
         }
     };
     create(state, job, source, event, audit).await
+}
+
+/// A new run for a forge's webhook, at the commit the forge named. Unlike
+/// [`trigger`], a commit that cannot be fetched still makes a run, `error`
+/// with the reason: the forge said the commit exists, and whoever pushed
+/// must see that Kiln could not build it. Fails only when the store does
+/// (then the queued trigger stays, and is tried again), or with
+/// `StoreError::Conflict` when another worker made the run.
+pub async fn trigger_from_forge<D: Database>(
+    state: &AppState<D>,
+    job: &Job,
+    from: FromForge,
+    audit: Option<NewAuditEntry>,
+) -> Result<RunDetail, TriggerError> {
+    let made_by = MadeBy {
+        trigger: RunTrigger::new(TriggerKind::Webhook, from.user.clone()),
+        pull_request: from.pull_request.clone(),
+        tag: from.tag.clone(),
+        queued: Some(from.queued),
+    };
+    let (sha, pipeline) = match job.spec.kind {
+        // A freestyle job has no commits: its stored pipeline runs.
+        JobKind::Freestyle => (None, Ok(job.spec.pipeline.clone().unwrap_or_default())),
+        JobKind::Git => (
+            Some(from.sha.clone()),
+            forge_pipeline(state, job, &from).await,
+        ),
+    };
+    let source = Source {
+        branch: from.branch,
+        sha,
+        pipeline,
+        made_by,
+    };
+    create(state, job, source, from.event, audit).await
+}
+
+/// The pipeline at the forge's commit, fetched through the pull request's
+/// ref if it has one; or why it cannot be read (the run's error).
+async fn forge_pipeline<D: Database>(
+    state: &AppState<D>,
+    job: &Job,
+    from: &FromForge,
+) -> Result<String, String> {
+    let url = job.spec.repository.clone().unwrap_or_default();
+    let auth = git_credentials(state, job)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(reference) = &from.fetch_ref {
+        let head = state
+            .git
+            .fetch_ref(&url, reference, auth.as_ref())
+            .await
+            .map_err(|e| format!("cannot fetch {reference}: {e}"))?;
+        if head != from.sha {
+            // The pull request moved on since this delivery: its newer
+            // head has a delivery of its own. This one still builds the
+            // commit it named, if the repository has it.
+            tracing::info!(
+                "{reference} of {url} is at {head} now, not {}; building {}",
+                from.sha,
+                from.sha
+            );
+        }
+    }
+    let sha = state
+        .git
+        .resolve_with_auth(&url, kiln_git::Ref::Sha(from.sha.clone()), auth.as_ref())
+        .await
+        .map_err(|e| format!("cannot fetch commit {}: {e}", from.sha))?;
+    read_pipeline(state, job, &sha, auth.as_ref()).await
 }
 
 /// A new run that repeats `run`: its commit, branch and event, and the
@@ -142,6 +258,11 @@ pub async fn rerun<D: Database>(
         branch: run.branch.clone(),
         sha: run.sha.clone(),
         pipeline,
+        made_by: MadeBy {
+            pull_request: run.pull_request.clone(),
+            tag: run.tag.clone(),
+            ..MadeBy::audited(TriggerKind::Rerun, audit.as_ref())
+        },
     };
     create(state, job, source, run.event, audit).await
 }
@@ -200,6 +321,7 @@ async fn create<D: Database>(
         branch,
         sha,
         pipeline,
+        made_by,
     } = source;
     let planned = match &pipeline {
         Ok(text) => match kiln_pipeline::parse(pipeline_path(job), text) {
@@ -221,6 +343,10 @@ async fn create<D: Database>(
         tasks,
         pipeline: pipeline.ok(),
         audit,
+        trigger: made_by.trigger,
+        pull_request: made_by.pull_request,
+        tag: made_by.tag,
+        queued_trigger: made_by.queued,
     };
     let detail = state.db.create_run(job.id, run, Utc::now()).await?;
     state.work.notify_waiters();

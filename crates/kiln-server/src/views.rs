@@ -14,6 +14,8 @@ pub fn job(job: &Job) -> kiln_api::Job {
         default_branch: job.spec.default_branch.clone(),
         pipeline: job.spec.pipeline.clone(),
         visibility: job.spec.visibility.to_string(),
+        forge: job.spec.forge.clone(),
+        fork_prs: job.spec.fork_prs.to_string(),
         created_at: job.created_at,
         updated_at: job.updated_at,
         change: None,
@@ -32,6 +34,19 @@ pub fn run(run: &kiln_store::Run) -> kiln_api::Run {
         created_at: run.created_at,
         started_at: run.started_at,
         finished_at: run.finished_at,
+        trigger: kiln_api::TriggeredBy {
+            kind: run.trigger.kind.to_string(),
+            user: run.trigger.user.clone(),
+        },
+        pull_request: run.pull_request.as_ref().map(|pr| kiln_api::PullRequest {
+            number: pr.number,
+            title: pr.title.clone(),
+            author: pr.author.clone(),
+            head_branch: pr.head_branch.clone(),
+            base_branch: pr.base_branch.clone(),
+            from_fork: pr.from_fork,
+        }),
+        tag: run.tag.clone(),
         tasks: None,
     }
 }
@@ -104,5 +119,19 @@ pub fn audit_entry(entry: &kiln_store::AuditEntry) -> kiln_api::AuditEntry {
         object: entry.object.clone(),
         detail: entry.detail.clone(),
         source: entry.source.clone(),
+    }
+}
+
+/// A forge without its token and secret: only whether they are set.
+pub fn forge(forge: &kiln_store::Forge) -> kiln_api::Forge {
+    kiln_api::Forge {
+        name: forge.name.clone(),
+        kind: forge.kind.clone(),
+        api_url: forge.api_url.clone(),
+        has_token: forge.token.is_some(),
+        has_webhook_secret: forge.webhook_secret.is_some(),
+        created_at: forge.created_at,
+        updated_at: forge.updated_at,
+        change: None,
     }
 }

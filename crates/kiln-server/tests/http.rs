@@ -1,7 +1,11 @@
 //! The REST API's answers to requests it refuses, and its description of
 //! them: an in-process server on a random port, on SQLite, driven over HTTP.
 //! Every refusal is `application/problem+json`, including the ones the
-//! framework would have answered in plain text.
+//! framework would have answered in plain text. `hooks` drives forges'
+//! webhooks through the same server.
+
+#[path = "http/hooks.rs"]
+mod hooks;
 
 use std::time::Duration;
 
@@ -60,20 +64,26 @@ impl Answer {
 
 impl Harness {
     async fn start() -> Harness {
+        Harness::start_in(tempfile::tempdir().unwrap()).await
+    }
+
+    /// A server on the database (and key) in `dir`, made there if new.
+    async fn start_in(dir: tempfile::TempDir) -> Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = tempfile::tempdir().unwrap();
         let db = SqliteStore::open(&dir.path().join("kiln.db"))
             .await
             .unwrap();
-        db.insert_token(
-            &kiln_crypto::hash_token(ADMIN),
-            TokenKind::User,
-            "admin",
-            true,
-            Utc::now(),
-        )
-        .await
-        .unwrap();
+        if !db.has_admin_token().await.unwrap() {
+            db.insert_token(
+                &kiln_crypto::hash_token(ADMIN),
+                TokenKind::User,
+                "admin",
+                true,
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        }
         let config = ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().to_path_buf(),
@@ -424,6 +434,10 @@ async fn a_run_that_cannot_be_repeated_is_a_409_problem() {
         tasks: Vec::new(),
         pipeline: None,
         audit: None,
+        trigger: kiln_store::RunTrigger::default(),
+        pull_request: None,
+        tag: None,
+        queued_trigger: None,
     };
     let of_a_commit = NewRun {
         sha: Some("0123456789abcdef0123456789abcdef01234567".into()),

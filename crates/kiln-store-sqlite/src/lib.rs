@@ -17,6 +17,7 @@
 mod audit;
 #[cfg(feature = "bench")]
 mod bench;
+mod forges;
 mod jobs;
 mod logs;
 mod members;

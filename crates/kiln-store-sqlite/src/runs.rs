@@ -39,9 +39,15 @@ impl RunStore for SqliteStore {
             _ => None,
         };
         let finished_at = start.status.is_terminal().then_some(ms(now));
+        let pull_request = run
+            .pull_request
+            .as_ref()
+            .map(|pr| sql::json("pull request", pr))
+            .transpose()?;
         let run_id: RunId = sqlx::query_scalar(
             "INSERT INTO runs (job_id, number, status, branch, sha, event, error, created_at, \
-             finished_at, deadline, pipeline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             finished_at, deadline, pipeline, trigger_kind, trigger_user, pull_request, tag) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(job_id)
         .bind(number)
@@ -54,8 +60,20 @@ impl RunStore for SqliteStore {
         .bind(finished_at)
         .bind(deadline)
         .bind(&run.pipeline)
+        .bind(run.trigger.kind.as_str())
+        .bind(&run.trigger.user)
+        .bind(pull_request)
+        .bind(&run.tag)
         .fetch_one(&mut *tx)
         .await?;
+        if let Some(queued) = run.queued_trigger
+            && !crate::forges::mark_trigger_done(&mut tx, queued, Some(run_id), now).await?
+        {
+            // Another worker made its run: dropping the transaction undoes this one.
+            return Err(StoreError::Conflict(format!(
+                "queued trigger {queued} has its run already"
+            )));
+        }
 
         for (position, (new, state)) in run.tasks.iter().zip(&start.tasks).enumerate() {
             let task = &new.task;

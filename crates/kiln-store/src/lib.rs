@@ -11,7 +11,9 @@
 //! Time is passed in (`now`) rather than read from the clock, so tests can
 //! expire leases and deadlines without sleeping.
 
+#[macro_use]
 pub mod identity;
+pub mod forges;
 pub mod queue;
 #[cfg(feature = "sqlx")]
 pub mod sql;
@@ -26,6 +28,10 @@ use chrono::{DateTime, Utc};
 pub use kiln_pipeline::{Event, Status};
 use serde::{Deserialize, Serialize};
 
+pub use forges::{
+    Forge, ForgeStore, ForkPrs, NewForge, NewQueuedTrigger, PullRequest, QueuedTrigger, RunTrigger,
+    TriggerKind, fork_prs_default,
+};
 pub use identity::{
     AuditEntry, AuditFilter, AuditStore, ClosedSet, Member, MemberRole, MemberStore, NewAuditEntry,
     NewUser, NewUserToken, Refusal, Session, SessionStore, SignInStore, TokenLookup, User,
@@ -64,6 +70,8 @@ ids! {
     UserId;
     /// An audit log entry's id: the log's order, and its paging cursor.
     AuditId;
+    /// A webhook's trigger waiting for its run.
+    QueuedTriggerId;
 }
 
 /// A backend's own error (sqlx's, a corrupt row, …), kept whole.
@@ -138,6 +146,12 @@ pub struct JobSpec {
     /// Who may read it besides its members.
     #[serde(default = "private")]
     pub visibility: Visibility,
+    /// Git jobs: the forge whose webhooks trigger it (a forge's name).
+    #[serde(default)]
+    pub forge: Option<String>,
+    /// What a pull request from a fork does.
+    #[serde(default = "fork_prs_default")]
+    pub fork_prs: ForkPrs,
 }
 
 fn private() -> Visibility {
@@ -186,6 +200,16 @@ pub struct NewRun {
     /// Who made the run, for the audit log, written in the run's own
     /// transaction; `/run/{number}` is appended to its object.
     pub audit: Option<NewAuditEntry>,
+    /// What made the run, and who.
+    pub trigger: RunTrigger,
+    /// The pull request it builds, for `pull_request` runs.
+    pub pull_request: Option<PullRequest>,
+    /// The tag a `tag` run builds.
+    pub tag: Option<String>,
+    /// The webhook's trigger this run is made for: marked done in the
+    /// run's transaction, which fails with `Conflict` (making nothing)
+    /// when it was done already, so two workers never make two runs.
+    pub queued_trigger: Option<QueuedTriggerId>,
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +235,9 @@ pub struct Run {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub deadline: Option<DateTime<Utc>>,
+    pub trigger: RunTrigger,
+    pub pull_request: Option<PullRequest>,
+    pub tag: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -480,6 +507,7 @@ pub trait Database:
     + SessionStore
     + AuditStore
     + SignInStore
+    + ForgeStore
     + Clone
     + Send
     + Sync
@@ -500,6 +528,7 @@ impl<T> Database for T where
         + SessionStore
         + AuditStore
         + SignInStore
+        + ForgeStore
         + Clone
         + Send
         + Sync

@@ -582,6 +582,10 @@ mod tests {
             tasks,
             pipeline: None,
             audit: None,
+            trigger: crate::RunTrigger::default(),
+            pull_request: None,
+            tag: None,
+            queued_trigger: None,
         };
         let ok = start_run(&run);
         assert_eq!((ok.status, ok.tasks.len()), (Status::Queued, 1));

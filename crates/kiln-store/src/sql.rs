@@ -83,6 +83,7 @@ pub trait StoreRow: Row {
     fn opt_text(&self, column: &str) -> Result<Option<String>>;
     fn flag(&self, column: &str) -> Result<bool>;
     fn bytes(&self, column: &str) -> Result<Vec<u8>>;
+    fn opt_bytes(&self, column: &str) -> Result<Option<Vec<u8>>>;
 }
 
 impl<R> StoreRow for R
@@ -117,11 +118,15 @@ where
     fn bytes(&self, column: &str) -> Result<Vec<u8>> {
         Ok(self.try_get(column)?)
     }
+
+    fn opt_bytes(&self, column: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.try_get(column)?)
+    }
 }
 
 /// The columns [`job`] reads.
 pub const JOB_COLUMNS: &str = "id, name, kind, repository, pipeline_path, default_branch, \
-     pipeline, visibility, created_at, updated_at";
+     pipeline, visibility, forge, fork_prs, created_at, updated_at";
 
 pub fn job(row: &impl StoreRow) -> Result<Job> {
     Ok(Job {
@@ -134,6 +139,8 @@ pub fn job(row: &impl StoreRow) -> Result<Job> {
             default_branch: row.opt_text("default_branch")?,
             pipeline: row.opt_text("pipeline")?,
             visibility: name(&row.text("visibility")?)?,
+            forge: row.opt_text("forge")?,
+            fork_prs: name(&row.text("fork_prs")?)?,
         },
         created_at: time(row.int("created_at")?)?,
         updated_at: time(row.int("updated_at")?)?,
@@ -142,8 +149,8 @@ pub fn job(row: &impl StoreRow) -> Result<Job> {
 
 /// Selects runs as [`run`] reads them; callers append `WHERE …`.
 pub const RUN_SELECT: &str = "SELECT r.id, r.job_id, j.name AS job, r.number, r.status, \
-     r.branch, r.sha, r.event, r.error, r.created_at, r.started_at, r.finished_at, r.deadline \
-     FROM runs r JOIN jobs j ON j.id = r.job_id";
+     r.branch, r.sha, r.event, r.error, r.created_at, r.started_at, r.finished_at, r.deadline, \
+     r.trigger_kind, r.trigger_user, r.pull_request, r.tag FROM runs r JOIN jobs j ON j.id = r.job_id";
 
 pub fn run(row: &impl StoreRow) -> Result<Run> {
     Ok(Run {
@@ -160,6 +167,47 @@ pub fn run(row: &impl StoreRow) -> Result<Run> {
         started_at: opt_time(row.opt_int("started_at")?)?,
         finished_at: opt_time(row.opt_int("finished_at")?)?,
         deadline: opt_time(row.opt_int("deadline")?)?,
+        trigger: crate::RunTrigger::new(
+            name(&row.text("trigger_kind")?)?,
+            row.opt_text("trigger_user")?,
+        ),
+        pull_request: row
+            .opt_text("pull_request")?
+            .map(|text| {
+                serde_json::from_str(&text)
+                    .map_err(|e| crate::values::Corrupt(format!("run pull request: {e}")))
+            })
+            .transpose()?,
+        tag: row.opt_text("tag")?,
+    })
+}
+
+/// The columns [`forge`] reads.
+pub const FORGE_COLUMNS: &str =
+    "name, kind, api_url, token, webhook_secret, created_at, updated_at";
+
+pub fn forge(row: &impl StoreRow) -> Result<crate::Forge> {
+    Ok(crate::Forge {
+        name: row.text("name")?,
+        kind: row.text("kind")?,
+        api_url: row.text("api_url")?,
+        token: row.opt_bytes("token")?,
+        webhook_secret: row.opt_bytes("webhook_secret")?,
+        created_at: time(row.int("created_at")?)?,
+        updated_at: time(row.int("updated_at")?)?,
+    })
+}
+
+/// The columns [`queued_trigger`] reads.
+pub const QUEUED_TRIGGER_COLUMNS: &str = "id, job_id, delivery, payload, received_at";
+
+pub fn queued_trigger(row: &impl StoreRow) -> Result<crate::QueuedTrigger> {
+    Ok(crate::QueuedTrigger {
+        id: crate::QueuedTriggerId(row.int("id")?),
+        job_id: JobId(row.int("job_id")?),
+        delivery: row.text("delivery")?,
+        trigger: row.text("payload")?,
+        received_at: time(row.int("received_at")?)?,
     })
 }
 

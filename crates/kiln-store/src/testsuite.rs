@@ -32,6 +32,7 @@ use crate::{
     Refusal, RunDetail, RunFilter, RunId, RunScope, Status, StepRow, StoreError, TaskHold, TaskId,
     TaskResult, TaskRow, TokenKind, Undelivered, Upserted, User, UserChange, UserRole, Visibility,
 };
+use crate::{ForkPrs, NewForge, NewQueuedTrigger, PullRequest, RunTrigger, TriggerKind};
 
 /// One `#[tokio::test]` per case of the contract, in the module it is
 /// invoked in. `$with` is called with each test, an
@@ -49,7 +50,7 @@ macro_rules! testsuite {
             queue_cases, duplicate_user, update_user, last_admin_stays, token_lookup_states,
             revoke_token, user_tokens_without_hashes, touch_token, members,
             members_cascade, creator_is_maintainer, job_and_role, runs_are_audited_with_their_number, sessions_expire, audit_filters_and_paging,
-            failed_sign_ins);
+            failed_sign_ins, forges, queued_triggers);
         // Races between claimers: they take the store, and more threads.
         $crate::testsuite!(@owning $with; claims_are_exclusive, concurrent_workers);
     };
@@ -105,6 +106,10 @@ pub fn new_run(tasks: Vec<NewTask>) -> NewRun {
         tasks,
         pipeline: None,
         audit: None,
+        trigger: RunTrigger::default(),
+        pull_request: None,
+        tag: None,
+        queued_trigger: None,
     }
 }
 
@@ -117,6 +122,8 @@ pub fn freestyle(name: &str) -> JobSpec {
         default_branch: None,
         pipeline: Some("version: 1\ntasks:\n  a:\n    steps:\n      - run: true\n".into()),
         visibility: Visibility::Private,
+        forge: None,
+        fork_prs: ForkPrs::Approve,
     }
 }
 
@@ -276,6 +283,9 @@ pub async fn jobs<D: Database>(db: &D) {
         default_branch: Some("main".into()),
         pipeline: None,
         visibility: Visibility::Public,
+        // Kept as given: the server checks that the forge exists.
+        forge: Some("hub".into()),
+        fork_prs: ForkPrs::Ignore,
     };
     let (updated, how) = db.upsert_job(&git, None, at(3)).await.unwrap();
     assert_eq!(how, Upserted::Updated);
@@ -3199,4 +3209,173 @@ pub async fn failed_sign_ins<D: Database>(db: &D) {
         1,
         "per name"
     );
+}
+
+pub async fn forges<D: Database>(db: &D) {
+    let hub = NewForge {
+        name: "hub",
+        kind: "github",
+        api_url: "https://api.github.com",
+        token: Some(b"sealed-token"),
+        webhook_secret: None,
+    };
+    let (created, how) = db.put_forge(&hub, at(1)).await.unwrap();
+    assert_eq!(how, Upserted::Created);
+    assert_eq!(created.token.as_deref(), Some(&b"sealed-token"[..]));
+    assert_eq!(created.webhook_secret, None);
+    assert_eq!((created.created_at, created.updated_at), (at(1), at(1)));
+
+    // Write-only values: leaving them out keeps them, and changes nothing.
+    let same = NewForge {
+        token: None,
+        ..hub.clone()
+    };
+    let (kept, how) = db.put_forge(&same, at(2)).await.unwrap();
+    assert_eq!((how, &kept), (Upserted::Unchanged, &created));
+
+    let moved = NewForge {
+        api_url: "https://ghe.example.com/api/v3",
+        token: None,
+        webhook_secret: Some(b"sealed-secret"),
+        ..hub.clone()
+    };
+    let (updated, how) = db.put_forge(&moved, at(3)).await.unwrap();
+    assert_eq!(how, Upserted::Updated);
+    assert_eq!(updated.api_url, "https://ghe.example.com/api/v3");
+    assert_eq!(
+        updated.token.as_deref(),
+        Some(&b"sealed-token"[..]),
+        "token kept"
+    );
+    assert_eq!(
+        updated.webhook_secret.as_deref(),
+        Some(&b"sealed-secret"[..])
+    );
+    assert_eq!((updated.created_at, updated.updated_at), (at(1), at(3)));
+    assert_eq!(db.get_forge("hub").await.unwrap(), Some(updated.clone()));
+    assert_eq!(db.get_forge("nope").await.unwrap(), None);
+
+    let lab = NewForge {
+        name: "lab",
+        kind: "gitlab",
+        api_url: "https://gitlab.example.com/api/v4",
+        token: None,
+        webhook_secret: None,
+    };
+    db.put_forge(&lab, at(4)).await.unwrap();
+    let names: Vec<String> = db
+        .list_forges()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(names, ["hub", "lab"]);
+
+    // A forge a job uses stays, and the refusal names the job.
+    let mut spec = freestyle("forged");
+    spec.forge = Some("lab".into());
+    db.create_job(&spec, None, at(5)).await.unwrap();
+    match db.delete_forge("lab").await {
+        Err(StoreError::Conflict(why)) => assert!(why.contains("`forged`"), "{why}"),
+        other => panic!("expected a conflict naming the job, got {other:?}"),
+    }
+    assert!(db.delete_forge("hub").await.unwrap());
+    assert!(!db.delete_forge("hub").await.unwrap(), "already gone");
+    spec.forge = None;
+    db.upsert_job(&spec, None, at(6)).await.unwrap();
+    assert!(db.delete_forge("lab").await.unwrap());
+    assert!(db.list_forges().await.unwrap().is_empty());
+}
+
+pub async fn queued_triggers<D: Database>(db: &D) {
+    let a = job(db, "hooked-a").await;
+    let b = job(db, "hooked-b").await;
+    let queue = |job: &Job, delivery: &str, body: &str| NewQueuedTrigger {
+        job_id: job.id,
+        delivery: delivery.into(),
+        trigger: body.into(),
+    };
+    let queued = db
+        .queue_triggers(
+            &[queue(&a, "d1", "{\"a\":1}"), queue(&b, "d1", "{\"b\":1}")],
+            at(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(queued, [a.id, b.id]);
+    // A redelivery queues nothing; another delivery does.
+    let again = db
+        .queue_triggers(
+            &[queue(&a, "d1", "{\"a\":2}"), queue(&a, "d2", "{\"a\":3}")],
+            at(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, [a.id]);
+    let pending = db.pending_triggers(10).await.unwrap();
+    let seen: Vec<(JobId, &str, &str)> = pending
+        .iter()
+        .map(|t| (t.job_id, t.delivery.as_str(), t.trigger.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (a.id, "d1", "{\"a\":1}"),
+            (b.id, "d1", "{\"b\":1}"),
+            (a.id, "d2", "{\"a\":3}")
+        ]
+    );
+    assert_eq!(pending[0].received_at, at(1));
+    assert_eq!(db.pending_triggers(1).await.unwrap().len(), 1, "limit");
+
+    // The run marks its trigger done in its own transaction: a second run
+    // for the same trigger is refused and leaves nothing behind.
+    let mut run = new_run(tasks(PAIR));
+    run.trigger = RunTrigger::new(TriggerKind::Webhook, Some("octocat".into()));
+    run.pull_request = Some(PullRequest {
+        number: 7,
+        title: "Fix \"quotes\"".into(),
+        author: Some("octocat".into()),
+        head_branch: "fix".into(),
+        base_branch: "main".into(),
+        from_fork: false,
+    });
+    run.queued_trigger = Some(pending[0].id);
+    let made = create(db, &a, run.clone(), at(3)).await;
+    assert_eq!(made.run.trigger, run.trigger);
+    assert_eq!(made.run.pull_request, run.pull_request);
+    match db.create_run(a.id, run, at(4)).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("expected a conflict for a trigger done already, got {other:?}"),
+    }
+    let runs = db.list_runs(a.id, &RunFilter::default()).await.unwrap();
+    assert_eq!(runs.len(), 1, "the refused run left nothing");
+    assert_eq!(runs[0].pull_request.as_ref().map(|pr| pr.number), Some(7));
+    let read = db.get_run(a.id, made.run.number).await.unwrap().unwrap();
+    assert_eq!(read.run.trigger.user.as_deref(), Some("octocat"));
+
+    assert!(db.discard_trigger(pending[1].id, at(5)).await.unwrap());
+    assert!(!db.discard_trigger(pending[1].id, at(6)).await.unwrap());
+    let left: Vec<_> = db
+        .pending_triggers(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(left, [pending[2].id]);
+    // Runs made without a trigger read as made through the API.
+    let plain = create(db, &b, new_run(tasks(PAIR)), at(7)).await;
+    assert_eq!(plain.run.trigger, RunTrigger::new(TriggerKind::Api, None));
+    assert_eq!((plain.run.pull_request, plain.run.tag), (None, None));
+    let mut tagged = new_run(tasks(PAIR));
+    tagged.event = Event::Tag;
+    tagged.branch = None;
+    tagged.tag = Some("v1.0.0".into());
+    let tagged = create(db, &b, tagged, at(8)).await;
+    assert_eq!(tagged.run.tag.as_deref(), Some("v1.0.0"));
+    // A deleted job takes its queued triggers with it.
+    db.delete_job("hooked-a").await.unwrap();
+    assert!(db.pending_triggers(10).await.unwrap().is_empty());
 }

@@ -750,6 +750,9 @@ mod tests {
             created_at: Utc::now(),
             started_at: Some(Utc::now()),
             finished_at: None,
+            trigger: Default::default(),
+            pull_request: None,
+            tag: None,
             tasks: Some(Vec::new()),
         }
     }
@@ -822,6 +825,8 @@ mod tests {
             default_branch: None,
             pipeline: None,
             visibility: "public".into(),
+            forge: None,
+            fork_prs: "approve".into(),
             created_at: Utc::now(),
             updated_at: Utc::now(),
             change: None,

@@ -73,6 +73,8 @@ async fn per_task_through_kiln(
             sha: None,
             event: Event::Manual,
             agent: "local".into(),
+            pull_request: None,
+            tag: None,
         },
         source: Arc::new(SourceTree::scan(source.path()).unwrap()),
         run_dir: run_dir.path().to_path_buf(),

@@ -387,6 +387,8 @@ mod tests {
                 sha: None,
                 event: Event::Manual,
                 agent: "local".into(),
+                pull_request: None,
+                tag: None,
             },
             source: Arc::new(SourceTree {
                 root: dir.clone(),

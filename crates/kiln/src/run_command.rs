@@ -163,6 +163,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             sha: repo.sha.clone(),
             event: Event::Manual,
             agent: "local".into(),
+            pull_request: None,
+            tag: None,
         },
         source: Arc::new(source),
         run_dir: run_dir.clone(),

@@ -5,10 +5,11 @@
 //! commit that exists) is checked by the handlers and answered `422`.
 
 use kiln_api::fields::{
-    AttemptNumber, BranchName, CommitSha, Cursor, ExpiresIn, JobName, PageSize, Password,
-    PipelinePath, RepositoryUrl, SecretName, SecretValue, StatusFilter, TokenName, UserName,
+    ApiUrl, AttemptNumber, BranchName, CommitSha, Cursor, ExpiresIn, ForgeName, JobName, PageSize,
+    Password, PipelinePath, RepositoryUrl, SecretName, SecretValue, StatusFilter, TokenName,
+    UserName,
 };
-use kiln_store::{ClosedSet, MemberRole, UserRole, Visibility};
+use kiln_store::{ClosedSet, ForkPrs, MemberRole, UserRole, Visibility};
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -67,6 +68,12 @@ pub struct NewGitJob {
     /// (anyone may read its runs); unchanged when left out of a `PUT`.
     #[schema(value_type = Option<VisibilityName>)]
     pub visibility: Option<Choice<Visibility>>,
+    /// The forge whose webhooks trigger the job (see `PUT /api/v1/forges/{forge}`);
+    /// none when left out.
+    pub forge: Option<ForgeName>,
+    /// What a pull request from a fork does; `approve` when left out.
+    #[schema(value_type = Option<ForkPrsName>)]
+    pub fork_prs: Option<Choice<ForkPrs>>,
 }
 
 /// A new job whose pipeline is stored with it.
@@ -103,6 +110,12 @@ pub struct GitJob {
     /// (anyone may read its runs); unchanged when left out of a `PUT`.
     #[schema(value_type = Option<VisibilityName>)]
     pub visibility: Option<Choice<Visibility>>,
+    /// The forge whose webhooks trigger the job (see `PUT /api/v1/forges/{forge}`);
+    /// none when left out.
+    pub forge: Option<ForgeName>,
+    /// What a pull request from a fork does; `approve` when left out.
+    #[schema(value_type = Option<ForkPrsName>)]
+    pub fork_prs: Option<Choice<ForkPrs>>,
 }
 
 /// A job whose pipeline is stored with it.
@@ -223,6 +236,8 @@ pub enum JobSource {
         repository: RepositoryUrl,
         pipeline_path: Option<PipelinePath>,
         default_branch: Option<BranchName>,
+        forge: Option<ForgeName>,
+        fork_prs: Option<ForkPrs>,
     },
     Freestyle {
         pipeline: String,
@@ -239,6 +254,8 @@ impl NewJob {
                     repository: job.repository,
                     pipeline_path: job.pipeline_path,
                     default_branch: job.default_branch,
+                    forge: job.forge,
+                    fork_prs: job.fork_prs.map(Choice::get),
                 },
                 job.visibility.map(Choice::get),
             ),
@@ -263,6 +280,8 @@ impl JobDefinition {
                     repository: job.repository,
                     pipeline_path: job.pipeline_path,
                     default_branch: job.default_branch,
+                    forge: job.forge,
+                    fork_prs: job.fork_prs.map(Choice::get),
                 },
                 job.visibility.map(Choice::get),
             ),
@@ -305,6 +324,49 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 #[serde(deny_unknown_fields)]
 pub struct SecretValueBody {
     pub value: SecretValue,
+}
+
+/// Body of `PUT /api/v1/forges/{forge}`: the forge as it should be. The
+/// token and webhook secret are write-only: left out, the stored ones stay.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForgeDefinition {
+    pub kind: ForgeKindName,
+    pub api_url: ApiUrl,
+    /// An access token, for commit statuses.
+    pub token: Option<SecretValue>,
+    /// The secret the forge's webhook is signed with: without one, every
+    /// delivery is refused.
+    pub webhook_secret: Option<SecretValue>,
+}
+
+/// Which forge's webhooks and API a forge speaks. Forgejo is `gitea`.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ForgeKindName {
+    Github,
+    Gitlab,
+    #[serde(alias = "forgejo")]
+    Gitea,
+}
+
+impl From<ForgeKindName> for kiln_forge::ForgeKind {
+    fn from(kind: ForgeKindName) -> Self {
+        match kind {
+            ForgeKindName::Github => kiln_forge::ForgeKind::Github,
+            ForgeKindName::Gitlab => kiln_forge::ForgeKind::Gitlab,
+            ForgeKindName::Gitea => kiln_forge::ForgeKind::Gitea,
+        }
+    }
+}
+
+/// `/api/v1/forges/{forge}` and `/hooks/{forge}`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ForgePath {
+    /// The forge's name.
+    #[param(inline)]
+    pub forge: ForgeName,
 }
 
 /// Body of `POST /api/v1/agent-tokens`.
@@ -427,6 +489,11 @@ macro_rules! choice_schema {
     };
 }
 
+choice_schema!(
+    ForkPrsName,
+    ForkPrs,
+    "`approve`: a fork's pull request waits for a maintainer; `run`: it runs; `ignore`: it starts nothing."
+);
 choice_schema!(
     VisibilityName,
     Visibility,
@@ -696,6 +763,8 @@ mod tests {
             default_branch: Some("main".into()),
             pipeline: None,
             visibility: Some("public".into()),
+            forge: None,
+            fork_prs: None,
         };
         let (name, source, visibility) = serde_json::from_value::<NewJob>(client_form(&git))
             .unwrap()
@@ -711,6 +780,8 @@ mod tests {
             default_branch: None,
             pipeline: Some(EXAMPLE_PIPELINE.into()),
             visibility: None,
+            forge: None,
+            fork_prs: None,
         };
         let (name, source, visibility) =
             serde_json::from_value::<JobDefinition>(client_form(&freestyle))

@@ -22,6 +22,8 @@ pub fn job_spec(name: &JobName, source: JobSource, visibility: Visibility) -> Ap
             repository,
             pipeline_path,
             default_branch,
+            forge,
+            fork_prs,
         } => Ok(JobSpec {
             name: name.to_string(),
             kind: JobKind::Git,
@@ -30,6 +32,8 @@ pub fn job_spec(name: &JobName, source: JobSource, visibility: Visibility) -> Ap
             default_branch: Some(default_branch.map_or_else(|| "main".into(), String::from)),
             pipeline: None,
             visibility,
+            forge: forge.map(String::from),
+            fork_prs: fork_prs.unwrap_or_else(kiln_store::fork_prs_default),
         }),
         JobSource::Freestyle {
             pipeline,
@@ -49,6 +53,8 @@ pub fn job_spec(name: &JobName, source: JobSource, visibility: Visibility) -> Ap
                 default_branch: default_branch.map(String::from),
                 pipeline: Some(pipeline),
                 visibility,
+                forge: None,
+                fork_prs: kiln_store::fork_prs_default(),
             })
         }
     }
@@ -93,8 +99,24 @@ pub async fn create<D: Database>(
 ) -> ApiResult<(StatusCode, Json<kiln_api::Job>)> {
     let (name, source, visibility) = body.into_parts();
     let spec = job_spec(&name, source, visibility.unwrap_or(Visibility::Private))?;
+    check_forge(&state, &spec).await?;
     let job = create_job(&state, &caller, &spec).await?;
     Ok((StatusCode::CREATED, Json(views::job(&job))))
+}
+
+/// A job's `forge` must name a forge: a typo would otherwise leave its
+/// webhooks starting nothing, without a word.
+async fn check_forge<D: Database>(state: &AppState<D>, spec: &JobSpec) -> ApiResult<()> {
+    let Some(forge) = &spec.forge else {
+        return Ok(());
+    };
+    if state.db.get_forge(forge).await?.is_none() {
+        return Err(ApiError::unprocessable(format!(
+            "forge `{forge}` does not exist: an admin creates it with \
+             `kiln forge set {forge} --kind github|gitlab|gitea --api-url URL`"
+        )));
+    }
+    Ok(())
 }
 
 /// Creates the job with `caller` as its creator and maintainer, and audits it.
@@ -180,6 +202,7 @@ pub(crate) async fn upsert_job<D: Database>(
         .or(existing.as_ref().map(|job| job.spec.visibility))
         .unwrap_or(Visibility::Private);
     let spec = job_spec(name, source, visibility)?;
+    check_forge(state, &spec).await?;
     Ok(match existing {
         None => (create_job(state, caller, &spec).await?, Upserted::Created),
         Some(_) => {

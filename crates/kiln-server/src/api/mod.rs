@@ -6,6 +6,8 @@ pub mod bodies;
 mod console;
 mod events;
 pub mod extract;
+pub(crate) mod forges;
+mod hooks;
 pub(crate) mod jobs;
 pub(crate) mod members;
 mod range;
@@ -118,6 +120,16 @@ fn routes<D: Database>() -> Routes<D> {
     .add("/api/v1/agents", get(admin::agents::<D>))
     .add("/api/v1/agents/{agent}", delete(admin::delete_agent::<D>))
     .add("/api/v1/audit", get(admin::audit_log::<D>))
+    .add("/api/v1/forges", get(forges::list::<D>))
+    .add(
+        "/api/v1/forges/{forge}",
+        put(forges::put::<D>).delete(forges::delete::<D>),
+    )
+    // Bounded by the handler (`hooks::MAX_HOOK_BYTES`), not the API's limit.
+    .add(
+        "/hooks/{forge}",
+        post(hooks::receive::<D>).layer(DefaultBodyLimit::disable()),
+    )
     .add("/login", post(session::login::<D>))
     .add("/logout", post(session::logout::<D>))
 }

@@ -20,6 +20,7 @@ use crate::state::AppState;
         super::users::list, super::users::create, super::users::show, super::users::update, super::users::delete,
         super::users::list_tokens, super::users::create_token, super::users::revoke_token,
         super::admin::create_agent_token, super::admin::agents, super::admin::delete_agent, super::admin::audit_log,
+        super::forges::list, super::forges::put, super::forges::delete, super::hooks::receive,
         super::session::login, crate::ui::session::login_page, super::session::logout,
     ),
     modifiers(&BearerAuth, &ExtractorResponses)

@@ -293,6 +293,12 @@ async fn assignment<D: Database>(
         lease_seconds: state.agents.lease.as_secs().max(1) as u32,
         attempt: task.attempt.max(1) as u32,
         git_credentials,
+        pull_request: run.pull_request.as_ref().map(|pr| kiln_proto::PullRequest {
+            number: pr.number,
+            head_branch: pr.head_branch.clone(),
+            base_branch: pr.base_branch.clone(),
+        }),
+        tag: run.tag.clone().unwrap_or_default(),
     };
     Ok((assignment, both))
 }

@@ -15,7 +15,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use kiln_api::fields::{
-    BranchName, ExpiresIn, JobName, PipelinePath, RepositoryUrl, SecretName, SecretValue,
+    BranchName, ExpiresIn, ForgeName, JobName, PipelinePath, RepositoryUrl, SecretName, SecretValue,
     TokenName, UserName,
 };
 use kiln_store::{ClosedSet, Database, MemberRole, Upserted, Visibility};
@@ -187,14 +187,15 @@ impl JobForm {
         }
     }
 
-    /// The job's new source, of `kind`; empty optional fields are left out
-    /// (their defaults apply, as in the API).
-    fn source(&self, kind: kiln_store::JobKind) -> ApiResult<JobSource> {
+    /// The job's new source, of `job`'s kind; empty optional fields are
+    /// left out (their defaults apply, as in the API). The page does not
+    /// edit a job's forge settings: they stay as they are.
+    fn source(&self, job: &kiln_store::Job) -> ApiResult<JobSource> {
         let optional = |text: &str| Some(text.trim().to_string()).filter(|t| !t.is_empty());
         let default_branch = optional(&self.default_branch)
             .map(|b| checked("default branch", BranchName::new(b)))
             .transpose()?;
-        Ok(match kind {
+        Ok(match job.spec.kind {
             kiln_store::JobKind::Git => JobSource::Git {
                 repository: checked(
                     "repository",
@@ -204,6 +205,14 @@ impl JobForm {
                     .map(|p| checked("pipeline file", PipelinePath::new(p)))
                     .transpose()?,
                 default_branch,
+                forge: job
+                    .spec
+                    .forge
+                    .clone()
+                    .map(ForgeName::new)
+                    .transpose()
+                    .map_err(ApiError::internal)?,
+                fork_prs: Some(job.spec.fork_prs),
             },
             // Browsers send a textarea's lines ending in CR LF.
             kiln_store::JobKind::Freestyle => JobSource::Freestyle {
@@ -230,7 +239,7 @@ pub async fn update_job<D: Database>(
         // changed here: the page never creates one.
         let job = access::job(&state, Some(caller), &name, MemberRole::Maintainer).await?;
         let job_name = JobName::new(job.spec.name.clone()).map_err(ApiError::internal)?;
-        let source = form.source(job.spec.kind)?;
+        let source = form.source(&job)?;
         let visibility = choose::<Visibility>("visibility", &form.visibility)?;
         jobs::upsert_job(&state, caller, &job_name, source, Some(visibility)).await
     }

@@ -57,6 +57,13 @@ pub struct JobCreateArgs {
     /// (private jobs are seen by their members only).
     #[arg(long)]
     pub public: bool,
+    /// The forge whose webhooks trigger the job (see `kiln forge set`).
+    #[arg(long, value_name = "FORGE", requires = "repository")]
+    pub forge: Option<String>,
+    /// What a pull request from a fork does: `approve` (the default),
+    /// `run` or `ignore`.
+    #[arg(long, value_name = "WHAT", requires = "repository")]
+    pub fork_prs: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -129,6 +136,10 @@ async fn job_show(args: &ClientArgs, name: &str) -> anyhow::Result<i32> {
         field("default branch:", branch);
     }
     field("visibility:", &job.visibility);
+    if let Some(forge) = &job.forge {
+        field("forge:", forge);
+        field("fork PRs:", &job.fork_prs);
+    }
     field("created:", &local_time(job.created_at));
     field("updated:", &local_time(job.updated_at));
     if let Some(pipeline) = &job.pipeline {
@@ -155,6 +166,8 @@ async fn job_create(args: JobCreateArgs) -> anyhow::Result<i32> {
     if args.public {
         body.visibility = Some("public".into());
     }
+    body.forge = args.forge.clone();
+    body.fork_prs = args.fork_prs.clone();
     if let (Some(path), Some(pipeline)) = (&args.pipeline_file, &body.pipeline)
         && let Err(diagnostics) = kiln_pipeline::parse(&path.display().to_string(), pipeline)
     {
@@ -187,6 +200,8 @@ pub(super) fn git_body(
         default_branch,
         pipeline: None,
         visibility: None,
+        forge: None,
+        fork_prs: None,
     }
 }
 
@@ -200,6 +215,8 @@ pub(super) fn freestyle_body(name: Option<String>, pipeline: String) -> JobBody 
         default_branch: None,
         pipeline: Some(pipeline),
         visibility: None,
+        forge: None,
+        fork_prs: None,
     }
 }
 

@@ -1,6 +1,6 @@
 //! The client commands (DESIGN.md §3): `kiln job`, `apply`, `trigger`,
 //! `runs`, `logs`, `cancel`, `secret`, `agents`, `agent-token`, `user`,
-//! `token`, `member` and `audit`, which talk to a Kiln server's REST API
+//! `token`, `member`, `audit` and `forge`, which talk to a Kiln server's REST API
 //! through [`kiln_client`]. One module per resource holds its commands'
 //! arguments and handlers (`kiln secret set`: `secrets.rs`); `output`
 //! prints for all of them, and `input` reads secret values (never from the
@@ -13,6 +13,7 @@
 pub mod agents;
 pub mod apply;
 pub mod audit;
+pub mod forges;
 mod input;
 pub mod jobs;
 pub mod logs;
@@ -31,6 +32,7 @@ use crate::run_command::EXIT_SUCCESS;
 use agents::{AgentTokenCommand, AgentsArgs};
 use apply::ApplyArgs;
 use audit::AuditArgs;
+use forges::ForgeCommand;
 use jobs::JobCommand;
 use logs::LogsArgs;
 use members::MemberCommand;
@@ -76,6 +78,9 @@ pub enum ClientCommand {
     Member(MemberCommand),
     /// Show the audit log, newest first (admins).
     Audit(AuditArgs),
+    /// Set, list and delete the forges whose webhooks start runs (admins).
+    #[command(subcommand)]
+    Forge(ForgeCommand),
 }
 
 /// Where the server is and how to talk to it; on every client command.
@@ -143,6 +148,7 @@ async fn dispatch(command: ClientCommand) -> anyhow::Result<i32> {
         ClientCommand::Token(command) => tokens::run(command).await,
         ClientCommand::Member(command) => members::run(command).await,
         ClientCommand::Audit(args) => audit::audit(args).await,
+        ClientCommand::Forge(command) => forges::run(command).await,
     }
 }
 

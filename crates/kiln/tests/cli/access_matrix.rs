@@ -106,6 +106,8 @@ enum Prepare {
     TargetToken,
     /// The agent `doomed-agent`, with a token.
     DoomedAgent,
+    /// The forge `doomed-forge`, with a webhook secret.
+    DoomedForge,
 }
 
 struct Route {
@@ -367,6 +369,23 @@ fn routes() -> Vec<Route> {
             DoomedAgent,
         ),
         route(Method::GET, "/api/v1/audit", Admin, 200, None, Nothing),
+        route(Method::GET, "/api/v1/forges", Admin, 200, None, Nothing),
+        route(
+            Method::PUT,
+            "/api/v1/forges/{forge}",
+            Admin,
+            200,
+            Some(json!({"kind": "gitea", "api_url": "https://forge.example.com/api/v1"})),
+            DoomedForge,
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/forges/{forge}",
+            Admin,
+            204,
+            None,
+            DoomedForge,
+        ),
     ]
 }
 
@@ -439,6 +458,7 @@ impl Fixture {
             "/api/v1/jobs/doomed/members",
             "/api/v1/users",
             "/api/v1/tokens?user=target",
+            "/api/v1/forges",
         ] {
             all.push(self.admin(Method::GET, path, None).await.1);
         }
@@ -510,6 +530,17 @@ impl Fixture {
                     status == StatusCode::CREATED || status == StatusCode::CONFLICT,
                     "{answer}"
                 );
+            }
+            Prepare::DoomedForge => {
+                self.admin_ok(
+                    Method::PUT,
+                    "/api/v1/forges/doomed-forge",
+                    Some(
+                        json!({"kind": "github", "api_url": "https://api.github.com",
+                        "webhook_secret": "doomed-secret"}),
+                    ),
+                )
+                .await;
             }
             Prepare::TargetToken => {
                 let made = self
@@ -743,7 +774,8 @@ async fn walk(server: Server) {
                     },
                 )
                 .replace("{id}", id.as_deref().unwrap_or("0"))
-                .replace("{agent}", "doomed-agent");
+                .replace("{agent}", "doomed-agent")
+                .replace("{forge}", "doomed-forge");
             // The event stream lasts until the client leaves, unless told.
             let path = if route.path == "/api/v1/events" {
                 format!("{path}?timeout=0")
@@ -780,6 +812,22 @@ async fn walk(server: Server) {
             } else {
                 fixture.clean_up(route).await;
             }
+        }
+    }
+    // A forge's webhook is authenticated by its signature alone: no
+    // token, an admin's included, lets an unsigned delivery in.
+    fixture.prepare(Prepare::DoomedForge).await;
+    for who in EVERYONE {
+        let request = fixture
+            .server
+            .request(Method::POST, "/hooks/doomed-forge", fixture.token(who))
+            .header("x-github-event", "ping")
+            .body("{}");
+        let status = request.send().await.unwrap().status();
+        if status != StatusCode::UNAUTHORIZED {
+            failures.push(format!(
+                "{who:?} POST /hooks/doomed-forge unsigned: got {status}"
+            ));
         }
     }
     assert!(

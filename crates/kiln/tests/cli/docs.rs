@@ -482,6 +482,7 @@ fn the_client_docs_commands_do_what_they_say() {
         ".kiln.yml",
         "version: 1\ntasks:\n  hello:\n    steps: [echo hello from the client docs]\n",
     )]);
+    std::fs::write(shell.path().join("token.txt"), "ghp_not_a_real_token\n").unwrap();
     std::fs::write(
         shell.path().join("slow.yml"),
         "version: 1\ntasks:\n  slow:\n    steps: [sleep 60]\n",
@@ -491,9 +492,18 @@ fn the_client_docs_commands_do_what_they_say() {
     // (the command as the table writes it, what is run, what it prints)
     let cases: Vec<(&str, String, &str)> = vec![
         (
-            "kiln job create NAME --repository URL [--pipeline-path P] [--default-branch B]",
+            "kiln forge set NAME --kind K --api-url U [--token-file F] [--webhook-secret-file F]",
+            "printf hook-s3cret | kiln forge set hub --kind github --api-url https://api.github.com \
+             --token-file token.txt --webhook-secret-file -"
+                .into(),
+            "created forge `hub` (github)",
+        ),
+        ("kiln forge list", "kiln forge list".into(), "hub"),
+        (
+            "kiln job create NAME --repository URL [--pipeline-path P] [--default-branch B] [--forge F] [--fork-prs approve|run|ignore]",
             format!(
-                "kiln job create app --repository {repo_url} --pipeline-path .kiln.yml --default-branch main"
+                "kiln job create app --repository {repo_url} --pipeline-path .kiln.yml --default-branch main \
+                 --forge hub --fork-prs ignore"
             ),
             "created git job `app`",
         ),
@@ -611,6 +621,13 @@ fn the_client_docs_commands_do_what_they_say() {
             "kiln job delete NAME",
             "kiln job delete slow".into(),
             "deleted job `slow`",
+        ),
+        (
+            "kiln forge delete NAME",
+            "kiln forge set lab --kind gitlab --api-url https://gitlab.example.com/api/v4 && \
+             kiln forge delete lab"
+                .into(),
+            "deleted forge `lab`",
         ),
     ];
     let mut documented = client_table_commands();

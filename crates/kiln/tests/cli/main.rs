@@ -9,6 +9,7 @@ mod architecture;
 mod docs;
 mod downloads;
 mod events;
+mod forges;
 mod hostile;
 mod isolation;
 mod limits;
