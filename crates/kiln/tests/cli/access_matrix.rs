@@ -145,7 +145,7 @@ fn routes() -> Vec<Route> {
     use Role::{Developer, Maintainer, Viewer};
     vec![
         // The changes of the jobs the caller may read: anyone may open it
-        // (the filtering is tests/events.rs's); `?timeout=0` below ends it.
+        // (the filtering is kiln-server's tests/events.rs's); `?timeout=0` below ends it.
         route(Method::GET, "/api/v1/events", Anyone, 200, None, Nothing),
         route(Method::GET, "/api/v1/jobs", Anyone, 200, None, Nothing),
         route(
