@@ -19,6 +19,7 @@ pub mod queue;
 pub mod sql;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
+pub mod statuses;
 pub mod values;
 
 use std::fmt;
@@ -31,6 +32,9 @@ use serde::{Deserialize, Serialize};
 pub use forges::{
     Forge, ForgeStore, ForkPrs, NewForge, NewQueuedTrigger, PullRequest, QueuedTrigger, RunTrigger,
     TriggerKind, fork_prs_default,
+};
+pub use statuses::{
+    CommitStatus, CommitStatusId, StatusCandidate, StatusOutcome, StatusStore, WantedStatus,
 };
 pub use identity::{
     AuditEntry, AuditFilter, AuditStore, ClosedSet, Member, MemberRole, MemberStore, NewAuditEntry,
@@ -508,6 +512,7 @@ pub trait Database:
     + AuditStore
     + SignInStore
     + ForgeStore
+    + StatusStore
     + Clone
     + Send
     + Sync
@@ -529,6 +534,7 @@ impl<T> Database for T where
         + AuditStore
         + SignInStore
         + ForgeStore
+        + StatusStore
         + Clone
         + Send
         + Sync

@@ -754,6 +754,7 @@ mod tests {
             pull_request: None,
             tag: None,
             tasks: Some(Vec::new()),
+            statuses: None,
         }
     }
 

@@ -447,6 +447,8 @@ async fn a_trigger_left_by_a_stopped_server_runs_at_the_next_start() {
         sender: Some("ada".into()),
         pull_request: None,
         head_ref: None,
+        repository: None,
+        repository_id: None,
     };
     let left = NewQueuedTrigger {
         job_id: job.id,
