@@ -363,10 +363,11 @@ pub async fn shown<D: Database>(
                 .and_then(|kind| kind.parse::<ForgeKind>().ok());
             kiln_api::CommitStatus {
                 forge: status.forge.clone(),
-                state: kind.map_or("pending", |kind| {
-                    kiln_forge::status::forge_state(kind, status.run_status.as_str())
-                })
-                .to_string(),
+                state: kind
+                    .map_or("pending", |kind| {
+                        kiln_forge::status::forge_state(kind, status.run_status.as_str())
+                    })
+                    .to_string(),
                 sent_at: status.sent_at,
                 error: status.error.clone(),
             }

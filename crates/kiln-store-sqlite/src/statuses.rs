@@ -16,7 +16,8 @@ impl StatusStore for SqliteStore {
         finished_since: Option<DateTime<Utc>>,
         limit: i64,
     ) -> Result<Vec<StatusCandidate>> {
-        let query = sql::status_candidates_select("r.finished_at IS NULL OR r.finished_at >= ?", "?");
+        let query =
+            sql::status_candidates_select("r.finished_at IS NULL OR r.finished_at >= ?", "?");
         let rows = sqlx::query(&query)
             .bind(finished_since.map_or(i64::MIN, ms))
             .bind(limit)

@@ -17,9 +17,9 @@ pub mod forges;
 pub mod queue;
 #[cfg(feature = "sqlx")]
 pub mod sql;
+pub mod statuses;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
-pub mod statuses;
 pub mod values;
 
 use std::fmt;
@@ -33,13 +33,13 @@ pub use forges::{
     Forge, ForgeStore, ForkPrs, NewForge, NewQueuedTrigger, PullRequest, QueuedTrigger, RunTrigger,
     TriggerKind, fork_prs_default,
 };
-pub use statuses::{
-    CommitStatus, CommitStatusId, StatusCandidate, StatusOutcome, StatusStore, WantedStatus,
-};
 pub use identity::{
     AuditEntry, AuditFilter, AuditStore, ClosedSet, Member, MemberRole, MemberStore, NewAuditEntry,
     NewUser, NewUserToken, Refusal, Session, SessionStore, SignInStore, TokenLookup, User,
     UserChange, UserRole, UserStore, UserToken, Visibility,
+};
+pub use statuses::{
+    CommitStatus, CommitStatusId, StatusCandidate, StatusOutcome, StatusStore, WantedStatus,
 };
 
 /// Ids of the store's rows, one type per kind of row so that a run's id

@@ -89,7 +89,9 @@ pub enum StatusOutcome {
     Delivered,
     /// Try again at `at` (no earlier, even for a newer state: the forge
     /// asked for the wait).
-    Retry { at: DateTime<Utc> },
+    Retry {
+        at: DateTime<Utc>,
+    },
     /// The forge will never take it; shown on the run.
     Permanent(String),
 }
@@ -133,8 +135,6 @@ pub trait StatusStore {
     /// When the next status falls due, if any is waiting.
     fn next_status_due(&self) -> impl Future<Output = Result<Option<DateTime<Utc>>>> + Send;
     /// The statuses run `run_id` holds, by forge.
-    fn run_statuses(
-        &self,
-        run_id: RunId,
-    ) -> impl Future<Output = Result<Vec<CommitStatus>>> + Send;
+    fn run_statuses(&self, run_id: RunId)
+    -> impl Future<Output = Result<Vec<CommitStatus>>> + Send;
 }

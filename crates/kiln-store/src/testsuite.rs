@@ -3442,9 +3442,15 @@ pub async fn commit_statuses<D: Database>(db: &D) {
         run_id,
         run_status,
     };
-    assert!(db.want_status(&want(first.run.id, Status::Queued), at(1)).await.unwrap());
     assert!(
-        !db.want_status(&want(first.run.id, Status::Queued), at(1)).await.unwrap(),
+        db.want_status(&want(first.run.id, Status::Queued), at(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !db.want_status(&want(first.run.id, Status::Queued), at(1))
+            .await
+            .unwrap(),
         "the same state again changes nothing"
     );
     assert!(db.status_candidates(None, 10).await.unwrap().is_empty());
@@ -3455,9 +3461,15 @@ pub async fn commit_statuses<D: Database>(db: &D) {
     let queued = &claimed[0];
     assert_eq!(queued.forge_kind.as_deref(), Some("github"));
     assert_eq!((queued.run_status, queued.version), (Status::Queued, 1));
-    assert_eq!((queued.repository.as_str(), queued.context.as_str()), ("octo/app", "kiln/reported"));
+    assert_eq!(
+        (queued.repository.as_str(), queued.context.as_str()),
+        ("octo/app", "kiln/reported")
+    );
     assert!(
-        db.claim_statuses(at(2), at(62), 10).await.unwrap().is_empty(),
+        db.claim_statuses(at(2), at(62), 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "a claimed status is not handed out twice"
     );
 
@@ -3467,55 +3479,107 @@ pub async fn commit_statuses<D: Database>(db: &D) {
     let candidates = db.status_candidates(None, 10).await.unwrap();
     assert_eq!(candidates.len(), 1);
     assert_eq!(candidates[0].status, Status::Running);
-    assert!(db.want_status(&want(first.run.id, Status::Running), at(3)).await.unwrap());
+    assert!(
+        db.want_status(&want(first.run.id, Status::Running), at(3))
+            .await
+            .unwrap()
+    );
     db.settle_status(queued.id, 1, &StatusOutcome::Delivered, at(4))
         .await
         .unwrap();
     let shown = db.run_statuses(first.run.id).await.unwrap();
     assert_eq!(shown.len(), 1);
-    assert_eq!((shown[0].run_status, shown[0].sent_at), (Status::Running, None));
+    assert_eq!(
+        (shown[0].run_status, shown[0].sent_at),
+        (Status::Running, None)
+    );
     let running = db.claim_statuses(at(4), at(64), 10).await.unwrap();
     assert_eq!(running.len(), 1);
-    assert_eq!((running[0].run_status, running[0].version), (Status::Running, 2));
+    assert_eq!(
+        (running[0].run_status, running[0].version),
+        (Status::Running, 2)
+    );
 
     // The forge asks for a wait: nothing is due before it, not even a
     // newer state.
-    db.settle_status(running[0].id, 2, &StatusOutcome::Retry { at: at(30) }, at(5))
-        .await
-        .unwrap();
-    assert!(db.claim_statuses(at(10), at(70), 10).await.unwrap().is_empty());
+    db.settle_status(
+        running[0].id,
+        2,
+        &StatusOutcome::Retry { at: at(30) },
+        at(5),
+    )
+    .await
+    .unwrap();
+    assert!(
+        db.claim_statuses(at(10), at(70), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(db.next_status_due().await.unwrap(), Some(at(30)));
     assert!(finish(db, &a, "agent", Status::Success, at(6)).await);
     let b = claim_named(db, "agent", "b", at(6)).await;
     assert!(finish(db, &b, "agent", Status::Success, at(7)).await);
     assert!(
-        db.status_candidates(Some(at(8)), 10).await.unwrap().is_empty(),
+        db.status_candidates(Some(at(8)), 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "a run that ended before the look started is not looked at again"
     );
     let ended = db.status_candidates(Some(at(6)), 10).await.unwrap();
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].status, Status::Success);
-    assert!(db.want_status(&want(first.run.id, Status::Success), at(8)).await.unwrap());
-    assert!(db.claim_statuses(at(10), at(70), 10).await.unwrap().is_empty());
+    assert!(
+        db.want_status(&want(first.run.id, Status::Success), at(8))
+            .await
+            .unwrap()
+    );
+    assert!(
+        db.claim_statuses(at(10), at(70), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let done = db.claim_statuses(at(30), at(90), 10).await.unwrap();
     assert_eq!(done.len(), 1);
-    assert_eq!((done[0].run_status, done[0].version, done[0].attempts), (Status::Success, 3, 1));
+    assert_eq!(
+        (done[0].run_status, done[0].version, done[0].attempts),
+        (Status::Success, 3, 1)
+    );
     db.settle_status(done[0].id, 3, &StatusOutcome::Delivered, at(31))
         .await
         .unwrap();
     let shown = db.run_statuses(first.run.id).await.unwrap();
     assert_eq!(
-        (shown[0].run_status, shown[0].sent_at, shown[0].error.clone()),
+        (
+            shown[0].run_status,
+            shown[0].sent_at,
+            shown[0].error.clone()
+        ),
         (Status::Success, Some(at(31)), None)
     );
     assert_eq!(db.next_status_due().await.unwrap(), None);
-    assert!(db.claim_statuses(at(40), at(100), 10).await.unwrap().is_empty());
+    assert!(
+        db.claim_statuses(at(40), at(100), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // A newer run on the same commit takes the row over; the older run
     // never takes it back.
     let second = create(db, &job, new_run(tasks(PAIR)), at(50)).await;
-    assert!(db.want_status(&want(second.run.id, Status::Queued), at(50)).await.unwrap());
-    assert!(!db.want_status(&want(first.run.id, Status::Failure), at(51)).await.unwrap());
+    assert!(
+        db.want_status(&want(second.run.id, Status::Queued), at(50))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !db.want_status(&want(first.run.id, Status::Failure), at(51))
+            .await
+            .unwrap()
+    );
     assert!(db.run_statuses(first.run.id).await.unwrap().is_empty());
     let refused = db.claim_statuses(at(51), at(111), 10).await.unwrap();
     assert_eq!(refused.len(), 1);
@@ -3530,9 +3594,16 @@ pub async fn commit_statuses<D: Database>(db: &D) {
     .unwrap();
     let shown = db.run_statuses(second.run.id).await.unwrap();
     assert_eq!(shown.len(), 1);
-    assert_eq!(shown[0].error.as_deref(), Some("the forge answered 422: No commit found"));
+    assert_eq!(
+        shown[0].error.as_deref(),
+        Some("the forge answered 422: No commit found")
+    );
     assert_eq!(shown[0].sent_at, None);
-    assert_eq!(db.next_status_due().await.unwrap(), None, "a refusal is not retried");
+    assert_eq!(
+        db.next_status_due().await.unwrap(),
+        None,
+        "a refusal is not retried"
+    );
 
     // A deleted job takes its statuses with it.
     db.delete_job("reported").await.unwrap();

@@ -96,7 +96,10 @@ impl StandIn {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("statuses did not arrive within 30s: {:?}", self.script().received);
+        panic!(
+            "statuses did not arrive within 30s: {:?}",
+            self.script().received
+        );
     }
 }
 
@@ -141,15 +144,10 @@ fn answer(
             .into_response();
     }
     if let Some((status, extra)) = script.answers.pop_front() {
-        let mut response = (
-            axum::http::StatusCode::from_u16(status).unwrap(),
-            "not now",
-        )
-            .into_response();
+        let mut response =
+            (axum::http::StatusCode::from_u16(status).unwrap(), "not now").into_response();
         for (name, value) in extra {
-            response
-                .headers_mut()
-                .insert(name, value.parse().unwrap());
+            response.headers_mut().insert(name, value.parse().unwrap());
         }
         return response;
     }
@@ -164,8 +162,8 @@ fn answer(
 
 fn github_openapi() -> Value {
     let root = std::env::var("KILN_NPM_FIXTURES").unwrap_or_else(|_| "/opt/kiln-test/npm".into());
-    let path = PathBuf::from(root)
-        .join("node_modules/@octokit/openapi/generated/api.github.com.json");
+    let path =
+        PathBuf::from(root).join("node_modules/@octokit/openapi/generated/api.github.com.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
             "{}: {e}; scripts/setup-test-env.sh installs GitHub's OpenAPI description",
@@ -366,7 +364,9 @@ fn conforms(schema: &Value, value: &Value, root: &Value, at: &str, errors: &mut 
                 })
                 .count();
             if passing == 0 || (combinator == "oneOf" && passing > 1) {
-                errors.push(format!("{at}: {value} matches {passing} of its {combinator}"));
+                errors.push(format!(
+                    "{at}: {value} matches {passing} of its {combinator}"
+                ));
             }
         }
     }
@@ -481,7 +481,10 @@ impl Harness {
             now: Utc::now(),
         };
         let holder = Holder::new("agent-1", task.attempt);
-        self.db.finish_task(task.id, &holder, &result).await.unwrap();
+        self.db
+            .finish_task(task.id, &holder, &result)
+            .await
+            .unwrap();
         self.events.touch_all(run.run.id);
     }
 
@@ -496,7 +499,10 @@ impl Harness {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("run {number}'s statuses did not settle: {}", self.get(&path).await.body);
+        panic!(
+            "run {number}'s statuses did not settle: {}",
+            self.get(&path).await.body
+        );
     }
 }
 
@@ -507,7 +513,10 @@ impl Harness {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statuses_reach_github_in_order_once_it_recovers() {
     let stand_in = StandIn::start().await;
-    stand_in.script().answers.extend([(500, vec![]), (429, vec![("retry-after", "1")])]);
+    stand_in
+        .script()
+        .answers
+        .extend([(500, vec![]), (429, vec![("retry-after", "1")])]);
     let server = Harness::start().await;
     server.status_forge("hub", "github", &stand_in).await;
     let dir = tempfile::tempdir().unwrap();
@@ -527,7 +536,7 @@ async fn statuses_reach_github_in_order_once_it_recovers() {
         description: "queued".into(),
         target_url: Some(format!("{}/jobs/app/runs/1", super::PUBLIC_URL)),
     };
-    assert_eq!(received, [pending.clone()]);
+    assert_eq!(received, std::slice::from_ref(&pending));
     let shown = server
         .statuses_until("app", 1, |s| s[0]["sent_at"].is_string())
         .await;
@@ -544,13 +553,18 @@ async fn statuses_reach_github_in_order_once_it_recovers() {
     };
     assert_eq!(received, [pending.clone(), success.clone()]);
     let shown = server
-        .statuses_until("app", 1, |s| s[0]["state"] == "success" && s[0]["sent_at"].is_string())
+        .statuses_until("app", 1, |s| {
+            s[0]["state"] == "success" && s[0]["sent_at"].is_string()
+        })
         .await;
     assert_eq!(shown.as_array().unwrap().len(), 1, "{shown}");
 
     // Down again: the rerun's queued and successful states are both
     // wanted before the forge takes anything, and only the newest goes.
-    stand_in.script().answers.extend([(503, vec![]), (503, vec![])]);
+    stand_in
+        .script()
+        .answers
+        .extend([(503, vec![]), (503, vec![])]);
     let rerun = server
         .json(Method::POST, "/api/v1/jobs/app/runs/1/rerun", "")
         .await;
@@ -561,7 +575,9 @@ async fn statuses_reach_github_in_order_once_it_recovers() {
         target_url: Some(format!("{}/jobs/app/runs/2", super::PUBLIC_URL)),
         ..success.clone()
     };
-    stand_in.received_until(|r| r.last() == Some(&rerun_success)).await;
+    stand_in
+        .received_until(|r| r.last() == Some(&rerun_success))
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let script = stand_in.script();
     assert!(script.violations.is_empty(), "{:?}", script.violations);
@@ -575,7 +591,9 @@ async fn statuses_reach_github_in_order_once_it_recovers() {
     // (the forge was down for both), but nothing of run 1 came back.
     let rerun = &script.received[2..];
     assert!(
-        rerun.iter().all(|r| r.target_url == rerun_success.target_url),
+        rerun
+            .iter()
+            .all(|r| r.target_url == rerun_success.target_url),
         "{rerun:?}"
     );
 }
