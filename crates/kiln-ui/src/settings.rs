@@ -719,6 +719,8 @@ mod tests {
             default_branch: Some("main".into()),
             pipeline: None,
             visibility: "private".into(),
+            forge: None,
+            fork_prs: "approve".into(),
             created_at: Utc::now(),
             updated_at: Utc::now(),
             change: None,
