@@ -39,6 +39,9 @@ use crate::state::AppState;
 /// through another server sharing the database.
 pub const TICK: Duration = Duration::from_secs(30);
 
+/// The least the sender waits between looks.
+const MIN_WAIT: Duration = Duration::from_millis(100);
+
 /// How long a forge has to answer one status.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -80,17 +83,21 @@ pub async fn run_sender<D: Database>(state: AppState<D>, shutdown: CancellationT
     loop {
         let started = Utc::now();
         match record_wanted(&state, last_look).await {
-            Ok(()) => last_look = Some(started - chrono_span(LOOK_OVERLAP)),
+            // A full page may have left older runs out: the window moves
+            // on only once a look saw all it covers.
+            Ok(true) => {}
+            Ok(false) => last_look = Some(started - chrono_span(LOOK_OVERLAP)),
             Err(e) => tracing::warn!("commit statuses: reading runs failed: {e}"),
         }
         if let Err(e) = send_due(&state, &client).await {
             tracing::warn!("commit statuses: sending failed: {e}");
         }
+        // Never a busy loop, even if a due status could not be sent.
         let wait = match state.db.next_status_due().await {
-            Ok(Some(due)) => (due - Utc::now()).to_std().unwrap_or_default().min(TICK),
-            Ok(None) => TICK,
-            Err(_) => TICK,
-        };
+            Ok(Some(due)) => (due - Utc::now()).to_std().unwrap_or_default(),
+            Ok(None) | Err(_) => TICK,
+        }
+        .clamp(MIN_WAIT, TICK);
         // Task and step changes are many; only a run's change (or its
         // lag, which may hide one) is worth a look.
         let deadline = tokio::time::Instant::now() + wait;
@@ -124,12 +131,14 @@ fn client() -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-/// Records the state of every run whose commit does not show it yet.
+/// Records the state of every run whose commit does not show it yet (up
+/// to [`CANDIDATES`] of them); whether there may be more.
 async fn record_wanted<D: Database>(
     state: &AppState<D>,
     last_look: Option<DateTime<Utc>>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let candidates = state.db.status_candidates(last_look, CANDIDATES).await?;
+    let full = candidates.len() as i64 >= CANDIDATES;
     let mut forges = std::collections::HashMap::new();
     for candidate in &candidates {
         if !forges.contains_key(&candidate.forge) {
@@ -155,7 +164,7 @@ async fn record_wanted<D: Database>(
         };
         state.db.want_status(&wanted, Utc::now()).await?;
     }
-    Ok(())
+    Ok(full)
 }
 
 /// What the forge's API calls the run's repository: the forge's own word

@@ -121,7 +121,8 @@ impl StatusStore for PostgresStore {
 
     async fn next_status_due(&self) -> Result<Option<DateTime<Utc>>> {
         let due: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM commit_statuses \
+            "SELECT MIN(GREATEST(next_attempt_at, COALESCE(claimed_until, 0))) \
+             FROM commit_statuses \
              WHERE done_version IS NULL OR done_version < version",
         )
         .fetch_one(&self.pool)

@@ -127,7 +127,7 @@ impl StatusStore for SqliteStore {
 
     async fn next_status_due(&self) -> Result<Option<DateTime<Utc>>> {
         let due: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM commit_statuses \
+            "SELECT MIN(MAX(next_attempt_at, COALESCE(claimed_until, 0))) FROM commit_statuses \
              WHERE done_version IS NULL OR done_version < version",
         )
         .fetch_one(&self.reader)

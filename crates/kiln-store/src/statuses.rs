@@ -132,7 +132,8 @@ pub trait StatusStore {
         outcome: &StatusOutcome,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// When the next status falls due, if any is waiting.
+    /// When the next status falls due (or, when it is claimed, its claim
+    /// ends), if any is waiting.
     fn next_status_due(&self) -> impl Future<Output = Result<Option<DateTime<Utc>>>> + Send;
     /// The statuses run `run_id` holds, by forge.
     fn run_statuses(&self, run_id: RunId)

@@ -3472,6 +3472,11 @@ pub async fn commit_statuses<D: Database>(db: &D) {
             .is_empty(),
         "a claimed status is not handed out twice"
     );
+    assert_eq!(
+        db.next_status_due().await.unwrap(),
+        Some(at(61)),
+        "a claimed status falls due again when its claim ends"
+    );
 
     // The run starts while the queued state is on its way: its delivery
     // does not make the running state count as sent.
