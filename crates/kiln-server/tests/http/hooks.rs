@@ -54,7 +54,7 @@ pub(super) fn github_signature(body: &[u8]) -> String {
 
 impl Harness {
     /// Stops this server and starts another on its database.
-    async fn restart(mut self) -> Harness {
+    pub(super) async fn restart(mut self) -> Harness {
         self.shutdown.cancel();
         let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
         Harness::start_in(dir).await

@@ -699,3 +699,35 @@ async fn gitlab_and_gitea_get_statuses_in_their_own_shapes() {
     assert_eq!(shown[0]["state"], "failed");
     assert_eq!(shown[0]["forge"], "lab");
 }
+
+/// A run that ends while no server runs still gets its final status: the
+/// next server finds it in the runs table and sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_ended_while_the_server_was_down_still_reports_its_end() {
+    let stand_in = StandIn::start().await;
+    let server = Harness::start().await;
+    server.status_forge("hub", "github", &stand_in).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, main) = repository(dir.path());
+    server.forge_job("app", &url, "hub").await;
+    server.push("hub", &url, &main, "push-1").await;
+    let received = stand_in.received(1).await;
+    assert_eq!(received[0].state, "pending");
+
+    server.shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // What an agent's last report leaves, with no server to see it.
+    server.succeed("app", 1).await;
+    let server = server.restart().await;
+    let received = stand_in.received(2).await;
+    assert_eq!(
+        (received[1].state.as_str(), received[1].description.as_str()),
+        ("success", "1 of 1 task passed")
+    );
+    let shown = server
+        .statuses_until("app", 1, |s| {
+            s[0]["state"] == "success" && s[0]["sent_at"].is_string()
+        })
+        .await;
+    assert_eq!(shown[0]["error"], Value::Null);
+}
