@@ -119,9 +119,9 @@ fn answer(
             if let Some(rest) = path.strip_prefix("/github") {
                 github_request(openapi, method, rest, headers, &body)
             } else if let Some(rest) = path.strip_prefix("/gitea") {
-                gitea_request(method, rest, headers, &body)
+                documented_request(&gitea(), method, rest, headers, &body)
             } else if let Some(rest) = path.strip_prefix("/gitlab") {
-                gitlab_request(method, rest, headers, &body)
+                documented_request(&gitlab(), method, rest, headers, &body)
             } else {
                 Err(format!("{method} {path}: no such API"))
             }
@@ -233,48 +233,64 @@ fn github_request(
     received("github", &parameters, body, "context")
 }
 
-/// Gitea's (and Forgejo's) `POST /repos/{owner}/{repo}/statuses/{sha}`:
-/// `state` one of its five, `Authorization: token …`.
-fn gitea_request(
-    method: &HttpMethod,
-    path: &str,
-    headers: &HeaderMap,
-    body: &Value,
-) -> Result<Received, String> {
-    let parameters = path_parameters("/repos/{owner}/{repo}/statuses/{sha}", path)
-        .filter(|_| method == HttpMethod::POST)
-        .ok_or_else(|| format!("Gitea has no {method} {path}"))?;
-    let states = ["pending", "success", "error", "failure", "warning"];
-    if !body["state"].as_str().is_some_and(|s| states.contains(&s)) {
-        return Err(format!("Gitea state {}", body["state"]));
-    }
-    if header(headers, "authorization") != format!("token {TOKEN}") {
-        return Err(format!("{path}: no Gitea token"));
-    }
-    received("gitea", &parameters, body, "context")
+/// A status API as its forge documents it: the path, the states, the
+/// header that carries the token and the field that holds the context.
+struct Documented {
+    api: &'static str,
+    path: &'static str,
+    states: &'static [&'static str],
+    token_header: &'static str,
+    token: String,
+    context: &'static str,
 }
 
-/// GitLab's `POST /projects/{id}/statuses/{sha}`: `state` one of its
-/// five, the context in `name`, `PRIVATE-TOKEN`.
-fn gitlab_request(
+/// Gitea's (and Forgejo's): `Authorization: token …`.
+fn gitea() -> Documented {
+    Documented {
+        api: "gitea",
+        path: "/repos/{owner}/{repo}/statuses/{sha}",
+        states: &["pending", "success", "error", "failure", "warning"],
+        token_header: "authorization",
+        token: format!("token {TOKEN}"),
+        context: "context",
+    }
+}
+
+/// GitLab's: the project by id or path, `PRIVATE-TOKEN`, the context in
+/// `name`.
+fn gitlab() -> Documented {
+    Documented {
+        api: "gitlab",
+        path: "/projects/{owner}/statuses/{sha}",
+        states: &["pending", "running", "success", "failed", "canceled"],
+        token_header: "private-token",
+        token: TOKEN.to_string(),
+        context: "name",
+    }
+}
+
+/// A `POST` of a status to `documented`'s API, checked against it.
+fn documented_request(
+    documented: &Documented,
     method: &HttpMethod,
     path: &str,
     headers: &HeaderMap,
     body: &Value,
 ) -> Result<Received, String> {
-    let mut parameters = path_parameters("/projects/{id}/statuses/{sha}", path)
+    let api = documented.api;
+    let parameters = path_parameters(documented.path, path)
         .filter(|_| method == HttpMethod::POST)
-        .ok_or_else(|| format!("GitLab has no {method} {path}"))?;
-    let states = ["pending", "running", "success", "failed", "canceled"];
-    if !body["state"].as_str().is_some_and(|s| states.contains(&s)) {
-        return Err(format!("GitLab state {}", body["state"]));
+        .ok_or_else(|| format!("{api} has no {method} {path}"))?;
+    if !body["state"]
+        .as_str()
+        .is_some_and(|s| documented.states.contains(&s))
+    {
+        return Err(format!("{api} has no state {}", body["state"]));
     }
-    if header(headers, "private-token") != TOKEN {
-        return Err(format!("{path}: no GitLab token"));
+    if header(headers, documented.token_header) != documented.token {
+        return Err(format!("{path}: no {api} token"));
     }
-    let id = parameter(&parameters, "id").to_string();
-    parameters.push(("owner".into(), id));
-    received("gitlab", &parameters, body, "name")
+    received(api, &parameters, body, documented.context)
 }
 
 fn header(headers: &HeaderMap, name: &str) -> String {
