@@ -443,6 +443,23 @@ fn repository(dir: &Path) -> (String, String) {
     (format!("file://{}", dir.display()), main)
 }
 
+/// A server with forge `hub` (GitHub, at the stand-in) and its job `app`,
+/// whose repository's `main` was pushed (`before` is told the commit
+/// first): the server, the repository's directory and the commit.
+async fn pushed(
+    stand_in: &StandIn,
+    before: impl FnOnce(&str),
+) -> (Harness, tempfile::TempDir, String) {
+    let server = Harness::start().await;
+    server.status_forge("hub", "github", stand_in).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, main) = repository(dir.path());
+    before(&main);
+    server.forge_job("app", &url, "hub").await;
+    server.push("hub", &url, &main, "push-1").await;
+    (server, dir, main)
+}
+
 impl Harness {
     /// A forge of `kind` at the stand-in's API for it, with a token.
     async fn status_forge(&self, name: &str, kind: &str, stand_in: &StandIn) {
@@ -533,12 +550,7 @@ async fn statuses_reach_github_in_order_once_it_recovers() {
         .script()
         .answers
         .extend([(500, vec![]), (429, vec![("retry-after", "1")])]);
-    let server = Harness::start().await;
-    server.status_forge("hub", "github", &stand_in).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (url, main) = repository(dir.path());
-    server.forge_job("app", &url, "hub").await;
-    server.push("hub", &url, &main, "push-1").await;
+    let (server, _dir, main) = pushed(&stand_in, |_| {}).await;
 
     let received = stand_in.received(1).await;
     assert_eq!(stand_in.script().tries, 3, "a 500, a 429, then taken");
@@ -619,13 +631,10 @@ async fn statuses_reach_github_in_order_once_it_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_status_shows_on_the_run() {
     let stand_in = StandIn::start().await;
-    let server = Harness::start().await;
-    server.status_forge("hub", "github", &stand_in).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (url, main) = repository(dir.path());
-    stand_in.script().unknown.push(main.clone());
-    server.forge_job("app", &url, "hub").await;
-    server.push("hub", &url, &main, "push-1").await;
+    let (server, _dir, _) = pushed(&stand_in, |main| {
+        stand_in.script().unknown.push(main.to_string());
+    })
+    .await;
 
     let shown = server
         .statuses_until("app", 1, |s| s[0]["error"].is_string())
@@ -721,12 +730,7 @@ async fn gitlab_and_gitea_get_statuses_in_their_own_shapes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_ended_while_the_server_was_down_still_reports_its_end() {
     let stand_in = StandIn::start().await;
-    let server = Harness::start().await;
-    server.status_forge("hub", "github", &stand_in).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (url, main) = repository(dir.path());
-    server.forge_job("app", &url, "hub").await;
-    server.push("hub", &url, &main, "push-1").await;
+    let (server, _dir, main) = pushed(&stand_in, |_| {}).await;
     let received = stand_in.received(1).await;
     assert_eq!(received[0].state, "pending");
 
@@ -737,8 +741,12 @@ async fn a_run_ended_while_the_server_was_down_still_reports_its_end() {
     let server = server.restart().await;
     let received = stand_in.received(2).await;
     assert_eq!(
-        (received[1].state.as_str(), received[1].description.as_str()),
-        ("success", "1 of 1 task passed")
+        (
+            received[1].sha.as_str(),
+            received[1].state.as_str(),
+            received[1].description.as_str()
+        ),
+        (main.as_str(), "success", "1 of 1 task passed")
     );
     let shown = server
         .statuses_until("app", 1, |s| {
