@@ -142,15 +142,19 @@ async fn record_wanted<D: Database>(
     let mut forges = std::collections::HashMap::new();
     for candidate in &candidates {
         if !forges.contains_key(&candidate.forge) {
+            // A forge given no token takes webhooks only: its runs are
+            // not reported (rather than each refused for want of one).
             let kind = state
                 .db
                 .get_forge(&candidate.forge)
                 .await?
+                .filter(|forge| forge.token.is_some())
                 .and_then(|forge| forge.kind.parse::<ForgeKind>().ok());
             forges.insert(candidate.forge.clone(), kind);
         }
         let kind = forges.get(&candidate.forge).copied().flatten();
-        // A run of a job whose forge is gone has nowhere to go.
+        // A run of a job whose forge is gone (or has no token) has
+        // nowhere to go.
         let Some(kind) = kind else { continue };
         let repository = repository(kind, candidate).unwrap_or_default();
         let context = context(&candidate.job);
@@ -293,7 +297,7 @@ async fn attempt<D: Database>(
     }
     let Some(sealed) = forge.token.as_deref() else {
         return Ok(Answer::Permanent(format!(
-            "forge `{}` has no token: set one (`kiln forge set {} --token …`) to report statuses",
+            "forge `{}` has no token: set one (`kiln forge set {} --token-file …`) to report statuses",
             forge.name, forge.name
         )));
     };
