@@ -23,5 +23,7 @@ CREATE TABLE commit_statuses (
     UNIQUE (forge, repository, sha, context)
 );
 CREATE INDEX commit_statuses_by_run ON commit_statuses (run_id);
+-- The sender's look for runs whose state no row holds goes by commit.
+CREATE INDEX commit_statuses_by_sha ON commit_statuses (sha);
 CREATE INDEX commit_statuses_due ON commit_statuses (next_attempt_at)
     WHERE done_version IS NULL OR done_version < version;

@@ -579,8 +579,12 @@ pub fn commit_status(row: &impl StoreRow) -> Result<crate::CommitStatus> {
 }
 
 /// Selects runs whose status the outbox may not hold yet, as
-/// [`status_candidate`] reads them; `{finished}` is the backend's test of
-/// `finished_at` against the look's start, callers append the limit.
+/// [`status_candidate`] reads them: runs of jobs whose forge has a token
+/// (one without reports nothing), with a commit, whose status no row
+/// holds, and that no newer run of the job on that commit took the row
+/// from (the context is `kiln/{job}`, as the server writes it).
+/// `{finished}` is the backend's test of `finished_at` against the look's
+/// start, `{limit}` its placeholder for the limit.
 pub fn status_candidates_select(finished: &str, limit: &str) -> String {
     format!(
         "SELECT r.id, j.name AS job, j.repository, j.forge, r.number, r.status, r.sha, \
@@ -588,9 +592,12 @@ pub fn status_candidates_select(finished: &str, limit: &str) -> String {
          (SELECT q.payload FROM queued_triggers q WHERE q.job_id = j.id ORDER BY q.id DESC \
          LIMIT 1)) AS trigger_payload \
          FROM runs r JOIN jobs j ON j.id = r.job_id \
-         WHERE j.forge IS NOT NULL AND r.sha IS NOT NULL AND ({finished}) \
-         AND NOT EXISTS (SELECT 1 FROM commit_statuses s WHERE s.run_id = r.id \
-         AND s.run_status = r.status) ORDER BY r.id DESC LIMIT {limit}"
+         JOIN forges f ON f.name = j.forge AND f.token IS NOT NULL \
+         WHERE r.sha IS NOT NULL AND ({finished}) \
+         AND NOT EXISTS (SELECT 1 FROM commit_statuses s WHERE s.sha = r.sha \
+         AND s.forge = j.forge AND s.context = 'kiln/' || j.name \
+         AND (s.run_id > r.id OR (s.run_id = r.id AND s.run_status = r.status))) \
+         ORDER BY r.id DESC LIMIT {limit}"
     )
 }
 

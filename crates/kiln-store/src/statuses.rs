@@ -53,7 +53,7 @@ pub struct WantedStatus<'a> {
     /// status is refused for good by the sender, which says why.
     pub repository: &'a str,
     pub sha: &'a str,
-    /// `kiln/{job}`.
+    /// `kiln/{job}` (the candidates' look relies on it).
     pub context: &'a str,
     pub run_id: RunId,
     pub run_status: Status,
@@ -98,9 +98,10 @@ pub enum StatusOutcome {
 
 /// The outbox of commit statuses.
 pub trait StatusStore {
-    /// Up to `limit` runs, newest first, of jobs with a forge, with a
-    /// commit, unfinished or finished at or after `finished_since` (all
-    /// when `None`), whose current status no outbox row of theirs holds.
+    /// Up to `limit` runs, newest first, of jobs whose forge has a token,
+    /// with a commit, unfinished or finished at or after `finished_since`
+    /// (all when `None`), whose current status no outbox row holds and
+    /// whose row no newer run of the job took over (context `kiln/{job}`).
     fn status_candidates(
         &self,
         finished_since: Option<DateTime<Utc>>,

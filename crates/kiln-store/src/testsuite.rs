@@ -3413,9 +3413,20 @@ pub async fn commit_statuses<D: Database>(db: &D) {
     let mut unreported = new_run(Vec::new());
     unreported.error = Some("no pipeline".into());
     create(db, &quiet, unreported.clone(), at(1)).await;
-    let mut no_commit = unreported;
+    let mut no_commit = unreported.clone();
     no_commit.sha = None;
     create(db, &job, no_commit, at(1)).await;
+    // A forge without a token takes webhooks only.
+    let hooks_only = NewForge {
+        name: "hooks-only",
+        token: None,
+        ..hub.clone()
+    };
+    db.put_forge(&hooks_only, at(0)).await.unwrap();
+    let mut spec = freestyle("hooked");
+    spec.forge = Some("hooks-only".into());
+    let hooked = db.create_job(&spec, None, at(0)).await.unwrap();
+    create(db, &hooked, unreported, at(1)).await;
 
     // Only the forge job's run with a commit is a candidate; the job's
     // newest trigger names the repository as the forge does.
@@ -3586,6 +3597,11 @@ pub async fn commit_statuses<D: Database>(db: &D) {
             .unwrap()
     );
     assert!(db.run_statuses(first.run.id).await.unwrap().is_empty());
+    let candidates = db.status_candidates(None, 10).await.unwrap();
+    assert!(
+        candidates.iter().all(|c| c.run_id != first.run.id),
+        "a run whose commit status a newer run took is looked at no more: {candidates:?}"
+    );
     let refused = db.claim_statuses(at(51), at(111), 10).await.unwrap();
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0].run_id, second.run.id);
