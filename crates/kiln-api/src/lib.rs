@@ -124,6 +124,28 @@ pub struct Run {
     /// Present on `GET /jobs/{job}/runs/{n}`; omitted in listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<Vec<Task>>,
+    /// The commit statuses reported for the run, on `GET
+    /// /jobs/{job}/runs/{n}` of a job with a forge; omitted in listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statuses: Option<Vec<CommitStatus>>,
+}
+
+/// A run's state as its forge is told it on the commit (context
+/// `kiln/{job}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CommitStatus {
+    /// The forge's name.
+    pub forge: String,
+    /// The forge's word for the state the commit should show:
+    /// `pending`, `running` (GitLab), `success`, `failure`, `failed`
+    /// (GitLab), `error`, `canceled` (GitLab).
+    #[schema(example = "success")]
+    pub state: String,
+    /// When the forge took that state; `null` while it is on its way (or
+    /// was refused).
+    pub sent_at: Option<DateTime<Utc>>,
+    /// Why the forge refused it for good (bad token, unknown commit, …).
+    pub error: Option<String>,
 }
 
 /// What made a run: `api`, `webhook`, `cron`, `poll` or `rerun`, and who

@@ -84,6 +84,7 @@ fn run(job: &str, number: i64, status: &str) -> Run {
         pull_request: None,
         tag: None,
         tasks: None,
+        statuses: None,
     }
 }
 

@@ -34,6 +34,19 @@ pub fn same_repository(job_repository: &str, repository: &Repository) -> bool {
         .any(|url| url == wanted)
 }
 
+/// What the forge's API calls the repository a job's `repository` names:
+/// its `owner/name` (GitLab: `group/subgroup/name`), lowercase when read
+/// from a URL; `None` for a local path or `file://` URL, which names no
+/// repository of a forge.
+pub fn api_name(job_repository: &str) -> Option<String> {
+    let written = job_repository.trim();
+    if is_full_name(written) {
+        return Some(trim_path(written).to_string());
+    }
+    let location = location(written)?;
+    location.split_once('/').map(|(_, path)| path.to_string())
+}
+
 /// `owner/name` or `group/subgroup/name`: no scheme, no host.
 fn is_full_name(text: &str) -> bool {
     !text.contains("://")
@@ -158,6 +171,21 @@ mod tests {
         assert!(same_repository("file:///srv/git/app", &local));
         assert!(!same_repository("file:///srv/git/other.git", &local));
         assert!(!same_repository("/srv/git/app.git", &local));
+    }
+
+    #[test]
+    fn api_names_come_from_urls_and_full_names() {
+        assert_eq!(
+            api_name("https://github.com/Octo/App.git").as_deref(),
+            Some("octo/app")
+        );
+        assert_eq!(
+            api_name("git@gitlab.example.com:group/sub/app.git").as_deref(),
+            Some("group/sub/app")
+        );
+        assert_eq!(api_name("Octo/App").as_deref(), Some("Octo/App"));
+        assert_eq!(api_name("file:///srv/git/app.git"), None);
+        assert_eq!(api_name("/srv/git/app.git"), None);
     }
 
     #[test]

@@ -82,6 +82,43 @@ pub fn description(text: &str) -> String {
     cut
 }
 
+/// What a run's status says in a few words, for the description:
+/// `queued`, `running`, or at the end how many tasks passed and which
+/// failed ("3 of 4 tasks passed; lint failed"). `tasks` are the run's
+/// tasks' names and statuses; `error` the run's own error, said when no
+/// task ran. Cut to [`DESCRIPTION_LIMIT`].
+pub fn summary(run_status: &str, tasks: &[(&str, &str)], error: Option<&str>) -> String {
+    let text = match run_status {
+        "queued" | "pending" => "queued".to_string(),
+        "blocked" => "waiting for a maintainer's approval".to_string(),
+        "running" => "running".to_string(),
+        _ => {
+            let ran: Vec<&(&str, &str)> = tasks.iter().filter(|(_, s)| *s != "skipped").collect();
+            let passed = ran.iter().filter(|(_, s)| *s == "success").count();
+            let failed: Vec<&str> = ran
+                .iter()
+                .filter(|(_, s)| matches!(*s, "failure" | "error" | "timed_out"))
+                .map(|(name, _)| *name)
+                .collect();
+            let mut text = match (ran.len(), error) {
+                (0, Some(error)) => format!("error: {error}"),
+                (0, None) => "no task ran".to_string(),
+                (1, _) => format!("{passed} of 1 task passed"),
+                (n, _) => format!("{passed} of {n} tasks passed"),
+            };
+            if !failed.is_empty() {
+                text.push_str(&format!("; {} failed", failed.join(", ")));
+            }
+            match run_status {
+                "cancelled" => format!("cancelled: {text}"),
+                "timed_out" => format!("timed out: {text}"),
+                _ => text,
+            }
+        }
+    };
+    description(&text)
+}
+
 /// The request that sets `update` on the forge, authenticated by `token`.
 pub fn request(update: &StatusUpdate, token: &str) -> Request {
     let api = update.api_url.trim_end_matches('/');
@@ -255,6 +292,38 @@ mod tests {
                 .contains(&("authorization", "token t0k".into()))
         );
         assert_eq!(gitea.body["state"], "success");
+    }
+
+    #[test]
+    fn summaries_say_what_happened() {
+        let tasks = [
+            ("build", "success"),
+            ("test", "success"),
+            ("docs", "success"),
+            ("lint", "failure"),
+            ("deploy", "skipped"),
+        ];
+        assert_eq!(
+            summary("failure", &tasks, None),
+            "3 of 4 tasks passed; lint failed"
+        );
+        assert_eq!(summary("success", &tasks[..3], None), "3 of 3 tasks passed");
+        assert_eq!(summary("queued", &tasks, None), "queued");
+        assert_eq!(summary("running", &tasks, None), "running");
+        assert_eq!(
+            summary("cancelled", &[("build", "cancelled")], None),
+            "cancelled: 0 of 1 task passed"
+        );
+        assert_eq!(
+            summary("error", &[], Some(".kiln.yml:3: unknown key `stpes`")),
+            "error: .kiln.yml:3: unknown key `stpes`"
+        );
+        let many: Vec<String> = (0..60).map(|i| format!("task-{i}")).collect();
+        let failing: Vec<(&str, &str)> = many.iter().map(|n| (n.as_str(), "failure")).collect();
+        assert_eq!(
+            summary("failure", &failing, None).chars().count(),
+            DESCRIPTION_LIMIT
+        );
     }
 
     #[test]

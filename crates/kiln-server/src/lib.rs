@@ -19,6 +19,7 @@ mod run_cache;
 pub mod scheduler;
 mod secrets;
 pub mod state;
+pub mod statuses;
 pub mod sweeper;
 mod tls;
 pub mod trigger;
@@ -167,6 +168,7 @@ pub async fn app_state<D: Database>(db: D, config: &ServerConfig) -> anyhow::Res
         events: Arc::default(),
         log_indexes: Arc::default(),
         hooks: Arc::default(),
+        public_url: None,
     })
 }
 
@@ -366,6 +368,7 @@ pub async fn serve_with_tls<D: Database>(
     let sweeper = tokio::spawn(sweeper::run_sweeper(state.clone(), shutdown.clone()));
     let refresher = tokio::spawn(events::run_refresher(state.clone(), shutdown.clone()));
     let hooks = tokio::spawn(webhooks::run_worker(state.clone(), shutdown.clone()));
+    let statuses = tokio::spawn(statuses::run_sender(state.clone(), shutdown.clone()));
     let Listeners {
         http: listener,
         grpc: grpc_listener,
@@ -417,6 +420,7 @@ pub async fn serve_with_tls<D: Database>(
     let _ = sweeper.await;
     let _ = refresher.await;
     let _ = hooks.await;
+    let _ = statuses.await;
     let grpc = match grpc {
         Some(grpc) => grpc.await?,
         None => Ok(()),

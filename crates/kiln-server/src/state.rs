@@ -42,6 +42,9 @@ pub struct AppState<D> {
     pub log_indexes: Arc<crate::logs::LogIndexes>,
     /// Woken when a webhook queued triggers (`crate::webhooks`).
     pub hooks: Arc<Notify>,
+    /// `--public-url`: where people reach the server, for the links in
+    /// commit statuses (`crate::statuses`); none without it.
+    pub public_url: Option<Arc<str>>,
 }
 
 impl<D> AppState<D> {
@@ -72,6 +75,7 @@ impl<D: Clone> Clone for AppState<D> {
             events: self.events.clone(),
             log_indexes: self.log_indexes.clone(),
             hooks: self.hooks.clone(),
+            public_url: self.public_url.clone(),
         }
     }
 }

@@ -48,6 +48,7 @@ pub fn run(run: &kiln_store::Run) -> kiln_api::Run {
         }),
         tag: run.tag.clone(),
         tasks: None,
+        statuses: None,
     }
 }
 

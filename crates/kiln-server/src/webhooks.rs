@@ -67,6 +67,12 @@ pub struct QueuedRun {
     /// The base repository's ref that holds a pull request's head.
     #[serde(default)]
     pub head_ref: Option<String>,
+    /// The repository as the forge names it (`owner/name`), and its id
+    /// (GitLab's project id): where the run's commit status goes.
+    #[serde(default)]
+    pub repository: Option<String>,
+    #[serde(default)]
+    pub repository_id: Option<String>,
 }
 
 impl QueuedRun {
@@ -103,6 +109,8 @@ impl QueuedRun {
             sender: trigger.sender.clone(),
             pull_request,
             head_ref,
+            repository: Some(trigger.repository.full_name.clone()),
+            repository_id: trigger.repository.id.clone(),
         }
     }
 }

@@ -6,6 +6,8 @@
 
 #[path = "http/hooks.rs"]
 mod hooks;
+#[path = "http/statuses.rs"]
+mod statuses;
 
 use std::time::Duration;
 
@@ -23,12 +25,17 @@ use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
 const ADMIN: &str = "kiln_admin_http_test_token";
+/// The `--public-url` the test servers run with.
+const PUBLIC_URL: &str = "https://ci.example.com";
 const PIPELINE: &str = "version: 1\ntasks:\n  build:\n    steps:\n      - run: echo hello\n";
 
 struct Harness {
     http: reqwest::Client,
     base: String,
     db: SqliteStore,
+    /// The server's change feed: a test that changes runs through the
+    /// store says so here, as the agents' service does.
+    events: std::sync::Arc<kiln_server::events::EventHub>,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -92,7 +99,9 @@ impl Harness {
             max_report_size: kiln_server::DEFAULT_MAX_REPORT_SIZE,
             limits: kiln_server::Limits::default(),
         };
-        let state = kiln_server::app_state(db.clone(), &config).await.unwrap();
+        let mut state = kiln_server::app_state(db.clone(), &config).await.unwrap();
+        state.public_url = Some(PUBLIC_URL.into());
+        let events = state.events.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
@@ -101,6 +110,7 @@ impl Harness {
             http: reqwest::Client::new(),
             base,
             db,
+            events,
             shutdown,
             _dir: dir,
         }

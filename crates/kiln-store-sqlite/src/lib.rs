@@ -27,6 +27,7 @@ mod runs;
 mod secrets;
 mod sessions;
 mod sign_ins;
+mod statuses;
 mod tokens;
 mod users;
 

@@ -17,6 +17,7 @@ pub mod forges;
 pub mod queue;
 #[cfg(feature = "sqlx")]
 pub mod sql;
+pub mod statuses;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 pub mod values;
@@ -36,6 +37,9 @@ pub use identity::{
     AuditEntry, AuditFilter, AuditStore, ClosedSet, Member, MemberRole, MemberStore, NewAuditEntry,
     NewUser, NewUserToken, Refusal, Session, SessionStore, SignInStore, TokenLookup, User,
     UserChange, UserRole, UserStore, UserToken, Visibility,
+};
+pub use statuses::{
+    CommitStatus, CommitStatusId, StatusCandidate, StatusOutcome, StatusStore, WantedStatus,
 };
 
 /// Ids of the store's rows, one type per kind of row so that a run's id
@@ -508,6 +512,7 @@ pub trait Database:
     + AuditStore
     + SignInStore
     + ForgeStore
+    + StatusStore
     + Clone
     + Send
     + Sync
@@ -529,6 +534,7 @@ impl<T> Database for T where
         + AuditStore
         + SignInStore
         + ForgeStore
+        + StatusStore
         + Clone
         + Send
         + Sync

@@ -554,3 +554,62 @@ pub fn counts(rows: &[impl StoreRow]) -> Result<Vec<(Status, i64)>> {
         .map(|row| Ok((status(&row.text("status")?)?, row.int("n")?)))
         .collect()
 }
+
+/// Selects outbox rows as [`commit_status`] reads them; callers append
+/// `WHERE …`.
+pub const COMMIT_STATUS_SELECT: &str = "SELECT s.id, s.forge, f.kind AS forge_kind, \
+     s.repository, s.sha, s.context, s.run_id, s.run_status, s.version, s.attempts, s.sent_at, \
+     s.error FROM commit_statuses s LEFT JOIN forges f ON f.name = s.forge";
+
+pub fn commit_status(row: &impl StoreRow) -> Result<crate::CommitStatus> {
+    Ok(crate::CommitStatus {
+        id: crate::CommitStatusId(row.int("id")?),
+        forge: row.text("forge")?,
+        forge_kind: row.opt_text("forge_kind")?,
+        repository: row.text("repository")?,
+        sha: row.text("sha")?,
+        context: row.text("context")?,
+        run_id: RunId(row.int("run_id")?),
+        run_status: status(&row.text("run_status")?)?,
+        version: row.int("version")?,
+        attempts: row.int("attempts")?,
+        sent_at: opt_time(row.opt_int("sent_at")?)?,
+        error: row.opt_text("error")?,
+    })
+}
+
+/// Selects runs whose status the outbox may not hold yet, as
+/// [`status_candidate`] reads them: runs of jobs whose forge has a token
+/// (one without reports nothing), with a commit, whose status no row
+/// holds, and that no newer run of the job on that commit took the row
+/// from (the context is `kiln/{job}`, as the server writes it).
+/// `{finished}` is the backend's test of `finished_at` against the look's
+/// start, `{limit}` its placeholder for the limit.
+pub fn status_candidates_select(finished: &str, limit: &str) -> String {
+    format!(
+        "SELECT r.id, j.name AS job, j.repository, j.forge, r.number, r.status, r.sha, \
+         COALESCE((SELECT q.payload FROM queued_triggers q WHERE q.run_id = r.id LIMIT 1), \
+         (SELECT q.payload FROM queued_triggers q WHERE q.job_id = j.id ORDER BY q.id DESC \
+         LIMIT 1)) AS trigger_payload \
+         FROM runs r JOIN jobs j ON j.id = r.job_id \
+         JOIN forges f ON f.name = j.forge AND f.token IS NOT NULL \
+         WHERE r.sha IS NOT NULL AND ({finished}) \
+         AND NOT EXISTS (SELECT 1 FROM commit_statuses s WHERE s.sha = r.sha \
+         AND s.forge = j.forge AND s.context = 'kiln/' || j.name \
+         AND (s.run_id > r.id OR (s.run_id = r.id AND s.run_status = r.status))) \
+         ORDER BY r.id DESC LIMIT {limit}"
+    )
+}
+
+pub fn status_candidate(row: &impl StoreRow) -> Result<crate::StatusCandidate> {
+    Ok(crate::StatusCandidate {
+        run_id: RunId(row.int("id")?),
+        job: row.text("job")?,
+        job_repository: row.opt_text("repository")?,
+        forge: row.text("forge")?,
+        number: row.int("number")?,
+        status: status(&row.text("status")?)?,
+        sha: row.text("sha")?,
+        trigger: row.opt_text("trigger_payload")?,
+    })
+}

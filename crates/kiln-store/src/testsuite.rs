@@ -33,6 +33,7 @@ use crate::{
     TaskResult, TaskRow, TokenKind, Undelivered, Upserted, User, UserChange, UserRole, Visibility,
 };
 use crate::{ForkPrs, NewForge, NewQueuedTrigger, PullRequest, RunTrigger, TriggerKind};
+use crate::{StatusOutcome, WantedStatus};
 
 /// One `#[tokio::test]` per case of the contract, in the module it is
 /// invoked in. `$with` is called with each test, an
@@ -50,7 +51,7 @@ macro_rules! testsuite {
             queue_cases, duplicate_user, update_user, last_admin_stays, token_lookup_states,
             revoke_token, user_tokens_without_hashes, touch_token, members,
             members_cascade, creator_is_maintainer, job_and_role, runs_are_audited_with_their_number, sessions_expire, audit_filters_and_paging,
-            failed_sign_ins, forges, queued_triggers);
+            failed_sign_ins, forges, queued_triggers, commit_statuses);
         // Races between claimers: they take the store, and more threads.
         $crate::testsuite!(@owning $with; claims_are_exclusive, concurrent_workers);
     };
@@ -3378,4 +3379,254 @@ pub async fn queued_triggers<D: Database>(db: &D) {
     // A deleted job takes its queued triggers with it.
     db.delete_job("hooked-a").await.unwrap();
     assert!(db.pending_triggers(10).await.unwrap().is_empty());
+}
+
+/// The outbox of commit statuses: derived from runs of jobs with a forge,
+/// one row per commit and context holding only the latest wanted state,
+/// sends of older versions never recorded as the last word.
+pub async fn commit_statuses<D: Database>(db: &D) {
+    let hub = NewForge {
+        name: "hub",
+        kind: "github",
+        api_url: "https://api.github.com",
+        token: Some(b"sealed"),
+        webhook_secret: None,
+    };
+    db.put_forge(&hub, at(0)).await.unwrap();
+    let mut spec = freestyle("reported");
+    spec.forge = Some("hub".into());
+    let job = db.create_job(&spec, None, at(0)).await.unwrap();
+    let quiet = self::job(db, "unreported").await;
+    db.queue_triggers(
+        &[NewQueuedTrigger {
+            job_id: job.id,
+            delivery: "d1".into(),
+            trigger: "{\"repository\":\"octo/app\"}".into(),
+        }],
+        at(0),
+    )
+    .await
+    .unwrap();
+    let first = create(db, &job, new_run(tasks(PAIR)), at(1)).await;
+    // Runs with no task to take (made `error`), so claims below find the
+    // first run's.
+    let mut unreported = new_run(Vec::new());
+    unreported.error = Some("no pipeline".into());
+    create(db, &quiet, unreported.clone(), at(1)).await;
+    let mut no_commit = unreported.clone();
+    no_commit.sha = None;
+    create(db, &job, no_commit, at(1)).await;
+    // A forge without a token takes webhooks only.
+    let hooks_only = NewForge {
+        name: "hooks-only",
+        token: None,
+        ..hub.clone()
+    };
+    db.put_forge(&hooks_only, at(0)).await.unwrap();
+    let mut spec = freestyle("hooked");
+    spec.forge = Some("hooks-only".into());
+    let hooked = db.create_job(&spec, None, at(0)).await.unwrap();
+    create(db, &hooked, unreported, at(1)).await;
+
+    // Only the forge job's run with a commit is a candidate; the job's
+    // newest trigger names the repository as the forge does.
+    let candidates = db.status_candidates(None, 10).await.unwrap();
+    assert_eq!(candidates.len(), 1, "{candidates:?}");
+    let candidate = &candidates[0];
+    assert_eq!(
+        (candidate.run_id, candidate.status, candidate.forge.as_str()),
+        (first.run.id, Status::Queued, "hub")
+    );
+    assert_eq!(candidate.job, "reported");
+    assert_eq!(candidate.number, first.run.number);
+    assert_eq!(candidate.sha, "0123456789abcdef0123456789abcdef01234567");
+    assert_eq!(
+        candidate.trigger.as_deref(),
+        Some("{\"repository\":\"octo/app\"}")
+    );
+
+    let want = |run_id: RunId, run_status: Status| WantedStatus {
+        forge: "hub",
+        repository: "octo/app",
+        sha: "0123456789abcdef0123456789abcdef01234567",
+        context: "kiln/reported",
+        run_id,
+        run_status,
+    };
+    assert!(
+        db.want_status(&want(first.run.id, Status::Queued), at(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !db.want_status(&want(first.run.id, Status::Queued), at(1))
+            .await
+            .unwrap(),
+        "the same state again changes nothing"
+    );
+    assert!(db.status_candidates(None, 10).await.unwrap().is_empty());
+    assert_eq!(db.next_status_due().await.unwrap(), Some(at(1)));
+
+    let claimed = db.claim_statuses(at(1), at(61), 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let queued = &claimed[0];
+    assert_eq!(queued.forge_kind.as_deref(), Some("github"));
+    assert_eq!((queued.run_status, queued.version), (Status::Queued, 1));
+    assert_eq!(
+        (queued.repository.as_str(), queued.context.as_str()),
+        ("octo/app", "kiln/reported")
+    );
+    assert!(
+        db.claim_statuses(at(2), at(62), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a claimed status is not handed out twice"
+    );
+    assert_eq!(
+        db.next_status_due().await.unwrap(),
+        Some(at(61)),
+        "a claimed status falls due again when its claim ends"
+    );
+
+    // The run starts while the queued state is on its way: its delivery
+    // does not make the running state count as sent.
+    let a = claim_named(db, "agent", "a", at(3)).await;
+    let candidates = db.status_candidates(None, 10).await.unwrap();
+    assert_eq!(candidates.len(), 1);
+    assert_eq!(candidates[0].status, Status::Running);
+    assert!(
+        db.want_status(&want(first.run.id, Status::Running), at(3))
+            .await
+            .unwrap()
+    );
+    db.settle_status(queued.id, 1, &StatusOutcome::Delivered, at(4))
+        .await
+        .unwrap();
+    let shown = db.run_statuses(first.run.id).await.unwrap();
+    assert_eq!(shown.len(), 1);
+    assert_eq!(
+        (shown[0].run_status, shown[0].sent_at),
+        (Status::Running, None)
+    );
+    let running = db.claim_statuses(at(4), at(64), 10).await.unwrap();
+    assert_eq!(running.len(), 1);
+    assert_eq!(
+        (running[0].run_status, running[0].version),
+        (Status::Running, 2)
+    );
+
+    // The forge asks for a wait: nothing is due before it, not even a
+    // newer state.
+    db.settle_status(
+        running[0].id,
+        2,
+        &StatusOutcome::Retry { at: at(30) },
+        at(5),
+    )
+    .await
+    .unwrap();
+    assert!(
+        db.claim_statuses(at(10), at(70), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(db.next_status_due().await.unwrap(), Some(at(30)));
+    assert!(finish(db, &a, "agent", Status::Success, at(6)).await);
+    let b = claim_named(db, "agent", "b", at(6)).await;
+    assert!(finish(db, &b, "agent", Status::Success, at(7)).await);
+    assert!(
+        db.status_candidates(Some(at(8)), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a run that ended before the look started is not looked at again"
+    );
+    let ended = db.status_candidates(Some(at(6)), 10).await.unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].status, Status::Success);
+    assert!(
+        db.want_status(&want(first.run.id, Status::Success), at(8))
+            .await
+            .unwrap()
+    );
+    assert!(
+        db.claim_statuses(at(10), at(70), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let done = db.claim_statuses(at(30), at(90), 10).await.unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        (done[0].run_status, done[0].version, done[0].attempts),
+        (Status::Success, 3, 1)
+    );
+    db.settle_status(done[0].id, 3, &StatusOutcome::Delivered, at(31))
+        .await
+        .unwrap();
+    let shown = db.run_statuses(first.run.id).await.unwrap();
+    assert_eq!(
+        (
+            shown[0].run_status,
+            shown[0].sent_at,
+            shown[0].error.clone()
+        ),
+        (Status::Success, Some(at(31)), None)
+    );
+    assert_eq!(db.next_status_due().await.unwrap(), None);
+    assert!(
+        db.claim_statuses(at(40), at(100), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A newer run on the same commit takes the row over; the older run
+    // never takes it back.
+    let second = create(db, &job, new_run(tasks(PAIR)), at(50)).await;
+    assert!(
+        db.want_status(&want(second.run.id, Status::Queued), at(50))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !db.want_status(&want(first.run.id, Status::Failure), at(51))
+            .await
+            .unwrap()
+    );
+    assert!(db.run_statuses(first.run.id).await.unwrap().is_empty());
+    let candidates = db.status_candidates(None, 10).await.unwrap();
+    assert!(
+        candidates.iter().all(|c| c.run_id != first.run.id),
+        "a run whose commit status a newer run took is looked at no more: {candidates:?}"
+    );
+    let refused = db.claim_statuses(at(51), at(111), 10).await.unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].run_id, second.run.id);
+    db.settle_status(
+        refused[0].id,
+        refused[0].version,
+        &StatusOutcome::Permanent("the forge answered 422: No commit found".into()),
+        at(52),
+    )
+    .await
+    .unwrap();
+    let shown = db.run_statuses(second.run.id).await.unwrap();
+    assert_eq!(shown.len(), 1);
+    assert_eq!(
+        shown[0].error.as_deref(),
+        Some("the forge answered 422: No commit found")
+    );
+    assert_eq!(shown[0].sent_at, None);
+    assert_eq!(
+        db.next_status_due().await.unwrap(),
+        None,
+        "a refusal is not retried"
+    );
+
+    // A deleted job takes its statuses with it.
+    db.delete_job("reported").await.unwrap();
+    assert!(db.run_statuses(second.run.id).await.unwrap().is_empty());
 }

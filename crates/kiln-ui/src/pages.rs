@@ -402,6 +402,23 @@ pub struct RunPage {
     pub events_after: u64,
 }
 
+/// What each forge was told of the run, in one line: "github: success
+/// (sent)", "github: pending (on its way)", or the refusal.
+fn commit_statuses(statuses: &[kiln_api::CommitStatus]) -> String {
+    statuses
+        .iter()
+        .map(|status| {
+            let how = match (&status.error, status.sent_at) {
+                (Some(error), _) => format!("refused: {error}"),
+                (None, Some(_)) => "sent".to_string(),
+                (None, None) => "on its way".to_string(),
+            };
+            format!("{}: {} ({how})", status.forge, status.state)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// `/jobs/{job}/runs/{n}`: the graph, the tasks, cancel and rerun.
 pub fn run(viewer: &Viewer, page: &RunPage) -> String {
     let run = &page.run;
@@ -424,6 +441,9 @@ pub fn run(viewer: &Viewer, page: &RunPage) -> String {
                     dt { "Trigger" } dd { (run.event) }
                     dt { "Created" } dd { (when(run.created_at, viewer.now)) }
                     dt { "Duration" } dd { (lasting(run.started_at, run.finished_at, viewer.now)) }
+                    @if let Some(statuses) = run.statuses.as_deref().filter(|s| !s.is_empty()) {
+                        dt { "Commit status" } dd { (commit_statuses(statuses)) }
+                    }
                 }
                 @if let Some(error) = &run.error {
                     pre.error { (error) }
@@ -754,6 +774,7 @@ mod tests {
             pull_request: None,
             tag: None,
             tasks: Some(Vec::new()),
+            statuses: None,
         }
     }
 

@@ -132,6 +132,10 @@ pub struct ServerArgs {
     /// configure it); the data dir by default.
     #[arg(long, env = "KILN_BLOB_URL")]
     pub blob_url: Option<String>,
+    /// Where people reach this server, e.g. `https://ci.example.com`: the
+    /// link commit statuses on forges point to (none without it).
+    #[arg(long, env = "KILN_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// How long a task stays with an agent that stopped sending heartbeats
     /// before it is retried elsewhere or ends `error: agent lost`.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]

@@ -78,6 +78,7 @@ pub async fn server(args: ServerArgs, secrets: StartSecrets) -> anyhow::Result<i
         all_in_one: false,
         secrets,
         tls: read_tls(&args.tls)?,
+        public_url: args.public_url.clone(),
     };
     start(config, args.database_url.as_deref(), launch).await
 }
@@ -105,6 +106,7 @@ pub async fn up(args: UpArgs, secrets: StartSecrets) -> anyhow::Result<i32> {
         all_in_one: true,
         secrets,
         tls: read_tls(&args.tls)?,
+        public_url: None,
     };
     start(config, None, launch).await
 }
@@ -117,6 +119,8 @@ struct Launch {
     all_in_one: bool,
     secrets: StartSecrets,
     tls: Option<TlsFiles>,
+    /// `--public-url`, for the links in commit statuses.
+    public_url: Option<String>,
 }
 
 /// The files `--tls-cert`, `--tls-key` and `--client-ca` name, read now so
@@ -226,6 +230,7 @@ async fn run_with<D: Database>(
         all_in_one,
         secrets,
         tls,
+        public_url,
     } = launch;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let bootstrap = kiln_server::bootstrap(&db, &secrets).await?;
@@ -241,6 +246,7 @@ async fn run_with<D: Database>(
     };
     let mut state = kiln_server::app_state(db, &config).await?;
     state.embedded_agent = embedded.as_ref().map(|embedded| embedded.name.into());
+    state.public_url = public_url.map(|url| url.trim_end_matches('/').into());
     if let Some(token) = &secrets.metrics_token {
         state.require_metrics_token(token);
     }

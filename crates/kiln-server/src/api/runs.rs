@@ -132,8 +132,12 @@ pub async fn show<D: Database>(
     State(state): State<AppState<D>>,
     ApiPath(RunPath { job, number }): ApiPath<RunPath>,
 ) -> ApiResult<Json<kiln_api::Run>> {
-    let (_, run) = find_run(&state, caller.identity(), &job, number, MemberRole::Viewer).await?;
-    Ok(Json(views::run_detail(&run)))
+    let (job, run) = find_run(&state, caller.identity(), &job, number, MemberRole::Viewer).await?;
+    let mut shown = views::run_detail(&run);
+    if job.spec.forge.is_some() {
+        shown.statuses = Some(crate::statuses::shown(&state, run.run.id).await?);
+    }
+    Ok(Json(shown))
 }
 
 #[utoipa::path(operation_id = "cancel_run", post, path = "/api/v1/jobs/{job}/runs/{number}/cancel", tag = "runs", security(("bearer" = []), ("session" = [])),

@@ -118,15 +118,19 @@ pub async fn show<D: Database>(
     let found = async {
         let (job, power) = job_and_power(&state, visitor.identity.as_ref(), &name).await?;
         let detail = find(&state, &job, number).await?;
-        Ok::<_, ApiError>((power, detail))
+        let mut run = views::run_detail(&detail);
+        if job.spec.forge.is_some() {
+            run.statuses = Some(crate::statuses::shown(&state, detail.run.id).await?);
+        }
+        Ok::<_, ApiError>((power, detail, run))
     }
     .await;
-    let (power, detail) = match found {
+    let (power, detail, run) = match found {
         Ok(found) => found,
         Err(e) => return visitor.refuse(e),
     };
     let page = kiln_ui::pages::RunPage {
-        run: views::run_detail(&detail),
+        run,
         graph: graph(&detail, visitor.viewer.now),
         can_act: visitor.identity.is_some() && power >= MemberRole::Developer,
         events_after,

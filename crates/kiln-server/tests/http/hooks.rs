@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 
 use super::Harness;
 
-const SECRET: &str = "It's a Secret to Everybody";
+pub(super) const SECRET: &str = "It's a Secret to Everybody";
 
-fn npm_examples() -> Vec<(String, Value)> {
+pub(super) fn npm_examples() -> Vec<(String, Value)> {
     let root = std::env::var("KILN_NPM_FIXTURES").unwrap_or_else(|_| "/opt/kiln-test/npm".into());
     let path = PathBuf::from(root)
         .join("node_modules/@octokit/webhooks-examples/api.github.com/index.json");
@@ -39,13 +39,13 @@ fn npm_examples() -> Vec<(String, Value)> {
         .collect()
 }
 
-fn fixture(name: &str) -> Vec<u8> {
+pub(super) fn fixture(name: &str) -> Vec<u8> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kiln-forge/tests/fixtures");
     std::fs::read(dir.join(name)).unwrap()
 }
 
 /// `X-Hub-Signature-256` as GitHub computes it: over the exact bytes sent.
-fn github_signature(body: &[u8]) -> String {
+pub(super) fn github_signature(body: &[u8]) -> String {
     format!(
         "sha256={}",
         kiln_forge::signature::hmac_sha256_hex(SECRET.as_bytes(), body)
@@ -54,7 +54,7 @@ fn github_signature(body: &[u8]) -> String {
 
 impl Harness {
     /// Stops this server and starts another on its database.
-    async fn restart(mut self) -> Harness {
+    pub(super) async fn restart(mut self) -> Harness {
         self.shutdown.cancel();
         let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
         Harness::start_in(dir).await
@@ -91,7 +91,7 @@ impl Harness {
     }
 
     /// Posts a delivery with these headers (no token: a forge has none).
-    async fn deliver(
+    pub(super) async fn deliver(
         &self,
         forge: &str,
         headers: &[(&str, String)],
@@ -111,7 +111,7 @@ impl Harness {
         (status, body)
     }
 
-    async fn github(
+    pub(super) async fn github(
         &self,
         forge: &str,
         event: &str,
@@ -127,7 +127,7 @@ impl Harness {
     }
 
     /// Waits until the worker has made every queued trigger's run.
-    async fn settled(&self) {
+    pub(super) async fn settled(&self) {
         for _ in 0..600 {
             if self.db.pending_triggers(1).await.unwrap().is_empty() {
                 return;
@@ -137,7 +137,7 @@ impl Harness {
         panic!("queued triggers left after a minute");
     }
 
-    async fn runs_of(&self, job: &str) -> Vec<Run> {
+    pub(super) async fn runs_of(&self, job: &str) -> Vec<Run> {
         let job = self.db.get_job(job).await.unwrap().unwrap();
         let filter = RunFilter {
             limit: 10_000,
@@ -294,7 +294,7 @@ async fn every_github_example_starts_exactly_its_runs() {
     assert_eq!(shown.body["trigger"]["kind"], "webhook", "{}", shown.body);
 }
 
-fn a_push(examples: &[(String, Value)]) -> Value {
+pub(super) fn a_push(examples: &[(String, Value)]) -> Value {
     examples
         .iter()
         .find(|(event, p)| {
@@ -447,6 +447,8 @@ async fn a_trigger_left_by_a_stopped_server_runs_at_the_next_start() {
         sender: Some("ada".into()),
         pull_request: None,
         head_ref: None,
+        repository: None,
+        repository_id: None,
     };
     let left = NewQueuedTrigger {
         job_id: job.id,
@@ -627,7 +629,7 @@ async fn gitlab_and_gitea_deliveries_are_read_by_the_urls_forge() {
     assert_eq!(tea.len(), 3);
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
+pub(super) fn git(dir: &Path, args: &[&str]) -> String {
     let out = std::process::Command::new("git")
         .args(args)
         .current_dir(dir)
