@@ -649,7 +649,7 @@ pub(super) fn git(dir: &Path, args: &[&str]) -> String {
 
 /// A repository with a pipeline on `main`, and a pull request's head that
 /// only `refs/pull/1/head` holds (as on a forge, for a fork's commits).
-fn repository(dir: &Path) -> (String, String, String) {
+pub(super) fn repository(dir: &Path) -> (String, String, String) {
     git(dir, &["init", "--quiet", "--initial-branch=main"]);
     std::fs::write(dir.join(".kiln.yml"), super::PIPELINE).unwrap();
     git(dir, &["add", "."]);

@@ -2,7 +2,9 @@
 //! in the test that checks every status request — GitHub's against
 //! GitHub's published OpenAPI description (npm `@octokit/openapi`),
 //! GitLab's and Gitea's against their documented shapes — and can fail
-//! as forges do (500, 429 with `Retry-After`, 422).
+//! as forges do (500, 429 with `Retry-After`, 422). Under `/git/` it
+//! serves repositories over git's smart HTTP (`git http-backend`), with
+//! their pull-request refs, as a forge does.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -50,11 +52,15 @@ struct Script {
     received: Vec<Received>,
     /// Requests that did not conform, and why.
     violations: Vec<String>,
+    /// Requests served by `git http-backend`.
+    git_requests: usize,
 }
 
 struct StandIn {
     url: String,
     script: Arc<Mutex<Script>>,
+    /// Where the repositories it serves over smart HTTP live.
+    git_root: Arc<tempfile::TempDir>,
 }
 
 impl StandIn {
@@ -62,16 +68,51 @@ impl StandIn {
         let openapi = Arc::new(github_openapi());
         let script = Arc::new(Mutex::new(Script::default()));
         let shared = script.clone();
-        let app = axum::Router::new().fallback(
-            move |method: HttpMethod, uri: Uri, headers: HeaderMap, body: Bytes| {
-                let (script, openapi) = (shared.clone(), openapi.clone());
-                async move { answer(&script, &openapi, &method, &uri, &headers, &body) }
-            },
-        );
+        let git_root = Arc::new(tempfile::tempdir().unwrap());
+        let (git_script, root) = (script.clone(), git_root.path().to_path_buf());
+        let app = axum::Router::new()
+            .route(
+                "/git/{*path}",
+                axum::routing::any(
+                    move |method: HttpMethod, uri: Uri, headers: HeaderMap, body: Bytes| {
+                        git_script.lock().unwrap().git_requests += 1;
+                        let root = root.clone();
+                        async move { git_http_backend(&root, &method, &uri, &headers, body).await }
+                    },
+                ),
+            )
+            .fallback(
+                move |method: HttpMethod, uri: Uri, headers: HeaderMap, body: Bytes| {
+                    let (script, openapi) = (shared.clone(), openapi.clone());
+                    async move { answer(&script, &openapi, &method, &uri, &headers, &body) }
+                },
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        StandIn { url, script }
+        StandIn {
+            url,
+            script,
+            git_root,
+        }
+    }
+
+    /// Serves a bare copy of the repository in `dir` as `owner/name.git`,
+    /// pull-request refs included; its smart-HTTP URL.
+    fn serve_repository(&self, dir: &Path, full_name: &str) -> String {
+        let bare = self.git_root.path().join(format!("{full_name}.git"));
+        std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+        git(
+            self.git_root.path(),
+            &[
+                "clone",
+                "--quiet",
+                "--mirror",
+                dir.to_str().unwrap(),
+                bare.to_str().unwrap(),
+            ],
+        );
+        format!("{}/git/{full_name}.git", self.url)
     }
 
     fn script(&self) -> std::sync::MutexGuard<'_, Script> {
@@ -158,6 +199,73 @@ fn answer(
         axum::Json(json!({"state": state})),
     )
         .into_response()
+}
+
+/// git's smart HTTP through `git http-backend`, run as the CGI program
+/// it is: the request in its environment and on its input, the answer's
+/// headers and body on its output.
+async fn git_http_backend(
+    root: &Path,
+    method: &HttpMethod,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    use tokio::io::AsyncWriteExt;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut child = tokio::process::Command::new("git")
+        .arg("http-backend")
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", method.as_str())
+        .env("PATH_INFO", uri.path().trim_start_matches("/git"))
+        .env("QUERY_STRING", uri.query().unwrap_or(""))
+        .env("CONTENT_TYPE", header("content-type"))
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+        .env("GIT_PROTOCOL", header("git-protocol"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&body).await.unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().await.unwrap();
+    let out = output.stdout;
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| (at, at + 4))
+        .or_else(|| {
+            out.windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|at| (at, at + 2))
+        })
+        .expect("git http-backend answers with CGI headers");
+    let mut response = Response::new(axum::body::Body::from(out[end.1..].to_vec()));
+    for line in String::from_utf8_lossy(&out[..end.0]).lines() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value.split(' ').next().unwrap_or("200").parse().unwrap();
+            *response.status_mut() = axum::http::StatusCode::from_u16(code).unwrap();
+        } else {
+            response.headers_mut().insert(
+                axum::http::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+    }
+    response
 }
 
 fn github_openapi() -> Value {
@@ -754,4 +862,63 @@ async fn a_run_ended_while_the_server_was_down_still_reports_its_end() {
         })
         .await;
     assert_eq!(shown[0]["error"], Value::Null);
+}
+
+/// The whole round trip with a forge as a forge is: the repository served
+/// over smart HTTP with its pull-request ref, a push and a pull request
+/// delivered as GitHub delivers them, each run made from its commit as
+/// fetched over HTTP (the pull request's through `refs/pull/1/head`, which
+/// no branch holds), and each commit told `pending` under `kiln/app`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_served_over_smart_http_runs_and_reports_its_pull_request() {
+    let stand_in = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, main, head) = super::hooks::repository(dir.path());
+    let url = stand_in.serve_repository(dir.path(), "octo/app");
+    let server = Harness::start().await;
+    server.status_forge("hub", "github", &stand_in).await;
+    server.forge_job("app", &url, "hub").await;
+    server.push("hub", &url, &main, "push-1").await;
+
+    let (_, mut pr) = npm_examples()
+        .into_iter()
+        .find(|(e, p)| e == "pull_request" && p["action"] == "opened")
+        .unwrap();
+    pr["number"] = json!(1);
+    pr["pull_request"]["number"] = json!(1);
+    pr["pull_request"]["head"]["sha"] = json!(head);
+    pr["pull_request"]["head"]["ref"] = json!("feature");
+    pr["pull_request"]["base"]["ref"] = json!("main");
+    pr["pull_request"]["head"]["repo"] = pr["pull_request"]["base"]["repo"].clone();
+    pr["repository"]["clone_url"] = json!(url);
+    let body = serde_json::to_vec(&pr).unwrap();
+    let (status, answer) = server.github("hub", "pull_request", "pr-1", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    server.settled().await;
+    assert!(
+        stand_in.script().git_requests > 0,
+        "the commits came over smart HTTP"
+    );
+
+    let job = server.db.get_job("app").await.unwrap().unwrap();
+    for (number, sha, task) in [(1, &main, "build"), (2, &head, "pr")] {
+        let run = server.db.get_run(job.id, number).await.unwrap().unwrap();
+        assert_eq!(run.run.status, Status::Queued, "{:?}", run.run.error);
+        assert_eq!(run.run.sha.as_deref(), Some(sha.as_str()));
+        let tasks: Vec<&str> = run.tasks.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(tasks, [task], "run {number} is its commit's pipeline");
+    }
+
+    let received = stand_in.received(2).await;
+    let mut told: Vec<(&str, &str, &str)> = received
+        .iter()
+        .map(|r| (r.sha.as_str(), r.state.as_str(), r.context.as_str()))
+        .collect();
+    told.sort();
+    let mut want = vec![
+        (main.as_str(), "pending", "kiln/app"),
+        (head.as_str(), "pending", "kiln/app"),
+    ];
+    want.sort();
+    assert_eq!(told, want);
 }
