@@ -615,7 +615,7 @@ async fn bearer_token_is_sent_and_bodies_round_trip() {
     );
 
     client
-        .put_secret("app", "CRATES_TOKEN", "v@lue\n")
+        .put_secret("app", "CRATES_TOKEN", "v@lue\n", false)
         .await
         .unwrap();
     assert_eq!(

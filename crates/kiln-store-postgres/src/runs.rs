@@ -232,7 +232,7 @@ impl RunStore for PostgresStore {
         }
         sqlx::query(
             "UPDATE tasks SET status = $1, reason = $2, finished_at = $3 \
-             WHERE run_id = $4 AND status IN ('pending', 'queued')",
+             WHERE run_id = $4 AND status IN ('blocked', 'pending', 'queued')",
         )
         .bind(Stop::Cancel.unstarted().as_str())
         .bind(Stop::Cancel.reason())
@@ -244,6 +244,58 @@ impl RunStore for PostgresStore {
         sqlx::query(
             "UPDATE tasks SET cancel_requested = TRUE WHERE run_id = $1 AND status = 'running'",
         )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        settle_run(&mut tx, run_id, None, now).await?;
+        let detail = run_detail(&mut tx, run_id)
+            .await?
+            .ok_or_else(|| Corrupt(format!("run {run_id} vanished")))?;
+        tx.commit().await?;
+        Ok(detail)
+    }
+
+    async fn approve_run(
+        &self,
+        job_id: JobId,
+        number: i64,
+        now: DateTime<Utc>,
+    ) -> Result<RunDetail> {
+        let mut tx = self.write().await?;
+        let run_id: RunId =
+            sqlx::query_scalar("SELECT id FROM runs WHERE job_id = $1 AND number = $2")
+                .bind(job_id)
+                .bind(number)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("run #{number}")))?;
+        lock_runs(&mut tx, &[run_id]).await?;
+        let run_status: String = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let run_status = status(&run_status)?;
+        if run_status != kiln_store::Status::Blocked {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict(format!(
+                "run #{number} is {run_status}, not blocked: there is nothing to approve"
+            )));
+        }
+        sqlx::query(
+            "UPDATE tasks SET status = 'queued', queued_at = $1 \
+             WHERE run_id = $2 AND status = 'blocked'",
+        )
+        .bind(ms(now))
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        // The run's timeout counts from its approval: the time it waited
+        // for a maintainer is not the pipeline's.
+        sqlx::query(
+            "UPDATE runs SET deadline = deadline + ($1 - created_at) \
+             WHERE id = $2 AND deadline IS NOT NULL",
+        )
+        .bind(ms(now))
         .bind(run_id)
         .execute(&mut *tx)
         .await?;

@@ -103,15 +103,30 @@ pub fn start_run(run: &NewRun) -> RunStart {
             tasks: Vec::new(),
         };
     }
-    let tasks = start(
+    let mut tasks = start(
         run.tasks
             .iter()
             .map(|new| (&new.task, new.skip_reason.clone())),
     );
+    if run.blocked {
+        block(&mut tasks);
+    }
     RunStart {
         status: run_status(&tasks),
         error: None,
         tasks,
+    }
+}
+
+/// Holds back a new run's tasks until it is approved: those that would be
+/// `queued` are `blocked` instead, so nothing of the run can be claimed
+/// (`pending` ones wait for them anyway). Tasks skipped by `when` stay
+/// skipped: a run with nothing to run needs no approval.
+pub fn block(tasks: &mut [TaskState]) {
+    for task in tasks {
+        if task.status == Status::Queued {
+            task.status = Status::Blocked;
+        }
     }
 }
 
@@ -142,7 +157,7 @@ impl Stop {
         }
     }
 
-    /// How a task that had not started (`pending` or `queued`) ends.
+    /// How a task that had not started (`blocked`, `pending` or `queued`) ends.
     pub fn unstarted(self) -> Status {
         match self {
             Stop::Cancel => Status::Cancelled,
@@ -162,12 +177,16 @@ impl Stop {
     }
 }
 
-/// Ends the tasks that have not started (`pending`, `queued`) as `stop`
-/// says, with its reason. Returns the indexes of the tasks it changed.
+/// Ends the tasks that have not started (`blocked`, `pending`, `queued`)
+/// as `stop` says, with its reason. Returns the indexes of the tasks it
+/// changed.
 pub fn stop(tasks: &mut [TaskState], stop: Stop) -> Vec<usize> {
     let mut changed = Vec::new();
     for (index, task) in tasks.iter_mut().enumerate() {
-        if matches!(task.status, Status::Pending | Status::Queued) {
+        if matches!(
+            task.status,
+            Status::Blocked | Status::Pending | Status::Queued
+        ) {
             task.status = stop.unstarted();
             task.reason = Some(stop.reason().to_string());
             changed.push(index);
@@ -308,13 +327,18 @@ const WORST_FIRST: [Status; 4] = [
     Status::Cancelled,
 ];
 
-/// The status of a run from its tasks: `running` while any task runs, or
+/// The status of a run from its tasks: `blocked` while any task waits
+/// for the run's approval; `running` while any task runs, or
 /// while some have not ended and some have (`queued` if none started yet);
 /// once all ended, the worst outcome among tasks that did not pass —
 /// `error`, then `timed_out`, `failure`, `cancelled` — else `success`
 /// (skipped tasks and `allow-failure` failures do not count). A run stopped
 /// at its deadline is `timed_out` instead ([`Stop::forced`]).
 pub fn run_status(tasks: &[TaskState]) -> Status {
+    // Nothing of a blocked run has started: it waits for its approval.
+    if tasks.iter().any(|t| t.status == Status::Blocked) {
+        return Status::Blocked;
+    }
     if tasks.iter().any(|t| t.status == Status::Running) {
         return Status::Running;
     }
@@ -363,7 +387,7 @@ pub fn status_from_counts(counts: &[(Status, i64)]) -> Option<Status> {
             .map(|(_, n)| *n)
             .sum::<i64>()
     };
-    if count(Status::Pending) > 0 {
+    if count(Status::Pending) > 0 || count(Status::Blocked) > 0 {
         return None;
     }
     if count(Status::Running) > 0 {
@@ -586,6 +610,7 @@ mod tests {
             pull_request: None,
             tag: None,
             queued_trigger: None,
+            blocked: false,
         };
         let ok = start_run(&run);
         assert_eq!((ok.status, ok.tasks.len()), (Status::Queued, 1));

@@ -129,12 +129,13 @@ pub async fn show<D: Database>(
         run: views::run_detail(&detail),
         graph: graph(&detail, visitor.viewer.now),
         can_act: visitor.identity.is_some() && power >= MemberRole::Developer,
+        can_approve: visitor.identity.is_some() && power >= MemberRole::Maintainer,
         events_after,
     };
     visitor.page(StatusCode::OK, kiln_ui::pages::run(&visitor.viewer, &page))
 }
 
-/// The cancel and rerun forms.
+/// The cancel, approve and rerun forms.
 #[derive(Debug, Deserialize)]
 pub struct ActionForm {
     #[serde(default)]
@@ -156,6 +157,30 @@ pub async fn cancel<D: Database>(
         let job = access::job(&state, Some(caller), &name, MemberRole::Developer).await?;
         let run = find(&state, &job, number).await?;
         crate::api::runs::cancel_run(&state, caller, &job, &run).await?;
+        Ok::<_, ApiError>(())
+    }
+    .await;
+    match done {
+        Ok(()) => Redirect::to(&kiln_ui::run_href(&name, number)).into_response(),
+        Err(e) => visitor.refuse(e),
+    }
+}
+
+/// `POST /jobs/{job}/runs/{n}/approve`: back to the run, queued.
+pub async fn approve<D: Database>(
+    visitor: Visitor,
+    State(state): State<AppState<D>>,
+    Path((name, number)): Path<(String, i64)>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let caller = match visitor.form_author(&form.csrf) {
+        Ok(caller) => caller,
+        Err(refused) => return *refused,
+    };
+    let done = async {
+        let job = access::job(&state, Some(caller), &name, MemberRole::Maintainer).await?;
+        let run = find(&state, &job, number).await?;
+        crate::api::runs::approve_run(&state, caller, &job, &run).await?;
         Ok::<_, ApiError>(())
     }
     .await;
