@@ -284,7 +284,8 @@ async fn fork_pull_requests_wait_for_approval_and_get_only_fork_secrets() {
     let pushed = run_made(&server, "app", 2).await;
     assert_eq!(pushed["status"], "blocked", "{pushed:#}");
     assert_eq!(pushed["sha"], json!(second));
-    kiln_as(&server, &maintainer, &["approve", "app", "2"], "");
+    let (ok, approved) = kiln_as(&server, &maintainer, &["approve", "app", "2"], "");
+    assert!(ok, "{approved}");
     let run = server.wait_for_run("app", 2).await;
     // The task naming a secret forks do not get ends `error` saying so;
     // the other one runs, and the run shows both.
