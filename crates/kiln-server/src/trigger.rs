@@ -8,8 +8,8 @@
 use chrono::Utc;
 use kiln_pipeline::{Event, Pipeline, Status};
 use kiln_store::{
-    Database, ForkPrs, Job, JobKind, NewAuditEntry, NewRun, NewTask, PullRequest, QueuedTriggerId, Run,
-    RunDetail, RunTrigger, StoreError, TriggerKind,
+    Database, ForkPrs, Job, JobKind, NewAuditEntry, NewRun, NewTask, PullRequest, QueuedTriggerId,
+    Run, RunDetail, RunTrigger, StoreError, TriggerKind,
 };
 
 use crate::state::AppState;

@@ -45,11 +45,12 @@ impl SecretStore for PostgresStore {
     }
 
     async fn list_secrets(&self, job_id: JobId) -> Result<Vec<SecretInfo>> {
-        let rows =
-            sqlx::query("SELECT name, updated_at, allow_forks FROM secrets WHERE job_id = $1 ORDER BY name")
-                .bind(job_id)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT name, updated_at, allow_forks FROM secrets WHERE job_id = $1 ORDER BY name",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(sql::secret_info).collect()
     }
 

@@ -48,11 +48,12 @@ impl SecretStore for SqliteStore {
     }
 
     async fn list_secrets(&self, job_id: JobId) -> Result<Vec<SecretInfo>> {
-        let rows =
-            sqlx::query("SELECT name, updated_at, allow_forks FROM secrets WHERE job_id = ? ORDER BY name")
-                .bind(job_id)
-                .fetch_all(&self.reader)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT name, updated_at, allow_forks FROM secrets WHERE job_id = ? ORDER BY name",
+        )
+        .bind(job_id)
+        .fetch_all(&self.reader)
+        .await?;
         rows.iter().map(sql::secret_info).collect()
     }
 

@@ -623,16 +623,37 @@ mod tests {
         );
     }
 
+    /// A blocked run's tasks that would be queued are blocked; the run is
+    /// `blocked` until they are queued, and a cancel ends them.
+    #[test]
+    fn a_blocked_run_starts_nothing() {
+        let mut tasks = vec![
+            task("a", Status::Queued, &[]),
+            task("b", Status::Pending, &["a"]),
+            task("c", Status::Skipped, &[]),
+        ];
+        block(&mut tasks);
+        let statuses: Vec<Status> = tasks.iter().map(|t| t.status).collect();
+        assert_eq!(
+            statuses,
+            [Status::Blocked, Status::Pending, Status::Skipped]
+        );
+        assert_eq!(run_status(&tasks), Status::Blocked);
+        assert!(settle(&mut tasks).is_empty(), "b waits for a");
+        assert_eq!(stop(&mut tasks, Stop::Cancel), [0, 1]);
+        assert_eq!(run_status(&tasks), Status::Cancelled);
+    }
+
     /// Every run of up to three independent tasks: whenever the counts
     /// give a status, it is the one the full rule gives.
     #[test]
     fn status_from_counts_agrees_with_run_status() {
-        const ALL: [Status; 9] = Status::ALL;
+        const ALL: [Status; 10] = Status::ALL;
+        let n = ALL.len();
         let mut answered = 0;
         for len in 1..=3u32 {
-            for code in 0..9usize.pow(len) {
-                let statuses: Vec<Status> =
-                    (0..len).map(|i| ALL[code / 9usize.pow(i) % 9]).collect();
+            for code in 0..n.pow(len) {
+                let statuses: Vec<Status> = (0..len).map(|i| ALL[code / n.pow(i) % n]).collect();
                 let tasks: Vec<TaskState> = statuses
                     .iter()
                     .enumerate()
@@ -646,7 +667,10 @@ mod tests {
                     answered += 1;
                     assert_eq!(status, run_status(&tasks), "{statuses:?}");
                 }
-                let has_pending = statuses.contains(&Status::Pending);
+                // A blocked task is only ever in a run none of whose tasks
+                // has started; the counts leave such a run to the full rule.
+                let has_pending =
+                    statuses.contains(&Status::Pending) || statuses.contains(&Status::Blocked);
                 let all_ended = statuses.iter().all(|s| s.is_terminal());
                 assert_eq!(
                     status_from_counts(&counts).is_none(),

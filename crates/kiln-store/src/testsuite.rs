@@ -359,7 +359,9 @@ pub async fn secrets<D: Database>(db: &D) {
 
 pub async fn delete_job_cascades<D: Database>(db: &D) {
     let job = job(db, "cascade").await;
-    db.put_secret(job.id, "S", b"s", false, at(0)).await.unwrap();
+    db.put_secret(job.id, "S", b"s", false, at(0))
+        .await
+        .unwrap();
     let detail = create(db, &job, new_run(tasks(PAIR)), at(0)).await;
     let a = claim_named(db, "agent", "a", at(1)).await;
     assert!(
@@ -1667,7 +1669,10 @@ pub async fn blocked_runs<D: Database>(db: &D) {
         statuses(&detail),
         [("a", Status::Blocked), ("b", Status::Pending)]
     );
-    assert!(claim(db, "agent", at(1)).await.is_none(), "nothing claimable");
+    assert!(
+        claim(db, "agent", at(1)).await.is_none(),
+        "nothing claimable"
+    );
     assert!(
         db.expire(at(1000)).await.unwrap().is_empty(),
         "a blocked run waits past its timeout"
@@ -1685,7 +1690,9 @@ pub async fn blocked_runs<D: Database>(db: &D) {
         Some(at(1100)),
         "the timeout counts from the approval"
     );
-    let a = claim(db, "agent", at(1001)).await.expect("a is claimable now");
+    let a = claim(db, "agent", at(1001))
+        .await
+        .expect("a is claimable now");
     assert_eq!(a.name, "a");
     match db.approve_run(job.id, 1, at(1002)).await {
         Err(StoreError::Conflict(_)) => {}

@@ -726,6 +726,8 @@ mod tests {
             default_branch: Some("main".into()),
             pipeline: None,
             visibility: "private".into(),
+            forge: None,
+            fork_prs: "approve".into(),
             created_at: Utc::now(),
             updated_at: Utc::now(),
             change: None,
@@ -741,6 +743,7 @@ mod tests {
             secrets: Some(vec![Secret {
                 name: "DEPLOY_KEY".into(),
                 updated_at: Utc::now(),
+                allow_forks: false,
             }]),
             members: vec![Member {
                 user: "bob".into(),
@@ -761,6 +764,8 @@ mod tests {
         assert!(html.contains("<title>Settings of app · Kiln</title>"));
         assert!(html.contains("id=\"secret-form\""));
         assert!(html.contains("action=\"/jobs/app/settings/secrets/DEPLOY_KEY/delete\""));
+        assert!(html.contains("name=\"allow_forks\""));
+        assert!(html.contains("withheld from forks"));
         assert!(html.contains("action=\"/jobs/app/settings/members/bob/delete\""));
         assert!(html.contains("value=\"file:///srv/app\""));
         assert!(html.contains("name=\"csrf\" value=\"t0k3n\""));

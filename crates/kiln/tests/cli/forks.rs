@@ -225,7 +225,12 @@ async fn fork_pull_requests_wait_for_approval_and_get_only_fork_secrets() {
     let maintainer = member(&server, "maint", "maintainer").await;
 
     // Opened: `app` waits; `app-run` runs at once.
-    let answer = deliver(&server, "fork-1", &fork_pull_request("opened", &url, &first, &main)).await;
+    let answer = deliver(
+        &server,
+        "fork-1",
+        &fork_pull_request("opened", &url, &first, &main),
+    )
+    .await;
     assert_eq!(answer["queued"], json!(["app", "app-run"]), "{answer}");
     let blocked = run_made(&server, "app", 1).await;
     assert_eq!(blocked["status"], "blocked", "{blocked:#}");
@@ -244,7 +249,11 @@ async fn fork_pull_requests_wait_for_approval_and_get_only_fork_secrets() {
     let (ok, refused) = kiln_as(&server, &developer, &["approve", "app", "1"], "");
     assert!(!ok, "{refused}");
     let response = server
-        .request(Method::POST, "/api/v1/jobs/app/runs/1/approve", Some(&developer))
+        .request(
+            Method::POST,
+            "/api/v1/jobs/app/runs/1/approve",
+            Some(&developer),
+        )
         .json(&json!({}))
         .send()
         .await
@@ -259,7 +268,10 @@ async fn fork_pull_requests_wait_for_approval_and_get_only_fork_secrets() {
     let run = server.wait_for_run("app", 1).await;
     assert_eq!(run["status"], "success", "{run:#}");
     let log = log_of(&server, "app", 1, "shared").await;
-    assert!(log.contains("public=***"), "the allowed secret, masked: {log}");
+    assert!(
+        log.contains("public=***"),
+        "the allowed secret, masked: {log}"
+    );
     assert!(!log.contains(PUBLIC_VALUE), "{log}");
     let (status, again) = server
         .send(Method::POST, "/api/v1/jobs/app/runs/1/approve", json!({}))
@@ -301,7 +313,10 @@ async fn fork_pull_requests_wait_for_approval_and_get_only_fork_secrets() {
         "{reason}"
     );
     assert!(
-        run["error"].as_str().unwrap_or_default().contains("DEPLOY_KEY"),
+        run["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("DEPLOY_KEY"),
         "{run:#}"
     );
 
@@ -310,7 +325,10 @@ async fn fork_pull_requests_wait_for_approval_and_get_only_fork_secrets() {
     let ran = server.wait_for_run("app-run", 2).await;
     assert_eq!(ran["status"], "error", "{ran:#}");
     let reason = task(&ran, "deploy")["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("secret `DEPLOY_KEY` is withheld"), "{ran:#}");
+    assert!(
+        reason.contains("secret `DEPLOY_KEY` is withheld"),
+        "{ran:#}"
+    );
     assert!(
         !log_of(&server, "app-run", 2, "deploy")
             .await
