@@ -6,15 +6,14 @@
 //! runs at once. Either way only the secrets set with `--allow-forks`
 //! reach it, and a task naming another ends `error` saying so.
 
-use std::process::Command;
-
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::server::{ADMIN, Server};
-use crate::support::GitRepo;
+use crate::forges::{SECRET, deliver, kiln};
+use crate::server::Server;
+use crate::support::{GitRepo, kiln_as};
+use crate::ui::{Browser, PASSWORD};
 
-const SECRET: &str = "a webhook secret";
 const PUBLIC_VALUE: &str = "shared-with-forks-7";
 const DEPLOY_VALUE: &str = "never-for-forks-9";
 
@@ -40,44 +39,15 @@ tasks:
       - run: echo "deploy=$DEPLOY_KEY"
 "#;
 
-/// `kiln ARGS` with `token`, `stdin` on its standard input: whether it
-/// succeeded, and what it printed.
-fn kiln_as(server: &Server, token: &str, args: &[&str], stdin: &str) -> (bool, String) {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .env("KILN_SERVER", &server.url)
-        .env("KILN_TOKEN", token)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
-
-fn kiln(server: &Server, args: &[&str], stdin: &str) -> String {
-    let (ok, text) = kiln_as(server, ADMIN, args, stdin);
-    assert!(ok, "kiln {args:?}: {text}");
-    text
-}
-
-/// A user with `role` on the jobs `app` and `app-run`; returns a token.
+/// A user with a password and `role` on the jobs `app` and `app-run`;
+/// returns a token of theirs.
 async fn member(server: &Server, name: &str, role: &str) -> String {
     let (status, body) = server
-        .send(Method::POST, "/api/v1/users", json!({"name": name}))
+        .send(
+            Method::POST,
+            "/api/v1/users",
+            json!({"name": name, "password": PASSWORD}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     for job in ["app", "app-run"] {
@@ -111,23 +81,6 @@ fn fork_pull_request(action: &str, url: &str, head: &str, main: &str) -> Value {
         },
         "repository": repository, "sender": {"login": "stranger"},
     })
-}
-
-async fn deliver(server: &Server, delivery: &str, body: &Value) -> Value {
-    let body = serde_json::to_vec(body).unwrap();
-    let signature = kiln_forge::signature::hmac_sha256_hex(SECRET.as_bytes(), &body);
-    let response = server
-        .request(Method::POST, "/hooks/hub", None)
-        .header("content-type", "application/json")
-        .header("x-github-event", "pull_request")
-        .header("x-github-delivery", delivery)
-        .header("x-hub-signature-256", format!("sha256={signature}"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    response.json().await.unwrap()
 }
 
 /// Run `number` of `job`, once the webhook worker has made it.
@@ -288,6 +241,7 @@ async fn fork_pull_requests_wait_for_approval_and_get_only_fork_secrets() {
     repo.git(&["update-ref", "refs/pull/3/head", &second]);
     let answer = deliver(
         &server,
+        "pull_request",
         "fork-2",
         &fork_pull_request("synchronize", &url, &second, &main),
     )
@@ -352,4 +306,28 @@ async fn fork_pull_requests_wait_for_approval_and_get_only_fork_secrets() {
         .send(Method::POST, "/api/v1/jobs/app/runs/3/approve", json!({}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{late}");
+
+    // On the run page a maintainer approves with the button.
+    let (status, rerun) = server
+        .send(Method::POST, "/api/v1/jobs/app/runs/1/rerun", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rerun}");
+    let browser = Browser::start(&server, "forks").await;
+    browser.goto("/login?next=%2Fjobs%2Fapp%2Fruns%2F4").await;
+    browser.sign_in("maint", PASSWORD).await;
+    browser.arrive(|here| here == "/jobs/app/runs/4").await;
+    assert_eq!(browser.text("#run-status").await, "blocked");
+    assert!(
+        browser
+            .text("#blocked-note")
+            .await
+            .contains("maintainer approves")
+    );
+    browser.screenshot("blocked").await;
+    browser.click("#approve").await;
+    browser.reload_until("#run-status", "success").await;
+    assert!(
+        !browser.has("#approve").await,
+        "an approved run has no approve button"
+    );
 }
