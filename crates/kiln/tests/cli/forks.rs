@@ -180,6 +180,7 @@ async fn fork_pull_requests_wait_for_approval_and_get_only_fork_secrets() {
     // Opened: `app` waits; `app-run` runs at once.
     let answer = deliver(
         &server,
+        "pull_request",
         "fork-1",
         &fork_pull_request("opened", &url, &first, &main),
     )
