@@ -397,6 +397,7 @@ fn router(server: Server) -> Router {
                     axum::Json(vec![Secret {
                         name: "CRATES_TOKEN".into(),
                         updated_at: at(),
+                        allow_forks: false,
                     }])
                 }),
             )
