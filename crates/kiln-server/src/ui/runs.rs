@@ -149,21 +149,7 @@ pub async fn cancel<D: Database>(
     Path((name, number)): Path<(String, i64)>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let caller = match visitor.form_author(&form.csrf) {
-        Ok(caller) => caller,
-        Err(refused) => return *refused,
-    };
-    let done = async {
-        let job = access::job(&state, Some(caller), &name, MemberRole::Developer).await?;
-        let run = find(&state, &job, number).await?;
-        crate::api::runs::cancel_run(&state, caller, &job, &run).await?;
-        Ok::<_, ApiError>(())
-    }
-    .await;
-    match done {
-        Ok(()) => Redirect::to(&kiln_ui::run_href(&name, number)).into_response(),
-        Err(e) => visitor.refuse(e),
-    }
+    change_run(visitor, &state, &name, number, &form, Change::Cancel).await
 }
 
 /// `POST /jobs/{job}/runs/{n}/approve`: back to the run, queued.
@@ -173,19 +159,46 @@ pub async fn approve<D: Database>(
     Path((name, number)): Path<(String, i64)>,
     Form(form): Form<ActionForm>,
 ) -> Response {
+    change_run(visitor, &state, &name, number, &form, Change::Approve).await
+}
+
+/// What a button of the run page does to the run itself.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Cancel,
+    Approve,
+}
+
+/// Cancels or approves run `number` of job `name` for the form's author,
+/// through the function the API calls; back to the run.
+async fn change_run<D: Database>(
+    visitor: Visitor,
+    state: &AppState<D>,
+    name: &str,
+    number: i64,
+    form: &ActionForm,
+    change: Change,
+) -> Response {
     let caller = match visitor.form_author(&form.csrf) {
         Ok(caller) => caller,
         Err(refused) => return *refused,
     };
+    let need = match change {
+        Change::Cancel => MemberRole::Developer,
+        Change::Approve => MemberRole::Maintainer,
+    };
     let done = async {
-        let job = access::job(&state, Some(caller), &name, MemberRole::Maintainer).await?;
-        let run = find(&state, &job, number).await?;
-        crate::api::runs::approve_run(&state, caller, &job, &run).await?;
+        let job = access::job(state, Some(caller), name, need).await?;
+        let run = find(state, &job, number).await?;
+        match change {
+            Change::Cancel => crate::api::runs::cancel_run(state, caller, &job, &run).await?,
+            Change::Approve => crate::api::runs::approve_run(state, caller, &job, &run).await?,
+        };
         Ok::<_, ApiError>(())
     }
     .await;
     match done {
-        Ok(()) => Redirect::to(&kiln_ui::run_href(&name, number)).into_response(),
+        Ok(()) => Redirect::to(&kiln_ui::run_href(name, number)).into_response(),
         Err(e) => visitor.refuse(e),
     }
 }
