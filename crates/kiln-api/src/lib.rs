@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// Statuses of runs, tasks and steps (DESIGN.md §1).
-pub const STATUSES: [&str; 9] = [
+pub const STATUSES: [&str; 10] = [
+    "blocked",
     "pending",
     "queued",
     "running",
@@ -287,12 +288,19 @@ pub struct HookAnswer {
 #[serde(deny_unknown_fields)]
 pub struct SecretBody {
     pub value: String,
+    /// Whether runs of pull requests from forks may receive it (default
+    /// false: a fork's code could print it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_forks: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Secret {
     pub name: String,
     pub updated_at: DateTime<Utc>,
+    /// Whether runs of pull requests from forks receive it.
+    #[serde(default)]
+    pub allow_forks: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -262,6 +262,17 @@ impl Client {
         .await
     }
 
+    /// Approves a `blocked` run (a pull request from a fork) so that it runs.
+    pub async fn approve_run(&self, job: &str, number: i64) -> Result<Run> {
+        let number = number.to_string();
+        self.send_json(
+            Method::POST,
+            &["jobs", job, "runs", &number, "approve"],
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
     // ---- results ----
 
     /// The kinds of result a task has: console, JUnit report, artifacts.
@@ -362,10 +373,18 @@ impl Client {
 
     // ---- secrets ----
 
-    /// Sets (creates or replaces) a secret of a job.
-    pub async fn put_secret(&self, job: &str, name: &str, value: &str) -> Result<()> {
+    /// Sets (creates or replaces) a secret of a job; `allow_forks` lets
+    /// runs of pull requests from forks receive it.
+    pub async fn put_secret(
+        &self,
+        job: &str,
+        name: &str,
+        value: &str,
+        allow_forks: bool,
+    ) -> Result<()> {
         let body = SecretBody {
             value: value.to_string(),
+            allow_forks,
         };
         self.send_empty(Method::PUT, &["jobs", job, "secrets", name], Some(&body))
             .await

@@ -398,6 +398,7 @@ fn router(server: Server) -> Router {
                     axum::Json(vec![Secret {
                         name: "CRATES_TOKEN".into(),
                         updated_at: at(),
+                        allow_forks: false,
                     }])
                 }),
             )
@@ -616,7 +617,7 @@ async fn bearer_token_is_sent_and_bodies_round_trip() {
     );
 
     client
-        .put_secret("app", "CRATES_TOKEN", "v@lue\n")
+        .put_secret("app", "CRATES_TOKEN", "v@lue\n", false)
         .await
         .unwrap();
     assert_eq!(

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// A run (and its tasks) that waits for a maintainer's approval before
+    /// anything of it may run: a pull request from a fork.
+    Blocked,
     Pending,
     Queued,
     Running,
@@ -19,7 +22,8 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 9] = [
+    pub const ALL: [Status; 10] = [
+        Status::Blocked,
         Status::Pending,
         Status::Queued,
         Status::Running,
@@ -33,6 +37,7 @@ impl Status {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Blocked => "blocked",
             Status::Pending => "pending",
             Status::Queued => "queued",
             Status::Running => "running",
@@ -46,7 +51,10 @@ impl Status {
     }
 
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Status::Pending | Status::Queued | Status::Running)
+        !matches!(
+            self,
+            Status::Blocked | Status::Pending | Status::Queued | Status::Running
+        )
     }
 }
 

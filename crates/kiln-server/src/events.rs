@@ -197,10 +197,11 @@ struct Known {
     tasks: HashMap<String, (i64, u8)>,
 }
 
-/// How far a status is along an attempt: pending, queued, running, ended.
+/// How far a status is along an attempt: blocked or pending, queued,
+/// running, ended.
 fn rank(status: Status) -> u8 {
     match status {
-        Status::Pending => 0,
+        Status::Blocked | Status::Pending => 0,
         Status::Queued => 1,
         Status::Running => 2,
         _ => 3,

@@ -6,10 +6,10 @@
 //! tell it.
 
 use chrono::Utc;
-use kiln_pipeline::{Event, Pipeline};
+use kiln_pipeline::{Event, Pipeline, Status};
 use kiln_store::{
-    Database, Job, JobKind, NewAuditEntry, NewRun, NewTask, PullRequest, QueuedTriggerId, Run,
-    RunDetail, RunTrigger, StoreError, TriggerKind,
+    Database, ForkPrs, Job, JobKind, NewAuditEntry, NewRun, NewTask, PullRequest, QueuedTriggerId,
+    Run, RunDetail, RunTrigger, StoreError, TriggerKind,
 };
 
 use crate::state::AppState;
@@ -334,6 +334,11 @@ async fn create<D: Database>(
         Ok((timeout, tasks)) => (None, timeout, tasks),
         Err(error) => (Some(error), None, Vec::new()),
     };
+    // A fork's pipeline waits for a maintainer whichever way its run is
+    // made — a webhook, or a rerun of a fork run (which a developer could
+    // otherwise use to skip the approval: cancel, then rerun).
+    let blocked = made_by.pull_request.as_ref().is_some_and(|pr| pr.from_fork)
+        && job.spec.fork_prs == ForkPrs::Approve;
     let run = NewRun {
         branch,
         sha,
@@ -347,8 +352,17 @@ async fn create<D: Database>(
         pull_request: made_by.pull_request,
         tag: made_by.tag,
         queued_trigger: made_by.queued,
+        blocked,
     };
     let detail = state.db.create_run(job.id, run, Utc::now()).await?;
+    if detail.run.status == Status::Blocked {
+        tracing::info!(
+            "run {} of job `{}` builds a pull request from a fork: blocked until a maintainer \
+             approves it",
+            detail.run.number,
+            job.spec.name
+        );
+    }
     state.work.notify_waiters();
     state.events.run_detail(&detail);
     state.metrics.run_created();

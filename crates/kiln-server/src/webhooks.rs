@@ -11,9 +11,10 @@
 //!    `trigger::trigger_from_forge`, which marks the trigger done in the
 //!    run's own transaction: a run is made once, or not at all.
 //!
-//! Fork pull requests are not run in this version: `fork_prs: ignore`
-//! ignores them, and `approve` and `run` hold them back until approvals
-//! (the `blocked` status) and secrets withheld from forks exist.
+//! Pull requests from forks: `fork_prs: ignore` ignores them; `approve`
+//! makes their runs `blocked` until a maintainer approves each one; `run`
+//! runs them at once. Either way a fork's run gets only the secrets that
+//! allow forks (`crate::scheduler`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,17 +151,19 @@ pub async fn queue<D: Database>(
         let name = &job.spec.name;
         if run.pull_request.as_ref().is_some_and(|pr| pr.from_fork) {
             match job.spec.fork_prs {
-                ForkPrs::Ignore => notes.push(format!(
-                    "job `{name}` ignores pull requests from forks (`fork_prs: ignore`)"
+                ForkPrs::Ignore => {
+                    notes.push(format!(
+                        "job `{name}` ignores pull requests from forks (`fork_prs: ignore`)"
+                    ));
+                    continue;
+                }
+                // The run is made `blocked` (`trigger::create`); either way
+                // it gets only the secrets that allow forks.
+                ForkPrs::Approve => notes.push(format!(
+                    "job `{name}`: a pull request from a fork waits for a maintainer's approval"
                 )),
-                // Until approvals exist, no fork's pipeline runs: it could
-                // print the job's secrets.
-                ForkPrs::Approve | ForkPrs::Run => notes.push(format!(
-                    "job `{name}`: pull requests from forks wait for a maintainer's approval, \
-                     which this version of Kiln cannot give yet; nothing was started"
-                )),
+                ForkPrs::Run => {}
             }
-            continue;
         }
         wanted.push(NewQueuedTrigger {
             job_id: job.id,

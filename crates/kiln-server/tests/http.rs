@@ -448,6 +448,7 @@ async fn a_run_that_cannot_be_repeated_is_a_409_problem() {
         pull_request: None,
         tag: None,
         queued_trigger: None,
+        blocked: false,
     };
     let of_a_commit = NewRun {
         sha: Some("0123456789abcdef0123456789abcdef01234567".into()),

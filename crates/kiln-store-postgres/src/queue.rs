@@ -240,8 +240,8 @@ impl QueueStore for PostgresStore {
         // Find the candidates without locks, lock their runs in the common
         // order, then look again: another server may have handled them.
         let mut runs: Vec<RunId> = sqlx::query_scalar(
-            "SELECT id FROM runs WHERE finished_at IS NULL AND deadline < $1 \
-             UNION SELECT run_id FROM tasks WHERE status = 'running' AND lease_expires_at < $1",
+            "SELECT id FROM runs WHERE finished_at IS NULL AND status <> 'blocked' \
+             AND deadline < $1 UNION SELECT run_id FROM tasks WHERE status = 'running' AND lease_expires_at < $1",
         )
         .bind(ms(now))
         .fetch_all(&mut *tx)
@@ -257,8 +257,8 @@ impl QueueStore for PostgresStore {
         // Runs past their deadline first: their tasks end here rather than
         // being retried by the lease rule below.
         let late: Vec<RunId> = sqlx::query_scalar(
-            "SELECT id FROM runs WHERE id = ANY($1) AND finished_at IS NULL AND deadline < $2 \
-             ORDER BY id",
+            "SELECT id FROM runs WHERE id = ANY($1) AND finished_at IS NULL \
+             AND status <> 'blocked' AND deadline < $2 ORDER BY id",
         )
         .bind(&runs)
         .bind(ms(now))

@@ -211,19 +211,7 @@ impl RunStore for PostgresStore {
         now: DateTime<Utc>,
     ) -> Result<RunDetail> {
         let mut tx = self.write().await?;
-        let run_id: RunId =
-            sqlx::query_scalar("SELECT id FROM runs WHERE job_id = $1 AND number = $2")
-                .bind(job_id)
-                .bind(number)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("run #{number}")))?;
-        lock_runs(&mut tx, &[run_id]).await?;
-        let run_status: String = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
-            .bind(run_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let run_status = status(&run_status)?;
+        let (run_id, run_status) = run_to_change(&mut tx, job_id, number).await?;
         if run_status.is_terminal() {
             tx.rollback().await?;
             return Err(StoreError::Conflict(format!(
@@ -232,7 +220,7 @@ impl RunStore for PostgresStore {
         }
         sqlx::query(
             "UPDATE tasks SET status = $1, reason = $2, finished_at = $3 \
-             WHERE run_id = $4 AND status IN ('pending', 'queued')",
+             WHERE run_id = $4 AND status IN ('blocked', 'pending', 'queued')",
         )
         .bind(Stop::Cancel.unstarted().as_str())
         .bind(Stop::Cancel.reason())
@@ -247,13 +235,80 @@ impl RunStore for PostgresStore {
         .bind(run_id)
         .execute(&mut *tx)
         .await?;
-        settle_run(&mut tx, run_id, None, now).await?;
-        let detail = run_detail(&mut tx, run_id)
-            .await?
-            .ok_or_else(|| Corrupt(format!("run {run_id} vanished")))?;
+        let detail = settled_detail(&mut tx, run_id, now).await?;
         tx.commit().await?;
         Ok(detail)
     }
+
+    async fn approve_run(
+        &self,
+        job_id: JobId,
+        number: i64,
+        now: DateTime<Utc>,
+    ) -> Result<RunDetail> {
+        let mut tx = self.write().await?;
+        let (run_id, run_status) = run_to_change(&mut tx, job_id, number).await?;
+        if run_status != kiln_store::Status::Blocked {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict(format!(
+                "run #{number} is {run_status}, not blocked: there is nothing to approve"
+            )));
+        }
+        sqlx::query(
+            "UPDATE tasks SET status = 'queued', queued_at = $1 \
+             WHERE run_id = $2 AND status = 'blocked'",
+        )
+        .bind(ms(now))
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        // The run's timeout counts from its approval: the time it waited
+        // for a maintainer is not the pipeline's.
+        sqlx::query(
+            "UPDATE runs SET deadline = deadline + ($1 - created_at) \
+             WHERE id = $2 AND deadline IS NOT NULL",
+        )
+        .bind(ms(now))
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        let detail = settled_detail(&mut tx, run_id, now).await?;
+        tx.commit().await?;
+        Ok(detail)
+    }
+}
+
+/// The id and status of run `number` of a job, locked: a cancel or an
+/// approval is about to change it.
+async fn run_to_change(
+    conn: &mut PgConnection,
+    job_id: JobId,
+    number: i64,
+) -> Result<(RunId, kiln_store::Status)> {
+    let run_id: RunId = sqlx::query_scalar("SELECT id FROM runs WHERE job_id = $1 AND number = $2")
+        .bind(job_id)
+        .bind(number)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("run #{number}")))?;
+    lock_runs(conn, &[run_id]).await?;
+    let run_status: String = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
+        .bind(run_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok((run_id, status(&run_status)?))
+}
+
+/// The run once its tasks' changes are settled into its status.
+async fn settled_detail(
+    conn: &mut PgConnection,
+    run_id: RunId,
+    now: DateTime<Utc>,
+) -> Result<RunDetail> {
+    settle_run(conn, run_id, None, now).await?;
+    run_detail(conn, run_id)
+        .await?
+        .ok_or_else(|| Corrupt(format!("run {run_id} vanished")).into())
 }
 
 pub(crate) async fn run_detail(

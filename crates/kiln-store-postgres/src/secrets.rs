@@ -13,18 +13,21 @@ impl SecretStore for PostgresStore {
         job_id: JobId,
         name: &str,
         sealed: &[u8],
+        allow_forks: bool,
         now: DateTime<Utc>,
     ) -> Result<()> {
         // One statement: its own transaction.
         let result = sqlx::query(
-            "INSERT INTO secrets (job_id, name, sealed, updated_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (job_id, name) DO UPDATE \
-             SET sealed = excluded.sealed, updated_at = excluded.updated_at",
+            "INSERT INTO secrets (job_id, name, sealed, updated_at, allow_forks) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id, name) DO UPDATE \
+             SET sealed = excluded.sealed, updated_at = excluded.updated_at, \
+             allow_forks = excluded.allow_forks",
         )
         .bind(job_id)
         .bind(name)
         .bind(sealed)
         .bind(ms(now))
+        .bind(allow_forks)
         .execute(&self.pool)
         .await;
         or_missing(result, || format!("job {job_id}"))?;
@@ -42,11 +45,12 @@ impl SecretStore for PostgresStore {
     }
 
     async fn list_secrets(&self, job_id: JobId) -> Result<Vec<SecretInfo>> {
-        let rows =
-            sqlx::query("SELECT name, updated_at FROM secrets WHERE job_id = $1 ORDER BY name")
-                .bind(job_id)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT name, updated_at, allow_forks FROM secrets WHERE job_id = $1 ORDER BY name",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(sql::secret_info).collect()
     }
 

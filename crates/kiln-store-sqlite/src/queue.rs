@@ -225,9 +225,11 @@ impl QueueStore for SqliteStore {
         let mut touched = Vec::new();
 
         // Runs past their deadline first: their tasks end here rather than
-        // being retried by the lease rule below.
+        // being retried by the lease rule below. A blocked run waits: its
+        // timeout counts from its approval (`approve_run`).
         let runs: Vec<RunId> = sqlx::query_scalar(
-            "SELECT id FROM runs WHERE finished_at IS NULL AND deadline < ? ORDER BY id",
+            "SELECT id FROM runs WHERE finished_at IS NULL AND status <> 'blocked' \
+             AND deadline < ? ORDER BY id",
         )
         .bind(ms(now))
         .fetch_all(&mut *tx)

@@ -211,14 +211,7 @@ impl RunStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<RunDetail> {
         let mut tx = self.write().await?;
-        let row = sqlx::query("SELECT id, status FROM runs WHERE job_id = ? AND number = ?")
-            .bind(job_id)
-            .bind(number)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("run #{number}")))?;
-        let run_id: RunId = row.try_get("id")?;
-        let run_status = status(row.try_get("status")?)?;
+        let (run_id, run_status) = run_to_change(&mut tx, job_id, number).await?;
         if run_status.is_terminal() {
             tx.rollback().await?;
             return Err(StoreError::Conflict(format!(
@@ -227,7 +220,7 @@ impl RunStore for SqliteStore {
         }
         sqlx::query(
             "UPDATE tasks SET status = ?, reason = ?, finished_at = ? \
-             WHERE run_id = ? AND status IN ('pending', 'queued')",
+             WHERE run_id = ? AND status IN ('blocked', 'pending', 'queued')",
         )
         .bind(Stop::Cancel.unstarted().as_str())
         .bind(Stop::Cancel.reason())
@@ -242,13 +235,75 @@ impl RunStore for SqliteStore {
         .bind(run_id)
         .execute(&mut *tx)
         .await?;
-        settle_run(&mut tx, run_id, None, now).await?;
-        let detail = run_detail(&mut tx, run_id)
-            .await?
-            .ok_or_else(|| Corrupt(format!("run {run_id} vanished")))?;
+        let detail = settled_detail(&mut tx, run_id, now).await?;
         tx.commit().await?;
         Ok(detail)
     }
+
+    async fn approve_run(
+        &self,
+        job_id: JobId,
+        number: i64,
+        now: DateTime<Utc>,
+    ) -> Result<RunDetail> {
+        let mut tx = self.write().await?;
+        let (run_id, run_status) = run_to_change(&mut tx, job_id, number).await?;
+        if run_status != kiln_store::Status::Blocked {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict(format!(
+                "run #{number} is {run_status}, not blocked: there is nothing to approve"
+            )));
+        }
+        sqlx::query(
+            "UPDATE tasks SET status = 'queued', queued_at = ? \
+             WHERE run_id = ? AND status = 'blocked'",
+        )
+        .bind(ms(now))
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        // The run's timeout counts from its approval: the time it waited
+        // for a maintainer is not the pipeline's.
+        sqlx::query(
+            "UPDATE runs SET deadline = deadline + (? - created_at) \
+             WHERE id = ? AND deadline IS NOT NULL",
+        )
+        .bind(ms(now))
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        let detail = settled_detail(&mut tx, run_id, now).await?;
+        tx.commit().await?;
+        Ok(detail)
+    }
+}
+
+/// The id and status of run `number` of a job, which a cancel or an
+/// approval is about to change.
+async fn run_to_change(
+    conn: &mut SqliteConnection,
+    job_id: JobId,
+    number: i64,
+) -> Result<(RunId, kiln_store::Status)> {
+    let row = sqlx::query("SELECT id, status FROM runs WHERE job_id = ? AND number = ?")
+        .bind(job_id)
+        .bind(number)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("run #{number}")))?;
+    Ok((row.try_get("id")?, status(row.try_get("status")?)?))
+}
+
+/// The run once its tasks' changes are settled into its status.
+async fn settled_detail(
+    conn: &mut SqliteConnection,
+    run_id: RunId,
+    now: DateTime<Utc>,
+) -> Result<RunDetail> {
+    settle_run(conn, run_id, None, now).await?;
+    run_detail(conn, run_id)
+        .await?
+        .ok_or_else(|| Corrupt(format!("run {run_id} vanished")).into())
 }
 
 pub(crate) async fn run_detail(

@@ -13,18 +13,21 @@ impl SecretStore for SqliteStore {
         job_id: JobId,
         name: &str,
         sealed: &[u8],
+        allow_forks: bool,
         now: DateTime<Utc>,
     ) -> Result<()> {
         let mut tx = self.write().await?;
         let result = sqlx::query(
-            "INSERT INTO secrets (job_id, name, sealed, updated_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (job_id, name) DO UPDATE \
-             SET sealed = excluded.sealed, updated_at = excluded.updated_at",
+            "INSERT INTO secrets (job_id, name, sealed, updated_at, allow_forks) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (job_id, name) DO UPDATE \
+             SET sealed = excluded.sealed, updated_at = excluded.updated_at, \
+             allow_forks = excluded.allow_forks",
         )
         .bind(job_id)
         .bind(name)
         .bind(sealed)
         .bind(ms(now))
+        .bind(allow_forks)
         .execute(&mut *tx)
         .await;
         or_missing(result, || format!("job {job_id}"))?;
@@ -45,11 +48,12 @@ impl SecretStore for SqliteStore {
     }
 
     async fn list_secrets(&self, job_id: JobId) -> Result<Vec<SecretInfo>> {
-        let rows =
-            sqlx::query("SELECT name, updated_at FROM secrets WHERE job_id = ? ORDER BY name")
-                .bind(job_id)
-                .fetch_all(&self.reader)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT name, updated_at, allow_forks FROM secrets WHERE job_id = ? ORDER BY name",
+        )
+        .bind(job_id)
+        .fetch_all(&self.reader)
+        .await?;
         rows.iter().map(sql::secret_info).collect()
     }
 

@@ -183,6 +183,8 @@ pub enum Upserted {
 pub struct SecretInfo {
     pub name: String,
     pub updated_at: DateTime<Utc>,
+    /// Whether runs of pull requests from forks may receive it.
+    pub allow_forks: bool,
 }
 
 /// A run to create, with its tasks already expanded from the pipeline.
@@ -214,6 +216,10 @@ pub struct NewRun {
     /// run's transaction, which fails with `Conflict` (making nothing)
     /// when it was done already, so two workers never make two runs.
     pub queued_trigger: Option<QueuedTriggerId>,
+    /// A pull request from a fork that waits for a maintainer's approval:
+    /// its tasks are `blocked`, never claimed, until
+    /// [`RunStore::approve_run`].
+    pub blocked: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -573,6 +579,7 @@ pub trait SecretStore {
         job_id: JobId,
         name: &str,
         sealed: &[u8],
+        allow_forks: bool,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<()>> + Send;
     fn delete_secret(&self, job_id: JobId, name: &str)
@@ -624,6 +631,16 @@ pub trait RunStore {
     /// Ends pending and queued tasks `cancelled` and flags running ones; the
     /// run is `cancelled` once no task runs. `Conflict` if already finished.
     fn cancel_run(
+        &self,
+        job_id: JobId,
+        number: i64,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<RunDetail>> + Send;
+    /// Approves a `blocked` run: its `blocked` tasks are queued and the run
+    /// is settled again. `Conflict` when the run is not `blocked` (approved
+    /// already, cancelled, or never blocked), `NotFound` when there is no
+    /// such run.
+    fn approve_run(
         &self,
         job_id: JobId,
         number: i64,

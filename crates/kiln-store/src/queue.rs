@@ -103,15 +103,30 @@ pub fn start_run(run: &NewRun) -> RunStart {
             tasks: Vec::new(),
         };
     }
-    let tasks = start(
+    let mut tasks = start(
         run.tasks
             .iter()
             .map(|new| (&new.task, new.skip_reason.clone())),
     );
+    if run.blocked {
+        block(&mut tasks);
+    }
     RunStart {
         status: run_status(&tasks),
         error: None,
         tasks,
+    }
+}
+
+/// Holds back a new run's tasks until it is approved: those that would be
+/// `queued` are `blocked` instead, so nothing of the run can be claimed
+/// (`pending` ones wait for them anyway). Tasks skipped by `when` stay
+/// skipped: a run with nothing to run needs no approval.
+pub fn block(tasks: &mut [TaskState]) {
+    for task in tasks {
+        if task.status == Status::Queued {
+            task.status = Status::Blocked;
+        }
     }
 }
 
@@ -142,7 +157,7 @@ impl Stop {
         }
     }
 
-    /// How a task that had not started (`pending` or `queued`) ends.
+    /// How a task that had not started (`blocked`, `pending` or `queued`) ends.
     pub fn unstarted(self) -> Status {
         match self {
             Stop::Cancel => Status::Cancelled,
@@ -162,12 +177,16 @@ impl Stop {
     }
 }
 
-/// Ends the tasks that have not started (`pending`, `queued`) as `stop`
-/// says, with its reason. Returns the indexes of the tasks it changed.
+/// Ends the tasks that have not started (`blocked`, `pending`, `queued`)
+/// as `stop` says, with its reason. Returns the indexes of the tasks it
+/// changed.
 pub fn stop(tasks: &mut [TaskState], stop: Stop) -> Vec<usize> {
     let mut changed = Vec::new();
     for (index, task) in tasks.iter_mut().enumerate() {
-        if matches!(task.status, Status::Pending | Status::Queued) {
+        if matches!(
+            task.status,
+            Status::Blocked | Status::Pending | Status::Queued
+        ) {
             task.status = stop.unstarted();
             task.reason = Some(stop.reason().to_string());
             changed.push(index);
@@ -308,13 +327,18 @@ const WORST_FIRST: [Status; 4] = [
     Status::Cancelled,
 ];
 
-/// The status of a run from its tasks: `running` while any task runs, or
+/// The status of a run from its tasks: `blocked` while any task waits
+/// for the run's approval; `running` while any task runs, or
 /// while some have not ended and some have (`queued` if none started yet);
 /// once all ended, the worst outcome among tasks that did not pass —
 /// `error`, then `timed_out`, `failure`, `cancelled` — else `success`
 /// (skipped tasks and `allow-failure` failures do not count). A run stopped
 /// at its deadline is `timed_out` instead ([`Stop::forced`]).
 pub fn run_status(tasks: &[TaskState]) -> Status {
+    // Nothing of a blocked run has started: it waits for its approval.
+    if tasks.iter().any(|t| t.status == Status::Blocked) {
+        return Status::Blocked;
+    }
     if tasks.iter().any(|t| t.status == Status::Running) {
         return Status::Running;
     }
@@ -363,7 +387,7 @@ pub fn status_from_counts(counts: &[(Status, i64)]) -> Option<Status> {
             .map(|(_, n)| *n)
             .sum::<i64>()
     };
-    if count(Status::Pending) > 0 {
+    if count(Status::Pending) > 0 || count(Status::Blocked) > 0 {
         return None;
     }
     if count(Status::Running) > 0 {
@@ -586,6 +610,7 @@ mod tests {
             pull_request: None,
             tag: None,
             queued_trigger: None,
+            blocked: false,
         };
         let ok = start_run(&run);
         assert_eq!((ok.status, ok.tasks.len()), (Status::Queued, 1));
@@ -598,16 +623,37 @@ mod tests {
         );
     }
 
+    /// A blocked run's tasks that would be queued are blocked; the run is
+    /// `blocked` until they are queued, and a cancel ends them.
+    #[test]
+    fn a_blocked_run_starts_nothing() {
+        let mut tasks = vec![
+            task("a", Status::Queued, &[]),
+            task("b", Status::Pending, &["a"]),
+            task("c", Status::Skipped, &[]),
+        ];
+        block(&mut tasks);
+        let statuses: Vec<Status> = tasks.iter().map(|t| t.status).collect();
+        assert_eq!(
+            statuses,
+            [Status::Blocked, Status::Pending, Status::Skipped]
+        );
+        assert_eq!(run_status(&tasks), Status::Blocked);
+        assert!(settle(&mut tasks).is_empty(), "b waits for a");
+        assert_eq!(stop(&mut tasks, Stop::Cancel), [0, 1]);
+        assert_eq!(run_status(&tasks), Status::Cancelled);
+    }
+
     /// Every run of up to three independent tasks: whenever the counts
     /// give a status, it is the one the full rule gives.
     #[test]
     fn status_from_counts_agrees_with_run_status() {
-        const ALL: [Status; 9] = Status::ALL;
+        const ALL: [Status; 10] = Status::ALL;
+        let n = ALL.len();
         let mut answered = 0;
         for len in 1..=3u32 {
-            for code in 0..9usize.pow(len) {
-                let statuses: Vec<Status> =
-                    (0..len).map(|i| ALL[code / 9usize.pow(i) % 9]).collect();
+            for code in 0..n.pow(len) {
+                let statuses: Vec<Status> = (0..len).map(|i| ALL[code / n.pow(i) % n]).collect();
                 let tasks: Vec<TaskState> = statuses
                     .iter()
                     .enumerate()
@@ -621,7 +667,10 @@ mod tests {
                     answered += 1;
                     assert_eq!(status, run_status(&tasks), "{statuses:?}");
                 }
-                let has_pending = statuses.contains(&Status::Pending);
+                // A blocked task is only ever in a run none of whose tasks
+                // has started; the counts leave such a run to the full rule.
+                let has_pending =
+                    statuses.contains(&Status::Pending) || statuses.contains(&Status::Blocked);
                 let all_ended = statuses.iter().all(|s| s.is_terminal());
                 assert_eq!(
                     status_from_counts(&counts).is_none(),

@@ -354,6 +354,7 @@ pub fn secret_info(row: &impl StoreRow) -> Result<SecretInfo> {
     Ok(SecretInfo {
         name: row.text("name")?,
         updated_at: time(row.int("updated_at")?)?,
+        allow_forks: row.flag("allow_forks")?,
     })
 }
 

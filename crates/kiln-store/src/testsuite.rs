@@ -47,7 +47,7 @@ macro_rules! testsuite {
             invalid_pipeline_run, run_keeps_its_pipeline, needs_release_and_skip, skipped_at_creation,
             allow_failure, labels_and_order, unplaceable, fair_between_jobs, steps,
             retry_on_failure, stale_attempts_are_fenced, agent_tokens_are_bound, ended_leases_are_lost, no_retry_when_pointless, lease_expiry, holder_checks, wide_run, undelivered,
-            cancel, deadline, logs, log_limit, dropped_calls_leave_nothing_open, artifacts_and_reports, artifact_expiry, list_runs, latest_runs, counts,
+            cancel, blocked_runs, deadline, logs, log_limit, dropped_calls_leave_nothing_open, artifacts_and_reports, artifact_expiry, list_runs, latest_runs, counts,
             queue_cases, duplicate_user, update_user, last_admin_stays, token_lookup_states,
             revoke_token, user_tokens_without_hashes, touch_token, members,
             members_cascade, creator_is_maintainer, job_and_role, runs_are_audited_with_their_number, sessions_expire, audit_filters_and_paging,
@@ -111,6 +111,7 @@ pub fn new_run(tasks: Vec<NewTask>) -> NewRun {
         pull_request: None,
         tag: None,
         queued_trigger: None,
+        blocked: false,
     }
 }
 
@@ -318,25 +319,29 @@ pub async fn jobs<D: Database>(db: &D) {
 
 pub async fn secrets<D: Database>(db: &D) {
     let job = job(db, "secrets").await;
-    db.put_secret(job.id, "TOKEN", b"sealed-1", at(1))
+    db.put_secret(job.id, "TOKEN", b"sealed-1", true, at(1))
         .await
         .unwrap();
-    db.put_secret(job.id, "API_KEY", b"sealed-2", at(2))
+    db.put_secret(job.id, "API_KEY", b"sealed-2", true, at(2))
         .await
         .unwrap();
-    db.put_secret(job.id, "TOKEN", b"sealed-3", at(3))
+    db.put_secret(job.id, "TOKEN", b"sealed-3", false, at(3))
         .await
         .unwrap();
-    let listed: Vec<(String, DateTime<Utc>)> = db
+    let listed: Vec<(String, DateTime<Utc>, bool)> = db
         .list_secrets(job.id)
         .await
         .unwrap()
         .into_iter()
-        .map(|s| (s.name, s.updated_at))
+        .map(|s| (s.name, s.updated_at, s.allow_forks))
         .collect();
+    // Setting a secret again sets whether forks may have it again too.
     assert_eq!(
         listed,
-        [("API_KEY".to_string(), at(2)), ("TOKEN".to_string(), at(3))]
+        [
+            ("API_KEY".to_string(), at(2), true),
+            ("TOKEN".to_string(), at(3), false)
+        ]
     );
     let sealed = db
         .sealed_secrets(job.id, &["TOKEN".into(), "MISSING".into()])
@@ -347,7 +352,7 @@ pub async fn secrets<D: Database>(db: &D) {
     assert!(db.delete_secret(job.id, "TOKEN").await.unwrap());
     assert!(!db.delete_secret(job.id, "TOKEN").await.unwrap());
     assert_eq!(db.list_secrets(job.id).await.unwrap().len(), 1);
-    match db.put_secret(JobId(-1), "X", b"x", at(4)).await {
+    match db.put_secret(JobId(-1), "X", b"x", false, at(4)).await {
         Err(StoreError::NotFound(_)) => {}
         other => panic!("secret of a missing job: expected NotFound, got {other:?}"),
     }
@@ -355,7 +360,9 @@ pub async fn secrets<D: Database>(db: &D) {
 
 pub async fn delete_job_cascades<D: Database>(db: &D) {
     let job = job(db, "cascade").await;
-    db.put_secret(job.id, "S", b"s", at(0)).await.unwrap();
+    db.put_secret(job.id, "S", b"s", false, at(0))
+        .await
+        .unwrap();
     let detail = create(db, &job, new_run(tasks(PAIR)), at(0)).await;
     let a = claim_named(db, "agent", "a", at(1)).await;
     assert!(
@@ -1647,6 +1654,67 @@ pub async fn cancel<D: Database>(db: &D) {
     assert_eq!(task(&over, "flaky").status, Status::Cancelled);
     assert_eq!(task(&over, "flaky").attempt, 1);
     assert_eq!(over.run.status, Status::Cancelled);
+}
+
+/// A blocked run (a fork's pull request) has nothing claimable, does not
+/// time out while it waits, runs once approved — once — and can be
+/// cancelled unapproved.
+pub async fn blocked_runs<D: Database>(db: &D) {
+    let job = job(db, "blocked").await;
+    let mut blocked = new_run(tasks(PAIR));
+    blocked.blocked = true;
+    blocked.timeout = Some(Duration::from_secs(100));
+    let detail = create(db, &job, blocked.clone(), at(0)).await;
+    assert_eq!(detail.run.status, Status::Blocked);
+    assert_eq!(
+        statuses(&detail),
+        [("a", Status::Blocked), ("b", Status::Pending)]
+    );
+    assert!(
+        claim(db, "agent", at(1)).await.is_none(),
+        "nothing claimable"
+    );
+    assert!(
+        db.expire(at(1000)).await.unwrap().is_empty(),
+        "a blocked run waits past its timeout"
+    );
+    assert_eq!(run(db, &job, 1).await.run.status, Status::Blocked);
+
+    let approved = db.approve_run(job.id, 1, at(1000)).await.unwrap();
+    assert_eq!(approved.run.status, Status::Queued);
+    assert_eq!(
+        statuses(&approved),
+        [("a", Status::Queued), ("b", Status::Pending)]
+    );
+    assert_eq!(
+        approved.run.deadline,
+        Some(at(1100)),
+        "the timeout counts from the approval"
+    );
+    let a = claim(db, "agent", at(1001))
+        .await
+        .expect("a is claimable now");
+    assert_eq!(a.name, "a");
+    match db.approve_run(job.id, 1, at(1002)).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("approving a run twice: expected Conflict, got {other:?}"),
+    }
+    match db.approve_run(job.id, 99, at(1002)).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("approving a missing run: expected NotFound, got {other:?}"),
+    }
+
+    create(db, &job, blocked, at(2000)).await;
+    let cancelled = db.cancel_run(job.id, 2, at(2001)).await.unwrap();
+    assert_eq!(cancelled.run.status, Status::Cancelled);
+    assert_eq!(
+        statuses(&cancelled),
+        [("a", Status::Cancelled), ("b", Status::Cancelled)]
+    );
+    match db.approve_run(job.id, 2, at(2002)).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("approving a cancelled run: expected Conflict, got {other:?}"),
+    }
 }
 
 pub async fn deadline<D: Database>(db: &D) {

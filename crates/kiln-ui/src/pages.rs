@@ -398,6 +398,8 @@ pub struct RunPage {
     pub graph: Vec<graph::Node>,
     /// The viewer may cancel and rerun.
     pub can_act: bool,
+    /// The viewer may approve a blocked run (a maintainer).
+    pub can_approve: bool,
     /// The change feed's newest change when the run was read.
     pub events_after: u64,
 }
@@ -448,8 +450,17 @@ pub fn run(viewer: &Viewer, page: &RunPage) -> String {
                 @if let Some(error) = &run.error {
                     pre.error { (error) }
                 }
+                @if run.status == "blocked" {
+                    p.note #blocked-note { "A pull request from a fork: nothing of it runs until a maintainer approves this commit." }
+                }
                 @if page.can_act {
                     div.actions {
+                        @if run.status == "blocked" && page.can_approve {
+                            form.inline #approve-form method="post" action=(format!("{href}/approve")) {
+                                (csrf_field(viewer))
+                                button #approve type="submit" { "Approve" }
+                            }
+                        }
                         @if !is_terminal(&run.status) {
                             form.inline #cancel-form method="post" action=(format!("{href}/cancel")) {
                                 (csrf_field(viewer))
@@ -794,6 +805,7 @@ mod tests {
             run: run("running"),
             graph: Vec::new(),
             can_act: true,
+            can_approve: false,
             events_after: 41,
         };
         let html = super::run(&viewer(), &page);
@@ -813,13 +825,30 @@ mod tests {
                     finished_at: Some(Utc::now()),
                     ..run("success")
                 },
-                ..page
+                ..page.clone()
             },
         );
         assert!(
             !ended.contains("data-live=") && !ended.contains("data-since="),
             "an ended run's page follows no feed"
         );
+        // A blocked run says why; only a maintainer gets the approve button.
+        let blocked = |can_approve| {
+            super::run(
+                &viewer(),
+                &RunPage {
+                    run: run("blocked"),
+                    can_approve,
+                    ..page.clone()
+                },
+            )
+        };
+        assert!(blocked(true).contains("id=\"approve\""));
+        assert!(blocked(true).contains("action=\"/jobs/app/runs/7/approve\""));
+        assert!(blocked(true).contains("status s-blocked"));
+        assert!(!blocked(false).contains("id=\"approve\""));
+        assert!(blocked(false).contains("until a maintainer approves"));
+        assert!(!super::run(&viewer(), &page).contains("id=\"approve\""));
         let dashboard = dashboard(
             &viewer(),
             &Dashboard {

@@ -195,12 +195,13 @@ fn secrets_section(viewer: &Viewer, page: &JobSettings) -> Markup {
                 } @else {
                     div.scroll {
                         table #secret-list {
-                            thead { tr { th { "Name" } th { "Updated" } @if page.can_edit { th { span.visually-hidden { "Actions" } } } } }
+                            thead { tr { th { "Name" } th { "Updated" } th { "Forks" } @if page.can_edit { th { span.visually-hidden { "Actions" } } } } }
                             tbody {
                                 @for secret in secrets {
                                     tr {
                                         td { code { (secret.name) } }
                                         td { (when(secret.updated_at, viewer.now)) }
+                                        td { @if secret.allow_forks { "given to forks' runs" } @else { "withheld from forks" } }
                                         @if page.can_edit {
                                             td.row-actions {
                                                 form.inline method="post" action=(format!("{href}/secrets/{}/delete", segment(&secret.name))) {
@@ -230,9 +231,15 @@ fn secrets_section(viewer: &Viewer, page: &JobSettings) -> Markup {
                             // Never pre-filled: a page holds no secret's value.
                             input #secret-value type="password" name="value" required autocomplete="new-password";
                         }
+                        div {
+                            label for="secret-allow-forks" {
+                                input #secret-allow-forks type="checkbox" name="allow_forks";
+                                " Give to pull requests from forks"
+                            }
+                        }
                         button.primary #save-secret type="submit" { "Save secret" }
                     }
-                    p.muted.hint { "A name that exists gets the new value." }
+                    p.muted.hint { "A name that exists gets the new value. A fork's code could print a secret: give forks only what is safe to share." }
                 }
             }
         }
@@ -736,6 +743,7 @@ mod tests {
             secrets: Some(vec![Secret {
                 name: "DEPLOY_KEY".into(),
                 updated_at: Utc::now(),
+                allow_forks: false,
             }]),
             members: vec![Member {
                 user: "bob".into(),
@@ -756,6 +764,8 @@ mod tests {
         assert!(html.contains("<title>Settings of app · Kiln</title>"));
         assert!(html.contains("id=\"secret-form\""));
         assert!(html.contains("action=\"/jobs/app/settings/secrets/DEPLOY_KEY/delete\""));
+        assert!(html.contains("name=\"allow_forks\""));
+        assert!(html.contains("withheld from forks"));
         assert!(html.contains("action=\"/jobs/app/settings/members/bob/delete\""));
         assert!(html.contains("value=\"file:///srv/app\""));
         assert!(html.contains("name=\"csrf\" value=\"t0k3n\""));

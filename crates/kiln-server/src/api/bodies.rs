@@ -324,6 +324,10 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 #[serde(deny_unknown_fields)]
 pub struct SecretValueBody {
     pub value: SecretValue,
+    /// Whether runs of pull requests from forks may receive it: a fork's
+    /// code could print it, so only for what is safe to share.
+    #[serde(default)]
+    pub allow_forks: bool,
 }
 
 /// Body of `PUT /api/v1/forges/{forge}`: the forge as it should be. The
@@ -814,6 +818,7 @@ mod tests {
 
         let secret = kiln_api::SecretBody {
             value: "s3cret".into(),
+            allow_forks: true,
         };
         serde_json::from_value::<SecretValueBody>(client_form(&secret)).unwrap();
         let token = kiln_api::AgentTokenBody {

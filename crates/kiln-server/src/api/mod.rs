@@ -76,6 +76,10 @@ fn routes<D: Database>() -> Routes<D> {
         post(runs::rerun::<D>),
     )
     .add(
+        "/api/v1/jobs/{job}/runs/{number}/approve",
+        post(runs::approve::<D>),
+    )
+    .add(
         "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results",
         get(results::list::<D>),
     )

@@ -153,6 +153,48 @@ pub async fn cancel<D: Database>(
     Ok(Json(views::run_detail(&detail)))
 }
 
+#[utoipa::path(operation_id = "approve_run", post, path = "/api/v1/jobs/{job}/runs/{number}/approve", tag = "runs", security(("bearer" = []), ("session" = [])),
+    params(RunPath),
+    responses((status = 200, description = "The run, approved: its tasks are queued. The approval is for this run's commit only: a new push to the pull request makes a new run, blocked again", body = kiln_api::Run),
+        (status = 403, description = "Approving is a maintainer's", body = kiln_api::Problem),
+        (status = 404, body = kiln_api::Problem),
+        (status = 409, description = "The run is not blocked: approved already, cancelled, or never waiting for an approval", body = kiln_api::Problem)))]
+pub async fn approve<D: Database>(
+    SignedIn(caller): SignedIn,
+    State(state): State<AppState<D>>,
+    ApiPath(RunPath { job, number }): ApiPath<RunPath>,
+) -> ApiResult<Json<kiln_api::Run>> {
+    let (job, run) = find_run(&state, Some(&caller), &job, number, MemberRole::Maintainer).await?;
+    let detail = approve_run(&state, &caller, &job, &run).await?;
+    Ok(Json(views::run_detail(&detail)))
+}
+
+/// Approves `run` of `job` for `caller`, a maintainer — what the API's
+/// approve and the run page's share: its tasks queued, agents woken, the
+/// live feed and the audit log (with the commit approved) updated.
+pub(crate) async fn approve_run<D: Database>(
+    state: &AppState<D>,
+    caller: &Identity,
+    job: &kiln_store::Job,
+    run: &RunDetail,
+) -> ApiResult<RunDetail> {
+    let number = run.run.number;
+    if run.run.status != Status::Blocked {
+        return Err(ApiError::conflict(format!(
+            "run {number} is {}, not blocked: there is nothing to approve",
+            run.run.status
+        )));
+    }
+    let detail = state.db.approve_run(job.id, number, Utc::now()).await?;
+    state.work.notify_waiters();
+    state.events.run_detail(&detail);
+    let object = format!("{}/run/{number}", job_object(&job.spec.name));
+    let commit = detail.run.sha.as_deref().unwrap_or("(none)");
+    let what = Some(format!("commit {commit}"));
+    audit::record(state, caller, "run.approve", object, what).await;
+    Ok(detail)
+}
+
 #[utoipa::path(operation_id = "rerun_run", post, path = "/api/v1/jobs/{job}/runs/{number}/rerun", tag = "runs", security(("bearer" = []), ("session" = [])),
     params(RunPath),
     responses((status = 201, description = "A new run that repeats this one: the same commit, branch, event and pipeline text (not the job's pipeline now)", body = kiln_api::Run),

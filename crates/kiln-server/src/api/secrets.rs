@@ -24,7 +24,7 @@ pub async fn put<D: Database>(
     ApiPath(SecretPath { job, name }): ApiPath<SecretPath>,
     ApiJson(body): ApiJson<SecretValueBody>,
 ) -> ApiResult<StatusCode> {
-    put_secret(&state, &caller, &job, &name, &body.value).await?;
+    put_secret(&state, &caller, &job, &name, &body.value, body.allow_forks).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -36,15 +36,17 @@ pub(crate) async fn put_secret<D: Database>(
     job: &str,
     name: &SecretName,
     value: &SecretValue,
+    allow_forks: bool,
 ) -> ApiResult<()> {
     let job = access::job(state, Some(caller), job, MemberRole::Maintainer).await?;
     let sealed = seal_secret(&state.key, &job, name, value.as_str());
     state
         .db
-        .put_secret(job.id, name, &sealed, Utc::now())
+        .put_secret(job.id, name, &sealed, allow_forks, Utc::now())
         .await?;
     let object = format!("{}/secret/{name}", job_object(&job.spec.name));
-    audit::record(state, caller, "secret.put", object, None).await;
+    let detail = allow_forks.then(|| "allow_forks".to_string());
+    audit::record(state, caller, "secret.put", object, detail).await;
     Ok(())
 }
 
@@ -104,6 +106,7 @@ pub(crate) async fn list_secrets<D: Database>(
         .map(|s| kiln_api::Secret {
             name: s.name,
             updated_at: s.updated_at,
+            allow_forks: s.allow_forks,
         })
         .collect())
 }

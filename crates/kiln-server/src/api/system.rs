@@ -13,7 +13,7 @@ use crate::state::AppState;
     paths(
         healthz_doc, metrics_doc, openapi, super::events::stream,
         super::jobs::list, super::jobs::create, super::jobs::show, super::jobs::upsert, super::jobs::delete,
-        super::runs::trigger, super::runs::list, super::runs::show, super::runs::cancel, super::runs::rerun,
+        super::runs::trigger, super::runs::list, super::runs::show, super::runs::cancel, super::runs::rerun, super::runs::approve,
         super::results::list, super::console::console, super::results::junit, super::results::artifact,
         super::secrets::put, super::secrets::delete, super::secrets::list,
         super::members::list, super::members::put, super::members::delete,

@@ -240,6 +240,24 @@ async fn assignment<D: Database>(
     if job.spec.kind == JobKind::Git {
         wanted.extend(git_secret_names());
     }
+    // A pull request from a fork runs code its author wrote: it gets only
+    // the secrets set with `allow_forks` — the repository's credentials
+    // included — however its run was made (webhook, approval, rerun).
+    if let Some(pr) = run.pull_request.as_ref().filter(|pr| pr.from_fork) {
+        let allowed: Vec<String> = state
+            .db
+            .list_secrets(job.id)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|s| s.allow_forks)
+            .map(|s| s.name)
+            .collect();
+        if let Some(withheld) = task.spec.secrets.iter().find(|n| !allowed.contains(n)) {
+            return Err(withheld_from_fork(withheld, pr.number, &job.spec.name));
+        }
+        wanted.retain(|name| allowed.contains(name));
+    }
     let sealed = if wanted.is_empty() {
         Vec::new()
     } else {
@@ -301,6 +319,15 @@ async fn assignment<D: Database>(
         tag: run.tag.clone().unwrap_or_default(),
     };
     Ok((assignment, both))
+}
+
+/// Why a task of a fork's pull request does not get secret `name`.
+fn withheld_from_fork(name: &str, number: i64, job: &str) -> String {
+    format!(
+        "secret `{name}` is withheld from this run: it builds pull request #{number} from a \
+         fork, whose code could reveal it, and only secrets set with `allow_forks` reach \
+         forks' runs (`kiln secret set {job} {name} --allow-forks` if it is safe to share)"
+    )
 }
 
 /// The run and the job a task belongs to; `None` when either is gone.

@@ -49,6 +49,10 @@ pub fn router<D: Database>() -> Router<AppState<D>> {
         .route("/jobs/{job}/runs/{number}/cancel", post(runs::cancel::<D>))
         .route("/jobs/{job}/runs/{number}/rerun", post(runs::rerun::<D>))
         .route(
+            "/jobs/{job}/runs/{number}/approve",
+            post(runs::approve::<D>),
+        )
+        .route(
             "/jobs/{job}/runs/{number}/tasks/{task}",
             get(tasks::show::<D>),
         )

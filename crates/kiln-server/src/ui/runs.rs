@@ -133,12 +133,13 @@ pub async fn show<D: Database>(
         run,
         graph: graph(&detail, visitor.viewer.now),
         can_act: visitor.identity.is_some() && power >= MemberRole::Developer,
+        can_approve: visitor.identity.is_some() && power >= MemberRole::Maintainer,
         events_after,
     };
     visitor.page(StatusCode::OK, kiln_ui::pages::run(&visitor.viewer, &page))
 }
 
-/// The cancel and rerun forms.
+/// The cancel, approve and rerun forms.
 #[derive(Debug, Deserialize)]
 pub struct ActionForm {
     #[serde(default)]
@@ -152,19 +153,56 @@ pub async fn cancel<D: Database>(
     Path((name, number)): Path<(String, i64)>,
     Form(form): Form<ActionForm>,
 ) -> Response {
+    change_run(visitor, &state, &name, number, &form, Change::Cancel).await
+}
+
+/// `POST /jobs/{job}/runs/{n}/approve`: back to the run, queued.
+pub async fn approve<D: Database>(
+    visitor: Visitor,
+    State(state): State<AppState<D>>,
+    Path((name, number)): Path<(String, i64)>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    change_run(visitor, &state, &name, number, &form, Change::Approve).await
+}
+
+/// What a button of the run page does to the run itself.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Cancel,
+    Approve,
+}
+
+/// Cancels or approves run `number` of job `name` for the form's author,
+/// through the function the API calls; back to the run.
+async fn change_run<D: Database>(
+    visitor: Visitor,
+    state: &AppState<D>,
+    name: &str,
+    number: i64,
+    form: &ActionForm,
+    change: Change,
+) -> Response {
     let caller = match visitor.form_author(&form.csrf) {
         Ok(caller) => caller,
         Err(refused) => return *refused,
     };
+    let need = match change {
+        Change::Cancel => MemberRole::Developer,
+        Change::Approve => MemberRole::Maintainer,
+    };
     let done = async {
-        let job = access::job(&state, Some(caller), &name, MemberRole::Developer).await?;
-        let run = find(&state, &job, number).await?;
-        crate::api::runs::cancel_run(&state, caller, &job, &run).await?;
+        let job = access::job(state, Some(caller), name, need).await?;
+        let run = find(state, &job, number).await?;
+        match change {
+            Change::Cancel => crate::api::runs::cancel_run(state, caller, &job, &run).await?,
+            Change::Approve => crate::api::runs::approve_run(state, caller, &job, &run).await?,
+        };
         Ok::<_, ApiError>(())
     }
     .await;
     match done {
-        Ok(()) => Redirect::to(&kiln_ui::run_href(&name, number)).into_response(),
+        Ok(()) => Redirect::to(&kiln_ui::run_href(name, number)).into_response(),
         Err(e) => visitor.refuse(e),
     }
 }

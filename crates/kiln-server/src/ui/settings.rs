@@ -263,13 +263,15 @@ pub async fn update_job<D: Database>(
     }
 }
 
-/// The secret form: a name and a value.
+/// The secret form: a name, a value, and whether forks may have it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct SecretForm {
     csrf: String,
     name: String,
     value: String,
+    /// A checked checkbox sends `on`; an unchecked one, nothing.
+    allow_forks: Option<String>,
 }
 
 /// `POST /jobs/{job}/settings/secrets`: a secret stored or replaced.
@@ -286,7 +288,8 @@ pub async fn put_secret<D: Database>(
     let saved = async {
         let secret = checked("name", SecretName::new(form.name.trim().to_string()))?;
         let value = checked("value", SecretValue::new(form.value.clone()))?;
-        secrets::put_secret(&state, caller, &name, &secret, &value).await
+        let allow_forks = form.allow_forks.is_some();
+        secrets::put_secret(&state, caller, &name, &secret, &value, allow_forks).await
     }
     .await;
     match saved {

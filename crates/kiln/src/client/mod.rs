@@ -1,5 +1,5 @@
 //! The client commands (DESIGN.md §3): `kiln job`, `apply`, `trigger`,
-//! `runs`, `logs`, `cancel`, `secret`, `agents`, `agent-token`, `user`,
+//! `runs`, `logs`, `cancel`, `approve`, `secret`, `agents`, `agent-token`, `user`,
 //! `token`, `member`, `audit` and `forge`, which talk to a Kiln server's REST API
 //! through [`kiln_client`]. One module per resource holds its commands'
 //! arguments and handlers (`kiln secret set`: `secrets.rs`); `output`
@@ -36,7 +36,7 @@ use forges::ForgeCommand;
 use jobs::JobCommand;
 use logs::LogsArgs;
 use members::MemberCommand;
-use runs::{CancelArgs, RunsArgs, TriggerArgs};
+use runs::{ApproveArgs, CancelArgs, RunsArgs, TriggerArgs};
 use secrets::SecretCommand;
 use tokens::TokenCommand;
 use users::UserCommand;
@@ -59,6 +59,8 @@ pub enum ClientCommand {
     Logs(LogsArgs),
     /// Cancel a run.
     Cancel(CancelArgs),
+    /// Approve a blocked run (a pull request from a fork; maintainers).
+    Approve(ApproveArgs),
     /// Set, list and delete a job's secrets.
     #[command(subcommand)]
     Secret(SecretCommand),
@@ -141,6 +143,7 @@ async fn dispatch(command: ClientCommand) -> anyhow::Result<i32> {
         ClientCommand::Runs(args) => runs::runs(args).await,
         ClientCommand::Logs(args) => logs::logs(args).await,
         ClientCommand::Cancel(args) => runs::cancel(args).await,
+        ClientCommand::Approve(args) => runs::approve(args).await,
         ClientCommand::Secret(command) => secrets::run(command).await,
         ClientCommand::Agents(args) => agents::agents(&args.client).await,
         ClientCommand::AgentToken(command) => agents::agent_token(command).await,

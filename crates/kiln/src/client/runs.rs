@@ -1,4 +1,4 @@
-//! `kiln trigger`, `kiln runs` and `kiln cancel`, and following a run to
+//! `kiln trigger`, `kiln runs`, `kiln cancel` and `kiln approve`, and following a run to
 //! its end (`kiln trigger --follow`).
 
 use std::collections::HashMap;
@@ -66,6 +66,28 @@ pub struct CancelArgs {
     pub run: i64,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// `kiln approve JOB N` names a run as `kiln cancel` does.
+pub type ApproveArgs = CancelArgs;
+
+/// Approves a blocked run (a pull request from a fork): its tasks are
+/// queued and run as any others.
+pub(super) async fn approve(args: ApproveArgs) -> anyhow::Result<i32> {
+    let run = connect(&args.client)?
+        .approve_run(&args.job, args.run)
+        .await?;
+    if args.client.output == Output::Json {
+        return print_json(&run);
+    }
+    emit(&format!(
+        "approved run #{} of {} (commit {}): {}\n",
+        run.number,
+        run.job,
+        run.sha.as_deref().unwrap_or("none"),
+        run.status
+    ))?;
+    Ok(EXIT_SUCCESS)
 }
 
 pub(super) async fn trigger(args: TriggerArgs) -> anyhow::Result<i32> {

@@ -17,6 +17,10 @@ pub enum SecretCommand {
         job: String,
         /// The secret's name, as tasks list it under `secrets:`.
         name: String,
+        /// Let runs of pull requests from forks receive it (their code
+        /// could print it: only for what is safe to share).
+        #[arg(long)]
+        allow_forks: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -40,13 +44,23 @@ pub enum SecretCommand {
 
 pub(super) async fn run(command: SecretCommand) -> anyhow::Result<i32> {
     match command {
-        SecretCommand::Set { job, name, client } => secret_set(&client, &job, &name).await,
+        SecretCommand::Set {
+            job,
+            name,
+            allow_forks,
+            client,
+        } => secret_set(&client, &job, &name, allow_forks).await,
         SecretCommand::List { job, client } => secret_list(&client, &job).await,
         SecretCommand::Delete { job, name, client } => secret_delete(&client, &job, &name).await,
     }
 }
 
-async fn secret_set(args: &ClientArgs, job: &str, name: &str) -> anyhow::Result<i32> {
+async fn secret_set(
+    args: &ClientArgs,
+    job: &str,
+    name: &str,
+    allow_forks: bool,
+) -> anyhow::Result<i32> {
     let prompt = format!("value of secret `{name}` for job `{job}`");
     let value = read_secret_input(&prompt, "the secret").await?;
     if value.is_empty() {
@@ -55,9 +69,16 @@ async fn secret_set(args: &ClientArgs, job: &str, name: &str) -> anyhow::Result<
         );
         return Ok(EXIT_INVALID);
     }
-    connect(args)?.put_secret(job, name, &value).await?;
+    connect(args)?
+        .put_secret(job, name, &value, allow_forks)
+        .await?;
     if args.output == Output::Table {
-        emit(&format!("set secret `{name}` of job `{job}`\n"))?;
+        let forks = if allow_forks {
+            " (runs of pull requests from forks receive it)"
+        } else {
+            ""
+        };
+        emit(&format!("set secret `{name}` of job `{job}`{forks}\n"))?;
     }
     Ok(EXIT_SUCCESS)
 }
@@ -74,9 +95,12 @@ async fn secret_list(args: &ClientArgs, job: &str) -> anyhow::Result<i32> {
     let now = Utc::now();
     let rows = secrets
         .iter()
-        .map(|s| vec![s.name.clone(), ago(s.updated_at, now)])
+        .map(|s| {
+            let forks = if s.allow_forks { "yes" } else { "no" };
+            vec![s.name.clone(), ago(s.updated_at, now), forks.to_string()]
+        })
         .collect();
-    emit(&table(&["NAME", "UPDATED"], rows))?;
+    emit(&table(&["NAME", "UPDATED", "FORKS"], rows))?;
     Ok(EXIT_SUCCESS)
 }
 

@@ -221,6 +221,16 @@ fn routes() -> Vec<Route> {
             None,
             Nothing,
         ),
+        // Approving is a maintainer's; run 1 is not blocked, so an
+        // allowed caller is told there is nothing to approve.
+        route(
+            Method::POST,
+            "/api/v1/jobs/{job}/runs/{number}/approve",
+            Job(Maintainer),
+            409,
+            None,
+            Nothing,
+        ),
         route(
             Method::GET,
             "/api/v1/jobs/{job}/runs/{number}/tasks/{task}/results",

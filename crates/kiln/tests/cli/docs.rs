@@ -534,8 +534,8 @@ fn the_client_docs_commands_do_what_they_say() {
             "hello from the client docs",
         ),
         (
-            "kiln secret set JOB NAME",
-            "printf v4lue | kiln secret set app DEPLOY_KEY".into(),
+            "kiln secret set JOB NAME [--allow-forks]",
+            "printf v4lue | kiln secret set app DEPLOY_KEY --allow-forks".into(),
             "DEPLOY_KEY",
         ),
         (
@@ -611,6 +611,12 @@ fn the_client_docs_commands_do_what_they_say() {
             "kiln apply -f jobs.yml".into(),
             "created",
         ),
+        // Run 1 of `forked` is a fork's pull request, blocked (made below).
+        (
+            "kiln approve JOB RUN",
+            "kiln approve forked 1".into(),
+            "approved run #1 of forked",
+        ),
         // Cancelled while its task runs: what is printed is the outcome.
         (
             "kiln cancel JOB RUN",
@@ -652,6 +658,9 @@ fn the_client_docs_commands_do_what_they_say() {
     .unwrap();
 
     for (doc, line, expected) in &cases {
+        if doc.starts_with("kiln approve") {
+            blocked_fork_run(&shell, &server, &repo);
+        }
         if doc.starts_with("kiln cancel") {
             shell.run("kiln trigger slow");
             wait_until_running(&shell, "slow");
@@ -674,6 +683,55 @@ fn the_client_docs_commands_do_what_they_say() {
     // Applying the same file again changes nothing.
     let again = shell.run("kiln apply -f jobs.yml");
     assert_eq!(again.matches("unchanged").count(), 2, "{again}");
+}
+
+/// Makes run 1 of job `forked`: a signed GitHub delivery of a pull request
+/// from a fork, whose head `refs/pull/1/head` of `repo` holds, to forge
+/// `hub` (its webhook secret set above); waits until the run is `blocked`.
+fn blocked_fork_run(shell: &Shell, server: &Server, repo: &GitRepo) {
+    let url = repo.url();
+    shell.run(&format!(
+        "kiln job create forked --repository {url} --forge hub --fork-prs approve"
+    ));
+    let head = repo.head();
+    repo.git(&["update-ref", "refs/pull/1/head", &head]);
+    let body = serde_json::to_vec(&serde_json::json!({
+        "action": "opened", "number": 1,
+        "pull_request": {
+            "number": 1, "title": "From a fork", "user": {"login": "stranger"},
+            "head": {"ref": "topic", "sha": head, "repo": {"id": 2}},
+            "base": {"ref": "main", "sha": head, "repo": {"id": 1}},
+        },
+        "repository": {"id": 1, "full_name": "team/app", "clone_url": url},
+        "sender": {"login": "stranger"},
+    }))
+    .unwrap();
+    let signature = kiln_forge::signature::hmac_sha256_hex(b"hook-s3cret", &body);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let status = runtime.block_on(async {
+        server
+            .request(reqwest::Method::POST, "/hooks/hub", None)
+            .header("content-type", "application/json")
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", "docs-fork-1")
+            .header("x-hub-signature-256", format!("sha256={signature}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+    let started = Instant::now();
+    loop {
+        let out = shell.run("kiln runs forked -o json");
+        let runs: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if runs["runs"][0]["status"] == "blocked" {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{runs}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn wait_until_running(shell: &Shell, job: &str) {

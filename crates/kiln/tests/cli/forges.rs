@@ -3,15 +3,13 @@
 //! by the server's agent to their end, with the variables a pull request's
 //! tasks see.
 
-use std::process::Command;
-
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::server::{ADMIN, Server};
-use crate::support::GitRepo;
+use crate::support::{GitRepo, kiln_as};
 
-const SECRET: &str = "a webhook secret";
+pub(crate) const SECRET: &str = "a webhook secret";
 
 const PIPELINE: &str = r#"version: 1
 tasks:
@@ -20,30 +18,9 @@ tasks:
       - run: echo "event=$KILN_EVENT branch=$KILN_BRANCH sha=$KILN_COMMIT_SHA pr=${KILN_PR_NUMBER:-none} head=${KILN_PR_HEAD_BRANCH:-none} base=${KILN_PR_BASE_BRANCH:-none} tag=${KILN_TAG:-none}"
 "#;
 
-fn kiln(server: &Server, args: &[&str], stdin: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .env("KILN_SERVER", &server.url)
-        .env("KILN_TOKEN", ADMIN)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "kiln {args:?}: {text}");
+pub(crate) fn kiln(server: &Server, args: &[&str], stdin: &str) -> String {
+    let (ok, text) = kiln_as(server, ADMIN, args, stdin);
+    assert!(ok, "kiln {args:?}: {text}");
     text
 }
 
@@ -53,7 +30,7 @@ fn repository(url: &str) -> Value {
            "html_url": "https://github.example.com/team/app"})
 }
 
-async fn deliver(server: &Server, event: &str, delivery: &str, body: &Value) -> Value {
+pub(crate) async fn deliver(server: &Server, event: &str, delivery: &str, body: &Value) -> Value {
     let body = serde_json::to_vec(body).unwrap();
     let signature = kiln_forge::signature::hmac_sha256_hex(SECRET.as_bytes(), &body);
     let response = server

@@ -10,6 +10,7 @@ mod docs;
 mod downloads;
 mod events;
 mod forges;
+mod forks;
 mod hostile;
 mod isolation;
 mod limits;

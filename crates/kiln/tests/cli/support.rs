@@ -68,3 +68,36 @@ impl GitRepo {
         format!("file://{}", self.path().display())
     }
 }
+
+/// `kiln ARGS` against `server` with `token`, `stdin` on its standard
+/// input: whether it succeeded, and what it printed (both streams).
+pub(crate) fn kiln_as(
+    server: &crate::server::Server,
+    token: &str,
+    args: &[&str],
+    stdin: &str,
+) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("KILN_SERVER", &server.url)
+        .env("KILN_TOKEN", token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}

@@ -1,0 +1,3 @@
+-- Pull requests from forks (issue 14): a secret a fork's run may receive.
+-- Every secret set before is withheld from forks, as DESIGN.md §6 wants.
+ALTER TABLE secrets ADD COLUMN allow_forks INTEGER NOT NULL DEFAULT 0;
