@@ -58,7 +58,7 @@ pub struct QueuedRun {
     /// A tag run's tag (its run has no branch).
     #[serde(default)]
     pub tag: Option<String>,
-    /// Where the change set starts (for path filters, later).
+    /// Where the change set starts, for `when.paths`.
     #[serde(default)]
     pub before: Option<String>,
     pub sender: Option<String>,
@@ -274,6 +274,7 @@ async fn make_run<D: Database>(
     };
     let from = FromForge {
         sha: run.sha,
+        before: run.before,
         branch: run.branch,
         event: run.event,
         user: run.sender,
