@@ -16,6 +16,9 @@ use serde_json::{Value, json};
 
 use super::Harness;
 
+#[path = "hooks/paths.rs"]
+mod paths;
+
 const SECRET: &str = "It's a Secret to Everybody";
 
 fn npm_examples() -> Vec<(String, Value)> {
