@@ -429,6 +429,44 @@ impl GitCache {
         Ok(None)
     }
 
+    /// The branch heads and tags of the repository at `url` now, as
+    /// `refs/heads/…` and `refs/tags/…` names to commit ids (an annotated
+    /// tag's commit, not the tag object), straight from the server with
+    /// `git ls-remote`: no mirror, no lock.
+    pub async fn list_refs(
+        &self,
+        url: &str,
+        auth: Option<&Credentials>,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let remote = Remote::new(url, auth)?;
+        self.ensure_dir()?;
+        let out = self
+            .git(&remote, None)
+            .args(["ls-remote", "--heads", "--tags", "--"])
+            .arg(remote.url)
+            .run("ls-remote")
+            .await?;
+        let mut refs = std::collections::BTreeMap::new();
+        let mut peeled = Vec::new();
+        for (sha, name) in String::from_utf8_lossy(&out)
+            .lines()
+            .filter_map(|line| line.split_once('\t'))
+        {
+            if !is_full_sha(sha) {
+                continue;
+            }
+            match name.strip_suffix("^{}") {
+                // The commit an annotated tag points at, listed after it.
+                Some(tag) => peeled.push((tag.to_owned(), sha.to_owned())),
+                None => {
+                    refs.insert(name.to_owned(), sha.to_owned());
+                }
+            }
+        }
+        refs.extend(peeled);
+        Ok(refs)
+    }
+
     async fn resolve_branch(&self, remote: &Remote<'_>, name: &str) -> Result<String> {
         let name = check_branch(name)?;
         let full = format!("refs/heads/{name}");

@@ -805,3 +805,24 @@ async fn merge_base_after_shallow_fetches() {
         .unwrap();
     assert_eq!(files, Some(vec!["feature.txt".into()]));
 }
+
+/// Polling reads every branch head and tag, an annotated tag as its
+/// commit.
+#[tokio::test]
+async fn list_refs_names_heads_and_tags_by_commit() {
+    let repo = Repo::new();
+    git(&repo.work, &["tag", "light", &repo.c1]);
+    git(&repo.work, &["tag", "-a", "-m", "release", "v1", &repo.c2]);
+    let (_dir, cache) = cache();
+    let refs = cache.list_refs(&repo.file_url(), None).await.unwrap();
+    let expected: Vec<(&str, &str)> = vec![
+        ("refs/heads/feature", &repo.c3),
+        ("refs/heads/main", &repo.c2),
+        ("refs/tags/light", &repo.c1),
+        ("refs/tags/v1", &repo.c2),
+    ];
+    let got: Vec<(&str, &str)> = refs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(got, expected);
+    let missing = cache.list_refs("file:///nonexistent/repo", None).await;
+    assert!(missing.is_err(), "{missing:?}");
+}
