@@ -372,7 +372,14 @@ impl GitCache {
         self.fetch_commit(&remote, &mirror, &to).await?;
         let out = self
             .git(&remote, Some(&mirror))
-            .args(["diff-tree", "-r", "-z", "--name-only", "--no-renames", "--no-commit-id"])
+            .args([
+                "diff-tree",
+                "-r",
+                "-z",
+                "--name-only",
+                "--no-renames",
+                "--no-commit-id",
+            ])
             .args([&from, &to])
             .run("diff-tree")
             .await?;

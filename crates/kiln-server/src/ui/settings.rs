@@ -15,8 +15,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use kiln_api::fields::{
-    BranchName, ExpiresIn, ForgeName, JobName, PipelinePath, RepositoryUrl, SecretName, SecretValue,
-    TokenName, UserName,
+    BranchName, ExpiresIn, ForgeName, JobName, PipelinePath, RepositoryUrl, SecretName,
+    SecretValue, TokenName, UserName,
 };
 use kiln_store::{ClosedSet, Database, MemberRole, Upserted, Visibility};
 use kiln_ui::settings::{FormError, JobFields, JobSettings, Section, TokensPage, settings_href};

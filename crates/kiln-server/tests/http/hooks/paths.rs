@@ -185,7 +185,12 @@ async fn a_pull_requests_change_set_starts_at_the_merge_base() {
     pr["repository"]["clone_url"] = json!(url);
     pr["pull_request"]["base"]["repo"]["clone_url"] = json!(url);
     let (status, answer) = server
-        .github("hub", "pull_request", "pr-1", serde_json::to_vec(&pr).unwrap())
+        .github(
+            "hub",
+            "pull_request",
+            "pr-1",
+            serde_json::to_vec(&pr).unwrap(),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
     let tasks = server.last_run_tasks().await;
