@@ -14,6 +14,7 @@
 #[macro_use]
 pub mod identity;
 pub mod forges;
+pub mod polls;
 pub mod queue;
 #[cfg(feature = "sqlx")]
 pub mod sql;
@@ -32,6 +33,7 @@ pub use forges::{
     Forge, ForgeStore, ForkPrs, NewForge, NewQueuedTrigger, PullRequest, QueuedTrigger, RunTrigger,
     TriggerKind, fork_prs_default,
 };
+pub use polls::{JobPoll, MIN_POLL_INTERVAL_SECS, PollOutcome, PollStore};
 pub use identity::{
     AuditEntry, AuditFilter, AuditStore, ClosedSet, Member, MemberRole, MemberStore, NewAuditEntry,
     NewUser, NewUserToken, Refusal, Session, SessionStore, SignInStore, TokenLookup, User,
@@ -152,6 +154,10 @@ pub struct JobSpec {
     /// What a pull request from a fork does.
     #[serde(default = "fork_prs_default")]
     pub fork_prs: ForkPrs,
+    /// Git jobs: poll the repository every this many seconds (at least
+    /// [`MIN_POLL_INTERVAL_SECS`]); `None`: not polled.
+    #[serde(default)]
+    pub poll_interval: Option<i64>,
 }
 
 fn private() -> Visibility {
@@ -508,6 +514,7 @@ pub trait Database:
     + AuditStore
     + SignInStore
     + ForgeStore
+    + PollStore
     + Clone
     + Send
     + Sync
@@ -529,6 +536,7 @@ impl<T> Database for T where
         + AuditStore
         + SignInStore
         + ForgeStore
+        + PollStore
         + Clone
         + Send
         + Sync

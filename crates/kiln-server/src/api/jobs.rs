@@ -24,6 +24,7 @@ pub fn job_spec(name: &JobName, source: JobSource, visibility: Visibility) -> Ap
             default_branch,
             forge,
             fork_prs,
+            poll_interval,
         } => Ok(JobSpec {
             name: name.to_string(),
             kind: JobKind::Git,
@@ -34,6 +35,7 @@ pub fn job_spec(name: &JobName, source: JobSource, visibility: Visibility) -> Ap
             visibility,
             forge: forge.map(String::from),
             fork_prs: fork_prs.unwrap_or_else(kiln_store::fork_prs_default),
+            poll_interval,
         }),
         JobSource::Freestyle {
             pipeline,
@@ -55,6 +57,7 @@ pub fn job_spec(name: &JobName, source: JobSource, visibility: Visibility) -> Ap
                 visibility,
                 forge: None,
                 fork_prs: kiln_store::fork_prs_default(),
+                poll_interval: None,
             })
         }
     }
