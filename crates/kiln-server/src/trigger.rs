@@ -86,8 +86,10 @@ impl MadeBy {
 }
 
 /// A run a forge's webhook asked for (`crate::webhooks` reads it from the
-/// queued trigger).
+/// queued trigger), or that polling found (`crate::polling`).
 pub struct FromForge {
+    /// `webhook` or `poll`.
+    pub kind: TriggerKind,
     /// The commit the forge named.
     pub sha: String,
     /// Where a push's change set starts (none for a new branch), or a pull
@@ -103,8 +105,8 @@ pub struct FromForge {
     /// The base repository's ref that holds a pull request's head commit
     /// (`refs/pull/7/head`), fetched first.
     pub fetch_ref: Option<String>,
-    /// Marked done in the run's own transaction.
-    pub queued: QueuedTriggerId,
+    /// Marked done in the run's own transaction (none for a poll's run).
+    pub queued: Option<QueuedTriggerId>,
 }
 
 /// A new run of the job's pipeline as it is now: a freestyle job's stored
@@ -175,10 +177,10 @@ pub async fn trigger_from_forge<D: Database>(
     audit: Option<NewAuditEntry>,
 ) -> Result<RunDetail, TriggerError> {
     let made_by = MadeBy {
-        trigger: RunTrigger::new(TriggerKind::Webhook, from.user.clone()),
+        trigger: RunTrigger::new(from.kind, from.user.clone()),
         pull_request: from.pull_request.clone(),
         tag: from.tag.clone(),
-        queued: Some(from.queued),
+        queued: from.queued,
     };
     let (sha, pipeline, changes) = match job.spec.kind {
         // A freestyle job has no commits: its stored pipeline runs.

@@ -273,6 +273,7 @@ async fn make_run<D: Database>(
         source: None,
     };
     let from = FromForge {
+        kind: kiln_store::TriggerKind::Webhook,
         sha: run.sha,
         before: run.before,
         branch: run.branch,
@@ -281,7 +282,7 @@ async fn make_run<D: Database>(
         pull_request: run.pull_request,
         tag: run.tag,
         fetch_ref: run.head_ref,
-        queued: queued.id,
+        queued: Some(queued.id),
     };
     match crate::trigger::trigger_from_forge(state, &job, from, Some(audit)).await {
         Ok(_) => Ok(()),
