@@ -66,7 +66,10 @@ async fn poll_due<D: Database>(state: &AppState<D>, holder: &str) {
         }
     };
     for job in jobs {
-        let Some(interval) = job.spec.poll_interval.filter(|_| job.spec.kind == JobKind::Git)
+        let Some(interval) = job
+            .spec
+            .poll_interval
+            .filter(|_| job.spec.kind == JobKind::Git)
         else {
             continue;
         };
@@ -90,7 +93,10 @@ async fn poll<D: Database>(
 ) {
     let name = &job.spec.name;
     let (refs, error) = match list_refs(state, job).await {
-        Ok(now) => (Some(start_runs(state, job, last.refs.as_ref(), now).await), None),
+        Ok(now) => (
+            Some(start_runs(state, job, last.refs.as_ref(), now).await),
+            None,
+        ),
         Err(error) => {
             tracing::warn!("polling job `{name}`: {error}; trying again in {interval} s");
             (None, Some(error))

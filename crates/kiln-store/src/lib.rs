@@ -33,12 +33,12 @@ pub use forges::{
     Forge, ForgeStore, ForkPrs, NewForge, NewQueuedTrigger, PullRequest, QueuedTrigger, RunTrigger,
     TriggerKind, fork_prs_default,
 };
-pub use polls::{JobPoll, MIN_POLL_INTERVAL_SECS, PollOutcome, PollStore};
 pub use identity::{
     AuditEntry, AuditFilter, AuditStore, ClosedSet, Member, MemberRole, MemberStore, NewAuditEntry,
     NewUser, NewUserToken, Refusal, Session, SessionStore, SignInStore, TokenLookup, User,
     UserChange, UserRole, UserStore, UserToken, Visibility,
 };
+pub use polls::{JobPoll, MIN_POLL_INTERVAL_SECS, PollOutcome, PollStore};
 
 /// Ids of the store's rows, one type per kind of row so that a run's id
 /// cannot be passed where a task's is meant. They are the database's own

@@ -32,7 +32,9 @@ use crate::{
     Refusal, RunDetail, RunFilter, RunId, RunScope, Status, StepRow, StoreError, TaskHold, TaskId,
     TaskResult, TaskRow, TokenKind, Undelivered, Upserted, User, UserChange, UserRole, Visibility,
 };
-use crate::{ForkPrs, NewForge, PollOutcome, NewQueuedTrigger, PullRequest, RunTrigger, TriggerKind};
+use crate::{
+    ForkPrs, NewForge, NewQueuedTrigger, PollOutcome, PullRequest, RunTrigger, TriggerKind,
+};
 
 /// One `#[tokio::test]` per case of the contract, in the module it is
 /// invoked in. `$with` is called with each test, an
@@ -150,7 +152,10 @@ pub async fn polls<D: Database>(db: &D) {
         polled_at: at(2),
         next_poll_at: at(10),
     };
-    assert!(!db.finish_poll(job.id, "b", &outcome).await.unwrap(), "b holds nothing");
+    assert!(
+        !db.finish_poll(job.id, "b", &outcome).await.unwrap(),
+        "b holds nothing"
+    );
     assert!(db.finish_poll(job.id, "a", &outcome).await.unwrap());
     assert_eq!(
         db.claim_poll(job.id, "b", at(5), at(65)).await.unwrap(),
@@ -169,13 +174,32 @@ pub async fn polls<D: Database>(db: &D) {
     let stored = db.get_poll(job.id).await.unwrap().expect("polled");
     assert_eq!(stored.refs, Some(refs));
     assert_eq!(stored.error.as_deref(), Some("cannot reach it"));
-    assert_eq!((stored.polled_at, stored.next_poll_at), (Some(at(11)), at(20)));
+    assert_eq!(
+        (stored.polled_at, stored.next_poll_at),
+        (Some(at(11)), at(20))
+    );
 
     // A claim whose holder stopped expires at its lease.
-    assert!(db.claim_poll(job.id, "c", at(20), at(30)).await.unwrap().is_some());
-    assert_eq!(db.claim_poll(job.id, "d", at(29), at(39)).await.unwrap(), None);
-    assert!(db.claim_poll(job.id, "d", at(30), at(40)).await.unwrap().is_some());
-    assert!(!db.finish_poll(job.id, "c", &failed).await.unwrap(), "c lost it");
+    assert!(
+        db.claim_poll(job.id, "c", at(20), at(30))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        db.claim_poll(job.id, "d", at(29), at(39)).await.unwrap(),
+        None
+    );
+    assert!(
+        db.claim_poll(job.id, "d", at(30), at(40))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        !db.finish_poll(job.id, "c", &failed).await.unwrap(),
+        "c lost it"
+    );
 }
 
 async fn job<D: Database>(db: &D, name: &str) -> Job {

@@ -5,9 +5,9 @@
 //! commit that exists) is checked by the handlers and answered `422`.
 
 use kiln_api::fields::{
-    ApiUrl, AttemptNumber, PollInterval, BranchName, CommitSha, Cursor, ExpiresIn, ForgeName, JobName, PageSize,
-    Password, PipelinePath, RepositoryUrl, SecretName, SecretValue, StatusFilter, TokenName,
-    UserName,
+    ApiUrl, AttemptNumber, BranchName, CommitSha, Cursor, ExpiresIn, ForgeName, JobName, PageSize,
+    Password, PipelinePath, PollInterval, RepositoryUrl, SecretName, SecretValue, StatusFilter,
+    TokenName, UserName,
 };
 use kiln_store::{ClosedSet, ForkPrs, MemberRole, UserRole, Visibility};
 use serde::de::{DeserializeOwned, Error as _};

@@ -18,6 +18,8 @@ use super::Harness;
 
 #[path = "hooks/paths.rs"]
 mod paths;
+#[path = "hooks/polling.rs"]
+mod polling;
 
 const SECRET: &str = "It's a Secret to Everybody";
 
