@@ -23,7 +23,9 @@ else
     kiln="${CARGO_TARGET_DIR:-$top/target}/release/kiln"
 fi
 work=$(mktemp -d)
-trap 'kill -TERM "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+# The process executor runs tasks as users of their own, who must reach it.
+chmod o+x "$work"
+trap 'kill -TERM "${server:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 repo="$work/repo"
 mkdir -p "$repo"
 git -C "$repo" init -q -b main
@@ -42,8 +44,8 @@ for _ in $(seq 1 300); do
     sleep 0.1
 done
 url=$(sed -n 's/.*listening on //p' "$work/server.log" | head -n1)
-echo "kiln: $kiln"
-KILN_URL=$url KILN_TOKEN=$token REPO="file://$repo" SHA=$sha python3 - <<'PY'
+echo "kiln: $kiln, server: $url"
+KILN_URL=$url KILN_TOKEN=$token REPO="file://$repo" SHA=$sha python3 - <<'PY' || { tail -20 "$work/server.log"; exit 1; }
 import concurrent.futures, datetime, hashlib, hmac, http.client, json, os, threading, time, urllib.parse
 
 URL = os.environ["KILN_URL"]
