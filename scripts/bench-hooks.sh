@@ -25,7 +25,7 @@ fi
 work=$(mktemp -d)
 # The process executor runs tasks as users of their own, who must reach it.
 chmod o+x "$work"
-trap 'kill -TERM "${server:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill -TERM "${server:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" 2>/dev/null || true' EXIT
 repo="$work/repo"
 mkdir -p "$repo"
 git -C "$repo" init -q -b main
