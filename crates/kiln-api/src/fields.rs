@@ -288,6 +288,59 @@ impl PartialSchema for ExpiresIn {
 }
 
 checked_string! {
+    /// How often a git job's repository is polled: a count and a unit, at
+    /// least ten seconds.
+    PollInterval
+}
+
+impl PollInterval {
+    pub const PATTERN: &str = "^[1-9][0-9]{0,5}[smh]$";
+
+    fn check(value: &str) -> Result<(), String> {
+        match PollInterval::seconds_of(value) {
+            Some(seconds) if seconds >= 10 => Ok(()),
+            Some(_) => Err(format!(
+                "`{value}` is too often to poll a repository: give at least `10s`"
+            )),
+            None => Err(format!(
+                "`{value}` is not an interval: give a count from 1 to 999999 and a unit, `s`, `m` or `h` (e.g. `60s`)"
+            )),
+        }
+    }
+
+    fn seconds_of(value: &str) -> Option<i64> {
+        (!value.ends_with('d'))
+            .then(|| ExpiresIn::seconds_of(value))
+            .flatten()
+    }
+
+    /// The interval in seconds.
+    pub fn seconds(&self) -> i64 {
+        PollInterval::seconds_of(&self.0).unwrap_or_default()
+    }
+
+    /// How a stored interval is shown: `90s`, `5m`, `2h`.
+    pub fn show(seconds: i64) -> String {
+        match seconds {
+            s if s % 3600 == 0 => format!("{}h", s / 3600),
+            s if s % 60 == 0 => format!("{}m", s / 60),
+            s => format!("{s}s"),
+        }
+    }
+}
+
+impl PartialSchema for PollInterval {
+    fn schema() -> RefOr<Schema> {
+        string_schema(
+            PollInterval::PATTERN,
+            "How often to poll the repository: a count and a unit, `s`, `m` or `h`; at least `10s`.",
+            "60s",
+        )
+        .into()
+    }
+}
+
+checked_string! {
     /// A secret's name: it becomes an environment variable's name.
     SecretName
 }

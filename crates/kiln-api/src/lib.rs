@@ -56,6 +56,10 @@ pub struct JobBody {
     /// request from a fork does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fork_prs: Option<String>,
+    /// Git jobs: poll the repository this often (e.g. `60s`, at least
+    /// `10s`) for new branch heads and tags; not polled when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_interval: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -76,6 +80,12 @@ pub struct Job {
     #[serde(default = "approve")]
     #[schema(example = "approve")]
     pub fork_prs: String,
+    /// How often the repository is polled (e.g. `60s`), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_interval: Option<String>,
+    /// Why the last poll of the repository failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// On `PUT` only: `created`, `updated` or `unchanged`.

@@ -62,6 +62,8 @@ fn job(name: &str, body: &JobBody, change: Option<&str>) -> Job {
         visibility: body.visibility.clone().unwrap_or_else(|| "private".into()),
         forge: body.forge.clone(),
         fork_prs: body.fork_prs.clone().unwrap_or_else(|| "approve".into()),
+        poll_interval: body.poll_interval.clone(),
+        poll_error: None,
         created_at: at(),
         updated_at: at(),
         change: change.map(str::to_string),
@@ -547,6 +549,7 @@ async fn bearer_token_is_sent_and_bodies_round_trip() {
         visibility: None,
         forge: None,
         fork_prs: None,
+        poll_interval: None,
     };
     let created = client.put_job("app", &body).await.unwrap();
     assert_eq!(created.change.as_deref(), Some("created"));
@@ -569,6 +572,7 @@ async fn bearer_token_is_sent_and_bodies_round_trip() {
             visibility: None,
             forge: None,
             fork_prs: None,
+            poll_interval: None,
         })
         .await
         .unwrap();

@@ -348,6 +348,132 @@ impl GitCache {
         }
     }
 
+    /// The paths that differ between commits `from` and `to` (full ids),
+    /// both sides of a rename included, or `None` when there are more than
+    /// `limit` of them (a caller treats that as "everything changed" rather
+    /// than hold a huge list). Fetches the commits into the mirror first if
+    /// needed; only their trees are compared, so shallow commits do.
+    pub async fn changed_files(
+        &self,
+        url: &str,
+        from: &str,
+        to: &str,
+        auth: Option<&Credentials>,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>> {
+        let remote = Remote::new(url, auth)?;
+        let from = check_full_sha(from)?;
+        let to = check_full_sha(to)?;
+        let mirror = self.mirror_path(url);
+        let lock = self.lock_for(&mirror);
+        let _guard = lock.lock().await;
+        self.ensure_mirror(&remote, &mirror).await?;
+        self.fetch_commit(&remote, &mirror, &from).await?;
+        self.fetch_commit(&remote, &mirror, &to).await?;
+        let out = self
+            .git(&remote, Some(&mirror))
+            .args([
+                "diff-tree",
+                "-r",
+                "-z",
+                "--name-only",
+                "--no-renames",
+                "--no-commit-id",
+            ])
+            .args([&from, &to])
+            .run("diff-tree")
+            .await?;
+        let mut files = Vec::new();
+        for path in out.split(|b| *b == 0).filter(|p| !p.is_empty()) {
+            if files.len() == limit {
+                return Ok(None);
+            }
+            files.push(String::from_utf8_lossy(path).into_owned());
+        }
+        Ok(Some(files))
+    }
+
+    /// The best common ancestor of commits `a` and `b` (full ids), where a
+    /// pull request's change set starts; `None` if they share no history.
+    /// The mirror holds single commits after shallow fetches, so a first
+    /// miss fetches the whole history and asks again.
+    pub async fn merge_base(
+        &self,
+        url: &str,
+        a: &str,
+        b: &str,
+        auth: Option<&Credentials>,
+    ) -> Result<Option<String>> {
+        let remote = Remote::new(url, auth)?;
+        let a = check_full_sha(a)?;
+        let b = check_full_sha(b)?;
+        let mirror = self.mirror_path(url);
+        let lock = self.lock_for(&mirror);
+        let _guard = lock.lock().await;
+        self.ensure_mirror(&remote, &mirror).await?;
+        self.fetch_commit(&remote, &mirror, &a).await?;
+        self.fetch_commit(&remote, &mirror, &b).await?;
+        for attempt in 0..2 {
+            let out = self
+                .git(&remote, Some(&mirror))
+                .args(["merge-base", &a, &b])
+                .output("merge-base")
+                .await?;
+            let base = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if out.success && is_full_sha(&base) {
+                return Ok(Some(base));
+            }
+            let shallow = self
+                .git(&remote, Some(&mirror))
+                .args(["rev-parse", "--is-shallow-repository"])
+                .run("rev-parse")
+                .await?;
+            if attempt > 0 || !shallow.starts_with(b"true") {
+                break;
+            }
+            self.fetch_all(&remote, &mirror).await?;
+        }
+        Ok(None)
+    }
+
+    /// The branch heads and tags of the repository at `url` now, as
+    /// `refs/heads/…` and `refs/tags/…` names to commit ids (an annotated
+    /// tag's commit, not the tag object), straight from the server with
+    /// `git ls-remote`: no mirror, no lock.
+    pub async fn list_refs(
+        &self,
+        url: &str,
+        auth: Option<&Credentials>,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let remote = Remote::new(url, auth)?;
+        self.ensure_dir()?;
+        let out = self
+            .git(&remote, None)
+            .args(["ls-remote", "--heads", "--tags", "--"])
+            .arg(remote.url)
+            .run("ls-remote")
+            .await?;
+        let mut refs = std::collections::BTreeMap::new();
+        let mut peeled = Vec::new();
+        for (sha, name) in String::from_utf8_lossy(&out)
+            .lines()
+            .filter_map(|line| line.split_once('\t'))
+        {
+            if !is_full_sha(sha) {
+                continue;
+            }
+            match name.strip_suffix("^{}") {
+                // The commit an annotated tag points at, listed after it.
+                Some(tag) => peeled.push((tag.to_owned(), sha.to_owned())),
+                None => {
+                    refs.insert(name.to_owned(), sha.to_owned());
+                }
+            }
+        }
+        refs.extend(peeled);
+        Ok(refs)
+    }
+
     async fn resolve_branch(&self, remote: &Remote<'_>, name: &str) -> Result<String> {
         let name = check_branch(name)?;
         let full = format!("refs/heads/{name}");
@@ -1021,6 +1147,17 @@ fn check_sha(sha: &str) -> Result<String> {
         Err(GitError::InvalidSha {
             sha: sha.to_owned(),
         })
+    }
+}
+
+/// A full commit id, as the change-set queries need (an abbreviation
+/// cannot be fetched by name).
+fn check_full_sha(sha: &str) -> Result<String> {
+    let sha = check_sha(sha)?;
+    if is_full_sha(&sha) {
+        Ok(sha)
+    } else {
+        Err(GitError::InvalidSha { sha })
     }
 }
 

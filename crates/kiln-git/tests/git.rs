@@ -754,3 +754,75 @@ async fn a_pull_requests_ref_brings_its_commit() {
     let missing = cache.fetch_ref(&url, "refs/pull/4/head", None).await;
     assert!(missing.is_err(), "{missing:?}");
 }
+
+/// A push's change set lists every path the commits differ in, and a list
+/// longer than the limit is reported as too long, not cut short.
+#[tokio::test]
+async fn changed_files_between_two_commits() {
+    let repo = Repo::new();
+    let (_dir, cache) = cache();
+    let url = repo.file_url();
+    let files = cache
+        .changed_files(&url, &repo.c1, &repo.c2, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        files,
+        Some(vec!["README".into(), "ci/deploy.sh".into(), "link".into()])
+    );
+    let too_many = cache
+        .changed_files(&url, &repo.c1, &repo.c2, None, 2)
+        .await
+        .unwrap();
+    assert_eq!(too_many, None);
+    let error = cache
+        .changed_files(&url, &repo.c1[..8], &repo.c2, None, 100)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, GitError::InvalidSha { .. }), "{error}");
+}
+
+/// A pull request's change set starts at the merge base of its base and
+/// head, found even when the mirror only holds shallow copies of both.
+#[tokio::test]
+async fn merge_base_after_shallow_fetches() {
+    let repo = Repo::new();
+    std::fs::write(repo.work.join("main.txt"), "later\n").unwrap();
+    git(&repo.work, &["add", "."]);
+    git(&repo.work, &["commit", "-q", "-m", "main moves on"]);
+    let c4 = git(&repo.work, &["rev-parse", "HEAD"]);
+    let (_dir, cache) = cache();
+    let url = repo.file_url();
+    // Shallow fetches of each commit alone, as reading pipelines does.
+    for sha in [&c4, &repo.c3] {
+        cache.read_file(&url, sha, ".kiln.yml").await.unwrap();
+    }
+    let base = cache.merge_base(&url, &c4, &repo.c3, None).await.unwrap();
+    assert_eq!(base.as_deref(), Some(repo.c2.as_str()));
+    let files = cache
+        .changed_files(&url, &repo.c2, &repo.c3, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(files, Some(vec!["feature.txt".into()]));
+}
+
+/// Polling reads every branch head and tag, an annotated tag as its
+/// commit.
+#[tokio::test]
+async fn list_refs_names_heads_and_tags_by_commit() {
+    let repo = Repo::new();
+    git(&repo.work, &["tag", "light", &repo.c1]);
+    git(&repo.work, &["tag", "-a", "-m", "release", "v1", &repo.c2]);
+    let (_dir, cache) = cache();
+    let refs = cache.list_refs(&repo.file_url(), None).await.unwrap();
+    let expected: Vec<(&str, &str)> = vec![
+        ("refs/heads/feature", &repo.c3),
+        ("refs/heads/main", &repo.c2),
+        ("refs/tags/light", &repo.c1),
+        ("refs/tags/v1", &repo.c2),
+    ];
+    let got: Vec<(&str, &str)> = refs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(got, expected);
+    let missing = cache.list_refs("file:///nonexistent/repo", None).await;
+    assert!(missing.is_err(), "{missing:?}");
+}

@@ -286,7 +286,10 @@ fn approximate_size(task: &Task) -> usize {
             .map(|s| text(&s.name) + text(&s.run))
             .sum::<usize>()
         + strings(&task.needs)
-        + task.when.as_ref().map_or(0, |w| strings(&w.branch))
+        + task
+            .when
+            .as_ref()
+            .map_or(0, |w| strings(&w.branch) + strings(&w.paths))
         + strings(&task.artifacts.paths)
         + strings(&task.reports.junit)
 }
@@ -447,7 +450,17 @@ fn expand_task(
             .flat_map(|e| &e.0)
             .filter_map(|e| e.value().parse::<Event>().ok())
             .collect();
-        (!branch.is_empty() || !event.is_empty()).then_some(When { branch, event })
+        let paths: Vec<String> = when
+            .paths
+            .iter()
+            .flat_map(|p| &p.0)
+            .map(|g| g.value().clone())
+            .collect();
+        (!branch.is_empty() || !event.is_empty() || !paths.is_empty()).then_some(When {
+            branch,
+            event,
+            paths,
+        })
     });
 
     Task {

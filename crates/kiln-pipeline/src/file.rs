@@ -202,6 +202,15 @@ pub(crate) struct WhenFile {
     #[serde(default)]
     #[schemars(schema_with = "events_schema")]
     pub event: Option<StrList>,
+    /// Path globs, e.g. `["src/**", "!src/**/*.md"]`: the task runs only when
+    /// the push or pull request changed a file that the list selects. The
+    /// globs are matched in order and the last one that matches a file
+    /// decides, a `!` one leaving the file out. Runs with no known change
+    /// set (api, manual, cron, a new branch or tag) run the task. A single
+    /// string is one glob. Default: any change.
+    #[serde(default)]
+    #[schemars(with = "StringOrList")]
+    pub paths: Option<StrList>,
 }
 
 /// Limits of the task's container.

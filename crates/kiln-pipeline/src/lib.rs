@@ -22,4 +22,4 @@ pub use model::{Artifacts, Build, Pipeline, Reports, Resources, Service, Step, T
 pub use parse::{MAX_PIPELINE_BYTES, parse};
 pub use schema::json_schema;
 pub use status::{Event, Status, UnknownName};
-pub use when::{When, glob_match};
+pub use when::{ChangeSet, When, glob_match, paths_select};

@@ -484,7 +484,7 @@ fn friendly_expected(expected: &str) -> String {
         "struct TaskFile" => "a task: a mapping with `steps` and keys like `image`, `needs`".into(),
         "struct ServiceFile" => "a service: a mapping with `image`".into(),
         "struct BuildFile" => "a mapping with `dockerfile` and `context`".into(),
-        "struct WhenFile" => "a mapping with `branch` and/or `event`".into(),
+        "struct WhenFile" => "a mapping with `branch`, `event` and/or `paths`".into(),
         "struct ResourcesFile" => "a mapping with `cpus` and/or `memory`".into(),
         "struct ArtifactsFile" => "a mapping with `paths` and `expire-in`".into(),
         "struct ReportsFile" => "a mapping with `junit`".into(),
@@ -1088,6 +1088,15 @@ fn check_task(
                 report.error(
                     glob.at(),
                     "empty branch glob: expected e.g. `main` or `release/*`",
+                );
+            }
+        }
+        for glob in when.paths.iter().flat_map(|p| &p.0) {
+            let pattern = glob.value().strip_prefix('!').unwrap_or(glob.value());
+            if pattern.trim().is_empty() {
+                report.error(
+                    glob.at(),
+                    "empty path glob: expected e.g. `src/**` or `!docs/**`",
                 );
             }
         }

@@ -14,6 +14,7 @@ pub mod events;
 pub mod grpc;
 pub mod logs;
 pub mod metrics;
+pub mod polling;
 pub mod results;
 mod run_cache;
 pub mod scheduler;
@@ -369,6 +370,7 @@ pub async fn serve_with_tls<D: Database>(
     let refresher = tokio::spawn(events::run_refresher(state.clone(), shutdown.clone()));
     let hooks = tokio::spawn(webhooks::run_worker(state.clone(), shutdown.clone()));
     let statuses = tokio::spawn(statuses::run_sender(state.clone(), shutdown.clone()));
+    let poller = tokio::spawn(polling::run_poller(state.clone(), shutdown.clone()));
     let Listeners {
         http: listener,
         grpc: grpc_listener,
@@ -421,6 +423,7 @@ pub async fn serve_with_tls<D: Database>(
     let _ = refresher.await;
     let _ = hooks.await;
     let _ = statuses.await;
+    let _ = poller.await;
     let grpc = match grpc {
         Some(grpc) => grpc.await?,
         None => Ok(()),

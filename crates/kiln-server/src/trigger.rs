@@ -6,7 +6,7 @@
 //! tell it.
 
 use chrono::Utc;
-use kiln_pipeline::{Event, Pipeline, Status};
+use kiln_pipeline::{ChangeSet, Event, Pipeline, Status};
 use kiln_store::{
     Database, ForkPrs, Job, JobKind, NewAuditEntry, NewRun, NewTask, PullRequest, QueuedTriggerId,
     Run, RunDetail, RunTrigger, StoreError, TriggerKind,
@@ -42,6 +42,11 @@ pub enum Target {
     Sha(String),
 }
 
+/// The most changed files a run's change set lists; a push or pull request
+/// changing more is taken as changing everything (every `when.paths`
+/// matches), which keeps a huge diff out of memory and the answer safe.
+pub const CHANGE_SET_LIMIT: usize = 10_000;
+
 /// Where a job's logs and artifacts live in the blob store.
 pub fn job_blob_prefix(job_id: kiln_store::JobId) -> String {
     format!("jobs/{job_id}/")
@@ -53,6 +58,9 @@ struct Source {
     sha: Option<String>,
     /// The pipeline file's text, or why there is none.
     pipeline: Result<String, String>,
+    /// The files the push or pull request changed, for `when.paths`;
+    /// `None` when unknown (then every task's `paths` match).
+    changes: Option<ChangeSet>,
     /// What made the run, its pull request, and the webhook's queued
     /// trigger it is made for.
     made_by: MadeBy,
@@ -78,10 +86,15 @@ impl MadeBy {
 }
 
 /// A run a forge's webhook asked for (`crate::webhooks` reads it from the
-/// queued trigger).
+/// queued trigger), or that polling found (`crate::polling`).
 pub struct FromForge {
+    /// `webhook` or `poll`.
+    pub kind: TriggerKind,
     /// The commit the forge named.
     pub sha: String,
+    /// Where a push's change set starts (none for a new branch), or a pull
+    /// request's base commit (none: the base branch's tip).
+    pub before: Option<String>,
     pub branch: Option<String>,
     pub event: Event,
     /// The forge's sender.
@@ -92,8 +105,8 @@ pub struct FromForge {
     /// The base repository's ref that holds a pull request's head commit
     /// (`refs/pull/7/head`), fetched first.
     pub fetch_ref: Option<String>,
-    /// Marked done in the run's own transaction.
-    pub queued: QueuedTriggerId,
+    /// Marked done in the run's own transaction (none for a poll's run).
+    pub queued: Option<QueuedTriggerId>,
 }
 
 /// A new run of the job's pipeline as it is now: a freestyle job's stored
@@ -117,6 +130,7 @@ pub async fn trigger<D: Database>(
                 branch,
                 sha: None,
                 pipeline: Ok(job.spec.pipeline.clone().unwrap_or_default()),
+                changes: None,
                 made_by: MadeBy::audited(TriggerKind::Api, audit.as_ref()),
             }
         }
@@ -142,6 +156,7 @@ pub async fn trigger<D: Database>(
                 branch,
                 sha: Some(sha),
                 pipeline,
+                changes: None,
                 made_by: MadeBy::audited(TriggerKind::Api, audit.as_ref()),
             }
         }
@@ -162,23 +177,33 @@ pub async fn trigger_from_forge<D: Database>(
     audit: Option<NewAuditEntry>,
 ) -> Result<RunDetail, TriggerError> {
     let made_by = MadeBy {
-        trigger: RunTrigger::new(TriggerKind::Webhook, from.user.clone()),
+        trigger: RunTrigger::new(from.kind, from.user.clone()),
         pull_request: from.pull_request.clone(),
         tag: from.tag.clone(),
-        queued: Some(from.queued),
+        queued: from.queued,
     };
-    let (sha, pipeline) = match job.spec.kind {
+    let (sha, pipeline, changes) = match job.spec.kind {
         // A freestyle job has no commits: its stored pipeline runs.
-        JobKind::Freestyle => (None, Ok(job.spec.pipeline.clone().unwrap_or_default())),
-        JobKind::Git => (
-            Some(from.sha.clone()),
-            forge_pipeline(state, job, &from).await,
+        JobKind::Freestyle => (
+            None,
+            Ok(job.spec.pipeline.clone().unwrap_or_default()),
+            None,
         ),
+        JobKind::Git => {
+            let pipeline = forge_pipeline(state, job, &from).await;
+            // Only worth the git work when there is a pipeline to filter.
+            let changes = match &pipeline {
+                Ok(_) => change_set(state, job, &from).await,
+                Err(_) => None,
+            };
+            (Some(from.sha.clone()), pipeline, changes)
+        }
     };
     let source = Source {
         branch: from.branch,
         sha,
         pipeline,
+        changes,
         made_by,
     };
     create(state, job, source, from.event, audit).await
@@ -220,6 +245,59 @@ async fn forge_pipeline<D: Database>(
     read_pipeline(state, job, &sha, auth.as_ref()).await
 }
 
+/// The files a forge's push (`before`..commit) or pull request (merge base
+/// of its base and head..head) changed, or `None` when there is no change
+/// set (a new branch, a tag) or git cannot tell: then every task runs,
+/// which is the safe mistake. Past [`CHANGE_SET_LIMIT`] files, everything
+/// changed.
+async fn change_set<D: Database>(
+    state: &AppState<D>,
+    job: &Job,
+    from: &FromForge,
+) -> Option<ChangeSet> {
+    let url = job.spec.repository.clone().unwrap_or_default();
+    let auth = git_credentials(state, job).await.ok()?;
+    let auth = auth.as_ref();
+    let start = match from.event {
+        Event::Push => from.before.clone()?,
+        Event::PullRequest => {
+            let base = match (&from.before, &from.pull_request) {
+                (Some(base), _) => base.clone(),
+                // GitLab names no base commit: its branch's tip is it.
+                (None, Some(pr)) => {
+                    let branch = kiln_git::Ref::Branch(pr.base_branch.clone());
+                    let tip = state.git.resolve_with_auth(&url, branch, auth).await;
+                    tip.inspect_err(|e| tracing::info!("no change set for {url}: {e}"))
+                        .ok()?
+                }
+                (None, None) => return None,
+            };
+            let merge_base = state.git.merge_base(&url, &base, &from.sha, auth).await;
+            match merge_base {
+                Ok(Some(merge_base)) => merge_base,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::info!("no change set for {url}: {e}");
+                    return None;
+                }
+            }
+        }
+        _ => return None,
+    };
+    let files = state
+        .git
+        .changed_files(&url, &start, &from.sha, auth, CHANGE_SET_LIMIT)
+        .await;
+    match files {
+        Ok(Some(files)) => Some(ChangeSet::Files(files)),
+        Ok(None) => Some(ChangeSet::Everything),
+        Err(e) => {
+            tracing::info!("no change set for {url} {start}..{}: {e}", from.sha);
+            None
+        }
+    }
+}
+
 /// A new run that repeats `run`: its commit, branch and event, and the
 /// pipeline text it was made from, not the job's pipeline now (running
 /// that is a new trigger). Secrets and `when` are checked again, as for
@@ -258,6 +336,8 @@ pub async fn rerun<D: Database>(
         branch: run.branch.clone(),
         sha: run.sha.clone(),
         pipeline,
+        // Not kept with the run: a rerun runs every task `paths` filters.
+        changes: None,
         made_by: MadeBy {
             pull_request: run.pull_request.clone(),
             tag: run.tag.clone(),
@@ -321,11 +401,19 @@ async fn create<D: Database>(
         branch,
         sha,
         pipeline,
+        changes,
         made_by,
     } = source;
     let planned = match &pipeline {
         Ok(text) => match kiln_pipeline::parse(pipeline_path(job), text) {
-            Ok(parsed) => plan(state, job, parsed, branch.as_deref(), event).await?,
+            Ok(parsed) => {
+                let on = On {
+                    branch: branch.as_deref(),
+                    event,
+                    changes: changes.as_ref(),
+                };
+                plan(state, job, parsed, on).await?
+            }
             Err(diagnostics) => Err(diagnostics.to_string()),
         },
         Err(message) => Err(message.clone()),
@@ -371,15 +459,26 @@ async fn create<D: Database>(
 
 type Planned = Result<(Option<std::time::Duration>, Vec<NewTask>), String>;
 
+/// What a run's tasks' `when` is matched against.
+struct On<'a> {
+    branch: Option<&'a str>,
+    event: Event,
+    changes: Option<&'a ChangeSet>,
+}
+
 /// Checks that every secret the run's tasks name exists, and marks the tasks
 /// whose `when` does not match as skipped.
 async fn plan<D: Database>(
     state: &AppState<D>,
     job: &Job,
     pipeline: Pipeline,
-    branch: Option<&str>,
-    event: Event,
+    on: On<'_>,
 ) -> Result<Planned, StoreError> {
+    let On {
+        branch,
+        event,
+        changes,
+    } = on;
     let stored = state.db.list_secrets(job.id).await?;
     let mut missing: Vec<&str> = Vec::new();
     for task in &pipeline.tasks {
@@ -406,16 +505,18 @@ async fn plan<D: Database>(
         .tasks
         .into_iter()
         .map(|task| {
-            let skip_reason = task
-                .when
-                .as_ref()
-                .filter(|w| !w.matches(branch, event))
-                .map(|_| {
-                    format!(
+            let skip_reason = task.when.as_ref().and_then(|w| {
+                if !w.matches(branch, event) {
+                    Some(format!(
                         "`when` does not match branch {} and event {event}",
                         branch.unwrap_or("(none)")
-                    )
-                });
+                    ))
+                } else if !w.matches_paths(changes) {
+                    Some("no changed file matches `when.paths`".to_string())
+                } else {
+                    None
+                }
+            });
             NewTask { task, skip_reason }
         })
         .collect();

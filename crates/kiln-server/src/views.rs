@@ -16,6 +16,11 @@ pub fn job(job: &Job) -> kiln_api::Job {
         visibility: job.spec.visibility.to_string(),
         forge: job.spec.forge.clone(),
         fork_prs: job.spec.fork_prs.to_string(),
+        poll_interval: job
+            .spec
+            .poll_interval
+            .map(kiln_api::fields::PollInterval::show),
+        poll_error: None,
         created_at: job.created_at,
         updated_at: job.updated_at,
         change: None,

@@ -59,7 +59,7 @@ pub struct QueuedRun {
     /// A tag run's tag (its run has no branch).
     #[serde(default)]
     pub tag: Option<String>,
-    /// Where the change set starts (for path filters, later).
+    /// Where the change set starts, for `when.paths`.
     #[serde(default)]
     pub before: Option<String>,
     pub sender: Option<String>,
@@ -284,14 +284,16 @@ async fn make_run<D: Database>(
         source: None,
     };
     let from = FromForge {
+        kind: kiln_store::TriggerKind::Webhook,
         sha: run.sha,
+        before: run.before,
         branch: run.branch,
         event: run.event,
         user: run.sender,
         pull_request: run.pull_request,
         tag: run.tag,
         fetch_ref: run.head_ref,
-        queued: queued.id,
+        queued: Some(queued.id),
     };
     match crate::trigger::trigger_from_forge(state, &job, from, Some(audit)).await {
         Ok(_) => Ok(()),

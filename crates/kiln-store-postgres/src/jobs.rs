@@ -50,7 +50,7 @@ impl JobStore for PostgresStore {
         }
         let row = sqlx::query(&format!(
             "UPDATE jobs SET kind = $1, repository = $2, pipeline_path = $3, \
-             default_branch = $4, pipeline = $5, visibility = $6, updated_at = $7, forge = $9, fork_prs = $10 WHERE id = $8 \
+             default_branch = $4, pipeline = $5, visibility = $6, updated_at = $7, forge = $9, fork_prs = $10, poll_interval = $11 WHERE id = $8 \
              RETURNING {JOB_COLUMNS}"
         ))
         .bind(job_kind_str(spec.kind))
@@ -63,6 +63,7 @@ impl JobStore for PostgresStore {
         .bind(existing.id)
         .bind(&spec.forge)
         .bind(spec.fork_prs.as_str())
+        .bind(spec.poll_interval)
         .fetch_one(&mut *tx)
         .await?;
         let job = sql::job(&row)?;
@@ -123,8 +124,8 @@ async fn insert_job(
 ) -> Result<Option<Job>> {
     let result = sqlx::query(&format!(
         "INSERT INTO jobs (name, kind, repository, pipeline_path, default_branch, pipeline, \
-         visibility, created_by, created_at, updated_at, forge, fork_prs) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11) \
+         visibility, created_by, created_at, updated_at, forge, fork_prs, poll_interval) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12) \
          ON CONFLICT (name) DO NOTHING RETURNING {JOB_COLUMNS}"
     ))
     .bind(&spec.name)
@@ -138,6 +139,7 @@ async fn insert_job(
     .bind(ms(now))
     .bind(&spec.forge)
     .bind(spec.fork_prs.as_str())
+    .bind(spec.poll_interval)
     .fetch_optional(&mut *conn)
     .await;
     let Some(row) = or_missing(result, || format!("user {creator:?}"))? else {

@@ -27,6 +27,7 @@ mod forges;
 mod jobs;
 mod logs;
 mod members;
+mod polls;
 mod queue;
 mod results;
 mod runs;

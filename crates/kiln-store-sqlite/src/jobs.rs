@@ -41,7 +41,7 @@ impl JobStore for SqliteStore {
         }
         sqlx::query(
             "UPDATE jobs SET kind = ?, repository = ?, pipeline_path = ?, default_branch = ?, \
-             pipeline = ?, visibility = ?, forge = ?, fork_prs = ?, updated_at = ? WHERE id = ?",
+             pipeline = ?, visibility = ?, forge = ?, fork_prs = ?, poll_interval = ?, updated_at = ? WHERE id = ?",
         )
         .bind(job_kind_str(spec.kind))
         .bind(&spec.repository)
@@ -51,6 +51,7 @@ impl JobStore for SqliteStore {
         .bind(spec.visibility.as_str())
         .bind(&spec.forge)
         .bind(spec.fork_prs.as_str())
+        .bind(spec.poll_interval)
         .bind(ms(now))
         .bind(existing.id)
         .execute(&mut *tx)
@@ -97,8 +98,8 @@ async fn insert_job(
 ) -> Result<Option<Job>> {
     let result = sqlx::query(&format!(
         "INSERT INTO jobs (name, kind, repository, pipeline_path, default_branch, pipeline, \
-         visibility, created_by, created_at, updated_at, forge, fork_prs) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         visibility, created_by, created_at, updated_at, forge, fork_prs, poll_interval) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT (name) DO NOTHING RETURNING {JOB_COLUMNS}"
     ))
     .bind(&spec.name)
@@ -113,6 +114,7 @@ async fn insert_job(
     .bind(ms(now))
     .bind(&spec.forge)
     .bind(spec.fork_prs.as_str())
+    .bind(spec.poll_interval)
     .fetch_optional(&mut *conn)
     .await;
     let Some(row) = or_missing(result, || format!("user {creator:?}"))? else {

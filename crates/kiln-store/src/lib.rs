@@ -14,6 +14,7 @@
 #[macro_use]
 pub mod identity;
 pub mod forges;
+pub mod polls;
 pub mod queue;
 #[cfg(feature = "sqlx")]
 pub mod sql;
@@ -41,6 +42,7 @@ pub use identity::{
 pub use statuses::{
     CommitStatus, CommitStatusId, StatusCandidate, StatusOutcome, StatusStore, WantedStatus,
 };
+pub use polls::{JobPoll, MIN_POLL_INTERVAL_SECS, PollOutcome, PollStore};
 
 /// Ids of the store's rows, one type per kind of row so that a run's id
 /// cannot be passed where a task's is meant. They are the database's own
@@ -156,6 +158,10 @@ pub struct JobSpec {
     /// What a pull request from a fork does.
     #[serde(default = "fork_prs_default")]
     pub fork_prs: ForkPrs,
+    /// Git jobs: poll the repository every this many seconds (at least
+    /// [`MIN_POLL_INTERVAL_SECS`]); `None`: not polled.
+    #[serde(default)]
+    pub poll_interval: Option<i64>,
 }
 
 fn private() -> Visibility {
@@ -519,6 +525,7 @@ pub trait Database:
     + SignInStore
     + ForgeStore
     + StatusStore
+    + PollStore
     + Clone
     + Send
     + Sync
@@ -541,6 +548,7 @@ impl<T> Database for T where
         + SignInStore
         + ForgeStore
         + StatusStore
+        + PollStore
         + Clone
         + Send
         + Sync

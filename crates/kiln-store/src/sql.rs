@@ -126,7 +126,7 @@ where
 
 /// The columns [`job`] reads.
 pub const JOB_COLUMNS: &str = "id, name, kind, repository, pipeline_path, default_branch, \
-     pipeline, visibility, forge, fork_prs, created_at, updated_at";
+     pipeline, visibility, forge, fork_prs, poll_interval, created_at, updated_at";
 
 pub fn job(row: &impl StoreRow) -> Result<Job> {
     Ok(Job {
@@ -141,9 +141,26 @@ pub fn job(row: &impl StoreRow) -> Result<Job> {
             visibility: name(&row.text("visibility")?)?,
             forge: row.opt_text("forge")?,
             fork_prs: name(&row.text("fork_prs")?)?,
+            poll_interval: row.opt_int("poll_interval")?,
         },
         created_at: time(row.int("created_at")?)?,
         updated_at: time(row.int("updated_at")?)?,
+    })
+}
+
+/// A job's polling state, from [`crate::polls::POLL_COLUMNS`].
+pub fn job_poll(row: &impl StoreRow) -> Result<crate::JobPoll> {
+    let refs = row
+        .opt_text("refs")?
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|e| crate::values::Corrupt(format!("a job's polled refs: {e}")))?;
+    Ok(crate::JobPoll {
+        job_id: JobId(row.int("job_id")?),
+        refs,
+        polled_at: row.opt_int("polled_at")?.map(time).transpose()?,
+        error: row.opt_text("error")?,
+        next_poll_at: time(row.int("next_poll_at")?)?,
     })
 }
 

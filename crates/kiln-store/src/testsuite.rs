@@ -32,7 +32,9 @@ use crate::{
     Refusal, RunDetail, RunFilter, RunId, RunScope, Status, StepRow, StoreError, TaskHold, TaskId,
     TaskResult, TaskRow, TokenKind, Undelivered, Upserted, User, UserChange, UserRole, Visibility,
 };
-use crate::{ForkPrs, NewForge, NewQueuedTrigger, PullRequest, RunTrigger, TriggerKind};
+use crate::{
+    ForkPrs, NewForge, NewQueuedTrigger, PollOutcome, PullRequest, RunTrigger, TriggerKind,
+};
 use crate::{StatusOutcome, WantedStatus};
 
 /// One `#[tokio::test]` per case of the contract, in the module it is
@@ -51,7 +53,7 @@ macro_rules! testsuite {
             queue_cases, duplicate_user, update_user, last_admin_stays, token_lookup_states,
             revoke_token, user_tokens_without_hashes, touch_token, members,
             members_cascade, creator_is_maintainer, job_and_role, runs_are_audited_with_their_number, sessions_expire, audit_filters_and_paging,
-            failed_sign_ins, forges, queued_triggers, commit_statuses);
+            failed_sign_ins, forges, queued_triggers, commit_statuses, polls);
         // Races between claimers: they take the store, and more threads.
         $crate::testsuite!(@owning $with; claims_are_exclusive, concurrent_workers);
     };
@@ -126,7 +128,80 @@ pub fn freestyle(name: &str) -> JobSpec {
         visibility: Visibility::Private,
         forge: None,
         fork_prs: ForkPrs::Approve,
+        poll_interval: None,
     }
+}
+
+/// A poll is claimed by one holder at a time, only when due; its refs and
+/// error are kept, a failed poll keeps the refs seen before, and a claim
+/// left by a stopped server expires.
+pub async fn polls<D: Database>(db: &D) {
+    let job = job(db, "polled").await;
+    assert_eq!(db.get_poll(job.id).await.unwrap(), None);
+    let first = db.claim_poll(job.id, "a", at(0), at(60)).await.unwrap();
+    let first = first.expect("a job never polled is due");
+    assert_eq!((first.refs, first.error), (None, None));
+    assert_eq!(
+        db.claim_poll(job.id, "b", at(1), at(61)).await.unwrap(),
+        None,
+        "claimed by a"
+    );
+    let refs: std::collections::BTreeMap<String, String> =
+        [("refs/heads/main".to_string(), "a".repeat(40))].into();
+    let outcome = PollOutcome {
+        refs: Some(refs.clone()),
+        error: None,
+        polled_at: at(2),
+        next_poll_at: at(10),
+    };
+    assert!(
+        !db.finish_poll(job.id, "b", &outcome).await.unwrap(),
+        "b holds nothing"
+    );
+    assert!(db.finish_poll(job.id, "a", &outcome).await.unwrap());
+    assert_eq!(
+        db.claim_poll(job.id, "b", at(5), at(65)).await.unwrap(),
+        None,
+        "not due before next_poll_at"
+    );
+    let second = db.claim_poll(job.id, "b", at(10), at(70)).await.unwrap();
+    assert_eq!(second.expect("due").refs, Some(refs.clone()));
+    let failed = PollOutcome {
+        refs: None,
+        error: Some("cannot reach it".into()),
+        polled_at: at(11),
+        next_poll_at: at(20),
+    };
+    assert!(db.finish_poll(job.id, "b", &failed).await.unwrap());
+    let stored = db.get_poll(job.id).await.unwrap().expect("polled");
+    assert_eq!(stored.refs, Some(refs));
+    assert_eq!(stored.error.as_deref(), Some("cannot reach it"));
+    assert_eq!(
+        (stored.polled_at, stored.next_poll_at),
+        (Some(at(11)), at(20))
+    );
+
+    // A claim whose holder stopped expires at its lease.
+    assert!(
+        db.claim_poll(job.id, "c", at(20), at(30))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        db.claim_poll(job.id, "d", at(29), at(39)).await.unwrap(),
+        None
+    );
+    assert!(
+        db.claim_poll(job.id, "d", at(30), at(40))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        !db.finish_poll(job.id, "c", &failed).await.unwrap(),
+        "c lost it"
+    );
 }
 
 async fn job<D: Database>(db: &D, name: &str) -> Job {
@@ -288,6 +363,7 @@ pub async fn jobs<D: Database>(db: &D) {
         // Kept as given: the server checks that the forge exists.
         forge: Some("hub".into()),
         fork_prs: ForkPrs::Ignore,
+        poll_interval: Some(60),
     };
     let (updated, how) = db.upsert_job(&git, None, at(3)).await.unwrap();
     assert_eq!(how, Upserted::Updated);

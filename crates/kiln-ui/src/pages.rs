@@ -877,6 +877,8 @@ mod tests {
             visibility: "public".into(),
             forge: None,
             fork_prs: "approve".into(),
+            poll_interval: None,
+            poll_error: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
             change: None,

@@ -728,6 +728,8 @@ mod tests {
             visibility: "private".into(),
             forge: None,
             fork_prs: "approve".into(),
+            poll_interval: None,
+            poll_error: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
             change: None,

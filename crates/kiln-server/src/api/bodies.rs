@@ -6,8 +6,8 @@
 
 use kiln_api::fields::{
     ApiUrl, AttemptNumber, BranchName, CommitSha, Cursor, ExpiresIn, ForgeName, JobName, PageSize,
-    Password, PipelinePath, RepositoryUrl, SecretName, SecretValue, StatusFilter, TokenName,
-    UserName,
+    Password, PipelinePath, PollInterval, RepositoryUrl, SecretName, SecretValue, StatusFilter,
+    TokenName, UserName,
 };
 use kiln_store::{ClosedSet, ForkPrs, MemberRole, UserRole, Visibility};
 use serde::de::{DeserializeOwned, Error as _};
@@ -74,6 +74,9 @@ pub struct NewGitJob {
     /// What a pull request from a fork does; `approve` when left out.
     #[schema(value_type = Option<ForkPrsName>)]
     pub fork_prs: Option<Choice<ForkPrs>>,
+    /// Poll the repository this often for new branch heads and tags, for
+    /// a repository no webhook reaches; not polled when left out.
+    pub poll_interval: Option<PollInterval>,
 }
 
 /// A new job whose pipeline is stored with it.
@@ -116,6 +119,9 @@ pub struct GitJob {
     /// What a pull request from a fork does; `approve` when left out.
     #[schema(value_type = Option<ForkPrsName>)]
     pub fork_prs: Option<Choice<ForkPrs>>,
+    /// Poll the repository this often for new branch heads and tags, for
+    /// a repository no webhook reaches; not polled when left out.
+    pub poll_interval: Option<PollInterval>,
 }
 
 /// A job whose pipeline is stored with it.
@@ -238,6 +244,8 @@ pub enum JobSource {
         default_branch: Option<BranchName>,
         forge: Option<ForgeName>,
         fork_prs: Option<ForkPrs>,
+        /// Seconds.
+        poll_interval: Option<i64>,
     },
     Freestyle {
         pipeline: String,
@@ -256,6 +264,7 @@ impl NewJob {
                     default_branch: job.default_branch,
                     forge: job.forge,
                     fork_prs: job.fork_prs.map(Choice::get),
+                    poll_interval: job.poll_interval.as_ref().map(PollInterval::seconds),
                 },
                 job.visibility.map(Choice::get),
             ),
@@ -282,6 +291,7 @@ impl JobDefinition {
                     default_branch: job.default_branch,
                     forge: job.forge,
                     fork_prs: job.fork_prs.map(Choice::get),
+                    poll_interval: job.poll_interval.as_ref().map(PollInterval::seconds),
                 },
                 job.visibility.map(Choice::get),
             ),
@@ -769,12 +779,19 @@ mod tests {
             visibility: Some("public".into()),
             forge: None,
             fork_prs: None,
+            poll_interval: Some("90s".into()),
         };
         let (name, source, visibility) = serde_json::from_value::<NewJob>(client_form(&git))
             .unwrap()
             .into_parts();
         assert_eq!(name.as_str(), "app");
-        assert!(matches!(source, JobSource::Git { .. }));
+        assert!(matches!(
+            source,
+            JobSource::Git {
+                poll_interval: Some(90),
+                ..
+            }
+        ));
         assert_eq!(visibility, Some(Visibility::Public));
         let freestyle = kiln_api::JobBody {
             name: None,
@@ -786,6 +803,7 @@ mod tests {
             visibility: None,
             forge: None,
             fork_prs: None,
+            poll_interval: None,
         };
         let (name, source, visibility) =
             serde_json::from_value::<JobDefinition>(client_form(&freestyle))

@@ -24,6 +24,7 @@ pub fn job_spec(name: &JobName, source: JobSource, visibility: Visibility) -> Ap
             default_branch,
             forge,
             fork_prs,
+            poll_interval,
         } => Ok(JobSpec {
             name: name.to_string(),
             kind: JobKind::Git,
@@ -34,6 +35,7 @@ pub fn job_spec(name: &JobName, source: JobSource, visibility: Visibility) -> Ap
             visibility,
             forge: forge.map(String::from),
             fork_prs: fork_prs.unwrap_or_else(kiln_store::fork_prs_default),
+            poll_interval,
         }),
         JobSource::Freestyle {
             pipeline,
@@ -55,6 +57,7 @@ pub fn job_spec(name: &JobName, source: JobSource, visibility: Visibility) -> Ap
                 visibility,
                 forge: None,
                 fork_prs: kiln_store::fork_prs_default(),
+                poll_interval: None,
             })
         }
     }
@@ -148,7 +151,12 @@ pub async fn show<D: Database>(
     ApiPath(path): ApiPath<JobPath>,
 ) -> ApiResult<Json<kiln_api::Job>> {
     let job = access::job(&state, caller.identity(), &path.job, MemberRole::Viewer).await?;
-    Ok(Json(views::job(&job)))
+    let mut view = views::job(&job);
+    if job.spec.poll_interval.is_some() {
+        // Why polling does not work is what someone reading the job needs.
+        view.poll_error = state.db.get_poll(job.id).await?.and_then(|p| p.error);
+    }
+    Ok(Json(view))
 }
 
 #[utoipa::path(operation_id = "put_job", put, path = "/api/v1/jobs/{job}", tag = "jobs", security(("bearer" = []), ("session" = [])), request_body = JobDefinition,

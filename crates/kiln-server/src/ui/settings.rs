@@ -213,6 +213,7 @@ impl JobForm {
                     .transpose()
                     .map_err(ApiError::internal)?,
                 fork_prs: Some(job.spec.fork_prs),
+                poll_interval: job.spec.poll_interval,
             },
             // Browsers send a textarea's lines ending in CR LF.
             kiln_store::JobKind::Freestyle => JobSource::Freestyle {

@@ -16,6 +16,11 @@ use serde_json::{Value, json};
 
 use super::Harness;
 
+#[path = "hooks/paths.rs"]
+mod paths;
+#[path = "hooks/polling.rs"]
+mod polling;
+
 pub(super) const SECRET: &str = "It's a Secret to Everybody";
 
 pub(super) fn npm_examples() -> Vec<(String, Value)> {

@@ -64,6 +64,10 @@ pub struct JobCreateArgs {
     /// `run` or `ignore`.
     #[arg(long, value_name = "WHAT", requires = "repository")]
     pub fork_prs: Option<String>,
+    /// Poll the repository this often (e.g. `60s`, at least `10s`) for new
+    /// branch heads and tags: for a repository no webhook can reach.
+    #[arg(long, value_name = "INTERVAL", requires = "repository")]
+    pub poll_interval: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -140,6 +144,12 @@ async fn job_show(args: &ClientArgs, name: &str) -> anyhow::Result<i32> {
         field("forge:", forge);
         field("fork PRs:", &job.fork_prs);
     }
+    if let Some(interval) = &job.poll_interval {
+        field("polled every:", interval);
+    }
+    if let Some(error) = &job.poll_error {
+        field("last poll:", error);
+    }
     field("created:", &local_time(job.created_at));
     field("updated:", &local_time(job.updated_at));
     if let Some(pipeline) = &job.pipeline {
@@ -168,6 +178,7 @@ async fn job_create(args: JobCreateArgs) -> anyhow::Result<i32> {
     }
     body.forge = args.forge.clone();
     body.fork_prs = args.fork_prs.clone();
+    body.poll_interval = args.poll_interval.clone();
     if let (Some(path), Some(pipeline)) = (&args.pipeline_file, &body.pipeline)
         && let Err(diagnostics) = kiln_pipeline::parse(&path.display().to_string(), pipeline)
     {
@@ -202,6 +213,7 @@ pub(super) fn git_body(
         visibility: None,
         forge: None,
         fork_prs: None,
+        poll_interval: None,
     }
 }
 
@@ -217,6 +229,7 @@ pub(super) fn freestyle_body(name: Option<String>, pipeline: String) -> JobBody 
         visibility: None,
         forge: None,
         fork_prs: None,
+        poll_interval: None,
     }
 }
 

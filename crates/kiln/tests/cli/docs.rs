@@ -508,6 +508,11 @@ fn the_client_docs_commands_do_what_they_say() {
             "created git job `app`",
         ),
         (
+            "kiln job create NAME --repository URL --poll-interval INTERVAL",
+            format!("kiln job create polled --repository {repo_url} --poll-interval 60s"),
+            "created git job `polled`",
+        ),
+        (
             "kiln job create NAME --pipeline-file FILE [--public]",
             "kiln job create slow --pipeline-file slow.yml --public".into(),
             "created freestyle job `slow`",
