@@ -39,10 +39,10 @@ pub use identity::{
     NewUser, NewUserToken, Refusal, Session, SessionStore, SignInStore, TokenLookup, User,
     UserChange, UserRole, UserStore, UserToken, Visibility,
 };
+pub use polls::{JobPoll, MIN_POLL_INTERVAL_SECS, PollOutcome, PollStore};
 pub use statuses::{
     CommitStatus, CommitStatusId, StatusCandidate, StatusOutcome, StatusStore, WantedStatus,
 };
-pub use polls::{JobPoll, MIN_POLL_INTERVAL_SECS, PollOutcome, PollStore};
 
 /// Ids of the store's rows, one type per kind of row so that a run's id
 /// cannot be passed where a task's is meant. They are the database's own
