@@ -14,3 +14,5 @@ cargo bench -p kiln-store-postgres --bench claims
 # dashboard with 10 000 runs (both use target/release/kiln).
 bash scripts/bench-ui-log.sh
 bash scripts/bench-ui-dashboard.sh
+# Webhook intake: signed pushes per second, hook to first step.
+bash scripts/bench-hooks.sh

@@ -644,6 +644,9 @@ pub fn task(viewer: &Viewer, page: &TaskPage) -> String {
                         " "
                         a #raw-log href=(page.raw_href) { "Download the raw log" }
                     }
+                    // An ended task that printed nothing has nothing to page,
+                    // search or follow.
+                    @if log.lines.is_empty() && !log.live {} @else {
                     div #log-view data-window=(log.window_href) data-total=(log.total_lines)
                         data-live=(if log.live { "1" } else { "0" })
                         data-unfinished=(if log.unfinished { "1" } else { "0" }) {
@@ -682,6 +685,7 @@ pub fn task(viewer: &Viewer, page: &TaskPage) -> String {
                         }
                     }
                     script type="module" src=(assets::log_script()) {}
+                    }
                 }
             }
             h2 { "Test report" }
@@ -787,6 +791,53 @@ mod tests {
             tasks: Some(Vec::new()),
             statuses: None,
         }
+    }
+
+    fn task_page(live: bool, lines: Vec<crate::log::LogLine>) -> String {
+        let page = TaskPage {
+            run: run(if live { "running" } else { "error" }),
+            task: Task {
+                name: "build".into(),
+                status: if live { "running" } else { "error" }.into(),
+                reason: None,
+                agent: Some("a1".into()),
+                attempt: 1,
+                started_at: Some(Utc::now()),
+                finished_at: None,
+                steps: Vec::new(),
+            },
+            log: Some(LogView {
+                total_lines: lines.len() as u64,
+                length: 0,
+                lines,
+                sections: Vec::new(),
+                window_href: "/jobs/app/runs/7/tasks/build/log".into(),
+                live,
+                unfinished: false,
+            }),
+            raw_href: "/raw".into(),
+            report: None,
+            artifacts: Vec::new(),
+        };
+        task(&viewer(), &page)
+    }
+
+    #[test]
+    fn an_ended_empty_log_offers_nothing_to_page_or_search() {
+        let ended = task_page(false, Vec::new());
+        assert!(ended.contains("The log is empty."));
+        assert!(!ended.contains("log-view") && !ended.contains("log-q"));
+        // A running task's empty log is followed: its lines are coming.
+        let running = task_page(true, Vec::new());
+        assert!(running.contains("id=\"log-view\"") && running.contains("log-q"));
+        let printed = task_page(
+            false,
+            vec![crate::log::LogLine {
+                number: 1,
+                html: "hello".into(),
+            }],
+        );
+        assert!(printed.contains("id=\"log-view\""));
     }
 
     #[test]
