@@ -46,6 +46,11 @@ impl Browser {
     /// Starts chromedriver on a free port and a headless chromium in it,
     /// pointed at `server`; screenshots go to a directory named `test`.
     pub(crate) async fn start(server: &Server, test: &str) -> Browser {
+        Browser::start_with(server, test, &[]).await
+    }
+
+    /// The same, with more command-line arguments for chromium.
+    pub(crate) async fn start_with(server: &Server, test: &str, extra: &[&str]) -> Browser {
         let port = free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -62,15 +67,21 @@ impl Browser {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        // Root in CI: chromium's sandbox needs a user namespace.
+        let args: Vec<&str> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,1000",
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
             "goog:chromeOptions".into(),
-            json!({
-                "binary": "/usr/bin/chromium",
-                // Root in CI: chromium's sandbox needs a user namespace.
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1280,1000"]
-            }),
+            json!({"binary": "/usr/bin/chromium", "args": args}),
         );
         // chromedriver is on loopback: plain HTTP, no TLS stack needed.
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -624,4 +635,66 @@ async fn an_admin_sees_the_agents_and_cancels_a_run_with_the_button() {
         "an ended run has no cancel button"
     );
     browser.screenshot("cancelled").await;
+}
+
+/// A system that asks for the dark scheme gets it: the page's colours
+/// switch, and a run's statuses and log stay readable (screenshots).
+#[tokio::test]
+async fn the_pages_follow_the_systems_dark_scheme() {
+    let server = Server::start(None);
+    job(&server, "app", COLOURED, "public").await;
+    let (status, run) = server
+        .send(Method::POST, "/api/v1/jobs/app/runs", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let run = server.wait_for_run("app", 1).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    // As a system set to dark does: `prefers-color-scheme: dark`.
+    let browser = Browser::start_with(
+        &server,
+        "dark",
+        &[
+            "--force-dark-mode",
+            "--blink-settings=preferredColorScheme=0",
+        ],
+    )
+    .await;
+    browser.goto("/jobs/app/runs/1").await;
+    let asks_dark = browser
+        .client
+        .execute(
+            "return matchMedia('(prefers-color-scheme: dark)').matches",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(asks_dark, Value::Bool(true), "the browser asks for dark");
+    let background = |css: &'static str| {
+        let client = browser.client.clone();
+        async move {
+            client
+                .execute(
+                    "return getComputedStyle(document.querySelector(arguments[0])).backgroundColor",
+                    vec![Value::String(css.into())],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // kiln.css's dark `--bg`, #0d1117.
+    assert_eq!(background("body").await, json!("rgb(13, 17, 23)"));
+    browser.screenshot("run").await;
+    browser.goto("/jobs/app/runs/1/tasks/build").await;
+    assert_eq!(background("body").await, json!("rgb(13, 17, 23)"));
+    // The log's red is the dark scheme's red (#ff7b72), not the light one's.
+    let red = browser
+        .client
+        .execute(
+            "return getComputedStyle(document.querySelector('.log .f1')).color",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(red, json!("rgb(255, 123, 114)"));
+    browser.screenshot("task").await;
 }
