@@ -177,6 +177,33 @@ impl Browser {
             .unwrap();
     }
 
+    /// Clicks `css` and waits until another document replaced this one: for
+    /// a form that leads back to the address it was posted from.
+    pub(crate) async fn click_to_new_page(&self, css: &str) {
+        self.client
+            .execute("window.kilnOldPage = true", vec![])
+            .await
+            .unwrap();
+        self.click(css).await;
+        let started = Instant::now();
+        loop {
+            let old = self
+                .client
+                .execute("return window.kilnOldPage === true", vec![])
+                .await
+                // A document in the middle of loading has no answer yet.
+                .unwrap_or(Value::Bool(true));
+            if old == Value::Bool(false) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "clicking `{css}` loaded no new page"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub(crate) async fn title(&self) -> String {
         self.client.title().await.unwrap()
     }

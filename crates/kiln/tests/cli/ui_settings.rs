@@ -374,8 +374,9 @@ async fn a_maintainer_sets_a_secret_and_a_member_and_a_viewer_only_reads() {
         .select_by_value("maintainer")
         .await
         .unwrap();
+    // The same address as after adding dave: wait for the new page.
     browser
-        .click("#member-list tr[data-user='dave'] td:nth-child(2) button")
+        .click_to_new_page("#member-list tr[data-user='dave'] td:nth-child(2) button")
         .await;
     browser
         .arrive(|here| here.starts_with("/jobs/app/settings?done=member-saved"))
